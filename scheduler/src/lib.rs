@@ -1,0 +1,86 @@
+//! Leader-free placement for shoal.
+//!
+//! Every member runs [`place`] on the same replicated [`ClusterView`] and the
+//! same [`Workload`]s and gets the same [`Placement`], so no leader decides
+//! where replicas run. Placement is a pure function: no I/O, no clock, no
+//! randomness, no process-seeded hashing; inputs are put in canonical order
+//! (nodes by id, workloads by id, replicas by workload then ordinal) before
+//! anything else, so the order they arrive in cannot matter.
+//!
+//! # Rules
+//!
+//! A node is *holding* when alive or suspect (it keeps replicas it runs) and
+//! *accepting* when alive (it can be given new ones). A replica is
+//! *eligible* for an accepting node whose labels match the workload's
+//! selector and whose allocatable resources cover the request. Each node has
+//! [`VNODES`](crate::hash) points on a hash ring; a replica's *preference* is
+//! the order a clockwise walk from its own point meets its eligible nodes.
+//!
+//! The load of a node is the number of replicas on it (resources are a
+//! separate, hard constraint). With `m` replicas that can be held somewhere
+//! and `n` holding nodes, the *bound* is `max(ceil(m/n), floor((1+ε)·m/n))`:
+//! `(1+ε)` times the average, never less than what makes room for all. The
+//! *target* is `ceil(m/n)`. Spread allows `ceil(k/e)` replicas of a
+//! `k`-replica workload per node with `e` eligible nodes (one while `e ≥ k`).
+//!
+//! Placement runs five phases, each in canonical order:
+//!
+//! 1. *Pinned*: a stateful replica whose volume is on a holding node goes
+//!    there if the selector matches and it fits, whatever spread and bound
+//!    say (its data is there); else it is unschedulable. Others whose volume
+//!    node is dead, left or unknown are placed normally on a fresh volume.
+//! 2. *Keep*: a replica stays on the holding node that runs it if that node
+//!    matches, has room and spread allows (a node keeps its best-scoring
+//!    replicas first). Suspect nodes keep theirs: no flapping on suspicion.
+//! 3. *Pull*: an alive node below the target takes, from other alive nodes,
+//!    replicas that prefer it to where they run, until none is left; replicas
+//!    on nodes over the bound go first. This is how a new node gets its
+//!    consistent-hash share, and only that.
+//! 4. *Shed*: a node over the bound drops its lowest-scoring unpinned
+//!    replicas down to the bound.
+//! 5. *Place*: every replica still unplaced walks its preference to the
+//!    first node under the bound with room and spread to spare (bounded-load
+//!    consistent hashing, Mirrokni, Thorup and Zadimoghaddam 2018), or is
+//!    unschedulable with a per-node account of why.
+//!
+//! # Invariants
+//!
+//! [`Placement::check`] verifies them: capacity is never exceeded, selectors
+//! always match, no node is over the bound or a workload's spread limit
+//! (except by replicas pinned to it), replicas only land on alive nodes (or
+//! stay on suspect ones), and an unschedulable replica really has no node.
+//! Beyond that, placing a view whose running replicas are its own previous
+//! placement changes nothing (stability); adding a node moves replicas only
+//! onto it, unless the smaller bound forces overloaded nodes to shed; losing
+//! a node moves only its replicas; two members whose views differ by one
+//! node disagree only about replicas involving that node.
+//! [`reference::place_reference`] states the same rules naively, and the
+//! tests hold [`place_with`] to exactly its output.
+#![warn(missing_docs)]
+
+mod check;
+mod engine;
+mod hash;
+mod placement;
+pub mod reference;
+mod rules;
+mod types;
+
+pub use check::{CheckError, Violation};
+pub use placement::{Decision, NoNodeReport, Placement, Reason, VolumeProblem};
+pub use types::{
+    ClusterView, IdError, Labels, Node, NodeId, NodeStatus, Options, ReplicaId, Replicas,
+    Resources, ViewError, Workload, WorkloadId,
+};
+
+/// Places every replica of `workloads` on the nodes of `view`, with default
+/// [`Options`] (ε = 0.1).
+pub fn place(view: &ClusterView, workloads: &[Workload]) -> Placement {
+    place_with(view, workloads, Options::default())
+}
+
+/// Places every replica of `workloads` on the nodes of `view`; see the crate
+/// documentation for the rules.
+pub fn place_with(view: &ClusterView, workloads: &[Workload], options: Options) -> Placement {
+    engine::place(view, workloads, options)
+}
