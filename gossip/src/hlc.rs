@@ -31,8 +31,7 @@ pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
 /// A hybrid logical clock timestamp.
 ///
 /// Ordered lexicographically by (`wall_ms`, `logical`) (the derived order; field order matters).
-/// [`Default`] is the zero stamp, less than every stamp an [`HlcClock`] hands out after it has
-/// seen any positive physical time.
+/// [`Default`] is the zero stamp, less than every stamp an [`HlcClock`] hands out.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -328,6 +327,37 @@ mod tests {
         assert_eq!(Hlc::new(100, 5).saturating_sub_ms(30), Hlc::new(70, 0));
         assert_eq!(Hlc::new(10, 5).saturating_sub_ms(30), Hlc::ZERO);
         assert_eq!(Hlc::from_wall_ms(9), Hlc::new(9, 0));
+    }
+
+    proptest::proptest! {
+        /// Any interleaving of local events and receipts, with physical time jumping around:
+        /// stamps strictly increase and every stamp after a receipt exceeds the remote stamp.
+        #[test]
+        fn stamps_strictly_increase(
+            steps in proptest::collection::vec(
+                (0u64..50, proptest::option::of((0u64..60, 0u32..4))),
+                1..100,
+            )
+        ) {
+            let mut c = HlcClock::new();
+            let mut prev = c.last();
+            for (physical, remote) in steps {
+                let t = match remote {
+                    None => c.now(physical),
+                    Some((wall, logical)) => {
+                        let remote = Hlc::new(wall, logical);
+                        let o = c.observe(remote, physical);
+                        proptest::prop_assert!(o.stamp > remote);
+                        proptest::prop_assert_eq!(o.ahead_ms, wall.saturating_sub(physical));
+                        o.stamp
+                    }
+                };
+                proptest::prop_assert!(t > prev, "{} after {}", t, prev);
+                proptest::prop_assert!(t.wall_ms >= physical);
+                proptest::prop_assert_eq!(c.last(), t);
+                prev = t;
+            }
+        }
     }
 
     #[test]

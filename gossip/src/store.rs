@@ -138,9 +138,19 @@ pub enum StoreError {
 /// same horizon it passes to `gc` or a later one, once it has completed its first full sync;
 /// `None` before, since a node that has not yet synced legitimately lacks old entries.
 ///
-/// The price: a live entry that was written before the horizon and never reached this node
-/// (a partition longer than the grace period) is refused too. Writers that must survive such
-/// partitions should rewrite their entries more often than the grace period.
+/// Caveats, all inherent to collecting tombstones after a grace period:
+/// - A live entry written before the horizon that never reached this node (a partition longer
+///   than the grace period) is refused too. Writers whose entries must survive such partitions
+///   should rewrite them more often than the grace period.
+/// - A peer that keeps an entry this node refuses (the resurrection case itself, or the case
+///   above) stays different from this node in that leaf, and anti-entropy keeps offering the
+///   entry, until the peer drops it. Tombstone GC assumes every node syncs within the grace
+///   period.
+/// - With a horizon, the result can depend on arrival order in one corner case: for a key not
+///   held, a greater entry written before the horizon and a lesser one written after it (only
+///   possible for membership records, whose versions come from different writers than their
+///   `written_at`). If the lesser arrives first, the key is then held and the greater applies
+///   when it arrives again, so anti-entropy still converges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MergeGuard {
     /// Entries for keys the store does not hold written before this stamp are refused; `None`
@@ -478,7 +488,8 @@ impl Store {
     ///   `horizon`, together with every entry the departed member owned (a node gone for
     ///   longer than the grace period is forgotten).
     ///
-    /// Returns the number of entries removed. Fingerprints and indexes stay consistent. After
+    /// Membership records are collected by rank only, never as tombstones; objects are never
+    /// collected with their writer. Returns the number of entries removed. Fingerprints and indexes stay consistent. After
     /// gc, merge with a [`MergeGuard`] whose horizon is at least this one so the collected
     /// entries are not resurrected.
     pub fn gc(&mut self, horizon: Hlc) -> usize {

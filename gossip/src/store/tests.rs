@@ -616,3 +616,9 @@ fn encoding_and_display() {
     assert!(entries[0].is_tombstone() && !entries[1].is_tombstone());
     assert_eq!(entries[2].marker().written_at, t(9, 9));
 }
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+}
