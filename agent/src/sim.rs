@@ -1,0 +1,187 @@
+//! `shoal sim`: a capacity-planning simulator running the real protocol.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_gossip::sim::{Percentiles, Plan, Report, Sim, SimConfig};
+
+/// Options of `shoal sim`.
+#[derive(Args, Debug)]
+pub(crate) struct SimArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Simulated seconds to run.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Probability that a message is lost (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Nodes to crash during the run (spread over its first 60%).
+    #[arg(long, default_value_t = 0)]
+    kill: usize,
+    /// Nodes that handle every message late (see --slow-delay).
+    #[arg(long, default_value_t = 0)]
+    slow: usize,
+    /// How late slow nodes handle messages, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    slow_delay: u64,
+    /// Split the cluster into two halves at this simulated second.
+    #[arg(long, requires = "heal_at")]
+    partition_at: Option<f64>,
+    /// Heal the partition at this simulated second.
+    #[arg(long, requires = "partition_at")]
+    heal_at: Option<f64>,
+    /// One-way latency range in milliseconds, MIN-MAX (uniform).
+    #[arg(long, default_value = "1-10")]
+    latency_ms: String,
+    /// Objects written per second, each by a random live node.
+    #[arg(long, default_value_t = 1.0)]
+    writes_per_s: f64,
+    /// Size of each written value in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Each node's wall clock is skewed by up to this many milliseconds (HLC input).
+    #[arg(long, default_value_t = 0)]
+    clock_skew_ms: u64,
+    /// Seed of the run; the same seed gives the same run. Random when not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_latency(s: &str) -> anyhow::Result<(Duration, Duration)> {
+    let (min, max) = match s.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let min: f64 = min.parse().with_context(|| format!("--latency-ms: bad minimum {min:?}"))?;
+    let max: f64 = max.parse().with_context(|| format!("--latency-ms: bad maximum {max:?}"))?;
+    if !(min >= 0.0 && max >= min) {
+        bail!("--latency-ms: need 0 <= MIN <= MAX, got {s:?}");
+    }
+    Ok((Duration::from_secs_f64(min / 1000.0), Duration::from_secs_f64(max / 1000.0)))
+}
+
+pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
+    if args.nodes < 1 {
+        bail!("--nodes must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.loss) {
+        bail!("--loss must be between 0.0 and 1.0, got {}", args.loss);
+    }
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be positive, got {}", args.seconds);
+    }
+    if args.kill + args.slow >= args.nodes {
+        bail!(
+            "--kill ({}) + --slow ({}) must leave at least one healthy node of --nodes ({})",
+            args.kill,
+            args.slow,
+            args.nodes
+        );
+    }
+    if args.writes_per_s < 0.0 || !args.writes_per_s.is_finite() {
+        bail!("--writes-per-s must be zero or positive");
+    }
+    let partition = match (args.partition_at, args.heal_at) {
+        (Some(p), Some(h)) => {
+            if !(0.0 <= p && p < h && h <= args.seconds) {
+                bail!("need 0 <= --partition-at < --heal-at <= --seconds");
+            }
+            Some((Duration::from_secs_f64(p), Duration::from_secs_f64(h)))
+        }
+        _ => None,
+    };
+    let (latency_min, latency_max) = parse_latency(&args.latency_ms)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut config = SimConfig::lan(args.nodes, seed);
+    config.loss = args.loss;
+    config.latency_min = latency_min;
+    config.latency_max = latency_max;
+    config.slow_delay = Duration::from_millis(args.slow_delay);
+    config.clock_skew = Duration::from_millis(args.clock_skew_ms);
+    let plan = Plan {
+        seconds: Duration::from_secs_f64(args.seconds),
+        writes_per_s: args.writes_per_s,
+        value_bytes: args.value_bytes,
+        kill: args.kill,
+        slow: args.slow,
+        partition,
+    };
+    let started = std::time::Instant::now();
+    let mut report = Sim::run_standard(config, &plan);
+    report.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn row(name: &str, p: &Percentiles) {
+    if p.count == 0 {
+        println!("  {name:<34} -");
+    } else {
+        println!(
+            "  {name:<34} p50 {:>8.1}  p99 {:>8.1}  max {:>8.1}  (n={})",
+            p.p50, p.p99, p.max, p.count
+        );
+    }
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "shoal sim: {} nodes, {:.0} s simulated, loss {:.1}%, seed {}",
+        r.nodes,
+        r.seconds,
+        r.loss * 100.0,
+        r.seed
+    );
+    println!("convergence of {} writes (ms of simulated time):", r.writes);
+    row("delivery to a live node", &r.converge_ms);
+    row("write reaches 50% of live nodes", &r.converge_to_50_ms);
+    row("write reaches 99% of live nodes", &r.converge_to_99_ms);
+    row("write reaches 100% of live nodes", &r.converge_to_all_ms);
+    if r.undelivered > 0 {
+        println!("  undelivered (write, node) pairs: {}", r.undelivered);
+    }
+    println!("failure detection of {} crashes:", r.kills);
+    row("crash -> dead on every live node", &r.detect_ms);
+    if r.undetected > 0 {
+        println!("  crashes not detected by every live node: {}", r.undetected);
+    }
+    println!(
+        "false positives: {} healthy nodes marked dead; {} suspicions of healthy nodes (refuted)",
+        r.false_positives, r.healthy_suspicions
+    );
+    if r.slow_nodes > 0 {
+        println!(
+            "slow nodes: {}: suspected {} times, marked dead {} times, raised {} suspicions themselves",
+            r.slow_nodes, r.slow_suspicions, r.slow_marked_dead, r.suspicions_raised_by_slow
+        );
+    }
+    if r.partition_dead_marks > 0 || r.heal_ms.is_some() {
+        println!(
+            "partition: {} dead marks across the split; healed (all alive everywhere) after {}",
+            r.partition_dead_marks,
+            r.heal_ms
+                .map(|h| format!("{h:.0} ms"))
+                .unwrap_or_else(|| "never (within the run)".into())
+        );
+    }
+    println!(
+        "traffic: {:.1} msgs/s and {:.0} bytes/s sent per node; {} messages dropped",
+        r.msgs_per_node_per_s, r.bytes_per_node_per_s, r.dropped_msgs
+    );
+    println!("wall-clock time: {:.0} ms", r.wall_ms);
+}

@@ -1,0 +1,208 @@
+//! The transmit-limited queue of updates to disseminate.
+//!
+//! Every update this node learns (or makes) is queued and sent a bounded number of times
+//! (`Config::retransmit_limit`): in eager pushes, periodic gossip rounds and piggybacked on
+//! probes. Updates sent the fewest times go first, newer before older among equals, as in
+//! memberlist's `TransmitLimitedQueue`. A newer update for the same key replaces the queued one:
+//! there is no point spreading a value that is already superseded.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::message::{Update, encoded_len};
+use crate::store::Key;
+
+#[derive(Debug)]
+struct Queued {
+    update: Update,
+    size: usize,
+    transmits: u32,
+    order: u64,
+}
+
+/// Updates waiting to be (re)transmitted.
+#[derive(Debug, Default)]
+pub(crate) struct BroadcastQueue {
+    by_key: BTreeMap<Key, Queued>,
+    /// (transmits so far, newest first, key): the send order.
+    order: BTreeSet<(u32, Reverse<u64>, Key)>,
+    next_order: u64,
+}
+
+impl BroadcastQueue {
+    /// Queues an update, replacing any queued update of the same key.
+    pub(crate) fn push(&mut self, update: Update) {
+        let key = update.0.clone();
+        if let Some(old) = self.by_key.remove(&key) {
+            self.order
+                .remove(&(old.transmits, Reverse(old.order), key.clone()));
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        let size = encoded_len(&update);
+        self.order.insert((0, Reverse(order), key.clone()));
+        self.by_key.insert(
+            key,
+            Queued {
+                update,
+                size,
+                transmits: 0,
+                order,
+            },
+        );
+    }
+
+    /// Number of queued updates.
+    pub(crate) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Takes updates for one message: as many as fit in `budget` bytes, fewest-sent first,
+    /// skipping keys in `skip` (already in the message). Each taken update counts one
+    /// transmission; those that reach `limit` leave the queue.
+    ///
+    /// An update bigger than a whole message would never fit; with `oversize_alone` it is
+    /// taken alone when it comes first (the message is then fragmented), otherwise it waits
+    /// for such a message (probes never carry it).
+    pub(crate) fn take(
+        &mut self,
+        budget: usize,
+        limit: u32,
+        skip: &[Key],
+        oversize_alone: bool,
+    ) -> Vec<Update> {
+        let mut out = Vec::new();
+        let mut left = budget;
+        let mut taken = Vec::new();
+        for (transmits, order, key) in self.order.iter() {
+            if left < 8 {
+                break;
+            }
+            let q = &self.by_key[key];
+            if skip.contains(key) {
+                continue;
+            }
+            if q.size > left {
+                if oversize_alone && out.is_empty() && q.size > budget {
+                    out.push(q.update.clone());
+                    taken.push((*transmits, *order, key.clone()));
+                    break;
+                }
+                continue;
+            }
+            left -= q.size;
+            out.push(q.update.clone());
+            taken.push((*transmits, *order, key.clone()));
+        }
+        for (transmits, order, key) in taken {
+            self.order.remove(&(transmits, order, key.clone()));
+            let q = self.by_key.get_mut(&key).expect("queued");
+            q.transmits = transmits + 1;
+            if q.transmits >= limit {
+                self.by_key.remove(&key);
+            } else {
+                self.order.insert((q.transmits, order, key));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::id::NodeId;
+    use crate::store::{Entry, ObjectKey, Version};
+
+    fn update(name: &str, value_len: usize) -> Update {
+        let key = Key::Object(ObjectKey {
+            kind: "t".into(),
+            namespace: "default".into(),
+            name: name.into(),
+        });
+        let hlc = Hlc {
+            wall_ms: 1,
+            logical: 0,
+        };
+        let entry = Entry {
+            version: Version::Object {
+                hlc,
+                writer: NodeId([1; 32]),
+            },
+            written_at: hlc,
+            value: Some(vec![7; value_len]),
+        };
+        (key, entry)
+    }
+
+    #[test]
+    fn updates_leave_after_limit_transmissions() {
+        let mut q = BroadcastQueue::default();
+        q.push(update("a", 10));
+        for _ in 0..3 {
+            assert_eq!(q.take(1000, 3, &[], false).len(), 1);
+        }
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn least_sent_goes_first_and_budget_is_respected() {
+        let mut q = BroadcastQueue::default();
+        q.push(update("a", 100));
+        assert_eq!(q.take(1000, 5, &[], false).len(), 1);
+        q.push(update("b", 100));
+        let first = q.take(150, 5, &[], false);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0, update("b", 1).0);
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn newer_update_of_same_key_replaces_queued_one() {
+        let mut q = BroadcastQueue::default();
+        q.push(update("a", 10));
+        q.push(update("a", 20));
+        assert_eq!(q.len(), 1);
+        let taken = q.take(1000, 5, &[], false);
+        assert_eq!(taken[0].1.value.as_ref().map(Vec::len), Some(20));
+    }
+}
+
+#[cfg(test)]
+mod oversize_tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::id::NodeId;
+    use crate::store::{Entry, ObjectKey, Version};
+
+    #[test]
+    fn oversized_update_goes_alone_only_when_allowed() {
+        let key = Key::Object(ObjectKey {
+            kind: "t".into(),
+            namespace: "default".into(),
+            name: "big".into(),
+        });
+        let hlc = Hlc {
+            wall_ms: 1,
+            logical: 0,
+        };
+        let entry = Entry {
+            version: Version::Object {
+                hlc,
+                writer: NodeId([1; 32]),
+            },
+            written_at: hlc,
+            value: Some(vec![0; 5000]),
+        };
+        let mut q = BroadcastQueue::default();
+        q.push((key, entry));
+        assert!(q.take(1000, 5, &[], false).is_empty());
+        assert_eq!(q.take(1000, 5, &[], true).len(), 1);
+    }
+}

@@ -1,0 +1,208 @@
+//! The wire format of the gossip protocol.
+//!
+//! Every message is one byte of protocol version followed by a postcard-encoded [`Envelope`].
+//! postcard is compact (varints, no field names) and its format is stable across releases.
+//! Decoding never panics: unknown versions, truncated input, trailing bytes and
+//! out-of-range values all give a [`DecodeError`]. The version byte is checked before anything
+//! else so that a future version can change everything after it.
+//!
+//! Ordinary messages (probes, gossip, anti-entropy) are built to fit `max_message_size`
+//! (1,200 bytes by default, the minimum QUIC datagram). Anything larger (a big object, a bulk
+//! chunk holding one big entry) is split into [`Body::Fragment`]s and reassembled.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::NodeId;
+use crate::store::{Entry, Key};
+
+/// The protocol version this build speaks. Messages with another version are rejected.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// One replicated state change: a key and its new entry.
+pub type Update = (Key, Entry);
+
+/// A message as it travels between nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sender. A transport that authenticates peers checks this against the peer's key.
+    pub from: NodeId,
+    /// What the message says.
+    pub body: Body,
+}
+
+/// A 16-bit-aligned digest of one anti-entropy leaf: `(key hash, item hash)` pairs.
+pub type LeafDigest = Vec<(u64, u64)>;
+
+/// The messages of the protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// SWIM probe. `target` guards against a reused address reaching the wrong node.
+    Ping {
+        /// Probe sequence number, echoed in the ack.
+        seq: u32,
+        /// Who the sender meant to reach.
+        target: NodeId,
+        /// Piggybacked updates.
+        updates: Vec<Update>,
+    },
+    /// Answer to a [`Body::Ping`], or an indirect probe's answer relayed to its requester.
+    Ack {
+        /// The sequence number of the ping (or ping request) being answered.
+        seq: u32,
+        /// Piggybacked updates.
+        updates: Vec<Update>,
+    },
+    /// Ask the receiver to probe `target` on the sender's behalf (SWIM indirect probe).
+    PingReq {
+        /// Sequence number the eventual ack or nack carries.
+        seq: u32,
+        /// Member to probe.
+        target: NodeId,
+        /// Its address.
+        target_addr: String,
+        /// Piggybacked updates.
+        updates: Vec<Update>,
+    },
+    /// The indirect prober got no answer from the target in time (Lifeguard): tells the
+    /// requester that its own links work, so the missing ack is likely the target's fault.
+    Nack {
+        /// The sequence number of the ping request.
+        seq: u32,
+    },
+    /// Eager push and periodic gossip of updates.
+    Gossip {
+        /// The updates.
+        updates: Vec<Update>,
+    },
+    /// A node asks to join. Carries its own membership record.
+    Join {
+        /// The joiner's membership record (a `Key::Member` update).
+        me: Update,
+    },
+    /// The join was accepted; the joiner now pulls the state in bulk from the sender.
+    JoinAck,
+    /// Bulk catch-up: send me entries in key order after `after` (from the start if `None`).
+    BulkRequest {
+        /// Request id, echoed in the chunk.
+        id: u32,
+        /// The last key already received.
+        after: Option<Key>,
+    },
+    /// One chunk of a bulk catch-up.
+    BulkChunk {
+        /// Echo of the request id.
+        id: u32,
+        /// Entries in key order.
+        entries: Vec<Update>,
+        /// `true` when `entries` reach the end of the sender's state.
+        done: bool,
+    },
+    /// Anti-entropy, step 1: the sender's 64 top-level fingerprints.
+    SyncRoot {
+        /// XOR fingerprints of the 64 top buckets.
+        fingerprints: Vec<u64>,
+    },
+    /// Anti-entropy, step 2: the answerer's sub-bucket fingerprints of the top buckets that differ.
+    SyncTops {
+        /// `(top bucket, its 64 sub-bucket fingerprints)`.
+        tops: Vec<(u8, Vec<u64>)>,
+    },
+    /// Anti-entropy, step 3: the sender's item digests of the leaves that differ.
+    SyncLeaves {
+        /// `((top, sub), digest)` for each leaf that differs.
+        leaves: Vec<((u8, u8), LeafDigest)>,
+    },
+    /// Anti-entropy, step 4: the answerer asks for the entries with these key hashes.
+    SyncWant {
+        /// `(leaf, key hash)` of each wanted entry.
+        keys: Vec<((u8, u8), u64)>,
+    },
+    /// Anti-entropy entries (answers to `SyncLeaves` and `SyncWant`).
+    SyncEntries {
+        /// The entries.
+        entries: Vec<Update>,
+    },
+    /// One fragment of a message larger than `max_message_size`.
+    Fragment {
+        /// Identifies the fragmented message among the sender's.
+        id: u32,
+        /// Index of this fragment.
+        index: u16,
+        /// Number of fragments.
+        count: u16,
+        /// A slice of the encoded inner message (version byte included).
+        data: Vec<u8>,
+    },
+}
+
+impl Body {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Ping { .. } => "ping",
+            Body::Ack { .. } => "ack",
+            Body::PingReq { .. } => "ping-req",
+            Body::Nack { .. } => "nack",
+            Body::Gossip { .. } => "gossip",
+            Body::Join { .. } => "join",
+            Body::JoinAck => "join-ack",
+            Body::BulkRequest { .. } => "bulk-request",
+            Body::BulkChunk { .. } => "bulk-chunk",
+            Body::SyncRoot { .. } => "sync-root",
+            Body::SyncTops { .. } => "sync-tops",
+            Body::SyncLeaves { .. } => "sync-leaves",
+            Body::SyncWant { .. } => "sync-want",
+            Body::SyncEntries { .. } => "sync-entries",
+            Body::Fragment { .. } => "fragment",
+        }
+    }
+}
+
+/// Why bytes could not be decoded into a message. The message is dropped and counted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("empty message")]
+    Empty,
+    /// A version this build does not speak (a newer or older peer).
+    #[error("unsupported protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The bytes are not a valid message of this version.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A valid message followed by extra bytes.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+}
+
+/// Encodes an envelope: version byte, then postcard.
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    let mut out = vec![PROTOCOL_VERSION];
+    // Serialising plain data into a Vec cannot fail: no maps with non-string keys, no
+    // unsized sequences.
+    postcard::to_io(envelope, &mut out).expect("encoding into a Vec cannot fail");
+    out
+}
+
+/// Decodes bytes from the network. Never panics, whatever the input.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let (envelope, trailing) = postcard::take_from_bytes::<Envelope>(rest)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !trailing.is_empty() {
+        return Err(DecodeError::TrailingBytes(trailing.len()));
+    }
+    Ok(envelope)
+}
+
+/// Encoded size of a value, in bytes (postcard).
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    postcard::experimental::serialized_size(value).unwrap_or(usize::MAX)
+}
+
+/// Bytes an envelope costs beyond its body's variable parts: version, sender id, variant tag and
+/// a few varints. Used to budget piggybacked updates.
+pub const ENVELOPE_OVERHEAD: usize = 1 + 32 + 1 + 16;
