@@ -34,6 +34,11 @@ struct WorkRt<'a> {
     /// Index into `rings`: the ring of its eligible nodes.
     ring: u32,
     spread_limit: u32,
+    /// Number of eligible nodes.
+    eligible: u32,
+    /// See [`rules::slack`]: the less, the earlier its unplaced replicas
+    /// choose.
+    slack: u64,
     /// A replica of it already found no node in the final phase; since the
     /// state only fills up afterwards, every later replica would fail too.
     exhausted: bool,
@@ -63,14 +68,19 @@ struct Engine<'a> {
     rings: Vec<Vec<(u64, u32)>>,
     /// Replicas of a spread workload per node, keyed `workload << 32 | node`.
     spread_count: HashMap<u64, u32, FxBuild>,
+    /// The load bound.
     cap: u32,
+    /// Rounded-up average: relieved replicas go to nodes below it.
     target: u32,
+    /// Nodes below this pull.
+    pull_below: u32,
 }
 
 pub(crate) fn place(view: &ClusterView, workloads: &[Workload], options: Options) -> Placement {
     let (mut engine, duplicates) = Engine::new(view, workloads, options);
     engine.place_pinned();
     engine.keep_running();
+    engine.relieve_over_bound();
     engine.pull_to_underloaded();
     engine.shed_over_bound();
     engine.place_pending();
@@ -154,6 +164,7 @@ impl<'a> Engine<'a> {
             spread_count: HashMap::default(),
             cap: 0,
             target: 0,
+            pull_below: 0,
         };
         let mut selector_index: BTreeMap<&Labels, u32> = BTreeMap::new();
         let mut class_index: BTreeMap<Vec<u64>, u32> = BTreeMap::new();
@@ -245,11 +256,23 @@ impl<'a> Engine<'a> {
                 selector,
                 ring,
                 spread_limit: rules::spread_limit(w.spread, u64::from(count), eligible),
+                eligible: eligible as u32,
+                slack: 0,
                 exhausted: false,
             });
         }
         engine.cap = rules::load_bound(replicas_counted, holding, options.epsilon_permille);
-        engine.target = rules::pull_target(replicas_counted, holding);
+        engine.target = rules::average_ceil(replicas_counted, holding);
+        engine.pull_below =
+            rules::pull_below(replicas_counted, holding, options.epsilon_permille);
+        for work in &mut engine.works {
+            work.slack = rules::slack(
+                u64::from(work.count),
+                u64::from(work.eligible),
+                work.spread_limit,
+                engine.cap,
+            );
+        }
         engine.resolve_claims(&valid);
         (engine, duplicates)
     }
@@ -333,6 +356,13 @@ impl<'a> Engine<'a> {
 
     fn spread_ok(&self, w: u32, node: u32) -> bool {
         self.spread_count(w, node) < self.works[w as usize].spread_limit
+    }
+
+    /// Whether moving a replica of `w` from `from` to `to` keeps or improves
+    /// the evenness of its spread (see [`Engine::pull_to_underloaded`]).
+    fn evens_spread(&self, w: u32, from: u32, to: u32) -> bool {
+        self.works[w as usize].spread_limit == u32::MAX
+            || self.spread_count(w, to) < self.spread_count(w, from)
     }
 
     fn assign(&mut self, r: u32, node: u32) {
@@ -422,11 +452,78 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Phase 3: alive nodes below the average pull replicas that rank them
-    /// above the alive node they run on, until no such move remains. A node
-    /// joins with nothing, so this is how it gets its consistent-hash share.
+    /// Phase 3: nodes over the load bound hand their lowest-scoring unpinned
+    /// replicas, which must move anyway, to the least loaded alive node below
+    /// the average that can take them (best score on ties). When the bound
+    /// drops because a node joined, that is the new node: the replicas the
+    /// smaller bound forces out go where they were needed anyway, instead of
+    /// moving once for the bound and once more for the new node.
+    fn relieve_over_bound(&mut self) {
+        let (cap, target) = (self.cap, self.target);
+        if !self.nodes.iter().any(|n| n.load > cap) {
+            return;
+        }
+        for (x, r) in self.over_bound_in_shed_order() {
+            if self.nodes[x as usize].load <= cap {
+                continue;
+            }
+            let w = self.reps[r as usize].w;
+            let work = &self.works[w as usize];
+            let (req, selector) = (work.w.requests, work.selector);
+            let point = self.reps[r as usize].point;
+            let best = (0..self.nodes.len() as u32)
+                .filter(|&y| {
+                    let n = &self.nodes[y as usize];
+                    y != x
+                        && n.accepting
+                        && n.load < target
+                        && self.matches(selector, y)
+                        && n.node.allocatable.covers(&req)
+                        && self.fits(y, &req)
+                        && self.spread_ok(w, y)
+                })
+                .min_by_key(|&y| {
+                    let n = &self.nodes[y as usize];
+                    (n.load, Reverse(hash::score(point, n.hash)), y)
+                });
+            if let Some(y) = best {
+                self.unassign(r);
+                self.assign(r, y);
+            }
+        }
+    }
+
+    /// Unpinned replicas of nodes over the bound, by node, lowest score
+    /// first (the reverse of the order nodes keep them in).
+    fn over_bound_in_shed_order(&self) -> Vec<(u32, u32)> {
+        let cap = self.cap;
+        let mut over: Vec<(u32, u64, Reverse<u32>)> = self
+            .reps
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.at != NONE && r.pinned == NONE && self.nodes[r.at as usize].load > cap
+            })
+            .map(|(i, r)| {
+                let score = hash::score(r.point, self.nodes[r.at as usize].hash);
+                (r.at, score, Reverse(i as u32))
+            })
+            .collect();
+        over.sort_unstable();
+        over.into_iter().map(|(x, _, Reverse(r))| (x, r)).collect()
+    }
+
+    /// Phase 4: alive nodes below [`rules::pull_below`] pull replicas that
+    /// rank them above the alive node they run on, until no such move
+    /// remains. A node joins with nothing, so this is how it gets its
+    /// consistent-hash share.
+    /// A pull of a spread workload's replica must leave its new node with
+    /// fewer replicas of the workload than its old node had: otherwise a
+    /// spread limit loosened by a departure (`ceil(k/e)` grows as `e`
+    /// shrinks) would pull back every replica spread had pushed along,
+    /// moving replicas that have nothing to do with the departed node.
     fn pull_to_underloaded(&mut self) {
-        let target = self.target;
+        let target = self.pull_below;
         if !self
             .nodes
             .iter()
@@ -477,28 +574,22 @@ impl<'a> Engine<'a> {
         candidates.sort_unstable_by_key(|c| (c.point, c.r));
         loop {
             let mut moved = false;
-            // First relieve overloaded nodes, then anyone.
-            for relieve_only in [true, false] {
-                for c in &mut candidates {
-                    let rep = &self.reps[c.r as usize];
-                    let at = rep.at;
-                    if relieve_only && self.nodes[at as usize].load <= self.cap {
-                        continue;
-                    }
-                    let w = rep.w;
-                    let req = self.works[w as usize].w.requests;
-                    for i in 0..c.len {
-                        let y = arena[(c.start + i) as usize];
-                        if self.nodes[y as usize].load < target
-                            && self.fits(y, &req)
-                            && self.spread_ok(w, y)
-                        {
-                            self.unassign(c.r);
-                            self.assign(c.r, y);
-                            c.len = i;
-                            moved = true;
-                            break;
-                        }
+            for c in &mut candidates {
+                let rep = &self.reps[c.r as usize];
+                let (at, w) = (rep.at, rep.w);
+                let req = self.works[w as usize].w.requests;
+                for i in 0..c.len {
+                    let y = arena[(c.start + i) as usize];
+                    if self.nodes[y as usize].load < target
+                        && self.fits(y, &req)
+                        && self.spread_ok(w, y)
+                        && self.evens_spread(w, at, y)
+                    {
+                        self.unassign(c.r);
+                        self.assign(c.r, y);
+                        c.len = i;
+                        moved = true;
+                        break;
                     }
                 }
             }
@@ -508,44 +599,31 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Phase 4: nodes over the load bound shed their lowest-scoring unpinned
-    /// replicas (the reverse of the order they were kept in).
+    /// Phase 5: nodes still over the load bound shed their lowest-scoring
+    /// unpinned replicas down to the bound.
     fn shed_over_bound(&mut self) {
         let cap = self.cap;
         if !self.nodes.iter().any(|n| n.load > cap) {
             return;
         }
-        let mut over: Vec<(u32, u64, Reverse<u32>)> = self
-            .reps
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.at != NONE && r.pinned == NONE && self.nodes[r.at as usize].load > cap)
-            .map(|(i, r)| {
-                (
-                    r.at,
-                    hash::score(r.point, self.nodes[r.at as usize].hash),
-                    Reverse(i as u32),
-                )
-            })
-            .collect();
-        over.sort_unstable();
-        for (node, _, Reverse(r)) in over {
-            if self.nodes[node as usize].load > cap {
+        for (x, r) in self.over_bound_in_shed_order() {
+            if self.nodes[x as usize].load > cap {
                 self.unassign(r);
             }
         }
     }
 
-    /// Phase 5: everything still unplaced walks its ring, in ring order of
-    /// replicas, to the first eligible node under the bound with room and
-    /// spread to spare: bounded-load consistent hashing.
+    /// Phase 6: everything still unplaced walks its ring to the first
+    /// eligible node under the bound with room and spread to spare:
+    /// bounded-load consistent hashing. Workloads with the least slack go
+    /// first, then replicas in ring order.
     fn place_pending(&mut self) {
-        let mut pending: Vec<(u64, u32)> = self
+        let mut pending: Vec<(u64, u64, u32)> = self
             .reps
             .iter()
             .enumerate()
             .filter(|(_, r)| r.at == NONE && r.pinned == NONE)
-            .map(|(i, r)| (r.point, i as u32))
+            .map(|(i, r)| (self.works[r.w as usize].slack, r.point, i as u32))
             .collect();
         pending.sort_unstable();
         let cap = self.cap;
@@ -554,7 +632,7 @@ impl<'a> Engine<'a> {
             .iter()
             .filter(|n| n.accepting && n.load < cap)
             .count();
-        for (point, r) in pending {
+        for (_, point, r) in pending {
             let w = self.reps[r as usize].w;
             if open == 0 || self.works[w as usize].exhausted {
                 self.works[w as usize].exhausted = true;

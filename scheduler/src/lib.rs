@@ -18,12 +18,13 @@
 //!
 //! The load of a node is the number of replicas on it (resources are a
 //! separate, hard constraint). With `m` replicas that can be held somewhere
-//! and `n` holding nodes, the *bound* is `max(ceil(m/n), floor((1+ε)·m/n))`:
-//! `(1+ε)` times the average, never less than what makes room for all. The
-//! *target* is `ceil(m/n)`. Spread allows `ceil(k/e)` replicas of a
+//! and `n` holding nodes, the *bound* is `ceil((1+ε)·m/n)`, the capacity of
+//! bounded-load consistent hashing (rounded up so it is always reachable and
+//! does not drop when one node joins a large cluster). The *average* is
+//! `ceil(m/n)` and the *pull threshold* `ceil((1-ε)·m/n)`, the bound's mirror. Spread allows `ceil(k/e)` replicas of a
 //! `k`-replica workload per node with `e` eligible nodes (one while `e ≥ k`).
 //!
-//! Placement runs five phases, each in canonical order:
+//! Placement runs six phases, each in canonical order:
 //!
 //! 1. *Pinned*: a stateful replica whose volume is on a holding node goes
 //!    there if the selector matches and it fits, whatever spread and bound
@@ -32,16 +33,20 @@
 //! 2. *Keep*: a replica stays on the holding node that runs it if that node
 //!    matches, has room and spread allows (a node keeps its best-scoring
 //!    replicas first). Suspect nodes keep theirs: no flapping on suspicion.
-//! 3. *Pull*: an alive node below the target takes, from other alive nodes,
-//!    replicas that prefer it to where they run, until none is left; replicas
-//!    on nodes over the bound go first. This is how a new node gets its
-//!    consistent-hash share, and only that.
-//! 4. *Shed*: a node over the bound drops its lowest-scoring unpinned
+//! 3. *Relieve*: a node over the bound hands its lowest-scoring replicas
+//!    to the least loaded alive node below the average that can take them:
+//!    when a join lowers the bound, the new node absorbs what must move.
+//! 4. *Pull*: an alive node below the pull threshold takes, from other alive nodes,
+//!    replicas that prefer it to where they run (for a spread workload, only
+//!    from a node running more of its replicas than it does), until none is
+//!    left. This is how a new node gets its consistent-hash share.
+//! 5. *Shed*: a node still over the bound drops its lowest-scoring unpinned
 //!    replicas down to the bound.
-//! 5. *Place*: every replica still unplaced walks its preference to the
-//!    first node under the bound with room and spread to spare (bounded-load
-//!    consistent hashing, Mirrokni, Thorup and Zadimoghaddam 2018), or is
-//!    unschedulable with a per-node account of why.
+//! 6. *Place*: every replica still unplaced, those of workloads with the
+//!    fewest spare slots first (narrow selectors, tight spread), walks its preference to the first node under the bound
+//!    with room and spread to spare (bounded-load consistent hashing,
+//!    Mirrokni, Thorup and Zadimoghaddam 2018), or is unschedulable with a
+//!    per-node account of why.
 //!
 //! # Invariants
 //!

@@ -157,7 +157,8 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
         })
         .count() as u64;
     let cap = rules::load_bound(counted, holding, options.epsilon_permille);
-    let target = rules::pull_target(counted, holding);
+    let target = rules::average_ceil(counted, holding);
+    let pull_below = rules::pull_below(counted, holding, options.epsilon_permille);
     for r in all_reps.clone() {
         let w = s.reps[r].workload;
         let count = s.reps.iter().filter(|o| o.workload.id == w.id).count() as u64;
@@ -206,28 +207,58 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
         }
     }
 
-    // Underloaded alive nodes pull replicas that prefer them.
+    // Nodes over the bound hand replicas, lowest scores first, to the least
+    // loaded node below the target that can take them.
+    let shed_order = |s: &State<'_>, x: usize| {
+        let mut held: Vec<usize> = (0..s.reps.len())
+            .filter(|&r| s.at[r] == Some(x) && s.reps[r].pinned.is_none())
+            .collect();
+        held.sort_by_key(|&r| (s.score(r, x), Reverse(r)));
+        held
+    };
+    for x in all_nodes.clone() {
+        if s.load(x) <= cap {
+            continue;
+        }
+        for r in shed_order(&s, x) {
+            if s.load(x) <= cap {
+                break;
+            }
+            let best = all_nodes
+                .clone()
+                .filter(|&y| {
+                    y != x
+                        && s.eligible(y, r)
+                        && s.load(y) < target
+                        && s.fits(y, r)
+                        && s.spread_ok(y, r)
+                })
+                .min_by_key(|&y| (s.load(y), Reverse(s.score(r, y)), y));
+            if let Some(y) = best {
+                s.at[r] = Some(y);
+            }
+        }
+    }
+
+    // Alive nodes well below the average pull replicas that prefer them.
     let mut by_point: Vec<usize> = all_reps.clone().collect();
     by_point.sort_by_key(|&r| (s.reps[r].point, r));
     loop {
         let mut moved = false;
-        for relieve_only in [true, false] {
-            for &r in &by_point {
-                let Some(x) = s.at[r] else { continue };
-                if s.reps[r].pinned.is_some() || !s.nodes[x].status.accepts_replicas() {
-                    continue;
-                }
-                if relieve_only && s.load(x) <= cap {
-                    continue;
-                }
-                let preference = s.preference(r);
-                let better = preference.iter().take_while(|&&y| y != x);
-                for &y in better {
-                    if s.load(y) < target && s.fits(y, r) && s.spread_ok(y, r) {
-                        s.at[r] = Some(y);
-                        moved = true;
-                        break;
-                    }
+        for &r in &by_point {
+            let Some(x) = s.at[r] else { continue };
+            if s.reps[r].pinned.is_some() || !s.nodes[x].status.accepts_replicas() {
+                continue;
+            }
+            let preference = s.preference(r);
+            let better = preference.iter().take_while(|&&y| y != x);
+            for &y in better {
+                let evens = !s.reps[r].workload.spread
+                    || s.same_workload_on(y, r) < s.same_workload_on(x, r);
+                if s.load(y) < pull_below && s.fits(y, r) && s.spread_ok(y, r) && evens {
+                    s.at[r] = Some(y);
+                    moved = true;
+                    break;
                 }
             }
         }
@@ -236,22 +267,26 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
         }
     }
 
-    // Shed down to the bound, lowest scores first.
+    // Shed what is still over the bound, lowest scores first.
     for x in all_nodes.clone() {
-        let mut held: Vec<usize> = all_reps
-            .clone()
-            .filter(|&r| s.at[r] == Some(x) && s.reps[r].pinned.is_none())
-            .collect();
-        held.sort_by_key(|&r| (s.score(r, x), Reverse(r)));
-        for r in held {
+        for r in shed_order(&s, x) {
             if s.load(x) > cap {
                 s.at[r] = None;
             }
         }
     }
 
-    // Everything else: first node along the ring with room.
-    for &r in &by_point {
+    // Everything else, least slack first: first node along the ring with
+    // room.
+    let slack = |r: usize| {
+        let w = s.reps[r].workload;
+        let count = s.reps.iter().filter(|o| o.workload.id == w.id).count() as u64;
+        let eligible = all_nodes.clone().filter(|&x| s.eligible(x, r)).count() as u64;
+        rules::slack(count, eligible, s.spread_limit[&w.id], cap)
+    };
+    let mut by_constraint = by_point.clone();
+    by_constraint.sort_by_key(|&r| (slack(r), s.reps[r].point, r));
+    for &r in &by_constraint {
         if s.at[r].is_some() || s.reps[r].pinned.is_some() {
             continue;
         }
