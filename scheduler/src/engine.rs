@@ -358,13 +358,6 @@ impl<'a> Engine<'a> {
         self.spread_count(w, node) < self.works[w as usize].spread_limit
     }
 
-    /// Whether moving a replica of `w` from `from` to `to` keeps or improves
-    /// the evenness of its spread (see [`Engine::pull_to_underloaded`]).
-    fn evens_spread(&self, w: u32, from: u32, to: u32) -> bool {
-        self.works[w as usize].spread_limit == u32::MAX
-            || self.spread_count(w, to) < self.spread_count(w, from)
-    }
-
     fn assign(&mut self, r: u32, node: u32) {
         let rep = &mut self.reps[r as usize];
         debug_assert_eq!(rep.at, NONE);
@@ -517,11 +510,17 @@ impl<'a> Engine<'a> {
     /// rank them above the alive node they run on, until no such move
     /// remains. A node joins with nothing, so this is how it gets its
     /// consistent-hash share.
-    /// A pull of a spread workload's replica must leave its new node with
-    /// fewer replicas of the workload than its old node had: otherwise a
-    /// spread limit loosened by a departure (`ceil(k/e)` grows as `e`
-    /// shrinks) would pull back every replica spread had pushed along,
-    /// moving replicas that have nothing to do with the departed node.
+    ///
+    /// A pull never gives a node a second replica of a spread workload:
+    /// replicas that spread pushed past a node they prefer would otherwise
+    /// all return when a departure loosens the limit (`ceil(k/e)` grows as
+    /// `e` shrinks), moving replicas unrelated to the departed node. So a
+    /// new node pulls at most one replica of each spread workload; it gets
+    /// more only from the other phases.
+    ///
+    /// Every condition for a pull only gets harder to meet as the later
+    /// phases add replicas, which is what makes the result a fixed point:
+    /// placing again from it pulls nothing.
     fn pull_to_underloaded(&mut self) {
         let target = self.pull_below;
         if !self
@@ -576,14 +575,13 @@ impl<'a> Engine<'a> {
             let mut moved = false;
             for c in &mut candidates {
                 let rep = &self.reps[c.r as usize];
-                let (at, w) = (rep.at, rep.w);
+                let w = rep.w;
                 let req = self.works[w as usize].w.requests;
                 for i in 0..c.len {
                     let y = arena[(c.start + i) as usize];
                     if self.nodes[y as usize].load < target
                         && self.fits(y, &req)
-                        && self.spread_ok(w, y)
-                        && self.evens_spread(w, at, y)
+                        && self.spread_count(w, y) == 0
                     {
                         self.unassign(c.r);
                         self.assign(c.r, y);

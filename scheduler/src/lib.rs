@@ -37,9 +37,10 @@
 //!    to the least loaded alive node below the average that can take them:
 //!    when a join lowers the bound, the new node absorbs what must move.
 //! 4. *Pull*: an alive node below the pull threshold takes, from other alive nodes,
-//!    replicas that prefer it to where they run (for a spread workload, only
-//!    from a node running more of its replicas than it does), until none is
-//!    left. This is how a new node gets its consistent-hash share.
+//!    replicas that prefer it to where they run (never a second replica of a
+//!    spread workload), until none is left. This is
+//!    how a new node gets its consistent-hash share; the threshold, well
+//!    below the average, stops one move from unlocking a chain of others.
 //! 5. *Shed*: a node still over the bound drops its lowest-scoring unpinned
 //!    replicas down to the bound.
 //! 6. *Place*: every replica still unplaced, those of workloads with the

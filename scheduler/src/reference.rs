@@ -253,9 +253,8 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
             let preference = s.preference(r);
             let better = preference.iter().take_while(|&&y| y != x);
             for &y in better {
-                let evens = !s.reps[r].workload.spread
-                    || s.same_workload_on(y, r) < s.same_workload_on(x, r);
-                if s.load(y) < pull_below && s.fits(y, r) && s.spread_ok(y, r) && evens {
+                let doubles_up = s.reps[r].workload.spread && s.same_workload_on(y, r) > 0;
+                if s.load(y) < pull_below && s.fits(y, r) && !doubles_up {
                     s.at[r] = Some(y);
                     moved = true;
                     break;
