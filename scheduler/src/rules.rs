@@ -28,18 +28,20 @@ pub(crate) fn average_ceil(replicas: u64, holding_nodes: u64) -> u32 {
 }
 
 /// Load below which an alive node pulls replicas that prefer it:
-/// `ceil((1 - ε) · m / n)`, the mirror of the bound. A node that has just
-/// joined is far below it and pulls about its share; a node that has only
-/// given one replica away is not, which is what keeps one move from
-/// unlocking a chain of others (each pull can free a spread slot that lets
-/// another replica return to a node it prefers).
+/// `ceil((1 - ε) · m / n)`, the mirror of the bound, and always below the
+/// bound itself. A node that has just joined is far below it and pulls about
+/// its share; a node that has only given one replica away is not, which is
+/// what keeps one move from unlocking a chain of others (a node that was at
+/// the bound, and so was passed over by replicas that preferred it, must not
+/// start pulling them back because it lost one).
 pub(crate) fn pull_below(replicas: u64, holding_nodes: u64, epsilon_permille: u32) -> u32 {
     if holding_nodes == 0 || epsilon_permille >= 1000 {
         return 0;
     }
     let scaled = u128::from(replicas) * (1000 - u128::from(epsilon_permille));
     let low = scaled.div_ceil(1000 * u128::from(holding_nodes));
-    u32::try_from(low).unwrap_or(u32::MAX)
+    let bound = load_bound(replicas, holding_nodes, epsilon_permille);
+    u32::try_from(low).unwrap_or(u32::MAX).min(bound.saturating_sub(1))
 }
 
 /// Most replicas of one spread workload a node may run: one while there are
@@ -89,7 +91,9 @@ mod tests {
     fn pull_threshold_mirrors_the_bound_below_the_average() {
         assert_eq!(pull_below(100_000, 1000, 100), 90);
         assert_eq!(pull_below(100_000, 1001, 100), 90);
-        assert_eq!(pull_below(10, 10, 100), 1);
+        assert_eq!(pull_below(10, 10, 100), 0);
+        assert_eq!(pull_below(20, 10, 100), 2);
+        assert_eq!(pull_below(1000, 10, 0), 99);
         assert_eq!(pull_below(10, 10, 1000), 0);
         assert_eq!(average_ceil(11, 10), 2);
     }

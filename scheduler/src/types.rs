@@ -224,7 +224,7 @@ impl ClusterView {
     }
 
     /// The nodes, in id order.
-    pub fn nodes(&self) -> impl ExactSizeIterator<Item = &Node> + '_ {
+    pub fn nodes(&self) -> impl DoubleEndedIterator<Item = &Node> + ExactSizeIterator + '_ {
         self.nodes.values()
     }
 
