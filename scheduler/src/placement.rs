@@ -240,9 +240,10 @@ impl fmt::Display for NoNodeReport {
             f,
             n,
             format_args!(
-                "{} at the load bound of {} replicas",
+                "{} at the load bound of {} replica{}",
                 one(n, "is", "are"),
-                self.load_bound
+                self.load_bound,
+                if self.load_bound == 1 { "" } else { "s" }
             ),
         )?;
         Ok(())

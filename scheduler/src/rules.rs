@@ -91,7 +91,8 @@ mod tests {
     fn pull_threshold_mirrors_the_bound_below_the_average() {
         assert_eq!(pull_below(100_000, 1000, 100), 90);
         assert_eq!(pull_below(100_000, 1001, 100), 90);
-        assert_eq!(pull_below(10, 10, 100), 0);
+        assert_eq!(pull_below(10, 10, 100), 1);
+        assert_eq!(pull_below(10, 10, 0), 0);
         assert_eq!(pull_below(20, 10, 100), 2);
         assert_eq!(pull_below(1000, 10, 0), 99);
         assert_eq!(pull_below(10, 10, 1000), 0);
