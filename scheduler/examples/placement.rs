@@ -158,7 +158,11 @@ fn main() -> anyhow::Result<()> {
             let old = steady.node_of(&r);
             if old.is_some_and(|o| o != d) {
                 let o = old.unwrap();
-                eprintln!("{r}: {o} (load {}) -> {d} (load {:?})", before[o], before.get(d));
+                eprintln!(
+                    "{r}: {o} (load {}) -> {d} (load {:?})",
+                    before[o],
+                    before.get(d)
+                );
             }
         }
     }
@@ -179,7 +183,10 @@ fn main() -> anyhow::Result<()> {
     for (replica, reason) in scratch.unschedulable().take(args.explain) {
         eprintln!("{replica}: {reason}");
     }
-    let stateful = workloads.iter().filter(|w| w.replicas.is_stateful()).count();
+    let stateful = workloads
+        .iter()
+        .filter(|w| w.replicas.is_stateful())
+        .count();
     if args.json {
         let out = serde_json::json!({
             "nodes": args.nodes,
@@ -220,7 +227,10 @@ fn main() -> anyhow::Result<()> {
             "place from scratch:   {place_ms:.1} ms (median of {})",
             times.len()
         );
-        println!("place, steady state: {:.1} ms, {moved_steady} moved", ms(steady_t));
+        println!(
+            "place, steady state: {:.1} ms, {moved_steady} moved",
+            ms(steady_t)
+        );
         println!(
             "load: bound {}, max {max_load}, mean {mean:.2}, max/mean {max_over_mean:.3}",
             scratch.load_bound

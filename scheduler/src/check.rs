@@ -198,7 +198,9 @@ impl Placement {
         for (id, group) in &groups {
             let [w] = group.as_slice() else { continue };
             let holdable = view.nodes().any(|n| {
-                n.status.holds_replicas() && n.matches(&w.node_selector) && n.allocatable.covers(&w.requests)
+                n.status.holds_replicas()
+                    && n.matches(&w.node_selector)
+                    && n.allocatable.covers(&w.requests)
             });
             counted += w
                 .replicas
@@ -229,7 +231,9 @@ impl Placement {
         // Per-replica rules that need no totals, and the totals themselves.
         let mut tally: BTreeMap<&NodeId, NodeTally> = BTreeMap::new();
         for (id, group) in &groups {
-            let Some(decisions) = self.workloads.get(*id) else { continue };
+            let Some(decisions) = self.workloads.get(*id) else {
+                continue;
+            };
             let [w] = group.as_slice() else {
                 for (ordinal, decision) in decisions {
                     if !matches!(decision, Decision::Unschedulable(Reason::DuplicateWorkload { copies }) if *copies as usize == group.len())
@@ -244,7 +248,13 @@ impl Placement {
             };
             for (&ordinal, decision) in decisions {
                 let replica = id.replica(ordinal);
-                let Decision::Run { node: node_id, fresh_volume } = decision else { continue };
+                let Decision::Run {
+                    node: node_id,
+                    fresh_volume,
+                } = decision
+                else {
+                    continue;
+                };
                 let Some(node) = view.node(node_id) else {
                     violations.push(Violation::UnknownNode {
                         replica,
@@ -276,7 +286,8 @@ impl Placement {
                         node: node_id.clone(),
                     });
                 }
-                let expected = w.replicas.is_stateful() && w.replicas.volume(ordinal) != Some(node_id);
+                let expected =
+                    w.replicas.is_stateful() && w.replicas.volume(ordinal) != Some(node_id);
                 if *fresh_volume != expected {
                     violations.push(Violation::FreshVolume { replica, expected });
                 }
@@ -293,7 +304,9 @@ impl Placement {
         }
 
         for (node_id, t) in &tally {
-            let Some(node) = view.node(node_id) else { continue };
+            let Some(node) = view.node(node_id) else {
+                continue;
+            };
             if t.cpu > node.allocatable.cpu_millis || t.memory > node.allocatable.memory_bytes {
                 violations.push(Violation::OverCapacity {
                     node: (*node_id).clone(),
@@ -326,9 +339,13 @@ impl Placement {
         let empty = NodeTally::default();
         for (id, group) in &groups {
             let [w] = group.as_slice() else { continue };
-            let Some(decisions) = self.workloads.get(*id) else { continue };
+            let Some(decisions) = self.workloads.get(*id) else {
+                continue;
+            };
             for (&ordinal, decision) in decisions {
-                let Decision::Unschedulable(reason) = decision else { continue };
+                let Decision::Unschedulable(reason) = decision else {
+                    continue;
+                };
                 let replica = id.replica(ordinal);
                 let fits = |node: &Node| {
                     let t = tally.get(&node.id).unwrap_or(&empty);
@@ -336,7 +353,9 @@ impl Placement {
                         && t.memory + w.requests.memory_bytes <= node.allocatable.memory_bytes
                 };
                 match (reason, pinned_node(w, ordinal)) {
-                    (Reason::VolumeNode { node, .. }, Some(volume_node)) if *node == volume_node.id => {
+                    (Reason::VolumeNode { node, .. }, Some(volume_node))
+                        if *node == volume_node.id =>
+                    {
                         if volume_node.matches(&w.node_selector) && fits(volume_node) {
                             violations.push(Violation::CouldRun {
                                 replica,

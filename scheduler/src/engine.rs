@@ -14,6 +14,10 @@ use crate::types::{ClusterView, Labels, Node, Options, Resources, Workload, Work
 
 const NONE: u32 = u32::MAX;
 
+/// Workload ids given more than once: the id, the union of their ordinals,
+/// and how many workloads carry it.
+type Duplicates<'a> = Vec<(&'a WorkloadId, Vec<u32>, u32)>;
+
 struct NodeRt<'a> {
     node: &'a Node,
     hash: u64,
@@ -96,7 +100,7 @@ impl<'a> Engine<'a> {
         view: &'a ClusterView,
         workloads: &'a [Workload],
         options: Options,
-    ) -> (Self, Vec<(&'a WorkloadId, Vec<u32>, u32)>) {
+    ) -> (Self, Duplicates<'a>) {
         let nodes: Vec<NodeRt<'a>> = view
             .nodes()
             .map(|node| NodeRt {
@@ -130,8 +134,10 @@ impl<'a> Engine<'a> {
             if j - i == 1 {
                 valid.push(order[i]);
             } else {
-                let mut ordinals: Vec<u32> =
-                    order[i..j].iter().flat_map(|w| w.replicas.ordinals()).collect();
+                let mut ordinals: Vec<u32> = order[i..j]
+                    .iter()
+                    .flat_map(|w| w.replicas.ordinals())
+                    .collect();
                 ordinals.sort_unstable();
                 ordinals.dedup();
                 duplicates.push((&order[i].id, ordinals, (j - i) as u32));
@@ -222,7 +228,9 @@ impl<'a> Engine<'a> {
                 holding > 0
             } else {
                 engine.nodes.iter().enumerate().any(|(i, n)| {
-                    n.holding && engine.matches(selector, i as u32) && n.node.allocatable.covers(&req)
+                    n.holding
+                        && engine.matches(selector, i as u32)
+                        && n.node.allocatable.covers(&req)
                 })
             };
 
@@ -263,8 +271,7 @@ impl<'a> Engine<'a> {
         }
         engine.cap = rules::load_bound(replicas_counted, holding, options.epsilon_permille);
         engine.target = rules::average_ceil(replicas_counted, holding);
-        engine.pull_below =
-            rules::pull_below(replicas_counted, holding, options.epsilon_permille);
+        engine.pull_below = rules::pull_below(replicas_counted, holding, options.epsilon_permille);
         for work in &mut engine.works {
             work.slack = rules::slack(
                 u64::from(work.count),
@@ -523,11 +530,7 @@ impl<'a> Engine<'a> {
     /// placing again from it pulls nothing.
     fn pull_to_underloaded(&mut self) {
         let target = self.pull_below;
-        if !self
-            .nodes
-            .iter()
-            .any(|n| n.accepting && n.load < target)
-        {
+        if !self.nodes.iter().any(|n| n.accepting && n.load < target) {
             return;
         }
         // For each candidate, the nodes it prefers to where it runs, best
@@ -717,11 +720,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn output(
-        self,
-        options: Options,
-        duplicates: Vec<(&WorkloadId, Vec<u32>, u32)>,
-    ) -> Placement {
+    fn output(self, options: Options, duplicates: Duplicates<'_>) -> Placement {
         let mut workloads = BTreeMap::new();
         for (wi, work) in self.works.iter().enumerate() {
             let stateful = work.w.replicas.is_stateful();
@@ -734,7 +733,8 @@ impl<'a> Engine<'a> {
                         let node = &self.nodes[r.at as usize].node.id;
                         Decision::Run {
                             node: node.clone(),
-                            fresh_volume: stateful && work.w.replicas.volume(r.ordinal) != Some(node),
+                            fresh_volume: stateful
+                                && work.w.replicas.volume(r.ordinal) != Some(node),
                         }
                     } else if r.volume_failed {
                         Decision::Unschedulable(Reason::VolumeNode {
@@ -753,7 +753,12 @@ impl<'a> Engine<'a> {
         for (id, ordinals, copies) in duplicates {
             let decisions = ordinals
                 .into_iter()
-                .map(|o| (o, Decision::Unschedulable(Reason::DuplicateWorkload { copies })))
+                .map(|o| {
+                    (
+                        o,
+                        Decision::Unschedulable(Reason::DuplicateWorkload { copies }),
+                    )
+                })
                 .collect();
             workloads.insert(id.clone(), decisions);
         }

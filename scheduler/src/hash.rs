@@ -36,7 +36,8 @@ pub(crate) fn node_hash(id: &NodeId) -> u64 {
 /// Hash of a workload id. The parts are separated by 0xff, a byte UTF-8
 /// never produces, so distinct ids cannot collide by concatenation.
 pub(crate) fn workload_hash(id: &WorkloadId) -> u64 {
-    let mut bytes = Vec::with_capacity(id.kind().len() + id.namespace().len() + id.name().len() + 2);
+    let mut bytes =
+        Vec::with_capacity(id.kind().len() + id.namespace().len() + id.name().len() + 2);
     bytes.extend_from_slice(id.kind().as_bytes());
     bytes.push(0xff);
     bytes.extend_from_slice(id.namespace().as_bytes());

@@ -13,7 +13,7 @@
 //! *accepting* when alive (it can be given new ones). A replica is
 //! *eligible* for an accepting node whose labels match the workload's
 //! selector and whose allocatable resources cover the request. Each node has
-//! [`VNODES`](crate::hash) points on a hash ring; a replica's *preference* is
+//! 128 points on a hash ring; a replica's *preference* is
 //! the order a clockwise walk from its own point meets its eligible nodes.
 //!
 //! The load of a node is the number of replicas on it (resources are a

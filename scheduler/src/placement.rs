@@ -232,7 +232,11 @@ impl fmt::Display for NoNodeReport {
                 "already {} {} replica{} of it (spread)",
                 one(n, "runs", "run"),
                 self.spread_limit.unwrap_or(0),
-                if self.spread_limit == Some(1) { "" } else { "s" }
+                if self.spread_limit == Some(1) {
+                    ""
+                } else {
+                    "s"
+                }
             ),
         )?;
         let n = self.at_load_bound;

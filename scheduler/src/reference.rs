@@ -185,7 +185,10 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
     // Pinned replicas first, on their volume's node.
     let mut volume_failed = vec![false; s.reps.len()];
     for x in all_nodes.clone() {
-        let mut pinned: Vec<usize> = all_reps.clone().filter(|&r| s.reps[r].pinned == Some(x)).collect();
+        let mut pinned: Vec<usize> = all_reps
+            .clone()
+            .filter(|&r| s.reps[r].pinned == Some(x))
+            .collect();
         pinned.sort_by_key(|&r| (Reverse(s.score(r, x)), r));
         for r in pinned {
             if s.matches(x, r) && s.fits(x, r) {
@@ -198,7 +201,10 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
 
     // Keep running replicas where they are valid.
     for x in all_nodes.clone() {
-        let mut running: Vec<usize> = all_reps.clone().filter(|&r| current[r] == Some(x)).collect();
+        let mut running: Vec<usize> = all_reps
+            .clone()
+            .filter(|&r| current[r] == Some(x))
+            .collect();
         running.sort_by_key(|&r| (Reverse(s.score(r, x)), r));
         for r in running {
             if s.matches(x, r) && s.fits(x, r) && s.spread_ok(x, r) {
@@ -298,8 +304,8 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
     }
 
     let mut out: BTreeMap<WorkloadId, BTreeMap<u32, Decision>> = groups
-        .iter()
-        .map(|(id, _)| ((*id).clone(), BTreeMap::new()))
+        .keys()
+        .map(|id| ((*id).clone(), BTreeMap::new()))
         .collect();
     for r in all_reps {
         let w = s.reps[r].workload;

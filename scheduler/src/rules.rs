@@ -41,7 +41,9 @@ pub(crate) fn pull_below(replicas: u64, holding_nodes: u64, epsilon_permille: u3
     let scaled = u128::from(replicas) * (1000 - u128::from(epsilon_permille));
     let low = scaled.div_ceil(1000 * u128::from(holding_nodes));
     let bound = load_bound(replicas, holding_nodes, epsilon_permille);
-    u32::try_from(low).unwrap_or(u32::MAX).min(bound.saturating_sub(1))
+    u32::try_from(low)
+        .unwrap_or(u32::MAX)
+        .min(bound.saturating_sub(1))
 }
 
 /// Most replicas of one spread workload a node may run: one while there are

@@ -15,7 +15,10 @@ fn nodes(n: usize) -> Vec<Node> {
 }
 
 fn placed_nodes(p: &Placement, w: &WorkloadId) -> Vec<NodeId> {
-    p.workloads[w].values().filter_map(|d| d.node().cloned()).collect()
+    p.workloads[w]
+        .values()
+        .filter_map(|d| d.node().cloned())
+        .collect()
 }
 
 #[test]
@@ -44,7 +47,13 @@ fn spread_puts_replicas_on_distinct_nodes_while_enough_exist() {
 fn spread_evens_out_when_replicas_outnumber_nodes() {
     let v = view(nodes(3));
     let ws = vec![Workload::deployment(wid("web"), 7, small())];
-    let p = place_with(&v, &ws, Options { epsilon_permille: 500 });
+    let p = place_with(
+        &v,
+        &ws,
+        Options {
+            epsilon_permille: 500,
+        },
+    );
     let mut per_node: BTreeMap<NodeId, u32> = BTreeMap::new();
     for n in placed_nodes(&p, &wid("web")) {
         *per_node.entry(n).or_default() += 1;
@@ -58,7 +67,13 @@ fn capacity_is_never_exceeded_and_the_rest_is_unschedulable_with_a_reason() {
     let v = view((0..3).map(|i| Node::new(format!("n{i}"), Resources::new(2000, 4 * GI))));
     let big = Resources::new(1500, GI);
     let ws = vec![Workload::deployment(wid("heavy"), 5, big).with_spread(false)];
-    let p = place_with(&v, &ws, Options { epsilon_permille: 1000 });
+    let p = place_with(
+        &v,
+        &ws,
+        Options {
+            epsilon_permille: 1000,
+        },
+    );
     p.check(&v, &ws).expect("valid");
     assert_eq!(p.assignments().count(), 3);
     let (_, reason) = p.unschedulable().next().expect("two are unschedulable");
@@ -87,8 +102,10 @@ fn unschedulable_reason_counts_each_node_under_its_first_problem() {
     let reasons: Vec<String> = p.unschedulable().map(|(_, r)| r.to_string()).collect();
     assert_eq!(
         reasons,
-        ["0/5 nodes can run it: 1 is not ready, 2 do not match selector disk=ssd, \
-          1 has less than 2000m cpu free, 1 is at the load bound of 1 replica"]
+        [
+            "0/5 nodes can run it: 1 is not ready, 2 do not match selector disk=ssd, \
+          1 has less than 2000m cpu free, 1 is at the load bound of 1 replica"
+        ]
     );
 }
 
@@ -130,9 +147,15 @@ fn suspect_node_keeps_its_replicas_but_gets_no_new_ones() {
     let v = view(nodes(4));
     let ws = vec![Workload::deployment(wid("web"), 4, small())];
     let (mut running, before) = settle(&v, &ws, Options::default());
-    let suspect = before.node_of(&wid("web").replica(0)).expect("placed").clone();
+    let suspect = before
+        .node_of(&wid("web").replica(0))
+        .expect("placed")
+        .clone();
     running.node_mut(&suspect).expect("exists").status = NodeStatus::Suspect;
-    let ws_more = vec![Workload::deployment(wid("web"), 4, small()), Workload::deployment(wid("new"), 8, small()).with_spread(false)];
+    let ws_more = vec![
+        Workload::deployment(wid("web"), 4, small()),
+        Workload::deployment(wid("new"), 8, small()).with_spread(false),
+    ];
     let after = place(&running, &ws_more);
     after.check(&running, &ws_more).expect("valid");
     assert_eq!(after.moved_since(&before), 0);
@@ -145,7 +168,10 @@ fn dead_and_left_nodes_lose_their_replicas() {
         let v = view(nodes(4));
         let ws = vec![Workload::deployment(wid("web"), 3, small())];
         let (mut running, before) = settle(&v, &ws, Options::default());
-        let lost = before.node_of(&wid("web").replica(1)).expect("placed").clone();
+        let lost = before
+            .node_of(&wid("web").replica(1))
+            .expect("placed")
+            .clone();
         running.node_mut(&lost).expect("exists").status = status;
         let after = place(&running, &ws);
         after.check(&running, &ws).expect("valid");
@@ -158,7 +184,10 @@ fn dead_and_left_nodes_lose_their_replicas() {
 fn stateful(volumes: &[(u32, Option<&str>)]) -> Workload {
     Workload::stateful(
         sid("db"),
-        volumes.iter().map(|&(o, n)| (o, n.map(NodeId::new))).collect(),
+        volumes
+            .iter()
+            .map(|&(o, n)| (o, n.map(NodeId::new)))
+            .collect(),
         small(),
     )
 }
@@ -171,30 +200,46 @@ fn stateful_replica_stays_with_its_volume_while_its_node_lives() {
     p.check(&v, &ws).expect("valid");
     assert_eq!(
         p.decision(&sid("db").replica(0)),
-        Some(&Decision::Run { node: NodeId::new("n4"), fresh_volume: false })
+        Some(&Decision::Run {
+            node: NodeId::new("n4"),
+            fresh_volume: false
+        })
     );
     assert_eq!(p.node_of(&sid("db").replica(1)), Some(&NodeId::new("n2")));
     let Some(Decision::Run { node, fresh_volume }) = p.decision(&sid("db").replica(2)) else {
         panic!("ordinal 2 should run");
     };
     assert!(*fresh_volume, "no volume yet");
-    assert!(node.as_str() != "n4" && node.as_str() != "n2", "ordinals are spread");
+    assert!(
+        node.as_str() != "n4" && node.as_str() != "n2",
+        "ordinals are spread"
+    );
 
     // A suspect volume node keeps its replica too.
     let mut suspect = v.clone();
     suspect.node_mut(&NodeId::new("n4")).expect("exists").status = NodeStatus::Suspect;
-    assert_eq!(place(&suspect, &ws).node_of(&sid("db").replica(0)), Some(&NodeId::new("n4")));
+    assert_eq!(
+        place(&suspect, &ws).node_of(&sid("db").replica(0)),
+        Some(&NodeId::new("n4"))
+    );
 }
 
 #[test]
 fn stateful_replica_moves_to_a_fresh_volume_when_its_node_dies() {
     let mut v = view(nodes(5));
     v.node_mut(&NodeId::new("n3")).expect("exists").status = NodeStatus::Dead;
-    let ws = vec![stateful(&[(0, Some("n3")), (1, Some("n1")), (7, Some("vanished"))])];
+    let ws = vec![stateful(&[
+        (0, Some("n3")),
+        (1, Some("n1")),
+        (7, Some("vanished")),
+    ])];
     let p = place(&v, &ws);
     p.check(&v, &ws).expect("valid");
     for ordinal in [0, 7] {
-        let Some(Decision::Run { node, fresh_volume: true }) = p.decision(&sid("db").replica(ordinal))
+        let Some(Decision::Run {
+            node,
+            fresh_volume: true,
+        }) = p.decision(&sid("db").replica(ordinal))
         else {
             panic!("ordinal {ordinal} should run on a fresh volume: {p:?}");
         };
@@ -204,10 +249,7 @@ fn stateful_replica_moves_to_a_fresh_volume_when_its_node_dies() {
 
 #[test]
 fn volume_node_that_cannot_run_its_replica_makes_it_unschedulable() {
-    let v = view([
-        Node::new("small", Resources::new(500, GI)),
-        big_node("big"),
-    ]);
+    let v = view([Node::new("small", Resources::new(500, GI)), big_node("big")]);
     let ws = vec![Workload::stateful(
         sid("db"),
         [(0, Some(NodeId::new("small")))].into_iter().collect(),
@@ -249,7 +291,11 @@ fn a_new_node_takes_about_its_share_and_only_replicas_move_onto_it() {
     running.insert(big_node("joiner"));
     let after = place(&running, &ws);
     after.check(&running, &ws).expect("valid");
-    let onto = after.loads().get(&NodeId::new("joiner")).copied().unwrap_or(0);
+    let onto = after
+        .loads()
+        .get(&NodeId::new("joiner"))
+        .copied()
+        .unwrap_or(0);
     // 400 replicas over 21 nodes: about 19 each.
     assert!((10..=21).contains(&onto), "joiner got {onto}");
     // The bound drops from 22 to 21: nodes at 22 must give one away, and
@@ -264,7 +310,10 @@ fn a_new_node_takes_about_its_share_and_only_replicas_move_onto_it() {
         .into_iter()
         .filter(|(_, _, to)| to.as_str() != "joiner")
         .count();
-    assert!(elsewhere as u32 <= forced, "{elsewhere} moved elsewhere, {forced} forced");
+    assert!(
+        elsewhere as u32 <= forced,
+        "{elsewhere} moved elsewhere, {forced} forced"
+    );
     assert!(after.moved_since(&before) as u32 <= onto + forced);
 }
 
@@ -273,12 +322,18 @@ fn replicas_claimed_by_two_nodes_are_resolved_the_same_way_everywhere() {
     let mut v = view(nodes(4));
     let r = wid("web").replica(0);
     for n in ["n1", "n3"] {
-        v.node_mut(&NodeId::new(n)).expect("exists").running.insert(r.clone());
+        v.node_mut(&NodeId::new(n))
+            .expect("exists")
+            .running
+            .insert(r.clone());
     }
     let ws = vec![Workload::deployment(wid("web"), 1, small())];
     let p = place(&v, &ws);
     let chosen = p.node_of(&r).expect("placed").clone();
-    assert!(chosen.as_str() == "n1" || chosen.as_str() == "n3", "kept on a claimant");
+    assert!(
+        chosen.as_str() == "n1" || chosen.as_str() == "n3",
+        "kept on a claimant"
+    );
     let reversed = ClusterView::new(v.nodes().rev().cloned()).expect("unique");
     assert_eq!(place(&reversed, &ws).node_of(&r), Some(&chosen));
 }
@@ -311,13 +366,44 @@ fn checker_reports_broken_invariants() {
     let mut p = place(&v, &ws);
     p.check(&v, &ws).expect("valid");
     let web = p.workloads.get_mut(&wid("web")).expect("present");
-    web.insert(0, Decision::Run { node: NodeId::new("a"), fresh_volume: false });
-    web.insert(1, Decision::Run { node: NodeId::new("b"), fresh_volume: false });
-    web.insert(9, Decision::Run { node: NodeId::new("a"), fresh_volume: false });
+    web.insert(
+        0,
+        Decision::Run {
+            node: NodeId::new("a"),
+            fresh_volume: false,
+        },
+    );
+    web.insert(
+        1,
+        Decision::Run {
+            node: NodeId::new("b"),
+            fresh_volume: false,
+        },
+    );
+    web.insert(
+        9,
+        Decision::Run {
+            node: NodeId::new("a"),
+            fresh_volume: false,
+        },
+    );
     let errors = p.check(&v, &ws).expect_err("broken").0;
-    assert!(errors.iter().any(|e| matches!(e, Violation::NodeNotReady { .. })), "{errors:?}");
-    assert!(errors.iter().any(|e| matches!(e, Violation::Unexpected(_))), "{errors:?}");
-    assert!(errors.iter().any(|e| matches!(e, Violation::OverCapacity { .. })), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, Violation::NodeNotReady { .. })),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| matches!(e, Violation::Unexpected(_))),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, Violation::OverCapacity { .. })),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -332,7 +418,10 @@ fn types_round_trip_through_json() {
     let v2: ClusterView = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
     let ws2: Vec<Workload> = serde_json::from_str(&serde_json::to_string(&ws).unwrap()).unwrap();
     let json = serde_json::to_string(&p).unwrap();
-    assert!(json.contains("\"statefulset/default/db\""), "ids key JSON maps: {json}");
+    assert!(
+        json.contains("\"statefulset/default/db\""),
+        "ids key JSON maps: {json}"
+    );
     let p2: Placement = serde_json::from_str(&json).unwrap();
     assert_eq!((v2, ws2, p2), (v, ws, p));
     let dup = r#"[{"id":"a","status":"alive","allocatable":{"cpu_millis":1,"memory_bytes":1}},

@@ -40,13 +40,20 @@ pub fn applied(view: &ClusterView, placement: &Placement) -> ClusterView {
 }
 
 /// Places, then records the placement as running: the steady state.
-pub fn settle(view: &ClusterView, workloads: &[Workload], options: Options) -> (ClusterView, Placement) {
+pub fn settle(
+    view: &ClusterView,
+    workloads: &[Workload],
+    options: Options,
+) -> (ClusterView, Placement) {
     let p = place_with(view, workloads, options);
     (applied(view, &p), p)
 }
 
 /// Replicas whose node differs between two placements (both placed).
-pub fn moved(before: &Placement, after: &Placement) -> Vec<(shoal_scheduler::ReplicaId, NodeId, NodeId)> {
+pub fn moved(
+    before: &Placement,
+    after: &Placement,
+) -> Vec<(shoal_scheduler::ReplicaId, NodeId, NodeId)> {
     after
         .assignments()
         .filter_map(|(r, to)| {
@@ -63,7 +70,9 @@ pub fn counted(view: &ClusterView, workloads: &[Workload]) -> u64 {
     let mut n = 0;
     for w in workloads {
         let holdable = view.nodes().any(|x| {
-            x.status.holds_replicas() && x.matches(&w.node_selector) && x.allocatable.covers(&w.requests)
+            x.status.holds_replicas()
+                && x.matches(&w.node_selector)
+                && x.allocatable.covers(&w.requests)
         });
         for o in w.replicas.ordinals() {
             let pinned = w
@@ -109,7 +118,11 @@ pub fn spread_limits(view: &ClusterView, workloads: &[Workload]) -> BTreeMap<Wor
                 })
                 .count() as u64;
             let k = w.replicas.len() as u64;
-            let limit = if w.spread { k.div_ceil(e.max(1)).max(1) } else { u64::MAX };
+            let limit = if w.spread {
+                k.div_ceil(e.max(1)).max(1)
+            } else {
+                u64::MAX
+            };
             (w.id.clone(), limit)
         })
         .collect()
@@ -146,7 +159,11 @@ pub struct Shape {
 pub fn scenario(shape: Shape) -> impl Strategy<Value = Scenario> {
     let roomy = shape.roomy;
     let node = (
-        if roomy { Just(NodeStatus::Alive).boxed() } else { status().boxed() },
+        if roomy {
+            Just(NodeStatus::Alive).boxed()
+        } else {
+            status().boxed()
+        },
         prop::sample::select(vec![500u64, 1000, 2000, 4000]),
         prop::sample::select(vec![GI, 2 * GI, 4 * GI]),
         any::<bool>(),
@@ -175,7 +192,11 @@ pub fn scenario(shape: Shape) -> impl Strategy<Value = Scenario> {
             .into_iter()
             .enumerate()
             .map(|(i, (status, cpu, mem, zone_a, ssd))| {
-                let (cpu, mem) = if roomy { (1_000_000, 1024 * GI) } else { (cpu, mem) };
+                let (cpu, mem) = if roomy {
+                    (1_000_000, 1024 * GI)
+                } else {
+                    (cpu, mem)
+                };
                 let mut n = Node::new(format!("n{i}"), Resources::new(cpu, mem))
                     .with_status(status)
                     .with_label("zone", if zone_a { "a" } else { "b" });
@@ -189,43 +210,50 @@ pub fn scenario(shape: Shape) -> impl Strategy<Value = Scenario> {
         let workloads: Vec<Workload> = workloads
             .into_iter()
             .enumerate()
-            .map(|(i, (stateful, count, cpu, mem, selector, spread, volumes, dup))| {
-                // Now and then two workloads share an id.
-                let name = if dup == 0 && i > 0 { format!("w{}", i - 1) } else { format!("w{i}") };
-                let requests = Resources::new(cpu, mem);
-                let mut w = if stateful {
-                    let ordinals: BTreeMap<u32, Option<NodeId>> = (0..count)
-                        .map(|o| {
-                            let v = volumes.get(o as usize).copied().unwrap_or(11);
-                            let volume = if v < node_count {
-                                Some(NodeId::new(format!("n{v}")))
-                            } else if v == 10 {
-                                Some(NodeId::new("gone"))
-                            } else {
-                                None
-                            };
-                            // Sparse ordinals, as after a partial scale-down.
-                            (o * 2 - o % 2, volume)
-                        })
-                        .collect();
-                    Workload::stateful(sid(&name), ordinals, requests)
-                } else {
-                    Workload::deployment(wid(&name), count, requests)
-                };
-                w.spread = spread;
-                if !roomy {
-                    match selector {
-                        1 => w = w.with_selector("zone", "a"),
-                        2 => w = w.with_selector("disk", "ssd"),
-                        _ => {}
+            .map(
+                |(i, (stateful, count, cpu, mem, selector, spread, volumes, dup))| {
+                    // Now and then two workloads share an id.
+                    let name = if dup == 0 && i > 0 {
+                        format!("w{}", i - 1)
+                    } else {
+                        format!("w{i}")
+                    };
+                    let requests = Resources::new(cpu, mem);
+                    let mut w = if stateful {
+                        let ordinals: BTreeMap<u32, Option<NodeId>> = (0..count)
+                            .map(|o| {
+                                let v = volumes.get(o as usize).copied().unwrap_or(11);
+                                let volume = if v < node_count {
+                                    Some(NodeId::new(format!("n{v}")))
+                                } else if v == 10 {
+                                    Some(NodeId::new("gone"))
+                                } else {
+                                    None
+                                };
+                                // Sparse ordinals, as after a partial scale-down.
+                                (o * 2 - o % 2, volume)
+                            })
+                            .collect();
+                        Workload::stateful(sid(&name), ordinals, requests)
+                    } else {
+                        Workload::deployment(wid(&name), count, requests)
+                    };
+                    w.spread = spread;
+                    if !roomy {
+                        match selector {
+                            1 => w = w.with_selector("zone", "a"),
+                            2 => w = w.with_selector("disk", "ssd"),
+                            _ => {}
+                        }
                     }
-                }
-                w
-            })
+                    w
+                },
+            )
             .collect();
         let mut view = ClusterView::new(nodes).expect("unique ids");
         for (wi, ordinal, ni) in running {
-            let (Some(w), true) = (workloads.get(wi % workloads.len().max(1)), node_count > 0) else {
+            let (Some(w), true) = (workloads.get(wi % workloads.len().max(1)), node_count > 0)
+            else {
                 continue;
             };
             let id = NodeId::new(format!("n{}", ni % node_count));
@@ -240,7 +268,9 @@ pub fn scenario(shape: Shape) -> impl Strategy<Value = Scenario> {
         Scenario {
             view,
             workloads,
-            options: Options { epsilon_permille: eps },
+            options: Options {
+                epsilon_permille: eps,
+            },
         }
     })
 }
