@@ -131,11 +131,6 @@ fn main() -> anyhow::Result<()> {
     let max_load = loads.values().copied().max().unwrap_or(0);
     let mean = f64::from(placed) / f64::from(args.nodes);
     let max_over_mean = f64::from(max_load) / mean;
-    if std::env::var("DEBUG_MOVES").is_ok() {
-        let mut l: Vec<u32> = loads.values().copied().collect();
-        l.sort();
-        eprintln!("loads: {l:?}");
-    }
 
     // Steady state: the placement is running and volumes exist.
     record_volumes(&mut workloads, &scratch);
@@ -151,21 +146,6 @@ fn main() -> anyhow::Result<()> {
     let (after_add, add_t) = timed(|| place_with(&added, &workloads, options));
     after_add.check(&added, &workloads)?;
     let moved_on_add = after_add.moved_since(&steady);
-    if std::env::var("DEBUG_MOVES").is_ok() {
-        let before = steady.loads();
-        eprintln!("bound {} -> {}", steady.load_bound, after_add.load_bound);
-        for (r, d) in after_add.assignments() {
-            let old = steady.node_of(&r);
-            if old.is_some_and(|o| o != d) {
-                let o = old.unwrap();
-                eprintln!(
-                    "{r}: {o} (load {}) -> {d} (load {:?})",
-                    before[o],
-                    before.get(d)
-                );
-            }
-        }
-    }
     let new_id = node(args.nodes).id;
     let on_new_node = after_add.loads().get(&new_id).copied().unwrap_or(0);
     let ideal_on_add = f64::from(placed) / f64::from(args.nodes + 1);
@@ -178,6 +158,7 @@ fn main() -> anyhow::Result<()> {
     let (after_remove, remove_t) = timed(|| place_with(&removed, &workloads, options));
     after_remove.check(&removed, &workloads)?;
     let moved_on_remove = after_remove.moved_since(&steady);
+    let unschedulable_after_remove = after_remove.unschedulable().count();
 
     let unschedulable = scratch.unschedulable().count();
     for (replica, reason) in scratch.unschedulable().take(args.explain) {
@@ -209,6 +190,7 @@ fn main() -> anyhow::Result<()> {
             "on_new_node": on_new_node,
             "moved_on_remove": moved_on_remove,
             "held_by_removed": held_by_removed,
+            "unschedulable_after_remove": unschedulable_after_remove,
         });
         println!("{out}");
     } else {
@@ -241,7 +223,8 @@ fn main() -> anyhow::Result<()> {
             ms(add_t)
         );
         println!(
-            "remove one node: {moved_on_remove} moved, it held {held_by_removed}, ratio {:.3} ({:.1} ms)",
+            "remove one node: {moved_on_remove} moved, it held {held_by_removed}, ratio {:.3}, \
+             {unschedulable_after_remove} unschedulable ({:.1} ms)",
             moved_on_remove as f64 / f64::from(held_by_removed.max(1)),
             ms(remove_t)
         );

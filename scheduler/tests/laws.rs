@@ -39,7 +39,12 @@ const ROOMY: Shape = Shape {
     running: false,
 };
 
+/// `cases` per property, unless `PROPTEST_CASES` asks for a deeper run.
 fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     ProptestConfig {
         cases,
         ..ProptestConfig::default()
