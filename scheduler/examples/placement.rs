@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use clap::Parser;
 use shoal_scheduler::{
     ClusterView, Node, NodeId, Options, Placement, Replicas, Resources, Workload, WorkloadId,
@@ -28,7 +28,7 @@ struct Args {
     /// Load bound slack ε in thousandths.
     #[arg(long, default_value_t = 100)]
     epsilon_permille: u32,
-    /// Timed runs of the from-scratch placement (the median is reported).
+    /// Timed runs of each placement (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: u32,
     /// Print the reasons of up to this many unschedulable replicas.
@@ -99,10 +99,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn timed(f: impl FnOnce() -> Placement) -> (Placement, Duration) {
-    let start = Instant::now();
-    let p = f();
-    (p, start.elapsed())
+/// Runs `f` `runs` times; returns its result and the median duration (the
+/// machine is shared, so a single run says little).
+fn timed(runs: u32, f: impl Fn() -> Placement) -> (Placement, Duration) {
+    let mut times = Vec::new();
+    let mut result = None;
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        result = Some(f());
+        times.push(start.elapsed());
+    }
+    times.sort();
+    (result.expect("ran at least once"), times[times.len() / 2])
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,16 +123,8 @@ fn main() -> anyhow::Result<()> {
     let mut workloads = workloads(args.replicas)?;
 
     // From scratch: nothing runs yet.
-    let mut times = Vec::new();
-    let mut scratch = None;
-    for _ in 0..args.runs.max(1) {
-        let (p, t) = timed(|| place_with(&view, &workloads, options));
-        times.push(t);
-        scratch = Some(p);
-    }
-    times.sort();
-    let place_ms = ms(times[times.len() / 2]);
-    let scratch = scratch.context("at least one run")?;
+    let (scratch, scratch_t) = timed(args.runs, || place_with(&view, &workloads, options));
+    let place_ms = ms(scratch_t);
     scratch.check(&view, &workloads)?;
     let loads = scratch.loads();
     let placed: u32 = loads.values().sum();
@@ -136,14 +136,14 @@ fn main() -> anyhow::Result<()> {
     record_volumes(&mut workloads, &scratch);
     let mut running = view.clone();
     running.apply(&scratch);
-    let (steady, steady_t) = timed(|| place_with(&running, &workloads, options));
+    let (steady, steady_t) = timed(args.runs, || place_with(&running, &workloads, options));
     steady.check(&running, &workloads)?;
     let moved_steady = steady.moved_since(&scratch);
 
     // One node joins.
     let mut added = running.clone();
     added.insert(node(args.nodes));
-    let (after_add, add_t) = timed(|| place_with(&added, &workloads, options));
+    let (after_add, add_t) = timed(args.runs, || place_with(&added, &workloads, options));
     after_add.check(&added, &workloads)?;
     let moved_on_add = after_add.moved_since(&steady);
     let new_id = node(args.nodes).id;
@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     let held_by_removed = steady.loads().get(&gone).copied().unwrap_or(0);
     let mut removed = running.clone();
     removed.remove(&gone);
-    let (after_remove, remove_t) = timed(|| place_with(&removed, &workloads, options));
+    let (after_remove, remove_t) = timed(args.runs, || place_with(&removed, &workloads, options));
     after_remove.check(&removed, &workloads)?;
     let moved_on_remove = after_remove.moved_since(&steady);
     let unschedulable_after_remove = after_remove.unschedulable().count();
@@ -206,8 +206,8 @@ fn main() -> anyhow::Result<()> {
             args.replicas, args.nodes, args.epsilon_permille
         );
         println!(
-            "place from scratch:   {place_ms:.1} ms (median of {})",
-            times.len()
+            "place from scratch:   {place_ms:.1} ms (median of {} runs, as all times)",
+            args.runs.max(1)
         );
         println!(
             "place, steady state: {:.1} ms, {moved_steady} moved",

@@ -13,55 +13,77 @@
 //! *accepting* when alive (it can be given new ones). A replica is
 //! *eligible* for an accepting node whose labels match the workload's
 //! selector and whose allocatable resources cover the request. Each node has
-//! 128 points on a hash ring; a replica's *preference* is
-//! the order a clockwise walk from its own point meets its eligible nodes.
+//! 128 points on a hash ring; a replica's *preference* is the order in which
+//! a clockwise walk from its own point meets its eligible nodes. A replica's
+//! *score* on a node is a rendezvous hash of the pair.
 //!
-//! The load of a node is the number of replicas on it (resources are a
-//! separate, hard constraint). With `m` replicas that can be held somewhere
-//! and `n` holding nodes, the *bound* is `ceil((1+ε)·m/n)`, the capacity of
-//! bounded-load consistent hashing (rounded up so it is always reachable and
-//! does not drop when one node joins a large cluster). The *average* is
-//! `ceil(m/n)` and the *pull threshold* `ceil((1-ε)·m/n)`, the bound's mirror. Spread allows `ceil(k/e)` replicas of a
-//! `k`-replica workload per node with `e` eligible nodes (one while `e ≥ k`).
+//! The load of a node is the number of replicas on it; resources are a
+//! separate, hard constraint. With `m` replicas that some holding node could
+//! run (or that a volume pins) and `n` holding nodes:
+//!
+//! - the *bound* is `ceil((1+ε)·m/n)`, the capacity of bounded-load
+//!   consistent hashing, rounded up so it is always reachable and does not
+//!   drop when one node joins a large cluster;
+//! - the *average* is `ceil(m/n)`;
+//! - the *pull threshold* is `ceil((1-ε)·m/n)`, the bound's mirror, capped at
+//!   `bound - 1`;
+//! - a spread workload of `k` replicas with `e` eligible nodes may have
+//!   `ceil(k/e)` replicas on a node: one while `e ≥ k`, as even as possible
+//!   otherwise.
 //!
 //! Placement runs six phases, each in canonical order:
 //!
 //! 1. *Pinned*: a stateful replica whose volume is on a holding node goes
 //!    there if the selector matches and it fits, whatever spread and bound
-//!    say (its data is there); else it is unschedulable. Others whose volume
-//!    node is dead, left or unknown are placed normally on a fresh volume.
+//!    say (its data is there); else it is unschedulable. Stateful replicas
+//!    whose volume node is dead, left or unknown are placed like others and
+//!    flagged to start on a fresh volume.
 //! 2. *Keep*: a replica stays on the holding node that runs it if that node
 //!    matches, has room and spread allows (a node keeps its best-scoring
 //!    replicas first). Suspect nodes keep theirs: no flapping on suspicion.
-//! 3. *Relieve*: a node over the bound hands its lowest-scoring replicas
-//!    to the least loaded alive node below the average that can take them:
+//! 3. *Relieve*: a node over the bound hands its lowest-scoring replicas to
+//!    the least loaded alive node below the average that can take them:
 //!    when a join lowers the bound, the new node absorbs what must move.
-//! 4. *Pull*: an alive node below the pull threshold takes, from other alive nodes,
-//!    replicas that prefer it to where they run (never a second replica of a
-//!    spread workload), until none is left. This is
-//!    how a new node gets its consistent-hash share; the threshold, well
-//!    below the average, stops one move from unlocking a chain of others.
+//! 4. *Pull*: an alive node below the pull threshold takes, from other alive
+//!    nodes, replicas that prefer it to where they run (never a second
+//!    replica of a spread workload), until none is left. This is how a new
+//!    node gets its consistent-hash share; the threshold, well below the
+//!    average, keeps one move from unlocking a chain of others.
 //! 5. *Shed*: a node still over the bound drops its lowest-scoring unpinned
 //!    replicas down to the bound.
 //! 6. *Place*: every replica still unplaced, those of workloads with the
-//!    fewest spare slots first (narrow selectors, tight spread), walks its preference to the first node under the bound
-//!    with room and spread to spare (bounded-load consistent hashing,
-//!    Mirrokni, Thorup and Zadimoghaddam 2018), or is unschedulable with a
-//!    per-node account of why.
+//!    fewest spare slots first (narrow selectors, tight spread), walks its
+//!    preference to the first node under the bound with room and spread to
+//!    spare (bounded-load consistent hashing, Mirrokni, Thorup and
+//!    Zadimoghaddam 2018), or is unschedulable with a per-node account of
+//!    why.
 //!
 //! # Invariants
 //!
-//! [`Placement::check`] verifies them: capacity is never exceeded, selectors
-//! always match, no node is over the bound or a workload's spread limit
-//! (except by replicas pinned to it), replicas only land on alive nodes (or
-//! stay on suspect ones), and an unschedulable replica really has no node.
-//! Beyond that, placing a view whose running replicas are its own previous
-//! placement changes nothing (stability); adding a node moves replicas only
-//! onto it, unless the smaller bound forces overloaded nodes to shed; losing
-//! a node moves only its replicas; two members whose views differ by one
-//! node disagree only about replicas involving that node.
+//! [`Placement::check`] verifies, for any input: capacity is never exceeded,
+//! selectors always match, no node is over the bound or a workload's spread
+//! limit (except by replicas pinned to it), replicas only land on alive
+//! nodes (or stay on suspect ones that run them), and an unschedulable
+//! replica really has no node that could take it.
+//!
+//! The tests also hold these laws: the result does not depend on input
+//! order; placing a view whose running replicas are its own previous
+//! placement changes nothing (stability, so members never chase each
+//! other); losing a node moves only its replicas; adding a node moves
+//! replicas only onto it, except what a lower bound or tighter spread
+//! forces off other nodes and knock-on moves into nodes that just gave a
+//! replica away (a replica that spread or resources had pushed past such a
+//! node may return to it); two members whose views differ by one node
+//! disagree only about replicas in those same categories.
 //! [`reference::place_reference`] states the same rules naively, and the
 //! tests hold [`place_with`] to exactly its output.
+//!
+//! # Limits
+//!
+//! The bound is global: a workload whose selector matches few nodes shares
+//! their `ceil((1+ε)·m/n)` slots with everything else, and is unschedulable
+//! (with a reason naming the bound) once those are taken, even if the nodes
+//! have resources to spare. Raising ε is the remedy.
 #![warn(missing_docs)]
 
 mod check;
