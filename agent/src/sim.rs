@@ -45,6 +45,19 @@ pub(crate) struct SimArgs {
     /// Each node's wall clock is skewed by up to this many milliseconds (HLC input).
     #[arg(long, default_value_t = 0)]
     clock_skew_ms: u64,
+    /// Protocol period: how often each node probes one member, in milliseconds
+    /// (default: the agent's, 500).
+    #[arg(long)]
+    probe_interval_ms: Option<u64>,
+    /// Direct probe timeout in milliseconds (default: the agent's, 200).
+    #[arg(long)]
+    probe_timeout_ms: Option<u64>,
+    /// Minimum suspicion timeout in protocol periods per log10(nodes) (default: the agent's).
+    #[arg(long)]
+    suspicion_mult: Option<f64>,
+    /// The suspicion timeout starts this many times above its minimum (default: the agent's).
+    #[arg(long)]
+    suspicion_max_mult: Option<u32>,
     /// Seed of the run; the same seed gives the same run. Random when not given.
     #[arg(long)]
     seed: Option<u64>,
@@ -58,12 +71,19 @@ fn parse_latency(s: &str) -> anyhow::Result<(Duration, Duration)> {
         Some((a, b)) => (a.trim(), b.trim()),
         None => (s.trim(), s.trim()),
     };
-    let min: f64 = min.parse().with_context(|| format!("--latency-ms: bad minimum {min:?}"))?;
-    let max: f64 = max.parse().with_context(|| format!("--latency-ms: bad maximum {max:?}"))?;
+    let min: f64 = min
+        .parse()
+        .with_context(|| format!("--latency-ms: bad minimum {min:?}"))?;
+    let max: f64 = max
+        .parse()
+        .with_context(|| format!("--latency-ms: bad maximum {max:?}"))?;
     if !(min >= 0.0 && max >= min) {
         bail!("--latency-ms: need 0 <= MIN <= MAX, got {s:?}");
     }
-    Ok((Duration::from_secs_f64(min / 1000.0), Duration::from_secs_f64(max / 1000.0)))
+    Ok((
+        Duration::from_secs_f64(min / 1000.0),
+        Duration::from_secs_f64(max / 1000.0),
+    ))
 }
 
 pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -104,6 +124,30 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
     config.latency_max = latency_max;
     config.slow_delay = Duration::from_millis(args.slow_delay);
     config.clock_skew = Duration::from_millis(args.clock_skew_ms);
+    if let Some(ms) = args.probe_interval_ms {
+        if ms == 0 {
+            bail!("--probe-interval-ms must be positive");
+        }
+        config.gossip.probe_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.probe_timeout_ms {
+        if ms == 0 {
+            bail!("--probe-timeout-ms must be positive");
+        }
+        config.gossip.probe_timeout = Duration::from_millis(ms);
+    }
+    if let Some(m) = args.suspicion_mult {
+        if !(m > 0.0 && m.is_finite()) {
+            bail!("--suspicion-mult must be positive");
+        }
+        config.gossip.suspicion_mult = m;
+    }
+    if let Some(m) = args.suspicion_max_mult {
+        if m == 0 {
+            bail!("--suspicion-max-mult must be positive");
+        }
+        config.gossip.suspicion_max_mult = m;
+    }
     let plan = Plan {
         seconds: Duration::from_secs_f64(args.seconds),
         writes_per_s: args.writes_per_s,
@@ -158,7 +202,10 @@ fn print_table(r: &Report) {
     println!("failure detection of {} crashes:", r.kills);
     row("crash -> dead on every live node", &r.detect_ms);
     if r.undetected > 0 {
-        println!("  crashes not detected by every live node: {}", r.undetected);
+        println!(
+            "  crashes not detected by every live node: {}",
+            r.undetected
+        );
     }
     println!(
         "false positives: {} healthy nodes marked dead; {} suspicions of healthy nodes (refuted)",

@@ -22,7 +22,7 @@ pub struct Config {
     pub indirect_probes: usize,
     /// Suspicion timeout scale: the minimum suspicion timeout is
     /// `suspicion_mult * max(1, log10(n)) * probe_interval`. Default 3.
-    pub suspicion_mult: u32,
+    pub suspicion_mult: f64,
     /// The suspicion timeout starts at `suspicion_max_mult` times the minimum and shrinks toward
     /// the minimum as independent confirmations arrive (Lifeguard). Default 4.
     pub suspicion_max_mult: u32,
@@ -79,7 +79,7 @@ impl Config {
             probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(200),
             indirect_probes: 3,
-            suspicion_mult: 3,
+            suspicion_mult: 3.0,
             suspicion_max_mult: 4,
             suspicion_confirmations: 3,
             max_local_health: 8,
@@ -109,7 +109,8 @@ impl Config {
     /// Minimum suspicion timeout for a cluster of `n` members.
     pub fn suspicion_min(&self, n: usize) -> Duration {
         let log = (n.max(1) as f64).log10().max(1.0);
-        self.probe_interval.mul_f64(self.suspicion_mult as f64 * log)
+        self.probe_interval
+            .mul_f64(self.suspicion_mult.max(0.0) * log)
     }
 }
 

@@ -74,6 +74,11 @@ pub enum Body {
         /// The updates.
         updates: Vec<Update>,
     },
+    /// Newer versions of entries the receiver sent stale: merged, not spread further.
+    Correction {
+        /// Our newer entries.
+        updates: Vec<Update>,
+    },
     /// A node asks to join. Carries its own membership record.
     Join {
         /// The joiner's membership record (a `Key::Member` update).
@@ -144,6 +149,7 @@ impl Body {
             Body::PingReq { .. } => "ping-req",
             Body::Nack { .. } => "nack",
             Body::Gossip { .. } => "gossip",
+            Body::Correction { .. } => "correction",
             Body::Join { .. } => "join",
             Body::JoinAck => "join-ack",
             Body::BulkRequest { .. } => "bulk-request",
@@ -206,3 +212,170 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
 /// Bytes an envelope costs beyond its body's variable parts: version, sender id, variant tag and
 /// a few varints. Used to budget piggybacked updates.
 pub const ENVELOPE_OVERHEAD: usize = 1 + 32 + 1 + 16;
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::store::{ObjectKey, Version};
+
+    fn node_id() -> impl Strategy<Value = NodeId> {
+        any::<[u8; 32]>().prop_map(NodeId)
+    }
+
+    fn key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            node_id().prop_map(Key::Member),
+            (node_id(), "[a-z/]{0,12}").prop_map(|(owner, name)| Key::Owned { owner, name }),
+            ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z0-9-]{1,16}").prop_map(|(kind, namespace, name)| {
+                Key::Object(ObjectKey {
+                    kind,
+                    namespace,
+                    name,
+                })
+            }),
+        ]
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (
+            prop_oneof![
+                (any::<u64>(), 0u8..4)
+                    .prop_map(|(incarnation, rank)| Version::Member { incarnation, rank }),
+                any::<u64>().prop_map(|version| Version::Owned { version }),
+                (any::<u64>(), any::<u32>(), node_id()).prop_map(|(w, l, writer)| {
+                    Version::Object {
+                        hlc: Hlc {
+                            wall_ms: w,
+                            logical: l,
+                        },
+                        writer,
+                    }
+                }),
+            ],
+            any::<u64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+        )
+            .prop_map(|(version, wall_ms, value)| Entry {
+                version,
+                written_at: Hlc {
+                    wall_ms,
+                    logical: 0,
+                },
+                value,
+            })
+    }
+
+    fn updates() -> impl Strategy<Value = Vec<Update>> {
+        proptest::collection::vec((key(), entry()), 0..4)
+    }
+
+    fn body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            (any::<u32>(), node_id(), updates()).prop_map(|(seq, target, updates)| Body::Ping {
+                seq,
+                target,
+                updates
+            }),
+            (any::<u32>(), updates()).prop_map(|(seq, updates)| Body::Ack { seq, updates }),
+            (any::<u32>(), node_id(), ".{0,20}", updates()).prop_map(
+                |(seq, target, target_addr, updates)| Body::PingReq {
+                    seq,
+                    target,
+                    target_addr,
+                    updates
+                }
+            ),
+            any::<u32>().prop_map(|seq| Body::Nack { seq }),
+            updates().prop_map(|updates| Body::Gossip { updates }),
+            updates().prop_map(|updates| Body::Correction { updates }),
+            (key(), entry()).prop_map(|me| Body::Join { me }),
+            Just(Body::JoinAck),
+            (any::<u32>(), proptest::option::of(key()))
+                .prop_map(|(id, after)| Body::BulkRequest { id, after }),
+            (any::<u32>(), updates(), any::<bool>())
+                .prop_map(|(id, entries, done)| { Body::BulkChunk { id, entries, done } }),
+            proptest::collection::vec(any::<u64>(), 0..70)
+                .prop_map(|fingerprints| Body::SyncRoot { fingerprints }),
+            proptest::collection::vec(
+                (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..3)),
+                0..3
+            )
+            .prop_map(|tops| Body::SyncTops { tops }),
+            proptest::collection::vec(
+                (
+                    (any::<u8>(), any::<u8>()),
+                    proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3)
+                ),
+                0..3
+            )
+            .prop_map(|leaves| Body::SyncLeaves { leaves }),
+            proptest::collection::vec(((any::<u8>(), any::<u8>()), any::<u64>()), 0..4)
+                .prop_map(|keys| Body::SyncWant { keys }),
+            updates().prop_map(|entries| Body::SyncEntries { entries }),
+            (
+                any::<u32>(),
+                any::<u16>(),
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 0..32)
+            )
+                .prop_map(|(id, index, count, data)| Body::Fragment {
+                    id,
+                    index,
+                    count,
+                    data
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(from in node_id(), body in body()) {
+            let envelope = Envelope { from, body };
+            let bytes = encode(&envelope);
+            prop_assert_eq!(bytes[0], PROTOCOL_VERSION);
+            prop_assert_eq!(decode(&bytes), Ok(envelope));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn corrupted_messages_never_panic(
+            from in node_id(),
+            body in body(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = encode(&Envelope { from, body });
+            for (at, value) in flips {
+                let i = at % bytes.len();
+                bytes[i] ^= value;
+            }
+            let _ = decode(&bytes);
+            let len = cut % (bytes.len() + 1);
+            let _ = decode(&bytes[..len]);
+        }
+    }
+
+    #[test]
+    fn other_versions_and_trailing_bytes_are_rejected() {
+        let mut bytes = encode(&Envelope {
+            from: NodeId([3; 32]),
+            body: Body::JoinAck,
+        });
+        assert_eq!(decode(&[]), Err(DecodeError::Empty));
+        bytes.push(0);
+        assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(1)));
+        bytes.pop();
+        bytes[0] = PROTOCOL_VERSION + 1;
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::UnsupportedVersion(PROTOCOL_VERSION + 1))
+        );
+    }
+}

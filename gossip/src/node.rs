@@ -125,6 +125,23 @@ pub struct Stats {
     pub clock_skew_warnings: u64,
 }
 
+/// What merging one update did.
+enum Outcome {
+    /// News: applied (or a new confirmation); to be spread.
+    Fresh(Update),
+    /// The sender is behind: here is our newer entry.
+    Behind(Update),
+    /// Nothing to do.
+    Nothing,
+}
+
+/// What merging a batch of updates did.
+#[derive(Default)]
+struct Merged {
+    fresh: Vec<Update>,
+    newer: Vec<Update>,
+}
+
 #[derive(Debug)]
 struct Probe {
     seq: u32,
@@ -165,6 +182,7 @@ struct JoinAttempt {
 struct Bulk {
     id: u32,
     peer: NodeId,
+    addr: String,
     after: Option<Key>,
     deadline: Instant,
 }
@@ -252,7 +270,9 @@ impl<R: Rng> Node<R> {
             stats: Stats::default(),
         };
         // Spread the periodic timers of nodes started together over their periods.
-        let jitter = |rng: &mut R, d: Duration| Duration::from_micros(rng.random_range(0..=d.as_micros() as u64));
+        let jitter = |rng: &mut R, d: Duration| {
+            Duration::from_micros(rng.random_range(0..=d.as_micros() as u64))
+        };
         node.next_probe_at = mono + jitter(&mut node.rng, node.config.probe_interval);
         node.next_sync_at = mono + jitter(&mut node.rng, node.config.anti_entropy_interval);
         node.next_dead_probe_at = mono + jitter(&mut node.rng, node.config.dead_probe_interval);
@@ -283,7 +303,6 @@ impl<R: Rng> Node<R> {
         let members: Vec<(NodeId, Entry)> = self
             .store
             .members()
-            .filter(|(id, _)| *id != self.me.id)
             .map(|(id, e)| (id, e.clone()))
             .collect();
         for (id, entry) in members {
@@ -291,11 +310,11 @@ impl<R: Rng> Node<R> {
                 self.set_member_view(id, &entry, record, now.mono);
             }
         }
+        self.synced = synced;
         if let Some(incarnation) = last_incarnation {
             self.incarnation = self.incarnation.max(incarnation + 1);
+            self.write_own_record(now, false);
         }
-        self.synced = synced;
-        self.write_own_record(now, false);
         self.rebuild_live();
     }
 
@@ -372,7 +391,10 @@ impl<R: Rng> Node<R> {
 
     fn write_local(&mut self, key: Key, entry: Entry, now: Now) {
         self.last_seen = self.last_seen.max(now.mono);
-        match self.store.merge(key.clone(), entry.clone(), MergeGuard::default()) {
+        match self
+            .store
+            .merge(key.clone(), entry.clone(), MergeGuard::default())
+        {
             Ok(MergeOutcome::Applied { .. }) => {
                 self.events.push_back(Event::EntryChanged(key.clone()));
                 self.queue_update((key, entry));
@@ -418,19 +440,19 @@ impl<R: Rng> Node<R> {
                     self.stats.misdirected += 1;
                     return;
                 }
-                let fresh = self.apply_updates(updates, now, true);
-                let mut prefix = Vec::new();
-                if let Some(verdict) = self.verdict_for(from) {
-                    prefix.push(verdict);
-                }
+                let merged = self.apply_updates(updates, now, true);
+                // The ack carries our verdict on the sender first, then whatever fits.
+                let prefix: Vec<Update> = self.verdict_for(from).into_iter().collect();
                 let updates = self.piggyback(prefix, ENVELOPE_OVERHEAD + 8);
                 self.send_to(Some(from), src_addr.to_owned(), Body::Ack { seq, updates });
-                self.eager_push(fresh, Some(from));
+                self.send_packed(from, src_addr, merged.newer, |updates| Body::Correction {
+                    updates,
+                });
+                self.eager_push(merged.fresh, Some(from));
             }
             Body::Ack { seq, updates } => {
-                let fresh = self.apply_updates(updates, now, true);
                 self.handle_ack(seq);
-                self.eager_push(fresh, Some(from));
+                self.absorb(from, src_addr, updates, now);
             }
             Body::PingReq {
                 seq,
@@ -438,7 +460,7 @@ impl<R: Rng> Node<R> {
                 target_addr,
                 updates,
             } => {
-                let fresh = self.apply_updates(updates, now, true);
+                self.absorb(from, src_addr, updates, now);
                 if target != self.me.id {
                     let probe_seq = self.next_seq();
                     self.indirect.insert(
@@ -454,7 +476,6 @@ impl<R: Rng> Node<R> {
                     );
                     self.send_ping(probe_seq, target, target_addr);
                 }
-                self.eager_push(fresh, Some(from));
             }
             Body::Nack { seq } => {
                 if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
@@ -462,23 +483,22 @@ impl<R: Rng> Node<R> {
                 }
             }
             Body::Gossip { updates } => {
-                let fresh = self.apply_updates(updates, now, true);
+                self.absorb(from, src_addr, updates, now);
                 self.tell_verdict(from, src_addr);
-                self.eager_push(fresh, Some(from));
             }
             Body::Join { me: (key, entry) } => {
                 if key != Key::Member(from) {
                     self.stats.invalid_updates += 1;
                     return;
                 }
-                let fresh = self.apply_updates(vec![(key, entry)], now, true);
+                let merged = self.apply_updates(vec![(key, entry)], now, true);
                 self.send_to(Some(from), src_addr.to_owned(), Body::JoinAck);
-                self.eager_push(fresh, Some(from));
+                self.eager_push(merged.fresh, Some(from));
             }
             Body::JoinAck => {
                 if self.join.take().is_some() {
                     self.events.push_back(Event::Joined { via: from });
-                    self.start_bulk(from, now);
+                    self.request_bulk(from, src_addr.to_owned(), None, now);
                 }
             }
             Body::BulkRequest { id, after } => {
@@ -490,7 +510,11 @@ impl<R: Rng> Node<R> {
                 );
             }
             Body::BulkChunk { id, entries, done } => {
-                if !self.bulk.as_ref().is_some_and(|b| b.id == id && b.peer == from) {
+                if !self
+                    .bulk
+                    .as_ref()
+                    .is_some_and(|b| b.id == id && b.peer == from)
+                {
                     return;
                 }
                 let last = entries.last().map(|(k, _)| k.clone());
@@ -500,7 +524,7 @@ impl<R: Rng> Node<R> {
                     self.bulk = None;
                     self.mark_synced();
                 } else if let Some(last) = last {
-                    self.request_bulk(from, Some(last), now);
+                    self.request_bulk(from, src_addr.to_owned(), Some(last), now);
                 } else {
                     // An empty chunk that is not the last: a confused peer. Retry later.
                 }
@@ -509,9 +533,16 @@ impl<R: Rng> Node<R> {
             Body::SyncTops { tops } => self.handle_sync_tops(from, src_addr, tops),
             Body::SyncLeaves { leaves } => self.handle_sync_leaves(from, src_addr, leaves),
             Body::SyncWant { keys } => self.handle_sync_want(from, src_addr, keys),
+            Body::Correction { updates } => {
+                // Repair of what we sent stale: the cluster has it already, so merge without
+                // spreading (spreading would answer lag with more traffic, which a slow node
+                // turns into a feedback loop).
+                self.apply_updates(updates, now, false);
+            }
             Body::SyncEntries { entries } => {
-                let fresh = self.apply_updates(entries, now, true);
-                self.eager_push(fresh, Some(from));
+                // Anti-entropy already sends both ways what differs: no corrections here.
+                let merged = self.apply_updates(entries, now, true);
+                self.eager_push(merged.fresh, Some(from));
             }
             Body::Fragment {
                 id,
@@ -626,18 +657,19 @@ impl<R: Rng> Node<R> {
             }
         }
         // Bulk catch-up requests that went unanswered.
-        if let Some((after, last_peer)) = self
+        if let Some((after, last_peer, last_addr)) = self
             .bulk
             .as_ref()
             .filter(|b| t >= b.deadline)
-            .map(|b| (b.after.clone(), b.peer))
+            .map(|b| (b.after.clone(), b.peer, b.addr.clone()))
         {
-            let peer = self
-                .sample_live(1, &[])
-                .first()
-                .copied()
-                .unwrap_or(last_peer);
-            self.request_bulk(peer, after, now);
+            // Try another member if we know one by now, else the same again.
+            let other = self.sample_live(1, &[last_peer]).first().copied();
+            let (peer, addr) = match other.and_then(|p| self.members.get(&p)) {
+                Some(m) => (m.id, m.addr.clone()),
+                None => (last_peer, last_addr),
+            };
+            self.request_bulk(peer, addr, after, now);
         }
         // Incomplete fragmented messages.
         let before = self.fragments.len();
@@ -793,7 +825,10 @@ impl<R: Rng> Node<R> {
         let key = Key::Member(self.me.id);
         // Our own record is the only one we never take from others, so it replaces whatever
         // the store holds: remove by merging a strictly greater version.
-        match self.store.merge(key.clone(), entry.clone(), MergeGuard::default()) {
+        match self
+            .store
+            .merge(key.clone(), entry.clone(), MergeGuard::default())
+        {
             Ok(MergeOutcome::Applied { .. }) => {}
             _ => {
                 // The store holds something at least as great: a record from a previous life.
@@ -815,15 +850,19 @@ impl<R: Rng> Node<R> {
     }
 
     /// Something was said about this node. Anything that is not exactly our own current
-    /// record, and not older, is refuted with a higher incarnation.
-    fn handle_self_record(&mut self, entry: &Entry, now: Now) {
+    /// record, and not older, is refuted with a higher incarnation; an older claim is answered
+    /// with our current record.
+    fn handle_self_record(&mut self, entry: &Entry, now: Now) -> Outcome {
         let Version::Member { incarnation, rank } = entry.version else {
             self.stats.invalid_updates += 1;
-            return;
+            return Outcome::Nothing;
         };
         let ours = (self.incarnation, self.own_state().rank());
-        if (incarnation, rank) <= ours {
-            return;
+        if (incarnation, rank) < ours {
+            return Outcome::Behind((Key::Member(self.me.id), self.own_entry()));
+        }
+        if (incarnation, rank) == ours {
+            return Outcome::Nothing;
         }
         if rank == MemberState::Suspect.rank() {
             self.health = (self.health + 1).min(self.config.max_local_health);
@@ -831,6 +870,7 @@ impl<R: Rng> Node<R> {
         self.stats.refutations += 1;
         self.incarnation = self.incarnation.max(incarnation) + 1;
         self.write_own_record(now, true);
+        Outcome::Nothing
     }
 
     /// Declares `id` suspect or dead at `incarnation`, as this node's own verdict.
@@ -857,7 +897,7 @@ impl<R: Rng> Node<R> {
             MemberState::Dead => self.stats.deaths_declared += 1,
             _ => {}
         }
-        let fresh = self.apply_updates(vec![(Key::Member(id), entry.clone())], now, true);
+        let merged = self.apply_updates(vec![(Key::Member(id), entry.clone())], now, true);
         if state == MemberState::Suspect {
             // Tell the suspect directly too: the sooner it hears, the sooner it refutes.
             self.send_to(
@@ -868,7 +908,7 @@ impl<R: Rng> Node<R> {
                 },
             );
         }
-        self.eager_push(fresh, None);
+        self.eager_push(merged.fresh, None);
     }
 
     /// Updates the local view of a member from its (already merged) record.
@@ -943,7 +983,8 @@ impl<R: Rng> Node<R> {
             return min;
         }
         let fraction = ((confirmations as f64) + 1.0).ln() / ((k as f64) + 1.0).ln();
-        max.saturating_sub((max - min).mul_f64(fraction.min(1.0))).max(min)
+        max.saturating_sub((max - min).mul_f64(fraction.min(1.0)))
+            .max(min)
     }
 
     fn scaled(&self, d: Duration) -> Duration {
@@ -1097,40 +1138,54 @@ impl<R: Rng> Node<R> {
         }
     }
 
-    /// Merges updates from the network. Returns those that were news (applied, or a new
+    /// Merges gossiped updates from `from`, answers what it sent that we know newer versions
+    /// of, and pushes what was news.
+    fn absorb(&mut self, from: NodeId, src_addr: &str, updates: Vec<Update>, now: Now) {
+        let merged = self.apply_updates(updates, now, true);
+        self.send_packed(from, src_addr, merged.newer, |updates| Body::Correction {
+            updates,
+        });
+        self.eager_push(merged.fresh, Some(from));
+    }
+
+    /// Merges updates from the network. `fresh` are those that were news (applied, or a new
     /// confirmation of a suspicion); when `disseminate`, they are also queued for gossip.
-    fn apply_updates(&mut self, updates: Vec<Update>, now: Now, disseminate: bool) -> Vec<Update> {
-        let mut fresh = Vec::new();
+    /// `newer` holds our entries for keys the sender is behind on: answering a stale update
+    /// with the newer one repairs a node that missed a change (say, a refutation) as soon as
+    /// it gossips, instead of at its next anti-entropy round.
+    fn apply_updates(&mut self, updates: Vec<Update>, now: Now, disseminate: bool) -> Merged {
+        let mut merged = Merged::default();
         for (key, entry) in updates {
-            if let Some(update) = self.apply_update(key, entry, now) {
-                fresh.push(update);
+            match self.apply_update(key, entry, now) {
+                Outcome::Fresh(update) => merged.fresh.push(update),
+                Outcome::Behind(update) => merged.newer.push(update),
+                Outcome::Nothing => {}
             }
         }
         if disseminate {
-            for update in &fresh {
+            for update in &merged.fresh {
                 self.queue_update(update.clone());
             }
         }
-        fresh
+        merged
     }
 
-    fn apply_update(&mut self, key: Key, entry: Entry, now: Now) -> Option<Update> {
+    fn apply_update(&mut self, key: Key, entry: Entry, now: Now) -> Outcome {
         let member_record = match &key {
             Key::Member(id) if *id == self.me.id => {
-                self.handle_self_record(&entry, now);
-                return None;
+                return self.handle_self_record(&entry, now);
             }
             Key::Member(_) => {
                 let Version::Member { rank, .. } = entry.version else {
                     self.stats.invalid_updates += 1;
-                    return None;
+                    return Outcome::Nothing;
                 };
                 let record = entry.value.as_deref().and_then(MemberRecord::decode);
                 match record {
                     Some(record) if MemberState::from_rank(rank).is_some() => Some(record),
                     _ => {
                         self.stats.invalid_updates += 1;
-                        return None;
+                        return Outcome::Nothing;
                     }
                 }
             }
@@ -1144,31 +1199,45 @@ impl<R: Rng> Node<R> {
                     self.on_member_record(*id, &entry, record, now);
                 }
                 self.events.push_back(Event::EntryChanged(key.clone()));
-                Some((key, entry))
+                Outcome::Fresh((key, entry))
             }
-            Ok(MergeOutcome::Stale) | Ok(MergeOutcome::Duplicate) => {
-                // Not news for the store, but another member's independent suspicion of a
-                // member we suspect confirms it (Lifeguard) and is worth spreading.
-                let (Key::Member(id), Some(record)) = (&key, member_record) else {
-                    return None;
-                };
-                let Version::Member { incarnation, rank } = entry.version else {
-                    return None;
-                };
-                let by = record.by?;
-                if rank != MemberState::Suspect.rank() || by == self.me.id {
-                    return None;
+            Ok(outcome @ (MergeOutcome::Stale | MergeOutcome::Duplicate)) => {
+                let ours = self.store.get(&key).cloned();
+                // Another member's independent suspicion of a member we suspect confirms it
+                // (Lifeguard) and is worth spreading, even if the store keeps its first record.
+                if let (Key::Member(id), Some(record)) = (&key, member_record) {
+                    if let (Version::Member { incarnation, rank }, Some(by)) =
+                        (entry.version, record.by)
+                    {
+                        if rank == MemberState::Suspect.rank()
+                            && by != self.me.id
+                            && self.confirm_suspicion(*id, incarnation, by)
+                        {
+                            return Outcome::Fresh((key, entry));
+                        }
+                    }
                 }
-                let confirmed = self.confirm_suspicion(*id, incarnation, by);
-                confirmed.then_some((key, entry))
+                // The sender is behind: for membership, only when our incarnation or state is
+                // ahead (a record differing only in who declared it is no news).
+                let behind = outcome == MergeOutcome::Stale
+                    && ours
+                        .as_ref()
+                        .is_some_and(|ours| match (ours.version, entry.version) {
+                            (Version::Member { .. }, theirs) => ours.version > theirs,
+                            _ => true,
+                        });
+                match ours {
+                    Some(ours) if behind => Outcome::Behind((key, ours)),
+                    _ => Outcome::Nothing,
+                }
             }
             Ok(MergeOutcome::RefusedResurrection) => {
                 self.stats.refused_resurrections += 1;
-                None
+                Outcome::Nothing
             }
             Err(_) => {
                 self.stats.invalid_updates += 1;
-                None
+                Outcome::Nothing
             }
         }
     }
@@ -1288,19 +1357,16 @@ impl<R: Rng> Node<R> {
 
     // ---- bulk catch-up ---------------------------------------------------------------------
 
-    fn start_bulk(&mut self, peer: NodeId, now: Now) {
-        self.request_bulk(peer, None, now);
-    }
-
-    fn request_bulk(&mut self, peer: NodeId, after: Option<Key>, now: Now) {
+    fn request_bulk(&mut self, peer: NodeId, addr: String, after: Option<Key>, now: Now) {
         let id = self.next_seq();
         self.bulk = Some(Bulk {
             id,
             peer,
+            addr: addr.clone(),
             after: after.clone(),
             deadline: now.mono + self.config.bulk_request_timeout,
         });
-        self.send(peer, Body::BulkRequest { id, after });
+        self.send_to(Some(peer), addr, Body::BulkRequest { id, after });
     }
 
     /// The entries after `after`, in key order, that fit one message (at least one).

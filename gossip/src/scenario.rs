@@ -72,6 +72,10 @@ pub enum Cond {
     SeenAs(usize, MemberState),
     /// No up node sees the target in this state.
     NotSeenAs(usize, MemberState),
+    /// Every listed observer that is up sees the target in this state.
+    SeenAsBy(Vec<usize>, usize, MemberState),
+    /// At least one up node sees the target in this state.
+    SomeoneSeesAs(usize, MemberState),
     /// Every up node holds object `sim/default/NAME` with a value (not deleted).
     HasObject(String),
     /// Every up node holds object `sim/default/NAME` deleted, or not at all.
@@ -161,11 +165,32 @@ impl Cond {
                 }
                 Ok(())
             }
+            Cond::SeenAsBy(observers, target, state) => {
+                for &o in observers.iter().filter(|&&o| sim.is_up(o)) {
+                    let seen = sim.view(o, *target);
+                    if seen != Some(*state) {
+                        return Err(format!("n{o} sees n{target} as {seen:?}, not {state:?}"));
+                    }
+                }
+                Ok(())
+            }
+            Cond::SomeoneSeesAs(target, state) => {
+                if up.iter().any(|&o| sim.view(o, *target) == Some(*state)) {
+                    Ok(())
+                } else {
+                    Err(format!("no node sees n{target} as {state:?}"))
+                }
+            }
             Cond::HasObject(name) => {
                 let key = object(name);
                 for &o in &up {
                     let node = sim.node(o).expect("up");
-                    if node.store().get(&key).and_then(|e| e.value.as_ref()).is_none() {
+                    if node
+                        .store()
+                        .get(&key)
+                        .and_then(|e| e.value.as_ref())
+                        .is_none()
+                    {
                         return Err(format!("n{o} does not hold {name}"));
                     }
                 }
@@ -175,7 +200,12 @@ impl Cond {
                 let key = object(name);
                 for &o in &up {
                     let node = sim.node(o).expect("up");
-                    if node.store().get(&key).and_then(|e| e.value.as_ref()).is_some() {
+                    if node
+                        .store()
+                        .get(&key)
+                        .and_then(|e| e.value.as_ref())
+                        .is_some()
+                    {
                         return Err(format!("n{o} still holds {name}"));
                     }
                 }

@@ -202,8 +202,11 @@ impl Sim {
             .collect();
         for i in 0..n {
             let now = sim.now_for(i);
+            let own = Key::Member(sim.nodes[i].identity.id);
             let node = sim.nodes[i].node.as_mut().expect("just spawned");
-            node.restore(records.iter().cloned(), true, now);
+            // A node's own record in restored state means "I restarted"; leave it out.
+            let others = records.iter().filter(|(k, _)| *k != own).cloned();
+            node.restore(others, true, now);
             while node.poll_event().is_some() {}
             sim.schedule_timer(i);
         }
@@ -320,7 +323,13 @@ impl Sim {
         self.nodes[index].timer_generation += 1;
         if let Some(at) = next {
             let generation = self.nodes[index].timer_generation;
-            self.push(at.max(self.now), Action::Timer { node: index, generation });
+            self.push(
+                at.max(self.now),
+                Action::Timer {
+                    node: index,
+                    generation,
+                },
+            );
         }
     }
 
@@ -459,6 +468,21 @@ impl Sim {
                     return;
                 }
                 let healthy = self.is_healthy(target);
+                if std::env::var("SHOAL_SIM_TRACE").is_ok_and(|t| t == format!("n{target}")) {
+                    eprintln!(
+                        "t={} n{observer} sees n{target} {:?} inc {}",
+                        self.now.0 / 1000,
+                        member.state,
+                        member.incarnation
+                    );
+                }
+                if healthy && member.state == MemberState::Dead {
+                    eprintln!(
+                        "FP t={} n{observer} marks n{target} dead inc {}",
+                        self.now.0 / 1000,
+                        member.incarnation
+                    );
+                }
                 match member.state {
                     MemberState::Suspect => {
                         if healthy {
@@ -521,7 +545,12 @@ impl Sim {
 
     /// Restarts a crashed node, with its state as persisted when `persisted` is true
     /// (otherwise empty), and has it join through `seed`.
-    pub fn restart(&mut self, index: usize, persisted: Option<Vec<crate::message::Update>>, seed: usize) {
+    pub fn restart(
+        &mut self,
+        index: usize,
+        persisted: Option<Vec<crate::message::Update>>,
+        seed: usize,
+    ) {
         self.boot(index, persisted);
         let addr = self.nodes[seed].identity.addr.clone();
         let now = self.now_for(index);
@@ -679,7 +708,8 @@ impl Sim {
     /// The state `observer` holds of `target`, if it knows it.
     pub fn view(&self, observer: usize, target: usize) -> Option<MemberState> {
         let node = self.nodes[observer].node.as_ref()?;
-        node.member(&self.nodes[target].identity.id).map(|m| m.state)
+        node.member(&self.nodes[target].identity.id)
+            .map(|m| m.state)
     }
 
     /// Whether every up node sees every up node alive and every crashed node not alive.
@@ -692,11 +722,23 @@ impl Sim {
                     Health::Up => seen == Some(MemberState::Alive),
                     Health::Paused => true,
                     Health::Crashed => {
-                        matches!(seen, None | Some(MemberState::Dead) | Some(MemberState::Left))
+                        matches!(
+                            seen,
+                            None | Some(MemberState::Dead) | Some(MemberState::Left)
+                        )
                     }
                 }
             })
         })
+    }
+
+    /// Delivers raw bytes to a node at once, as if from `from_addr` (for garbage-input tests).
+    pub fn inject(&mut self, index: usize, from_addr: &str, bytes: &[u8]) {
+        let now = self.now_for(index);
+        if let Some(node) = self.nodes[index].node.as_mut() {
+            node.handle_message(from_addr, bytes, now);
+        }
+        self.after_input(index);
     }
 
     /// Random number from the simulation's generator (for scenario choices).
@@ -819,7 +861,9 @@ impl Sim {
                 continue;
             }
             delays.sort_by(f64::total_cmp);
-            let at = |q: f64| delays[((q * delays.len() as f64).ceil() as usize).clamp(1, delays.len()) - 1];
+            let at = |q: f64| {
+                delays[((q * delays.len() as f64).ceil() as usize).clamp(1, delays.len()) - 1]
+            };
             to_half.push(at(0.5));
             to_99.push(at(0.99));
             to_all.push(at(1.0));
