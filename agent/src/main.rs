@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod net;
 mod sim;
 
 /// shoal: a masterless container orchestrator.
