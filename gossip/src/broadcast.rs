@@ -157,7 +157,7 @@ mod tests {
         q.push(update("a", 100));
         assert_eq!(q.take(1000, 5, &[], false).len(), 1);
         q.push(update("b", 100));
-        let first = q.take(150, 5, &[], false);
+        let first = q.take(250, 5, &[], false);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].0, update("b", 1).0);
         assert_eq!(q.len(), 2);

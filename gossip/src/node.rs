@@ -318,6 +318,32 @@ impl<R: Rng> Node<R> {
         self.rebuild_live();
     }
 
+    /// Replaces the node's state with `store` (which must hold this node's own record, as a
+    /// copy of a running cluster's state does). For simulations that start many nodes from the
+    /// same state: cloning one store is much cheaper than merging every entry into each node.
+    pub fn restore_store(&mut self, store: Store, synced: bool, now: Now) {
+        let own = Key::Member(self.me.id);
+        let own_entry = self.own_entry();
+        self.store = store;
+        if self.store.get(&own) != Some(&own_entry) {
+            // Not our current record: take ours (written just now, so it is the greater).
+            let _ = self.store.merge(own, own_entry, MergeGuard::default());
+        }
+        self.members.clear();
+        let members: Vec<(NodeId, Entry)> = self
+            .store
+            .members()
+            .map(|(id, e)| (id, e.clone()))
+            .collect();
+        for (id, entry) in members {
+            if let Some(record) = entry.value.as_deref().and_then(MemberRecord::decode) {
+                self.set_member_view(id, &entry, record, now.mono);
+            }
+        }
+        self.synced = synced;
+        self.rebuild_live();
+    }
+
     /// Starts joining through any of `seeds` (addresses). Join requests are resent with
     /// exponential back-off until one member accepts; then the state is pulled in bulk.
     pub fn join(&mut self, seeds: Vec<String>, now: Now) {
@@ -937,7 +963,14 @@ impl<R: Rng> Node<R> {
         };
         self.members.insert(id, member.clone());
         if id != self.me.id && was_live != state.is_live() {
-            self.rebuild_live();
+            // `live` is kept sorted by id, as a rebuild from `members` would give.
+            match (self.live.binary_search(&id), state.is_live()) {
+                (Err(at), true) => self.live.insert(at, id),
+                (Ok(at), false) => {
+                    self.live.remove(at);
+                }
+                _ => {}
+            }
         }
         self.events.push_back(Event::MemberChanged(member));
     }

@@ -189,24 +189,21 @@ impl Sim {
         for _ in 0..n {
             sim.spawn_node();
         }
-        // Everyone knows everyone: restore each node with all membership records.
-        let records: Vec<_> = sim
-            .nodes
-            .iter()
-            .map(|s| {
-                let node = s.node.as_ref().expect("just spawned");
-                let key = Key::Member(s.identity.id);
-                let entry = node.store().get(&key).expect("own record").clone();
-                (key, entry)
-            })
-            .collect();
+        // Everyone knows everyone: every node starts from the same state, holding all
+        // membership records.
+        let mut template = crate::store::Store::new();
+        for s in &sim.nodes {
+            let node = s.node.as_ref().expect("just spawned");
+            let key = Key::Member(s.identity.id);
+            let entry = node.store().get(&key).expect("own record").clone();
+            template
+                .merge(key, entry, crate::store::MergeGuard::default())
+                .expect("member record");
+        }
         for i in 0..n {
             let now = sim.now_for(i);
-            let own = Key::Member(sim.nodes[i].identity.id);
             let node = sim.nodes[i].node.as_mut().expect("just spawned");
-            // A node's own record in restored state means "I restarted"; leave it out.
-            let others = records.iter().filter(|(k, _)| *k != own).cloned();
-            node.restore(others, true, now);
+            node.restore_store(template.clone(), true, now);
             while node.poll_event().is_some() {}
             sim.schedule_timer(i);
         }
@@ -468,21 +465,6 @@ impl Sim {
                     return;
                 }
                 let healthy = self.is_healthy(target);
-                if std::env::var("SHOAL_SIM_TRACE").is_ok_and(|t| t == format!("n{target}")) {
-                    eprintln!(
-                        "t={} n{observer} sees n{target} {:?} inc {}",
-                        self.now.0 / 1000,
-                        member.state,
-                        member.incarnation
-                    );
-                }
-                if healthy && member.state == MemberState::Dead {
-                    eprintln!(
-                        "FP t={} n{observer} marks n{target} dead inc {}",
-                        self.now.0 / 1000,
-                        member.incarnation
-                    );
-                }
                 match member.state {
                     MemberState::Suspect => {
                         if healthy {
