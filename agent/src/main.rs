@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod net;
+mod persist;
 mod sim;
 
 /// shoal: a masterless container orchestrator.

@@ -1,0 +1,2 @@
+//! Persistence (being written).
+#![allow(dead_code)]
