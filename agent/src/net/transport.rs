@@ -1,0 +1,1363 @@
+//! The tasks behind [`super::NetHandle`]: one swarm task (connections, dials, listeners, mDNS),
+//! one writer task per destination and one reader task per inbound stream.
+//!
+//! Data flow: `send` queues a message for the destination's writer (spawned on demand, retired
+//! when idle). The writer asks the swarm task for a connection (dialing QUIC, then TCP, if
+//! there is none), opens one stream and writes sealed frames to it. Inbound streams are read
+//! by reader tasks, which open frames and emit events. The [`Gate`] behaviour sees every
+//! connection before any stream can use it: it records the remote host (for reply addresses),
+//! and denies peers that are banned or not Ed25519.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::identity::Keypair;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, SwarmEvent, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{PeerId, Stream, StreamProtocol, Swarm, SwarmBuilder, mdns};
+use shoal_gossip::NodeId;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info, warn};
+
+use super::addr::{
+    host_of, host_port_of, is_loopback, is_quic, node_id_of, parse_dial_addr, peer_id_of,
+    socket_multiaddrs,
+};
+use super::frame::{self, FrameKey, LEN_PREFIX, MAX_PAYLOAD, Refusal};
+use super::key::ClusterKey;
+use super::metrics::{Counters, WarnLimiter};
+use super::{NetConfig, NetError, NetEvent, Tuning, lock};
+
+/// The stream protocol of gossip frames.
+pub(super) const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/gossip/1");
+
+/// Most messages written to a stream with one flush.
+const MAX_BATCH: usize = 64;
+/// Longest a writer waits for a connection (a dial is bounded by the handshake timeouts
+/// anyway; this only guards against a lost reply).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a stream negotiation may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one batch write may block (a peer that stops reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `start` waits for a listener to report its address.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown leaves connections open after the last write, so that data buffered in
+/// QUIC or yamux reaches the wire before the connections close.
+const LINGER: Duration = Duration::from_millis(150);
+/// How long shutdown waits for connections to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Interval of the warnings about refused frames.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Most peers banned at once (the list is only a damper against reconnect loops).
+const MAX_BANNED: usize = 4096;
+/// Most addresses remembered per connected peer.
+const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// State shared by the handle and all tasks.
+pub(super) struct Shared {
+    pub(super) local_peer: PeerId,
+    pub(super) local_id: NodeId,
+    cluster_key: ClusterKey,
+    tuning: Tuning,
+    quic: bool,
+    pub(super) counters: Counters,
+    refusal_warn: WarnLimiter,
+    listen_port: AtomicU16,
+    pub(super) local_addr: Mutex<SocketAddr>,
+    pub(super) listen_addrs: Mutex<Vec<Multiaddr>>,
+    peers: Mutex<PeerTable>,
+    writers: Mutex<Writers>,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Sender<NetEvent>,
+    pub(super) control: libp2p_stream::Control,
+    runtime: tokio::runtime::Handle,
+    inbound_permits: Arc<Semaphore>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Where a queued message goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Dest {
+    /// A known peer.
+    Peer(PeerId),
+    /// Whatever node answers at this address (a join); resolved to a peer by dialing.
+    Addr(String),
+}
+
+/// A queued message.
+struct Outgoing {
+    /// Where to dial if there is no connection.
+    addr: String,
+    bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Writers {
+    map: HashMap<Dest, WriterEntry>,
+    next_id: u64,
+    /// Set by shutdown: nothing new is queued.
+    closed: bool,
+}
+
+struct WriterEntry {
+    /// Tells a retiring writer whether the entry is still its own.
+    id: u64,
+    tx: mpsc::Sender<Outgoing>,
+    task: JoinHandle<()>,
+}
+
+/// What is known about connected peers.
+#[derive(Default)]
+struct PeerTable {
+    peers: HashMap<PeerId, PeerInfo>,
+    /// Addresses (`host:port`, or the address string a join was sent to) of connected peers,
+    /// so that a message sent by address to a connected node reuses its connection.
+    by_addr: HashMap<String, PeerId>,
+    /// Peers denied until the instant.
+    banned: HashMap<PeerId, Instant>,
+}
+
+#[derive(Default)]
+struct PeerInfo {
+    /// Open connections and the remote host of each.
+    conns: Vec<(ConnectionId, Option<String>)>,
+    /// Keys of `by_addr` that point here.
+    addrs: Vec<String>,
+    /// Refused frames since the last one that opened.
+    failures: u32,
+}
+
+impl PeerTable {
+    fn is_banned(&mut self, peer: &PeerId) -> bool {
+        match self.banned.get(peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                self.banned.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Bans `peer`; false if it already was.
+    fn ban(&mut self, peer: PeerId, for_: Duration) -> bool {
+        if self.is_banned(&peer) {
+            return false;
+        }
+        let now = Instant::now();
+        self.banned.retain(|_, until| *until > now);
+        if self.banned.len() < MAX_BANNED {
+            self.banned.insert(peer, now + for_);
+        }
+        true
+    }
+
+    fn connected(&mut self, conn: ConnectionId, peer: PeerId, host: Option<String>) {
+        self.peers.entry(peer).or_default().conns.push((conn, host));
+    }
+
+    fn closed(&mut self, conn: ConnectionId, peer: PeerId) {
+        let Some(info) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        info.conns.retain(|(c, _)| *c != conn);
+        if info.conns.is_empty()
+            && let Some(info) = self.peers.remove(&peer)
+        {
+            for addr in info.addrs {
+                if self.by_addr.get(&addr) == Some(&peer) {
+                    self.by_addr.remove(&addr);
+                }
+            }
+        }
+    }
+
+    /// The remote host of the peer's most recent connection.
+    fn host(&self, peer: &PeerId) -> Option<String> {
+        self.peers
+            .get(peer)?
+            .conns
+            .iter()
+            .rev()
+            .find_map(|(_, h)| h.clone())
+    }
+
+    /// Remembers that `addr` reaches `peer`, while `peer` is connected.
+    fn note_addr(&mut self, peer: PeerId, addr: String) {
+        let Some(info) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if addr.is_empty() || info.addrs.contains(&addr) {
+            return;
+        }
+        if info.addrs.len() >= MAX_ADDRS_PER_PEER {
+            let old = info.addrs.remove(0);
+            if self.by_addr.get(&old) == Some(&peer) {
+                self.by_addr.remove(&old);
+            }
+        }
+        info.addrs.push(addr.clone());
+        self.by_addr.insert(addr, peer);
+    }
+
+    fn by_addr(&self, addr: &str) -> Option<PeerId> {
+        self.by_addr.get(addr).copied()
+    }
+
+    /// Counts a refused frame; returns the count since the last good one.
+    fn failure(&mut self, peer: PeerId) -> u32 {
+        let info = self.peers.entry(peer).or_default();
+        info.failures = info.failures.saturating_add(1);
+        info.failures
+    }
+
+    fn reset_failures(&mut self, peer: &PeerId) {
+        if let Some(info) = self.peers.get_mut(peer) {
+            info.failures = 0;
+        }
+    }
+}
+
+/// Requests to the swarm task.
+enum Command {
+    /// Reply with a connected peer: `peer` itself, or whoever answers at `addrs` (tried in
+    /// order). `addr_key` names the destination of an address-only dial.
+    Connect {
+        peer: Option<PeerId>,
+        addr_key: Option<String>,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<PeerId, DialFail>>,
+    },
+    /// Disconnect and ban a peer whose frames do not open.
+    Refuse { peer: PeerId, reason: &'static str },
+    /// Close all connections and stop.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Why no connection could be had.
+#[derive(Debug)]
+enum DialFail {
+    NoAddress,
+    Banned,
+    Failed(String),
+}
+
+impl std::fmt::Display for DialFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoAddress => f.write_str("not connected and no usable address"),
+            Self::Banned => f.write_str("peer is banned after refused frames"),
+            Self::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The swarm's behaviour: the gate first, so that a denied connection never reaches the others.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+pub(super) struct Behaviour {
+    gate: Gate,
+    stream: libp2p_stream::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Admits or denies established connections and tracks them in the peer table. Doing this in
+/// a behaviour (rather than on `SwarmEvent::ConnectionEstablished`) means the table knows a
+/// connection before any stream on it reaches a reader.
+pub(super) struct Gate {
+    shared: Arc<Shared>,
+}
+
+impl Gate {
+    fn admit(
+        &mut self,
+        conn: ConnectionId,
+        peer: PeerId,
+        remote: &Multiaddr,
+        dialed: bool,
+    ) -> Result<dummy::ConnectionHandler, ConnectionDenied> {
+        let mut table = lock(&self.shared.peers);
+        let denied = if node_id_of(&peer).is_none() {
+            Some("not an Ed25519 peer")
+        } else if table.is_banned(&peer) {
+            Some("banned after refused frames")
+        } else {
+            None
+        };
+        if let Some(reason) = denied {
+            self.shared
+                .count(&self.shared.counters.connections_denied, 1);
+            debug!(%peer, addr = %remote, reason, "connection denied");
+            return Err(ConnectionDenied::new(reason));
+        }
+        table.connected(conn, peer, host_of(remote));
+        if dialed && let Some(addr) = host_port_of(remote) {
+            table.note_addr(peer, addr);
+        }
+        Ok(dummy::ConnectionHandler)
+    }
+}
+
+impl NetworkBehaviour for Gate {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        conn: ConnectionId,
+        peer: PeerId,
+        _local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit(conn, peer, remote_addr, false)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        conn: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        _role_override: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit(conn, peer, addr, true)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        if let FromSwarm::ConnectionClosed(closed) = event {
+            lock(&self.shared.peers).closed(closed.connection_id, closed.peer_id);
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer: PeerId,
+        _conn: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _cx: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+/// Builds the swarm, binds the listeners and spawns the tasks.
+pub(super) async fn start(
+    config: NetConfig,
+) -> Result<(Arc<Shared>, mpsc::Receiver<NetEvent>), NetError> {
+    let NetConfig {
+        listen,
+        keypair,
+        cluster_key,
+        mdns,
+        quic,
+        tuning,
+    } = config;
+    let local_peer = keypair.public().to_peer_id();
+    let local_id = node_id_of(&local_peer).ok_or(NetError::NotEd25519)?;
+    let (commands, command_rx) = mpsc::channel(1024);
+    let (events, event_rx) = mpsc::channel(tuning.event_queue.max(1));
+    let stream = libp2p_stream::Behaviour::new();
+    let mut control = stream.new_control();
+    let incoming = control
+        .accept(PROTOCOL)
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+    let shared = Arc::new(Shared {
+        local_peer,
+        local_id,
+        cluster_key,
+        quic,
+        counters: Counters::default(),
+        refusal_warn: WarnLimiter::new(WARN_INTERVAL),
+        listen_port: AtomicU16::new(listen.port()),
+        local_addr: Mutex::new(listen),
+        listen_addrs: Mutex::new(Vec::new()),
+        peers: Mutex::new(PeerTable::default()),
+        writers: Mutex::new(Writers::default()),
+        commands,
+        events,
+        control,
+        runtime: tokio::runtime::Handle::current(),
+        inbound_permits: Arc::new(Semaphore::new(tuning.max_inbound_streams.max(1))),
+        tasks: Mutex::new(Vec::new()),
+        tuning,
+    });
+    let gate = Gate {
+        shared: shared.clone(),
+    };
+    let mut swarm = build_swarm(&keypair, &shared.tuning, gate, stream, mdns)?;
+    let tcp = bind(&mut swarm, &shared, listen, quic).await?;
+    let driver = Driver {
+        swarm,
+        shared: shared.clone(),
+        commands: command_rx,
+        dials: HashMap::new(),
+        dial_by_peer: HashMap::new(),
+        dial_by_addr: HashMap::new(),
+    };
+    let swarm_task = tokio::spawn(driver.run());
+    let accept_task = tokio::spawn(accept_streams(shared.clone(), incoming));
+    lock(&shared.tasks).extend([swarm_task, accept_task]);
+    info!(
+        peer = %local_peer,
+        node = %local_id,
+        addr = %*lock(&shared.local_addr),
+        quic,
+        tcp,
+        mdns,
+        key_fingerprint = %shared.cluster_key.fingerprint(),
+        "network started"
+    );
+    Ok((shared, event_rx))
+}
+
+fn build_swarm(
+    keypair: &Keypair,
+    tuning: &Tuning,
+    gate: Gate,
+    stream: libp2p_stream::Behaviour,
+    mdns: bool,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let handshake_timeout = tuning.handshake_timeout;
+    let idle_timeout = tuning.idle_timeout;
+    let local_peer = keypair.public().to_peer_id();
+    let behaviour = move |_: &Keypair| Behaviour {
+        gate,
+        stream,
+        mdns: Toggle::from(if mdns { make_mdns(local_peer) } else { None }),
+    };
+    let swarm_config = move |c: libp2p::swarm::Config| c.with_idle_connection_timeout(idle_timeout);
+    let base = || {
+        Ok::<_, NetError>(
+            SwarmBuilder::with_existing_identity(keypair.clone())
+                .with_tokio()
+                .with_tcp(
+                    libp2p::tcp::Config::default().nodelay(true),
+                    libp2p::noise::Config::new,
+                    libp2p::yamux::Config::default,
+                )
+                .map_err(|e| NetError::Transport(e.to_string()))?
+                .with_quic_config(move |mut c| {
+                    c.handshake_timeout = handshake_timeout;
+                    c
+                }),
+        )
+    };
+    // The system resolver configuration may be missing (minimal containers); then only
+    // `/dns/` addresses stop working, so carry on without it.
+    let swarm = match base()?.with_dns() {
+        Ok(builder) => {
+            let Ok(builder) = builder.with_behaviour(behaviour);
+            builder.with_swarm_config(swarm_config).build()
+        }
+        Err(e) => {
+            warn!(error = %e, "no system DNS configuration; DNS names in addresses will not resolve");
+            let Ok(builder) = base()?.with_behaviour(behaviour);
+            builder.with_swarm_config(swarm_config).build()
+        }
+    };
+    Ok(swarm)
+}
+
+fn make_mdns(local_peer: PeerId) -> Option<mdns::tokio::Behaviour> {
+    match mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer) {
+        Ok(behaviour) => Some(behaviour),
+        Err(e) => {
+            warn!(error = %e, "mDNS unavailable; discovery disabled");
+            None
+        }
+    }
+}
+
+/// Binds QUIC, then TCP on the port QUIC got. Returns whether TCP listens.
+async fn bind(
+    swarm: &mut Swarm<Behaviour>,
+    shared: &Shared,
+    listen: SocketAddr,
+    quic: bool,
+) -> Result<bool, NetError> {
+    let listen_err = |addr: &Multiaddr, reason: String| NetError::Listen {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut port = listen.port();
+    if quic {
+        let [quic_addr, _] = socket_multiaddrs(listen);
+        let id = swarm
+            .listen_on(quic_addr.clone())
+            .map_err(|e| listen_err(&quic_addr, e.to_string()))?;
+        let bound = wait_listening(swarm, shared, id)
+            .await
+            .map_err(|reason| listen_err(&quic_addr, reason))?;
+        port = port_of(&bound).unwrap_or(port);
+    }
+    let [_, tcp_addr] = socket_multiaddrs(SocketAddr::new(listen.ip(), port));
+    let tcp = match swarm.listen_on(tcp_addr.clone()) {
+        Ok(id) => wait_listening(swarm, shared, id).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let tcp = match tcp {
+        Ok(bound) => {
+            if !quic {
+                port = port_of(&bound).unwrap_or(port);
+            }
+            true
+        }
+        Err(reason) if quic => {
+            warn!(addr = %tcp_addr, %reason, "cannot listen on TCP; QUIC only (no fallback for peers without UDP)");
+            false
+        }
+        Err(reason) => return Err(listen_err(&tcp_addr, reason)),
+    };
+    shared.listen_port.store(port, Ordering::Relaxed);
+    *lock(&shared.local_addr) = SocketAddr::new(listen.ip(), port);
+    Ok(tcp)
+}
+
+/// Drives the swarm until listener `id` reports an address.
+async fn wait_listening(
+    swarm: &mut Swarm<Behaviour>,
+    shared: &Shared,
+    id: libp2p::core::transport::ListenerId,
+) -> Result<Multiaddr, String> {
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    loop {
+        let event = timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| "timed out waiting for the listener".to_owned())?;
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                lock(&shared.listen_addrs).push(address.clone());
+                if listener_id == id {
+                    return Ok(address);
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } if listener_id == id => {
+                return Err(match reason {
+                    Ok(()) => "listener closed".to_owned(),
+                    Err(e) => e.to_string(),
+                });
+            }
+            SwarmEvent::ListenerError { listener_id, error } if listener_id == id => {
+                return Err(error.to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn port_of(addr: &Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Udp(port) | libp2p::multiaddr::Protocol::Tcp(port) => {
+            Some(port)
+        }
+        _ => None,
+    })
+}
+
+impl Shared {
+    fn count(&self, counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn listen_port(&self) -> u16 {
+        self.listen_port.load(Ordering::Relaxed)
+    }
+
+    /// Keeps only the addresses of enabled transports.
+    fn usable(&self, mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        if !self.quic {
+            addrs.retain(|a| !is_quic(a));
+        }
+        addrs
+    }
+
+    pub(super) fn send(self: &Arc<Self>, to: Option<NodeId>, addr: &str, bytes: Vec<u8>) {
+        let c = &self.counters;
+        if bytes.len() > MAX_PAYLOAD {
+            self.count(&c.dropped_oversize, 1);
+            debug!(
+                len = bytes.len(),
+                max = MAX_PAYLOAD,
+                addr,
+                "message too large, dropped"
+            );
+            return;
+        }
+        let addr = addr.trim();
+        let dest = match to {
+            Some(id) => match peer_id_of(id) {
+                Some(peer) => Dest::Peer(peer),
+                None => {
+                    self.count(&c.dropped_bad_addr, 1);
+                    debug!(node = %id, "node id is not an Ed25519 key, dropped");
+                    return;
+                }
+            },
+            None => {
+                let known = lock(&self.peers).by_addr(addr);
+                match known {
+                    Some(peer) => Dest::Peer(peer),
+                    None => match parse_dial_addr(addr) {
+                        Ok(target) => match target.peer {
+                            Some(peer) => Dest::Peer(peer),
+                            None => Dest::Addr(addr.to_owned()),
+                        },
+                        Err(e) => {
+                            self.count(&c.dropped_bad_addr, 1);
+                            debug!(error = %e, "dropped");
+                            return;
+                        }
+                    },
+                }
+            }
+        };
+        if dest == Dest::Peer(self.local_peer) {
+            self.count(&c.dropped_bad_addr, 1);
+            debug!("message to this node itself, dropped");
+            return;
+        }
+        self.enqueue(
+            dest,
+            Outgoing {
+                addr: addr.to_owned(),
+                bytes,
+            },
+        );
+    }
+
+    /// Queues `item` for the writer of `dest`, spawning the writer if there is none.
+    fn enqueue(self: &Arc<Self>, dest: Dest, item: Outgoing) {
+        let c = &self.counters;
+        let mut writers = lock(&self.writers);
+        if writers.closed {
+            self.count(&c.dropped_shutdown, 1);
+            return;
+        }
+        let item = match writers.map.get(&dest) {
+            Some(entry) => match entry.tx.try_send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.count(&c.dropped_queue_full, 1);
+                    return;
+                }
+                // The writer exited without retiring (it panicked); replace it.
+                Err(mpsc::error::TrySendError::Closed(item)) => {
+                    writers.map.remove(&dest);
+                    item
+                }
+            },
+            None => item,
+        };
+        if writers.map.len() >= self.tuning.max_peers {
+            self.count(&c.dropped_too_many_peers, 1);
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.tuning.peer_queue.max(1));
+        // Cannot fail: the channel is new and has room.
+        let _ = tx.try_send(item);
+        writers.next_id += 1;
+        let id = writers.next_id;
+        let task = match dest.clone() {
+            Dest::Peer(peer) => self
+                .runtime
+                .spawn(write_to_peer(self.clone(), peer, id, rx)),
+            Dest::Addr(addr) => self
+                .runtime
+                .spawn(write_to_addr(self.clone(), addr, id, rx)),
+        };
+        writers.map.insert(dest, WriterEntry { id, tx, task });
+    }
+
+    /// Removes writer `id` of `dest` if its queue is empty; false if more work arrived.
+    fn retire(&self, dest: &Dest, id: u64, rx: &mpsc::Receiver<Outgoing>) -> bool {
+        let mut writers = lock(&self.writers);
+        if !rx.is_empty() {
+            return false;
+        }
+        if writers.map.get(dest).is_some_and(|e| e.id == id) {
+            writers.map.remove(dest);
+        }
+        true
+    }
+
+    /// Removes writer `id` of `dest` and returns what was still queued for it.
+    fn retire_draining(
+        &self,
+        dest: &Dest,
+        id: u64,
+        rx: &mut mpsc::Receiver<Outgoing>,
+    ) -> Vec<Outgoing> {
+        let mut writers = lock(&self.writers);
+        if writers.map.get(dest).is_some_and(|e| e.id == id) {
+            writers.map.remove(dest);
+        }
+        let mut items = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            items.push(item);
+        }
+        items
+    }
+
+    /// Asks the swarm task for a connection.
+    async fn connect(
+        &self,
+        peer: Option<PeerId>,
+        addr_key: Option<String>,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<PeerId, DialFail> {
+        let (reply, result) = oneshot::channel();
+        let command = Command::Connect {
+            peer,
+            addr_key,
+            addrs: self.usable(addrs),
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(DialFail::Failed("network stopped".into()));
+        }
+        match timeout(CONNECT_TIMEOUT, result).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(DialFail::Failed("network stopped".into())),
+            Err(_) => Err(DialFail::Failed("timed out".into())),
+        }
+    }
+
+    /// Counts and reports a frame that did not open; asks for the peer to be disconnected
+    /// after too many.
+    fn refused(&self, peer: PeerId, refusal: Refusal) {
+        let c = &self.counters;
+        self.count(
+            match refusal {
+                Refusal::Auth => &c.refused_auth,
+                Refusal::Truncated => &c.refused_truncated,
+                Refusal::Oversize => &c.refused_oversize,
+                Refusal::Version => &c.refused_version,
+            },
+            1,
+        );
+        let failures = lock(&self.peers).failure(peer);
+        if let Some(suppressed) = self.refusal_warn.check() {
+            warn!(%peer, reason = refusal.reason(), failures, suppressed, "refused a frame");
+        }
+        if failures >= self.tuning.refuse_after {
+            lock(&self.peers).reset_failures(&peer);
+            let _ = self.commands.try_send(Command::Refuse {
+                peer,
+                reason: refusal.reason(),
+            });
+        }
+    }
+
+    fn emit(&self, event: NetEvent) {
+        if self.events.try_send(event).is_err() {
+            self.count(&self.counters.dropped_events, 1);
+        }
+    }
+
+    pub(super) async fn shutdown(&self) {
+        let deadline = Instant::now() + self.tuning.shutdown_timeout;
+        let mut writers: Vec<JoinHandle<()>> = {
+            let mut w = lock(&self.writers);
+            w.closed = true;
+            // Dropping each sender lets its writer drain the queue, close its stream and end.
+            w.map.drain().map(|(_, entry)| entry.task).collect()
+        };
+        for task in &mut writers {
+            if timeout_at(deadline, &mut *task).await.is_err() {
+                task.abort();
+            }
+        }
+        tokio::time::sleep_until(deadline.min(Instant::now() + LINGER)).await;
+        let (done, stopped) = oneshot::channel();
+        if self.commands.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = timeout(CLOSE_TIMEOUT * 2, stopped).await;
+        }
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        info!(peer = %self.local_peer, "network stopped");
+    }
+}
+
+/// Why a writer could not get a stream.
+enum OpenFail {
+    BadAddr,
+    Unreachable(String),
+}
+
+/// The writer of one peer: one stream, reopened after errors, fed from the queue.
+async fn write_to_peer(
+    shared: Arc<Shared>,
+    peer: PeerId,
+    id: u64,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    let dest = Dest::Peer(peer);
+    let c = &shared.counters;
+    let Some(remote) = node_id_of(&peer) else {
+        // `send` only builds peer ids from node ids.
+        return;
+    };
+    let key = FrameKey::derive(&shared.cluster_key, &shared.local_id, &remote);
+    let mut control = shared.control.clone();
+    let mut stream: Option<Stream> = None;
+    let mut dial_addr = String::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
+    let mut wire: Vec<u8> = Vec::new();
+    loop {
+        match timeout(shared.tuning.writer_idle, rx.recv()).await {
+            Ok(Some(item)) => batch.push(item),
+            Ok(None) => break,
+            Err(_) => {
+                if shared.retire(&dest, id, &rx) {
+                    break;
+                }
+                continue;
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        if let Some(item) = batch.iter().rev().find(|i| !i.addr.is_empty()) {
+            dial_addr.clone_from(&item.addr);
+        }
+        let n = batch.len() as u64;
+        let payload: u64 = batch.iter().map(|i| i.bytes.len() as u64).sum();
+        wire.clear();
+        let port = shared.listen_port();
+        for item in batch.drain(..) {
+            key.seal_into(port, &item.bytes, &mut wire);
+        }
+        // Two attempts: a stream that broke since the last batch (peer restarted, connection
+        // timed out) is only noticed when writing, and deserves one reopen.
+        for attempt in 0..2 {
+            if stream.is_none() {
+                match open_stream(&shared, &mut control, peer, &dial_addr).await {
+                    Ok(s) => stream = Some(s),
+                    Err(OpenFail::BadAddr) => {
+                        shared.count(&c.dropped_bad_addr, n);
+                        debug!(%peer, addr = %dial_addr, "not connected and address unusable, dropped");
+                        break;
+                    }
+                    Err(OpenFail::Unreachable(reason)) => {
+                        shared.count(&c.dropped_unreachable, n);
+                        debug!(%peer, addr = %dial_addr, %reason, dropped = n, "peer unreachable");
+                        break;
+                    }
+                }
+            }
+            let Some(s) = stream.as_mut() else { break };
+            let written = timeout(WRITE_TIMEOUT, async {
+                s.write_all(&wire).await?;
+                s.flush().await
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    shared.count(&c.frames_sent, n);
+                    shared.count(&c.bytes_sent, payload);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    shared.count(&c.stream_errors, 1);
+                    debug!(%peer, error = %e, attempt, "stream broke");
+                }
+                Err(_) => {
+                    shared.count(&c.stream_errors, 1);
+                    debug!(%peer, attempt, "stream write timed out");
+                }
+            }
+            stream = None;
+            if attempt == 1 {
+                shared.count(&c.dropped_unreachable, n);
+            }
+        }
+    }
+    if let Some(mut s) = stream {
+        let _ = timeout(WRITE_TIMEOUT, s.close()).await;
+    }
+}
+
+/// Connects if needed and opens a stream to `peer`.
+async fn open_stream(
+    shared: &Shared,
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    addr: &str,
+) -> Result<Stream, OpenFail> {
+    let c = &shared.counters;
+    let addrs = parse_dial_addr(addr).map(|t| t.addrs);
+    let bad_addr = addrs.is_err();
+    match shared
+        .connect(Some(peer), None, addrs.unwrap_or_default())
+        .await
+    {
+        Ok(_) => {}
+        Err(DialFail::NoAddress) if bad_addr => return Err(OpenFail::BadAddr),
+        Err(e) => return Err(OpenFail::Unreachable(e.to_string())),
+    }
+    match timeout(OPEN_TIMEOUT, control.open_stream(peer, PROTOCOL)).await {
+        Ok(Ok(stream)) => {
+            shared.count(&c.streams_opened, 1);
+            Ok(stream)
+        }
+        Ok(Err(e)) => {
+            shared.count(&c.stream_errors, 1);
+            Err(OpenFail::Unreachable(e.to_string()))
+        }
+        Err(_) => {
+            shared.count(&c.stream_errors, 1);
+            Err(OpenFail::Unreachable("stream negotiation timed out".into()))
+        }
+    }
+}
+
+/// The writer of an address whose node is unknown: dials it, then hands the queued messages
+/// to the writer of the peer that answered and retires. Later sends to the address go to that
+/// peer directly while it stays connected.
+async fn write_to_addr(
+    shared: Arc<Shared>,
+    addr: String,
+    id: u64,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    let target = parse_dial_addr(&addr);
+    let result = match target {
+        Ok(target) => {
+            shared
+                .connect(target.peer, Some(addr.clone()), target.addrs)
+                .await
+        }
+        Err(e) => Err(DialFail::Failed(e.to_string())),
+    };
+    let items = shared.retire_draining(&Dest::Addr(addr.clone()), id, &mut rx);
+    match result {
+        Ok(peer) if peer != shared.local_peer => {
+            for item in items {
+                shared.enqueue(Dest::Peer(peer), item);
+            }
+        }
+        Ok(_) => {
+            shared.count(&shared.counters.dropped_bad_addr, items.len() as u64);
+            debug!(%addr, "address is this node itself, dropped");
+        }
+        Err(e) => {
+            shared.count(&shared.counters.dropped_unreachable, items.len() as u64);
+            debug!(%addr, reason = %e, dropped = items.len(), "address unreachable");
+        }
+    }
+}
+
+/// Hands each inbound stream to its own reader task.
+async fn accept_streams(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
+    while let Some((peer, stream)) = incoming.next().await {
+        match shared.inbound_permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                shared.count(&shared.counters.streams_accepted, 1);
+                tokio::spawn(read_stream(shared.clone(), peer, stream, permit));
+            }
+            Err(_) => {
+                shared.count(&shared.counters.streams_rejected, 1);
+                debug!(%peer, "too many inbound streams, dropped one");
+            }
+        }
+    }
+}
+
+/// Reads frames from one inbound stream until it ends.
+async fn read_stream(
+    shared: Arc<Shared>,
+    peer: PeerId,
+    mut stream: Stream,
+    _permit: OwnedSemaphorePermit,
+) {
+    let c = &shared.counters;
+    let Some(from) = node_id_of(&peer) else {
+        // The gate denies such connections.
+        return;
+    };
+    let key = FrameKey::derive(&shared.cluster_key, &from, &shared.local_id);
+    let host = lock(&shared.peers).host(&peer);
+    let mut noted_port = None;
+    let mut prefix = [0u8; LEN_PREFIX];
+    let mut body = Vec::new();
+    loop {
+        if stream.read_exact(&mut prefix).await.is_err() {
+            break;
+        }
+        let len = match frame::check_len(prefix) {
+            Ok(len) => len,
+            Err(refusal) => {
+                // Framing is lost: nothing after this can be trusted to start a frame.
+                shared.refused(peer, refusal);
+                break;
+            }
+        };
+        body.resize(len, 0);
+        if stream.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        match key.open(&body) {
+            Ok((port, bytes)) => {
+                lock(&shared.peers).reset_failures(&peer);
+                let addr = host
+                    .as_deref()
+                    .map_or_else(String::new, |h| format!("{h}:{port}"));
+                if noted_port != Some(port) {
+                    noted_port = Some(port);
+                    lock(&shared.peers).note_addr(peer, addr.clone());
+                }
+                shared.count(&c.frames_received, 1);
+                shared.count(&c.bytes_received, bytes.len() as u64);
+                let event = NetEvent::Message { from, addr, bytes };
+                if shared.events.send(event).await.is_err() {
+                    break;
+                }
+            }
+            Err(refusal) => shared.refused(peer, refusal),
+        }
+    }
+}
+
+/// An outbound connection attempt: addresses tried one after the other.
+struct Dial {
+    peer: Option<PeerId>,
+    addr_key: Option<String>,
+    remaining: VecDeque<Multiaddr>,
+    waiters: Vec<oneshot::Sender<Result<PeerId, DialFail>>>,
+    errors: Vec<String>,
+}
+
+/// The swarm task.
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    dials: HashMap<ConnectionId, Dial>,
+    dial_by_peer: HashMap<PeerId, ConnectionId>,
+    dial_by_addr: HashMap<String, ConnectionId>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { done }) => {
+                        self.close().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => {
+                        self.close().await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Connect {
+                peer,
+                addr_key,
+                addrs,
+                reply,
+            } => self.connect(peer, addr_key, addrs, reply),
+            Command::Refuse { peer, reason } => self.refuse(peer, reason),
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn connect(
+        &mut self,
+        peer: Option<PeerId>,
+        addr_key: Option<String>,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<PeerId, DialFail>>,
+    ) {
+        if let Some(peer) = peer {
+            if lock(&self.shared.peers).is_banned(&peer) {
+                let _ = reply.send(Err(DialFail::Banned));
+                return;
+            }
+            if self.swarm.is_connected(&peer) {
+                let _ = reply.send(Ok(peer));
+                return;
+            }
+            if let Some(dial) = self
+                .dial_by_peer
+                .get(&peer)
+                .and_then(|c| self.dials.get_mut(c))
+            {
+                dial.waiters.push(reply);
+                return;
+            }
+        } else if let Some(key) = &addr_key {
+            let known = lock(&self.shared.peers).by_addr(key);
+            if let Some(peer) = known
+                && self.swarm.is_connected(&peer)
+            {
+                let _ = reply.send(Ok(peer));
+                return;
+            }
+            if let Some(dial) = self
+                .dial_by_addr
+                .get(key)
+                .and_then(|c| self.dials.get_mut(c))
+            {
+                dial.waiters.push(reply);
+                return;
+            }
+        }
+        if addrs.is_empty() {
+            let _ = reply.send(Err(DialFail::NoAddress));
+            return;
+        }
+        self.dial_next(Dial {
+            peer,
+            addr_key,
+            remaining: addrs.into(),
+            waiters: vec![reply],
+            errors: Vec::new(),
+        });
+    }
+
+    /// Dials the next address of `dial`, or fails it if none is left.
+    fn dial_next(&mut self, mut dial: Dial) {
+        while let Some(addr) = dial.remaining.pop_front() {
+            let opts = match dial.peer {
+                Some(peer) => DialOpts::peer_id(peer)
+                    .addresses(vec![addr.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+                None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+            };
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    debug!(peer = ?dial.peer, %addr, "dialing");
+                    if let Some(peer) = dial.peer {
+                        self.dial_by_peer.insert(peer, id);
+                    }
+                    if let Some(key) = &dial.addr_key {
+                        self.dial_by_addr.insert(key.clone(), id);
+                    }
+                    self.dials.insert(id, dial);
+                    return;
+                }
+                Err(e) => {
+                    dial.errors.push(format!("{addr}: {e}"));
+                    if !dial.remaining.is_empty() {
+                        self.shared.count(&self.shared.counters.dial_fallbacks, 1);
+                    }
+                }
+            }
+        }
+        self.shared.count(&self.shared.counters.dial_failures, 1);
+        let reason = dial.errors.join("; ");
+        debug!(peer = ?dial.peer, addr = ?dial.addr_key, %reason, "dial failed");
+        for waiter in dial.waiters {
+            let _ = waiter.send(Err(DialFail::Failed(reason.clone())));
+        }
+    }
+
+    fn take_dial(&mut self, id: ConnectionId) -> Option<Dial> {
+        let dial = self.dials.remove(&id)?;
+        if let Some(peer) = dial.peer
+            && self.dial_by_peer.get(&peer) == Some(&id)
+        {
+            self.dial_by_peer.remove(&peer);
+        }
+        if let Some(key) = &dial.addr_key
+            && self.dial_by_addr.get(key) == Some(&id)
+        {
+            self.dial_by_addr.remove(key);
+        }
+        Some(dial)
+    }
+
+    fn refuse(&mut self, peer: PeerId, reason: &'static str) {
+        if !lock(&self.shared.peers).ban(peer, self.shared.tuning.refuse_ban) {
+            return;
+        }
+        let _ = self.swarm.disconnect_peer_id(peer);
+        self.shared.count(&self.shared.counters.peers_refused, 1);
+        warn!(
+            %peer,
+            reason,
+            ban_secs = self.shared.tuning.refuse_ban.as_secs(),
+            "disconnected a peer whose frames do not open (another cluster key?)"
+        );
+        self.shared.emit(NetEvent::PeerRefused { peer, reason });
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                shared.count(&c.connections_established, 1);
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let mut finished = Vec::new();
+                finished.extend(self.take_dial(connection_id));
+                // A connection from the peer itself also ends a dial to it.
+                if let Some(&other) = self.dial_by_peer.get(&peer_id) {
+                    finished.extend(self.take_dial(other));
+                }
+                for dial in finished {
+                    if let Some(key) = dial.addr_key {
+                        lock(&shared.peers).note_addr(peer_id, key);
+                    }
+                    for waiter in dial.waiters {
+                        let _ = waiter.send(Ok(peer_id));
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                shared.count(&c.connections_closed, 1);
+                debug!(peer = %peer_id, cause = ?cause, "disconnected");
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                let Some(mut dial) = self.take_dial(connection_id) else {
+                    return;
+                };
+                // Retrying another transport cannot help when the peer itself is the problem.
+                if matches!(
+                    error,
+                    DialError::Denied { .. }
+                        | DialError::LocalPeerId { .. }
+                        | DialError::WrongPeerId { .. }
+                ) {
+                    dial.remaining.clear();
+                }
+                dial.errors.push(error.to_string());
+                if let Some(next) = dial.remaining.front() {
+                    shared.count(&c.dial_fallbacks, 1);
+                    debug!(peer = ?dial.peer, %error, %next, "dial failed, trying the fallback");
+                }
+                self.dial_next(dial);
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                shared.count(&c.incoming_errors, 1);
+                debug!(addr = %send_back_addr, %error, "inbound connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                lock(&shared.listen_addrs).push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                lock(&shared.listen_addrs).retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                warn!(?addresses, ?reason, "listener closed");
+                lock(&shared.listen_addrs).retain(|a| !addresses.contains(a));
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                warn!(%error, "listener error");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                self.on_discovered(found);
+            }
+            _ => {}
+        }
+    }
+
+    /// Reports each newly discovered peer once, with the address most likely to work from
+    /// here: QUIC before TCP, and a loopback address only if it has nothing else (a remote
+    /// host's loopback address would be our own).
+    fn on_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
+        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (peer, addr) in found {
+            by_peer.entry(peer).or_default().push(addr);
+        }
+        for (peer, addrs) in by_peer {
+            if peer == self.shared.local_peer
+                || self.swarm.is_connected(&peer)
+                || lock(&self.shared.peers).is_banned(&peer)
+            {
+                continue;
+            }
+            let best = self
+                .shared
+                .usable(addrs)
+                .into_iter()
+                .filter(|a| host_port_of(a).is_some())
+                .min_by_key(|a| (is_loopback(a), !is_quic(a)));
+            if let Some(addr) = best.as_ref().and_then(host_port_of) {
+                info!(%peer, %addr, "discovered by mDNS");
+                self.shared.emit(NetEvent::Discovered { addr });
+            }
+        }
+    }
+
+    /// Closes every connection, giving them a moment to say goodbye, and fails pending dials.
+    async fn close(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        while self.swarm.network_info().num_peers() > 0 {
+            match timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(SwarmEvent::ConnectionClosed { .. }) => {
+                    self.shared
+                        .count(&self.shared.counters.connections_closed, 1);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for (_, dial) in self.dials.drain() {
+            for waiter in dial.waiters {
+                let _ = waiter.send(Err(DialFail::Failed("network stopped".into())));
+            }
+        }
+    }
+}
