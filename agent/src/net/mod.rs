@@ -122,7 +122,10 @@ pub(crate) struct Tuning {
     pub(crate) max_peers: usize,
     /// Inbound streams open at once; more are dropped.
     pub(crate) max_inbound_streams: usize,
-    /// A writer with nothing to send for this long closes its stream and exits.
+    /// Established connections at once; more are denied.
+    pub(crate) max_connections: usize,
+    /// A writer with nothing to send for this long closes its stream and exits. An inbound
+    /// stream without a frame for three times this long is closed.
     pub(crate) writer_idle: Duration,
     /// A connection without streams for this long is closed.
     pub(crate) idle_timeout: Duration,
@@ -144,6 +147,7 @@ impl Default for Tuning {
             event_queue: 1024,
             max_peers: 1024,
             max_inbound_streams: 2048,
+            max_connections: 2048,
             writer_idle: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(5),

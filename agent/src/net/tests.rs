@@ -311,6 +311,15 @@ async fn tcp_fallback_when_quic_fails() {
     let m = a.metrics();
     assert_eq!((m.dial_fallbacks, m.dial_failures), (1, 0), "{m:?}");
 
+    // A remembers that QUIC does not work to B: a new dial (here by address, as a join
+    // would) goes to TCP first and does not wait for a QUIC handshake again.
+    let quic_form = format!("/ip4/127.0.0.1/udp/{}/quic-v1", b.local_addr().port());
+    a.send(None, &quic_form, b"again".to_vec());
+    assert_eq!(next_message(&mut b_rx).await.2, b"again");
+    let m = a.metrics();
+    assert_eq!((m.dial_fallbacks, m.dial_failures), (1, 0), "{m:?}");
+    assert_eq!(m.connections_established, 2, "{m:?}");
+
     // B answers through the TCP connection, and B (TCP only) dials A over TCP by address.
     b.send(Some(from), &reply_addr, b"tcp reply".to_vec());
     assert_eq!(next_message(&mut a_rx).await.2, b"tcp reply");

@@ -67,6 +67,19 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_BANNED: usize = 4096;
 /// Most addresses remembered per connected peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// Most inbound streams read at once per peer (a well-behaved peer has one per connection).
+const MAX_INBOUND_PER_PEER: usize = 16;
+/// Longest the rest of a frame may take once its length prefix has arrived.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames and bytes written with one flush: enough to amortise a burst, small enough that
+/// the wire buffer stays small.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Buffers grown beyond this by one large frame are given back afterwards.
+const KEEP_BUFFER: usize = 16 * 1024;
+/// How long a host whose QUIC dial failed while TCP worked is dialed on TCP first.
+const PREFER_TCP_FOR: Duration = Duration::from_secs(600);
+/// Most hosts remembered as needing TCP.
+const MAX_PREFER_TCP: usize = 4096;
 
 /// State shared by the handle and all tasks.
 pub(super) struct Shared {
@@ -140,6 +153,8 @@ struct PeerInfo {
     addrs: Vec<String>,
     /// Refused frames since the last one that opened.
     failures: u32,
+    /// Inbound streams being read.
+    inbound: usize,
 }
 
 impl PeerTable {
@@ -219,11 +234,35 @@ impl PeerTable {
         self.by_addr.get(addr).copied()
     }
 
-    /// Counts a refused frame; returns the count since the last good one.
+    /// Counts a refused frame; returns the count since the last good one (0 for a peer that
+    /// is no longer connected: there is nothing left to disconnect).
     fn failure(&mut self, peer: PeerId) -> u32 {
-        let info = self.peers.entry(peer).or_default();
+        let Some(info) = self.peers.get_mut(&peer) else {
+            return 0;
+        };
         info.failures = info.failures.saturating_add(1);
         info.failures
+    }
+
+    /// Takes an inbound stream slot of `peer`; false if it has too many or is not connected.
+    fn open_inbound(&mut self, peer: &PeerId) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(info) if info.inbound < MAX_INBOUND_PER_PEER => {
+                info.inbound += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn close_inbound(&mut self, peer: &PeerId) {
+        if let Some(info) = self.peers.get_mut(peer) {
+            info.inbound = info.inbound.saturating_sub(1);
+        }
+    }
+
+    fn connection_count(&self) -> usize {
+        self.peers.values().map(|i| i.conns.len()).sum()
     }
 
     fn reset_failures(&mut self, peer: &PeerId) {
@@ -296,6 +335,8 @@ impl Gate {
             Some("not an Ed25519 peer")
         } else if table.is_banned(&peer) {
             Some("banned after refused frames")
+        } else if table.connection_count() >= self.shared.tuning.max_connections {
+            Some("too many connections")
         } else {
             None
         };
@@ -411,6 +452,7 @@ pub(super) async fn start(
         dials: HashMap::new(),
         dial_by_peer: HashMap::new(),
         dial_by_addr: HashMap::new(),
+        prefer_tcp: HashMap::new(),
     };
     let swarm_task = tokio::spawn(driver.run());
     let accept_task = tokio::spawn(accept_streams(shared.clone(), incoming));
@@ -765,11 +807,14 @@ impl Shared {
             warn!(%peer, reason = refusal.reason(), failures, suppressed, "refused a frame");
         }
         if failures >= self.tuning.refuse_after {
-            lock(&self.peers).reset_failures(&peer);
-            let _ = self.commands.try_send(Command::Refuse {
+            let refuse = Command::Refuse {
                 peer,
                 reason: refusal.reason(),
-            });
+            };
+            // If the swarm task is busy, the next refused frame asks again.
+            if self.commands.try_send(refuse).is_ok() {
+                lock(&self.peers).reset_failures(&peer);
+            }
         }
     }
 
@@ -840,9 +885,13 @@ async fn write_to_peer(
                 continue;
             }
         }
-        while batch.len() < MAX_BATCH {
+        let mut batch_bytes = batch[0].bytes.len();
+        while batch.len() < MAX_BATCH && batch_bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    batch_bytes += item.bytes.len();
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }
@@ -850,7 +899,10 @@ async fn write_to_peer(
             dial_addr.clone_from(&item.addr);
         }
         let n = batch.len() as u64;
-        let payload: u64 = batch.iter().map(|i| i.bytes.len() as u64).sum();
+        let payload = batch_bytes as u64;
+        if wire.capacity() > KEEP_BUFFER.max(MAX_BATCH_BYTES) {
+            wire = Vec::new();
+        }
         wire.clear();
         let port = shared.listen_port();
         for item in batch.drain(..) {
@@ -979,16 +1031,16 @@ async fn write_to_addr(
 /// Hands each inbound stream to its own reader task.
 async fn accept_streams(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
     while let Some((peer, stream)) = incoming.next().await {
-        match shared.inbound_permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                shared.count(&shared.counters.streams_accepted, 1);
-                tokio::spawn(read_stream(shared.clone(), peer, stream, permit));
-            }
-            Err(_) => {
+        let permit = match shared.inbound_permits.clone().try_acquire_owned() {
+            Ok(permit) if lock(&shared.peers).open_inbound(&peer) => permit,
+            _ => {
                 shared.count(&shared.counters.streams_rejected, 1);
                 debug!(%peer, "too many inbound streams, dropped one");
+                continue;
             }
-        }
+        };
+        shared.count(&shared.counters.streams_accepted, 1);
+        tokio::spawn(read_stream(shared.clone(), peer, stream, permit));
     }
 }
 
@@ -999,18 +1051,28 @@ async fn read_stream(
     mut stream: Stream,
     _permit: OwnedSemaphorePermit,
 ) {
+    // The gate denies peers without a node id; this only guards the slot accounting.
+    if let Some(from) = node_id_of(&peer) {
+        read_frames(&shared, peer, from, &mut stream).await;
+    }
+    lock(&shared.peers).close_inbound(&peer);
+}
+
+async fn read_frames(shared: &Shared, peer: PeerId, from: NodeId, stream: &mut Stream) {
     let c = &shared.counters;
-    let Some(from) = node_id_of(&peer) else {
-        // The gate denies such connections.
-        return;
-    };
     let key = FrameKey::derive(&shared.cluster_key, &from, &shared.local_id);
     let host = lock(&shared.peers).host(&peer);
+    // Peers close idle streams after their writer_idle; one idle for much longer is held open
+    // by something else and only occupies a slot.
+    let idle = shared.tuning.writer_idle.saturating_mul(3);
     let mut noted_port = None;
     let mut prefix = [0u8; LEN_PREFIX];
     let mut body = Vec::new();
     loop {
-        if stream.read_exact(&mut prefix).await.is_err() {
+        if !matches!(
+            timeout(idle, stream.read_exact(&mut prefix)).await,
+            Ok(Ok(()))
+        ) {
             break;
         }
         let len = match frame::check_len(prefix) {
@@ -1021,8 +1083,14 @@ async fn read_stream(
                 break;
             }
         };
+        if body.capacity() > KEEP_BUFFER.max(len) {
+            body = Vec::new();
+        }
         body.resize(len, 0);
-        if stream.read_exact(&mut body).await.is_err() {
+        if !matches!(
+            timeout(FRAME_TIMEOUT, stream.read_exact(&mut body)).await,
+            Ok(Ok(()))
+        ) {
             break;
         }
         match key.open(&body) {
@@ -1054,6 +1122,10 @@ struct Dial {
     remaining: VecDeque<Multiaddr>,
     waiters: Vec<oneshot::Sender<Result<PeerId, DialFail>>>,
     errors: Vec<String>,
+    /// The address being dialed.
+    current: Option<Multiaddr>,
+    /// A QUIC attempt of this dial failed.
+    quic_failed: bool,
 }
 
 /// The swarm task.
@@ -1064,6 +1136,9 @@ struct Driver {
     dials: HashMap<ConnectionId, Dial>,
     dial_by_peer: HashMap<PeerId, ConnectionId>,
     dial_by_addr: HashMap<String, ConnectionId>,
+    /// `host:port`s where QUIC failed and TCP then worked (UDP blocked on the way): dialed on
+    /// TCP first until the instant, instead of waiting out a QUIC handshake every time.
+    prefer_tcp: HashMap<String, Instant>,
 }
 
 impl Driver {
@@ -1145,13 +1220,44 @@ impl Driver {
             let _ = reply.send(Err(DialFail::NoAddress));
             return;
         }
+        let mut addrs = addrs;
+        if self.prefers_tcp(&addrs) {
+            // Stable: the order among TCP (and among QUIC) addresses is kept.
+            addrs.sort_by_key(is_quic);
+        }
         self.dial_next(Dial {
             peer,
             addr_key,
             remaining: addrs.into(),
             waiters: vec![reply],
             errors: Vec::new(),
+            current: None,
+            quic_failed: false,
         });
+    }
+
+    fn prefers_tcp(&mut self, addrs: &[Multiaddr]) -> bool {
+        let now = Instant::now();
+        self.prefer_tcp.retain(|_, until| *until > now);
+        addrs
+            .iter()
+            .filter(|a| is_quic(a))
+            .filter_map(host_port_of)
+            .any(|hp| self.prefer_tcp.contains_key(&hp))
+    }
+
+    /// Learns from how a dial that had a failed QUIC attempt ended.
+    fn learn_transport(&mut self, dial: &Dial, connected: &Multiaddr) {
+        let Some(host_port) = host_port_of(connected) else {
+            return;
+        };
+        if is_quic(connected) {
+            self.prefer_tcp.remove(&host_port);
+        } else if dial.quic_failed && self.prefer_tcp.len() < MAX_PREFER_TCP {
+            debug!(addr = %host_port, "QUIC failed where TCP works; TCP first for a while");
+            self.prefer_tcp
+                .insert(host_port, Instant::now() + PREFER_TCP_FOR);
+        }
     }
 
     /// Dials the next address of `dial`, or fails it if none is left.
@@ -1168,6 +1274,7 @@ impl Driver {
             match self.swarm.dial(opts) {
                 Ok(()) => {
                     debug!(peer = ?dial.peer, %addr, "dialing");
+                    dial.current = Some(addr);
                     if let Some(peer) = dial.peer {
                         self.dial_by_peer.insert(peer, id);
                     }
@@ -1178,6 +1285,7 @@ impl Driver {
                     return;
                 }
                 Err(e) => {
+                    dial.quic_failed |= is_quic(&addr);
                     dial.errors.push(format!("{addr}: {e}"));
                     if !dial.remaining.is_empty() {
                         self.shared.count(&self.shared.counters.dial_fallbacks, 1);
@@ -1236,7 +1344,10 @@ impl Driver {
                 shared.count(&c.connections_established, 1);
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 let mut finished = Vec::new();
-                finished.extend(self.take_dial(connection_id));
+                if let Some(dial) = self.take_dial(connection_id) {
+                    self.learn_transport(&dial, endpoint.get_remote_address());
+                    finished.push(dial);
+                }
                 // A connection from the peer itself also ends a dial to it.
                 if let Some(&other) = self.dial_by_peer.get(&peer_id) {
                     finished.extend(self.take_dial(other));
@@ -1272,6 +1383,7 @@ impl Driver {
                     dial.remaining.clear();
                 }
                 dial.errors.push(error.to_string());
+                dial.quic_failed |= dial.current.as_ref().is_some_and(is_quic);
                 if let Some(next) = dial.remaining.front() {
                     shared.count(&c.dial_fallbacks, 1);
                     debug!(peer = ?dial.peer, %error, %next, "dial failed, trying the fallback");
