@@ -90,6 +90,7 @@ pub(super) struct Shared {
     quic: bool,
     pub(super) counters: Counters,
     refusal_warn: WarnLimiter,
+    ban_warn: WarnLimiter,
     listen_port: AtomicU16,
     pub(super) local_addr: Mutex<SocketAddr>,
     pub(super) listen_addrs: Mutex<Vec<Multiaddr>>,
@@ -427,6 +428,7 @@ pub(super) async fn start(
         quic,
         counters: Counters::default(),
         refusal_warn: WarnLimiter::new(WARN_INTERVAL),
+        ban_warn: WarnLimiter::new(WARN_INTERVAL),
         listen_port: AtomicU16::new(listen.port()),
         local_addr: Mutex::new(listen),
         listen_addrs: Mutex::new(Vec::new()),
@@ -909,7 +911,8 @@ async fn write_to_peer(
             key.seal_into(port, &item.bytes, &mut wire);
         }
         // Two attempts: a stream that broke since the last batch (peer restarted, connection
-        // timed out) is only noticed when writing, and deserves one reopen.
+        // timed out) is only noticed when writing, and deserves one reopen. A frame written
+        // partly before the break may then arrive twice; gossip messages are idempotent.
         for attempt in 0..2 {
             if stream.is_none() {
                 match open_stream(&shared, &mut control, peer, &dial_addr).await {
@@ -1322,12 +1325,16 @@ impl Driver {
         }
         let _ = self.swarm.disconnect_peer_id(peer);
         self.shared.count(&self.shared.counters.peers_refused, 1);
-        warn!(
-            %peer,
-            reason,
-            ban_secs = self.shared.tuning.refuse_ban.as_secs(),
-            "disconnected a peer whose frames do not open (another cluster key?)"
-        );
+        // Limited too: new peer ids cost an attacker nothing.
+        if let Some(suppressed) = self.shared.ban_warn.check() {
+            warn!(
+                %peer,
+                reason,
+                ban_secs = self.shared.tuning.refuse_ban.as_secs(),
+                suppressed,
+                "disconnected a peer whose frames do not open (another cluster key?)"
+            );
+        }
         self.shared.emit(NetEvent::PeerRefused { peer, reason });
     }
 
