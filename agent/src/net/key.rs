@@ -236,14 +236,11 @@ mod tests {
         assert!(text.starts_with(KEY_PREFIX));
         assert_eq!(text.len(), KEY_PREFIX.len() + 64);
         assert_eq!(ClusterKey::parse(&text).unwrap(), key);
-        assert_eq!(
-            ClusterKey::parse(&format!(
-                "  {}\n",
-                text.to_uppercase().replace("SHOAL-KEY-V1:", KEY_PREFIX)
-            ))
-            .unwrap(),
-            key
+        let upper = format!(
+            "  {KEY_PREFIX}{}\n",
+            text[KEY_PREFIX.len()..].to_uppercase()
         );
+        assert_eq!(ClusterKey::parse(&upper).unwrap(), key);
         assert_ne!(ClusterKey::generate().unwrap(), key);
     }
 
