@@ -32,10 +32,10 @@
 //! | `peers`    | address, UTF-8 (`host:port`, as given) | `u64` last-seen wall ms (`0`: never answered) |
 //! | `values`   | free-form name, UTF-8                 | free-form bytes ([`Db::value`]) |
 //!
-//! postcard of [`Key`] is stable for as long as the gossip wire format is (variant and field order
-//! of `Key` and `Entry` are part of that contract; see `gossip/src/store/key.rs`), and a change
-//! of either must bump [`FORMAT_VERSION`] with a migration. The `entries` table is therefore not
-//! in store key order; [`Db::load`] sorts.
+//! postcard of [`Key`] and [`Entry`] is stable for as long as the gossip wire format is (variant
+//! and field order are part of that contract; see `gossip/src/store/key.rs`); a change of either
+//! must bump [`FORMAT_VERSION`] with a migration. postcard does not preserve order (varint
+//! lengths), so the `entries` table is not in store key order; [`Db::load`] sorts.
 //!
 //! # Format versions
 //!
@@ -60,14 +60,23 @@
 //! - The identity is written in the transaction that creates the database and never rewritten
 //!   (except the name, by [`Db::rename`]); an undecodable keypair is an error, never replaced,
 //!   since a new key would silently make this a different node.
-//! - The database is open in at most one process: redb takes OFD/`flock` file locks, so a second
-//!   agent on the same data dir (or a second [`Db::open`] in this process) gets
-//!   [`PersistError::InUse`].
+//! - The database is open at most once: redb locks the file (open-file-description byte-range
+//!   locks on Linux, which belong to the open file rather than the process), so a second agent on
+//!   the same data dir, or a second [`Db::open`] in this process, gets [`PersistError::InUse`].
+//!   The lock goes with the process, `kill -9` included.
 //! - Nothing in a row can panic the agent: undecodable `entries` rows are skipped, counted in
 //!   [`LoadReport::skipped`] and logged with their key; odd `meta` values fall back to the safe
 //!   default (not synced, no contact time) with a warning. The file itself is integrity-checked on
 //!   every open (page checksums), so a file damaged outside redb is reported as
 //!   [`PersistError::Corrupt`] rather than trusted.
+//!
+//! # Costs
+//!
+//! Measured on the 2-core dev VM (virtio disk, ext4), release build, 300-byte values, 20 k
+//! entries already stored (`commit_latency` in the tests): a 1-entry [`Db::apply`] p50 0.4 ms,
+//! p99 0.8-0.9 ms; a 1,000-entry batch p50 5 ms, p99 7-8 ms; 1,000 concurrent 1-entry
+//! [`Persister::apply`] calls 7 ms in 3 commits; [`Db::load`] of 50 k entries 110-120 ms; reopen
+//! (integrity check) of the same file 25 ms. One `fdatasync` per commit (checked with strace).
 //!
 //! # Blocking
 //!
@@ -753,13 +762,15 @@ fn migrate(txn: &WriteTransaction, path: &Path, from: u32) -> Result<(), Persist
 }
 
 /// Wraps a redb error with the file and the operation; redb's "corrupted" becomes
-/// [`PersistError::Corrupt`].
+/// [`PersistError::Corrupt`]. Borrows `path`, so that the success path (a `map_err` per row) allocates nothing.
 fn storage<E: Into<redb::Error>>(path: &Path, op: &'static str) -> impl FnOnce(E) -> PersistError {
-    let path = path.to_path_buf();
     move |e| match e.into() {
-        redb::Error::Corrupted(what) => PersistError::Corrupt { path, what },
+        redb::Error::Corrupted(what) => PersistError::Corrupt {
+            path: path.to_path_buf(),
+            what,
+        },
         source => PersistError::Storage {
-            path,
+            path: path.to_path_buf(),
             op,
             source: Box::new(source),
         },
