@@ -7,13 +7,13 @@
 //! saw deleted), and with somewhere to rejoin. This module keeps exactly that, and nothing the
 //! agent can recompute:
 //! - the node's **identity**: its Ed25519 keypair, created on the first start and never changed,
-//!   and the node name it was first started with ([`Identity`]);
+//!   and the node name it was first started with ([`Db::first_name`]);
 //! - every `(Key, Entry)` of the gossip [`Store`](shoal_gossip::Store), written as the driver sees
 //!   [`Event::EntryChanged`](shoal_gossip::Event::EntryChanged) and read back once at start for
 //!   [`Node::restore`](shoal_gossip::Node::restore);
 //! - **known peers** (addresses with the wall time they were last heard from);
-//! - **meta**: whether the node completed a first sync, the last time it was in contact with
-//!   the cluster, and small free-form values.
+//! - **meta**: whether the node completed a first sync ([`META_SYNCED`]), the last time it was in
+//!   contact with the cluster ([`META_LAST_CONTACT`]), and small free-form values.
 //!
 //! # Tables and encodings
 //!
@@ -21,16 +21,16 @@
 //! `&str`/`u64` values unwrap on bytes of the wrong shape, and a bad row must be skipped, not
 //! crash the agent. Integers are little-endian.
 //!
-//! | table      | key                                   | value |
-//! |------------|---------------------------------------|-------|
-//! | `meta`     | `format_version`                      | `u32` ([`FORMAT_VERSION`]) |
-//! |            | `synced`                              | one byte, `0` or `1` |
-//! |            | `last_contact_wall_ms`                | `u64`, ms since the Unix epoch |
-//! | `identity` | `keypair`                             | libp2p protobuf encoding of the Ed25519 keypair |
-//! |            | `name`                                | UTF-8, the name given at the first start |
-//! | `entries`  | postcard of [`Key`]                   | postcard of [`Entry`] |
-//! | `peers`    | address, UTF-8 (`host:port`, as given) | `u64` last-seen wall ms (`0`: never answered) |
-//! | `values`   | free-form name, UTF-8                 | free-form bytes ([`Db::value`]) |
+//! | table      | key                          | value                                        |
+//! |------------|------------------------------|----------------------------------------------|
+//! | `meta`     | `format_version` (reserved)  | `u32` ([`FORMAT_VERSION`])                   |
+//! |            | [`META_SYNCED`]              | one byte, `0` or `1`                         |
+//! |            | [`META_LAST_CONTACT`]        | `u64`, wall ms since the Unix epoch          |
+//! |            | any other name (UTF-8)       | free-form bytes ([`Db::get_meta`])           |
+//! | `identity` | `keypair`                    | libp2p protobuf encoding (Ed25519)           |
+//! |            | `name`                       | UTF-8, recorded at the first start           |
+//! | `entries`  | postcard of [`Key`]          | postcard of [`Entry`]                        |
+//! | `peers`    | address (UTF-8, as given)    | `u64` last-seen wall ms (`0`: never heard)   |
 //!
 //! postcard of [`Key`] and [`Entry`] is stable for as long as the gossip wire format is (variant
 //! and field order are part of that contract; see `gossip/src/store/key.rs`); a change of either
@@ -57,45 +57,43 @@
 //!
 //! # Invariants
 //!
-//! - The identity is written in the transaction that creates the database and never rewritten
-//!   (except the name, by [`Db::rename`]); an undecodable keypair is an error, never replaced,
-//!   since a new key would silently make this a different node.
+//! - The keypair is written in the transaction that creates the database and never rewritten;
+//!   an undecodable keypair is an error, never replaced, since a new key would silently make this
+//!   a different node. The name is written once by [`Db::first_name`] and after that only by an
+//!   explicit [`Db::set_name`].
 //! - The database is open at most once: redb locks the file (open-file-description byte-range
 //!   locks on Linux, which belong to the open file rather than the process), so a second agent on
 //!   the same data dir, or a second [`Db::open`] in this process, gets [`PersistError::InUse`].
 //!   The lock goes with the process, `kill -9` included.
 //! - Nothing in a row can panic the agent: undecodable `entries` rows are skipped, counted in
-//!   [`LoadReport::skipped`] and logged with their key; odd `meta` values fall back to the safe
-//!   default (not synced, no contact time) with a warning. The file itself is integrity-checked on
-//!   every open (page checksums), so a file damaged outside redb is reported as
-//!   [`PersistError::Corrupt`] rather than trusted.
+//!   [`LoadReport::skipped`] and logged with their key; odd `meta` values read through the typed
+//!   getters fall back to the safe default (not synced, no contact time) with a warning. The
+//!   file itself is integrity-checked on every open (page checksums), so a file damaged outside
+//!   redb is reported as [`PersistError::Corrupt`] rather than trusted.
 //!
 //! # Costs
 //!
 //! Measured on the 2-core dev VM (virtio disk, ext4), release build, 300-byte values, 20 k
 //! entries already stored (`commit_latency` in the tests): a 1-entry [`Db::apply`] p50 0.4 ms,
-//! p99 0.8-0.9 ms; a 1,000-entry batch p50 5 ms, p99 7-8 ms; 1,000 concurrent 1-entry
-//! [`Persister::apply`] calls 7 ms in 3 commits; [`Db::load`] of 50 k entries 110-120 ms; reopen
-//! (integrity check) of the same file 25 ms. One `fdatasync` per commit (checked with strace).
+//! p99 0.8-0.9 ms; a 1,000-entry batch p50 5 ms, p99 7-8 ms; [`Db::load`] of 50 k entries
+//! 110-120 ms; reopen (integrity check) of the same file 25 ms. One `fdatasync` per commit
+//! (checked with strace), so batching is what buys throughput.
 //!
 //! # Blocking
 //!
-//! redb is synchronous and a commit waits for the disk (a few ms). [`Db`] is the synchronous API;
-//! on tokio, use [`Persister`]: a dedicated thread owning the `Db`, which runs commands in the
-//! order they were issued and commits consecutive [`Persister::apply`] batches together (group
-//! commit), so concurrent API writes share one fsync. Calling [`Db`] through `spawn_blocking`
-//! also works, but two batches in flight at once could then commit out of order (an older entry
-//! overwriting a newer one on disk), which the single ordered thread rules out.
+//! redb is synchronous and a commit waits for the disk. The API is synchronous; on tokio, give
+//! the `Db` to one dedicated thread that receives batches over a channel, merges whatever is
+//! queued into one [`Db::apply_with_meta`] (group commit: one fsync for many API writes) and
+//! acknowledges the writes after it returns (the driver's persistence thread does exactly this).
+//! Keep it to one thread, or otherwise one batch in flight at a time: two concurrent
+//! `spawn_blocking(apply)` calls could commit out of order, an older entry overwriting a newer
+//! one on disk.
 
 #![allow(dead_code)]
 
-use std::borrow::Borrow;
 use std::fs;
-use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread;
 
 use libp2p::identity::Keypair;
 use redb::{
@@ -104,7 +102,6 @@ use redb::{
 };
 use shoal_gossip::{Entry, Key, NodeId, Version};
 use thiserror::Error;
-use tokio::sync::oneshot;
 
 #[cfg(test)]
 mod tests;
@@ -128,12 +125,16 @@ const META: Table = TableDefinition::new("meta");
 const IDENTITY: Table = TableDefinition::new("identity");
 const ENTRIES: Table = TableDefinition::new("entries");
 const PEERS: Table = TableDefinition::new("peers");
-const VALUES: Table = TableDefinition::new("values");
-const ALL_TABLES: [Table; 5] = [META, IDENTITY, ENTRIES, PEERS, VALUES];
+const ALL_TABLES: [Table; 4] = [META, IDENTITY, ENTRIES, PEERS];
 
-const META_FORMAT_VERSION: &[u8] = b"format_version";
-const META_SYNCED: &[u8] = b"synced";
-const META_LAST_CONTACT: &[u8] = b"last_contact_wall_ms";
+/// Meta name of the format version; [`Db::set_meta`] refuses it.
+const META_FORMAT_VERSION: &str = "format_version";
+/// Meta name: the node completed a first full sync (one byte, `1`; `0` or absent: not synced).
+/// Read and written by [`Db::synced`] and [`Db::set_synced`], or raw through [`Db::get_meta`].
+pub(crate) const META_SYNCED: &str = "synced";
+/// Meta name: the last wall time (ms since the Unix epoch, `u64` little-endian) the node was in
+/// contact with the cluster. See [`Db::last_contact_wall_ms`].
+pub(crate) const META_LAST_CONTACT: &str = "last_contact_ms";
 const IDENTITY_KEYPAIR: &[u8] = b"keypair";
 const IDENTITY_NAME: &[u8] = b"name";
 
@@ -141,10 +142,6 @@ const IDENTITY_NAME: &[u8] = b"name";
 /// only needs the B-tree paths that writes touch; redb's default (1 GiB) would keep the whole
 /// state in memory a second time after `load`.
 const CACHE_BYTES: usize = 32 << 20;
-
-/// Most changes [`Persister`] commits in one group: bounds the latency a large backlog adds to
-/// the first write waiting in it.
-const GROUP_MAX_CHANGES: usize = 16_384;
 
 /// One change to persist: the entry now held for the key, or `None` when the key left the store
 /// (collected by `Store::gc`).
@@ -207,45 +204,30 @@ pub(crate) enum PersistError {
         what: &'static str,
         source: postcard::Error,
     },
-    /// The [`Persister`] thread is gone (its handles were closed, or it panicked).
-    #[error("the persistence thread has stopped")]
-    Closed,
+    /// A caller tried to write a meta name this module owns (`format_version`).
+    #[error("meta {0:?} is reserved")]
+    ReservedMeta(String),
 }
 
-/// The node's identity, as persisted.
-#[derive(Clone, Debug)]
-pub(crate) struct Identity {
-    /// The node's Ed25519 keypair (libp2p); its public key is the [`NodeId`] and the `PeerId`.
-    pub(crate) keypair: Keypair,
-    /// The public key as a gossip node id.
-    pub(crate) node_id: NodeId,
-    /// The name the node was first started with (or last [`Db::rename`]d to). A restart with a
-    /// different `--name` shows as `name != args.name`; the caller decides whether that is an
-    /// error, a warning, or a rename.
-    pub(crate) name: String,
-    /// `true` if this open created the identity (first start with this data dir).
-    pub(crate) created: bool,
-}
-
-/// A known peer address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Peer {
-    /// The address as given or learnt (`host:port`).
-    pub(crate) addr: String,
-    /// Wall time it was last heard from, ms since the Unix epoch; `0` if never (an address
-    /// given with `--join` that has not answered yet).
-    pub(crate) last_seen_wall_ms: u64,
-}
-
-/// What [`Db::load`] read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What [`Db::load`] skipped, beside the entries it returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LoadReport {
-    /// Every decodable entry, tombstones included, in store key order.
-    pub(crate) entries: Vec<(Key, Entry)>,
+    /// Entries returned.
+    pub(crate) entries: usize,
     /// Rows skipped because they did not decode or were inconsistent (a version of the wrong
     /// kind for the key, an object whose `written_at` is not its version's clock); each was
     /// logged with its key.
     pub(crate) skipped: usize,
+}
+
+/// The identity as stored.
+struct Identity {
+    keypair: Keypair,
+    node_id: NodeId,
+    /// `None` until [`Db::first_name`] or [`Db::set_name`] records one.
+    name: Option<String>,
+    /// This open created the keypair.
+    created: bool,
 }
 
 /// The open database. See the module docs.
@@ -262,8 +244,8 @@ pub(crate) struct Db {
 
 impl Db {
     /// Opens (creating it if needed) the database in `dir`, creating `dir` itself (mode 0700 on
-    /// unix) if it does not exist. On the first start, creates the identity with `name`; later,
-    /// returns the stored one (see [`Identity::name`] for a different `name`).
+    /// unix) if it does not exist. On the first start, creates the node's keypair
+    /// ([`Db::created_now`] tells); later, reads it back.
     ///
     /// Runs redb's integrity check (every page's checksum) on every open, and its repair after
     /// an unclean shutdown; both read the whole file (see the module docs for costs).
@@ -273,7 +255,7 @@ impl Db {
     /// [`PersistError::InUse`] if another agent has the database open,
     /// [`PersistError::NewerFormat`] for a file from a newer shoal, [`PersistError::Corrupt`]
     /// for a damaged file or identity, others for I/O failures.
-    pub(crate) fn open(dir: impl AsRef<Path>, name: &str) -> Result<Db, PersistError> {
+    pub(crate) fn open(dir: impl AsRef<Path>) -> Result<Db, PersistError> {
         let dir = dir.as_ref().to_path_buf();
         let path = dir.join(DB_FILE);
         create_dir(&dir)?;
@@ -292,9 +274,13 @@ impl Db {
             .set_check_integrity_on_open(true)
             .create(&path)
             .map_err(|e| open_error(&dir, &path, e))?;
-        let identity = init(&db, &path, name)?;
+        let identity = init(&db, &path)?;
         if identity.created {
-            tracing::info!(node = %identity.node_id, path = %path.display(), "created node identity");
+            tracing::info!(
+                node = %identity.node_id,
+                path = %path.display(),
+                "created node identity"
+            );
         }
         Ok(Db {
             db,
@@ -305,9 +291,40 @@ impl Db {
         })
     }
 
-    /// The node's identity (see [`Identity`]).
-    pub(crate) fn identity(&self) -> &Identity {
-        &self.identity
+    /// The node's Ed25519 keypair (libp2p); its public key is the node's [`NodeId`] and `PeerId`.
+    pub(crate) fn identity(&self) -> &Keypair {
+        &self.identity.keypair
+    }
+
+    /// The node id: the keypair's public key.
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.identity.node_id
+    }
+
+    /// `true` if this open created the keypair (the first start with this data dir).
+    pub(crate) fn created_now(&self) -> bool {
+        self.identity.created
+    }
+
+    /// The node's name as stored: on the first call, records `name` and returns it; later,
+    /// returns the name recorded then, whatever `name` is. A restart with a different `--name`
+    /// therefore shows as `db.first_name(&name)? != name`, and the caller decides: refuse, warn,
+    /// or accept the rename with [`Db::set_name`].
+    pub(crate) fn first_name(&mut self, name: &str) -> Result<String, PersistError> {
+        match &self.identity.name {
+            Some(stored) => Ok(stored.clone()),
+            None => {
+                self.set_name(name)?;
+                Ok(name.to_owned())
+            }
+        }
+    }
+
+    /// Records `name` as the node's name (first start, or an accepted rename).
+    pub(crate) fn set_name(&mut self, name: &str) -> Result<(), PersistError> {
+        self.put(IDENTITY, IDENTITY_NAME, name.as_bytes())?;
+        self.identity.name = Some(name.to_owned());
+        Ok(())
     }
 
     /// The data dir.
@@ -320,39 +337,30 @@ impl Db {
         self.commits
     }
 
-    /// Records `name` as the node's name (the caller accepted a rename).
-    pub(crate) fn rename(&mut self, name: &str) -> Result<(), PersistError> {
-        self.put(IDENTITY, IDENTITY_NAME, name.as_bytes())?;
-        self.identity.name = name.to_owned();
-        Ok(())
-    }
-
     /// Writes `changes` in one transaction and returns once it is durable (see the module
     /// docs): `Some(entry)` stores the entry for its key, `None` removes the key. Later changes
-    /// of the same key in the batch win. Returns the number of changes written; an empty batch
-    /// commits nothing.
+    /// of the same key in the batch win. An empty batch commits nothing.
     pub(crate) fn apply(
         &mut self,
         changes: impl IntoIterator<Item = Change>,
-    ) -> Result<usize, PersistError> {
-        self.write_changes(changes)
+    ) -> Result<(), PersistError> {
+        self.apply_with_meta(changes, [])
     }
 
-    /// [`Db::apply`] over borrowed or owned keys and entries.
-    fn write_changes<K, E>(
+    /// [`Db::apply`] and [`Db::set_meta`] of each `(name, value)` in `meta`, in one transaction
+    /// (one fsync): what a persistence thread commits for a group of batches. Nothing is written
+    /// if a meta name is reserved.
+    pub(crate) fn apply_with_meta<'m>(
         &mut self,
-        changes: impl IntoIterator<Item = (K, Option<E>)>,
-    ) -> Result<usize, PersistError>
-    where
-        K: Borrow<Key>,
-        E: Borrow<Entry>,
-    {
+        changes: impl IntoIterator<Item = Change>,
+        meta: impl IntoIterator<Item = (&'m str, &'m [u8])>,
+    ) -> Result<(), PersistError> {
         let mut changes = changes.into_iter().peekable();
-        if changes.peek().is_none() {
-            return Ok(0);
+        let mut meta = meta.into_iter().peekable();
+        if changes.peek().is_none() && meta.peek().is_none() {
+            return Ok(());
         }
         let txn = self.db.begin_write().map_err(self.storage("begin apply"))?;
-        let mut written = 0;
         {
             let mut table = txn
                 .open_table(ENTRIES)
@@ -361,22 +369,20 @@ impl Db {
             let mut entry_buf = Vec::new();
             for (key, entry) in changes {
                 key_buf.clear();
-                key_buf = postcard::to_extend(key.borrow(), key_buf).map_err(|source| {
-                    PersistError::Encode {
+                key_buf =
+                    postcard::to_extend(&key, key_buf).map_err(|source| PersistError::Encode {
                         what: "a key",
                         source,
-                    }
-                })?;
+                    })?;
                 match entry {
                     Some(entry) => {
                         entry_buf.clear();
-                        entry_buf =
-                            postcard::to_extend(entry.borrow(), entry_buf).map_err(|source| {
-                                PersistError::Encode {
-                                    what: "an entry",
-                                    source,
-                                }
-                            })?;
+                        entry_buf = postcard::to_extend(&entry, entry_buf).map_err(|source| {
+                            PersistError::Encode {
+                                what: "an entry",
+                                source,
+                            }
+                        })?;
                         table
                             .insert(&key_buf[..], &entry_buf[..])
                             .map_err(self.storage("write an entry"))?;
@@ -387,39 +393,52 @@ impl Db {
                             .map_err(self.storage("remove an entry"))?;
                     }
                 }
-                written += 1;
+            }
+            let mut meta_table = txn.open_table(META).map_err(self.storage("open meta"))?;
+            for (name, value) in meta {
+                check_meta_name(name)?;
+                meta_table
+                    .insert(name.as_bytes(), value)
+                    .map_err(self.storage("write meta"))?;
             }
         }
-        self.commit(txn, "commit apply")?;
-        Ok(written)
+        // An early `?` above drops `txn` uncommitted: redb aborts it, nothing is written.
+        self.commit(txn, "commit apply")
     }
 
-    /// Reads every entry. Rows that do not decode, or whose entry cannot belong to the key, are
-    /// skipped, counted and logged (with the key when it decodes, else its bytes in hex); they
-    /// stay in the file (a later write of the same key replaces them, a
-    /// [`Db::wipe_replicated_state`] drops them).
-    pub(crate) fn load(&self) -> Result<LoadReport, PersistError> {
+    /// Reads every entry, tombstones included, in store key order (ready for `Node::restore`).
+    /// Rows that do not decode, or whose entry cannot belong to the key, are skipped, counted
+    /// and logged (with the key when it decodes, else its bytes in hex); they stay in the file
+    /// (a later write of the same key replaces them, [`Db::wipe_replicated_state`] drops them).
+    pub(crate) fn load(&self) -> Result<(Vec<(Key, Entry)>, LoadReport), PersistError> {
         let txn = self.db.begin_read().map_err(self.storage("begin load"))?;
         let table = txn
             .open_table(ENTRIES)
             .map_err(self.storage("open entries"))?;
+        let mut entries = Vec::new();
         let mut report = LoadReport::default();
         for row in table.iter().map_err(self.storage("read entries"))? {
             let (key, value) = row.map_err(self.storage("read entries"))?;
             match decode_row(key.value(), value.value()) {
-                Ok(pair) => report.entries.push(pair),
+                Ok(pair) => entries.push(pair),
                 Err(why) => {
                     report.skipped += 1;
                     let key = match decode_exact::<Key>(key.value()) {
                         Some(key) => key.to_string(),
                         None => hex(key.value()),
                     };
-                    tracing::warn!(%key, why, path = %self.path.display(), "skipping a stored entry");
+                    tracing::warn!(
+                        %key,
+                        why,
+                        path = %self.path.display(),
+                        "skipping a stored entry"
+                    );
                 }
             }
         }
-        report.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(report)
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        report.entries = entries.len();
+        Ok((entries, report))
     }
 
     /// Drops every entry except this node's own (`Member(keep_owner)` and the
@@ -446,7 +465,7 @@ impl Db {
                 .map_err(self.storage("wipe entries"))?;
             let after = table.len().map_err(self.storage("count entries"))?;
             let mut meta = txn.open_table(META).map_err(self.storage("open meta"))?;
-            meta.insert(META_SYNCED, &[0u8][..])
+            meta.insert(META_SYNCED.as_bytes(), &[0u8][..])
                 .map_err(self.storage("clear synced"))?;
             before - after
         };
@@ -454,8 +473,9 @@ impl Db {
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
-    /// Known peers, most recently seen first (then by address).
-    pub(crate) fn peers(&self) -> Result<Vec<Peer>, PersistError> {
+    /// Known peers as `(address, last-seen wall ms)`, most recently seen first (then by
+    /// address); `0` for an address never heard from. Undecodable rows are skipped and logged.
+    pub(crate) fn peers(&self) -> Result<Vec<(String, u64)>, PersistError> {
         let txn = self
             .db
             .begin_read()
@@ -465,18 +485,11 @@ impl Db {
         for row in table.iter().map_err(self.storage("read peers"))? {
             let (addr, seen) = row.map_err(self.storage("read peers"))?;
             match (std::str::from_utf8(addr.value()), decode_u64(seen.value())) {
-                (Ok(addr), Some(seen)) => peers.push(Peer {
-                    addr: addr.to_owned(),
-                    last_seen_wall_ms: seen,
-                }),
+                (Ok(addr), Some(seen)) => peers.push((addr.to_owned(), seen)),
                 _ => tracing::warn!(addr = %hex(addr.value()), "skipping an undecodable peer"),
             }
         }
-        peers.sort_by(|a, b| {
-            b.last_seen_wall_ms
-                .cmp(&a.last_seen_wall_ms)
-                .then_with(|| a.addr.cmp(&b.addr))
-        });
+        peers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Ok(peers)
     }
 
@@ -554,7 +567,7 @@ impl Db {
     /// Whether the node completed a first full sync before it last stopped. An unreadable value
     /// reads as `false`, the safe side (no resurrection guard until the node syncs again).
     pub(crate) fn synced(&self) -> Result<bool, PersistError> {
-        Ok(match self.get(META, META_SYNCED)? {
+        Ok(match self.get_meta(META_SYNCED)? {
             None => false,
             Some(v) if v == [1] => true,
             Some(v) if v == [0] => false,
@@ -567,54 +580,55 @@ impl Db {
 
     /// Records whether the node completed a first full sync.
     pub(crate) fn set_synced(&mut self, synced: bool) -> Result<(), PersistError> {
-        self.put(META, META_SYNCED, &[u8::from(synced)])
+        self.set_meta(META_SYNCED, &[u8::from(synced)])
     }
 
     /// The last time the node was in contact with the cluster (wall ms since the Unix epoch),
     /// as last recorded; `None` if never recorded or unreadable (logged). The precision is
     /// however often the caller records it.
     pub(crate) fn last_contact_wall_ms(&self) -> Result<Option<u64>, PersistError> {
-        let Some(v) = self.get(META, META_LAST_CONTACT)? else {
+        let Some(v) = self.get_meta(META_LAST_CONTACT)? else {
             return Ok(None);
         };
         let decoded = decode_u64(&v);
         if decoded.is_none() {
-            tracing::warn!(value = %hex(&v), "unreadable meta.last_contact_wall_ms, ignoring it");
+            tracing::warn!(value = %hex(&v), "unreadable meta.last_contact_ms, ignoring it");
         }
         Ok(decoded)
     }
 
     /// Records the last time the node was in contact with the cluster.
     pub(crate) fn set_last_contact_wall_ms(&mut self, wall_ms: u64) -> Result<(), PersistError> {
-        self.put(META, META_LAST_CONTACT, &wall_ms.to_le_bytes())
+        self.set_meta(META_LAST_CONTACT, &wall_ms.to_le_bytes())
     }
 
-    /// A free-form value (`values` table); for small values, each write is one transaction.
-    pub(crate) fn value(&self, name: &str) -> Result<Option<Vec<u8>>, PersistError> {
-        self.get(VALUES, name.as_bytes())
+    /// A meta value (the typed getters above, or a free-form name); for small values.
+    pub(crate) fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, PersistError> {
+        self.get(META, name.as_bytes())
     }
 
-    /// Sets a free-form value.
-    pub(crate) fn set_value(&mut self, name: &str, value: &[u8]) -> Result<(), PersistError> {
-        self.put(VALUES, name.as_bytes(), value)
+    /// Sets a meta value durably (one transaction; batch several with
+    /// [`Db::apply_with_meta`]). `format_version` is reserved.
+    pub(crate) fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<(), PersistError> {
+        check_meta_name(name)?;
+        self.put(META, name.as_bytes(), value)
     }
 
-    /// Removes a free-form value; `false` if it was not set.
-    pub(crate) fn remove_value(&mut self, name: &str) -> Result<bool, PersistError> {
+    /// Removes a meta value; `false` if it was not set. `format_version` is reserved.
+    pub(crate) fn remove_meta(&mut self, name: &str) -> Result<bool, PersistError> {
+        check_meta_name(name)?;
         let txn = self
             .db
             .begin_write()
-            .map_err(self.storage("begin write value"))?;
+            .map_err(self.storage("begin write meta"))?;
         let removed = {
-            let mut table = txn
-                .open_table(VALUES)
-                .map_err(self.storage("open values"))?;
+            let mut table = txn.open_table(META).map_err(self.storage("open meta"))?;
             table
                 .remove(name.as_bytes())
-                .map_err(self.storage("remove a value"))?
+                .map_err(self.storage("remove meta"))?
                 .is_some()
         };
-        self.commit(txn, "commit value")?;
+        self.commit(txn, "commit meta")?;
         Ok(removed)
     }
 
@@ -654,8 +668,8 @@ impl Db {
 }
 
 /// Checks or writes the format version, migrates, creates every table and reads or creates the
-/// identity, in one transaction.
-fn init(db: &Database, path: &Path, name: &str) -> Result<Identity, PersistError> {
+/// keypair, in one transaction.
+fn init(db: &Database, path: &Path) -> Result<Identity, PersistError> {
     let corrupt = |what: String| PersistError::Corrupt {
         path: path.to_path_buf(),
         what,
@@ -670,7 +684,7 @@ fn init(db: &Database, path: &Path, name: &str) -> Result<Identity, PersistError
     let identity = {
         let mut meta = txn.open_table(META).map_err(storage(path, "open meta"))?;
         let found = meta
-            .get(META_FORMAT_VERSION)
+            .get(META_FORMAT_VERSION.as_bytes())
             .map_err(storage(path, "read the format version"))?
             .map(|v| decode_u32(v.value()));
         let mut ids = txn
@@ -700,8 +714,11 @@ fn init(db: &Database, path: &Path, name: &str) -> Result<Identity, PersistError
             }
             Some(Some(v)) => migrate(&txn, path, v)?,
         }
-        meta.insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes()[..])
-            .map_err(storage(path, "write the format version"))?;
+        meta.insert(
+            META_FORMAT_VERSION.as_bytes(),
+            &FORMAT_VERSION.to_le_bytes()[..],
+        )
+        .map_err(storage(path, "write the format version"))?;
         let (keypair, created) = match keypair {
             Some(bytes) => (
                 Keypair::from_protobuf_encoding(&bytes)
@@ -718,20 +735,12 @@ fn init(db: &Database, path: &Path, name: &str) -> Result<Identity, PersistError
                 (keypair, true)
             }
         };
-        let name = match stored_name {
-            Some(stored) => stored,
-            None => {
-                ids.insert(IDENTITY_NAME, name.as_bytes())
-                    .map_err(storage(path, "write the identity"))?;
-                name.to_owned()
-            }
-        };
         let node_id = node_id_of(&keypair)
             .ok_or_else(|| corrupt("the stored keypair is not Ed25519".into()))?;
         Identity {
             keypair,
             node_id,
-            name,
+            name: stored_name,
             created,
         }
     };
@@ -762,7 +771,8 @@ fn migrate(txn: &WriteTransaction, path: &Path, from: u32) -> Result<(), Persist
 }
 
 /// Wraps a redb error with the file and the operation; redb's "corrupted" becomes
-/// [`PersistError::Corrupt`]. Borrows `path`, so that the success path (a `map_err` per row) allocates nothing.
+/// [`PersistError::Corrupt`]. Borrows `path`, so that the success path (a `map_err` per row)
+/// allocates nothing.
 fn storage<E: Into<redb::Error>>(path: &Path, op: &'static str) -> impl FnOnce(E) -> PersistError {
     move |e| match e.into() {
         redb::Error::Corrupted(what) => PersistError::Corrupt {
@@ -775,6 +785,14 @@ fn storage<E: Into<redb::Error>>(path: &Path, op: &'static str) -> impl FnOnce(E
             source: Box::new(source),
         },
     }
+}
+
+/// Refuses the meta names this module owns.
+fn check_meta_name(name: &str) -> Result<(), PersistError> {
+    if name == META_FORMAT_VERSION {
+        return Err(PersistError::ReservedMeta(name.to_owned()));
+    }
+    Ok(())
 }
 
 /// Maps redb's open errors to ours; the lock errors become [`PersistError::InUse`].
@@ -847,7 +865,11 @@ fn create_private_file(path: &Path) -> Result<bool, PersistError> {
                     .permissions()
                     .mode();
                 if mode & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "database readable by others, setting mode 0600");
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "database readable by others, setting mode 0600"
+                    );
                     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
                         .map_err(io_err("chmod the database"))?;
                 }
@@ -915,126 +937,4 @@ fn hex(bytes: &[u8]) -> String {
         s.push_str("...");
     }
     s
-}
-
-/// A command for the [`Persister`] thread.
-enum Cmd {
-    Apply {
-        changes: Vec<Change>,
-        done: oneshot::Sender<Result<usize, PersistError>>,
-    },
-    Run(Box<dyn FnOnce(&mut Db) + Send>),
-}
-
-/// An async handle to a [`Db`] owned by a dedicated thread (`shoal-persist`).
-///
-/// Commands run in the order they were issued (the order of the calls, not of awaiting the
-/// returned futures: each call enqueues at once). Consecutive `apply` batches waiting in the
-/// queue are committed in one transaction (group commit): one fsync for all of them. The returned
-/// futures can be dropped without cancelling the work; they are `'static`, so the driver can
-/// hand one to the API task that waits to acknowledge a write.
-///
-/// The thread stops once every handle is dropped and the queue is drained, closing the database
-/// cleanly; join the `JoinHandle` from [`Persister::spawn`] (blocking) to wait for it.
-#[derive(Clone)]
-pub(crate) struct Persister {
-    tx: mpsc::Sender<Cmd>,
-}
-
-impl Persister {
-    /// Moves `db` to a new thread and returns the handle to it.
-    pub(crate) fn spawn(db: Db) -> io::Result<(Persister, thread::JoinHandle<()>)> {
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("shoal-persist".into())
-            .spawn(move || serve(db, &rx))?;
-        Ok((Persister { tx }, thread))
-    }
-
-    /// [`Db::apply`] on the thread: the future resolves once the batch is durable.
-    pub(crate) fn apply(
-        &self,
-        changes: Vec<Change>,
-    ) -> impl Future<Output = Result<usize, PersistError>> + Send + 'static {
-        let (done, rx) = oneshot::channel();
-        // A failed send drops the command, hence `done`, and `rx` reports it as Closed.
-        let _ = self.tx.send(Cmd::Apply { changes, done });
-        async move { rx.await.unwrap_or(Err(PersistError::Closed)) }
-    }
-
-    /// Runs `f` on the thread, after every command issued before it.
-    pub(crate) fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Db) -> T + Send + 'static,
-    ) -> impl Future<Output = Result<T, PersistError>> + Send + 'static {
-        let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Run(Box::new(move |db| {
-            let _ = done.send(f(db));
-        })));
-        async move { rx.await.map_err(|_| PersistError::Closed) }
-    }
-}
-
-/// The [`Persister`] thread's loop.
-fn serve(mut db: Db, rx: &mpsc::Receiver<Cmd>) {
-    let mut next = None;
-    loop {
-        let cmd = match next.take() {
-            Some(cmd) => cmd,
-            None => match rx.recv() {
-                Ok(cmd) => cmd,
-                Err(mpsc::RecvError) => break,
-            },
-        };
-        match cmd {
-            Cmd::Run(f) => f(&mut db),
-            Cmd::Apply { changes, done } => {
-                let mut total = changes.len();
-                let mut group = vec![(changes, done)];
-                while total < GROUP_MAX_CHANGES {
-                    match rx.try_recv() {
-                        Ok(Cmd::Apply { changes, done }) => {
-                            total += changes.len();
-                            group.push((changes, done));
-                        }
-                        Ok(other) => {
-                            // Runs after the group, keeping the issue order.
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                commit_group(&mut db, group);
-            }
-        }
-    }
-}
-
-/// A batch waiting in the [`Persister`] queue, with where to answer.
-type Waiting = (Vec<Change>, oneshot::Sender<Result<usize, PersistError>>);
-
-/// Commits a group of batches in one transaction and answers each. If the transaction fails,
-/// retries the batches one by one, so each gets its own result and one bad batch does not fail
-/// the others.
-fn commit_group(db: &mut Db, group: Vec<Waiting>) {
-    if group.len() > 1 {
-        let all = group
-            .iter()
-            .flat_map(|(changes, _)| changes.iter().map(|(k, e)| (k, e.as_ref())));
-        match db.write_changes(all) {
-            Ok(_) => {
-                for (changes, done) in group {
-                    let _ = done.send(Ok(changes.len()));
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, batches = group.len(), "group commit failed, retrying batch by batch");
-            }
-        }
-    }
-    for (changes, done) in group {
-        let _ = done.send(db.apply(changes));
-    }
 }

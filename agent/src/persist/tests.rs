@@ -78,40 +78,40 @@ fn put_raw(db: &Db, table: Table, key: &[u8], value: &[u8]) {
 
 #[test]
 fn identity_is_created_once() {
+    let data = |dir: &TempDir| dir.path().join("nested/data");
     let dir = TempDir::new("identity");
-    let first = {
-        let db = Db::open(dir.path().join("nested/data"), "alpha").unwrap();
-        let id = db.identity().clone();
-        assert!(id.created);
-        assert_eq!(id.name, "alpha");
+    let (key, node) = {
+        let mut db = Db::open(data(&dir)).unwrap();
+        assert!(db.created_now());
         assert_eq!(
-            id.node_id.0,
-            id.keypair.public().try_into_ed25519().unwrap().to_bytes()
+            db.node_id().0,
+            db.identity()
+                .public()
+                .try_into_ed25519()
+                .unwrap()
+                .to_bytes()
         );
-        id
+        assert_eq!(db.first_name("alpha").unwrap(), "alpha");
+        (db.identity().to_protobuf_encoding().unwrap(), db.node_id())
     };
-    // Reopened with another name: same key, the first name, and the caller can tell.
-    let mut db = Db::open(dir.path().join("nested/data"), "beta").unwrap();
-    let again = db.identity().clone();
-    assert!(!again.created);
-    assert_eq!(again.node_id, first.node_id);
-    assert_eq!(
-        again.keypair.to_protobuf_encoding().unwrap(),
-        first.keypair.to_protobuf_encoding().unwrap()
-    );
-    assert_eq!(again.name, "alpha");
-    db.rename("beta").unwrap();
+    // Reopened and started with another name: same key, the first name, so the caller can tell.
+    let mut db = Db::open(data(&dir)).unwrap();
+    assert!(!db.created_now());
+    assert_eq!(db.node_id(), node);
+    assert_eq!(db.identity().to_protobuf_encoding().unwrap(), key);
+    assert_eq!(db.first_name("beta").unwrap(), "alpha");
+    db.set_name("beta").unwrap();
     drop(db);
-    let db = Db::open(dir.path().join("nested/data"), "gamma").unwrap();
-    assert_eq!(db.identity().name, "beta");
-    assert_eq!(db.identity().node_id, first.node_id);
+    let mut db = Db::open(data(&dir)).unwrap();
+    assert_eq!(db.first_name("gamma").unwrap(), "beta");
+    assert_eq!(db.node_id(), node);
 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir.path().join("nested/data")), 0o700);
-        assert_eq!(mode(&dir.path().join("nested/data").join(DB_FILE)), 0o600);
+        assert_eq!(mode(&data(&dir)), 0o700);
+        assert_eq!(mode(&data(&dir).join(DB_FILE)), 0o600);
     }
 }
 
@@ -138,11 +138,12 @@ fn apply_and_load_round_trip() {
         ),
     ];
     {
-        let mut db = Db::open(dir.path(), "n").unwrap();
-        assert_eq!(db.apply(upsert(pairs.clone())).unwrap(), 5);
+        let mut db = Db::open(dir.path()).unwrap();
+        db.apply(upsert(pairs.clone())).unwrap();
         // Empty batches commit nothing.
         let commits = db.commits();
-        assert_eq!(db.apply(Vec::new()).unwrap(), 0);
+        db.apply(Vec::new()).unwrap();
+        db.apply_with_meta(Vec::new(), []).unwrap();
         assert_eq!(db.commits(), commits);
         // A newer web, db collected, in one batch; the later change of a key wins.
         let (web, web2) = object("web", 20, b"v2");
@@ -154,9 +155,15 @@ fn apply_and_load_round_trip() {
         ])
         .unwrap();
     }
-    let db = Db::open(dir.path(), "n").unwrap();
-    let report = db.load().unwrap();
-    assert_eq!(report.skipped, 0);
+    let db = Db::open(dir.path()).unwrap();
+    let (entries, report) = db.load().unwrap();
+    assert_eq!(
+        report,
+        LoadReport {
+            entries: 4,
+            skipped: 0
+        }
+    );
     let mut expected: Vec<(Key, Entry)> = pairs
         .into_iter()
         .filter(|(k, _)| *k != Key::object("deployment", "default", "db"))
@@ -169,54 +176,80 @@ fn apply_and_load_round_trip() {
         })
         .collect();
     expected.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(report.entries, expected, "in store key order");
+    assert_eq!(entries, expected, "in store key order");
 }
 
 #[test]
-fn meta_peers_and_values() {
+fn meta_and_peers() {
     let dir = TempDir::new("meta");
     {
-        let mut db = Db::open(dir.path(), "n").unwrap();
+        let mut db = Db::open(dir.path()).unwrap();
         assert!(!db.synced().unwrap());
         assert_eq!(db.last_contact_wall_ms().unwrap(), None);
         db.set_synced(true).unwrap();
-        db.set_last_contact_wall_ms(1_700_000_000_000).unwrap();
-        db.set_value("cluster", b"prod").unwrap();
+        db.set_meta("cluster", b"prod").unwrap();
+        // Entries and meta in one transaction.
+        let commits = db.commits();
+        db.apply_with_meta(
+            upsert([object("web", 10, b"v1")]),
+            [
+                (META_LAST_CONTACT, &1_700_000_000_000u64.to_le_bytes()[..]),
+                ("other", &b"x"[..]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(db.commits(), commits + 1);
         db.remember_peer("10.0.0.1:7946", 0).unwrap();
         db.remember_peers([("10.0.0.2:7946", 500), ("10.0.0.3:7946", 300)])
             .unwrap();
         // Never moves back.
         db.remember_peer("10.0.0.2:7946", 100).unwrap();
         db.remember_peer("10.0.0.3:7946", 900).unwrap();
-        assert!(db.forget_peer("10.0.0.9:7946").is_ok_and(|f| !f));
+        assert!(!db.forget_peer("10.0.0.9:7946").unwrap());
     }
-    let mut db = Db::open(dir.path(), "n").unwrap();
+    let mut db = Db::open(dir.path()).unwrap();
     assert!(db.synced().unwrap());
+    assert_eq!(db.get_meta(META_SYNCED).unwrap(), Some(vec![1]));
     assert_eq!(db.last_contact_wall_ms().unwrap(), Some(1_700_000_000_000));
-    assert_eq!(db.value("cluster").unwrap().as_deref(), Some(&b"prod"[..]));
-    assert_eq!(db.value("other").unwrap(), None);
-    let peers = db.peers().unwrap();
-    let addrs: Vec<(&str, u64)> = peers
-        .iter()
-        .map(|p| (p.addr.as_str(), p.last_seen_wall_ms))
-        .collect();
+    assert_eq!(db.get_meta("cluster").unwrap(), Some(b"prod".to_vec()));
+    assert_eq!(db.get_meta("other").unwrap(), Some(b"x".to_vec()));
+    assert_eq!(db.get_meta("unset").unwrap(), None);
+    assert_eq!(db.load().unwrap().0.len(), 1);
     assert_eq!(
-        addrs,
+        db.peers().unwrap(),
         [
-            ("10.0.0.3:7946", 900),
-            ("10.0.0.2:7946", 500),
-            ("10.0.0.1:7946", 0)
+            ("10.0.0.3:7946".to_owned(), 900),
+            ("10.0.0.2:7946".to_owned(), 500),
+            ("10.0.0.1:7946".to_owned(), 0)
         ]
     );
     assert!(db.forget_peer("10.0.0.3:7946").unwrap());
     assert_eq!(db.forget_peers_before(1).unwrap(), 1);
     assert_eq!(db.peers().unwrap().len(), 1);
-    assert!(db.remove_value("cluster").unwrap());
-    assert_eq!(db.value("cluster").unwrap(), None);
+    assert!(db.remove_meta("cluster").unwrap());
+    assert_eq!(db.get_meta("cluster").unwrap(), None);
+
+    // The format version is not the caller's to write, alone or with a batch.
+    assert!(matches!(
+        db.set_meta("format_version", b"x"),
+        Err(PersistError::ReservedMeta(_))
+    ));
+    assert!(matches!(
+        db.apply_with_meta(
+            upsert([object("db", 10, b"v1")]),
+            [("format_version", &b"x"[..])]
+        ),
+        Err(PersistError::ReservedMeta(_))
+    ));
+    assert_eq!(
+        db.load().unwrap().0.len(),
+        1,
+        "the refused batch wrote nothing"
+    );
 
     // Odd meta values read as the safe default instead of failing.
-    put_raw(&db, META, META_SYNCED, b"yes");
-    put_raw(&db, META, META_LAST_CONTACT, b"x");
+    db.set_meta(META_SYNCED, b"yes").unwrap();
+    db.set_meta(META_LAST_CONTACT, b"x").unwrap();
     assert!(!db.synced().unwrap());
     assert_eq!(db.last_contact_wall_ms().unwrap(), None);
 }
@@ -225,17 +258,15 @@ fn meta_peers_and_values() {
 fn newer_format_is_refused() {
     let dir = TempDir::new("format");
     {
-        let db = Db::open(dir.path(), "n").unwrap();
+        let db = Db::open(dir.path()).unwrap();
         put_raw(
             &db,
             META,
-            META_FORMAT_VERSION,
+            META_FORMAT_VERSION.as_bytes(),
             &(FORMAT_VERSION + 1).to_le_bytes(),
         );
     }
-    let err = Db::open(dir.path(), "n")
-        .err()
-        .expect("a newer format opens");
+    let err = Db::open(dir.path()).err().expect("a newer format opens");
     assert!(
         matches!(err, PersistError::NewerFormat { found, supported, .. }
             if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
@@ -244,7 +275,7 @@ fn newer_format_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("newer shoal"), "{msg}");
     // The refused open did not rewrite the version.
-    let err = Db::open(dir.path(), "n").err().expect("still newer");
+    let err = Db::open(dir.path()).err().expect("still newer");
     assert!(matches!(err, PersistError::NewerFormat { .. }));
 }
 
@@ -252,12 +283,18 @@ fn newer_format_is_refused() {
 fn unknown_older_format_is_an_error() {
     let dir = TempDir::new("oldformat");
     {
-        let db = Db::open(dir.path(), "n").unwrap();
-        put_raw(&db, META, META_FORMAT_VERSION, &0u32.to_le_bytes());
+        let db = Db::open(dir.path()).unwrap();
+        put_raw(
+            &db,
+            META,
+            META_FORMAT_VERSION.as_bytes(),
+            &0u32.to_le_bytes(),
+        );
     }
-    let err = Db::open(dir.path(), "n").err().expect("format 0 opens");
+    let err = Db::open(dir.path()).err().expect("format 0 opens");
     assert!(
-        matches!(&err, PersistError::Corrupt { what, .. } if what.contains("unknown state format 0")),
+        matches!(&err, PersistError::Corrupt { what, .. }
+            if what.contains("unknown state format 0")),
         "{err:?}"
     );
 }
@@ -265,15 +302,15 @@ fn unknown_older_format_is_an_error() {
 #[test]
 fn second_open_is_in_use() {
     let dir = TempDir::new("inuse");
-    let db = Db::open(dir.path(), "n").unwrap();
-    let err = Db::open(dir.path(), "n").err().expect("opened twice");
+    let db = Db::open(dir.path()).unwrap();
+    let err = Db::open(dir.path()).err().expect("opened twice");
     assert!(matches!(err, PersistError::InUse { .. }), "{err:?}");
     assert!(
         err.to_string().contains("is in use by another shoal agent"),
         "{err}"
     );
     drop(db);
-    Db::open(dir.path(), "n").unwrap();
+    Db::open(dir.path()).unwrap();
 }
 
 #[test]
@@ -281,14 +318,14 @@ fn garbage_file_is_corrupt_not_a_panic() {
     let dir = TempDir::new("garbage");
     fs::create_dir_all(dir.path()).unwrap();
     fs::write(dir.path().join(DB_FILE), vec![0xAB; 10_000]).unwrap();
-    let err = Db::open(dir.path(), "n").err().expect("garbage opens");
+    let err = Db::open(dir.path()).err().expect("garbage opens");
     assert!(matches!(err, PersistError::Corrupt { .. }), "{err:?}");
 }
 
 #[test]
 fn corrupt_rows_are_skipped_and_counted() {
     let dir = TempDir::new("corrupt");
-    let mut db = Db::open(dir.path(), "n").unwrap();
+    let mut db = Db::open(dir.path()).unwrap();
     let good = vec![object("web", 10, b"v1"), owned(id(1), "addr", 1)];
     db.apply(upsert(good.clone())).unwrap();
     let key_bytes = postcard::to_allocvec(&Key::object("deployment", "default", "bad")).unwrap();
@@ -305,9 +342,15 @@ fn corrupt_rows_are_skipped_and_counted() {
     // A version of the wrong kind for the key.
     let member_key = postcard::to_allocvec(&Key::Member(id(3))).unwrap();
     put_raw(&db, ENTRIES, &member_key, &entry_bytes);
-    let report = db.load().unwrap();
-    assert_eq!(report.skipped, 4);
-    assert_eq!(report.entries, {
+    let (entries, report) = db.load().unwrap();
+    assert_eq!(
+        report,
+        LoadReport {
+            entries: 2,
+            skipped: 4
+        }
+    );
+    assert_eq!(entries, {
         let mut good = good;
         good.sort_by(|a, b| a.0.cmp(&b.0));
         good
@@ -316,14 +359,14 @@ fn corrupt_rows_are_skipped_and_counted() {
     let (_, fixed) = object("bad", 20, b"ok");
     db.apply([(Key::object("deployment", "default", "bad"), Some(fixed))])
         .unwrap();
-    assert_eq!(db.load().unwrap().skipped, 3);
+    assert_eq!(db.load().unwrap().1.skipped, 3);
 }
 
 #[test]
 fn wipe_keeps_only_own_entries() {
     let dir = TempDir::new("wipe");
     let (me, other) = (id(1), id(2));
-    let mut db = Db::open(dir.path(), "n").unwrap();
+    let mut db = Db::open(dir.path()).unwrap();
     db.set_synced(true).unwrap();
     db.apply(upsert([
         member(me, 4),
@@ -337,9 +380,9 @@ fn wipe_keeps_only_own_entries() {
     put_raw(&db, ENTRIES, &[0x07, 0x01], b"junk");
     assert_eq!(db.wipe_replicated_state(me).unwrap(), 4);
     assert!(!db.synced().unwrap(), "a wiped node must sync again");
-    let report = db.load().unwrap();
+    let (entries, report) = db.load().unwrap();
     assert_eq!(report.skipped, 0);
-    let keys: Vec<Key> = report.entries.into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<Key> = entries.into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,
         [
@@ -348,64 +391,6 @@ fn wipe_keeps_only_own_entries() {
             Key::owned(me, "pods")
         ]
     );
-}
-
-#[test]
-fn persister_keeps_order_and_groups_commits() {
-    let dir = TempDir::new("persister");
-    let db = Db::open(dir.path(), "n").unwrap();
-    let (persister, thread) = Persister::spawn(db).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        // Issued all at once: every write of key "k" is its own batch, in order; the last
-        // must win on disk, and the queue lets the thread commit many in one transaction.
-        let futures: Vec<_> = (1..=200u64)
-            .map(|i| persister.apply(upsert([object("k", i, &i.to_le_bytes())])))
-            .collect();
-        let commits_before = persister.run(|db| db.commits()).await.unwrap();
-        for f in futures {
-            assert_eq!(f.await.unwrap(), 1);
-        }
-        let (entries, commits) = persister
-            .run(|db| (db.load().unwrap(), db.commits()))
-            .await
-            .unwrap();
-        assert_eq!(
-            entries.entries,
-            vec![object("k", 200, &200u64.to_le_bytes())]
-        );
-        // `run` was queued after the 200 batches, so they were all committed by then.
-        assert_eq!(commits, commits_before);
-        assert!(
-            commits < 1 + 200,
-            "200 queued batches took {} commits",
-            commits - 1
-        );
-    });
-    drop(persister);
-    thread.join().unwrap();
-    // Closed cleanly: the dir can be opened again and holds the last write.
-    let db = Db::open(dir.path(), "n").unwrap();
-    assert_eq!(db.load().unwrap().entries.len(), 1);
-}
-
-#[test]
-fn persister_reports_closed() {
-    let dir = TempDir::new("closed");
-    let (persister, thread) = Persister::spawn(Db::open(dir.path(), "n").unwrap()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    // A panicking command kills the thread; later calls report Closed instead of hanging.
-    let dead = persister.run(|_: &mut Db| -> u8 { panic!("boom") });
-    assert!(thread.join().is_err());
-    rt.block_on(async {
-        assert!(matches!(dead.await, Err(PersistError::Closed)));
-        let err = persister.apply(upsert([object("k", 1, b"x")])).await;
-        assert!(matches!(err, Err(PersistError::Closed)));
-    });
 }
 
 /// Env var that turns [`kill9_child`] into the child process of [`kill9_keeps_committed_writes`];
@@ -419,7 +404,8 @@ fn kill9_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let mut db = Db::open(PathBuf::from(dir), "child").unwrap();
+    let mut db = Db::open(PathBuf::from(dir)).unwrap();
+    db.first_name("child").unwrap();
     for n in 0u64.. {
         // Batch n: a single-key write and a 9-entry batch, alternating, so both shapes are
         // interrupted at some point.
@@ -463,7 +449,7 @@ fn kill9_keeps_committed_writes() {
     }
     let last = last.expect("the child committed nothing");
     // While the child runs, a second process cannot open the data dir.
-    let err = Db::open(dir.path(), "parent")
+    let err = Db::open(dir.path())
         .err()
         .expect("opened while the child runs");
     assert!(matches!(err, PersistError::InUse { .. }), "{err:?}");
@@ -475,11 +461,11 @@ fn kill9_keeps_committed_writes() {
         .filter_map(|l| l.strip_prefix("committed ")?.parse::<u64>().ok())
         .fold(last, u64::max);
 
-    let db = Db::open(dir.path(), "parent").unwrap();
-    assert_eq!(db.identity().name, "child");
-    let report = db.load().unwrap();
+    let mut db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.first_name("parent").unwrap(), "child");
+    let (entries, report) = db.load().unwrap();
     assert_eq!(report.skipped, 0);
-    let held: std::collections::BTreeMap<Key, Entry> = report.entries.into_iter().collect();
+    let held: std::collections::BTreeMap<Key, Entry> = entries.into_iter().collect();
     for n in 0..=last {
         let size = if n % 2 == 0 { 1 } else { 9 };
         for i in 0..size {
@@ -519,7 +505,7 @@ fn commit_latency() {
         }
         None => TempDir::new("bench"),
     };
-    let mut db = Db::open(dir.path(), "bench").unwrap();
+    let mut db = Db::open(dir.path()).unwrap();
     let value = vec![0x5A; 300];
     let summary = |name: &str, mut samples: Vec<Duration>| {
         samples.sort();
@@ -561,41 +547,15 @@ fn commit_latency() {
         .collect();
     summary("1000-entry commit", batch);
     let t = Instant::now();
-    let report = db.load().unwrap();
+    let (entries, _) = db.load().unwrap();
+    println!("load of {} entries: {:?}", entries.len(), t.elapsed());
+    drop(db);
+    let t = Instant::now();
+    let db = Db::open(dir.path()).unwrap();
     println!(
-        "load of {} entries: {:?}",
-        report.entries.len(),
+        "reopen (integrity check) of {} entries: {:?}",
+        entries.len(),
         t.elapsed()
     );
     drop(db);
-    let t = Instant::now();
-    let db = Db::open(dir.path(), "bench").unwrap();
-    println!(
-        "reopen (integrity check) of {} entries: {:?}",
-        report.entries.len(),
-        t.elapsed()
-    );
-    // 1,000 single-entry writes issued at once through the Persister (concurrent API writes).
-    let (persister, thread) = Persister::spawn(db).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let before = persister.run(|db| db.commits()).await.unwrap();
-        let t = Instant::now();
-        let pending: Vec<_> = (0..1000u64)
-            .map(|n| persister.apply(upsert([object(&format!("p-{n}"), n + 2, &value)])))
-            .collect();
-        for p in pending {
-            p.await.unwrap();
-        }
-        let elapsed = t.elapsed();
-        let after = persister.run(|db| db.commits()).await.unwrap();
-        println!(
-            "1000 concurrent 1-entry applies via Persister: {elapsed:?}, {} commits",
-            after - before
-        );
-    });
-    drop(persister);
-    thread.join().unwrap();
 }
