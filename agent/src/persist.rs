@@ -74,11 +74,18 @@
 //! # Costs
 //!
 //! Measured on the 2-core dev VM (virtio disk, ext4), release build, 300-byte values, 20 k
-//! entries already stored (`commit_latency` in the tests): a 1-entry [`Db::apply`] p50 0.4 ms,
-//! p99 0.8-0.9 ms; a 1,000-entry batch p50 5 ms, p99 7-8 ms; [`Db::load`] of 50 k entries
-//! 110-120 ms; reopen (integrity check) of the same file 25 ms. One `fdatasync` per commit
-//! (checked with strace), so batching is what buys throughput.
+//! entries already stored (`commit_latency` in the tests). The disk's flush latency dominates
+//! and varies with other I/O on the host:
 //!
+//! | operation                   | quiet machine          | during parallel cargo builds |
+//! |-----------------------------|------------------------|------------------------------|
+//! | 1-entry [`Db::apply`]       | p50 0.4 ms, p99 0.9 ms | p50 3-4 ms, p99 6 ms         |
+//! | 1,000-entry [`Db::apply`]   | p50 5 ms, p99 8 ms     | p50 4-8 ms, p99 12 ms        |
+//! | [`Db::load`], 50 k entries  | 110-120 ms             | 85-120 ms                    |
+//! | [`Db::open`], 50 k entries (integrity check) | 25 ms | 20-50 ms                   |
+//!
+//! One `fdatasync` per commit (checked with strace), so batching is what buys throughput.
+
 //! # Blocking
 //!
 //! redb is synchronous and a commit waits for the disk. The API is synchronous; on tokio, give
