@@ -96,6 +96,7 @@
 //! `spawn_blocking(apply)` calls could commit out of order, an older entry overwriting a newer
 //! one on disk.
 
+
 #![allow(dead_code)]
 
 use std::fs;

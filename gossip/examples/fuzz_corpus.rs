@@ -25,7 +25,12 @@ fn main() -> std::io::Result<()> {
         };
         nodes.insert(
             addr,
-            Node::new(Config::default(), me, ChaCha8Rng::seed_from_u64(i as u64), now(0)),
+            Node::new(
+                Config::default(),
+                me,
+                ChaCha8Rng::seed_from_u64(i as u64),
+                now(0),
+            ),
         );
     }
     for (i, node) in nodes.values_mut().enumerate().skip(1) {

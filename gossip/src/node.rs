@@ -374,8 +374,10 @@ impl<R: Rng> Node<R> {
         self.leaving = true;
         self.join = None;
         self.probe = None;
-        self.write_own_record(now, false);
-        self.push_to_random(self.config.eager_fanout * 2, None);
+        // Queued and pushed to twice the usual fanout: the announcement must get out before
+        // the process stops.
+        self.write_own_record(now, true);
+        self.push_to_random(self.config.eager_fanout, None);
     }
 
     /// Writes (or with `None`, deletes) an object any node may write. The write is stamped

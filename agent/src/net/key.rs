@@ -75,6 +75,7 @@ impl ClusterKey {
     }
 
     /// A key from raw bytes (tests, or a key obtained through another channel).
+    #[cfg(test)]
     pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }

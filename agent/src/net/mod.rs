@@ -54,7 +54,7 @@
 //!   which pushes back on the senders through stream flow control instead of losing messages.
 //! - The cluster key is never logged (only its fingerprint).
 
-#![allow(dead_code, unused_imports)]
+
 
 mod addr;
 mod frame;
@@ -73,11 +73,12 @@ use libp2p::{Multiaddr, PeerId};
 use shoal_gossip::NodeId;
 use tokio::sync::mpsc;
 
-pub(crate) use addr::{
-    AddrError, DialTarget, addr_to_multiaddrs, node_id_of, parse_dial_addr, peer_id_of,
-};
+pub(crate) use addr::parse_dial_addr;
+#[cfg(test)]
+pub(crate) use addr::node_id_of;
+#[cfg(test)]
 pub(crate) use frame::MAX_PAYLOAD;
-pub(crate) use key::{ClusterKey, KeyError};
+pub(crate) use key::ClusterKey;
 pub(crate) use metrics::NetMetrics;
 
 /// Configuration of the network layer.

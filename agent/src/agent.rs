@@ -1,0 +1,350 @@
+//! `shoal agent`: the daemon every machine of a cluster runs.
+//!
+//! Start-up: open the data dir (identity, state), settle the cluster key, start the network
+//! layer, restore the state into the gossip core, start the driver and the HTTP API, and join
+//! (the `--join` peers, or after a restart the members it knew). SIGTERM, SIGINT or
+//! `shoal leave` make it leave the cluster (others see `left` within a second), flush its state
+//! and exit.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_gossip::{Config, Identity, Key, NodeId};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::driver::{self, DriverSetup, NodeInfo};
+use crate::net::{self, ClusterKey, NetConfig};
+use crate::persist::Db;
+
+/// Options of `shoal agent`.
+#[derive(Args, Debug)]
+pub(crate) struct AgentArgs {
+    /// Node name shown by `shoal get nodes` (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the agent keeps its identity, cluster key and state.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Gossip listen address (QUIC on UDP, and TCP as a fallback, on the same port).
+    #[arg(long, default_value = "0.0.0.0:7946")]
+    listen: SocketAddr,
+    /// Address other nodes reach this one at (default: the listen address, or this machine's
+    /// primary IP when listening on all interfaces).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// HTTP API address. Binding beyond loopback requires --api-token-file.
+    #[arg(long, default_value = "127.0.0.1:7947")]
+    api: SocketAddr,
+    /// File holding the token API clients must present (Authorization: Bearer ...).
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// A member to join through: host:port or a libp2p multiaddr. Repeatable; any one live
+    /// member is enough. Retried with back-off while none answers.
+    #[arg(long)]
+    join: Vec<String>,
+    /// File holding the cluster key (`shoal keygen` prints one). Also SHOAL_CLUSTER_KEY. The first
+    /// node of a cluster creates one when none is given.
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+    /// Discover and join peers with the same cluster key on the local network (mDNS).
+    #[arg(long)]
+    mdns: bool,
+    /// Use TCP only (for networks that block UDP); the default is QUIC with TCP as a fallback.
+    #[arg(long)]
+    tcp_only: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("HOME").filter(|_| !is_root()) {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(&home).join(".local/share"));
+        return base.join("shoal");
+    }
+    PathBuf::from("/var/lib/shoal")
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").is_ok_and(|u| u == "root")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shoal-node".to_owned())
+}
+
+/// This machine's primary IP: the source address of a route to a public address (no packet is
+/// sent), or loopback when there is no route.
+fn primary_ip() -> IpAddr {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn format_addr(ip: IpAddr, port: u16) -> String {
+    SocketAddr::new(ip, port).to_string()
+}
+
+/// Loads the cluster key: from --cluster-key-file or SHOAL_CLUSTER_KEY (then saved in the data
+/// dir for restarts), else the one in the data dir, else a new one when this node starts a
+/// cluster. Returns the key and whether it was created now.
+fn cluster_key(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<(ClusterKey, bool)> {
+    let stored = data_dir.join("cluster.key");
+    let given = match (&args.cluster_key_file, std::env::var("SHOAL_CLUSTER_KEY")) {
+        (Some(path), _) => Some(
+            ClusterKey::load(path)
+                .with_context(|| format!("--cluster-key-file {}", path.display()))?,
+        ),
+        (None, Ok(text)) if !text.trim().is_empty() => {
+            Some(ClusterKey::parse(text.trim()).context("SHOAL_CLUSTER_KEY")?)
+        }
+        _ => None,
+    };
+    if let Some(key) = given {
+        save_key(&key, &stored)
+            .with_context(|| format!("saving the cluster key in {}", stored.display()))?;
+        return Ok((key, false));
+    }
+    if stored.exists() {
+        let key = ClusterKey::load(&stored)
+            .with_context(|| format!("reading the cluster key {}", stored.display()))?;
+        return Ok((key, false));
+    }
+    if !args.join.is_empty() {
+        bail!(
+            "joining a cluster needs its key: pass --cluster-key-file FILE or set SHOAL_CLUSTER_KEY \
+             (the cluster's first node printed it, and keeps it in its data dir as cluster.key)"
+        );
+    }
+    let (key, created) = ClusterKey::load_or_create(&stored)
+        .with_context(|| format!("creating a cluster key in {}", stored.display()))?;
+    Ok((key, created))
+}
+
+/// Writes the key where the agent finds it after a restart (mode 0600).
+fn save_key(key: &ClusterKey, path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("key.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(format!("{key}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API token from {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        bail!(
+            "the API token in {} is too short: use at least 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Runs the agent until it leaves.
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let name = args.name.clone().unwrap_or_else(hostname);
+    if name.is_empty() || name.len() > 253 {
+        bail!("--name must be 1-253 characters");
+    }
+    let token = match &args.api_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    if crate::api::needs_token(&args.api) && token.is_none() {
+        bail!(
+            "--api {} listens beyond loopback: give --api-token-file so that only holders of the \
+             token can use it",
+            args.api
+        );
+    }
+    let api_listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .with_context(|| format!("binding the API to {}", args.api))?;
+    let api_addr = api_listener.local_addr()?;
+
+    let mut db = Db::open(&data_dir)
+        .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
+    let keypair = db.identity().clone();
+    let (key, created_key) = cluster_key(&args, &data_dir)?;
+    let mut net_config = NetConfig::new(args.listen, keypair, key.clone());
+    net_config.mdns = args.mdns;
+    net_config.quic = !args.tcp_only;
+    let (net, net_events) = net::start(net_config)
+        .await
+        .with_context(|| format!("starting the network layer on {}", args.listen))?;
+    let id: NodeId = net.local_node_id();
+    let bound = net.local_addr();
+    let advertise = match &args.advertise {
+        Some(a) => a.clone(),
+        None if bound.ip().is_unspecified() => format_addr(primary_ip(), bound.port()),
+        None => bound.to_string(),
+    };
+
+    // State, with the stale-node rule: a node out of contact for longer than the tombstone grace
+    // period may hold deletions the cluster has forgotten; it starts over from the cluster's state.
+    let config = Config::lan(16);
+    let (mut restored, report) = db.load().context("loading the saved state")?;
+    if report.skipped > 0 {
+        warn!(skipped = report.skipped, "skipped unreadable saved entries");
+    }
+    let mut synced = db.synced()?;
+    let last_contact = db.last_contact_wall_ms()?;
+    let grace = config.tombstone_grace.as_millis() as u64;
+    if let Some(last) = last_contact {
+        if synced && driver::wall_ms().saturating_sub(last) > grace {
+            warn!(
+                away_hours = (driver::wall_ms() - last) / 3_600_000,
+                "out of contact for longer than the tombstone grace period: discarding the \
+                 replicated state and resynchronising from the cluster"
+            );
+            db.wipe_replicated_state(id)?;
+            restored = db.load()?.0;
+            synced = false;
+        }
+    }
+    if db.created_now() {
+        db.set_meta("created_ms", &driver::wall_ms().to_le_bytes())?;
+    }
+    let created_ms = db
+        .get_meta("created_ms")?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or_else(driver::wall_ms);
+
+    // Whom to join: --join, else the members this node knew (a restart needs no --join).
+    let mut seeds = args.join.clone();
+    for peer in &args.join {
+        db.remember_peer(peer, driver::wall_ms())?;
+    }
+    if seeds.is_empty() {
+        let mut known: Vec<String> = restored
+            .iter()
+            .filter_map(|(k, e)| match k {
+                Key::Member(m) if *m != id => e
+                    .value
+                    .as_deref()
+                    .and_then(shoal_gossip::MemberRecord::decode)
+                    .map(|r| r.addr),
+                _ => None,
+            })
+            .collect();
+        known.extend(db.peers()?.into_iter().map(|(addr, _)| addr));
+        known.retain(|a| *a != advertise);
+        known.sort();
+        known.dedup();
+        seeds = known;
+    }
+    info!(
+        node = %name,
+        id = %id,
+        peer_id = %net.local_peer_id(),
+        listen_addrs = ?net.listen_addrs(),
+        listen = %bound,
+        advertise = %advertise,
+        api = %api_addr,
+        data_dir = %data_dir.display(),
+        restored = restored.len(),
+        seeds = seeds.len(),
+        cluster_key = %key.fingerprint(),
+        "shoal agent starting"
+    );
+    if created_key {
+        eprintln!(
+            "shoal: created a new cluster key in {}.\n\
+             To add a machine to this cluster, run on it:\n\n    \
+             SHOAL_CLUSTER_KEY={} shoal agent --join {}\n",
+            data_dir.join("cluster.key").display(),
+            key,
+            advertise
+        );
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (handle, driver_task) = driver::start(
+        DriverSetup {
+            config,
+            identity: Identity {
+                id,
+                name,
+                addr: advertise,
+            },
+            net: net.clone(),
+            net_events,
+            db,
+            restored,
+            synced,
+            seeds,
+            info: NodeInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                os: std::env::consts::OS.to_owned(),
+                arch: std::env::consts::ARCH.to_owned(),
+                created_ms,
+                started_ms: driver::wall_ms(),
+            },
+        },
+        shutdown_rx,
+    );
+
+    // Signals: the first SIGTERM/SIGINT leaves gracefully.
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received; leaving the cluster");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let (api_done_tx, api_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(crate::api::serve(
+        api_listener,
+        crate::api::router(handle, token),
+        async move {
+            let _ = api_done_rx.await;
+        },
+    ));
+    let _ = driver_task.await;
+    let _ = api_done_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    net.shutdown().await;
+    info!("shoal agent stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `shoal keygen`: prints a new cluster key.
+pub(crate) fn keygen() -> anyhow::Result<()> {
+    let key = ClusterKey::generate().context("generating a cluster key")?;
+    println!("{key}");
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The agent's HTTP+JSON API. Every agent serves the same API: no node is special.
+//!
+//! Routes (all JSON unless said otherwise):
+//! - `GET /healthz`: `ok` once the agent runs.
+//! - `GET /api/v1/nodes`: the members as a Kubernetes-shaped `List` of `Node`s.
+//! - `POST /api/v1/join` `{"peers": ["host:port", ...]}`: join through these peers.
+//! - `POST /api/v1/leave`: leave the cluster gracefully; the agent then stops.
+//! - `GET|PUT|DELETE /api/v1/objects/{kind}/{namespace}/{name}`: raw replicated objects (the body
+//!   is the object's bytes); a `PUT` or `DELETE` is answered once it is durable on this node.
+//! - `GET /api/v1/objects/{kind}[?namespace=NS]`: list of `{namespace, name, value}`.
+//! - `GET /api/v1/stats`: counters (gossip, network, persistence).
+//!
+//! Authentication: when the API listens beyond loopback, every request but `/healthz` needs
+//! `Authorization: Bearer <token>`; the agent refuses to start such a listener without a token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use shoal_gossip::ObjectKey;
+
+use crate::driver::{DriverHandle, Gone};
+use crate::k8s;
+
+#[derive(Clone)]
+struct Api {
+    driver: DriverHandle,
+    token: Option<Arc<str>>,
+}
+
+/// Builds the router.
+pub(crate) fn router(driver: DriverHandle, token: Option<String>) -> Router {
+    let state = Api {
+        driver,
+        token: token.map(Arc::from),
+    };
+    let v1 = Router::new()
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/join", post(join))
+        .route("/api/v1/leave", post(leave))
+        .route("/api/v1/stats", get(stats))
+        .route(
+            "/api/v1/objects/{kind}/{namespace}/{name}",
+            get(get_object).put(put_object).delete(delete_object),
+        )
+        .route("/api/v1/objects/{kind}", get(list_objects))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(v1)
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Whether an API address needs a token (anything but loopback).
+pub(crate) fn needs_token(addr: &SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
+async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let Some(expected) = api.token.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare in constant time: the token is a secret.
+    let ok = given.is_some_and(|g| {
+        g.len() == expected.len()
+            && g.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing or wrong API token",
+        )
+    }
+}
+
+/// A Kubernetes-style `Status` error body.
+fn error(code: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        code,
+        Json(json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code.as_u16(),
+        })),
+    )
+        .into_response()
+}
+
+fn gone(_: Gone) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "the agent is shutting down",
+    )
+}
+
+async fn nodes(State(api): State<Api>) -> Response {
+    let view = api.driver.view();
+    Json(k8s::node_list(&view, crate::driver::wall_ms())).into_response()
+}
+
+#[derive(Deserialize)]
+struct JoinRequest {
+    peers: Vec<String>,
+}
+
+async fn join(State(api): State<Api>, body: Bytes) -> Response {
+    let request: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("expected {{\"peers\": [\"host:port\", ...]}}: {e}"),
+            );
+        }
+    };
+    if request.peers.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "peers: need at least one address",
+        );
+    }
+    for peer in &request.peers {
+        if let Err(e) = crate::net::parse_dial_addr(peer) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("peers: {peer:?} is not host:port or a multiaddr: {e}"),
+            );
+        }
+    }
+    match api.driver.join(request.peers.clone()).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "joining": request.peers })),
+        )
+            .into_response(),
+        Err(e) => gone(e),
+    }
+}
+
+async fn leave(State(api): State<Api>) -> Response {
+    match api.driver.leave().await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "left": true }))).into_response(),
+        Err(e) => gone(e),
+    }
+}
+
+async fn stats(State(api): State<Api>) -> Response {
+    match api.driver.stats().await {
+        Ok(stats) => Json(stats).into_response(),
+        Err(e) => gone(e),
+    }
+}
+
+fn object_key(kind: String, namespace: String, name: String) -> Result<ObjectKey, Box<Response>> {
+    for (field, value) in [("kind", &kind), ("namespace", &namespace), ("name", &name)] {
+        if !k8s::is_dns_label_ish(value) {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "{field}: {value:?} must be 1-253 characters of lower-case letters, digits, '-' and '.'"
+                ),
+            )));
+        }
+    }
+    Ok(ObjectKey {
+        kind,
+        namespace,
+        name,
+    })
+}
+
+/// Largest object accepted, in bytes.
+const MAX_OBJECT: usize = 1 << 20;
+
+async fn put_object(
+    State(api): State<Api>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let key = match object_key(kind, namespace, name) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    if body.len() > MAX_OBJECT {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            &format!("objects are limited to {MAX_OBJECT} bytes"),
+        );
+    }
+    match api.driver.write(key, Some(body.to_vec())).await {
+        Ok(entry) => {
+            Json(json!({ "resourceVersion": k8s::resource_version(&entry) })).into_response()
+        }
+        Err(e) => gone(e),
+    }
+}
+
+async fn delete_object(
+    State(api): State<Api>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> Response {
+    let key = match object_key(kind, namespace, name) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    match api.driver.get(key.clone()).await {
+        Ok(Some(entry)) if entry.value.is_some() => {}
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{key} not found"),
+            );
+        }
+        Err(e) => return gone(e),
+    }
+    match api.driver.write(key, None).await {
+        Ok(entry) => {
+            Json(json!({ "resourceVersion": k8s::resource_version(&entry) })).into_response()
+        }
+        Err(e) => gone(e),
+    }
+}
+
+async fn get_object(
+    State(api): State<Api>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> Response {
+    let key = match object_key(kind, namespace, name) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    match api.driver.get(key.clone()).await {
+        Ok(Some(entry)) => match &entry.value {
+            Some(value) => {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = k8s::resource_version(&entry).parse() {
+                    headers.insert("x-resource-version", v);
+                }
+                (headers, value.clone()).into_response()
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{key} not found"),
+            ),
+        },
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{key} not found"),
+        ),
+        Err(e) => gone(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+async fn list_objects(
+    State(api): State<Api>,
+    Path(kind): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    match api.driver.list(kind, query.namespace).await {
+        Ok(items) => {
+            let items: Vec<_> = items
+                .into_iter()
+                .map(|(key, entry)| {
+                    let value = entry.value.as_deref().unwrap_or_default();
+                    json!({
+                        "namespace": key.namespace,
+                        "name": key.name,
+                        "resourceVersion": k8s::resource_version(&entry),
+                        "value": String::from_utf8_lossy(value),
+                    })
+                })
+                .collect();
+            Json(json!({ "items": items })).into_response()
+        }
+        Err(e) => gone(e),
+    }
+}

@@ -1,0 +1,296 @@
+//! The kubectl-like client commands: they talk to the local agent's HTTP API.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+
+use crate::k8s::human_duration;
+
+/// Where the agent's API is and how to authenticate.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ApiArgs {
+    /// Address of the agent's API.
+    #[arg(
+        long,
+        env = "SHOAL_API",
+        default_value = "127.0.0.1:7947",
+        global = true
+    )]
+    api: String,
+    /// File holding the API token (needed when the API listens beyond loopback). The token can
+    /// also be given in SHOAL_API_TOKEN.
+    #[arg(long, global = true)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+/// Output formats, as kubectl's `-o`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// More columns.
+    Wide,
+    /// Kubernetes-shaped JSON.
+    Json,
+    /// Kubernetes-shaped YAML.
+    Yaml,
+    /// `kind/name` per line.
+    Name,
+}
+
+/// A client of one agent's API.
+pub(crate) struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub(crate) fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+        let token = match &args.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the API token from {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("SHOAL_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        };
+        let base = if args.api.starts_with("http://") || args.api.starts_with("https://") {
+            args.api.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{}", args.api)
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build()
+            .into();
+        Ok(Client { base, token, agent })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn finish(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut response = result.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the shoal agent at {}: {e} (is `shoal agent` running? set --api or SHOAL_API)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .context("reading the agent's answer")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let message = value
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            bail!("the agent refused ({}): {message}", status.as_u16());
+        }
+        Ok(value)
+    }
+
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let mut request = self.agent.get(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        self.finish(request.call())
+    }
+
+    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let mut request = self.agent.post(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        self.finish(request.send_json(body))
+    }
+}
+
+/// `shoal get nodes`.
+pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result<()> {
+    let client = Client::new(api)?;
+    let list = client.get("/api/v1/nodes")?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Some(Output::Json) => writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?,
+        Some(Output::Yaml) => write!(out, "{}", to_yaml(&list)?)?,
+        Some(Output::Name) => {
+            for item in items(&list) {
+                writeln!(out, "node/{}", str_at(item, "/metadata/name"))?;
+            }
+        }
+        wide => {
+            let wide = wide == Some(Output::Wide);
+            let now = crate::driver::wall_ms();
+            let mut rows = vec![if wide {
+                vec![
+                    "NAME",
+                    "STATUS",
+                    "ADDRESS",
+                    "AGE",
+                    "ID",
+                    "INCARNATION",
+                    "VERSION",
+                ]
+                .into_iter()
+                .map(String::from)
+                .collect()
+            } else {
+                vec!["NAME", "STATUS", "ADDRESS", "AGE"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            }];
+            for item in items(&list) {
+                let created = parse_rfc3339_ms(str_at(item, "/metadata/creationTimestamp"));
+                let age = created
+                    .map(|c| human_duration(now.saturating_sub(c)))
+                    .unwrap_or_else(|| "<unknown>".into());
+                let mut row = vec![
+                    str_at(item, "/metadata/name").to_owned(),
+                    str_at(item, "/status/membership").to_owned(),
+                    str_at(item, "/status/gossipAddress").to_owned(),
+                    age,
+                ];
+                if wide {
+                    let uid = str_at(item, "/metadata/uid");
+                    row.push(uid.get(..16).unwrap_or(uid).to_owned());
+                    row.push(
+                        item.pointer("/status/incarnation")
+                            .map(Value::to_string)
+                            .unwrap_or_default(),
+                    );
+                    let version = str_at(item, "/status/nodeInfo/shoalVersion");
+                    row.push(
+                        if version.is_empty() {
+                            "<unknown>"
+                        } else {
+                            version
+                        }
+                        .to_owned(),
+                    );
+                }
+                rows.push(row);
+            }
+            write!(out, "{}", table(&rows))?;
+        }
+    }
+    Ok(())
+}
+
+/// `shoal join PEER...`.
+pub(crate) fn join(api: &ApiArgs, peers: Vec<String>) -> anyhow::Result<()> {
+    let client = Client::new(api)?;
+    client.post("/api/v1/join", &serde_json::json!({ "peers": peers }))?;
+    println!("joining through {}", peers.join(", "));
+    Ok(())
+}
+
+/// `shoal leave`.
+pub(crate) fn leave(api: &ApiArgs) -> anyhow::Result<()> {
+    let client = Client::new(api)?;
+    client.post("/api/v1/leave", &serde_json::json!({}))?;
+    println!("the agent left the cluster and is stopping");
+    Ok(())
+}
+
+fn items(list: &Value) -> impl Iterator<Item = &Value> {
+    list.get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Columns padded to their widest cell plus three spaces, as kubectl prints them.
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// YAML of a JSON value.
+pub(crate) fn to_yaml(value: &Value) -> anyhow::Result<String> {
+    serde_saphyr::to_string(value).context("rendering YAML")
+}
+
+/// Milliseconds since the epoch of an RFC 3339 UTC timestamp as [`crate::k8s::rfc3339`] writes
+/// them.
+fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days-from-civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).ok().map(|s| s * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for ms in [0, 951_782_400_000, 1_795_826_096_000] {
+            assert_eq!(parse_rfc3339_ms(&crate::k8s::rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn tables_align_like_kubectl() {
+        let rows = vec![
+            vec!["NAME".to_owned(), "STATUS".to_owned()],
+            vec!["node-long".to_owned(), "alive".to_owned()],
+        ];
+        assert_eq!(table(&rows), "NAME        STATUS\nnode-long   alive\n");
+    }
+}

@@ -1,0 +1,635 @@
+//! The gossip driver: one tokio task that owns the sans-IO [`Node`] and connects it to the
+//! world.
+//!
+//! The task `select!`s over network input, the node's next timer
+//! (`sleep_until(node.poll_timeout())`) and a command channel from the API; after every input it
+//! drains the node's outputs: transmissions go to the network layer, changed entries go to the
+//! persistence thread, and member changes update the published [`ClusterView`] (a `watch`
+//! channel, so readers never lock the core).
+//!
+//! Durability: an API write is acknowledged only after the persistence thread has committed it
+//! (and every change before it) to disk. The persistence thread commits in groups: whatever
+//! batches queued up while it was writing go into the next transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha12Rng;
+use serde::{Deserialize, Serialize};
+use shoal_gossip::{
+    Config, Entry, Event, Identity, Key, MemberState, Node, NodeId, Now, ObjectKey, Stats,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant as TokioInstant;
+use tracing::{debug, info, warn};
+
+use crate::net::{NetEvent, NetHandle, NetMetrics};
+use crate::persist::{Db, META_LAST_CONTACT, META_SYNCED};
+
+/// Name of the owned entry where each node publishes facts about itself.
+pub(crate) const NODE_INFO: &str = "node/info";
+
+/// Facts a node publishes about itself (owned entry [`NODE_INFO`], JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct NodeInfo {
+    /// The shoal version the node runs.
+    pub(crate) version: String,
+    /// Operating system and architecture.
+    pub(crate) os: String,
+    pub(crate) arch: String,
+    /// When the node was first started (its identity created), ms since the Unix epoch.
+    pub(crate) created_ms: u64,
+    /// When the node's agent last started, ms since the Unix epoch.
+    pub(crate) started_ms: u64,
+}
+
+/// A member as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemberView {
+    pub(crate) id: NodeId,
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) incarnation: u64,
+    pub(crate) state: MemberState,
+    /// Wall-clock time (ms) this node saw the state change, or the agent start for members
+    /// restored from disk.
+    pub(crate) since_ms: u64,
+    pub(crate) info: Option<NodeInfo>,
+    /// Whether this member is the local node.
+    pub(crate) local: bool,
+}
+
+/// What the agent publishes for readers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ClusterView {
+    pub(crate) members: Vec<MemberView>,
+}
+
+/// Counters of the driver and the layers under it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct AgentStats {
+    pub(crate) gossip: GossipStats,
+    pub(crate) net: NetMetrics,
+    pub(crate) persisted_batches: u64,
+    pub(crate) live_members: usize,
+    pub(crate) queued_updates: usize,
+    pub(crate) local_health: u32,
+    pub(crate) incarnation: u64,
+}
+
+/// The core's counters, serialisable.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct GossipStats {
+    pub(crate) msgs_sent: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) msgs_received: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) decode_errors: u64,
+    pub(crate) misdirected: u64,
+    pub(crate) invalid_updates: u64,
+    pub(crate) refused_resurrections: u64,
+    pub(crate) fragments_dropped: u64,
+    pub(crate) oversized: u64,
+    pub(crate) refutations: u64,
+    pub(crate) suspicions_raised: u64,
+    pub(crate) deaths_declared: u64,
+    pub(crate) clock_skew_warnings: u64,
+}
+
+impl From<&Stats> for GossipStats {
+    fn from(s: &Stats) -> Self {
+        GossipStats {
+            msgs_sent: s.msgs_sent,
+            bytes_sent: s.bytes_sent,
+            msgs_received: s.msgs_received,
+            bytes_received: s.bytes_received,
+            decode_errors: s.decode_errors,
+            misdirected: s.misdirected,
+            invalid_updates: s.invalid_updates,
+            refused_resurrections: s.refused_resurrections,
+            fragments_dropped: s.fragments_dropped,
+            oversized: s.oversized,
+            refutations: s.refutations,
+            suspicions_raised: s.suspicions_raised,
+            deaths_declared: s.deaths_declared,
+            clock_skew_warnings: s.clock_skew_warnings,
+        }
+    }
+}
+
+/// Requests from the API to the driver.
+pub(crate) enum Command {
+    /// Join through these addresses.
+    Join(Vec<String>),
+    /// Leave gracefully; the reply comes once the announcement had time to spread.
+    Leave(oneshot::Sender<()>),
+    /// Write (or with `None` delete) an object; the reply comes once it is durable.
+    Write {
+        key: ObjectKey,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Entry>,
+    },
+    /// Read one object.
+    Get {
+        key: ObjectKey,
+        reply: oneshot::Sender<Option<Entry>>,
+    },
+    /// List objects of a kind, optionally in one namespace (tombstones excluded).
+    List {
+        kind: String,
+        namespace: Option<String>,
+        reply: oneshot::Sender<Vec<(ObjectKey, Entry)>>,
+    },
+    /// Counters.
+    Stats(oneshot::Sender<AgentStats>),
+}
+
+/// A handle to send commands to the driver.
+#[derive(Clone)]
+pub(crate) struct DriverHandle {
+    commands: mpsc::Sender<Command>,
+    view: watch::Receiver<Arc<ClusterView>>,
+}
+
+/// The driver is gone (the agent is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the agent is shutting down")]
+pub(crate) struct Gone;
+
+impl DriverHandle {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    pub(crate) async fn join(&self, peers: Vec<String>) -> Result<(), Gone> {
+        self.commands
+            .send(Command::Join(peers))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    pub(crate) async fn leave(&self) -> Result<(), Gone> {
+        self.call(Command::Leave).await
+    }
+
+    pub(crate) async fn write(
+        &self,
+        key: ObjectKey,
+        value: Option<Vec<u8>>,
+    ) -> Result<Entry, Gone> {
+        self.call(|reply| Command::Write { key, value, reply })
+            .await
+    }
+
+    pub(crate) async fn get(&self, key: ObjectKey) -> Result<Option<Entry>, Gone> {
+        self.call(|reply| Command::Get { key, reply }).await
+    }
+
+    pub(crate) async fn list(
+        &self,
+        kind: String,
+        namespace: Option<String>,
+    ) -> Result<Vec<(ObjectKey, Entry)>, Gone> {
+        self.call(|reply| Command::List {
+            kind,
+            namespace,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn stats(&self) -> Result<AgentStats, Gone> {
+        self.call(Command::Stats).await
+    }
+
+    /// The latest published view of the cluster.
+    pub(crate) fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+}
+
+/// Maps the tokio clock and the wall clock onto the core's [`Now`].
+#[derive(Clone, Copy)]
+struct Clock {
+    origin: TokioInstant,
+}
+
+impl Clock {
+    fn now(&self) -> Now {
+        Now::new(
+            shoal_gossip::Instant(self.origin.elapsed().as_micros() as u64),
+            wall_ms(),
+        )
+    }
+
+    fn instant(&self, at: shoal_gossip::Instant) -> TokioInstant {
+        self.origin + Duration::from_micros(at.as_micros())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A batch for the persistence thread: changes to write, then acks to send once durable.
+struct Batch {
+    changes: Vec<(Key, Option<Entry>)>,
+    meta: Vec<(&'static str, Vec<u8>)>,
+    acks: Vec<(oneshot::Sender<Entry>, Entry)>,
+}
+
+/// Starts the persistence thread. It commits batches in groups and acknowledges writes after
+/// their commit. It ends when the sender is dropped, after writing what was queued.
+fn start_persistence(mut db: Db) -> (mpsc::UnboundedSender<Batch>, std::thread::JoinHandle<Db>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+    let handle = std::thread::Builder::new()
+        .name("shoal-persist".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut changes: BTreeMap<Key, Option<Entry>> = BTreeMap::new();
+                let mut meta = Vec::new();
+                let mut acks = Vec::new();
+                let mut take = |b: Batch| {
+                    changes.extend(b.changes);
+                    meta.extend(b.meta);
+                    acks.extend(b.acks);
+                };
+                take(first);
+                while let Ok(more) = rx.try_recv() {
+                    take(more);
+                }
+                let result =
+                    db.apply_with_meta(changes, meta.iter().map(|(k, v)| (*k, v.as_slice())));
+                match result {
+                    Ok(()) => {
+                        for (ack, entry) in acks {
+                            let _ = ack.send(entry);
+                        }
+                    }
+                    Err(error) => {
+                        // The writes stay in memory and in the cluster, but we cannot promise
+                        // durability: the acks are dropped, so the API answers with an error.
+                        warn!(%error, "persisting state failed");
+                    }
+                }
+            }
+            db
+        })
+        .expect("spawning the persistence thread");
+    (tx, handle)
+}
+
+/// What the driver needs to start.
+pub(crate) struct DriverSetup {
+    pub(crate) config: Config,
+    pub(crate) identity: Identity,
+    pub(crate) net: NetHandle,
+    pub(crate) net_events: mpsc::Receiver<NetEvent>,
+    pub(crate) db: Db,
+    pub(crate) restored: Vec<(Key, Entry)>,
+    pub(crate) synced: bool,
+    pub(crate) seeds: Vec<String>,
+    pub(crate) info: NodeInfo,
+}
+
+/// Starts the driver task. Returns a handle and a future that completes when the driver stopped
+/// (after a leave, or when `shutdown` fires) with everything flushed.
+pub(crate) fn start(
+    setup: DriverSetup,
+    shutdown: watch::Receiver<bool>,
+) -> (DriverHandle, tokio::task::JoinHandle<()>) {
+    let clock = Clock {
+        origin: TokioInstant::now(),
+    };
+    let now = clock.now();
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    let mut node = Node::new(
+        setup.config,
+        setup.identity,
+        ChaCha12Rng::from_seed(seed),
+        now,
+    );
+    node.restore(setup.restored, setup.synced, now);
+    let (commands_tx, commands_rx) = mpsc::channel(256);
+    let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+    let (persist_tx, persist_thread) = start_persistence(setup.db);
+    let mut driver = Driver {
+        node,
+        clock,
+        net: setup.net,
+        net_events: setup.net_events,
+        commands: commands_rx,
+        view: view_tx,
+        persist: persist_tx,
+        persist_thread: Some(persist_thread),
+        since: BTreeMap::new(),
+        started_ms: wall_ms(),
+        dirty: BTreeSet::new(),
+        pending_acks: Vec::new(),
+        view_dirty: true,
+        persisted_batches: 0,
+        last_contact_saved: 0,
+        shutdown,
+        leave_replies: Vec::new(),
+    };
+    let info = serde_json::to_vec(&setup.info).expect("node info serialises");
+    driver.node.write_owned(NODE_INFO.into(), Some(info), now);
+    if !setup.seeds.is_empty() {
+        driver.node.join(setup.seeds, now);
+    }
+    let handle = DriverHandle {
+        commands: commands_tx,
+        view: view_rx,
+    };
+    let task = tokio::spawn(async move { driver.run().await });
+    (handle, task)
+}
+
+struct Driver {
+    node: Node<ChaCha12Rng>,
+    clock: Clock,
+    net: NetHandle,
+    net_events: mpsc::Receiver<NetEvent>,
+    commands: mpsc::Receiver<Command>,
+    view: watch::Sender<Arc<ClusterView>>,
+    persist: mpsc::UnboundedSender<Batch>,
+    persist_thread: Option<std::thread::JoinHandle<Db>>,
+    /// Wall time each member was last seen changing state.
+    since: BTreeMap<NodeId, u64>,
+    started_ms: u64,
+    dirty: BTreeSet<Key>,
+    pending_acks: Vec<(oneshot::Sender<Entry>, Entry)>,
+    view_dirty: bool,
+    persisted_batches: u64,
+    last_contact_saved: u64,
+    shutdown: watch::Receiver<bool>,
+    leave_replies: Vec<oneshot::Sender<()>>,
+}
+
+/// How long a leaving node keeps gossiping its departure before it stops.
+const LEAVE_LINGER: Duration = Duration::from_millis(600);
+
+impl Driver {
+    async fn run(&mut self) {
+        let mut leave_deadline: Option<TokioInstant> = None;
+        let mut contact_tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let timer = self
+                .node
+                .poll_timeout()
+                .map(|t| self.clock.instant(t))
+                .unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
+            let linger =
+                leave_deadline.unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                event = self.net_events.recv() => match event {
+                    Some(NetEvent::Message { from, addr, bytes }) => {
+                        let _ = from;
+                        self.node.handle_message(&addr, &bytes, self.clock.now());
+                    }
+                    Some(NetEvent::Discovered { addr }) => {
+                        if self.node.live_count() <= 1 {
+                            info!(%addr, "discovered a peer on the local network; joining");
+                            self.node.join(vec![addr], self.clock.now());
+                        }
+                    }
+                    Some(NetEvent::PeerRefused { peer, reason }) => {
+                        debug!(%peer, reason, "peer refused");
+                    }
+                    None => {
+                        warn!("network layer stopped");
+                        break;
+                    }
+                },
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        if let Some(deadline) = self.handle_command(command) {
+                            leave_deadline.get_or_insert(deadline);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(timer) => {
+                    self.node.handle_timeout(self.clock.now());
+                }
+                _ = tokio::time::sleep_until(linger), if leave_deadline.is_some() => {
+                    break;
+                }
+                _ = contact_tick.tick() => self.note_contact(),
+                changed = self.shutdown.changed() => {
+                    if (changed.is_err() || *self.shutdown.borrow()) && leave_deadline.is_none() {
+                        info!("leaving the cluster");
+                        self.node.leave(self.clock.now());
+                        leave_deadline = Some(TokioInstant::now() + LEAVE_LINGER);
+                    }
+                }
+            }
+            self.drain();
+        }
+        self.note_contact();
+        self.flush();
+        for reply in self.leave_replies.drain(..) {
+            let _ = reply.send(());
+        }
+        // Close the persistence channel and wait for the last commit.
+        let (dead_tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.persist, dead_tx));
+        if let Some(thread) = self.persist_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.publish(true);
+    }
+
+    /// Handles an API command; returns the linger deadline when it was a leave.
+    fn handle_command(&mut self, command: Command) -> Option<TokioInstant> {
+        let now = self.clock.now();
+        match command {
+            Command::Join(peers) => {
+                info!(?peers, "joining");
+                self.node.join(peers, now);
+            }
+            Command::Leave(reply) => {
+                self.leave_replies.push(reply);
+                if !self.node.is_leaving() {
+                    info!("leaving the cluster on request");
+                    self.node.leave(now);
+                    return Some(TokioInstant::now() + LEAVE_LINGER);
+                }
+            }
+            Command::Write { key, value, reply } => {
+                let entry = self.node.write_object(key, value, now);
+                self.pending_acks.push((reply, entry));
+            }
+            Command::Get { key, reply } => {
+                let entry = self.node.store().get(&Key::Object(key)).cloned();
+                let _ = reply.send(entry);
+            }
+            Command::List {
+                kind,
+                namespace,
+                reply,
+            } => {
+                let items = self
+                    .node
+                    .store()
+                    .range_objects(&kind, namespace.as_deref())
+                    .filter(|(_, e)| e.value.is_some())
+                    .map(|(k, e)| (k.clone(), e.clone()))
+                    .collect();
+                let _ = reply.send(items);
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(AgentStats {
+                    gossip: GossipStats::from(self.node.stats()),
+                    net: self.net.metrics(),
+                    persisted_batches: self.persisted_batches,
+                    live_members: self.node.live_count(),
+                    queued_updates: self.node.queued_updates(),
+                    local_health: self.node.local_health(),
+                    incarnation: self.node.incarnation(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Drains the node's outputs after an input.
+    fn drain(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            self.net.send(transmit.to, &transmit.addr, transmit.bytes);
+        }
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                Event::EntryChanged(key) => {
+                    if let Key::Owned { name, .. } = &key {
+                        if name == NODE_INFO {
+                            self.view_dirty = true;
+                        }
+                    }
+                    self.dirty.insert(key);
+                }
+                Event::MemberChanged(member) => {
+                    if member.id != self.node.identity().id {
+                        info!(
+                            node = %member.name,
+                            id = %member.id,
+                            state = member.state.as_str(),
+                            incarnation = member.incarnation,
+                            addr = %member.addr,
+                            "member changed"
+                        );
+                    }
+                    self.since.insert(member.id, wall_ms());
+                    self.view_dirty = true;
+                }
+                Event::Joined { via } => {
+                    info!(via = %via, "joined the cluster");
+                    self.note_contact();
+                }
+                Event::Synced => {
+                    info!("synchronised with the cluster");
+                    self.view_dirty = true;
+                    self.queue_meta(META_SYNCED, vec![1]);
+                }
+            }
+        }
+        if !self.dirty.is_empty() || !self.pending_acks.is_empty() {
+            self.flush();
+        }
+        if self.view_dirty {
+            self.publish(false);
+        }
+    }
+
+    fn queue_meta(&mut self, key: &'static str, value: Vec<u8>) {
+        let _ = self.persist.send(Batch {
+            changes: Vec::new(),
+            meta: vec![(key, value)],
+            acks: Vec::new(),
+        });
+    }
+
+    /// Remembers that we are in contact with the cluster (for the stale-node rule).
+    fn note_contact(&mut self) {
+        if self.node.live_count() > 1 {
+            let now = wall_ms();
+            if now.saturating_sub(self.last_contact_saved) >= 10_000 {
+                self.last_contact_saved = now;
+                self.queue_meta(META_LAST_CONTACT, now.to_le_bytes().to_vec());
+            }
+        }
+    }
+
+    /// Sends changed entries (and acks waiting on them) to the persistence thread.
+    fn flush(&mut self) {
+        let store = self.node.store();
+        let changes: Vec<(Key, Option<Entry>)> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|key| {
+                let entry = store.get(&key).cloned();
+                (key, entry)
+            })
+            .collect();
+        let acks = std::mem::take(&mut self.pending_acks);
+        if changes.is_empty() && acks.is_empty() {
+            return;
+        }
+        self.persisted_batches += 1;
+        if self
+            .persist
+            .send(Batch {
+                changes,
+                meta: Vec::new(),
+                acks,
+            })
+            .is_err()
+        {
+            warn!("persistence thread is gone; changes are not saved");
+        }
+    }
+
+    fn publish(&mut self, stopped: bool) {
+        self.view_dirty = false;
+        let store = self.node.store();
+        let me = self.node.identity().id;
+        let members = self
+            .node
+            .members()
+            .map(|m| {
+                let info = store
+                    .get(&Key::Owned {
+                        owner: m.id,
+                        name: NODE_INFO.into(),
+                    })
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| serde_json::from_slice::<NodeInfo>(v).ok());
+                MemberView {
+                    id: m.id,
+                    name: m.name.clone(),
+                    addr: m.addr.clone(),
+                    incarnation: m.incarnation,
+                    state: if stopped && m.id == me {
+                        MemberState::Left
+                    } else {
+                        m.state
+                    },
+                    since_ms: self.since.get(&m.id).copied().unwrap_or(self.started_ms),
+                    info,
+                    local: m.id == me,
+                }
+            })
+            .collect();
+        let view = ClusterView { members };
+        self.view.send_replace(Arc::new(view));
+    }
+}

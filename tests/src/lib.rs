@@ -1,0 +1,420 @@
+//! A harness that runs real `shoal agent` processes on loopback, for the integration tests in
+//! `tests/tests/`.
+//!
+//! Each agent gets its own data dir under a per-test temporary directory, listens on
+//! 127.0.0.1 with ports chosen by the OS on first start (kept across restarts), and logs to
+//! `agent.log` in its data dir; a failing test prints the tail of every agent's log.
+//!
+//! The `shoal` binary is `target/<profile>/shoal` next to the test executable (cargo builds it
+//! because the agent crate has integration tests), or `$SHOAL_BIN`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of the `shoal` binary under test.
+pub fn shoal_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SHOAL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/shoal
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("shoal");
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p shoal-agent` or set SHOAL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A per-test scratch directory, removed when dropped unless the test failed.
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// A fresh directory named after the test.
+    pub fn new(test: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("shoal-test-{test}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("creating the scratch dir");
+        Scratch { path }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// One agent process.
+pub struct Agent {
+    /// Its node name.
+    pub name: String,
+    /// Its data dir.
+    pub dir: PathBuf,
+    /// Gossip address (`127.0.0.1:port`), known once started.
+    pub gossip: Option<String>,
+    /// API address, known once started.
+    pub api: Option<String>,
+    key_file: PathBuf,
+    child: Option<Child>,
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (gossip {:?}, api {:?})",
+            self.name, self.gossip, self.api
+        )
+    }
+}
+
+impl Agent {
+    /// An agent that is not started yet.
+    pub fn new(root: &Path, name: &str, key_file: &Path) -> Self {
+        Agent {
+            name: name.to_owned(),
+            dir: root.join(name),
+            gossip: None,
+            api: None,
+            key_file: key_file.to_owned(),
+            child: None,
+        }
+    }
+
+    /// Starts the agent, joining `join` (if any), and waits until it reports its addresses.
+    pub fn start(&mut self, join: &[String]) {
+        self.start_with(join, &[]);
+    }
+
+    /// Like [`Agent::start`] with extra command-line arguments.
+    pub fn start_with(&mut self, join: &[String], extra: &[&str]) {
+        assert!(self.child.is_none(), "{} already runs", self.name);
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        let log_path = self.dir.join("agent.log");
+        // Keep earlier runs' logs: restarts append.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("agent log");
+        let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let listen = self.gossip.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let api = self.api.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let mut command = Command::new(shoal_bin());
+        command
+            .arg("agent")
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--api")
+            .arg(&api)
+            .arg("--cluster-key-file")
+            .arg(&self.key_file)
+            .args(extra)
+            .env("SHOAL_LOG", "info,shoal=debug")
+            .env_remove("SHOAL_CLUSTER_KEY")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for peer in join {
+            command.arg("--join").arg(peer);
+        }
+        self.child = Some(command.spawn().expect("starting shoal agent"));
+        // Wait for the start-up line with the bound addresses.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let text = text.get(start_offset as usize..).unwrap_or("");
+            if let Some(line) = text.lines().find(|l| l.contains("shoal agent starting")) {
+                self.gossip = field(line, "listen");
+                self.api = field(line, "api");
+                break;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("{} exited at start ({status}):\n{text}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start in 30 s:\n{text}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id, when running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM` ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the process to exit (after SIGTERM or `shoal leave`); returns whether it exited
+    /// successfully within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return status.success();
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Runs a `shoal` CLI command against this agent's API.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let api = self.api.as_deref().expect("started");
+        let out = Command::new(shoal_bin())
+            .args(args)
+            .arg("--api")
+            .arg(api)
+            .output()
+            .expect("running shoal");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `shoal get nodes -o json` as (name, membership, uid) triples.
+    pub fn nodes(&self) -> Result<Vec<(String, String, String)>, String> {
+        let text = self.cli(&["get", "nodes", "-o", "json"])?;
+        let list: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        Ok(list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|i| {
+                        (
+                            i["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                            i["status"]["membership"].as_str().unwrap_or("").to_owned(),
+                            i["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The membership state this agent sees for `name`.
+    pub fn sees(&self, name: &str) -> Option<String> {
+        self.nodes()
+            .ok()?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, state, _)| state)
+    }
+
+    /// HTTP request to this agent's API; returns (status, body).
+    pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        let url = format!("http://{}{path}", self.api.as_deref().expect("started"));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let result = match (method, body) {
+            ("GET", _) => agent.get(&url).call(),
+            ("DELETE", _) => agent.delete(&url).call(),
+            ("PUT", Some(b)) => agent.put(&url).send(b),
+            ("POST", Some(b)) => agent.post(&url).send(b),
+            _ => panic!("unsupported request {method} {path}"),
+        };
+        match result {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// The tail of this agent's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Extracts `key=value` from a tracing line (values end at a space).
+fn field(line: &str, key: &str) -> Option<String> {
+    let pattern = format!("{key}=");
+    let start = line.find(&pattern)? + pattern.len();
+    let rest = &line[start..];
+    let value = rest.split_whitespace().next()?;
+    Some(value.trim_matches('"').to_owned())
+}
+
+/// Several agents forming a cluster.
+pub struct Cluster {
+    /// The agents, by index.
+    pub agents: Vec<Agent>,
+    /// The cluster key file they share.
+    pub key_file: PathBuf,
+    scratch: Scratch,
+}
+
+impl Cluster {
+    /// Starts `n` agents: the first alone, the others joining it.
+    pub fn start(test: &str, n: usize) -> Self {
+        let scratch = Scratch::new(test);
+        let key_file = scratch.path().join("cluster.key");
+        let key = Command::new(shoal_bin())
+            .arg("keygen")
+            .output()
+            .expect("shoal keygen");
+        assert!(key.status.success(), "shoal keygen failed");
+        std::fs::write(&key_file, &key.stdout).expect("writing the key");
+        let mut cluster = Cluster {
+            agents: Vec::new(),
+            key_file,
+            scratch,
+        };
+        for _ in 0..n {
+            cluster.add();
+        }
+        cluster
+    }
+
+    /// Starts one more agent joining the first; returns its index.
+    pub fn add(&mut self) -> usize {
+        let i = self.agents.len();
+        let mut agent = Agent::new(self.scratch.path(), &format!("node-{i}"), &self.key_file);
+        let join: Vec<String> = self
+            .agents
+            .first()
+            .and_then(|a| a.gossip.clone())
+            .into_iter()
+            .collect();
+        agent.start(&join);
+        self.agents.push(agent);
+        i
+    }
+
+    /// The scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// Polls `check` every 50 ms until it returns `Ok`, or panics after `timeout` with the last
+    /// error and the agents' logs. Returns the time it took.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Cluster) -> Result<(), String>,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            match check(self) {
+                Ok(()) => return start.elapsed(),
+                Err(e) if start.elapsed() > timeout => {
+                    let logs: Vec<String> = self
+                        .agents
+                        .iter()
+                        .map(|a| format!("--- {} ---\n{}", a.name, a.log_tail(25)))
+                        .collect();
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}: {e}\n{}",
+                        logs.join("\n")
+                    );
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Checks that every agent in `observers` sees every name in `names` in `state`.
+    pub fn all_see(&self, observers: &[usize], names: &[&str], state: &str) -> Result<(), String> {
+        for &o in observers {
+            let nodes = self.agents[o].nodes()?;
+            for name in names {
+                match nodes.iter().find(|(n, _, _)| n == name) {
+                    Some((_, s, _)) if s == state => {}
+                    Some((_, s, _)) => {
+                        return Err(format!(
+                            "{} sees {name} as {s}, not {state}",
+                            self.agents[o].name
+                        ));
+                    }
+                    None => return Err(format!("{} does not list {name}", self.agents[o].name)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of all agents.
+    pub fn names(&self) -> Vec<String> {
+        self.agents.iter().map(|a| a.name.clone()).collect()
+    }
+}

@@ -1,0 +1,215 @@
+//! Real clusters: `shoal agent` processes on loopback, with kill -9, SIGSTOP, restarts, a wrong
+//! cluster key and garbage on the wire.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use shoal_tests::{Agent, Cluster, shoal_bin};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn all(cluster: &Cluster) -> Vec<usize> {
+    (0..cluster.agents.len()).collect()
+}
+
+#[test]
+fn five_agents_form_one_cluster_and_detect_a_kill() {
+    let mut cluster = Cluster::start("five", 5);
+    let names = cluster.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let everyone = all(&cluster);
+    cluster.wait_for("all 5 alive everywhere", secs(20), |c| {
+        c.all_see(&everyone, &names, "alive")
+    });
+    // Every node lists the same ids.
+    let ids: Vec<Vec<(String, String, String)>> = cluster
+        .agents
+        .iter()
+        .map(|a| {
+            let mut n = a.nodes().expect("get nodes");
+            n.iter_mut().for_each(|(_, s, _)| s.clear());
+            n
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+
+    cluster.agents[3].kill9();
+    let survivors = [0, 1, 2, 4];
+    let took = cluster.wait_for("node-3 dead on every survivor", secs(5), |c| {
+        c.all_see(&survivors, &["node-3"], "dead")
+    });
+    eprintln!("kill -9 -> dead on all survivors: {took:?}");
+}
+
+#[test]
+fn paused_agent_comes_back_by_itself_and_gets_writes_made_meanwhile() {
+    let cluster = Cluster::start("pause", 4);
+    let names = cluster.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let everyone = all(&cluster);
+    cluster.wait_for("all alive", secs(20), |c| {
+        c.all_see(&everyone, &names, "alive")
+    });
+
+    cluster.agents[2].signal("STOP");
+    let others = [0, 1, 3];
+    cluster.wait_for("node-2 dead while stopped", secs(15), |c| {
+        c.all_see(&others, &["node-2"], "dead")
+    });
+    let (status, _) = cluster.agents[0].http(
+        "PUT",
+        "/api/v1/objects/configmap/default/during-pause",
+        Some(b"written while node-2 was stopped"),
+    );
+    assert_eq!(status, 200);
+    // Stay stopped for 30 s in all, well past the suspicion timeout.
+    std::thread::sleep(secs(22));
+    cluster.agents[2].signal("CONT");
+    cluster.wait_for("node-2 alive everywhere again", secs(15), |c| {
+        c.all_see(&everyone, &["node-2"], "alive")
+    });
+    cluster.wait_for("the write reached node-2", secs(10), |c| {
+        let (status, body) = c.agents[2].http(
+            "GET",
+            "/api/v1/objects/configmap/default/during-pause",
+            None,
+        );
+        if status == 200 && body == "written while node-2 was stopped" {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    });
+}
+
+#[test]
+fn restarted_agent_keeps_identity_and_rejoins_without_join() {
+    let mut cluster = Cluster::start("restart", 3);
+    let names = cluster.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let everyone = all(&cluster);
+    cluster.wait_for("all alive", secs(20), |c| {
+        c.all_see(&everyone, &names, "alive")
+    });
+    let id_before = cluster.agents[0]
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _, _)| n == "node-2")
+        .map(|(_, _, uid)| uid)
+        .unwrap();
+    // An acknowledged write on node-2 survives its kill -9.
+    let (status, _) = cluster.agents[2].http(
+        "PUT",
+        "/api/v1/objects/configmap/default/acked",
+        Some(b"durable"),
+    );
+    assert_eq!(status, 200);
+    cluster.agents[2].kill9();
+    cluster.wait_for("node-2 dead", secs(10), |c| {
+        c.all_see(&[0, 1], &["node-2"], "dead")
+    });
+
+    cluster.agents[2].start(&[]);
+    cluster.wait_for(
+        "node-2 back alive everywhere, no --join given",
+        secs(15),
+        |c| c.all_see(&everyone, &names, "alive"),
+    );
+    let nodes = cluster.agents[0].nodes().unwrap();
+    let (_, _, id_after) = nodes.iter().find(|(n, _, _)| n == "node-2").unwrap();
+    assert_eq!(*id_after, id_before, "same identity after restart");
+    let (status, body) =
+        cluster.agents[2].http("GET", "/api/v1/objects/configmap/default/acked", None);
+    assert_eq!((status, body.as_str()), (200, "durable"));
+}
+
+#[test]
+fn agent_with_wrong_key_is_refused_and_appears_nowhere() {
+    let cluster = Cluster::start("wrongkey", 2);
+    let everyone = all(&cluster);
+    cluster.wait_for("both alive", secs(20), |c| {
+        c.all_see(&everyone, &["node-0", "node-1"], "alive")
+    });
+    let bad_key = cluster.dir().join("other.key");
+    let key = std::process::Command::new(shoal_bin())
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(&bad_key, key.stdout).unwrap();
+    let mut intruder = Agent::new(cluster.dir(), "intruder", &bad_key);
+    intruder.start(&[cluster.agents[0].gossip.clone().unwrap()]);
+    std::thread::sleep(secs(4));
+    for agent in &cluster.agents {
+        let nodes = agent.nodes().unwrap();
+        assert!(
+            nodes.iter().all(|(n, _, _)| n != "intruder"),
+            "{} lists the intruder: {nodes:?}",
+            agent.name
+        );
+    }
+    // The intruder learned nothing either.
+    let seen = intruder.nodes().unwrap();
+    assert_eq!(seen.len(), 1, "intruder knows only itself: {seen:?}");
+    // The refusal was counted.
+    let (status, stats) = cluster.agents[0].http("GET", "/api/v1/stats", None);
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(
+        stats["net"]["refused_auth"].as_u64().unwrap_or(0) > 0,
+        "refusals counted: {stats}"
+    );
+}
+
+#[test]
+fn garbage_on_the_gossip_port_changes_nothing() {
+    let cluster = Cluster::start("garbage", 2);
+    let everyone = all(&cluster);
+    cluster.wait_for("both alive", secs(20), |c| {
+        c.all_see(&everyone, &["node-0", "node-1"], "alive")
+    });
+    let target = cluster.agents[0].gossip.clone().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..2000 {
+        let len = 1 + (i * 37) % 1400;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = socket.send_to(&bytes, &target);
+    }
+    // TCP garbage too.
+    if let Ok(mut stream) = std::net::TcpStream::connect(&target) {
+        use std::io::Write;
+        let _ = stream.write_all(&[0xAB; 4096]);
+    }
+    std::thread::sleep(secs(2));
+    cluster.wait_for("cluster unaffected", secs(5), |c| {
+        c.all_see(&everyone, &["node-0", "node-1"], "alive")
+    });
+    assert_eq!(cluster.agents[0].nodes().unwrap().len(), 2);
+}
+
+#[test]
+fn sigterm_leaves_and_others_see_left_within_a_second() {
+    let mut cluster = Cluster::start("leave", 3);
+    let everyone = all(&cluster);
+    cluster.wait_for("all alive", secs(20), |c| {
+        c.all_see(&everyone, &["node-0", "node-1", "node-2"], "alive")
+    });
+    cluster.agents[1].signal("TERM");
+    cluster.wait_for("node-1 left on the others", secs(1), |c| {
+        c.all_see(&[0, 2], &["node-1"], "left")
+    });
+    assert!(
+        cluster.agents[1].wait_exit(secs(5)),
+        "agent exits cleanly after leaving"
+    );
+}
