@@ -96,7 +96,6 @@
 //! `spawn_blocking(apply)` calls could commit out of order, an older entry overwriting a newer
 //! one on disk.
 
-
 #![allow(dead_code)]
 
 use std::fs;
