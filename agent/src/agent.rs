@@ -167,9 +167,10 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 /// Runs the agent until it leaves.
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let name = args.name.clone().unwrap_or_else(hostname);
-    if name.is_empty() || name.len() > 253 {
-        bail!("--name must be 1-253 characters");
+    if let Some(name) = &args.name {
+        if name.is_empty() || name.len() > 253 {
+            bail!("--name must be 1-253 characters");
+        }
     }
     let token = match &args.api_token_file {
         Some(path) => Some(read_token(path)?),
@@ -189,6 +190,18 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut db = Db::open(&data_dir)
         .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
+    // The name: --name, else the one this node was first started with, else the host name.
+    let name = match &args.name {
+        Some(name) => {
+            let first = db.first_name(name)?;
+            if first != *name {
+                warn!(old = %first, new = %name, "node renamed");
+                db.set_name(name)?;
+            }
+            name.clone()
+        }
+        None => db.first_name(&hostname())?,
+    };
     let keypair = db.identity().clone();
     let (key, created_key) = cluster_key(&args, &data_dir)?;
     let mut net_config = NetConfig::new(args.listen, keypair, key.clone());
@@ -241,6 +254,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     for peer in &args.join {
         db.remember_peer(peer, driver::wall_ms())?;
     }
+    // Addresses unheard of for longer than the grace period are not worth retrying.
+    db.forget_peers_before(driver::wall_ms().saturating_sub(grace))?;
     if seeds.is_empty() {
         let mut known: Vec<String> = restored
             .iter()

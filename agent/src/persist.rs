@@ -96,8 +96,6 @@
 //! `spawn_blocking(apply)` calls could commit out of order, an older entry overwriting a newer
 //! one on disk.
 
-#![allow(dead_code)]
-
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -240,9 +238,7 @@ struct Identity {
 /// The open database. See the module docs.
 pub(crate) struct Db {
     db: Database,
-    /// The data dir.
-    dir: PathBuf,
-    /// `dir/state.redb`, for error messages.
+    /// `<data dir>/state.redb`, for error messages.
     path: PathBuf,
     identity: Identity,
     /// Write transactions committed by this handle (including the one of `open`).
@@ -291,7 +287,6 @@ impl Db {
         }
         Ok(Db {
             db,
-            dir,
             path,
             identity,
             commits: 1,
@@ -304,6 +299,7 @@ impl Db {
     }
 
     /// The node id: the keypair's public key.
+    #[cfg(test)]
     pub(crate) fn node_id(&self) -> NodeId {
         self.identity.node_id
     }
@@ -334,12 +330,8 @@ impl Db {
         Ok(())
     }
 
-    /// The data dir.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Write transactions committed through this handle (for metrics and tests).
+    #[cfg(test)]
     pub(crate) fn commits(&self) -> u64 {
         self.commits
     }
@@ -347,6 +339,7 @@ impl Db {
     /// Writes `changes` in one transaction and returns once it is durable (see the module
     /// docs): `Some(entry)` stores the entry for its key, `None` removes the key. Later changes
     /// of the same key in the batch win. An empty batch commits nothing.
+    #[cfg(test)]
     pub(crate) fn apply(
         &mut self,
         changes: impl IntoIterator<Item = Change>,
@@ -536,6 +529,7 @@ impl Db {
     }
 
     /// Forgets `addr`; `false` if it was not known.
+    #[cfg(test)]
     pub(crate) fn forget_peer(&mut self, addr: &str) -> Result<bool, PersistError> {
         let txn = self
             .db
@@ -586,6 +580,7 @@ impl Db {
     }
 
     /// Records whether the node completed a first full sync.
+    #[cfg(test)]
     pub(crate) fn set_synced(&mut self, synced: bool) -> Result<(), PersistError> {
         self.set_meta(META_SYNCED, &[u8::from(synced)])
     }
@@ -604,11 +599,6 @@ impl Db {
         Ok(decoded)
     }
 
-    /// Records the last time the node was in contact with the cluster.
-    pub(crate) fn set_last_contact_wall_ms(&mut self, wall_ms: u64) -> Result<(), PersistError> {
-        self.set_meta(META_LAST_CONTACT, &wall_ms.to_le_bytes())
-    }
-
     /// A meta value (the typed getters above, or a free-form name); for small values.
     pub(crate) fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, PersistError> {
         self.get(META, name.as_bytes())
@@ -622,6 +612,7 @@ impl Db {
     }
 
     /// Removes a meta value; `false` if it was not set. `format_version` is reserved.
+    #[cfg(test)]
     pub(crate) fn remove_meta(&mut self, name: &str) -> Result<bool, PersistError> {
         check_meta_name(name)?;
         let txn = self

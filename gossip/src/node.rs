@@ -1409,11 +1409,7 @@ impl<R: Rng> Node<R> {
         let budget = self.budget(ENVELOPE_OVERHEAD + 8);
         let mut used = 0;
         let mut entries = Vec::new();
-        for (key, entry) in self
-            .store
-            .iter()
-            .skip_while(|(k, _)| after.is_some_and(|a| *k <= a))
-        {
+        for (key, entry) in self.store.iter_after(after) {
             let size = encoded_len(key) + encoded_len(entry);
             if !entries.is_empty() && used + size > budget {
                 return (entries, false);
@@ -1554,18 +1550,15 @@ impl<R: Rng> Node<R> {
             logical: 0,
         };
         let removed = self.store.gc(horizon);
-        if removed == 0 {
+        if removed.is_empty() {
             return;
         }
-        let gone: Vec<NodeId> = self
-            .members
-            .keys()
-            .filter(|id| self.store.get(&Key::Member(**id)).is_none())
-            .copied()
-            .collect();
-        for id in gone {
-            self.members.remove(&id);
-            self.suspicions.remove(&id);
+        for key in removed {
+            if let Key::Member(id) = &key {
+                self.members.remove(id);
+                self.suspicions.remove(id);
+            }
+            self.events.push_back(Event::EntryChanged(key));
         }
         self.rebuild_live();
     }

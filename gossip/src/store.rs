@@ -492,10 +492,10 @@ impl Store {
     /// collected with their writer. Returns the number of entries removed. Fingerprints and indexes stay consistent. After
     /// gc, merge with a [`MergeGuard`] whose horizon is at least this one so the collected
     /// entries are not resurrected.
-    pub fn gc(&mut self, horizon: Hlc) -> usize {
+    pub fn gc(&mut self, horizon: Hlc) -> Vec<Key> {
         let keep = self.collectable.split_off(&(horizon, None));
         let expired = mem::replace(&mut self.collectable, keep);
-        let mut removed = 0;
+        let mut removed = Vec::new();
         for (_, key) in expired {
             let Some(key) = key else { continue };
             if let Key::Member(id) = *key {
@@ -507,12 +507,31 @@ impl Store {
                     })
                     .collect();
                 for k in owned {
-                    removed += usize::from(self.remove(&k));
+                    if self.remove(&k) {
+                        removed.push((*k).clone());
+                    }
                 }
             }
-            removed += usize::from(self.remove(&key));
+            if self.remove(&key) {
+                removed.push((*key).clone());
+            }
         }
         removed
+    }
+
+    /// Entries strictly after `after` (from the first when `None`), in key order: for sending
+    /// the state in chunks.
+    pub fn iter_after<'a>(
+        &'a self,
+        after: Option<&Key>,
+    ) -> impl Iterator<Item = (&'a Key, &'a Entry)> + 'a {
+        let lower = match after {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Unbounded,
+        };
+        self.entries
+            .range::<Key, _>((lower, Bound::Unbounded))
+            .map(|(k, slot)| (&**k, &slot.entry))
     }
 
     /// Number of items under the fingerprints: the same as [`Store::len`]. Compare it along

@@ -54,8 +54,6 @@
 //!   which pushes back on the senders through stream flow control instead of losing messages.
 //! - The cluster key is never logged (only its fingerprint).
 
-
-
 mod addr;
 mod frame;
 mod key;
@@ -73,9 +71,9 @@ use libp2p::{Multiaddr, PeerId};
 use shoal_gossip::NodeId;
 use tokio::sync::mpsc;
 
-pub(crate) use addr::parse_dial_addr;
 #[cfg(test)]
 pub(crate) use addr::node_id_of;
+pub(crate) use addr::parse_dial_addr;
 #[cfg(test)]
 pub(crate) use frame::MAX_PAYLOAD;
 pub(crate) use key::ClusterKey;
