@@ -147,6 +147,8 @@ pub struct Sim {
     slow_dead: BTreeSet<(usize, u64)>,
     msgs: u64,
     bytes: u64,
+    /// Largest message sent, in bytes.
+    max_message: usize,
     dropped: u64,
     write_counter: u64,
     /// State of crashed nodes as they had persisted it.
@@ -179,6 +181,7 @@ impl Sim {
             slow_dead: BTreeSet::new(),
             msgs: 0,
             bytes: 0,
+            max_message: 0,
             dropped: 0,
             write_counter: 0,
             persisted: BTreeMap::new(),
@@ -401,6 +404,7 @@ impl Sim {
         for t in transmits {
             self.msgs += 1;
             self.bytes += t.bytes.len() as u64;
+            self.max_message = self.max_message.max(t.bytes.len());
             let Some(&to) = self.by_addr.get(&t.addr) else {
                 self.dropped += 1;
                 continue;
@@ -723,6 +727,11 @@ impl Sim {
         self.after_input(index);
     }
 
+    /// Largest message sent so far, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message
+    }
+
     /// Random number from the simulation's generator (for scenario choices).
     pub fn random_index(&mut self, below: usize) -> usize {
         self.rng.random_range(0..below)
@@ -900,6 +909,7 @@ impl Sim {
             heal_ms,
             bytes_per_node_per_s: self.bytes as f64 / n / seconds,
             msgs_per_node_per_s: self.msgs as f64 / n / seconds,
+            max_message_bytes: self.max_message,
             dropped_msgs: self.dropped,
             wall_ms: 0.0,
         }
@@ -1014,6 +1024,8 @@ pub struct Report {
     pub bytes_per_node_per_s: f64,
     /// Messages sent per node per second.
     pub msgs_per_node_per_s: f64,
+    /// Largest message sent, in bytes (fragments included).
+    pub max_message_bytes: usize,
     /// Messages lost to loss, partitions or crashed recipients.
     pub dropped_msgs: u64,
     /// Wall-clock time of the run (filled in by the caller; not part of the deterministic

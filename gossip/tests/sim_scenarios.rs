@@ -221,7 +221,7 @@ fn writes_reach_everyone_under_heavy_loss() {
 
 #[test]
 fn large_object_is_fragmented_and_reassembled_everywhere() {
-    run(Scenario::lan(
+    let sim = run(Scenario::lan(
         10,
         20,
         vec![
@@ -233,6 +233,28 @@ fn large_object_is_fragmented_and_reassembled_everywhere() {
             Op::Expect(Cond::HasObject("big".into()), secs(5)),
         ],
     ));
+    assert!(
+        sim.max_message_bytes() <= 1200,
+        "{}",
+        sim.max_message_bytes()
+    );
+}
+
+#[test]
+fn every_message_fits_a_minimum_quic_datagram() {
+    let plan = Plan {
+        seconds: secs(30),
+        writes_per_s: 5.0,
+        value_bytes: 900,
+        kill: 3,
+        slow: 1,
+        partition: Some((secs(10), secs(18))),
+    };
+    let mut config = SimConfig::lan(60, 31);
+    config.loss = 0.05;
+    let report = Sim::run_standard(config, &plan);
+    assert!(report.max_message_bytes <= 1200, "{report:?}");
+    assert_eq!(report.undelivered, 0, "{report:?}");
 }
 
 #[test]
