@@ -226,12 +226,7 @@ async fn put_object(
             &format!("objects are limited to {MAX_OBJECT} bytes"),
         );
     }
-    match api.driver.write(key, Some(body.to_vec())).await {
-        Ok(entry) => {
-            Json(json!({ "resourceVersion": k8s::resource_version(&entry) })).into_response()
-        }
-        Err(e) => gone(e),
-    }
+    write(&api, key, Some(body.to_vec())).await
 }
 
 async fn delete_object(
@@ -253,7 +248,12 @@ async fn delete_object(
         }
         Err(e) => return gone(e),
     }
-    match api.driver.write(key, None).await {
+    write(&api, key, None).await
+}
+
+/// Writes (or deletes) an object and answers with its new resource version once durable.
+async fn write(api: &Api, key: ObjectKey, value: Option<Vec<u8>>) -> Response {
+    match api.driver.write(key, value).await {
         Ok(entry) => {
             Json(json!({ "resourceVersion": k8s::resource_version(&entry) })).into_response()
         }

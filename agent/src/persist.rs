@@ -531,19 +531,7 @@ impl Db {
     /// Forgets `addr`; `false` if it was not known.
     #[cfg(test)]
     pub(crate) fn forget_peer(&mut self, addr: &str) -> Result<bool, PersistError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(self.storage("begin write peers"))?;
-        let removed = {
-            let mut table = txn.open_table(PEERS).map_err(self.storage("open peers"))?;
-            table
-                .remove(addr.as_bytes())
-                .map_err(self.storage("remove a peer"))?
-                .is_some()
-        };
-        self.commit(txn, "commit peers")?;
-        Ok(removed)
+        self.remove_row(PEERS, addr.as_bytes())
     }
 
     /// Forgets every peer last seen before `wall_ms` (including those never seen, at `0`), and
@@ -615,19 +603,7 @@ impl Db {
     #[cfg(test)]
     pub(crate) fn remove_meta(&mut self, name: &str) -> Result<bool, PersistError> {
         check_meta_name(name)?;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(self.storage("begin write meta"))?;
-        let removed = {
-            let mut table = txn.open_table(META).map_err(self.storage("open meta"))?;
-            table
-                .remove(name.as_bytes())
-                .map_err(self.storage("remove meta"))?
-                .is_some()
-        };
-        self.commit(txn, "commit meta")?;
-        Ok(removed)
+        self.remove_row(META, name.as_bytes())
     }
 
     /// One row of `table`, copied out.
@@ -650,6 +626,20 @@ impl Db {
             table.insert(key, value).map_err(self.storage("write"))?;
         }
         self.commit(txn, "commit")
+    }
+
+    /// Removes one row of `table` durably; `false` if it was not there.
+    #[cfg(test)]
+    fn remove_row(&mut self, table: Table, key: &[u8]) -> Result<bool, PersistError> {
+        let txn = self.db.begin_write().map_err(self.storage("begin write"))?;
+        let removed = {
+            let mut table = txn
+                .open_table(table)
+                .map_err(self.storage("open a table"))?;
+            table.remove(key).map_err(self.storage("remove"))?.is_some()
+        };
+        self.commit(txn, "commit")?;
+        Ok(removed)
     }
 
     fn commit(&mut self, txn: WriteTransaction, op: &'static str) -> Result<(), PersistError> {

@@ -299,17 +299,7 @@ impl<R: Rng> Node<R> {
                 self.stats.invalid_updates += 1;
             }
         }
-        self.members.clear();
-        let members: Vec<(NodeId, Entry)> = self
-            .store
-            .members()
-            .map(|(id, e)| (id, e.clone()))
-            .collect();
-        for (id, entry) in members {
-            if let Some(record) = entry.value.as_deref().and_then(MemberRecord::decode) {
-                self.set_member_view(id, &entry, record, now.mono);
-            }
-        }
+        self.rebuild_member_view(now.mono);
         self.synced = synced;
         if let Some(incarnation) = last_incarnation {
             self.incarnation = self.incarnation.max(incarnation + 1);
@@ -329,6 +319,13 @@ impl<R: Rng> Node<R> {
             // Not our current record: take ours (written just now, so it is the greater).
             let _ = self.store.merge(own, own_entry, MergeGuard::default());
         }
+        self.rebuild_member_view(now.mono);
+        self.synced = synced;
+        self.rebuild_live();
+    }
+
+    /// Rebuilds the view of members from the store's membership records.
+    fn rebuild_member_view(&mut self, now: Instant) {
         self.members.clear();
         let members: Vec<(NodeId, Entry)> = self
             .store
@@ -337,11 +334,9 @@ impl<R: Rng> Node<R> {
             .collect();
         for (id, entry) in members {
             if let Some(record) = entry.value.as_deref().and_then(MemberRecord::decode) {
-                self.set_member_view(id, &entry, record, now.mono);
+                self.set_member_view(id, &entry, record, now);
             }
         }
-        self.synced = synced;
-        self.rebuild_live();
     }
 
     /// Starts joining through any of `seeds` (addresses). Join requests are resent with
