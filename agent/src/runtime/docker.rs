@@ -1,0 +1,970 @@
+//! The Docker runtime: containers through the engine's API (bollard, over the unix socket).
+//!
+//! - **Engine**: `$DOCKER_HOST` when it is `unix://PATH`, else `/var/run/docker.sock`; the API
+//!   version is negotiated down to the engine's (Docker 20.10 speaks 1.41). Only unix sockets
+//!   are supported.
+//! - **Network**: a bridge network `shoal-<first 12 characters of the cluster id>`, created on
+//!   the first `start_pod` (labelled [`LABEL_CLUSTER`]) and shared by every agent of the cluster
+//!   on this engine. The first container of a pod is attached to it and gets the pod's IP; the
+//!   others join its network namespace (`network_mode: container:<first>`), as Kubernetes'
+//!   pause container does, so they reach each other on `localhost`. The network is never
+//!   removed by the runtime (tests remove theirs: [`DockerRuntime::remove_network`]).
+//! - **Containers** are named `shoal_<namespace>_<pod>_<container>_<uid>` and carry the labels
+//!   of the [module](super) plus the user's; `command` and `args` replace the image's
+//!   entrypoint and cmd; `POD_NAME` and `POD_NAMESPACE` are set, and the first container's
+//!   hostname is the pod's name. The json-file log driver is capped like the process runtime's
+//!   logs ([`RuntimeConfig::log_max_bytes`] x 2). CPU and memory limits are the engine's
+//!   (`NanoCpus`, `Memory`).
+//! - **Not done**: `POD_IP` is not in the containers' environment (the IP is allocated when the
+//!   first container starts; a server should bind `0.0.0.0`, the norm in a container); the
+//!   pod's IP may change when its first container restarts; no port is published on the host
+//!   (pods are reached at their IP on the shoal network); a timed-out exec's process is left
+//!   running (the engine cannot kill an exec).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
+    HostConfigLogConfig, NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+use tracing::{debug, info, warn};
+
+use super::{
+    ContainerInfo, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LABEL_CLUSTER,
+    LABEL_CONTAINER, LABEL_CONTAINER_INDEX, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
+    LABEL_SPEC_HASH, LogStream, PodInfo, PodSpec, Runtime, RuntimeConfig, RuntimeError,
+    RuntimeKind, parse_rfc3339_ms, validate_spec,
+};
+
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// Timeout of ordinary requests (the engine answers them in milliseconds).
+const REQUEST_TIMEOUT_S: u64 = 120;
+
+/// Where the engine is: `$DOCKER_HOST` (unix sockets only) or the default socket.
+fn socket_path() -> Result<String, RuntimeError> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
+            Some(path) => Ok(path.to_string()),
+            None if host.starts_with('/') => Ok(host),
+            None => Err(RuntimeError::EngineUnavailable {
+                endpoint: host,
+                reason: "only unix:// sockets are supported".to_string(),
+            }),
+        },
+        _ => Ok(DEFAULT_SOCKET.to_string()),
+    }
+}
+
+fn connect(timeout_s: u64) -> Result<Docker, RuntimeError> {
+    let path = socket_path()?;
+    if !Path::new(&path).exists() {
+        return Err(RuntimeError::EngineUnavailable {
+            endpoint: path,
+            reason: "no such socket".to_string(),
+        });
+    }
+    Docker::connect_with_unix(&path, timeout_s, bollard::API_DEFAULT_VERSION).map_err(|e| {
+        RuntimeError::EngineUnavailable {
+            endpoint: path,
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Whether a Docker engine answers within two seconds (for `--runtime`'s default).
+pub async fn docker_available() -> bool {
+    let Ok(docker) = connect(2) else { return false };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), docker.ping()).await,
+        Ok(Ok(_))
+    )
+}
+
+fn status_code(err: &DockerError) -> Option<u16> {
+    match err {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn is_not_found(err: &DockerError) -> bool {
+    status_code(err) == Some(404)
+}
+
+/// The engine's own message, without bollard's "Docker responded with status code" prefix.
+fn engine_message(err: &DockerError) -> String {
+    match err {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        DockerError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Docker container names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn name_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// A hostname from a pod name: at most 63 characters of `[a-z0-9-]`.
+fn hostname(pod_name: &str) -> String {
+    let h: String = pod_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let h = h.trim_matches('-');
+    if h.is_empty() {
+        "pod".to_string()
+    } else {
+        h.to_string()
+    }
+}
+
+/// Splits `repo[:tag]` (a digest is kept in the repository): Docker pulls every tag when the
+/// tag is empty, so it defaults to `latest`.
+fn split_image(image: &str) -> (String, String) {
+    if image.contains('@') {
+        return (image.to_string(), String::new());
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (
+            image[..last_slash + i].to_string(),
+            image[last_slash + i + 1..].to_string(),
+        ),
+        None => (image.to_string(), "latest".to_string()),
+    }
+}
+
+/// One of the pod's containers as found by its labels.
+#[derive(Clone, Debug)]
+struct Found {
+    id: String,
+    index: usize,
+    name: String,
+}
+
+/// The Docker runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    config: RuntimeConfig,
+    network: String,
+    network_ready: std::sync::Arc<OnceCell<()>>,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine and negotiates the API version.
+    pub async fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let docker = connect(REQUEST_TIMEOUT_S)?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| RuntimeError::EngineUnavailable {
+                endpoint: socket_path().unwrap_or_default(),
+                reason: "no answer within 10 s".to_string(),
+            })?
+            .map_err(|e| RuntimeError::EngineUnavailable {
+                endpoint: socket_path().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
+        let short: String = config
+            .cluster_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            .take(12)
+            .collect();
+        let network = format!(
+            "shoal-{}",
+            if short.is_empty() { "default" } else { &short }
+        );
+        info!(network = %network, api = %docker.client_version(), "docker runtime ready");
+        Ok(DockerRuntime {
+            docker,
+            config,
+            network,
+            network_ready: std::sync::Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// The shoal network's name.
+    pub fn network_name(&self) -> &str {
+        &self.network
+    }
+
+    /// The bollard client, for tests and tools.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Removes the shoal network (tests; the agent never does). A missing network is `Ok`.
+    pub async fn remove_network(&self) -> Result<(), RuntimeError> {
+        match self.docker.remove_network(&self.network).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(RuntimeError::engine(
+                format!("removing network {}", self.network),
+                e,
+            )),
+        }
+    }
+
+    async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        self.network_ready
+            .get_or_try_init(|| async {
+                match self.docker.inspect_network(&self.network, None).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => {
+                        return Err(RuntimeError::engine(
+                            format!("inspecting network {}", self.network),
+                            e,
+                        ));
+                    }
+                }
+                let request = NetworkCreateRequest {
+                    name: self.network.clone(),
+                    driver: Some("bridge".to_string()),
+                    labels: Some(HashMap::from([(
+                        LABEL_CLUSTER.to_string(),
+                        self.config.cluster_id.clone(),
+                    )])),
+                    ..Default::default()
+                };
+                match self.docker.create_network(request).await {
+                    Ok(_) => {
+                        info!(network = %self.network, "created the shoal network");
+                        Ok(())
+                    }
+                    // Another agent created it meanwhile.
+                    Err(e) if status_code(&e) == Some(409) => Ok(()),
+                    Err(e) => Err(RuntimeError::engine(
+                        format!("creating network {}", self.network),
+                        e,
+                    )),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    fn base_filters(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_CLUSTER}={}", self.config.cluster_id),
+                format!("{LABEL_NODE}={}", self.config.node_id),
+            ],
+        )])
+    }
+
+    /// This agent's containers (of one pod, or all), running or not.
+    async fn containers(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let mut filters = self.base_filters();
+        if let Some(uid) = pod_uid {
+            filters
+                .get_mut("label")
+                .expect("label filter")
+                .push(format!("{LABEL_POD_UID}={uid}"));
+        }
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| RuntimeError::engine("listing containers", e))
+    }
+
+    /// The pod's containers, in pod order.
+    async fn pod_containers(&self, pod_uid: &str) -> Result<Vec<Found>, RuntimeError> {
+        let mut found: Vec<Found> = self
+            .containers(Some(pod_uid))
+            .await?
+            .into_iter()
+            .filter_map(|s| {
+                let labels = s.labels.unwrap_or_default();
+                Some(Found {
+                    id: s.id?,
+                    index: labels
+                        .get(LABEL_CONTAINER_INDEX)
+                        .and_then(|i| i.parse().ok())
+                        .unwrap_or(usize::MAX),
+                    name: labels.get(LABEL_CONTAINER).cloned().unwrap_or_default(),
+                })
+            })
+            .collect();
+        found.sort_by_key(|f| f.index);
+        Ok(found)
+    }
+
+    async fn find_container(&self, pod_uid: &str, container: &str) -> Result<Found, RuntimeError> {
+        let found = self.pod_containers(pod_uid).await?;
+        if found.is_empty() {
+            return Err(RuntimeError::PodNotFound {
+                pod_uid: pod_uid.to_string(),
+            });
+        }
+        found
+            .into_iter()
+            .find(|f| f.name == container)
+            .ok_or_else(|| RuntimeError::ContainerNotFound {
+                pod_uid: pod_uid.to_string(),
+                container: container.to_string(),
+            })
+    }
+
+    /// A client whose request timeout outlasts a stop with this grace period.
+    fn client_for_grace(&self, grace: Duration) -> Docker {
+        self.docker
+            .clone()
+            .with_timeout(Duration::from_secs(REQUEST_TIMEOUT_S) + grace)
+    }
+
+    fn grace_secs(grace: Duration) -> i32 {
+        i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).unwrap_or(i32::MAX)
+    }
+
+    async fn stop_one(
+        &self,
+        docker: &Docker,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::new()
+            .t(Self::grace_secs(grace))
+            .build();
+        match docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(RuntimeError::engine(format!("stopping container {id}"), e)),
+        }
+    }
+
+    async fn remove_one(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 404: gone; 409: removal already in progress.
+            Err(e) if is_not_found(&e) || status_code(&e) == Some(409) => Ok(()),
+            Err(e) => Err(RuntimeError::engine(format!("removing container {id}"), e)),
+        }
+    }
+
+    fn container_body(
+        &self,
+        pod: &PodSpec,
+        spec: &ContainerSpec,
+        index: usize,
+        first_id: Option<&str>,
+    ) -> ContainerCreateBody {
+        let mut labels: HashMap<String, String> = pod
+            .labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with("io.shoal."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in [
+            (LABEL_CLUSTER, self.config.cluster_id.as_str()),
+            (LABEL_NODE, self.config.node_id.as_str()),
+            (LABEL_NAMESPACE, pod.namespace.as_str()),
+            (LABEL_POD, pod.name.as_str()),
+            (LABEL_POD_UID, pod.uid.as_str()),
+            (LABEL_CONTAINER, spec.name.as_str()),
+            (LABEL_SPEC_HASH, pod.spec_hash.as_str()),
+        ] {
+            labels.insert(k.to_string(), v.to_string());
+        }
+        labels.insert(LABEL_CONTAINER_INDEX.to_string(), index.to_string());
+
+        // Shoal's variables first; the spec's win (the engine keeps the last of duplicates,
+        // but we dedupe so `inspect` shows one value).
+        let mut env: Vec<(String, String)> = vec![
+            ("POD_NAME".to_string(), pod.name.clone()),
+            ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
+        ];
+        for (k, v) in &spec.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+
+        let log_max = self.config.log_max_bytes.max(1024);
+        let host_config = HostConfig {
+            network_mode: Some(match first_id {
+                None => self.network.clone(),
+                Some(first) => format!("container:{first}"),
+            }),
+            memory: spec
+                .memory_limit_bytes
+                .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            nano_cpus: spec
+                .cpu_millis_limit
+                .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_string()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), format!("{}k", log_max / 1024)),
+                    ("max-file".to_string(), "2".to_string()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: spec.working_dir.clone(),
+            // A hostname conflicts with joining another container's namespaces.
+            hostname: first_id.is_none().then(|| hostname(&pod.name)),
+            // The pod's ports are the first container's (the others cannot expose any).
+            exposed_ports: first_id.is_none().then(|| {
+                pod.containers
+                    .iter()
+                    .flat_map(|c| &c.ports)
+                    .map(|(port, proto)| format!("{port}/{}", proto.as_str()))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            }),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    async fn create_and_start(
+        &self,
+        pod: &PodSpec,
+        spec: &ContainerSpec,
+        index: usize,
+        first_id: Option<&str>,
+        created: &mut Vec<String>,
+    ) -> Result<String, RuntimeError> {
+        let name = format!(
+            "shoal_{}_{}_{}_{}",
+            name_part(&pod.namespace),
+            name_part(&pod.name),
+            name_part(&spec.name),
+            name_part(&pod.uid)
+        );
+        let body = self.container_body(pod, spec, index, first_id);
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let id = match self.docker.create_container(Some(options), body).await {
+            Ok(response) => response.id,
+            Err(e) if is_not_found(&e) && engine_message(&e).contains("image") => {
+                return Err(RuntimeError::ImageNotPresent {
+                    image: spec.image.clone(),
+                });
+            }
+            Err(e) => {
+                return Err(RuntimeError::engine(
+                    format!("creating container {:?} of pod {}", spec.name, pod.uid),
+                    e,
+                ));
+            }
+        };
+        created.push(id.clone());
+        self.docker.start_container(&id, None).await.map_err(|e| {
+            RuntimeError::engine(
+                format!("starting container {:?} of pod {}", spec.name, pod.uid),
+                e,
+            )
+        })?;
+        debug!(pod = %pod.uid, container = %spec.name, id = %id, "container started");
+        Ok(id)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(response) => Ok(Some(response)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(RuntimeError::engine(
+                format!("inspecting container {id}"),
+                e,
+            )),
+        }
+    }
+
+    fn container_state(inspect: &ContainerInspectResponse) -> ContainerState {
+        let Some(state) = &inspect.state else {
+            return ContainerState::Unknown {
+                detail: "no state".to_string(),
+            };
+        };
+        let started = state.started_at.as_deref().and_then(parse_rfc3339_ms);
+        let finished = state.finished_at.as_deref().and_then(parse_rfc3339_ms);
+        match state.status {
+            Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
+            Some(
+                ContainerStateStatusEnum::RUNNING
+                | ContainerStateStatusEnum::PAUSED
+                | ContainerStateStatusEnum::RESTARTING,
+            ) => ContainerState::Running {
+                started_at_ms: started,
+            },
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                let code = state.exit_code.and_then(|c| i32::try_from(c).ok());
+                let message = state.error.clone().filter(|e| !e.is_empty());
+                let mut exited = ContainerState::exited(code, finished, message);
+                if state.oom_killed == Some(true) {
+                    if let ContainerState::Exited { reason, .. } = &mut exited {
+                        *reason = "OOMKilled".to_string();
+                    }
+                }
+                exited
+            }
+            other => ContainerState::Unknown {
+                detail: other.map_or_else(|| "no status".to_string(), |s| s.to_string()),
+            },
+        }
+    }
+
+    fn pod_ip(&self, inspect: &ContainerInspectResponse) -> Option<IpAddr> {
+        inspect
+            .network_settings
+            .as_ref()?
+            .networks
+            .as_ref()?
+            .get(&self.network)?
+            .ip_address
+            .as_deref()
+            .filter(|ip| !ip.is_empty())?
+            .parse()
+            .ok()
+    }
+
+    /// Reads the containers' labels and states into pods.
+    async fn collect_pods(
+        &self,
+        summaries: Vec<bollard::models::ContainerSummary>,
+    ) -> Result<Vec<PodInfo>, RuntimeError> {
+        let inspections = futures::future::join_all(
+            summaries
+                .iter()
+                .filter_map(|s| s.id.as_deref())
+                .map(|id| self.inspect(id)),
+        )
+        .await;
+        // uid -> (pod, containers with their index)
+        let mut pods: BTreeMap<String, (PodInfo, Vec<(usize, ContainerInfo)>)> = BTreeMap::new();
+        for inspection in inspections {
+            let Some(inspect) = inspection? else { continue };
+            let labels = inspect
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default();
+            let Some(uid) = labels.get(LABEL_POD_UID) else {
+                continue;
+            };
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            let index: usize = labels
+                .get(LABEL_CONTAINER_INDEX)
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(usize::MAX);
+            let entry = pods.entry(uid.clone()).or_insert_with(|| {
+                (
+                    PodInfo {
+                        uid: uid.clone(),
+                        namespace: label(LABEL_NAMESPACE),
+                        name: label(LABEL_POD),
+                        spec_hash: label(LABEL_SPEC_HASH),
+                        ip: None,
+                        containers: Vec::new(),
+                    },
+                    Vec::new(),
+                )
+            });
+            let state = Self::container_state(&inspect);
+            if index == 0 && matches!(state, ContainerState::Running { .. }) {
+                entry.0.ip = self.pod_ip(&inspect);
+            }
+            entry.1.push((
+                index,
+                ContainerInfo {
+                    name: label(LABEL_CONTAINER),
+                    image: inspect
+                        .config
+                        .as_ref()
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_default(),
+                    runtime_id: inspect.id.clone().unwrap_or_default(),
+                    state,
+                },
+            ));
+        }
+        Ok(pods
+            .into_values()
+            .map(|(mut pod, mut containers)| {
+                containers.sort_by_key(|(i, _)| *i);
+                pod.containers = containers.into_iter().map(|(_, c)| c).collect();
+                pod
+            })
+            .collect())
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    async fn ensure_image(
+        &self,
+        image: &str,
+        on_progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(RuntimeError::engine(format!("inspecting image {image}"), e));
+            }
+        }
+        let (repo, tag) = split_image(image);
+        info!(image, "pulling image");
+        on_progress(format!("pulling image {image}"));
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(&repo)
+            .tag(&tag)
+            .build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        // Layer id -> last status told, so progress is one line per change, not per byte.
+        let mut told: HashMap<String, String> = HashMap::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| RuntimeError::ImagePull {
+                image: image.to_string(),
+                reason: engine_message(&e),
+            })?;
+            if let Some(detail) = info.error_detail {
+                return Err(RuntimeError::ImagePull {
+                    image: image.to_string(),
+                    reason: detail
+                        .message
+                        .unwrap_or_else(|| "the engine gave no reason".to_string()),
+                });
+            }
+            if let Some(status) = info.status {
+                let id = info.id.unwrap_or_default();
+                if told.get(&id) != Some(&status) {
+                    let line = if id.is_empty() {
+                        status.clone()
+                    } else {
+                        format!("{id}: {status}")
+                    };
+                    on_progress(line);
+                    if told.len() < 1024 {
+                        told.insert(id, status);
+                    }
+                }
+            }
+        }
+        // The stream can end without an error and without the image (an engine quirk).
+        match self.docker.inspect_image(image).await {
+            Ok(_) => {
+                info!(image, "pulled image");
+                Ok(())
+            }
+            Err(e) => Err(RuntimeError::ImagePull {
+                image: image.to_string(),
+                reason: format!(
+                    "the pull ended but the image is missing: {}",
+                    engine_message(&e)
+                ),
+            }),
+        }
+    }
+
+    async fn start_pod(&self, pod: &PodSpec) -> Result<PodInfo, RuntimeError> {
+        validate_spec(pod)?;
+        if !self.pod_containers(&pod.uid).await?.is_empty() {
+            return Err(RuntimeError::PodExists {
+                pod_uid: pod.uid.clone(),
+            });
+        }
+        self.ensure_network().await?;
+        let mut created: Vec<String> = Vec::new();
+        let mut first_id: Option<String> = None;
+        for (index, spec) in pod.containers.iter().enumerate() {
+            match self
+                .create_and_start(pod, spec, index, first_id.as_deref(), &mut created)
+                .await
+            {
+                Ok(id) => {
+                    if first_id.is_none() {
+                        first_id = Some(id);
+                    }
+                }
+                Err(err) => {
+                    warn!(pod = %pod.uid, container = %spec.name, error = %err,
+                        "starting the pod failed; removing what was created");
+                    for id in created.iter().rev() {
+                        if let Err(e) = self.remove_one(id).await {
+                            warn!(pod = %pod.uid, id = %id, error = %e, "cleanup failed");
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, "pod started");
+        let summaries = self.containers(Some(&pod.uid)).await?;
+        self.collect_pods(summaries)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| RuntimeError::PodNotFound {
+                pod_uid: pod.uid.clone(),
+            })
+    }
+
+    async fn restart_container(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let target = self.find_container(pod_uid, container).await?;
+        let docker = self.client_for_grace(grace);
+        let options = || {
+            RestartContainerOptionsBuilder::new()
+                .t(Self::grace_secs(grace))
+                .build()
+        };
+        let mut ids = vec![target.id.clone()];
+        if target.index == 0 {
+            // The others live in the first container's network namespace, which a restart
+            // replaces: restart them too so they join the new one.
+            ids.extend(
+                self.pod_containers(pod_uid)
+                    .await?
+                    .into_iter()
+                    .filter(|f| f.index != 0)
+                    .map(|f| f.id),
+            );
+        }
+        for id in ids {
+            docker
+                .restart_container(&id, Some(options()))
+                .await
+                .map_err(|e| {
+                    RuntimeError::engine(
+                        format!("restarting container {container:?} of pod {pod_uid}"),
+                        e,
+                    )
+                })?;
+        }
+        info!(pod = %pod_uid, container, "container restarted");
+        Ok(())
+    }
+
+    async fn stop_pod(&self, pod_uid: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let found = self.pod_containers(pod_uid).await?;
+        let docker = self.client_for_grace(grace);
+        // The others first (in parallel), then the one owning the network namespace.
+        let (first, others): (Vec<Found>, Vec<Found>) =
+            found.into_iter().partition(|f| f.index == 0);
+        for result in
+            futures::future::join_all(others.iter().map(|f| self.stop_one(&docker, &f.id, grace)))
+                .await
+        {
+            result?;
+        }
+        for f in &first {
+            self.stop_one(&docker, &f.id, grace).await?;
+        }
+        debug!(pod = %pod_uid, "pod stopped");
+        Ok(())
+    }
+
+    async fn remove_pod(&self, pod_uid: &str) -> Result<(), RuntimeError> {
+        let found = self.pod_containers(pod_uid).await?;
+        for f in found.iter().rev() {
+            self.remove_one(&f.id).await?;
+        }
+        if !found.is_empty() {
+            info!(pod = %pod_uid, "pod removed");
+        }
+        Ok(())
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodInfo>, RuntimeError> {
+        let summaries = self.containers(None).await?;
+        self.collect_pods(summaries).await
+    }
+
+    async fn logs(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<LogStream, RuntimeError> {
+        let target = self.find_container(pod_uid, container).await?;
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let options = LogsOptionsBuilder::new()
+            .follow(follow)
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
+        let context = format!("reading the logs of container {container:?} of pod {pod_uid}");
+        let stream = self
+            .docker
+            .logs(&target.id, Some(options))
+            .map(move |item| match item {
+                Ok(
+                    LogOutput::StdOut { message }
+                    | LogOutput::StdErr { message }
+                    | LogOutput::Console { message }
+                    | LogOutput::StdIn { message },
+                ) => Ok(message),
+                Err(e) => Err(RuntimeError::engine(context.clone(), e)),
+            });
+        Ok(Box::pin(stream))
+    }
+
+    async fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        let target = self.find_container(pod_uid, container).await?;
+        let context = || format!("exec in container {container:?} of pod {pod_uid}");
+        let run = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    &target.id,
+                    CreateExecOptions {
+                        cmd: Some(command.to_vec()),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    if status_code(&e) == Some(409) {
+                        RuntimeError::ContainerNotRunning {
+                            pod_uid: pod_uid.to_string(),
+                            container: container.to_string(),
+                        }
+                    } else {
+                        RuntimeError::engine(context(), e)
+                    }
+                })?;
+            let mut output = Vec::new();
+            let mut truncated = false;
+            match self
+                .docker
+                .start_exec(&exec.id, None)
+                .await
+                .map_err(|e| RuntimeError::engine(context(), e))?
+            {
+                StartExecResults::Attached {
+                    output: mut out, ..
+                } => {
+                    while let Some(chunk) = out.next().await {
+                        let chunk = chunk.map_err(|e| RuntimeError::engine(context(), e))?;
+                        let bytes: &[u8] = chunk.as_ref();
+                        let room = EXEC_OUTPUT_LIMIT - output.len();
+                        if bytes.len() > room {
+                            truncated = true;
+                        }
+                        output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    }
+                }
+                StartExecResults::Detached => {}
+            }
+            // The exit code is set once the engine has seen the process end.
+            loop {
+                let inspect = self
+                    .docker
+                    .inspect_exec(&exec.id)
+                    .await
+                    .map_err(|e| RuntimeError::engine(context(), e))?;
+                if inspect.running != Some(true) {
+                    if let Some(code) = inspect.exit_code {
+                        return Ok(ExecResult {
+                            exit_code: i32::try_from(code).unwrap_or(-1),
+                            output,
+                            truncated,
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RuntimeError::ExecTimeout {
+                    container: container.to_string(),
+                    timeout,
+                })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names() {
+        assert_eq!(split_image("nginx"), ("nginx".into(), "latest".into()));
+        assert_eq!(split_image("nginx:1.25"), ("nginx".into(), "1.25".into()));
+        assert_eq!(
+            split_image("localhost:5000/a/b"),
+            ("localhost:5000/a/b".into(), "latest".into())
+        );
+        assert_eq!(
+            split_image("registry.invalid/nope:1"),
+            ("registry.invalid/nope".into(), "1".into())
+        );
+        assert_eq!(
+            split_image("x@sha256:abc"),
+            ("x@sha256:abc".into(), String::new())
+        );
+        assert_eq!(hostname("Web_0"), "web-0");
+        assert_eq!(name_part("a/b c"), "a-b-c");
+    }
+}

@@ -1,0 +1,804 @@
+//! Runtime drivers: what actually runs a pod's containers on this node.
+//!
+//! One trait, [`Runtime`], two implementations: [`DockerRuntime`] (containers through the Docker
+//! engine's API, with `bollard`) and [`ProcessRuntime`] (each container is a child process, for
+//! machines without Docker and for fast tests). [`AnyRuntime`] is the one the agent holds,
+//! chosen by `shoal agent --runtime docker|process` (default: docker when
+//! [`docker_available`]).
+//!
+//! # Role
+//!
+//! The reconciler is level-triggered: it compares the pods this node should run with what
+//! [`Runtime::list_pods`] reports and calls [`Runtime::start_pod`], [`Runtime::stop_pod`],
+//! [`Runtime::remove_pod`] and [`Runtime::restart_container`]. It owns restart policy, back-off,
+//! probes' scheduling and pod status. A runtime is a thin, honest driver: it does what it is
+//! told, reports what is there (including exited containers, with exit codes), and keeps no
+//! policy of its own. Its input is its own [`PodSpec`], independent of the manifest types.
+//!
+//! # Invariants
+//!
+//! - **A pod is found again after an agent restart.** Docker containers carry the labels
+//!   [`LABEL_CLUSTER`], [`LABEL_NODE`], [`LABEL_NAMESPACE`], [`LABEL_POD`], [`LABEL_POD_UID`],
+//!   [`LABEL_CONTAINER`], [`LABEL_SPEC_HASH`] (and [`LABEL_CONTAINER_INDEX`]); process pods live
+//!   in `<data_dir>/pods/<uid>/pod.json`. `list_pods` reports only this agent's pods (same cluster
+//!   id and node id), never another agent's on the same machine.
+//! - **`start_pod` is all or nothing**: when a container cannot be created or started, the ones
+//!   already started are removed and the error names the container.
+//! - **`stop_pod` and `remove_pod` are idempotent**: a pod that is not there is already stopped
+//!   and removed (`Ok`). `restart_container`, `logs` and `exec` on a missing pod or container
+//!   are [`RuntimeError::PodNotFound`] / [`RuntimeError::ContainerNotFound`].
+//! - **Stop is graceful, then forced**: SIGTERM, then SIGKILL after the grace period (Docker's
+//!   stop with a timeout; the whole process group for processes). `remove_pod` of a running pod
+//!   kills it at once: call `stop_pod` first for a graceful end.
+//! - **Bounded memory**: logs are streamed in chunks through bounded channels, exec output is
+//!   capped at [`EXEC_OUTPUT_LIMIT`], container logs on disk are capped and rotated
+//!   ([`RuntimeConfig::log_max_bytes`] x 2, for both runtimes).
+//!
+//! # What each runtime enforces, and what it does not
+//!
+//! | | Docker | Process |
+//! |---|---|---|
+//! | image | pulled when missing ([`Runtime::ensure_image`]), run | ignored: `command` is required ([`RuntimeError::MissingCommand`]) |
+//! | `command` / `args` | replace the image's entrypoint / cmd (Kubernetes' meaning) | `command ++ args` is executed |
+//! | network | a shoal bridge network `shoal-<cluster>`; the first container owns the pod's network namespace and IP, the others join it (`container:<first>`), so they reach each other on `localhost` | no isolation; the pod gets its own loopback address from 127.64.0.0/10 as `POD_IP`, and a process that binds `$POD_IP` never collides with another pod's ports |
+//! | pod IP | the first container's address on the shoal network (it may change when the first container restarts) | fixed for the pod's life, persisted |
+//! | env | spec env, plus `POD_NAME`, `POD_NAMESPACE`; hostname = pod name | spec env, plus `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME`, `PATH` (the agent's), `HOME` (the container's dir); nothing else of the agent's environment leaks in |
+//! | cpu / memory limits | enforced by the engine (`NanoCpus`, `Memory`); an OOM kill is reported as reason `OOMKilled` | **not enforced** (no cgroups without privileges): recorded and ignored |
+//! | filesystem | the image's | none: the working dir defaults to `<data_dir>/pods/<uid>/<container>/`; a relative `working_dir` is taken under it, an absolute one as is |
+//! | exit codes | the engine's | the real code while the agent is the parent; a process that ended while the agent was down (after a restart the agent is no longer its parent) is `Exited` with `exit_code: None` and reason `Unknown` |
+//! | exec | `docker exec` in the container | the command runs on the host with the container's env and working dir |
+//!
+//! See the [`docker`] and [`process`] modules for their details.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+pub mod docker;
+pub mod process;
+pub mod testing;
+
+#[cfg(test)]
+mod docker_tests;
+#[cfg(test)]
+mod process_tests;
+
+pub use docker::{DockerRuntime, docker_available};
+pub use process::ProcessRuntime;
+
+/// Label: the cluster id of the agent that created the container.
+pub const LABEL_CLUSTER: &str = "io.shoal.cluster";
+/// Label: the node id of the agent that created the container.
+pub const LABEL_NODE: &str = "io.shoal.node";
+/// Label: the pod's namespace.
+pub const LABEL_NAMESPACE: &str = "io.shoal.namespace";
+/// Label: the pod's name.
+pub const LABEL_POD: &str = "io.shoal.pod";
+/// Label: the pod incarnation's uid ([`PodSpec::uid`]).
+pub const LABEL_POD_UID: &str = "io.shoal.pod-uid";
+/// Label: the container's name within its pod.
+pub const LABEL_CONTAINER: &str = "io.shoal.container";
+/// Label: the container's position in the pod (0 owns the network namespace).
+pub const LABEL_CONTAINER_INDEX: &str = "io.shoal.container-index";
+/// Label: [`PodSpec::spec_hash`].
+pub const LABEL_SPEC_HASH: &str = "io.shoal.spec-hash";
+
+/// At most this many bytes of an exec's output are kept (the rest is read and dropped).
+pub const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// What a runtime is asked to run: one pod incarnation. The runtime's own input type,
+/// independent of the manifest module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSpec {
+    /// Unique id of this pod incarnation (made by the reconciler). Letters, digits, `.`, `_`
+    /// and `-` only, at most 128 bytes: it names a directory and goes into container names.
+    pub uid: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// Hash of the desired spec, so the reconciler can tell a pod is out of date.
+    pub spec_hash: String,
+    /// The containers, in order; the first owns the pod's network namespace under Docker.
+    pub containers: Vec<ContainerSpec>,
+    /// User labels, also put on the containers (keys under `io.shoal.` are reserved and
+    /// skipped).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One container of a [`PodSpec`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Name, unique within the pod (letters, digits, `.`, `_`, `-`; at most 63 bytes).
+    pub name: String,
+    /// Image reference (Docker only).
+    pub image: String,
+    /// Replaces the image's entrypoint (Docker); the program and its first arguments (process,
+    /// where it is required).
+    pub command: Vec<String>,
+    /// Replaces the image's cmd (Docker); more arguments (process).
+    pub args: Vec<String>,
+    /// Environment, in order; a later entry wins over an earlier one and over shoal's own.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// Ports the container listens on (informational: pods are reached at their IP).
+    pub ports: Vec<(u16, Protocol)>,
+    /// CPU limit in millicores (Docker only).
+    pub cpu_millis_limit: Option<u64>,
+    /// Memory limit in bytes (Docker only).
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// A port's protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Lower case, as Docker writes it (`8080/tcp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// A pod as the runtime sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    /// [`PodSpec::uid`].
+    pub uid: String,
+    /// [`PodSpec::namespace`].
+    pub namespace: String,
+    /// [`PodSpec::name`].
+    pub name: String,
+    /// [`PodSpec::spec_hash`].
+    pub spec_hash: String,
+    /// The pod's IP, when it has one (Docker: while the first container runs).
+    pub ip: Option<IpAddr>,
+    /// The containers, in the spec's order.
+    pub containers: Vec<ContainerInfo>,
+}
+
+impl PodInfo {
+    /// The container named `name`.
+    pub fn container(&self, name: &str) -> Option<&ContainerInfo> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Whether every container runs.
+    pub fn all_running(&self) -> bool {
+        self.containers
+            .iter()
+            .all(|c| matches!(c.state, ContainerState::Running { .. }))
+    }
+}
+
+/// One container as the runtime sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// [`ContainerSpec::name`].
+    pub name: String,
+    /// The image (Docker), or the program (process).
+    pub image: String,
+    /// The Docker container id, or the process id.
+    pub runtime_id: String,
+    /// Its state.
+    pub state: ContainerState,
+}
+
+/// A container's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running {
+        /// When it (last) started, Unix milliseconds.
+        started_at_ms: Option<u64>,
+    },
+    /// Ended.
+    Exited {
+        /// Exit code (128 + signal number when killed by a signal); `None` when unknown.
+        exit_code: Option<i32>,
+        /// When it ended, Unix milliseconds.
+        finished_at_ms: Option<u64>,
+        /// `Completed` (code 0), `Error`, `OOMKilled`, or `Unknown` (exit code unknown).
+        reason: String,
+        /// More detail, if any (the engine's error, how the process ended).
+        message: Option<String>,
+    },
+    /// Something the runtime cannot classify (Docker's `removing`, say).
+    Unknown {
+        /// What the runtime saw.
+        detail: String,
+    },
+}
+
+impl ContainerState {
+    /// `Exited` from an exit code, with Kubernetes' reasons.
+    pub(crate) fn exited(
+        exit_code: Option<i32>,
+        finished_at_ms: Option<u64>,
+        message: Option<String>,
+    ) -> Self {
+        let reason = match exit_code {
+            Some(0) => "Completed",
+            Some(_) => "Error",
+            None => "Unknown",
+        };
+        ContainerState::Exited {
+            exit_code,
+            finished_at_ms,
+            reason: reason.to_string(),
+            message,
+        }
+    }
+}
+
+/// What an exec returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecResult {
+    /// The command's exit code.
+    pub exit_code: i32,
+    /// Its stdout then stderr (Docker: interleaved as written), at most [`EXEC_OUTPUT_LIMIT`]
+    /// bytes.
+    pub output: Vec<u8>,
+    /// Whether output beyond the limit was dropped.
+    pub truncated: bool,
+}
+
+/// A container's log, as chunks of bytes (stdout and stderr together).
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Send>>;
+
+/// Which runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// The Docker engine.
+    Docker,
+    /// Plain child processes.
+    Process,
+}
+
+impl RuntimeKind {
+    /// `docker` or `process`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Process => "process",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RuntimeKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "docker" => Ok(RuntimeKind::Docker),
+            "process" => Ok(RuntimeKind::Process),
+            other => Err(format!(
+                "unknown runtime {other:?}: expected docker or process"
+            )),
+        }
+    }
+}
+
+/// How a runtime is set up.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The cluster's id: labels, and the Docker network's name (`shoal-<first 12 characters>`).
+    pub cluster_id: String,
+    /// This node's id: labels, so agents sharing an engine never take each other's pods.
+    pub node_id: String,
+    /// The agent's data dir; the process runtime keeps `pods/<uid>/` in it.
+    pub data_dir: PathBuf,
+    /// Size at which a container's log file is rotated; one rotated file is kept.
+    pub log_max_bytes: u64,
+}
+
+impl RuntimeConfig {
+    /// A config with the default log cap (10 MiB x 2).
+    pub fn new(
+        cluster_id: impl Into<String>,
+        node_id: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
+        RuntimeConfig {
+            cluster_id: cluster_id.into(),
+            node_id: node_id.into(),
+            data_dir: data_dir.into(),
+            log_max_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// What went wrong in a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image could not be pulled (an `ImagePullBackOff` for the pod).
+    #[error("pulling image {image:?} failed: {reason}")]
+    ImagePull {
+        /// The image.
+        image: String,
+        /// Why, in the engine's words.
+        reason: String,
+    },
+    /// The image is not on this node (call `ensure_image` first).
+    #[error("image {image:?} is not present on this node")]
+    ImageNotPresent {
+        /// The image.
+        image: String,
+    },
+    /// A container has no command, which the process runtime needs.
+    #[error(
+        "container {container:?}: the process runtime needs a command (images are not run without Docker)"
+    )]
+    MissingCommand {
+        /// The container.
+        container: String,
+    },
+    /// The spec cannot be run as given.
+    #[error("invalid pod spec: {0}")]
+    InvalidSpec(String),
+    /// A pod with this uid already exists.
+    #[error("pod {pod_uid} already exists")]
+    PodExists {
+        /// The pod's uid.
+        pod_uid: String,
+    },
+    /// No pod with this uid.
+    #[error("pod {pod_uid} not found")]
+    PodNotFound {
+        /// The pod's uid.
+        pod_uid: String,
+    },
+    /// No such container in the pod.
+    #[error("container {container:?} not found in pod {pod_uid}")]
+    ContainerNotFound {
+        /// The pod's uid.
+        pod_uid: String,
+        /// The container.
+        container: String,
+    },
+    /// The container does not run (exec needs a running container).
+    #[error("container {container:?} of pod {pod_uid} is not running")]
+    ContainerNotRunning {
+        /// The pod's uid.
+        pod_uid: String,
+        /// The container.
+        container: String,
+    },
+    /// A process could not be started.
+    #[error("container {container:?}: cannot run {program:?}: {source}")]
+    Spawn {
+        /// The container.
+        container: String,
+        /// The program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An exec did not finish in time (the Docker exec's process may still run; a process
+    /// runtime exec is killed).
+    #[error("exec in container {container:?} timed out after {timeout:?}")]
+    ExecTimeout {
+        /// The container.
+        container: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// No pod IP left to give (the process runtime's 127.64.0.0/10 is full).
+    #[error("no free pod IP in {0}")]
+    NoFreeIp(&'static str),
+    /// No Docker engine can be reached.
+    #[error("no Docker engine reachable at {endpoint}: {reason}")]
+    EngineUnavailable {
+        /// Where we looked.
+        endpoint: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The Docker engine refused or failed a request.
+    #[error("{context}: {source}")]
+    Engine {
+        /// What we were doing.
+        context: String,
+        /// The engine's (or transport's) error.
+        source: bollard::errors::Error,
+    },
+    /// A file or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn engine(context: impl Into<String>, source: bollard::errors::Error) -> Self {
+        RuntimeError::Engine {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether this is a "not found" of a pod or container.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::PodNotFound { .. } | RuntimeError::ContainerNotFound { .. }
+        )
+    }
+}
+
+/// A runtime driver. Methods return `Send` futures, so an `Arc<AnyRuntime>` can be used from
+/// any task.
+pub trait Runtime: Send + Sync {
+    /// Which runtime this is.
+    fn kind(&self) -> RuntimeKind;
+
+    /// Makes sure `image` is on this node: Docker pulls it when missing, telling progress to
+    /// `on_progress` (one line per layer and status change); a failed pull is
+    /// [`RuntimeError::ImagePull`] with the engine's reason. The process runtime has nothing to
+    /// do.
+    fn ensure_image(
+        &self,
+        image: &str,
+        on_progress: &mut (dyn FnMut(String) + Send),
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates and starts every container of the pod, in order, and reports the pod (with its
+    /// IP). All or nothing.
+    fn start_pod(
+        &self,
+        pod: &PodSpec,
+    ) -> impl Future<Output = Result<PodInfo, RuntimeError>> + Send;
+
+    /// Stops the container (SIGTERM, SIGKILL after `grace`) if it runs, and starts it again.
+    /// Under Docker, restarting the first container restarts the others too, so they join its
+    /// new network namespace.
+    fn restart_container(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Stops every container of the pod: SIGTERM, then SIGKILL after `grace`. The containers
+    /// stay (as exited) until [`Runtime::remove_pod`]. A missing pod is `Ok`.
+    fn stop_pod(
+        &self,
+        pod_uid: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes the pod's containers (killing any still running) and its state. A missing pod is
+    /// `Ok`.
+    fn remove_pod(&self, pod_uid: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// This agent's pods (same cluster and node), exited containers included.
+    fn list_pods(&self) -> impl Future<Output = Result<Vec<PodInfo>, RuntimeError>> + Send;
+
+    /// A container's log (stdout and stderr): the last `tail` lines (all when `None`), then,
+    /// with `follow`, what it writes until it ends.
+    fn logs(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> impl Future<Output = Result<LogStream, RuntimeError>> + Send;
+
+    /// Runs `command` in a running container (for exec probes), waiting at most `timeout`.
+    fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecResult, RuntimeError>> + Send;
+}
+
+/// The runtime the agent holds: one of the two.
+pub enum AnyRuntime {
+    /// Docker.
+    Docker(DockerRuntime),
+    /// Processes.
+    Process(ProcessRuntime),
+}
+
+impl AnyRuntime {
+    /// Connects to Docker or sets up the process runtime. Must be called within a tokio
+    /// runtime (the process runtime starts a log rotation task).
+    pub async fn new(kind: RuntimeKind, config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        Ok(match kind {
+            RuntimeKind::Docker => AnyRuntime::Docker(DockerRuntime::new(config).await?),
+            RuntimeKind::Process => AnyRuntime::Process(ProcessRuntime::new(config)?),
+        })
+    }
+
+    /// The default for `--runtime`: Docker when an engine answers quickly, else processes.
+    pub async fn default_kind() -> RuntimeKind {
+        if docker_available().await {
+            RuntimeKind::Docker
+        } else {
+            RuntimeKind::Process
+        }
+    }
+}
+
+impl Runtime for AnyRuntime {
+    fn kind(&self) -> RuntimeKind {
+        match self {
+            AnyRuntime::Docker(r) => r.kind(),
+            AnyRuntime::Process(r) => r.kind(),
+        }
+    }
+
+    async fn ensure_image(
+        &self,
+        image: &str,
+        on_progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.ensure_image(image, on_progress).await,
+            AnyRuntime::Process(r) => r.ensure_image(image, on_progress).await,
+        }
+    }
+
+    async fn start_pod(&self, pod: &PodSpec) -> Result<PodInfo, RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.start_pod(pod).await,
+            AnyRuntime::Process(r) => r.start_pod(pod).await,
+        }
+    }
+
+    async fn restart_container(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.restart_container(pod_uid, container, grace).await,
+            AnyRuntime::Process(r) => r.restart_container(pod_uid, container, grace).await,
+        }
+    }
+
+    async fn stop_pod(&self, pod_uid: &str, grace: Duration) -> Result<(), RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.stop_pod(pod_uid, grace).await,
+            AnyRuntime::Process(r) => r.stop_pod(pod_uid, grace).await,
+        }
+    }
+
+    async fn remove_pod(&self, pod_uid: &str) -> Result<(), RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.remove_pod(pod_uid).await,
+            AnyRuntime::Process(r) => r.remove_pod(pod_uid).await,
+        }
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodInfo>, RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.list_pods().await,
+            AnyRuntime::Process(r) => r.list_pods().await,
+        }
+    }
+
+    async fn logs(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<LogStream, RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.logs(pod_uid, container, follow, tail).await,
+            AnyRuntime::Process(r) => r.logs(pod_uid, container, follow, tail).await,
+        }
+    }
+
+    async fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.exec(pod_uid, container, command, timeout).await,
+            AnyRuntime::Process(r) => r.exec(pod_uid, container, command, timeout).await,
+        }
+    }
+}
+
+/// Checks what both runtimes need of a spec: a safe uid, at least one container, unique and
+/// safe container names.
+pub(crate) fn validate_spec(pod: &PodSpec) -> Result<(), RuntimeError> {
+    if !is_safe_name(&pod.uid, 128) {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "pod uid {:?} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'",
+            pod.uid
+        )));
+    }
+    if pod.name.is_empty() || pod.namespace.is_empty() {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "pod {:?} in namespace {:?}: name and namespace must not be empty",
+            pod.name, pod.namespace
+        )));
+    }
+    if pod.containers.is_empty() {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "pod {}/{} has no containers",
+            pod.namespace, pod.name
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &pod.containers {
+        if !is_safe_name(&c.name, 63) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "container name {:?} must be 1-63 letters, digits, '.', '_' or '-', not starting with '.'",
+                c.name
+            )));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "pod {}/{} has two containers named {:?}",
+                pod.namespace, pod.name, c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Letters, digits, `.`, `_`, `-`; not empty, not starting with `.`, at most `max` bytes.
+pub(crate) fn is_safe_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Parses an RFC 3339 UTC time as Docker writes it (`2024-05-01T12:34:56.123456789Z`) into
+/// Unix milliseconds; `None` for Docker's zero time (year 1) or anything else.
+pub(crate) fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> { s.get(range)?.parse().ok() };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        let ms_digits: String = frac[..digits]
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect();
+        millis = ms_digits.parse().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_s = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_s;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T12:34:56.123456789Z"),
+            Some(1_714_566_896_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T14:34:56.5+02:00"),
+            Some(1_714_566_896_500)
+        );
+        assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339_ms("garbage"), None);
+    }
+
+    #[test]
+    fn spec_validation() {
+        let mut pod = PodSpec {
+            uid: "u1".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            spec_hash: "h".into(),
+            containers: vec![ContainerSpec {
+                name: "c".into(),
+                ..Default::default()
+            }],
+            labels: BTreeMap::new(),
+        };
+        validate_spec(&pod).unwrap();
+        pod.uid = "../x".into();
+        assert!(validate_spec(&pod).is_err());
+        pod.uid = "u1".into();
+        pod.containers.push(pod.containers[0].clone());
+        let err = validate_spec(&pod).unwrap_err().to_string();
+        assert!(err.contains("two containers named \"c\""), "{err}");
+        assert_eq!(
+            "docker".parse::<RuntimeKind>().unwrap(),
+            RuntimeKind::Docker
+        );
+        assert!("podman".parse::<RuntimeKind>().is_err());
+    }
+}

@@ -1,0 +1,1107 @@
+//! The process runtime: each container is a child process of the agent.
+//!
+//! For machines without Docker and for fast tests. Linux only (it reads `/proc`).
+//!
+//! **State.** Each pod has a directory `<data_dir>/pods/<uid>/` holding `pod.json` (the spec,
+//! the pod's IP, and per container the pid, the process's start time in clock ticks since boot
+//! from `/proc/<pid>/stat`, which tells a reused pid apart, and the exit once known), one log
+//! `<container>.log` per container and a working directory `containers/<container>/`.
+//! `pod.json` is replaced atomically (write, then rename) and only under one lock, so the
+//! waiters that record exits and the calls that start and stop never lose each other's
+//! changes.
+//!
+//! **Processes.** `command ++ args` runs with a clean environment (the spec's env plus
+//! `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME=<pod name>`, the agent's `PATH` and `HOME`
+//! = the container's working directory; nothing else of the agent's, so no cluster key leaks),
+//! stdin from `/dev/null`, stdout and stderr appended to its log, in its own process group
+//! (`process_group(0)`). Stop sends SIGTERM to the group, waits for the main process up to the
+//! grace period, then SIGKILLs the group. When the main process ends by itself, what it left in
+//! its group is SIGKILLed too, as when a container's PID 1 ends.
+//!
+//! **Agent restarts.** The children write straight into their log files (no pipe to the
+//! agent), so they survive the agent, even `kill -9` of it: they keep running in their own
+//! process groups. A new runtime finds them from the pod directories: a recorded pid that is
+//! alive with the recorded start time is `Running`. A process that ended while the agent was
+//! down, or after a restart (the agent is then no longer its parent, so the kernel gives its
+//! exit status to init), is reported `Exited` with `exit_code: None` and reason `Unknown`: the
+//! code is lost. A wrapper process that writes the code to a file would keep it, but it would
+//! sit between the agent and the container (signals to forward, one more process per
+//! container, a helper binary to ship) for a number the reconciler only uses to pick a reason;
+//! we chose not to.
+//!
+//! **Pod IPs.** Each pod gets an address of 127.64.0.0/10 (on Linux all of 127.0.0.0/8 reaches
+//! the loopback interface, without privileges): derived from the uid (FNV-1a), skipping
+//! addresses ending in .0 or .255, those of this runtime's other pods and those any socket on
+//! the machine is bound to (from `/proc/net/{tcp,udp}`, so two agents on one machine rarely
+//! collide), and persisted in `pod.json`. Replicas that bind `$POD_IP` never collide on ports.
+//!
+//! **Logs** are capped: a background task copies a log over [`RuntimeConfig::log_max_bytes`]
+//! to `<container>.log.1` and truncates it (copy-truncate, as logrotate does, because the child
+//! holds the file open; a few bytes written during the copy can be lost, and a log can exceed
+//! the cap by what is written in the 2 s between checks).
+//!
+//! **Not enforced**: CPU and memory limits (no cgroups without privileges: recorded, ignored),
+//! filesystem isolation, the image, ports (informational).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{
+    ContainerInfo, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LogStream, PodInfo, PodSpec,
+    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, now_ms, validate_spec,
+};
+
+/// Pod IPs come from 127.64.0.0/10.
+const IP_BASE: Ipv4Addr = Ipv4Addr::new(127, 64, 0, 0);
+const IP_BITS: u32 = 22;
+const IP_RANGE: &str = "127.64.0.0/10";
+const POD_FILE: &str = "pod.json";
+const FORMAT: u32 = 1;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const POLL: Duration = Duration::from_millis(20);
+const LOG_CHUNK: usize = 64 * 1024;
+const ROTATE_EVERY: Duration = Duration::from_secs(2);
+const UNKNOWN_EXIT: &str = "the process ended while the agent was not its parent (the agent restarted since it started), so its exit code is unknown";
+
+/// `pod.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PodRecord {
+    format: u32,
+    cluster_id: String,
+    node_id: String,
+    spec: PodSpec,
+    ip: Ipv4Addr,
+    created_at_ms: u64,
+    containers: Vec<ContainerRecord>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ContainerRecord {
+    name: String,
+    /// The main process, once started.
+    pid: Option<u32>,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    start_ticks: Option<u64>,
+    started_at_ms: Option<u64>,
+    /// Set once the process is known to have ended.
+    exit: Option<ExitRecord>,
+    restarts: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ExitRecord {
+    code: Option<i32>,
+    finished_at_ms: u64,
+    message: Option<String>,
+}
+
+/// What `/proc/<pid>/stat` tells.
+struct ProcStat {
+    state: u8,
+    start_ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
+    let after = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(ProcStat {
+        state: *fields.first()?.as_bytes().first()?,
+        // Field 22 overall; `after` starts at field 3.
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Whether `pid` is alive (not a zombie) and, when known, started at `start_ticks`.
+fn is_running(pid: u32, start_ticks: Option<u64>) -> bool {
+    proc_stat(pid).is_some_and(|s| {
+        s.state != b'Z' && s.state != b'X' && start_ticks.is_none_or(|t| t == s.start_ticks)
+    })
+}
+
+/// Signals the process group led (once) by `pid`, unless `pid` now names another process: then
+/// our group is empty (Linux gives no process a pid still used as a group id), and the group
+/// of that id is someone else's.
+fn signal_group(pid: u32, start_ticks: Option<u64>, signal: Signal) {
+    if let (Some(stat), Some(ticks)) = (proc_stat(pid), start_ticks) {
+        if stat.state != b'Z' && stat.start_ticks != ticks {
+            return;
+        }
+    }
+    let Ok(pgid) = i32::try_from(pid) else { return };
+    match killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => warn!(pid, ?signal, error = %e, "signalling a process group failed"),
+    }
+}
+
+/// IPv4 addresses some socket on this machine is bound to.
+fn host_bound_ips() -> HashSet<Ipv4Addr> {
+    let mut ips = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/udp"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let Some(local) = line.split_whitespace().nth(1) else {
+                continue;
+            };
+            let Some((hex_ip, _port)) = local.split_once(':') else {
+                continue;
+            };
+            if let Ok(raw) = u32::from_str_radix(hex_ip, 16) {
+                // The kernel prints the network-order address as a host-order integer.
+                ips.insert(Ipv4Addr::from(raw.to_ne_bytes()));
+            }
+        }
+    }
+    ips
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The pod's address: derived from the uid, the first free one from there on.
+fn allocate_ip(uid: &str, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let size = 1u32 << IP_BITS;
+    let h = fnv1a(uid.as_bytes());
+    let start = ((h ^ (h >> 32)) as u32) % size;
+    (0..size)
+        .map(|probe| Ipv4Addr::from_bits(IP_BASE.to_bits() + (start + probe) % size))
+        .find(|ip| {
+            let last = ip.octets()[3];
+            last != 0 && last != 255 && !taken.contains(ip)
+        })
+}
+
+/// Copy-truncate rotation of every container log over `max` bytes under `pods_dir`.
+fn rotate_logs(pods_dir: &Path, max: u64) {
+    let Ok(pods) = std::fs::read_dir(pods_dir) else {
+        return;
+    };
+    for pod in pods.flatten() {
+        let Ok(files) = std::fs::read_dir(pod.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            if file.metadata().map(|m| m.len()).unwrap_or(0) <= max {
+                continue;
+            }
+            let rotated = path.with_extension("log.1");
+            let result = std::fs::copy(&path, &rotated).and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(0)
+            });
+            match result {
+                Ok(()) => debug!(log = %path.display(), "rotated"),
+                Err(e) => warn!(log = %path.display(), error = %e, "rotating a log failed"),
+            }
+        }
+    }
+}
+
+/// Reads `reader` to its end, keeping at most `limit` bytes; returns (kept, truncated).
+async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>, limit: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let Some(mut reader) = reader else {
+        return (kept, truncated);
+    };
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = limit - kept.len();
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+/// The byte offset, in the concatenation of `files` (path, length), where the last `lines`
+/// lines start. A final newline does not start a line.
+fn tail_offset(files: &[(PathBuf, u64)], lines: usize) -> std::io::Result<u64> {
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    if lines == 0 {
+        return Ok(total);
+    }
+    let mut count = 0;
+    let mut end = total;
+    while end > 0 {
+        let start = end.saturating_sub(LOG_CHUNK as u64);
+        let block = read_span(files, start, end)?;
+        for (i, &b) in block.iter().enumerate().rev() {
+            let at = start + i as u64;
+            if b == b'\n' && at + 1 != total {
+                count += 1;
+                if count == lines {
+                    return Ok(at + 1);
+                }
+            }
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Bytes `start..end` of the concatenation of `files`.
+fn read_span(files: &[(PathBuf, u64)], start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity((end - start) as usize);
+    let mut base = 0;
+    for (path, len) in files {
+        let (from, to) = (start.max(base), end.min(base + len));
+        if from < to {
+            let mut file = std::fs::File::open(path)?;
+            file.seek(SeekFrom::Start(from - base))?;
+            let mut part = Vec::new();
+            file.take(to - from).read_to_end(&mut part)?;
+            // A file that shrank meanwhile (rotation) reads short: pad so offsets stay right.
+            part.resize((to - from) as usize, 0);
+            out.extend_from_slice(&part);
+        }
+        base += len;
+    }
+    Ok(out)
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    pods_dir: PathBuf,
+    /// Serialises every read-modify-write of `pod.json` and IP allocation.
+    lock: tokio::sync::Mutex<()>,
+    /// Children this instance spawned whose exit its waiter has not recorded yet.
+    owned: std::sync::Mutex<HashMap<u32, tokio::task::AbortHandle>>,
+}
+
+/// The process runtime. Dropping it stops its background tasks (as the agent going away
+/// would) but not the containers' processes.
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+    rotator: tokio::task::AbortHandle,
+}
+
+impl Drop for ProcessRuntime {
+    fn drop(&mut self) {
+        self.rotator.abort();
+        let owned =
+            std::mem::take(&mut *self.inner.owned.lock().unwrap_or_else(|e| e.into_inner()));
+        for waiter in owned.into_values() {
+            waiter.abort();
+        }
+    }
+}
+
+impl ProcessRuntime {
+    /// Sets up `<data_dir>/pods/` and starts the log rotation task. Must be called within a
+    /// tokio runtime.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let pods_dir = config.data_dir.join("pods");
+        std::fs::create_dir_all(&pods_dir)
+            .map_err(|e| RuntimeError::io(format!("creating {}", pods_dir.display()), e))?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+            RuntimeError::io(
+                "the process runtime needs a tokio runtime",
+                std::io::Error::other(e),
+            )
+        })?;
+        let rotator = {
+            let (dir, max) = (pods_dir.clone(), config.log_max_bytes.max(1024));
+            handle.spawn(async move {
+                let mut tick = tokio::time::interval(ROTATE_EVERY);
+                loop {
+                    tick.tick().await;
+                    let dir = dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || rotate_logs(&dir, max)).await;
+                }
+            })
+        };
+        info!(pods_dir = %pods_dir.display(), "process runtime ready");
+        Ok(ProcessRuntime {
+            inner: Arc::new(Inner {
+                config,
+                pods_dir,
+                lock: tokio::sync::Mutex::new(()),
+                owned: std::sync::Mutex::new(HashMap::new()),
+            }),
+            rotator: rotator.abort_handle(),
+        })
+    }
+
+    /// `<data_dir>/pods/<uid>/`.
+    pub fn pod_dir(&self, pod_uid: &str) -> PathBuf {
+        self.inner.pod_dir(pod_uid)
+    }
+
+    /// The container's log file.
+    pub fn log_path(&self, pod_uid: &str, container: &str) -> PathBuf {
+        self.inner.pod_dir(pod_uid).join(format!("{container}.log"))
+    }
+}
+
+impl Inner {
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    fn owns(&self, pid: u32) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&pid)
+    }
+
+    fn load(&self, uid: &str) -> Result<Option<PodRecord>, RuntimeError> {
+        if !super::is_safe_name(uid, 128) {
+            return Ok(None);
+        }
+        let path = self.pod_dir(uid).join(POD_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RuntimeError::io(format!("reading {}", path.display()), e)),
+        };
+        let record: PodRecord = serde_json::from_slice(&text).map_err(|e| {
+            RuntimeError::io(
+                format!("reading {}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        if record.cluster_id != self.config.cluster_id || record.node_id != self.config.node_id {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    fn save(&self, record: &PodRecord) -> Result<(), RuntimeError> {
+        let dir = self.pod_dir(&record.spec.uid);
+        let tmp = dir.join(format!("{POD_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| RuntimeError::io("encoding pod.json", std::io::Error::other(e)))?;
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, dir.join(POD_FILE)))
+            .map_err(|e| RuntimeError::io(format!("writing {}", dir.join(POD_FILE).display()), e))
+    }
+
+    /// Every pod of this agent; unreadable ones are logged and skipped.
+    fn load_all(&self) -> Vec<PodRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.pods_dir) else {
+            return Vec::new();
+        };
+        let mut records: Vec<PodRecord> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let uid = entry.file_name().to_string_lossy().into_owned();
+                match self.load(&uid) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        warn!(pod = %uid, error = %e, "skipping an unreadable pod directory");
+                        None
+                    }
+                }
+            })
+            .collect();
+        records.sort_by(|a, b| a.spec.uid.cmp(&b.spec.uid));
+        records
+    }
+
+    /// Records the end of processes that died without a waiter of ours to see it (they were
+    /// not our children); returns whether anything changed.
+    fn observe(&self, record: &mut PodRecord) -> bool {
+        let mut changed = false;
+        for c in &mut record.containers {
+            let Some(pid) = c.pid else { continue };
+            if c.exit.is_some() || is_running(pid, c.start_ticks) || self.owns(pid) {
+                continue;
+            }
+            signal_group(pid, c.start_ticks, Signal::SIGKILL);
+            info!(pod = %record.spec.uid, container = %c.name, pid, "container ended (exit code unknown)");
+            c.exit = Some(ExitRecord {
+                code: None,
+                finished_at_ms: now_ms(),
+                message: Some(UNKNOWN_EXIT.to_string()),
+            });
+            changed = true;
+        }
+        changed
+    }
+
+    fn info(&self, record: &PodRecord) -> PodInfo {
+        PodInfo {
+            uid: record.spec.uid.clone(),
+            namespace: record.spec.namespace.clone(),
+            name: record.spec.name.clone(),
+            spec_hash: record.spec.spec_hash.clone(),
+            ip: Some(IpAddr::V4(record.ip)),
+            containers: record
+                .containers
+                .iter()
+                .zip(&record.spec.containers)
+                .map(|(c, spec)| ContainerInfo {
+                    name: c.name.clone(),
+                    image: spec.command.first().cloned().unwrap_or_default(),
+                    runtime_id: c.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    state: match (&c.exit, c.pid) {
+                        (Some(exit), _) => ContainerState::exited(
+                            exit.code,
+                            Some(exit.finished_at_ms),
+                            exit.message.clone(),
+                        ),
+                        (None, None) => ContainerState::Created,
+                        (None, Some(_)) => ContainerState::Running {
+                            started_at_ms: c.started_at_ms,
+                        },
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn env(&self, record: &PodRecord, index: usize, workdir: &Path) -> Vec<(String, String)> {
+        let spec = &record.spec;
+        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string());
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), path),
+            ("HOME".into(), workdir.display().to_string()),
+            ("POD_IP".into(), record.ip.to_string()),
+            ("POD_NAME".into(), spec.name.clone()),
+            ("POD_NAMESPACE".into(), spec.namespace.clone()),
+            ("HOSTNAME".into(), spec.name.clone()),
+        ];
+        for (k, v) in &spec.containers[index].env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
+    fn workdir(&self, record: &PodRecord, index: usize) -> PathBuf {
+        let spec = &record.spec.containers[index];
+        let base = self
+            .pod_dir(&record.spec.uid)
+            .join("containers")
+            .join(&spec.name);
+        match &spec.working_dir {
+            Some(dir) if Path::new(dir).is_absolute() => PathBuf::from(dir),
+            Some(dir) => base.join(dir),
+            None => base,
+        }
+    }
+
+    /// Starts container `index` of the pod, records it and watches it. The caller holds the
+    /// lock and saves the record.
+    fn spawn(self: &Arc<Self>, record: &mut PodRecord, index: usize) -> Result<(), RuntimeError> {
+        let spec = &record.spec.containers[index];
+        let uid = record.spec.uid.clone();
+        let Some(program) = spec.command.first() else {
+            return Err(RuntimeError::MissingCommand {
+                container: spec.name.clone(),
+            });
+        };
+        let workdir = self.workdir(record, index);
+        if spec
+            .working_dir
+            .as_deref()
+            .is_some_and(|d| Path::new(d).is_absolute())
+        {
+            if !workdir.is_dir() {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "container {:?}: working directory {} does not exist on this node",
+                    spec.name,
+                    workdir.display()
+                )));
+            }
+        } else {
+            std::fs::create_dir_all(&workdir)
+                .map_err(|e| RuntimeError::io(format!("creating {}", workdir.display()), e))?;
+        }
+        let log_path = self.pod_dir(&uid).join(format!("{}.log", spec.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| RuntimeError::io(format!("opening {}", log_path.display()), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| RuntimeError::io(format!("opening {}", log_path.display()), e))?;
+        if spec.cpu_millis_limit.is_some() || spec.memory_limit_bytes.is_some() {
+            debug!(pod = %uid, container = %spec.name,
+                "cpu and memory limits are not enforced by the process runtime");
+        }
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&spec.command[1..])
+            .args(&spec.args)
+            .env_clear()
+            .envs(self.env(record, index, &workdir))
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn().map_err(|source| RuntimeError::Spawn {
+            container: spec.name.clone(),
+            program: program.clone(),
+            source,
+        })?;
+        let Some(pid) = child.id() else {
+            return Err(RuntimeError::Spawn {
+                container: spec.name.clone(),
+                program: program.clone(),
+                source: std::io::Error::other("the process ended before it could be watched"),
+            });
+        };
+        let start_ticks = proc_stat(pid).map(|s| s.start_ticks);
+        let name = spec.name.clone();
+        let c = &mut record.containers[index];
+        c.pid = Some(pid);
+        c.start_ticks = start_ticks;
+        c.started_at_ms = Some(now_ms());
+        c.exit = None;
+        info!(pod = %uid, container = %name, pid, ip = %record.ip, "container started");
+
+        // The waiter: records the exit code and kills what the process left in its group.
+        // Registered under the `owned` lock so it cannot finish before it is registered.
+        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = Arc::clone(self);
+        let waiter = tokio::spawn(async move {
+            let status = child.wait().await;
+            signal_group(pid, None, Signal::SIGKILL);
+            let (code, message) = match status {
+                Ok(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => (Some(code), None),
+                    (None, Some(sig)) => (
+                        Some(128 + sig),
+                        Some(format!(
+                            "killed by signal {}",
+                            Signal::try_from(sig)
+                                .map_or_else(|_| sig.to_string(), |s| s.to_string())
+                        )),
+                    ),
+                    (None, None) => (None, None),
+                },
+                Err(e) => (None, Some(format!("waiting for the process failed: {e}"))),
+            };
+            {
+                let _guard = inner.lock.lock().await;
+                match inner.load(&uid) {
+                    Ok(Some(mut record)) => {
+                        if let Some(c) = record
+                            .containers
+                            .iter_mut()
+                            .find(|c| c.name == name && c.pid == Some(pid) && c.exit.is_none())
+                        {
+                            c.exit = Some(ExitRecord {
+                                code,
+                                finished_at_ms: now_ms(),
+                                message,
+                            });
+                            if let Err(e) = inner.save(&record) {
+                                warn!(pod = %uid, container = %name, error = %e, "recording an exit failed");
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(pod = %uid, container = %name, error = %e, "recording an exit failed")
+                    }
+                }
+                inner
+                    .owned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&pid);
+            }
+            info!(pod = %uid, container = %name, pid, exit_code = ?code, "container exited");
+        });
+        owned.insert(pid, waiter.abort_handle());
+        Ok(())
+    }
+
+    /// Whether the container's process has ended and its end is (or will no more be) recorded
+    /// by a waiter of ours.
+    fn settled(&self, c: &ContainerRecord) -> bool {
+        match c.pid {
+            None => true,
+            Some(pid) => !self.owns(pid) && !is_running(pid, c.start_ticks),
+        }
+    }
+
+    /// SIGTERM to the containers' groups, SIGKILL after `grace`, then waits (a bounded time)
+    /// until the exits are recorded.
+    async fn stop_containers(&self, containers: &[ContainerRecord], grace: Duration) {
+        let running: Vec<&ContainerRecord> = containers
+            .iter()
+            .filter(|c| c.exit.is_none() && c.pid.is_some_and(|p| is_running(p, c.start_ticks)))
+            .collect();
+        for c in &running {
+            debug!(container = %c.name, pid = ?c.pid, "SIGTERM");
+            signal_group(c.pid.unwrap_or_default(), c.start_ticks, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline
+            && running
+                .iter()
+                .any(|c| c.pid.is_some_and(|p| is_running(p, c.start_ticks)))
+        {
+            tokio::time::sleep(POLL).await;
+        }
+        // The main processes are gone or out of time: kill what is left of their groups.
+        for c in &running {
+            signal_group(c.pid.unwrap_or_default(), c.start_ticks, Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !containers.iter().all(|c| self.settled(c)) {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn record_or_not_found(&self, uid: &str) -> Result<PodRecord, RuntimeError> {
+        let _guard = self.lock.lock().await;
+        self.load(uid)?.ok_or_else(|| RuntimeError::PodNotFound {
+            pod_uid: uid.to_string(),
+        })
+    }
+}
+
+fn container_index(record: &PodRecord, container: &str) -> Result<usize, RuntimeError> {
+    record
+        .containers
+        .iter()
+        .position(|c| c.name == container)
+        .ok_or_else(|| RuntimeError::ContainerNotFound {
+            pod_uid: record.spec.uid.clone(),
+            container: container.to_string(),
+        })
+}
+
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    async fn ensure_image(
+        &self,
+        _image: &str,
+        _on_progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn start_pod(&self, pod: &PodSpec) -> Result<PodInfo, RuntimeError> {
+        validate_spec(pod)?;
+        if let Some(c) = pod.containers.iter().find(|c| c.command.is_empty()) {
+            return Err(RuntimeError::MissingCommand {
+                container: c.name.clone(),
+            });
+        }
+        let inner = &self.inner;
+        let _guard = inner.lock.lock().await;
+        let dir = inner.pod_dir(&pod.uid);
+        if dir.exists() {
+            return Err(RuntimeError::PodExists {
+                pod_uid: pod.uid.clone(),
+            });
+        }
+        let mut taken = host_bound_ips();
+        taken.extend(inner.load_all().iter().map(|r| r.ip));
+        let ip = allocate_ip(&pod.uid, &taken).ok_or(RuntimeError::NoFreeIp(IP_RANGE))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+        let mut record = PodRecord {
+            format: FORMAT,
+            cluster_id: inner.config.cluster_id.clone(),
+            node_id: inner.config.node_id.clone(),
+            spec: pod.clone(),
+            ip,
+            created_at_ms: now_ms(),
+            containers: pod
+                .containers
+                .iter()
+                .map(|c| ContainerRecord {
+                    name: c.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let started = (0..pod.containers.len()).try_for_each(|index| {
+            inner.spawn(&mut record, index)?;
+            inner.save(&record)
+        });
+        if let Err(err) = started {
+            warn!(pod = %pod.uid, error = %err, "starting the pod failed; removing what was started");
+            for c in &record.containers {
+                if let Some(pid) = c.pid {
+                    signal_group(pid, c.start_ticks, Signal::SIGKILL);
+                }
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(pod = %pod.uid, error = %e, "removing the pod directory failed");
+            }
+            return Err(err);
+        }
+        info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ip = %ip, "pod started");
+        Ok(inner.info(&record))
+    }
+
+    async fn restart_container(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        let record = inner.record_or_not_found(pod_uid).await?;
+        let index = container_index(&record, container)?;
+        inner
+            .stop_containers(&record.containers[index..=index], grace)
+            .await;
+        let _guard = inner.lock.lock().await;
+        let mut record = inner
+            .load(pod_uid)?
+            .ok_or_else(|| RuntimeError::PodNotFound {
+                pod_uid: pod_uid.to_string(),
+            })?;
+        inner.observe(&mut record);
+        inner.spawn(&mut record, index)?;
+        record.containers[index].restarts += 1;
+        inner.save(&record)?;
+        info!(pod = %pod_uid, container, "container restarted");
+        Ok(())
+    }
+
+    async fn stop_pod(&self, pod_uid: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        let record = {
+            let _guard = inner.lock.lock().await;
+            match inner.load(pod_uid)? {
+                Some(record) => record,
+                None => return Ok(()),
+            }
+        };
+        inner.stop_containers(&record.containers, grace).await;
+        let _guard = inner.lock.lock().await;
+        if let Some(mut record) = inner.load(pod_uid)? {
+            if inner.observe(&mut record) {
+                inner.save(&record)?;
+            }
+        }
+        debug!(pod = %pod_uid, "pod stopped");
+        Ok(())
+    }
+
+    async fn remove_pod(&self, pod_uid: &str) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        let record = {
+            let _guard = inner.lock.lock().await;
+            match inner.load(pod_uid)? {
+                Some(record) => record,
+                None => return Ok(()),
+            }
+        };
+        inner
+            .stop_containers(&record.containers, Duration::ZERO)
+            .await;
+        let _guard = inner.lock.lock().await;
+        let dir = inner.pod_dir(pod_uid);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
+        }
+        info!(pod = %pod_uid, "pod removed");
+        Ok(())
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodInfo>, RuntimeError> {
+        let inner = &self.inner;
+        let _guard = inner.lock.lock().await;
+        let mut pods = Vec::new();
+        for mut record in inner.load_all() {
+            if inner.observe(&mut record) {
+                inner.save(&record)?;
+            }
+            pods.push(inner.info(&record));
+        }
+        Ok(pods)
+    }
+
+    async fn logs(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<LogStream, RuntimeError> {
+        let record = self.inner.record_or_not_found(pod_uid).await?;
+        let index = container_index(&record, container)?;
+        let c = &record.containers[index];
+        let live = self.log_path(pod_uid, container);
+        let rotated = live.with_extension("log.1");
+        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let files = vec![(rotated.clone(), len(&rotated)), (live.clone(), len(&live))];
+        let start = match tail {
+            Some(lines) => tail_offset(&files, lines)
+                .map_err(|e| RuntimeError::io(format!("reading {}", live.display()), e))?,
+            // Everything: the rotated file too.
+            None => 0,
+        };
+        // Segments to read: (path, offset, the live one?).
+        let mut segments = Vec::new();
+        if start < files[0].1 {
+            segments.push((rotated, start, false));
+            segments.push((live, 0, true));
+        } else {
+            segments.push((live, start - files[0].1, true));
+        }
+        let watched = c
+            .pid
+            .filter(|_| c.exit.is_none())
+            .map(|pid| (pid, c.start_ticks));
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes, RuntimeError>>(8);
+        tokio::spawn(async move {
+            for (path, offset, is_live) in segments {
+                let mut file = match tokio::fs::File::open(&path).await {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(RuntimeError::io(
+                                format!("reading {}", path.display()),
+                                e,
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                let mut pos = offset;
+                if let Err(e) = file.seek(SeekFrom::Start(pos)).await {
+                    let _ = tx
+                        .send(Err(RuntimeError::io(
+                            format!("reading {}", path.display()),
+                            e,
+                        )))
+                        .await;
+                    return;
+                }
+                let mut ending = false;
+                loop {
+                    let mut buf = vec![0u8; LOG_CHUNK];
+                    match file.read(&mut buf).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            buf.truncate(n);
+                            pos += n as u64;
+                            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(RuntimeError::io(
+                                    format!("reading {}", path.display()),
+                                    e,
+                                )))
+                                .await;
+                            return;
+                        }
+                    }
+                    // At the end of the file.
+                    if !is_live || !follow || ending {
+                        break;
+                    }
+                    if tokio::fs::metadata(&path).await.map_or(0, |m| m.len()) < pos {
+                        // Rotated (truncated): start over.
+                        pos = 0;
+                        if file.seek(SeekFrom::Start(0)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match watched {
+                        Some((pid, ticks)) if is_running(pid, ticks) => {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        // The process ended: one last read, then stop.
+                        _ => ending = true,
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+
+    async fn exec(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        let inner = &self.inner;
+        let record = inner.record_or_not_found(pod_uid).await?;
+        let index = container_index(&record, container)?;
+        let c = &record.containers[index];
+        if c.exit.is_some() || !c.pid.is_some_and(|p| is_running(p, c.start_ticks)) {
+            return Err(RuntimeError::ContainerNotRunning {
+                pod_uid: pod_uid.to_string(),
+                container: container.to_string(),
+            });
+        }
+        let Some(program) = command.first() else {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "exec in container {container:?}: empty command"
+            )));
+        };
+        let workdir = inner.workdir(&record, index);
+        let mut child = tokio::process::Command::new(program)
+            .args(&command[1..])
+            .env_clear()
+            .envs(inner.env(&record, index, &workdir))
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn {
+                container: container.to_string(),
+                program: program.clone(),
+                source,
+            })?;
+        let pid = child.id();
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let ((mut output, cut_out), (err, cut_err)) = tokio::join!(
+                read_capped(stdout, EXEC_OUTPUT_LIMIT),
+                read_capped(stderr, EXEC_OUTPUT_LIMIT)
+            );
+            let status = child.wait().await;
+            let truncated = cut_out || cut_err || output.len() + err.len() > EXEC_OUTPUT_LIMIT;
+            output.extend_from_slice(&err);
+            output.truncate(EXEC_OUTPUT_LIMIT);
+            (status, output, truncated)
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok((Ok(status), output, truncated)) => Ok(ExecResult {
+                exit_code: status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(-1),
+                output,
+                truncated,
+            }),
+            Ok((Err(e), _, _)) => Err(RuntimeError::io(
+                format!("waiting for an exec in container {container:?}"),
+                e,
+            )),
+            Err(_) => {
+                if let Some(pid) = pid {
+                    signal_group(pid, None, Signal::SIGKILL);
+                }
+                Err(RuntimeError::ExecTimeout {
+                    container: container.to_string(),
+                    timeout,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ips_are_deterministic_and_skip_taken_ones() {
+        let a = allocate_ip("pod-a", &HashSet::new()).unwrap();
+        assert_eq!(allocate_ip("pod-a", &HashSet::new()), Some(a));
+        assert_eq!(a.octets()[0], 127);
+        assert!((64..128).contains(&a.octets()[1]), "{a}");
+        let b = allocate_ip("pod-a", &HashSet::from([a])).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(allocate_ip("pod-b", &HashSet::new()), Some(a));
+    }
+
+    #[test]
+    fn bound_ips_are_seen() {
+        let listener = std::net::TcpListener::bind("127.64.3.7:0").unwrap();
+        assert!(host_bound_ips().contains(&Ipv4Addr::new(127, 64, 3, 7)));
+        drop(listener);
+    }
+
+    #[test]
+    fn tail_offsets() {
+        let dir = std::env::temp_dir().join(format!("shoal-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old, new) = (dir.join("a.log.1"), dir.join("a.log"));
+        std::fs::write(&old, "1\n2\n").unwrap();
+        std::fs::write(&new, "3\n4\n5\n").unwrap();
+        let files = vec![(old.clone(), 4), (new.clone(), 6)];
+        let text = "1\n2\n3\n4\n5\n";
+        for (lines, expect) in [
+            (0, ""),
+            (1, "5\n"),
+            (3, "3\n4\n5\n"),
+            (4, "2\n3\n4\n5\n"),
+            (9, text),
+        ] {
+            let at = tail_offset(&files, lines).unwrap() as usize;
+            assert_eq!(&text[at..], expect, "tail {lines}");
+        }
+        // No final newline: the partial last line counts.
+        std::fs::write(&new, "3\n4").unwrap();
+        let files = vec![(old, 4), (new, 3)];
+        let at = tail_offset(&files, 2).unwrap() as usize;
+        assert_eq!(&"1\n2\n3\n4"[at..], "3\n4");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotation_keeps_one_old_file() {
+        let dir = std::env::temp_dir().join(format!("shoal-rotate-{}", std::process::id()));
+        let pod = dir.join("p1");
+        std::fs::create_dir_all(&pod).unwrap();
+        std::fs::write(pod.join("c.log"), vec![b'x'; 3000]).unwrap();
+        rotate_logs(&dir, 2048);
+        assert_eq!(std::fs::metadata(pod.join("c.log")).unwrap().len(), 0);
+        assert_eq!(std::fs::metadata(pod.join("c.log.1")).unwrap().len(), 3000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

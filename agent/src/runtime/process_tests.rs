@@ -1,0 +1,568 @@
+//! Process runtime tests: real processes, on their own 127.x addresses.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use super::testing::demo_binary;
+use super::*;
+
+/// A data dir that kills every process it recorded and is removed when dropped (kept, with a
+/// note, when the test failed).
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("shoal-rt-{test}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch { dir }
+    }
+
+    fn config(&self) -> RuntimeConfig {
+        RuntimeConfig::new("cluster-1", "node-1", &self.dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Kill every group recorded in a pod.json, whatever state the test left.
+        if let Ok(pods) = std::fs::read_dir(self.dir.join("pods")) {
+            for pod in pods.flatten() {
+                let Ok(text) = std::fs::read_to_string(pod.path().join("pod.json")) else {
+                    continue;
+                };
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                for c in json["containers"].as_array().into_iter().flatten() {
+                    if let Some(pid) = c["pid"].as_i64() {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("test data kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn container(name: &str, command: &[&str]) -> ContainerSpec {
+    ContainerSpec {
+        name: name.to_string(),
+        image: "unused".to_string(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
+    PodSpec {
+        uid: uid.to_string(),
+        namespace: "default".to_string(),
+        name: name.to_string(),
+        spec_hash: format!("hash-{name}"),
+        containers,
+        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+    }
+}
+
+fn demo() -> String {
+    demo_binary()
+        .expect("the demo binary")
+        .display()
+        .to_string()
+}
+
+/// A plain GET; `None` while nothing answers.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_string(),
+    ))
+}
+
+fn wait_for_http(addr: SocketAddr, path: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(answer) = http_get(addr, path) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing answered at {addr}{path}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn wait_until<R: Runtime>(
+    rt: &R,
+    what: &str,
+    mut check: impl FnMut(&[PodInfo]) -> bool,
+) -> Vec<PodInfo> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pods = rt.list_pods().await.unwrap();
+        if check(&pods) {
+            return pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {pods:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn read_all(mut stream: LogStream) -> String {
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+fn read_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_the_same_port_get_their_own_ips() {
+    let scratch = Scratch::new("replicas");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut ips = Vec::new();
+    for i in 0..2 {
+        let mut c = container("web", &[&demo()]);
+        c.env = vec![
+            ("PORT".into(), port.to_string()),
+            ("VERSION".into(), "v1".into()),
+        ];
+        let info = rt
+            .start_pod(&pod(&format!("uid-web-{i}"), &format!("web-{i}"), vec![c]))
+            .await
+            .unwrap();
+        let ip = info.ip.expect("a pod IP");
+        assert!(
+            matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 127 && v4 != std::net::Ipv4Addr::LOCALHOST)
+        );
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    for (i, ip) in ips.iter().enumerate() {
+        let (status, body) = wait_for_http(SocketAddr::new(*ip, port), "/");
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            format!(
+                "{{\"pod\":\"web-{i}\",\"namespace\":\"default\",\"node\":\"\",\"ip\":\"{ip}\",\"version\":\"v1\"}}\n"
+            )
+        );
+    }
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(pods.len(), 2);
+    assert!(pods.iter().all(PodInfo::all_running), "{pods:#?}");
+    assert_eq!(pods[0].spec_hash, "hash-web-0");
+
+    // Logs captured: the start line and the request.
+    let logs = read_all(rt.logs("uid-web-0", "web", false, None).await.unwrap()).await;
+    assert!(
+        logs.contains(&format!("listening on {}:{port}", ips[0])),
+        "{logs}"
+    );
+    assert!(logs.contains("GET /"), "{logs}");
+    let last = read_all(rt.logs("uid-web-0", "web", false, Some(1)).await.unwrap()).await;
+    assert_eq!(last, "GET /\n");
+
+    // A crash is reported with its exit code, and a restart brings it back on the same IP.
+    let addr = SocketAddr::new(ips[1], port);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "POST /exit?code=3 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    wait_until(&rt, "the crash", |pods| {
+        pods.iter().any(|p| {
+            p.uid == "uid-web-1"
+                && matches!(&p.containers[0].state,
+                    ContainerState::Exited { exit_code: Some(3), reason, .. } if reason == "Error")
+        })
+    })
+    .await;
+    rt.restart_container("uid-web-1", "web", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(wait_for_http(addr, "/healthz").0, 200);
+
+    for uid in ["uid-web-0", "uid-web-1"] {
+        rt.stop_pod(uid, Duration::from_secs(2)).await.unwrap();
+        rt.remove_pod(uid).await.unwrap();
+    }
+    assert!(rt.list_pods().await.unwrap().is_empty());
+    assert!(http_get(SocketAddr::new(ips[0], port), "/").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_terminates_then_kills_the_process_group() {
+    let scratch = Scratch::new("stop");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    // The main process exits on SIGTERM; its child ignores SIGTERM and must be killed with the
+    // group.
+    let main = container(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; sh -c 'trap \"\" TERM; touch child.ready; exec sleep 1000' & \
+             echo $! > child.pid; while true; do sleep 0.05; done",
+        ],
+    );
+    rt.start_pod(&pod("uid-stop", "stopper", vec![main]))
+        .await
+        .unwrap();
+    let dir = rt.pod_dir("uid-stop").join("containers/main");
+    let child_pid = read_pid(&dir.join("child.pid"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("child.ready").exists() {
+        assert!(Instant::now() < deadline, "the child never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pid_alive(child_pid));
+    let started = Instant::now();
+    rt.stop_pod("uid-stop", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "SIGTERM should have ended it well before the grace period"
+    );
+    assert!(!pid_alive(child_pid), "the child in the group survived");
+    let pods = rt.list_pods().await.unwrap();
+    assert!(
+        matches!(
+            &pods[0].containers[0].state,
+            ContainerState::Exited {
+                exit_code: Some(7),
+                ..
+            }
+        ),
+        "{pods:#?}"
+    );
+
+    // One that ignores SIGTERM is killed after the grace period.
+    let stubborn = container(
+        "stubborn",
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo $$ > ready; while true; do sleep 0.05; done",
+        ],
+    );
+    rt.start_pod(&pod("uid-stubborn", "stubborn", vec![stubborn]))
+        .await
+        .unwrap();
+    read_pid(&rt.pod_dir("uid-stubborn").join("containers/stubborn/ready"));
+    let started = Instant::now();
+    rt.stop_pod("uid-stubborn", Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let pods = rt.list_pods().await.unwrap();
+    let p = pods.iter().find(|p| p.uid == "uid-stubborn").unwrap();
+    assert!(
+        matches!(
+            &p.containers[0].state,
+            ContainerState::Exited {
+                exit_code: Some(137),
+                ..
+            }
+        ),
+        "{p:#?}"
+    );
+    // Idempotent.
+    rt.stop_pod("uid-stubborn", Duration::ZERO).await.unwrap();
+    rt.remove_pod("uid-stubborn").await.unwrap();
+    rt.remove_pod("uid-stubborn").await.unwrap();
+    rt.stop_pod("no-such-pod", Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_survive_an_agent_restart() {
+    let scratch = Scratch::new("restart");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let a = container("a", &["sh", "-c", "echo $$ > main.pid; exec sleep 1000"]);
+    let b = container("b", &["sleep", "1000"]);
+    let before = rt
+        .start_pod(&pod("uid-keep", "keeper", vec![a, b]))
+        .await
+        .unwrap();
+    let pid = read_pid(&rt.pod_dir("uid-keep").join("containers/a/main.pid"));
+    drop(rt); // the agent goes away; its children stay
+
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].ip, before.ip);
+    assert_eq!(pods[0].name, "keeper");
+    assert!(pods[0].all_running(), "{pods:#?}");
+
+    // Another agent (other node id) on the same data dir sees nothing of it.
+    let other =
+        ProcessRuntime::new(RuntimeConfig::new("cluster-1", "node-2", &scratch.dir)).unwrap();
+    assert!(other.list_pods().await.unwrap().is_empty());
+
+    // A survivor that dies is not our child any more: exited, code unknown.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let pods = wait_until(&rt, "the survivor's death", |pods| {
+        matches!(pods[0].containers[0].state, ContainerState::Exited { .. })
+    })
+    .await;
+    match &pods[0].containers[0].state {
+        ContainerState::Exited {
+            exit_code,
+            reason,
+            message,
+            ..
+        } => {
+            assert_eq!(*exit_code, None);
+            assert_eq!(reason, "Unknown");
+            assert!(
+                message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("exit code is unknown")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        pods[0].containers[1].state,
+        ContainerState::Running { .. }
+    ));
+    // And the new runtime stops the other survivor.
+    rt.stop_pod("uid-keep", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let pods = rt.list_pods().await.unwrap();
+    assert!(
+        matches!(pods[0].containers[1].state, ContainerState::Exited { .. }),
+        "{pods:#?}"
+    );
+    rt.remove_pod("uid-keep").await.unwrap();
+    assert!(!rt.pod_dir("uid-keep").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_logs_follow_and_errors() {
+    let scratch = Scratch::new("exec");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let c = container(
+        "app",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done; exit 4",
+        ],
+    );
+    let mut c2 = container("sidecar", &["sleep", "1000"]);
+    c2.env = vec![("GREETING".into(), "hello".into())];
+    rt.start_pod(&pod("uid-exec", "exec", vec![c, c2]))
+        .await
+        .unwrap();
+
+    // Follow ends when the process does, with everything it wrote.
+    let followed = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_all(rt.logs("uid-exec", "app", true, None).await.unwrap()),
+    )
+    .await
+    .expect("follow ends when the container does");
+    assert_eq!(followed, "line 1\nline 2\nline 3\nline 4\nline 5\n");
+    let tail = read_all(rt.logs("uid-exec", "app", false, Some(2)).await.unwrap()).await;
+    assert_eq!(tail, "line 4\nline 5\n");
+
+    let result = rt
+        .exec(
+            "uid-exec",
+            "sidecar",
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo $GREETING $POD_NAME $HOSTNAME; pwd; exit 3".into(),
+            ],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.exit_code, 3);
+    let out = String::from_utf8_lossy(&result.output);
+    assert!(out.starts_with("hello exec exec\n"), "{out}");
+    assert!(out.trim_end().ends_with("containers/sidecar"), "{out}");
+
+    let started = Instant::now();
+    let err = rt
+        .exec(
+            "uid-exec",
+            "sidecar",
+            &["sleep".into(), "5".into()],
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::ExecTimeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The app container has exited (code 4): no exec there.
+    wait_until(&rt, "the app's exit", |pods| {
+        matches!(
+            pods[0].containers[0].state,
+            ContainerState::Exited {
+                exit_code: Some(4),
+                ..
+            }
+        )
+    })
+    .await;
+    let err = rt
+        .exec("uid-exec", "app", &["true".into()], Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::ContainerNotRunning { .. }),
+        "{err}"
+    );
+    assert!(
+        rt.logs("uid-exec", "nope", false, None)
+            .await
+            .err()
+            .unwrap()
+            .is_not_found()
+    );
+    assert!(
+        rt.logs("no-pod", "app", false, None)
+            .await
+            .err()
+            .unwrap()
+            .is_not_found()
+    );
+
+    // Errors that say what is wrong.
+    let err = rt
+        .start_pod(&pod("uid-nocmd", "nocmd", vec![container("web", &[])]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "container \"web\": the process runtime needs a command (images are not run without Docker)"
+    );
+    let err = rt
+        .start_pod(&pod(
+            "uid-bad",
+            "bad",
+            vec![
+                container("ok", &["sleep", "1000"]),
+                container("bad", &["/no/such/program"]),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("container \"bad\": cannot run \"/no/such/program\""),
+        "{err}"
+    );
+    assert!(
+        !rt.pod_dir("uid-bad").exists(),
+        "a failed start leaves nothing behind"
+    );
+    let err = rt
+        .start_pod(&pod("uid-exec", "again", vec![container("x", &["true"])]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::PodExists { .. }), "{err}");
+
+    rt.remove_pod("uid-exec").await.unwrap();
+    assert!(rt.list_pods().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_capped_and_rotated() {
+    let scratch = Scratch::new("rotate");
+    let mut config = scratch.config();
+    config.log_max_bytes = 4096;
+    let rt = ProcessRuntime::new(config).unwrap();
+    // ~20 KiB of output, then idle.
+    let c = container(
+        "noisy",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 400 ]; do echo \"line $i 0123456789012345678901234567890123456789\"; i=$((i+1)); done; exec sleep 1000",
+        ],
+    );
+    rt.start_pod(&pod("uid-noisy", "noisy", vec![c]))
+        .await
+        .unwrap();
+    let log = rt.log_path("uid-noisy", "noisy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.with_extension("log.1").exists() {
+        assert!(Instant::now() < deadline, "the log was never rotated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(std::fs::metadata(&log).unwrap().len() <= 4096);
+    let tail = read_all(rt.logs("uid-noisy", "noisy", false, Some(1)).await.unwrap()).await;
+    assert!(tail.starts_with("line 399 "), "{tail}");
+    rt.remove_pod("uid-noisy").await.unwrap();
+}
