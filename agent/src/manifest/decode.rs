@@ -1,0 +1,1086 @@
+//! From a [`Node`] tree to the typed model, collecting every problem with its field path and
+//! line instead of stopping at the first.
+//!
+//! Each struct is read by a [`Fields`] reader that remembers which keys were consumed; what is
+//! left at the end is reported: a real Kubernetes field shoal does not implement is "not
+//! supported yet" (unless its value is empty or Kubernetes' own default, which mean the same as
+//! leaving it out, so that manifests exported from a cluster apply), anything else is an
+//! "unknown field", with the closest known name as a suggestion. A value of the wrong type is
+//! reported and replaced by a default, so that decoding goes on and finds the other problems.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::model::{
+    Container, ContainerPort, Deployment, DeploymentSpec, DeploymentStrategy, EnvVar, ExecAction,
+    HttpGetAction, HttpHeader, IntOrPercent, Kind, LabelSelector, Namespace, ObjectMeta, Pod,
+    PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, Protocol, PullPolicy, Resource,
+    ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, TcpSocketAction,
+    TemplateMeta,
+};
+use super::quantity::{Cpu, Memory};
+use super::yaml::{Key, Node, Value};
+
+/// A problem found while decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Located {
+    pub(crate) path: String,
+    pub(crate) line: Option<u32>,
+    pub(crate) message: String,
+}
+
+/// Decoding state: the problems found, and the line of every field path seen (to place the
+/// problems the semantic rules find later).
+#[derive(Default)]
+pub(crate) struct Decoder {
+    pub(crate) issues: Vec<Located>,
+    lines: HashMap<String, u32>,
+}
+
+/// What the supported kinds are, for messages.
+pub(crate) const SUPPORTED_KINDS: &str =
+    "v1 Namespace, v1 Pod, apps/v1 Deployment, and a v1 List of them";
+
+/// Read-only metadata kubectl round-trips; accepted and ignored.
+const READ_ONLY_META: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
+const UNSUPPORTED_META: &[&str] = &["generateName", "ownerReferences", "finalizers"];
+
+const UNSUPPORTED_POD_SPEC: &[&str] = &[
+    "activeDeadlineSeconds",
+    "affinity",
+    "automountServiceAccountToken",
+    "dnsConfig",
+    "dnsPolicy",
+    "enableServiceLinks",
+    "ephemeralContainers",
+    "hostAliases",
+    "hostIPC",
+    "hostNetwork",
+    "hostPID",
+    "hostUsers",
+    "hostname",
+    "imagePullSecrets",
+    "initContainers",
+    "nodeName",
+    "os",
+    "overhead",
+    "preemptionPolicy",
+    "priority",
+    "priorityClassName",
+    "readinessGates",
+    "resourceClaims",
+    "resources",
+    "runtimeClassName",
+    "schedulerName",
+    "schedulingGates",
+    "securityContext",
+    "serviceAccount",
+    "serviceAccountName",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "subdomain",
+    "tolerations",
+    "topologySpreadConstraints",
+    "volumes",
+];
+/// Pod fields whose Kubernetes default changes nothing here, as `kubectl get -o yaml` writes
+/// them.
+const DEFAULT_POD_SPEC: &[(&str, &str)] = &[
+    ("dnsPolicy", "ClusterFirst"),
+    ("schedulerName", "default-scheduler"),
+    ("enableServiceLinks", "true"),
+    ("hostNetwork", "false"),
+    ("hostPID", "false"),
+    ("hostIPC", "false"),
+    ("shareProcessNamespace", "false"),
+    ("serviceAccountName", "default"),
+    ("serviceAccount", "default"),
+    ("priority", "0"),
+    ("preemptionPolicy", "PreemptLowerPriority"),
+];
+const UNSUPPORTED_CONTAINER: &[&str] = &[
+    "envFrom",
+    "lifecycle",
+    "resizePolicy",
+    "restartPolicy",
+    "securityContext",
+    "stdin",
+    "stdinOnce",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "tty",
+    "volumeDevices",
+    "volumeMounts",
+];
+const DEFAULT_CONTAINER: &[(&str, &str)] = &[
+    ("terminationMessagePath", "/dev/termination-log"),
+    ("terminationMessagePolicy", "File"),
+    ("stdin", "false"),
+    ("stdinOnce", "false"),
+    ("tty", "false"),
+];
+
+/// Why some unsupported fields are, or what to use instead.
+fn hint(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "nodeName" => "shoal places pods itself; steer placement with nodeSelector",
+        "generateName" => "apply needs a fixed metadata.name",
+        "valueFrom" => "give the value directly with value",
+        "matchExpressions" => "use matchLabels",
+        "hostIP" => "host ports bind on every address",
+        "host" => "probes connect to the pod's own address",
+        _ => return None,
+    })
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// A mapping being read field by field.
+pub(crate) struct Fields<'n> {
+    path: String,
+    line: u32,
+    entries: &'n [(Key, Node)],
+    used: Vec<bool>,
+    known: Vec<&'static str>,
+}
+
+impl<'n> Fields<'n> {
+    /// The field's node (not null) and path, marking it consumed.
+    fn take(&mut self, d: &mut Decoder, name: &'static str) -> Option<(&'n Node, String)> {
+        self.known.push(name);
+        let i = self.entries.iter().position(|(k, _)| k.name == name)?;
+        self.used[i] = true;
+        let (key, node) = &self.entries[i];
+        let path = join(&self.path, name);
+        // The key's line: where the field is, even when its value starts on the next line.
+        d.record(&path, key.line);
+        if matches!(node.value, Value::Null) {
+            // Kubernetes treats an explicit null as absent.
+            return None;
+        }
+        Some((node, path))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(k, v)| k.name == name && !matches!(v.value, Value::Null))
+    }
+
+    /// A required field: missing (or null) is an error.
+    fn req<T>(
+        &mut self,
+        d: &mut Decoder,
+        name: &'static str,
+        f: impl FnOnce(&mut Decoder, &'n Node, &str) -> Option<T>,
+    ) -> Option<T> {
+        match self.take(d, name) {
+            Some((node, path)) => f(d, node, &path),
+            None => {
+                d.error(join(&self.path, name), Some(self.line), "required");
+                None
+            }
+        }
+    }
+
+    /// An optional field.
+    fn opt<T>(
+        &mut self,
+        d: &mut Decoder,
+        name: &'static str,
+        f: impl FnOnce(&mut Decoder, &'n Node, &str) -> Option<T>,
+    ) -> Option<T> {
+        let (node, path) = self.take(d, name)?;
+        f(d, node, &path)
+    }
+
+    /// Fields accepted and ignored.
+    fn ignore(&mut self, names: &[&'static str]) {
+        for (i, (k, _)) in self.entries.iter().enumerate() {
+            if names.contains(&k.name.as_str()) {
+                self.used[i] = true;
+            }
+        }
+        self.known.extend_from_slice(names);
+    }
+
+    /// Reports the fields nobody consumed: `unsupported` are Kubernetes fields shoal does not
+    /// implement (accepted when empty or equal to their default in `defaults`); anything else
+    /// is unknown.
+    fn finish(self, d: &mut Decoder, unsupported: &[&'static str], defaults: &[(&str, &str)]) {
+        for (i, (key, node)) in self.entries.iter().enumerate() {
+            if self.used[i] {
+                continue;
+            }
+            let path = join(&self.path, &key.name);
+            if unsupported.contains(&key.name.as_str()) {
+                let is_default = defaults
+                    .iter()
+                    .any(|(f, v)| *f == key.name && node.value.scalar_text().as_deref() == Some(v));
+                if is_empty(&node.value) || is_default {
+                    continue;
+                }
+                d.unsupported(path, key.line, &key.name);
+            } else {
+                let candidates = self.known.iter().chain(unsupported).copied();
+                let message = match suggest(&key.name, candidates) {
+                    Some(s) => format!("unknown field (did you mean {s:?}?)"),
+                    None => "unknown field".to_owned(),
+                };
+                d.error(path, Some(key.line), message);
+            }
+        }
+    }
+}
+
+/// Null, `{}`, `[]` and `""`: values that mean the same as an absent field.
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Map(m) => m.is_empty(),
+        Value::Seq(s) => s.is_empty(),
+        Value::Str(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// The candidate closest to `name` by edit distance, if close enough to be a likely typo.
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    candidates
+        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(dist, c)| *dist <= (c.len() / 3).clamp(1, 3))
+        .min_by_key(|(dist, _)| *dist)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance with adjacent transpositions counting as one edit (optimal string
+/// alignment), so that `nmae` is one typo away from `name`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Names longer than this are not typos of field names; skip the quadratic work.
+    if a.len() > 64 || b.len() > 64 {
+        return usize::MAX;
+    }
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+impl Decoder {
+    pub(crate) fn error(&mut self, path: String, line: Option<u32>, message: impl Into<String>) {
+        self.issues.push(Located {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn unsupported(&mut self, path: String, line: u32, field: &str) {
+        let message = match hint(field) {
+            Some(h) => format!("not supported yet ({h})"),
+            None => "not supported yet".to_owned(),
+        };
+        self.error(path, Some(line), message);
+    }
+
+    fn record(&mut self, path: &str, line: u32) {
+        self.lines.insert(path.to_owned(), line);
+    }
+
+    /// The line of `path`, or of its nearest recorded ancestor.
+    pub(crate) fn line_of(&self, path: &str) -> Option<u32> {
+        let mut p = path;
+        loop {
+            if let Some(line) = self.lines.get(p) {
+                return Some(*line);
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+        }
+    }
+
+    fn expected(&mut self, node: &Node, path: &str, what: &str) {
+        let message = format!("expected {what}, got {}", node.value.describe());
+        self.error(path.to_owned(), Some(node.line), message);
+    }
+
+    fn fields<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
+        match &node.value {
+            Value::Map(entries) => Some(Fields {
+                path: path.to_owned(),
+                // The line of the key holding this mapping, if any, for "required" errors.
+                line: self.lines.get(path).copied().unwrap_or(node.line),
+                entries,
+                used: vec![false; entries.len()],
+                known: Vec::new(),
+            }),
+            _ => {
+                self.expected(node, path, "a mapping");
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            // Kubernetes rejects numbers and booleans where it wants text (a classic with env
+            // values and label values); say how to fix it, and keep the text so that the
+            // other rules see what was meant.
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                let text = node.value.scalar_text().unwrap_or_default();
+                let message = format!(
+                    "expected string, got {} (quote it: \"{text}\")",
+                    node.value.describe()
+                );
+                self.error(path.to_owned(), Some(node.line), message);
+                Some(text)
+            }
+            _ => {
+                self.expected(node, path, "string");
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, node: &Node, path: &str, min: i128, max: i128) -> Option<i128> {
+        match &node.value {
+            Value::Int(i) if (min..=max).contains(i) => Some(*i),
+            Value::Int(i) => {
+                let message = if *i < min && max >= i128::from(i32::MAX) {
+                    format!("must be at least {min}, got {i}")
+                } else if *i > max && max >= i128::from(i32::MAX) {
+                    format!("must be at most {max}, got {i}")
+                } else {
+                    format!("must be between {min} and {max}, got {i}")
+                };
+                self.error(path.to_owned(), Some(node.line), message);
+                None
+            }
+            _ => {
+                self.expected(node, path, "integer");
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, node: &Node, path: &str, min: u32) -> Option<u32> {
+        self.int(node, path, min.into(), i32::MAX.into())
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    fn port(&mut self, node: &Node, path: &str) -> Option<u16> {
+        self.int(node, path, 1, 65535)
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
+    fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(b) => Some(*b),
+            _ => {
+                self.expected(node, path, "boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, node: &Node, path: &str, options: &[(&str, T)]) -> Option<T> {
+        let text = self.string(node, path)?;
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == text) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let message = format!(
+            "unsupported value {text:?}: supported values are {}",
+            names.join(", ")
+        );
+        self.error(path.to_owned(), Some(node.line), message);
+        None
+    }
+
+    fn list<'n, T>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        mut f: impl FnMut(&mut Decoder, &'n Node, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let Value::Seq(items) = &node.value else {
+            self.expected(node, path, "a list");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            self.record(&ipath, item.line);
+            if matches!(item.value, Value::Null) {
+                self.error(ipath, Some(item.line), "must not be null");
+                continue;
+            }
+            if let Some(v) = f(self, item, &ipath) {
+                out.push(v);
+            }
+        }
+        Some(out)
+    }
+
+    fn string_list(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        self.list(node, path, |d, n, p| d.string(n, p))
+    }
+
+    fn string_map(&mut self, node: &Node, path: &str) -> Option<BTreeMap<String, String>> {
+        let Value::Map(entries) = &node.value else {
+            self.expected(node, path, "a mapping of strings");
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        for (key, value) in entries {
+            let vpath = format!("{path}[{}]", key.name);
+            self.record(&vpath, key.line);
+            // A label with a null value is an empty string in Kubernetes' conversion too.
+            let text = match value.value {
+                Value::Null => Some(String::new()),
+                _ => self.string(value, &vpath),
+            };
+            if let Some(text) = text {
+                out.insert(key.name.clone(), text);
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Decodes one document: an object, or a `List` of them, each with its path prefix (empty, or
+/// `items[3]`). Problems go to `d.issues`.
+pub(crate) fn document(d: &mut Decoder, node: &Node) -> Vec<(String, Resource)> {
+    let mut out = Vec::new();
+    let Value::Map(_) = node.value else {
+        d.error(
+            String::new(),
+            Some(node.line),
+            format!(
+                "expected an object (a mapping with apiVersion, kind, metadata and spec), got {}",
+                node.value.describe()
+            ),
+        );
+        return out;
+    };
+    object(d, node, "", true, &mut out);
+    out
+}
+
+/// The kinds of list kubectl writes and reads.
+fn list_kind(kind: &str) -> Option<Option<Kind>> {
+    if kind == "List" {
+        return Some(None);
+    }
+    let item = kind.strip_suffix("List")?;
+    Kind::ALL.into_iter().find(|k| k.as_str() == item).map(Some)
+}
+
+fn object(d: &mut Decoder, node: &Node, path: &str, top: bool, out: &mut Vec<(String, Resource)>) {
+    let Some(mut f) = d.fields(node, path) else {
+        return;
+    };
+    let kind_node = f.take(d, "kind");
+    let kind_given = kind_node.is_some();
+    let api_node = f.take(d, "apiVersion");
+    let kind_text = kind_node.and_then(|(n, p)| d.string(n, &p).map(|s| (s, n.line)));
+    let api_version = api_node.and_then(|(n, p)| d.string(n, &p).map(|s| (s, n.line)));
+    let Some((kind_text, kind_line)) = kind_text else {
+        if !kind_given {
+            d.error(
+                join(path, "kind"),
+                Some(node.line),
+                format!("required; supported kinds: {SUPPORTED_KINDS}"),
+            );
+        }
+        return;
+    };
+
+    if let Some(item_kind) = list_kind(&kind_text) {
+        if !top {
+            d.error(
+                join(path, "kind"),
+                Some(kind_line),
+                "a List cannot hold another List",
+            );
+            return;
+        }
+        let want = item_kind.map_or("v1", Kind::api_version);
+        check_api_version(d, path, node.line, api_version, want, &kind_text);
+        f.ignore(&["metadata"]);
+        f.req(d, "items", |d, n, p| {
+            d.list(n, p, |d, item, ipath| {
+                object(d, item, ipath, false, out);
+                Some(())
+            })
+        });
+        f.finish(d, &[], &[]);
+        return;
+    }
+
+    let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_text) else {
+        let names = Kind::ALL.map(Kind::as_str);
+        let message = match suggest(&kind_text, names.into_iter()) {
+            Some(s) => format!(
+                "unknown kind {kind_text:?} (did you mean {s:?}?); supported kinds: {SUPPORTED_KINDS}"
+            ),
+            None => format!(
+                "kind {kind_text:?} is not supported yet; supported kinds: {SUPPORTED_KINDS}"
+            ),
+        };
+        d.error(join(path, "kind"), Some(kind_line), message);
+        return;
+    };
+    check_api_version(
+        d,
+        path,
+        node.line,
+        api_version,
+        kind.api_version(),
+        kind.as_str(),
+    );
+    // Status is what the cluster reports; kubectl sends it back from `get -o yaml` output.
+    f.ignore(&["status"]);
+    let metadata = f
+        .req(d, "metadata", |d, n, p| Some(object_meta(d, n, p)))
+        .unwrap_or_default();
+    let resource = match kind {
+        Kind::Namespace => {
+            f.opt(d, "spec", |d, n, p| {
+                let spec = d.fields(n, p)?;
+                spec.finish(d, &["finalizers"], &[]);
+                Some(())
+            });
+            Resource::Namespace(Namespace { metadata })
+        }
+        Kind::Pod => {
+            let spec = f
+                .req(d, "spec", |d, n, p| Some(pod_spec(d, n, p)))
+                .unwrap_or_default();
+            Resource::Pod(Pod { metadata, spec })
+        }
+        Kind::Deployment => {
+            let spec = f
+                .req(d, "spec", |d, n, p| Some(deployment_spec(d, n, p)))
+                .unwrap_or_default();
+            Resource::Deployment(Deployment { metadata, spec })
+        }
+    };
+    f.finish(d, &[], &[]);
+    out.push((path.to_owned(), resource));
+}
+
+fn check_api_version(
+    d: &mut Decoder,
+    path: &str,
+    line: u32,
+    api_version: Option<(String, u32)>,
+    want: &str,
+    kind: &str,
+) {
+    match api_version {
+        None => d.error(
+            join(path, "apiVersion"),
+            Some(line),
+            format!("required ({kind} is {want})"),
+        ),
+        Some((got, _)) if got == want => {}
+        Some((got, line)) => d.error(
+            join(path, "apiVersion"),
+            Some(line),
+            format!("{got:?} is not supported for {kind}: use {want}"),
+        ),
+    }
+}
+
+fn object_meta(d: &mut Decoder, node: &Node, path: &str) -> ObjectMeta {
+    let mut meta = ObjectMeta::default();
+    let Some(mut f) = d.fields(node, path) else {
+        return meta;
+    };
+    meta.name = f.req(d, "name", Decoder::string).unwrap_or_default();
+    meta.namespace = f.opt(d, "namespace", Decoder::string);
+    meta.labels = f.opt(d, "labels", Decoder::string_map).unwrap_or_default();
+    meta.annotations = f
+        .opt(d, "annotations", Decoder::string_map)
+        .unwrap_or_default();
+    f.ignore(READ_ONLY_META);
+    f.finish(d, UNSUPPORTED_META, &[]);
+    meta
+}
+
+fn template_meta(d: &mut Decoder, node: &Node, path: &str) -> TemplateMeta {
+    let mut meta = TemplateMeta::default();
+    let Some(mut f) = d.fields(node, path) else {
+        return meta;
+    };
+    meta.labels = f.opt(d, "labels", Decoder::string_map).unwrap_or_default();
+    meta.annotations = f
+        .opt(d, "annotations", Decoder::string_map)
+        .unwrap_or_default();
+    // Kubernetes accepts a name and namespace in a template and does not use them; `get -o
+    // yaml` writes `creationTimestamp: null` there.
+    f.ignore(&["name", "namespace"]);
+    f.ignore(READ_ONLY_META);
+    f.finish(d, UNSUPPORTED_META, &[]);
+    meta
+}
+
+fn pod_spec(d: &mut Decoder, node: &Node, path: &str) -> PodSpec {
+    let mut spec = PodSpec::default();
+    let Some(mut f) = d.fields(node, path) else {
+        return spec;
+    };
+    spec.containers = f
+        .req(d, "containers", |d, n, p| d.list(n, p, container))
+        .unwrap_or_default();
+    if let Some(policy) = f.opt(d, "restartPolicy", |d, n, p| {
+        d.choice(
+            n,
+            p,
+            &[
+                ("Always", RestartPolicy::Always),
+                ("OnFailure", RestartPolicy::OnFailure),
+                ("Never", RestartPolicy::Never),
+            ],
+        )
+    }) {
+        spec.restart_policy = policy;
+    }
+    spec.node_selector = f
+        .opt(d, "nodeSelector", Decoder::string_map)
+        .unwrap_or_default();
+    if let Some(s) = f.opt(d, "terminationGracePeriodSeconds", |d, n, p| {
+        d.int(n, p, 0, i64::MAX.into())
+    }) {
+        spec.termination_grace_period_seconds = u64::try_from(s).unwrap_or(0);
+    }
+    f.finish(d, UNSUPPORTED_POD_SPEC, DEFAULT_POD_SPEC);
+    spec
+}
+
+fn container(d: &mut Decoder, node: &Node, path: &str) -> Option<Container> {
+    let mut f = d.fields(node, path)?;
+    let mut c = Container {
+        name: f.req(d, "name", Decoder::string).unwrap_or_default(),
+        image: f.req(d, "image", Decoder::string).unwrap_or_default(),
+        ..Container::default()
+    };
+    c.command = f
+        .opt(d, "command", Decoder::string_list)
+        .unwrap_or_default();
+    c.args = f.opt(d, "args", Decoder::string_list).unwrap_or_default();
+    c.working_dir = f.opt(d, "workingDir", Decoder::string);
+    c.env = f
+        .opt(d, "env", |d, n, p| d.list(n, p, env_var))
+        .unwrap_or_default();
+    c.ports = f
+        .opt(d, "ports", |d, n, p| d.list(n, p, container_port))
+        .unwrap_or_default();
+    c.resources = f.opt(d, "resources", resources).unwrap_or_default();
+    c.liveness_probe = f.opt(d, "livenessProbe", probe);
+    c.readiness_probe = f.opt(d, "readinessProbe", probe);
+    c.startup_probe = f.opt(d, "startupProbe", probe);
+    c.image_pull_policy = f
+        .opt(d, "imagePullPolicy", |d, n, p| {
+            d.choice(
+                n,
+                p,
+                &[
+                    ("Always", PullPolicy::Always),
+                    ("IfNotPresent", PullPolicy::IfNotPresent),
+                    ("Never", PullPolicy::Never),
+                ],
+            )
+        })
+        .unwrap_or_else(|| PullPolicy::default_for(&c.image));
+    f.finish(d, UNSUPPORTED_CONTAINER, DEFAULT_CONTAINER);
+    Some(c)
+}
+
+fn env_var(d: &mut Decoder, node: &Node, path: &str) -> Option<EnvVar> {
+    let mut f = d.fields(node, path)?;
+    let name = f.req(d, "name", Decoder::string).unwrap_or_default();
+    let value = f.opt(d, "value", Decoder::string).unwrap_or_default();
+    f.finish(d, &["valueFrom"], &[]);
+    Some(EnvVar { name, value })
+}
+
+fn container_port(d: &mut Decoder, node: &Node, path: &str) -> Option<ContainerPort> {
+    let mut f = d.fields(node, path)?;
+    let container_port = f.req(d, "containerPort", Decoder::port).unwrap_or(0);
+    let name = f.opt(d, "name", Decoder::string);
+    let protocol = f
+        .opt(d, "protocol", |d, n, p| {
+            if matches!(&n.value, Value::Str(s) if s == "SCTP") {
+                d.error(p.to_owned(), Some(n.line), "SCTP is not supported yet");
+                return None;
+            }
+            d.choice(n, p, &[("TCP", Protocol::Tcp), ("UDP", Protocol::Udp)])
+        })
+        .unwrap_or_default();
+    let host_port = f.opt(d, "hostPort", Decoder::port);
+    f.finish(d, &["hostIP"], &[]);
+    Some(ContainerPort {
+        container_port,
+        name,
+        protocol,
+        host_port,
+    })
+}
+
+fn resources(d: &mut Decoder, node: &Node, path: &str) -> Option<ResourceRequirements> {
+    let mut f = d.fields(node, path)?;
+    let mut r = ResourceRequirements {
+        requests: f.opt(d, "requests", resource_list).unwrap_or_default(),
+        limits: f.opt(d, "limits", resource_list).unwrap_or_default(),
+    };
+    f.finish(d, &["claims"], &[]);
+    // Kubernetes: a limit without a request requests the limit.
+    if r.requests.cpu.is_none() {
+        r.requests.cpu = r.limits.cpu;
+    }
+    if r.requests.memory.is_none() {
+        r.requests.memory = r.limits.memory;
+    }
+    Some(r)
+}
+
+fn resource_list(d: &mut Decoder, node: &Node, path: &str) -> Option<ResourceList> {
+    let Value::Map(entries) = &node.value else {
+        d.expected(node, path, "a mapping of resource names to quantities");
+        return None;
+    };
+    let mut list = ResourceList::default();
+    for (key, value) in entries {
+        let vpath = join(path, &key.name);
+        d.record(&vpath, value.line);
+        let text = match &value.value {
+            Value::Str(s) => s.clone(),
+            Value::Int(_) | Value::Float(_) => value.value.scalar_text().unwrap_or_default(),
+            _ => {
+                d.expected(value, &vpath, "a quantity (such as 500m or 128Mi)");
+                continue;
+            }
+        };
+        let result = match key.name.as_str() {
+            "cpu" => Cpu::parse(&text).map(|q| list.cpu = Some(q)),
+            "memory" => Memory::parse(&text).map(|q| list.memory = Some(q)),
+            other => {
+                d.error(
+                    vpath,
+                    Some(key.line),
+                    format!(
+                        "resource {other:?} is not supported yet (shoal schedules cpu and memory)"
+                    ),
+                );
+                continue;
+            }
+        };
+        if let Err(e) = result {
+            d.error(vpath, Some(value.line), e.to_string());
+        }
+    }
+    Some(list)
+}
+
+fn probe(d: &mut Decoder, node: &Node, path: &str) -> Option<Probe> {
+    let mut f = d.fields(node, path)?;
+    let mut handlers = Vec::new();
+    if let Some(h) = f.opt(d, "httpGet", http_get) {
+        handlers.push(("httpGet", ProbeHandler::HttpGet(h)));
+    }
+    if let Some(h) = f.opt(d, "tcpSocket", tcp_socket) {
+        handlers.push(("tcpSocket", ProbeHandler::TcpSocket(h)));
+    }
+    if let Some(h) = f.opt(d, "exec", exec) {
+        handlers.push(("exec", ProbeHandler::Exec(h)));
+    }
+    // A handler that failed to decode still counts, so that it is not also reported missing.
+    let given: Vec<&str> = ["httpGet", "tcpSocket", "exec"]
+        .into_iter()
+        .filter(|h| f.has(h))
+        .collect();
+    let mut probe = handlers
+        .first()
+        .map(|(_, h)| Probe::new(h.clone()))
+        .unwrap_or_else(|| {
+            Probe::new(ProbeHandler::Exec(ExecAction {
+                command: Vec::new(),
+            }))
+        });
+    let timings: [(&'static str, &mut u32, u32); 5] = [
+        ("initialDelaySeconds", &mut probe.initial_delay_seconds, 0),
+        ("periodSeconds", &mut probe.period_seconds, 1),
+        ("timeoutSeconds", &mut probe.timeout_seconds, 1),
+        ("successThreshold", &mut probe.success_threshold, 1),
+        ("failureThreshold", &mut probe.failure_threshold, 1),
+    ];
+    for (name, slot, min) in timings {
+        if let Some(v) = f.opt(d, name, |d, n, p| d.uint(n, p, min)) {
+            *slot = v;
+        }
+    }
+    let grpc = f.has("grpc");
+    f.finish(d, &["grpc", "terminationGracePeriodSeconds"], &[]);
+    match given.len() {
+        0 if grpc => None, // reported as not supported
+        0 => {
+            d.error(
+                path.to_owned(),
+                Some(node.line),
+                "needs exactly one handler: httpGet, tcpSocket or exec",
+            );
+            None
+        }
+        1 => (handlers.len() == 1).then_some(probe),
+        _ => {
+            d.error(
+                path.to_owned(),
+                Some(node.line),
+                format!(
+                    "has {} handlers ({}): give exactly one",
+                    given.len(),
+                    given.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn http_get(d: &mut Decoder, node: &Node, path: &str) -> Option<HttpGetAction> {
+    let mut f = d.fields(node, path)?;
+    let h = HttpGetAction {
+        path: f
+            .opt(d, "path", Decoder::string)
+            .unwrap_or_else(|| "/".to_owned()),
+        port: f.req(d, "port", port_ref)?,
+        scheme: f
+            .opt(d, "scheme", |d, n, p| {
+                d.choice(n, p, &[("HTTP", Scheme::Http), ("HTTPS", Scheme::Https)])
+            })
+            .unwrap_or_default(),
+        http_headers: f
+            .opt(d, "httpHeaders", |d, n, p| d.list(n, p, http_header))
+            .unwrap_or_default(),
+    };
+    f.finish(d, &["host"], &[]);
+    Some(h)
+}
+
+fn http_header(d: &mut Decoder, node: &Node, path: &str) -> Option<HttpHeader> {
+    let mut f = d.fields(node, path)?;
+    let name = f.req(d, "name", Decoder::string);
+    let value = f.opt(d, "value", Decoder::string).unwrap_or_default();
+    f.finish(d, &[], &[]);
+    Some(HttpHeader { name: name?, value })
+}
+
+fn tcp_socket(d: &mut Decoder, node: &Node, path: &str) -> Option<TcpSocketAction> {
+    let mut f = d.fields(node, path)?;
+    let port = f.req(d, "port", port_ref);
+    f.finish(d, &["host"], &[]);
+    Some(TcpSocketAction { port: port? })
+}
+
+fn exec(d: &mut Decoder, node: &Node, path: &str) -> Option<ExecAction> {
+    let mut f = d.fields(node, path)?;
+    let command = f.req(d, "command", Decoder::string_list);
+    f.finish(d, &[], &[]);
+    Some(ExecAction { command: command? })
+}
+
+fn port_ref(d: &mut Decoder, node: &Node, path: &str) -> Option<PortRef> {
+    match &node.value {
+        Value::Int(_) => d.port(node, path).map(PortRef::Number),
+        Value::Str(s) => Some(PortRef::Name(s.clone())),
+        _ => {
+            d.expected(node, path, "a port number or a port name");
+            None
+        }
+    }
+}
+
+fn deployment_spec(d: &mut Decoder, node: &Node, path: &str) -> DeploymentSpec {
+    let mut spec = DeploymentSpec::default();
+    let Some(mut f) = d.fields(node, path) else {
+        return spec;
+    };
+    if let Some(r) = f.opt(d, "replicas", |d, n, p| d.uint(n, p, 0)) {
+        spec.replicas = r;
+    }
+    spec.selector = f.req(d, "selector", label_selector).unwrap_or_default();
+    spec.template = f.req(d, "template", pod_template).unwrap_or_default();
+    if let Some(s) = f.opt(d, "strategy", strategy) {
+        spec.strategy = s;
+    }
+    if let Some(v) = f.opt(d, "minReadySeconds", |d, n, p| d.uint(n, p, 0)) {
+        spec.min_ready_seconds = v;
+    }
+    if let Some(v) = f.opt(d, "revisionHistoryLimit", |d, n, p| d.uint(n, p, 0)) {
+        spec.revision_history_limit = v;
+    }
+    if let Some(v) = f.opt(d, "progressDeadlineSeconds", |d, n, p| d.uint(n, p, 1)) {
+        spec.progress_deadline_seconds = v;
+    }
+    if let Some(v) = f.opt(d, "paused", Decoder::bool) {
+        spec.paused = v;
+    }
+    f.finish(d, &[], &[]);
+    spec
+}
+
+fn label_selector(d: &mut Decoder, node: &Node, path: &str) -> Option<LabelSelector> {
+    let mut f = d.fields(node, path)?;
+    let match_labels = f
+        .opt(d, "matchLabels", Decoder::string_map)
+        .unwrap_or_default();
+    f.finish(d, &["matchExpressions"], &[]);
+    Some(LabelSelector { match_labels })
+}
+
+fn pod_template(d: &mut Decoder, node: &Node, path: &str) -> Option<PodTemplateSpec> {
+    let mut f = d.fields(node, path)?;
+    let metadata = f
+        .opt(d, "metadata", |d, n, p| Some(template_meta(d, n, p)))
+        .unwrap_or_default();
+    let spec = f
+        .req(d, "spec", |d, n, p| Some(pod_spec(d, n, p)))
+        .unwrap_or_default();
+    f.finish(d, &[], &[]);
+    Some(PodTemplateSpec { metadata, spec })
+}
+
+fn strategy(d: &mut Decoder, node: &Node, path: &str) -> Option<DeploymentStrategy> {
+    let mut f = d.fields(node, path)?;
+    #[derive(Clone, Copy, PartialEq)]
+    enum Type {
+        Rolling,
+        Recreate,
+    }
+    let kind = f
+        .opt(d, "type", |d, n, p| {
+            d.choice(
+                n,
+                p,
+                &[
+                    ("RollingUpdate", Type::Rolling),
+                    ("Recreate", Type::Recreate),
+                ],
+            )
+        })
+        .unwrap_or(Type::Rolling);
+    let rolling = f.take(d, "rollingUpdate");
+    f.finish(d, &[], &[]);
+    match (kind, rolling) {
+        (Type::Recreate, Some((n, p))) => {
+            d.error(
+                p,
+                Some(n.line),
+                "may not be given when the strategy type is Recreate",
+            );
+            Some(DeploymentStrategy::Recreate)
+        }
+        (Type::Recreate, None) => Some(DeploymentStrategy::Recreate),
+        (Type::Rolling, rolling) => {
+            let rolling_update = match rolling {
+                Some((n, p)) => rolling_update(d, n, &p)?,
+                None => RollingUpdate::default(),
+            };
+            Some(DeploymentStrategy::RollingUpdate { rolling_update })
+        }
+    }
+}
+
+fn rolling_update(d: &mut Decoder, node: &Node, path: &str) -> Option<RollingUpdate> {
+    let mut f = d.fields(node, path)?;
+    let mut r = RollingUpdate::default();
+    if let Some(v) = f.opt(d, "maxSurge", int_or_percent) {
+        r.max_surge = v;
+    }
+    if let Some(v) = f.opt(d, "maxUnavailable", int_or_percent) {
+        r.max_unavailable = v;
+    }
+    f.finish(d, &[], &[]);
+    Some(r)
+}
+
+fn int_or_percent(d: &mut Decoder, node: &Node, path: &str) -> Option<IntOrPercent> {
+    match &node.value {
+        Value::Int(_) => d.uint(node, path, 0).map(IntOrPercent::Int),
+        Value::Str(s) => match IntOrPercent::parse_percent(s) {
+            Some(p) => Some(p),
+            None => {
+                d.error(
+                    path.to_owned(),
+                    Some(node.line),
+                    format!("expected a count or a percentage such as 25%, got string {s:?}"),
+                );
+                None
+            }
+        },
+        _ => {
+            d.expected(node, path, "a count or a percentage such as 25%");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        let known = ["containerPort", "name", "protocol", "hostPort"];
+        assert_eq!(
+            suggest("contianerPort", known.into_iter()),
+            Some("containerPort")
+        );
+        assert_eq!(
+            suggest("ContainerPort", known.into_iter()),
+            Some("containerPort")
+        );
+        assert_eq!(suggest("nmae", known.into_iter()), Some("name"));
+        assert_eq!(suggest("image", known.into_iter()), None);
+        assert_eq!(suggest("x", known.into_iter()), None);
+    }
+}

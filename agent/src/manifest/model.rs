@@ -1,0 +1,889 @@
+//! The typed model: the subset of Kubernetes' `v1 Namespace`, `v1 Pod` and `apps/v1 Deployment`
+//! that shoal runs, with every default filled in.
+//!
+//! The serde shapes are Kubernetes' own (camelCase, `{"httpGet": {...}}`, `{"type":
+//! "RollingUpdate", "rollingUpdate": {...}}`, quantities as strings), so serializing a
+//! [`Resource`] gives a manifest kubectl users recognise, and the canonical stored form is that
+//! same JSON with the read-only fields left out (see `canonical.rs`). Deserializing is only for
+//! that stored form: user input goes through the decoder, which reports every problem by field
+//! path and line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::ser::{SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::quantity::{Cpu, Memory};
+
+/// The namespace of namespaced objects that do not name one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The kinds of object shoal understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `v1 Namespace` (cluster-scoped).
+    Namespace,
+    /// `v1 Pod`.
+    Pod,
+    /// `apps/v1 Deployment`.
+    Deployment,
+}
+
+impl Kind {
+    /// Every supported kind.
+    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Deployment];
+
+    /// The `apiVersion` objects of this kind carry.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Namespace | Kind::Pod => "v1",
+            Kind::Deployment => "apps/v1",
+        }
+    }
+
+    /// The `kind` field's value (`Deployment`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+        }
+    }
+
+    /// The kind in the replicated store's object keys (`deployment`): lower case, so that it
+    /// passes the API's key rule.
+    pub fn key_kind(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Pod => "pod",
+            Kind::Deployment => "deployment",
+        }
+    }
+
+    /// The kind for a store key kind ([`Kind::key_kind`]).
+    pub fn from_key_kind(key_kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.key_kind() == key_kind)
+    }
+
+    /// kubectl's resource type as it prints it before `/name` (`deployment.apps`).
+    pub fn resource_type(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Pod => "pod",
+            Kind::Deployment => "deployment.apps",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an object lives in the replicated state: `(kind, namespace, name)`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKey {
+    /// The kind.
+    pub kind: Kind,
+    /// The namespace (`default` when the manifest named none); empty for cluster-scoped kinds
+    /// (Namespace), as in Kubernetes.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    /// kubectl's `TYPE/NAME` (`deployment.apps/web`), without the namespace.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.resource_type(), self.name)
+    }
+}
+
+/// A point in time, in milliseconds since the Unix epoch; serialized as Kubernetes does (RFC
+/// 3339, UTC, seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::k8s::rfc3339(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse(&text)
+            .ok_or_else(|| de::Error::custom(format!("{text:?} is not an RFC 3339 UTC time")))
+    }
+}
+
+impl Timestamp {
+    /// Parses an RFC 3339 UTC time (`2024-05-01T12:00:00Z`, fractions of a second dropped), as
+    /// Kubernetes writes them.
+    pub fn parse(text: &str) -> Option<Timestamp> {
+        let b = text.as_bytes();
+        let shape_ok = b.len() >= 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && matches!(b[10], b'T' | b't')
+            && b[13] == b':'
+            && b[16] == b':'
+            && matches!(b.last(), Some(b'Z' | b'z'));
+        if !shape_ok {
+            return None;
+        }
+        let fraction = &text[19..text.len() - 1];
+        if !(fraction.is_empty()
+            || fraction.len() > 1
+                && fraction.starts_with('.')
+                && fraction[1..].bytes().all(|c| c.is_ascii_digit()))
+        {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<i64> {
+            let s = text.get(r)?;
+            if !s.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+            return None;
+        }
+        // Days from civil (Howard Hinnant's algorithm), the inverse of `k8s::rfc3339`.
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let mp = if m > 2 { m - 3 } else { m + 9 };
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+        u64::try_from(secs).ok().map(|s| Timestamp(s * 1000))
+    }
+}
+
+/// Standard object metadata.
+///
+/// `uid`, `resourceVersion`, `generation`, `creationTimestamp` and `deletionTimestamp` are
+/// filled by shoal, not by users: manifests may carry them (kubectl round-trips them from `get
+/// -o yaml`) and the parser ignores them; the stored form leaves them out (`from_stored` drops
+/// them); the caller sets them before rendering an object for `get`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    /// The name, unique per kind and namespace.
+    pub name: String,
+    /// The namespace: always set for namespaced kinds once parsed (`default` if the manifest
+    /// named none), never for Namespace objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Read-only: the object's unique id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Read-only: the version of the stored object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// Read-only: incremented on every change of the spec (see `next_generation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Read-only: when the object was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<Timestamp>,
+    /// Read-only: when the object's deletion was requested (it is terminating).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<Timestamp>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    /// Clears the read-only fields (what the stored form leaves out).
+    pub fn clear_read_only(&mut self) {
+        self.uid = None;
+        self.resource_version = None;
+        self.generation = None;
+        self.creation_timestamp = None;
+        self.deletion_timestamp = None;
+    }
+}
+
+/// A `v1 Namespace`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    /// Metadata (no namespace: namespaces are cluster-scoped).
+    pub metadata: ObjectMeta,
+}
+
+/// A `v1 Pod`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// What to run.
+    pub spec: PodSpec,
+}
+
+/// An `apps/v1 Deployment`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// Replicas, selector, pod template and rollout strategy.
+    pub spec: DeploymentSpec,
+}
+
+/// What a pod runs and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSpec {
+    /// The containers (at least one; names unique).
+    pub containers: Vec<Container>,
+    /// Default `Always`; a Deployment's pods must use `Always`.
+    pub restart_policy: RestartPolicy,
+    /// Labels a node must have to run this pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Seconds between SIGTERM and SIGKILL when the pod stops; default 30.
+    pub termination_grace_period_seconds: u64,
+    /// Read-only: the node the pod was placed on. Users cannot set it (placement is shoal's,
+    /// steer it with `nodeSelector`); the stored form leaves it out; the caller sets it before
+    /// rendering a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+impl Default for PodSpec {
+    fn default() -> Self {
+        PodSpec {
+            containers: Vec::new(),
+            restart_policy: RestartPolicy::Always,
+            node_selector: BTreeMap::new(),
+            termination_grace_period_seconds: 30,
+            node_name: None,
+        }
+    }
+}
+
+/// When the containers of a pod are restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Always (the default; the only value a Deployment allows).
+    #[default]
+    Always,
+    /// Only after a failure (non-zero exit).
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Container {
+    /// Name, unique in the pod (a DNS-1123 label).
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Replaces the image's entrypoint when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's command (arguments) when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Working directory; the image's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Environment variables, in order (a later duplicate wins, as in Kubernetes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Ports the container listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    /// CPU and memory requests and limits. Requests default to the limits when only limits
+    /// are given (Kubernetes' rule).
+    #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
+    pub resources: ResourceRequirements,
+    /// Restart the container when this fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Send traffic only while this succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Hold the other probes until this succeeds once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// When to pull the image; defaults as Kubernetes does: `Always` for `:latest` or no tag,
+    /// `IfNotPresent` otherwise.
+    pub image_pull_policy: PullPolicy,
+}
+
+/// When to pull a container image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Every time the container starts.
+    Always,
+    /// Only if the node does not have it.
+    #[default]
+    IfNotPresent,
+    /// Never (the image must be on the node).
+    Never,
+}
+
+impl PullPolicy {
+    /// Kubernetes' default for an image reference: `Always` when the tag is `latest` or absent
+    /// (and there is no digest), `IfNotPresent` otherwise.
+    pub fn default_for(image: &str) -> PullPolicy {
+        if image.contains('@') {
+            return PullPolicy::IfNotPresent;
+        }
+        // The tag follows the last ':' after the last '/' (a registry host may carry a port).
+        let last = image.rsplit('/').next().unwrap_or(image);
+        match last.rsplit_once(':') {
+            Some((_, "latest")) | None => PullPolicy::Always,
+            Some(_) => PullPolicy::IfNotPresent,
+        }
+    }
+}
+
+/// An environment variable with a literal value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    /// Name.
+    pub name: String,
+    /// Value (empty when absent).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+}
+
+/// A port a container listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    /// The port number (1-65535).
+    pub container_port: u16,
+    /// A name services and probes can refer to (an IANA service name, unique in the
+    /// container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP` (default) or `UDP`.
+    pub protocol: Protocol,
+    /// The node port to expose it on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+/// A port's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Protocol {
+    /// TCP (the default).
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+/// CPU and memory requests and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRequirements {
+    /// What the scheduler reserves.
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub requests: ResourceList,
+    /// What the container may use at most.
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub limits: ResourceList,
+}
+
+impl ResourceRequirements {
+    /// Whether neither requests nor limits are set.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.limits.is_empty()
+    }
+}
+
+/// Amounts of CPU and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceList {
+    /// CPU, in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Memory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+}
+
+impl ResourceList {
+    /// Whether no amount is set.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none()
+    }
+}
+
+/// A health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// How to check (exactly one of `httpGet`, `tcpSocket`, `exec`).
+    #[serde(flatten)]
+    pub handler: ProbeHandler,
+    /// Seconds after the container starts before the first check; default 0.
+    pub initial_delay_seconds: u32,
+    /// Seconds between checks; default 10.
+    pub period_seconds: u32,
+    /// Seconds before a check times out; default 1.
+    pub timeout_seconds: u32,
+    /// Consecutive successes to count as healthy after a failure; default 1 (and must be 1
+    /// for liveness and startup probes).
+    pub success_threshold: u32,
+    /// Consecutive failures to count as unhealthy; default 3.
+    pub failure_threshold: u32,
+}
+
+impl Probe {
+    /// A probe with Kubernetes' default timings.
+    pub fn new(handler: ProbeHandler) -> Probe {
+        Probe {
+            handler,
+            initial_delay_seconds: 0,
+            period_seconds: 10,
+            timeout_seconds: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// How a probe checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProbeHandler {
+    /// An HTTP GET; healthy on a 2xx or 3xx answer.
+    HttpGet(HttpGetAction),
+    /// A TCP connection; healthy if it opens.
+    TcpSocket(TcpSocketAction),
+    /// A command in the container; healthy if it exits 0.
+    Exec(ExecAction),
+}
+
+/// An HTTP GET probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGetAction {
+    /// Path; default `/`.
+    pub path: String,
+    /// Port number or the name of one of the container's ports.
+    pub port: PortRef,
+    /// `HTTP` (default) or `HTTPS` (certificates are not verified, as in Kubernetes).
+    pub scheme: Scheme,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+/// An HTTP header of a probe request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeader {
+    /// Header name.
+    pub name: String,
+    /// Header value.
+    pub value: String,
+}
+
+/// HTTP or HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Scheme {
+    /// Plain HTTP (the default).
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    /// HTTPS.
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+/// A TCP probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSocketAction {
+    /// Port number or the name of one of the container's ports.
+    pub port: PortRef,
+}
+
+/// A command probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecAction {
+    /// The command and its arguments (not run in a shell).
+    pub command: Vec<String>,
+}
+
+/// A port given by number or by the name of a container port (Kubernetes' int-or-string).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    /// A port number.
+    Number(u16),
+    /// A container port's name.
+    Name(String),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The desired state of a Deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// How many pods; default 1.
+    pub replicas: u32,
+    /// Which pods belong to the Deployment; must match the template's labels.
+    pub selector: LabelSelector,
+    /// The pods to run.
+    pub template: PodTemplateSpec,
+    /// How to replace old pods with new ones; default RollingUpdate with 25% / 25%.
+    pub strategy: DeploymentStrategy,
+    /// Seconds a new pod must be ready before it counts as available; default 0.
+    pub min_ready_seconds: u32,
+    /// Old revisions to keep for rollback; default 10.
+    pub revision_history_limit: u32,
+    /// Seconds without progress before the rollout is reported as failed
+    /// (`Progressing=False`, `ProgressDeadlineExceeded`); default 600.
+    pub progress_deadline_seconds: u32,
+    /// Whether rollouts are paused; default false.
+    pub paused: bool,
+}
+
+impl Default for DeploymentSpec {
+    fn default() -> Self {
+        DeploymentSpec {
+            replicas: 1,
+            selector: LabelSelector::default(),
+            template: PodTemplateSpec::default(),
+            strategy: DeploymentStrategy::default(),
+            min_ready_seconds: 0,
+            revision_history_limit: 10,
+            progress_deadline_seconds: 600,
+            paused: false,
+        }
+    }
+}
+
+/// A label selector (only `matchLabels`; `matchExpressions` is not supported yet).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Labels a pod must all have.
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl LabelSelector {
+    /// Whether `labels` has every label of the selector.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// The pods a Deployment creates.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodTemplateSpec {
+    /// The pods' labels and annotations.
+    pub metadata: TemplateMeta,
+    /// The pods' spec.
+    pub spec: PodSpec,
+}
+
+/// A pod template's metadata: labels and annotations (a template has no name of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateMeta {
+    /// Labels every pod gets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations every pod gets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// How a Deployment replaces its pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum DeploymentStrategy {
+    /// Kill all old pods, then create the new ones.
+    Recreate,
+    /// Replace pods a few at a time.
+    RollingUpdate {
+        /// How many at a time.
+        #[serde(rename = "rollingUpdate")]
+        rolling_update: RollingUpdate,
+    },
+}
+
+impl Default for DeploymentStrategy {
+    fn default() -> Self {
+        DeploymentStrategy::RollingUpdate {
+            rolling_update: RollingUpdate::default(),
+        }
+    }
+}
+
+/// The pace of a rolling update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollingUpdate {
+    /// Pods above the desired count during the update; default 25%.
+    pub max_surge: IntOrPercent,
+    /// Pods below the desired count during the update; default 25%.
+    pub max_unavailable: IntOrPercent,
+}
+
+impl Default for RollingUpdate {
+    fn default() -> Self {
+        RollingUpdate {
+            max_surge: IntOrPercent::Percent(25),
+            max_unavailable: IntOrPercent::Percent(25),
+        }
+    }
+}
+
+impl RollingUpdate {
+    /// `(max surge, max unavailable)` as pod counts for `replicas` desired pods, as Kubernetes
+    /// resolves them: surge rounds up, unavailability rounds down, and if both come to 0,
+    /// one pod may be unavailable (so that the rollout can make progress).
+    pub fn resolve(&self, replicas: u32) -> (u32, u32) {
+        let surge = self.max_surge.resolve(replicas, true);
+        let unavailable = self.max_unavailable.resolve(replicas, false);
+        if surge == 0 && unavailable == 0 {
+            (0, 1)
+        } else {
+            (surge, unavailable)
+        }
+    }
+}
+
+/// A count or a percentage of the desired replicas (`3` or `"25%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntOrPercent {
+    /// A number of pods.
+    Int(u32),
+    /// A percentage of the desired replicas.
+    Percent(u32),
+}
+
+impl IntOrPercent {
+    /// The number of pods for `replicas`, a percentage rounded up or down.
+    pub fn resolve(self, replicas: u32, round_up: bool) -> u32 {
+        match self {
+            IntOrPercent::Int(n) => n,
+            IntOrPercent::Percent(p) => {
+                let scaled = u64::from(p) * u64::from(replicas);
+                let n = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    /// Whether this is zero pods (`0` or `"0%"`).
+    pub fn is_zero(self) -> bool {
+        matches!(self, IntOrPercent::Int(0) | IntOrPercent::Percent(0))
+    }
+
+    /// Parses `"25%"`.
+    pub fn parse_percent(text: &str) -> Option<IntOrPercent> {
+        let digits = text.strip_suffix('%')?;
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(IntOrPercent::Percent)
+    }
+}
+
+impl fmt::Display for IntOrPercent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntOrPercent::Int(n) => write!(f, "{n}"),
+            IntOrPercent::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for IntOrPercent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            IntOrPercent::Int(n) => s.serialize_u32(*n),
+            IntOrPercent::Percent(_) => s.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IntOrPercent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<IntOrPercent, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(IntOrPercent::Int(n)),
+            Raw::Text(t) => IntOrPercent::parse_percent(&t)
+                .ok_or_else(|| de::Error::custom(format!("{t:?} is not a count or a percentage"))),
+        }
+    }
+}
+
+/// One parsed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    /// A Namespace.
+    Namespace(Namespace),
+    /// A Pod.
+    Pod(Pod),
+    /// A Deployment.
+    Deployment(Deployment),
+}
+
+impl Resource {
+    /// The kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Namespace(_) => Kind::Namespace,
+            Resource::Pod(_) => Kind::Pod,
+            Resource::Deployment(_) => Kind::Deployment,
+        }
+    }
+
+    /// The metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Namespace(o) => &o.metadata,
+            Resource::Pod(o) => &o.metadata,
+            Resource::Deployment(o) => &o.metadata,
+        }
+    }
+
+    /// The metadata, to set the read-only fields before rendering.
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::Namespace(o) => &mut o.metadata,
+            Resource::Pod(o) => &mut o.metadata,
+            Resource::Deployment(o) => &mut o.metadata,
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    /// Where the object lives in the replicated state: namespace `default` when the manifest
+    /// named none, empty for Namespace objects (cluster-scoped).
+    pub fn key(&self) -> ResourceKey {
+        let meta = self.metadata();
+        let namespace = if self.kind().is_namespaced() {
+            meta.namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+        } else {
+            String::new()
+        };
+        ResourceKey {
+            kind: self.kind(),
+            namespace,
+            name: meta.name.clone(),
+        }
+    }
+}
+
+impl Serialize for Resource {
+    /// The Kubernetes object: `apiVersion`, `kind`, `metadata`, `spec` (none for a Namespace).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kind = self.kind();
+        let fields = if kind == Kind::Namespace { 3 } else { 4 };
+        let mut st = s.serialize_struct("Resource", fields)?;
+        st.serialize_field("apiVersion", kind.api_version())?;
+        st.serialize_field("kind", kind.as_str())?;
+        st.serialize_field("metadata", self.metadata())?;
+        match self {
+            Resource::Namespace(_) => {}
+            Resource::Pod(p) => st.serialize_field("spec", &p.spec)?,
+            Resource::Deployment(d) => st.serialize_field("spec", &d.spec)?,
+        }
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policy_defaults() {
+        for (image, policy) in [
+            ("nginx", PullPolicy::Always),
+            ("nginx:latest", PullPolicy::Always),
+            ("nginx:1.27", PullPolicy::IfNotPresent),
+            ("registry:5000/team/app", PullPolicy::Always),
+            ("registry:5000/team/app:v2", PullPolicy::IfNotPresent),
+            ("nginx@sha256:abcd", PullPolicy::IfNotPresent),
+        ] {
+            assert_eq!(PullPolicy::default_for(image), policy, "{image}");
+        }
+    }
+
+    #[test]
+    fn rolling_update_resolution() {
+        let ru = RollingUpdate::default();
+        assert_eq!(ru.resolve(10), (3, 2));
+        assert_eq!(ru.resolve(1), (1, 0));
+        assert_eq!(ru.resolve(0), (0, 1));
+        let ints = RollingUpdate {
+            max_surge: IntOrPercent::Int(0),
+            max_unavailable: IntOrPercent::Int(2),
+        };
+        assert_eq!(ints.resolve(5), (0, 2));
+        assert_eq!(
+            IntOrPercent::parse_percent("25%"),
+            Some(IntOrPercent::Percent(25))
+        );
+        assert_eq!(IntOrPercent::parse_percent("%"), None);
+        assert_eq!(IntOrPercent::parse_percent("2.5%"), None);
+        assert_eq!(IntOrPercent::parse_percent("-5%"), None);
+    }
+}

@@ -1,0 +1,614 @@
+//! Kubernetes-shaped output: the status types the caller fills, objects as `kubectl get -o
+//! json|yaml` prints them, and kubectl's table rows.
+//!
+//! An object for `get` is the stored [`Resource`] with its read-only fields set by the caller
+//! (`metadata.uid`, `resourceVersion`, `generation`, `creationTimestamp`, `deletionTimestamp`;
+//! a pod's `spec.nodeName`) plus a status. The JSON shapes and field names are Kubernetes', so
+//! `jq '.items[].status.podIP'` and `-o jsonpath` scripts keep working; the same JSON reads
+//! back with [`pod_from_object`] and friends (for a CLI that gets objects from the API and
+//! prints a table).
+//!
+//! The table functions are pure: same object, status and `now`, same row.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, PodSpec, Timestamp};
+use super::validate::format_labels;
+
+/// `True`, `False` or `Unknown`, as in every Kubernetes condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// It does not.
+    False,
+    /// Nobody knows (the node is not answering).
+    #[default]
+    Unknown,
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(b: bool) -> Self {
+        if b {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+/// A pod's lifecycle phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum PodPhase {
+    /// Accepted, but not all containers are running yet (placing, pulling, creating).
+    #[default]
+    Pending,
+    /// Placed, and at least one container is running or restarting.
+    Running,
+    /// Every container exited 0 and will not restart.
+    Succeeded,
+    /// Every container exited, at least one in failure, and none will restart.
+    Failed,
+    /// The pod's node is not answering.
+    Unknown,
+}
+
+/// The kinds of pod condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PodConditionType {
+    /// The pod has a node.
+    PodScheduled,
+    /// Init containers have completed (always true here: there are none).
+    Initialized,
+    /// Every container is ready.
+    ContainersReady,
+    /// The pod can serve traffic.
+    Ready,
+}
+
+/// A pod condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCondition {
+    /// Which condition.
+    #[serde(rename = "type")]
+    pub kind: PodConditionType,
+    /// Whether it holds.
+    pub status: ConditionStatus,
+    /// A CamelCase reason (`ContainersNotReady`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Timestamp>,
+}
+
+/// What a pod is doing, as the node running it reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// The phase.
+    pub phase: PodPhase,
+    /// PodScheduled, Initialized, ContainersReady, Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PodCondition>,
+    /// The address of the node running the pod.
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// The pod's address.
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    /// When the node accepted the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Timestamp>,
+    /// One per container of the spec, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+    /// A CamelCase reason for the phase (`Evicted`, `NodeLost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One container's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name.
+    pub name: String,
+    /// What it is doing now.
+    pub state: ContainerState,
+    /// How its previous run ended (after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ContainerState>,
+    /// Whether its readiness probe passes (or it runs and has none).
+    pub ready: bool,
+    /// How many times it was restarted.
+    pub restart_count: u32,
+    /// The image it runs.
+    pub image: String,
+    /// The image's resolved id (digest).
+    #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The runtime's id, `docker://...` or `containerd://...`.
+    #[serde(
+        default,
+        rename = "containerID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_id: Option<String>,
+    /// Whether it has started (its startup probe passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+}
+
+/// A container's state: exactly one of waiting, running, terminated (Kubernetes writes it as
+/// an object with one of those keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ContainerState {
+    /// Not running yet, or between restarts.
+    Waiting {
+        /// `ContainerCreating`, `ErrImagePull`, `ImagePullBackOff`, `CrashLoopBackOff`,
+        /// `CreateContainerConfigError` ...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// A human explanation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// Running.
+    Running {
+        /// Since when.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<Timestamp>,
+    },
+    /// Exited.
+    Terminated {
+        /// The exit code.
+        exit_code: i32,
+        /// The signal that killed it, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// `Completed`, `Error`, `OOMKilled` ...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// A human explanation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        /// When it started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<Timestamp>,
+        /// When it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        finished_at: Option<Timestamp>,
+    },
+}
+
+/// The kinds of deployment condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeploymentConditionType {
+    /// At least `replicas - maxUnavailable` pods are available.
+    Available,
+    /// The rollout is making progress, or has finished (`NewReplicaSetAvailable`).
+    Progressing,
+    /// Pods cannot be created (no node can run them, for example).
+    ReplicaFailure,
+}
+
+/// A deployment condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentCondition {
+    /// Which condition.
+    #[serde(rename = "type")]
+    pub kind: DeploymentConditionType,
+    /// Whether it holds.
+    pub status: ConditionStatus,
+    /// A CamelCase reason (`MinimumReplicasAvailable`, `ProgressDeadlineExceeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the condition was last updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<Timestamp>,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Timestamp>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// What a Deployment's pods are doing. Zero counts are left out, as Kubernetes does.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// The `metadata.generation` this status reflects.
+    #[serde(default)]
+    pub observed_generation: u64,
+    /// Pods of the Deployment, of any revision.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replicas: u32,
+    /// Pods of the current template.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub updated_replicas: u32,
+    /// Pods that are ready.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ready_replicas: u32,
+    /// Pods ready for at least `minReadySeconds`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub available_replicas: u32,
+    /// Desired pods not available (missing or not ready).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unavailable_replicas: u32,
+    /// Available and Progressing (and ReplicaFailure when it applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<DeploymentCondition>,
+}
+
+/// A namespace's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum NamespacePhase {
+    /// In use.
+    #[default]
+    Active,
+    /// Being deleted with its objects.
+    Terminating,
+}
+
+/// A namespace's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NamespaceStatus {
+    /// The phase.
+    pub phase: NamespacePhase,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Shaped<'a, Spec: Serialize, Status: Serialize> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: &'a ObjectMeta,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<&'a Spec>,
+    status: Status,
+}
+
+fn shaped<Spec: Serialize, Status: Serialize>(
+    kind: Kind,
+    metadata: &ObjectMeta,
+    spec: Option<&Spec>,
+    status: Status,
+) -> Value {
+    serde_json::to_value(Shaped {
+        api_version: kind.api_version(),
+        kind: kind.as_str(),
+        metadata,
+        spec,
+        status,
+    })
+    .unwrap_or(Value::Null)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodStatusOut<'a> {
+    #[serde(flatten)]
+    status: &'a PodStatus,
+    qos_class: &'static str,
+}
+
+/// A pod as `kubectl get pod -o json` prints it (with `status.qosClass` derived from the
+/// spec).
+pub fn pod_object(pod: &Pod, status: &PodStatus) -> Value {
+    let status = PodStatusOut {
+        status,
+        qos_class: qos_class(&pod.spec),
+    };
+    shaped(Kind::Pod, &pod.metadata, Some(&pod.spec), status)
+}
+
+/// A Deployment as `kubectl get deployment -o json` prints it.
+pub fn deployment_object(deployment: &Deployment, status: &DeploymentStatus) -> Value {
+    shaped(
+        Kind::Deployment,
+        &deployment.metadata,
+        Some(&deployment.spec),
+        status,
+    )
+}
+
+/// A Namespace as `kubectl get namespace -o json` prints it.
+pub fn namespace_object(namespace: &Namespace, status: &NamespaceStatus) -> Value {
+    shaped::<(), _>(Kind::Namespace, &namespace.metadata, None, status)
+}
+
+/// A `v1 List` of objects, what `kubectl get ... -o json` prints for several.
+pub fn list_object(items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": { "resourceVersion": "" },
+        "items": items,
+    })
+}
+
+#[derive(Deserialize)]
+struct Unshaped<Spec, Status> {
+    metadata: ObjectMeta,
+    spec: Spec,
+    #[serde(default)]
+    status: Status,
+}
+
+/// A pod and its status back from [`pod_object`]'s JSON.
+pub fn pod_from_object(value: &Value) -> Result<(Pod, PodStatus), serde_json::Error> {
+    // `status.qosClass` is derived on output and ignored here.
+    let u: Unshaped<PodSpec, PodStatus> = serde_json::from_value(value.clone())?;
+    Ok((
+        Pod {
+            metadata: u.metadata,
+            spec: u.spec,
+        },
+        u.status,
+    ))
+}
+
+/// A Deployment and its status back from [`deployment_object`]'s JSON.
+pub fn deployment_from_object(
+    value: &Value,
+) -> Result<(Deployment, DeploymentStatus), serde_json::Error> {
+    let u: Unshaped<_, DeploymentStatus> = serde_json::from_value(value.clone())?;
+    Ok((
+        Deployment {
+            metadata: u.metadata,
+            spec: u.spec,
+        },
+        u.status,
+    ))
+}
+
+/// A Namespace and its status back from [`namespace_object`]'s JSON.
+pub fn namespace_from_object(
+    value: &Value,
+) -> Result<(Namespace, NamespaceStatus), serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Ns {
+        metadata: ObjectMeta,
+        #[serde(default)]
+        status: NamespaceStatus,
+    }
+    let ns: Ns = serde_json::from_value(value.clone())?;
+    Ok((
+        Namespace {
+            metadata: ns.metadata,
+        },
+        ns.status,
+    ))
+}
+
+/// Kubernetes' quality-of-service class: `Guaranteed` when every container has CPU and memory
+/// limits equal to its requests, `BestEffort` when none has any, `Burstable` otherwise.
+pub fn qos_class(spec: &PodSpec) -> &'static str {
+    let resources = spec.containers.iter().map(|c| &c.resources);
+    if resources.clone().all(|r| r.is_empty()) {
+        return "BestEffort";
+    }
+    let guaranteed = resources.clone().all(|r| {
+        r.limits.cpu.is_some()
+            && r.limits.memory.is_some()
+            && r.requests.cpu == r.limits.cpu
+            && r.requests.memory == r.limits.memory
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// `get pods` columns.
+pub const POD_COLUMNS: [&str; 5] = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+/// `get pods -o wide` columns.
+pub const POD_WIDE_COLUMNS: [&str; 7] =
+    ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"];
+/// `get deployments` columns.
+pub const DEPLOYMENT_COLUMNS: [&str; 5] = ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"];
+/// `get deployments -o wide` columns.
+pub const DEPLOYMENT_WIDE_COLUMNS: [&str; 8] = [
+    "NAME",
+    "READY",
+    "UP-TO-DATE",
+    "AVAILABLE",
+    "AGE",
+    "CONTAINERS",
+    "IMAGES",
+    "SELECTOR",
+];
+/// `get namespaces` columns.
+pub const NAMESPACE_COLUMNS: [&str; 3] = ["NAME", "STATUS", "AGE"];
+
+/// kubectl's AGE: the time since `since`, or `<unknown>`.
+fn age(since: Option<Timestamp>, now_ms: u64) -> String {
+    match since {
+        Some(t) => crate::k8s::human_duration(now_ms.saturating_sub(t.0)),
+        None => "<unknown>".to_owned(),
+    }
+}
+
+/// A pod's STATUS column, kubectl's rules: the phase, or the pod's reason, overridden by the
+/// last container (in spec order) that is waiting or terminated with a reason (`CrashLoopBackOff`,
+/// `ImagePullBackOff`, `ContainerCreating`, `Completed`, `Error`, `OOMKilled`), or
+/// `ExitCode:N`/`Signal:N` when it terminated without one; `Running`/`NotReady` again if a
+/// container still runs after others completed; `Terminating` once deletion was requested
+/// (`Unknown` if the node is lost too).
+pub fn pod_status_text(pod: &Pod, status: &PodStatus) -> String {
+    pod_summary(pod, status).status
+}
+
+struct PodSummary {
+    status: String,
+    ready: usize,
+    restarts: u32,
+    last_restart: Option<Timestamp>,
+}
+
+fn pod_summary(pod: &Pod, status: &PodStatus) -> PodSummary {
+    let mut reason = status
+        .reason
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", status.phase));
+    let mut ready = 0;
+    let mut restarts = 0u32;
+    let mut last_restart: Option<Timestamp> = None;
+    let mut has_running = false;
+    for c in status.container_statuses.iter().rev() {
+        restarts = restarts.saturating_add(c.restart_count);
+        if let Some(ContainerState::Terminated {
+            finished_at: Some(t),
+            ..
+        }) = &c.last_state
+        {
+            last_restart = last_restart.max(Some(*t));
+        }
+        match &c.state {
+            ContainerState::Waiting {
+                reason: Some(r), ..
+            } if !r.is_empty() => reason = r.clone(),
+            ContainerState::Terminated {
+                reason: Some(r), ..
+            } if !r.is_empty() => reason = r.clone(),
+            ContainerState::Terminated {
+                signal, exit_code, ..
+            } => {
+                reason = match signal {
+                    Some(s) if *s != 0 => format!("Signal:{s}"),
+                    _ => format!("ExitCode:{exit_code}"),
+                }
+            }
+            ContainerState::Running { .. } if c.ready => {
+                has_running = true;
+                ready += 1;
+            }
+            _ => {}
+        }
+    }
+    if reason == "Completed" && has_running {
+        let pod_ready = status
+            .conditions
+            .iter()
+            .any(|c| c.kind == PodConditionType::Ready && c.status == ConditionStatus::True);
+        reason = if pod_ready { "Running" } else { "NotReady" }.to_owned();
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        reason = if status.reason.as_deref() == Some("NodeLost") {
+            "Unknown".to_owned()
+        } else {
+            "Terminating".to_owned()
+        };
+    }
+    PodSummary {
+        status: reason,
+        ready,
+        restarts,
+        last_restart,
+    }
+}
+
+/// A `get pods` row ([`POD_COLUMNS`], or [`POD_WIDE_COLUMNS`] when `wide`).
+pub fn pod_row(pod: &Pod, status: &PodStatus, now_ms: u64, wide: bool) -> Vec<String> {
+    let s = pod_summary(pod, status);
+    let restarts = match s.last_restart {
+        Some(t) if s.restarts > 0 => format!("{} ({} ago)", s.restarts, age(Some(t), now_ms)),
+        _ => s.restarts.to_string(),
+    };
+    let mut row = vec![
+        pod.metadata.name.clone(),
+        format!("{}/{}", s.ready, pod.spec.containers.len()),
+        s.status,
+        restarts,
+        age(pod.metadata.creation_timestamp, now_ms),
+    ];
+    if wide {
+        let none = || "<none>".to_owned();
+        row.push(status.pod_ip.clone().unwrap_or_else(none));
+        row.push(pod.spec.node_name.clone().unwrap_or_else(none));
+    }
+    row
+}
+
+/// A `get deployments` row ([`DEPLOYMENT_COLUMNS`], or [`DEPLOYMENT_WIDE_COLUMNS`]).
+pub fn deployment_row(
+    deployment: &Deployment,
+    status: &DeploymentStatus,
+    now_ms: u64,
+    wide: bool,
+) -> Vec<String> {
+    let spec = &deployment.spec;
+    let mut row = vec![
+        deployment.metadata.name.clone(),
+        format!("{}/{}", status.ready_replicas, spec.replicas),
+        status.updated_replicas.to_string(),
+        status.available_replicas.to_string(),
+        age(deployment.metadata.creation_timestamp, now_ms),
+    ];
+    if wide {
+        let containers = &spec.template.spec.containers;
+        row.push(join(containers.iter().map(|c| c.name.as_str())));
+        row.push(join(containers.iter().map(|c| c.image.as_str())));
+        row.push(format_labels(&spec.selector.match_labels));
+    }
+    row
+}
+
+/// A `get namespaces` row ([`NAMESPACE_COLUMNS`]).
+pub fn namespace_row(namespace: &Namespace, status: &NamespaceStatus, now_ms: u64) -> Vec<String> {
+    vec![
+        namespace.metadata.name.clone(),
+        format!("{:?}", status.phase),
+        age(namespace.metadata.creation_timestamp, now_ms),
+    ]
+}
+
+fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(",")
+}
+
+/// Columns padded to their widest cell plus three spaces, as kubectl prints them.
+pub fn format_table(columns: &[&str], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+    let all: Vec<&Vec<String>> = std::iter::once(&header).chain(rows).collect();
+    let width = all.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..width)
+        .map(|c| {
+            all.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in all {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
