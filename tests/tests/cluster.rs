@@ -54,6 +54,7 @@ fn paused_agent_comes_back_by_itself_and_gets_writes_made_meanwhile() {
     });
 
     cluster.agents[2].signal("STOP");
+    let stopped_at = std::time::Instant::now();
     let others = [0, 1, 3];
     cluster.wait_for("node-2 dead while stopped", secs(15), |c| {
         c.all_see(&others, &["node-2"], "dead")
@@ -65,7 +66,7 @@ fn paused_agent_comes_back_by_itself_and_gets_writes_made_meanwhile() {
     );
     assert_eq!(status, 200);
     // Stay stopped for 30 s in all, well past the suspicion timeout.
-    std::thread::sleep(secs(22));
+    std::thread::sleep(secs(30).saturating_sub(stopped_at.elapsed()));
     cluster.agents[2].signal("CONT");
     cluster.wait_for("node-2 alive everywhere again", secs(15), |c| {
         c.all_see(&everyone, &["node-2"], "alive")
@@ -212,4 +213,46 @@ fn sigterm_leaves_and_others_see_left_within_a_second() {
         cluster.agents[1].wait_exit(secs(5)),
         "agent exits cleanly after leaving"
     );
+}
+
+#[test]
+fn get_nodes_prints_kubernetes_shaped_json_and_yaml() {
+    let cluster = Cluster::start("formats", 2);
+    let everyone = all(&cluster);
+    cluster.wait_for("both alive", secs(20), |c| {
+        c.all_see(&everyone, &["node-0", "node-1"], "alive")
+    });
+    let json = cluster.agents[0]
+        .cli(&["get", "nodes", "-o", "json"])
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(list["kind"], "List");
+    let item = &list["items"][1];
+    assert_eq!(item["kind"], "Node");
+    assert_eq!(item["metadata"]["name"], "node-1");
+    assert_eq!(item["metadata"]["uid"].as_str().unwrap().len(), 64);
+    assert_eq!(item["status"]["addresses"][0]["type"], "InternalIP");
+    assert_eq!(item["status"]["addresses"][0]["address"], "127.0.0.1");
+    assert_eq!(item["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(item["status"]["conditions"][0]["status"], "True");
+    assert_eq!(item["status"]["membership"], "alive");
+    let yaml = cluster.agents[0]
+        .cli(&["get", "nodes", "-o", "yaml"])
+        .unwrap();
+    assert!(yaml.contains("kind: List"), "{yaml}");
+    assert!(yaml.contains("membership: alive"), "{yaml}");
+    let table = cluster.agents[0].cli(&["get", "nodes"]).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "ADDRESS", "AGE"]);
+    let wide = cluster.agents[0]
+        .cli(&["get", "nodes", "-o", "wide"])
+        .unwrap();
+    assert!(
+        wide.lines().next().unwrap().contains("INCARNATION"),
+        "{wide}"
+    );
+    let names = cluster.agents[0]
+        .cli(&["get", "nodes", "-o", "name"])
+        .unwrap();
+    assert_eq!(names, "node/node-0\nnode/node-1\n");
 }
