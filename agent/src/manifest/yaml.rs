@@ -161,7 +161,9 @@ pub(crate) fn split_documents(text: &str) -> Vec<Document<'_>> {
                     ended: false,
                 };
             }
-            if is_content && !(bare.starts_with('%') && !cur.has_marker) {
+            // Directives (`%YAML`) before a document's marker are not content.
+            let directive = bare.starts_with('%') && !cur.has_marker;
+            if is_content && !directive {
                 cur.has_content = true;
             }
         }

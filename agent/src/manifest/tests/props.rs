@@ -1,1 +1,419 @@
-//! props
+//! Properties: the stored form round-trips, the YAML rendering of any valid object parses back
+//! to it, and no input panics the parser.
+
+use std::collections::BTreeMap;
+
+use proptest::collection::{btree_map, vec};
+use proptest::option;
+use proptest::prelude::*;
+
+use super::*;
+
+fn dns_label() -> impl Strategy<Value = String> {
+    "[a-z]([a-z0-9-]{0,10}[a-z0-9])?"
+}
+
+fn label_key() -> impl Strategy<Value = String> {
+    (
+        option::of("[a-z]{1,6}\\.(io|com)"),
+        "[A-Za-z0-9]([A-Za-z0-9_.-]{0,8}[A-Za-z0-9])?",
+    )
+        .prop_map(|(prefix, name)| match prefix {
+            Some(p) => format!("{p}/{name}"),
+            None => name,
+        })
+}
+
+fn label_value() -> impl Strategy<Value = String> {
+    // Includes values YAML would read as other types if unquoted: the renderer must quote them.
+    prop_oneof![
+        "([A-Za-z0-9]([A-Za-z0-9_.-]{0,8}[A-Za-z0-9])?)?",
+        Just("true".to_owned()),
+        Just("1.0".to_owned()),
+        Just("null".to_owned()),
+        Just("0x1F".to_owned()),
+        Just("yes".to_owned()),
+    ]
+}
+
+fn labels(max: usize) -> impl Strategy<Value = BTreeMap<String, String>> {
+    btree_map(label_key(), label_value(), 0..max)
+}
+
+/// Any text, including what YAML treats specially.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[ -~]{0,20}",
+        Just(String::new()),
+        Just("- item".to_owned()),
+        Just("key: value".to_owned()),
+        Just("# comment".to_owned()),
+        Just("--- ".to_owned()),
+        Just("multi\nline\n".to_owned()),
+        Just(" leading space".to_owned()),
+        Just("~".to_owned()),
+        Just("'quoted'".to_owned()),
+        Just("\"dq\"".to_owned()),
+        Just("@at".to_owned()),
+        Just("*alias".to_owned()),
+        Just("&anchor".to_owned()),
+        Just("!tag".to_owned()),
+        Just("%".to_owned()),
+    ]
+}
+
+fn timing(min: u32) -> impl Strategy<Value = u32> {
+    prop_oneof![min..=min + 5, min..=i32::MAX as u32]
+}
+
+fn probe(liveness: bool, port_names: Vec<String>) -> impl Strategy<Value = Probe> {
+    let port = {
+        let names = port_names.clone();
+        prop_oneof![
+            (1u16..=65535).prop_map(PortRef::Number),
+            (0..names.len().max(1)).prop_map(move |i| match names.get(i) {
+                Some(n) => PortRef::Name(n.clone()),
+                None => PortRef::Number(8080),
+            }),
+        ]
+    };
+    let handler = prop_oneof![
+        (
+            "/[a-z0-9/._-]{0,12}",
+            port.clone(),
+            any::<bool>(),
+            vec(("[A-Za-z][A-Za-z0-9-]{0,8}", text()), 0..2)
+        )
+            .prop_map(|(path, port, https, headers)| {
+                ProbeHandler::HttpGet(HttpGetAction {
+                    path,
+                    port,
+                    scheme: if https { Scheme::Https } else { Scheme::Http },
+                    http_headers: headers
+                        .into_iter()
+                        .map(|(name, value)| HttpHeader { name, value })
+                        .collect(),
+                })
+            }),
+        port.prop_map(|port| ProbeHandler::TcpSocket(TcpSocketAction { port })),
+        vec(text(), 1..3).prop_map(|command| ProbeHandler::Exec(ExecAction { command })),
+    ];
+    (
+        handler,
+        timing(0),
+        timing(1),
+        timing(1),
+        if liveness {
+            (1u32..=1).boxed()
+        } else {
+            timing(1).boxed()
+        },
+        timing(1),
+    )
+        .prop_map(
+            |(handler, initial, period, timeout, success, failure)| Probe {
+                handler,
+                initial_delay_seconds: initial,
+                period_seconds: period,
+                timeout_seconds: timeout,
+                success_threshold: success,
+                failure_threshold: failure,
+            },
+        )
+}
+
+fn resource_list() -> impl Strategy<Value = ResourceList> {
+    (
+        option::of(prop_oneof![0u64..4000, any::<u64>()]),
+        option::of(prop_oneof![
+            (0u64..4096).prop_map(|m| m << 20),
+            0u64..10_000,
+            any::<u64>()
+        ]),
+    )
+        .prop_map(|(cpu, memory)| ResourceList {
+            cpu: cpu.map(Cpu),
+            memory: memory.map(Memory),
+        })
+}
+
+/// Requests within limits, and requests filled from limits, as the parser leaves them.
+fn resources() -> impl Strategy<Value = ResourceRequirements> {
+    (resource_list(), resource_list()).prop_map(|(a, b)| {
+        let mut r = ResourceRequirements {
+            requests: a,
+            limits: b,
+        };
+        let (req, lim) = (&mut r.requests, &r.limits);
+        req.cpu = match (req.cpu, lim.cpu) {
+            (None, l) => l,
+            (Some(q), Some(l)) => Some(q.min(l)),
+            (q, None) => q,
+        };
+        req.memory = match (req.memory, lim.memory) {
+            (None, l) => l,
+            (Some(q), Some(l)) => Some(q.min(l)),
+            (q, None) => q,
+        };
+        r
+    })
+}
+
+fn ports() -> impl Strategy<Value = Vec<ContainerPort>> {
+    vec(
+        (
+            1u16..=65535,
+            option::of("[a-z]{1,6}"),
+            any::<bool>(),
+            option::of(1u16..=65535),
+        ),
+        0..3,
+    )
+    .prop_map(|ports| {
+        ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (port, name, udp, host_port))| ContainerPort {
+                container_port: port,
+                // Unique in the container.
+                name: name.map(|n| format!("{n}{i}")),
+                protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+                host_port,
+            })
+            .collect()
+    })
+}
+
+fn container(index: usize) -> impl Strategy<Value = Container> {
+    (
+        (
+            dns_label(),
+            "[a-z]{1,8}(/[a-z]{1,8})?(:[a-z0-9.]{1,6})?",
+            vec(text(), 0..3),
+            vec(text(), 0..3),
+            option::of("/[a-z/]{0,10}"),
+            vec(("[A-Za-z_][A-Za-z0-9_.-]{0,10}", text()), 0..3),
+        ),
+        ports(),
+        resources(),
+        option::of(prop_oneof![
+            Just(PullPolicy::Always),
+            Just(PullPolicy::IfNotPresent),
+            Just(PullPolicy::Never)
+        ]),
+    )
+        .prop_flat_map(
+            move |((name, image, command, args, working_dir, env), ports, resources, pull)| {
+                let names: Vec<String> = ports.iter().filter_map(|p| p.name.clone()).collect();
+                let pull = pull.unwrap_or_else(|| PullPolicy::default_for(&image));
+                let base = Container {
+                    // Unique in the pod.
+                    name: format!("{name}-{index}"),
+                    image,
+                    command,
+                    args,
+                    working_dir,
+                    env: env
+                        .into_iter()
+                        .map(|(name, value)| EnvVar { name, value })
+                        .collect(),
+                    ports,
+                    resources,
+                    liveness_probe: None,
+                    readiness_probe: None,
+                    startup_probe: None,
+                    image_pull_policy: pull,
+                };
+                (
+                    Just(base),
+                    option::of(probe(true, names.clone())),
+                    option::of(probe(false, names.clone())),
+                    option::of(probe(true, names)),
+                )
+                    .prop_map(|(mut c, l, r, s)| {
+                        c.liveness_probe = l;
+                        c.readiness_probe = r;
+                        c.startup_probe = s;
+                        c
+                    })
+            },
+        )
+}
+
+fn pod_spec(deployment: bool) -> impl Strategy<Value = PodSpec> {
+    (
+        (1usize..=3).prop_flat_map(|n| (0..n).map(container).collect::<Vec<_>>()),
+        prop_oneof![
+            Just(RestartPolicy::Always),
+            Just(RestartPolicy::OnFailure),
+            Just(RestartPolicy::Never)
+        ],
+        labels(3),
+        prop_oneof![0u64..100, any::<i64>().prop_map(|v| v.unsigned_abs() >> 1)],
+    )
+        .prop_map(move |(containers, restart, node_selector, grace)| PodSpec {
+            containers,
+            restart_policy: if deployment {
+                RestartPolicy::Always
+            } else {
+                restart
+            },
+            node_selector,
+            termination_grace_period_seconds: grace,
+            node_name: None,
+        })
+}
+
+fn meta(namespaced: bool) -> impl Strategy<Value = ObjectMeta> {
+    (
+        dns_label(),
+        dns_label(),
+        labels(4),
+        btree_map(label_key(), text(), 0..3),
+    )
+        .prop_map(move |(name, namespace, labels, annotations)| ObjectMeta {
+            name,
+            namespace: namespaced.then_some(namespace),
+            labels,
+            annotations,
+            ..ObjectMeta::default()
+        })
+}
+
+fn int_or_percent() -> impl Strategy<Value = IntOrPercent> {
+    prop_oneof![
+        (0u32..=10).prop_map(IntOrPercent::Int),
+        (0u32..=100).prop_map(IntOrPercent::Percent),
+    ]
+}
+
+fn deployment_spec() -> impl Strategy<Value = DeploymentSpec> {
+    (
+        (
+            0u32..=20,
+            labels(3),
+            labels(3),
+            btree_map(label_key(), text(), 0..2),
+        ),
+        pod_spec(true),
+        prop_oneof![
+            Just(DeploymentStrategy::Recreate),
+            (int_or_percent(), int_or_percent())
+                .prop_filter("not both zero", |(s, u)| !(s.is_zero() && u.is_zero()))
+                .prop_map(
+                    |(max_surge, max_unavailable)| DeploymentStrategy::RollingUpdate {
+                        rolling_update: RollingUpdate {
+                            max_surge,
+                            max_unavailable
+                        }
+                    }
+                ),
+        ],
+        (0u32..=100, 0u32..=20, 101u32..=1000, any::<bool>()),
+    )
+        .prop_map(
+            |(
+                (replicas, selector, extra, annotations),
+                spec,
+                strategy,
+                (min_ready, history, deadline, paused),
+            )| {
+                let mut selector = selector;
+                if selector.is_empty() {
+                    selector.insert("app".into(), "web".into());
+                }
+                // Template labels: the selector's and maybe more.
+                let mut template_labels = extra;
+                template_labels.extend(selector.clone());
+                DeploymentSpec {
+                    replicas,
+                    selector: LabelSelector {
+                        match_labels: selector,
+                    },
+                    template: PodTemplateSpec {
+                        metadata: TemplateMeta {
+                            labels: template_labels,
+                            annotations,
+                        },
+                        spec,
+                    },
+                    strategy,
+                    min_ready_seconds: min_ready,
+                    revision_history_limit: history,
+                    progress_deadline_seconds: deadline,
+                    paused,
+                }
+            },
+        )
+}
+
+fn resource() -> impl Strategy<Value = Resource> {
+    prop_oneof![
+        meta(false).prop_map(|metadata| Resource::Namespace(Namespace { metadata })),
+        (meta(true), pod_spec(false))
+            .prop_map(|(metadata, spec)| Resource::Pod(Pod { metadata, spec })),
+        (meta(true), deployment_spec())
+            .prop_map(|(metadata, spec)| Resource::Deployment(Deployment { metadata, spec })),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_resources_are_valid(r in resource()) {
+        let issues = validate::validate(&r);
+        prop_assert!(issues.is_empty(), "{issues:?}");
+    }
+
+    #[test]
+    fn stored_form_round_trips(r in resource()) {
+        let stored = r.to_stored();
+        prop_assert_eq!(Resource::from_stored(&stored).unwrap(), r.clone());
+        prop_assert_eq!(apply_outcome(Some(&stored), &r), Outcome::Unchanged);
+        // The stored JSON is itself a manifest that parses to the same object.
+        prop_assert_eq!(parse("stored.json", &stored).unwrap(), vec![r]);
+    }
+
+    #[test]
+    fn yaml_rendering_parses_back(r in resource()) {
+        let yaml = serde_saphyr::to_string(&r).unwrap();
+        let parsed = parse("rendered.yaml", yaml.as_bytes());
+        prop_assert_eq!(parsed, Ok(vec![r]), "YAML was:\n{}", yaml);
+    }
+
+    #[test]
+    fn several_documents_parse_back_in_order(rs in vec(resource(), 1..4)) {
+        // Different names, so that they are not duplicates.
+        let rs: Vec<Resource> = rs.into_iter().enumerate().map(|(i, mut r)| {
+            let name = format!("{}-{i}", r.name());
+            r.metadata_mut().name = name;
+            r
+        }).collect();
+        let yaml: Vec<String> = rs.iter().map(|r| serde_saphyr::to_string(r).unwrap()).collect();
+        let text = format!("---\n{}", yaml.join("---\n"));
+        prop_assert_eq!(parse("all.yaml", text.as_bytes()).unwrap(), rs);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+        let _ = parse("fuzz.yaml", &bytes);
+        let _ = Resource::from_stored(&bytes);
+    }
+
+    #[test]
+    fn mangled_manifests_never_panic(
+        cut in 0usize..2000,
+        insert in prop_oneof![Just("\n---\n"), Just(": "), Just("- "), Just("{"), Just("]"), Just("&a "), Just("*a"), Just("<<: "), Just("\t"), Just("'"), Just("\"")],
+        doc in prop_oneof![Just(NGINX), Just(WORKER), Just(MULTI), Just(EXPORTED)],
+    ) {
+        let at = doc.char_indices().map(|(i, _)| i).nth(cut % doc.chars().count()).unwrap_or(0);
+        let mangled = format!("{}{}{}", &doc[..at], insert, &doc[at..]);
+        if let Err(errors) = parse("mangled.yaml", mangled.as_bytes()) {
+            // Every error says where.
+            prop_assert!(errors.iter().all(|e| e.doc.is_some() && e.file == "mangled.yaml"));
+            prop_assert!(!errors.is_empty());
+        }
+    }
+}
