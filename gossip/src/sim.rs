@@ -791,8 +791,9 @@ impl Sim {
         }
         ops.sort_by_key(|(t, _)| *t);
         let mut heal_at = None;
+        let mut heal_ms = None;
         for (at, op) in ops {
-            self.run_until(at);
+            self.run_checking_heal(at, heal_at, &mut heal_ms);
             match op {
                 PlanOp::Write => {
                     let up: Vec<usize> = self.up_nodes();
@@ -813,20 +814,29 @@ impl Sim {
                 }
             }
         }
-        // Heal time: first moment after healing at which membership has converged.
-        let mut heal_ms = None;
-        if let Some(h) = heal_at {
-            while self.now < end {
-                let step = Duration::from_millis(100);
-                self.run_for(step);
+        self.run_checking_heal(end, heal_at, &mut heal_ms);
+        self.report(plan, &slow, heal_ms)
+    }
+
+    /// Runs until `until`; after a heal, in 100 ms steps until membership has converged,
+    /// recording how long that took.
+    fn run_checking_heal(
+        &mut self,
+        until: Instant,
+        heal_at: Option<Instant>,
+        heal_ms: &mut Option<f64>,
+    ) {
+        if let (Some(healed), None) = (heal_at, *heal_ms) {
+            while self.now < until {
                 if self.membership_converged() {
-                    heal_ms = Some(self.now.saturating_since(h).as_secs_f64() * 1000.0);
+                    *heal_ms = Some(self.now.saturating_since(healed).as_secs_f64() * 1000.0);
                     break;
                 }
+                let step = (self.now + Duration::from_millis(100)).min(until);
+                self.run_until(step);
             }
         }
-        self.run_until(end);
-        self.report(plan, &slow, heal_ms)
+        self.run_until(until);
     }
 
     fn report(&self, plan: &Plan, slow: &[usize], heal_ms: Option<f64>) -> Report {
