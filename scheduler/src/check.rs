@@ -80,15 +80,22 @@ pub enum Violation {
         /// What it should be.
         expected: u32,
     },
-    /// A node holds more than the load bound (beyond pinned replicas).
-    #[error("{node} holds {load} replicas, over the bound {bound}")]
+    /// A node holds more than the load bound, although one of its unpinned
+    /// replicas could run on an eligible node under the bound.
+    #[error(
+        "{node} holds {load} replicas, over the bound {bound}, yet {replica} could run on {under}, which is under it"
+    )]
     OverLoadBound {
         /// The node.
         node: NodeId,
         /// Its replica count.
         load: u32,
-        /// The bound (or its pinned count, if higher).
+        /// The load bound.
         bound: u32,
+        /// An unpinned replica on the node.
+        replica: ReplicaId,
+        /// An eligible node under the bound that could run it.
+        under: NodeId,
     },
     /// A node runs more replicas of a spread workload than allowed.
     #[error("{node} runs {count} replicas of {workload}, over the spread limit {limit}")]
@@ -140,7 +147,16 @@ struct NodeTally {
     memory: u64,
     load: u32,
     pinned: u32,
-    per_workload: BTreeMap<WorkloadId, (u32, u32)>,
+    per_workload: BTreeMap<WorkloadId, WorkloadTally>,
+}
+
+/// Replicas of one workload on one node.
+#[derive(Default)]
+struct WorkloadTally {
+    count: u32,
+    pinned: u32,
+    /// Its lowest unpinned ordinal there, if any.
+    unpinned: Option<u32>,
 }
 
 impl Placement {
@@ -153,11 +169,18 @@ impl Placement {
     ///   selector; a replica whose volume is on an alive or suspect node runs
     ///   there or nowhere;
     /// - no node's replicas request more cpu or memory than it has;
-    /// - the load bound is the one the rules give, and no node holds more
-    ///   replicas than it (replicas pinned by volumes aside);
+    /// - the load bound is the one the rules give, and it is honoured
+    ///   wherever it can be: a node may hold more than the bound `B` only if
+    ///   none of its unpinned replicas has an *open alternative*, that is a
+    ///   node other than its own that is alive, matches its selector, holds
+    ///   fewer than `B` replicas, has the cpu and memory it requests free
+    ///   (after everything placed there) and runs fewer replicas of its
+    ///   workload than the spread limit (pinned replicas count in the load
+    ///   but never need an alternative);
     /// - no node runs more replicas of a spread workload than its limit;
     /// - an unschedulable replica could run on no alive node as things stand
-    ///   (selector, free resources, spread, bound), and its reason fits.
+    ///   (selector, free resources, spread: the bound is no reason), and its
+    ///   reason fits.
     pub fn check(&self, view: &ClusterView, workloads: &[Workload]) -> Result<(), CheckError> {
         let mut violations = Vec::new();
         let mut groups: BTreeMap<&WorkloadId, Vec<&Workload>> = BTreeMap::new();
@@ -298,8 +321,11 @@ impl Placement {
                 let is_pinned = u32::from(pinned.is_some());
                 t.pinned += is_pinned;
                 let pw = t.per_workload.entry((*id).clone()).or_default();
-                pw.0 += 1;
-                pw.1 += is_pinned;
+                pw.count += 1;
+                pw.pinned += is_pinned;
+                if pinned.is_none() && pw.unpinned.is_none() {
+                    pw.unpinned = Some(ordinal);
+                }
             }
         }
 
@@ -314,29 +340,63 @@ impl Placement {
                     used_memory_bytes: t.memory,
                 });
             }
-            let node_bound = bound.max(t.pinned);
-            if t.load > node_bound {
-                violations.push(Violation::OverLoadBound {
-                    node: (*node_id).clone(),
-                    load: t.load,
-                    bound: node_bound,
-                });
-            }
-            for (workload, &(count, pinned)) in &t.per_workload {
-                let limit = spread_limits[workload].max(pinned);
-                if count > limit {
+            for (workload, wt) in &t.per_workload {
+                let limit = spread_limits[workload].max(wt.pinned);
+                if wt.count > limit {
                     violations.push(Violation::Spread {
                         workload: workload.clone(),
                         node: (*node_id).clone(),
-                        count,
+                        count: wt.count,
                         limit,
                     });
                 }
             }
         }
 
-        // Unschedulable replicas: no node could take them as things stand.
+        // Over the bound only with replicas that have nowhere under it to
+        // go. Replicas of one workload on one node share their alternatives,
+        // so one per workload is asked about.
         let empty = NodeTally::default();
+        let free_for = |n: &Node, w: &Workload| {
+            let t = tally.get(&n.id).unwrap_or(&empty);
+            t.cpu + w.requests.cpu_millis <= n.allocatable.cpu_millis
+                && t.memory + w.requests.memory_bytes <= n.allocatable.memory_bytes
+        };
+        let spread_room = |n: &Node, id: &WorkloadId| {
+            let t = tally.get(&n.id).unwrap_or(&empty);
+            t.per_workload.get(id).map_or(0, |c| c.count) < spread_limits[id]
+        };
+        for (node_id, t) in &tally {
+            if t.load <= bound {
+                continue;
+            }
+            for (workload, wt) in &t.per_workload {
+                let (Some(ordinal), Some([w])) =
+                    (wt.unpinned, groups.get(workload).map(Vec::as_slice))
+                else {
+                    continue;
+                };
+                let under = view.nodes().find(|y| {
+                    y.id != **node_id
+                        && y.status.accepts_replicas()
+                        && y.matches(&w.node_selector)
+                        && tally.get(&y.id).map_or(0, |ty| ty.load) < bound
+                        && free_for(y, w)
+                        && spread_room(y, workload)
+                });
+                if let Some(y) = under {
+                    violations.push(Violation::OverLoadBound {
+                        node: (*node_id).clone(),
+                        load: t.load,
+                        bound,
+                        replica: workload.replica(ordinal),
+                        under: y.id.clone(),
+                    });
+                }
+            }
+        }
+
+        // Unschedulable replicas: no node could take them as things stand.
         for (id, group) in &groups {
             let [w] = group.as_slice() else { continue };
             let Some(decisions) = self.workloads.get(*id) else {
@@ -347,11 +407,7 @@ impl Placement {
                     continue;
                 };
                 let replica = id.replica(ordinal);
-                let fits = |node: &Node| {
-                    let t = tally.get(&node.id).unwrap_or(&empty);
-                    t.cpu + w.requests.cpu_millis <= node.allocatable.cpu_millis
-                        && t.memory + w.requests.memory_bytes <= node.allocatable.memory_bytes
-                };
+                let fits = |node: &Node| free_for(node, w);
                 match (reason, pinned_node(w, ordinal)) {
                     (Reason::VolumeNode { node, .. }, Some(volume_node))
                         if *node == volume_node.id =>
@@ -365,13 +421,10 @@ impl Placement {
                     }
                     (Reason::NoNode(_), None) => {
                         let could = view.nodes().find(|n| {
-                            let t = tally.get(&n.id).unwrap_or(&empty);
-                            let on_node = t.per_workload.get(*id).map_or(0, |c| c.0);
                             n.status.accepts_replicas()
                                 && n.matches(&w.node_selector)
                                 && fits(n)
-                                && on_node < spread_limits[*id]
-                                && t.load < bound
+                                && spread_room(n, id)
                         });
                         if let Some(n) = could {
                             violations.push(Violation::CouldRun {

@@ -43,9 +43,13 @@ struct WorkRt<'a> {
     /// See [`rules::slack`]: the less, the earlier its unplaced replicas
     /// choose.
     slack: u64,
-    /// A replica of it already found no node in the final phase; since the
-    /// state only fills up afterwards, every later replica would fail too.
-    exhausted: bool,
+    /// A replica of it found no node under the bound with room and spread
+    /// to spare. From phase 6 on, nodes under the bound only fill up, so
+    /// every later replica would find none either.
+    no_open: bool,
+    /// In the current overflow round, a replica of it found no node with
+    /// room and spread to spare at all.
+    full: bool,
 }
 
 struct Rep {
@@ -87,7 +91,8 @@ pub(crate) fn place(view: &ClusterView, workloads: &[Workload], options: Options
     engine.relieve_over_bound();
     engine.pull_to_underloaded();
     engine.shed_over_bound();
-    engine.place_pending();
+    let waiting = engine.place_pending();
+    engine.overflow(waiting);
     engine.output(options, duplicates)
 }
 
@@ -266,7 +271,8 @@ impl<'a> Engine<'a> {
                 spread_limit: rules::spread_limit(w.spread, u64::from(count), eligible),
                 eligible: eligible as u32,
                 slack: 0,
-                exhausted: false,
+                no_open: false,
+                full: false,
             });
         }
         engine.cap = rules::load_bound(replicas_counted, holding, options.epsilon_permille);
@@ -617,8 +623,9 @@ impl<'a> Engine<'a> {
     /// Phase 6: everything still unplaced walks its ring to the first
     /// eligible node under the bound with room and spread to spare:
     /// bounded-load consistent hashing. Workloads with the least slack go
-    /// first, then replicas in ring order.
-    fn place_pending(&mut self) {
+    /// first, then replicas in ring order. Returns the replicas that found
+    /// no such node, in that order.
+    fn place_pending(&mut self) -> Vec<u32> {
         let mut pending: Vec<(u64, u64, u32)> = self
             .reps
             .iter()
@@ -633,33 +640,158 @@ impl<'a> Engine<'a> {
             .iter()
             .filter(|n| n.accepting && n.load < cap)
             .count();
-        for (_, point, r) in pending {
+        let mut waiting = Vec::new();
+        for (_, _, r) in pending {
             let w = self.reps[r as usize].w;
-            if open == 0 || self.works[w as usize].exhausted {
-                self.works[w as usize].exhausted = true;
+            if open == 0 || self.works[w as usize].no_open {
+                self.works[w as usize].no_open = true;
+                waiting.push(r);
                 continue;
             }
-            let req = self.works[w as usize].w.requests;
-            let ring = &self.rings[self.works[w as usize].ring as usize];
-            let start = ring.partition_point(|&(p, _)| p < point);
-            let mut chosen = None;
-            for i in 0..ring.len() {
-                let y = ring[(start + i) % ring.len()].1;
-                if self.nodes[y as usize].load < cap && self.fits(y, &req) && self.spread_ok(w, y) {
-                    chosen = Some(y);
-                    break;
-                }
-            }
-            match chosen {
+            match self.first_open(r) {
                 Some(y) => {
                     self.assign(r, y);
                     if self.nodes[y as usize].load == cap {
                         open -= 1;
                     }
                 }
-                None => self.works[w as usize].exhausted = true,
+                None => {
+                    self.works[w as usize].no_open = true;
+                    waiting.push(r);
+                }
             }
         }
+        waiting
+    }
+
+    /// The first node on the replica's ring walk that is under the bound,
+    /// has room and spread to spare: where bounded-load consistent hashing
+    /// puts it.
+    fn first_open(&self, r: u32) -> Option<u32> {
+        let rep = &self.reps[r as usize];
+        let w = rep.w;
+        let work = &self.works[w as usize];
+        if work.no_open {
+            return None;
+        }
+        let req = work.w.requests;
+        let ring = &self.rings[work.ring as usize];
+        let start = ring.partition_point(|&(p, _)| p < rep.point);
+        (0..ring.len())
+            .map(|i| ring[(start + i) % ring.len()].1)
+            .find(|&y| {
+                self.nodes[y as usize].load < self.cap && self.fits(y, &req) && self.spread_ok(w, y)
+            })
+    }
+
+    /// Phases 7 and 8: the bound is a preference, not a constraint.
+    ///
+    /// 7. *Overflow*: a replica no node under the bound can take stays on
+    ///    the holding node that runs it if that node matches, has room and
+    ///    spread allows (what it was shed from, typically); otherwise it
+    ///    goes to the least loaded eligible node with room and spread to
+    ///    spare, the earliest on its ring walk among equals. With none, it
+    ///    is unschedulable.
+    /// 8. *Displace*: a node that overflow took over the bound hands its
+    ///    lowest-scoring unpinned replicas that some node under the bound
+    ///    can take to the first such node on their ring walk, while it is
+    ///    over the bound. What stays over the bound on a node is then only
+    ///    what has nowhere under it to go.
+    ///
+    /// Displacing frees resources on the nodes it relieves, which may let a
+    /// replica still waiting overflow there; the two repeat until neither
+    /// changes anything (each round but the last places a replica).
+    fn overflow(&mut self, mut waiting: Vec<u32>) {
+        while !waiting.is_empty() {
+            waiting.retain(|&r| {
+                let rep = &self.reps[r as usize];
+                let (x, w) = (rep.current, rep.w);
+                if x == NONE {
+                    return true;
+                }
+                let work = &self.works[w as usize];
+                if self.matches(work.selector, x)
+                    && self.fits(x, &work.w.requests)
+                    && self.spread_ok(w, x)
+                {
+                    self.assign(r, x);
+                    false
+                } else {
+                    true
+                }
+            });
+            for &r in &waiting {
+                self.works[self.reps[r as usize].w as usize].full = false;
+            }
+            waiting.retain(|&r| {
+                let w = self.reps[r as usize].w;
+                if self.works[w as usize].full {
+                    return true;
+                }
+                match self.least_loaded(r) {
+                    Some(y) => {
+                        self.assign(r, y);
+                        false
+                    }
+                    None => {
+                        self.works[w as usize].full = true;
+                        true
+                    }
+                }
+            });
+            if self.displace() == 0 {
+                break;
+            }
+        }
+    }
+
+    /// The least loaded node on the replica's ring with room and spread to
+    /// spare, the earliest on its walk among equally loaded ones.
+    fn least_loaded(&self, r: u32) -> Option<u32> {
+        let rep = &self.reps[r as usize];
+        let w = rep.w;
+        let work = &self.works[w as usize];
+        let req = work.w.requests;
+        let ring = &self.rings[work.ring as usize];
+        let start = ring.partition_point(|&(p, _)| p < rep.point);
+        let mut best: Option<(u32, u32)> = None;
+        for i in 0..ring.len() {
+            let y = ring[(start + i) % ring.len()].1;
+            let load = self.nodes[y as usize].load;
+            if best.is_none_or(|(_, l)| load < l) && self.fits(y, &req) && self.spread_ok(w, y) {
+                best = Some((y, load));
+            }
+        }
+        best.map(|(y, _)| y)
+    }
+
+    /// Phase 8 (see [`Engine::overflow`]); returns how many replicas moved.
+    /// A node over the bound never drops to below it here, so no node that
+    /// could be a destination loses anything: one pass reaches the fixed
+    /// point.
+    fn displace(&mut self) -> usize {
+        let cap = self.cap;
+        if !self.nodes.iter().any(|n| n.load > cap) {
+            return 0;
+        }
+        let mut moved = 0;
+        for (x, r) in self.over_bound_in_shed_order() {
+            if self.nodes[x as usize].load <= cap {
+                continue;
+            }
+            match self.first_open(r) {
+                Some(y) => {
+                    self.unassign(r);
+                    self.assign(r, y);
+                    moved += 1;
+                }
+                None => {
+                    let w = self.reps[r as usize].w;
+                    self.works[w as usize].no_open = true;
+                }
+            }
+        }
+        moved
     }
 
     fn no_node_report(&self, wi: u32) -> NoNodeReport {
@@ -672,11 +804,9 @@ impl<'a> Engine<'a> {
             insufficient_cpu: 0,
             insufficient_memory: 0,
             spread: 0,
-            at_load_bound: 0,
             selector: work.w.node_selector.clone(),
             requests: req,
             spread_limit: (work.spread_limit != u32::MAX).then_some(work.spread_limit),
-            load_bound: self.cap,
         };
         for (i, n) in self.nodes.iter().enumerate() {
             let i = i as u32;
@@ -691,8 +821,6 @@ impl<'a> Engine<'a> {
                 report.insufficient_memory += 1;
             } else if !self.spread_ok(wi, i) {
                 report.spread += 1;
-            } else if n.load >= self.cap {
-                report.at_load_bound += 1;
             }
         }
         report

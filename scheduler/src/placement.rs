@@ -12,8 +12,11 @@ use crate::types::{Bytes, Labels, Millicores, NodeId, Options, ReplicaId, Resour
 pub struct Placement {
     /// The options it was computed with.
     pub options: Options,
-    /// The load bound in force: the most replicas a node may hold, except
-    /// replicas pinned to it by their volume.
+    /// The load bound in force, `ceil((1+ε)·m/n)`: a node holds more
+    /// replicas only when those over it are pinned to it by their volume or
+    /// could run on no eligible node under the bound (see
+    /// [`Placement::check`]). A preference, never a reason to refuse a
+    /// replica.
     pub load_bound: u32,
     /// Decisions by workload, then by ordinal.
     pub workloads: BTreeMap<WorkloadId, BTreeMap<u32, Decision>>,
@@ -68,7 +71,9 @@ pub enum Reason {
 }
 
 /// Per-node breakdown of why no node can run a replica. Counts add up to
-/// `nodes`: each node is counted under the first reason that applies.
+/// `nodes`: each node is counted under the first reason that applies. The
+/// load bound is never among them: a node at or over it still takes a
+/// replica that no node under it can.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoNodeReport {
     /// Nodes in the view.
@@ -84,16 +89,12 @@ pub struct NoNodeReport {
     /// Nodes already running as many replicas of the workload as spread
     /// allows.
     pub spread: u32,
-    /// Nodes at the load bound.
-    pub at_load_bound: u32,
     /// The workload's selector.
     pub selector: Labels,
     /// The workload's per-replica request.
     pub requests: Resources,
     /// Replicas of the workload allowed per node, if it spreads.
     pub spread_limit: Option<u32>,
-    /// The load bound.
-    pub load_bound: u32,
 }
 
 /// What the node holding a stateful replica's volume lacks.
@@ -237,17 +238,6 @@ impl fmt::Display for NoNodeReport {
                 } else {
                     "s"
                 }
-            ),
-        )?;
-        let n = self.at_load_bound;
-        part(
-            f,
-            n,
-            format_args!(
-                "{} at the load bound of {} replica{}",
-                one(n, "is", "are"),
-                self.load_bound,
-                if self.load_bound == 1 { "" } else { "s" }
             ),
         )?;
         Ok(())

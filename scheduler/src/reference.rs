@@ -281,8 +281,13 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
         }
     }
 
-    // Everything else, least slack first: first node along the ring with
-    // room.
+    // Everything else, least slack first: the first node along the ring
+    // under the bound with room and spread to spare.
+    let open = |s: &State<'_>, r: usize| {
+        s.preference(r)
+            .into_iter()
+            .find(|&y| s.load(y) < cap && s.fits(y, r) && s.spread_ok(y, r))
+    };
     let slack = |r: usize| {
         let w = s.reps[r].workload;
         let count = s.reps.iter().filter(|o| o.workload.id == w.id).count() as u64;
@@ -291,15 +296,52 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
     };
     let mut by_constraint = by_point.clone();
     by_constraint.sort_by_key(|&r| (slack(r), s.reps[r].point, r));
+    let mut waiting = Vec::new();
     for &r in &by_constraint {
         if s.at[r].is_some() || s.reps[r].pinned.is_some() {
             continue;
         }
-        for y in s.preference(r) {
-            if s.load(y) < cap && s.fits(y, r) && s.spread_ok(y, r) {
-                s.at[r] = Some(y);
-                break;
+        match open(&s, r) {
+            Some(y) => s.at[r] = Some(y),
+            None => waiting.push(r),
+        }
+    }
+
+    // The bound is a preference: what no node under it can take stays
+    // where it runs if it can, else goes to the least loaded node with room
+    // (the earliest in its preference among equals); then nodes over the
+    // bound hand what could go under it, lowest scores first, to the first
+    // such node in its preference. Until nothing changes.
+    while !waiting.is_empty() {
+        for &r in &waiting {
+            if let Some(x) = current[r] {
+                if s.matches(x, r) && s.fits(x, r) && s.spread_ok(x, r) {
+                    s.at[r] = Some(x);
+                }
             }
+        }
+        waiting.retain(|&r| s.at[r].is_none());
+        for &r in &waiting {
+            s.at[r] = s
+                .preference(r)
+                .into_iter()
+                .filter(|&y| s.fits(y, r) && s.spread_ok(y, r))
+                .min_by_key(|&y| s.load(y));
+        }
+        waiting.retain(|&r| s.at[r].is_none());
+        let mut moved = 0;
+        for x in all_nodes.clone() {
+            for r in shed_order(&s, x) {
+                if s.load(x) > cap {
+                    if let Some(y) = open(&s, r) {
+                        s.at[r] = Some(y);
+                        moved += 1;
+                    }
+                }
+            }
+        }
+        if moved == 0 {
+            break;
         }
     }
 
@@ -348,11 +390,9 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
                 insufficient_cpu: 0,
                 insufficient_memory: 0,
                 spread: 0,
-                at_load_bound: 0,
                 selector: w.node_selector.clone(),
                 requests: w.requests,
                 spread_limit: (limit != u32::MAX).then_some(limit),
-                load_bound: cap,
             };
             for x in 0..s.nodes.len() {
                 if !s.nodes[x].status.accepts_replicas() {
@@ -365,8 +405,6 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
                     report.insufficient_memory += 1;
                 } else if !s.spread_ok(x, r) {
                     report.spread += 1;
-                } else if s.load(x) >= cap {
-                    report.at_load_bound += 1;
                 }
             }
             Decision::Unschedulable(Reason::NoNode(report))

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use common::*;
 use proptest::prelude::*;
 use shoal_scheduler::reference::place_reference;
-use shoal_scheduler::{ClusterView, Node, NodeId, NodeStatus, Options, Resources, place_with};
+use shoal_scheduler::{
+    ClusterView, Node, NodeId, NodeStatus, Options, Reason, Resources, place_with,
+};
 
 const SMALL: Shape = Shape {
     nodes: 1..=6,
@@ -93,6 +95,68 @@ proptest! {
     }
 
     #[test]
+    fn no_replica_is_unschedulable_while_an_eligible_node_has_room(
+        s in scenario(MEDIUM),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        // On the generated state, and on a steady state with one node's
+        // status flipped (replicas to move, a bound that changes). Recounted
+        // here from the placement alone, without the crate's checker.
+        let (mut steady, _) = settle(&s.view, &s.workloads, s.options);
+        let ids: Vec<NodeId> = steady.nodes().map(|n| n.id.clone()).collect();
+        if !ids.is_empty() {
+            let n = steady.node_mut(flip.get(&ids)).expect("exists");
+            n.status = match n.status {
+                NodeStatus::Alive => NodeStatus::Dead,
+                _ => NodeStatus::Alive,
+            };
+        }
+        for view in [&s.view, &steady] {
+            let p = place_with(view, &s.workloads, s.options);
+            let usage = Usage::of(&p, &s.workloads);
+            let limits = spread_limits(view, &s.workloads);
+            for (replica, reason) in p.unschedulable() {
+                let Some(w) = s.workloads.iter().find(|w| w.id == replica.workload) else {
+                    continue;
+                };
+                let volume = w
+                    .replicas
+                    .volume(replica.ordinal)
+                    .and_then(|id| view.node(id))
+                    .filter(|n| n.status.holds_replicas());
+                let room = |n: &Node| n.matches(&w.node_selector) && usage.fits(n, w);
+                match (reason, volume) {
+                    (Reason::DuplicateWorkload { .. }, _) => {}
+                    (Reason::VolumeNode { node, .. }, Some(v)) => {
+                        prop_assert_eq!(node, &v.id);
+                        prop_assert!(!room(v), "{} unschedulable, its volume node {} has room", replica, v.id);
+                    }
+                    (Reason::NoNode(report), None) => {
+                        prop_assert_eq!(
+                            report.nodes,
+                            report.not_ready
+                                + report.selector_mismatch
+                                + report.insufficient_cpu
+                                + report.insufficient_memory
+                                + report.spread,
+                            "{}: every node has a reason", replica
+                        );
+                        for n in view.nodes() {
+                            prop_assert!(
+                                !(n.status.accepts_replicas()
+                                    && room(n)
+                                    && usage.of_workload(&n.id, &w.id) < limits[&w.id]),
+                                "{} unschedulable ({}), yet {} has room for it", replica, reason, n.id
+                            );
+                        }
+                    }
+                    (reason, _) => prop_assert!(false, "{}: unexpected reason {}", replica, reason),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn input_order_does_not_change_the_placement(
         s in scenario(MEDIUM),
         seed in any::<u64>(),
@@ -143,15 +207,21 @@ proptest! {
         let after = place_with(&after_view, &s.workloads, s.options);
         let before_loads = before.loads();
         let pull = pull_threshold(&after_view, &s.workloads, s.options.epsilon_permille);
+        let overflowed = overflowed_into(&after_view, &s.workloads, &before, &after);
         for (replica, from, to) in moved(&before, &after) {
-            let forced_by_bound = after.load_bound < before.load_bound
-                && before_loads[&from] > after.load_bound;
+            // A node over the bound holds only what could go nowhere under
+            // it; once something can (a lower bound, a looser spread limit),
+            // it goes.
+            let forced_by_bound = before_loads[&from] > after.load_bound;
             // With few nodes a departure lifts the pull threshold past the
             // old bound: nodes under it then pull, as they should.
             let pulled = pull > u64::from(before.load_bound)
                 && u64::from(before_loads.get(&to).copied().unwrap_or(0)) < pull;
+            // The departed node's replicas that only `from` could take
+            // pushed it over the bound: it hands on what can go under it.
+            let displaced = overflowed.contains(&from);
             prop_assert!(
-                from == gone || forced_by_bound || pulled,
+                from == gone || forced_by_bound || pulled || displaced,
                 "{} moved {} -> {} though only {} left", replica, from, to, gone
             );
         }
@@ -174,11 +244,16 @@ proptest! {
         let limits_before = spread_limits(&v, &s.workloads);
         let limits_after = spread_limits(&grown, &s.workloads);
         let vacated = vacated(&before, &after);
+        let overflowed = overflowed_into(&grown, &s.workloads, &before, &after);
         for (replica, from, to) in moved(&before, &after) {
             let forced_by_bound = before_loads[&from] > after.load_bound;
             let forced_by_spread =
                 limits_after[&replica.workload] < limits_before[&replica.workload];
-            if to == new || forced_by_bound || forced_by_spread {
+            // A lower bound or tighter spread left replicas only nodes at
+            // the bound: they overflowed onto `from`, which hands on what
+            // can go under the bound.
+            let displaced = overflowed.contains(&from);
+            if to == new || forced_by_bound || forced_by_spread || displaced {
                 continue;
             }
             prop_assert!(
@@ -221,6 +296,7 @@ proptest! {
         );
         let limits_a = spread_limits(&a, &s.workloads);
         let limits_b = spread_limits(&b, &s.workloads);
+        let overflowed = overflowed_into(&b, &s.workloads, &pa, &pb);
         for (replica, decision) in pb.decisions() {
             let (na, nb) = (pa.node_of(&replica), decision.node());
             if na == nb {
@@ -236,13 +312,20 @@ proptest! {
             let knock_on = nb.is_some_and(|n| vacated.contains(n));
             let pulled = pull_b > pull_a
                 && nb.is_some_and(|n| u64::from(loads_a.get(n).copied().unwrap_or(0)) < pull_b);
+            // Replicas that only some node could take pushed it over the
+            // bound in one view: it hands on what can go under it, which may
+            // be a replica it had pulled (its consistent-hash share).
+            let displaced = overflowed
+                .iter()
+                .any(|x| eligible(&b, &replica.workload, &s.workloads, x));
             prop_assert!(
                 involves_member
                     || forced_by_bound
                     || forced_by_spread
                     || bound_moved
                     || pulled
-                    || knock_on,
+                    || knock_on
+                    || displaced,
                 "members disagree on {}: {:?} vs {:?}", replica, na, nb
             );
         }

@@ -86,7 +86,7 @@ fn capacity_is_never_exceeded_and_the_rest_is_unschedulable_with_a_reason() {
 #[test]
 fn unschedulable_reason_counts_each_node_under_its_first_problem() {
     let v = view([
-        Node::new("a", Resources::new(4000, 8 * GI)).with_label("disk", "ssd"),
+        Node::new("a", Resources::new(3000, 8 * GI)).with_label("disk", "ssd"),
         Node::new("b", Resources::new(1000, 8 * GI)).with_label("disk", "ssd"),
         Node::new("c", Resources::new(4000, 8 * GI)),
         Node::new("d", Resources::new(4000, 8 * GI)),
@@ -99,13 +99,96 @@ fn unschedulable_reason_counts_each_node_under_its_first_problem() {
     ];
     let p = place(&v, &ws);
     p.check(&v, &ws).expect("valid");
+    // The bound (1 replica) is never a reason: only a has room for one.
+    assert_eq!(p.load_bound, 1);
     let reasons: Vec<String> = p.unschedulable().map(|(_, r)| r.to_string()).collect();
     assert_eq!(
         reasons,
         [
             "0/5 nodes can run it: 1 is not ready, 2 do not match selector disk=ssd, \
-          1 has less than 2000m cpu free, 1 is at the load bound of 1 replica"
+          2 have less than 2000m cpu free"
         ]
+    );
+}
+
+fn gpu_cluster() -> ClusterView {
+    view([
+        big_node("n0").with_label("gpu", "yes"),
+        big_node("n1"),
+        big_node("n2"),
+    ])
+}
+
+#[test]
+fn a_narrow_selector_runs_all_its_replicas_past_the_load_bound() {
+    // 5 replicas over 3 nodes: the bound is ceil(1.1 * 5 / 3) = 2, but only
+    // the gpu node can run them and it has room for all 5.
+    let v = gpu_cluster();
+    let ws = vec![Workload::deployment(wid("train"), 5, small()).with_selector("gpu", "yes")];
+    let p = place(&v, &ws);
+    p.check(&v, &ws).expect("valid");
+    assert_eq!(p.load_bound, 2);
+    assert_eq!(p.unschedulable().count(), 0, "{p:?}");
+    assert_eq!(placed_nodes(&p, &wid("train")), vec![NodeId::new("n0"); 5]);
+    let (running, p) = settle(&v, &ws, Options::default());
+    assert_eq!(place(&running, &ws), p, "stable");
+}
+
+#[test]
+fn a_node_over_the_bound_holds_only_what_could_go_nowhere_else() {
+    // 6 gpu replicas and 6 flexible ones over 3 nodes: bound 5. The gpu
+    // node takes the gpu replicas, the others go elsewhere.
+    let v = gpu_cluster();
+    let ws = vec![
+        Workload::deployment(wid("train"), 6, small()).with_selector("gpu", "yes"),
+        Workload::deployment(wid("web"), 6, small()).with_spread(false),
+    ];
+    let p = place(&v, &ws);
+    p.check(&v, &ws).expect("valid");
+    assert_eq!(p.load_bound, 5);
+    assert_eq!(p.unschedulable().count(), 0);
+    assert!(
+        placed_nodes(&p, &wid("web"))
+            .iter()
+            .all(|n| n.as_str() != "n0"),
+        "{p:?}"
+    );
+    assert_eq!(p.loads()[&NodeId::new("n0")], 6);
+
+    // Also when the flexible replicas were there first: the gpu workload
+    // arrives in a running cluster, and web replicas on n0 make way.
+    let web = vec![Workload::deployment(wid("web"), 6, small()).with_spread(false)];
+    let (running, before) = settle(&v, &web, Options::default());
+    assert!(before.loads().get(&NodeId::new("n0")).copied().unwrap_or(0) > 0);
+    let after = place(&running, &ws);
+    after.check(&running, &ws).expect("valid");
+    assert_eq!(after.unschedulable().count(), 0);
+    assert_eq!(after.loads()[&NodeId::new("n0")], 6, "{after:?}");
+    let (again, after) = settle(&running, &ws, Options::default());
+    assert_eq!(place(&again, &ws), after, "stable");
+}
+
+#[test]
+fn over_the_bound_the_least_loaded_node_takes_the_overflow() {
+    // Two gpu nodes and 10 replicas only they can run: the bound is 3, and
+    // each replica past it goes to the less loaded of the two.
+    let v = view([
+        big_node("g0").with_label("gpu", "yes"),
+        big_node("g1").with_label("gpu", "yes"),
+        big_node("n2"),
+        big_node("n3"),
+    ]);
+    let ws = vec![Workload::deployment(wid("train"), 10, small())
+        .with_selector("gpu", "yes")
+        .with_spread(false)];
+    let p = place(&v, &ws);
+    p.check(&v, &ws).expect("valid");
+    assert_eq!(p.load_bound, 3);
+    let loads = p.loads();
+    assert_eq!(
+        (loads[&NodeId::new("g0")], loads[&NodeId::new("g1")]),
+        (5, 5),
+        "{loads:?}"
     );
 }
 
@@ -395,6 +478,12 @@ fn checker_reports_broken_invariants() {
         "{errors:?}"
     );
     assert!(
+        !errors
+            .iter()
+            .any(|e| matches!(e, Violation::OverLoadBound { .. })),
+        "b is not alive: no replica on a could go under the bound there: {errors:?}"
+    );
+    assert!(
         errors.iter().any(|e| matches!(e, Violation::Unexpected(_))),
         "{errors:?}"
     );
@@ -404,6 +493,45 @@ fn checker_reports_broken_invariants() {
             .any(|e| matches!(e, Violation::OverCapacity { .. })),
         "{errors:?}"
     );
+}
+
+#[test]
+fn checker_allows_the_bound_to_be_passed_only_when_nothing_could_go_under_it() {
+    let v = view(nodes(3));
+    let ws = vec![Workload::deployment(wid("web"), 3, small()).with_spread(false)];
+    let mut p = place(&v, &ws);
+    p.check(&v, &ws).expect("valid");
+    assert_eq!(p.load_bound, 2);
+    for decision in p.workloads.get_mut(&wid("web")).expect("present").values_mut() {
+        *decision = Decision::Run {
+            node: NodeId::new("n0"),
+            fresh_volume: false,
+        };
+    }
+    let errors = p.check(&v, &ws).expect_err("n0 over the bound").0;
+    assert!(
+        matches!(
+            &errors[..],
+            [Violation::OverLoadBound { node, load: 3, bound: 2, .. }] if node.as_str() == "n0"
+        ),
+        "{errors:?}"
+    );
+
+    // With n1 and n2 unable to take a replica (a selector they lack), the
+    // same placement is right.
+    let mut labelled = view(nodes(3));
+    labelled
+        .node_mut(&NodeId::new("n0"))
+        .expect("exists")
+        .labels
+        .insert("gpu".into(), "yes".into());
+    let gpu = vec![
+        Workload::deployment(wid("web"), 3, small())
+            .with_spread(false)
+            .with_selector("gpu", "yes"),
+    ];
+    p.check(&labelled, &gpu).expect("nowhere under the bound to go");
+    assert_eq!(place(&labelled, &gpu), p);
 }
 
 #[test]

@@ -285,3 +285,90 @@ pub fn vacated(before: &Placement, after: &Placement) -> std::collections::BTree
         .map(|(_, n)| n.clone())
         .collect()
 }
+
+/// Nodes that, in `after`, run a replica they did not run in `before` and
+/// that had nowhere under the bound to go: no other alive node matching its
+/// selector, under the bound, with its request free and spread to spare.
+/// Such a node is over the bound by that replica, so it hands on replicas
+/// that can go under it (displacement): moves off these nodes are knock-on
+/// effects of overflow. Recomputed here from the placement alone.
+pub fn overflowed_into(
+    view: &ClusterView,
+    workloads: &[Workload],
+    before: &Placement,
+    after: &Placement,
+) -> std::collections::BTreeSet<NodeId> {
+    let usage = Usage::of(after, workloads);
+    let limits = spread_limits(view, workloads);
+    let by_id: BTreeMap<&WorkloadId, &Workload> = workloads.iter().map(|w| (&w.id, w)).collect();
+    after
+        .assignments()
+        .filter(|(r, x)| before.node_of(r) != Some(*x))
+        .filter(|(r, x)| {
+            let w = by_id[&r.workload];
+            !view.nodes().any(|y| {
+                y.id != **x
+                    && y.status.accepts_replicas()
+                    && y.matches(&w.node_selector)
+                    && usage.load(&y.id) < after.load_bound
+                    && usage.fits(y, w)
+                    && usage.of_workload(&y.id, &w.id) < limits[&w.id]
+            })
+        })
+        .map(|(_, x)| x.clone())
+        .collect()
+}
+
+/// What a placement puts on each node: load, requests, replicas per
+/// workload.
+#[derive(Default)]
+pub struct Usage {
+    per_node: BTreeMap<NodeId, (u32, u64, u64)>,
+    per_workload: BTreeMap<(NodeId, WorkloadId), u64>,
+}
+
+impl Usage {
+    pub fn of(p: &Placement, workloads: &[Workload]) -> Self {
+        let by_id: BTreeMap<&WorkloadId, &Workload> =
+            workloads.iter().map(|w| (&w.id, w)).collect();
+        let mut u = Usage::default();
+        for (r, x) in p.assignments() {
+            let w = by_id[&r.workload];
+            let e = u.per_node.entry(x.clone()).or_default();
+            e.0 += 1;
+            e.1 += w.requests.cpu_millis;
+            e.2 += w.requests.memory_bytes;
+            *u.per_workload
+                .entry((x.clone(), r.workload.clone()))
+                .or_default() += 1;
+        }
+        u
+    }
+
+    pub fn load(&self, node: &NodeId) -> u32 {
+        self.per_node.get(node).map_or(0, |e| e.0)
+    }
+
+    /// Whether `node` has one more replica of `w`'s request free.
+    pub fn fits(&self, node: &Node, w: &Workload) -> bool {
+        let (_, cpu, mem) = self.per_node.get(&node.id).copied().unwrap_or_default();
+        cpu + w.requests.cpu_millis <= node.allocatable.cpu_millis
+            && mem + w.requests.memory_bytes <= node.allocatable.memory_bytes
+    }
+
+    pub fn of_workload(&self, node: &NodeId, w: &WorkloadId) -> u64 {
+        self.per_workload
+            .get(&(node.clone(), w.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Whether a replica of workload `id` is eligible on `node`: alive, matching
+/// the selector, allocatable covering the request.
+pub fn eligible(view: &ClusterView, id: &WorkloadId, workloads: &[Workload], node: &NodeId) -> bool {
+    let (Some(w), Some(n)) = (workloads.iter().find(|w| w.id == *id), view.node(node)) else {
+        return false;
+    };
+    n.status.accepts_replicas() && n.matches(&w.node_selector) && n.allocatable.covers(&w.requests)
+}
