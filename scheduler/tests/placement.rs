@@ -178,9 +178,11 @@ fn over_the_bound_the_least_loaded_node_takes_the_overflow() {
         big_node("n2"),
         big_node("n3"),
     ]);
-    let ws = vec![Workload::deployment(wid("train"), 10, small())
-        .with_selector("gpu", "yes")
-        .with_spread(false)];
+    let ws = vec![
+        Workload::deployment(wid("train"), 10, small())
+            .with_selector("gpu", "yes")
+            .with_spread(false),
+    ];
     let p = place(&v, &ws);
     p.check(&v, &ws).expect("valid");
     assert_eq!(p.load_bound, 3);
@@ -502,7 +504,12 @@ fn checker_allows_the_bound_to_be_passed_only_when_nothing_could_go_under_it() {
     let mut p = place(&v, &ws);
     p.check(&v, &ws).expect("valid");
     assert_eq!(p.load_bound, 2);
-    for decision in p.workloads.get_mut(&wid("web")).expect("present").values_mut() {
+    for decision in p
+        .workloads
+        .get_mut(&wid("web"))
+        .expect("present")
+        .values_mut()
+    {
         *decision = Decision::Run {
             node: NodeId::new("n0"),
             fresh_volume: false,
@@ -530,7 +537,8 @@ fn checker_allows_the_bound_to_be_passed_only_when_nothing_could_go_under_it() {
             .with_spread(false)
             .with_selector("gpu", "yes"),
     ];
-    p.check(&labelled, &gpu).expect("nowhere under the bound to go");
+    p.check(&labelled, &gpu)
+        .expect("nowhere under the bound to go");
     assert_eq!(place(&labelled, &gpu), p);
 }
 

@@ -366,7 +366,12 @@ impl Usage {
 
 /// Whether a replica of workload `id` is eligible on `node`: alive, matching
 /// the selector, allocatable covering the request.
-pub fn eligible(view: &ClusterView, id: &WorkloadId, workloads: &[Workload], node: &NodeId) -> bool {
+pub fn eligible(
+    view: &ClusterView,
+    id: &WorkloadId,
+    workloads: &[Workload],
+    node: &NodeId,
+) -> bool {
     let (Some(w), Some(n)) = (workloads.iter().find(|w| w.id == *id), view.node(node)) else {
         return false;
     };
