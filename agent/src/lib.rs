@@ -10,6 +10,7 @@ mod driver;
 mod k8s;
 mod net;
 mod persist;
+pub mod runtime;
 mod sim;
 
 /// shoal: a masterless container orchestrator.
