@@ -1,7 +1,7 @@
 //! The invariant checker: verifies a placement against the view and the
 //! workloads it claims to be for, without trusting how it was computed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::placement::{Decision, Placement, Reason};
@@ -189,7 +189,7 @@ impl Placement {
         }
 
         for (id, decisions) in &self.workloads {
-            let asked: Vec<u32> = groups
+            let asked: BTreeSet<u32> = groups
                 .get(id)
                 .map(|g| g.iter().flat_map(|w| w.replicas.ordinals()).collect())
                 .unwrap_or_default();

@@ -74,6 +74,8 @@ struct Engine<'a> {
     /// Ring points (point, node) of the eligible nodes of each class; ring 0
     /// holds every alive node.
     rings: Vec<Vec<(u64, u32)>>,
+    /// The nodes of each ring, ascending.
+    members: Vec<Vec<u32>>,
     /// Replicas of a spread workload per node, keyed `workload << 32 | node`.
     spread_count: HashMap<u64, u32, FxBuild>,
     /// The load bound.
@@ -165,6 +167,8 @@ impl<'a> Engine<'a> {
         // common case (no selector, modest request) skips a per-node scan.
         let min_alloc_accepting = min_alloc(&nodes, |n| n.accepting);
         let min_alloc_holding = min_alloc(&nodes, |n| n.holding);
+        let nodes_len = nodes.len();
+        let accepting_nodes: Vec<bool> = nodes.iter().map(|n| n.accepting).collect();
 
         let mut engine = Engine {
             nodes,
@@ -172,6 +176,11 @@ impl<'a> Engine<'a> {
             reps: Vec::new(),
             sel: vec![Vec::new()],
             rings: vec![ring0],
+            members: vec![
+                (0..nodes_len as u32)
+                    .filter(|&i| accepting_nodes[i as usize])
+                    .collect(),
+            ],
             spread_count: HashMap::default(),
             cap: 0,
             target: 0,
@@ -224,6 +233,11 @@ impl<'a> Engine<'a> {
                                 .copied()
                                 .collect();
                             engine.rings.push(filtered);
+                            engine.members.push(
+                                (0..engine.nodes.len() as u32)
+                                    .filter(|&i| bits[i as usize / 64] & (1 << (i % 64)) != 0)
+                                    .collect(),
+                            );
                             (engine.rings.len() - 1) as u32
                         })
                     };
@@ -607,7 +621,8 @@ impl<'a> Engine<'a> {
     }
 
     /// Phase 5: nodes still over the load bound shed their lowest-scoring
-    /// unpinned replicas down to the bound.
+    /// unpinned replicas down to the bound. Those with no open node go back
+    /// in phase 7.
     fn shed_over_bound(&mut self) {
         let cap = self.cap;
         if !self.nodes.iter().any(|n| n.load > cap) {
@@ -746,23 +761,26 @@ impl<'a> Engine<'a> {
     }
 
     /// The least loaded node on the replica's ring with room and spread to
-    /// spare, the earliest on its walk among equally loaded ones.
+    /// spare, the earliest on its walk among equally loaded ones: the
+    /// lowest such load over the ring's nodes, then a walk to the first node
+    /// with room at that load.
     fn least_loaded(&self, r: u32) -> Option<u32> {
         let rep = &self.reps[r as usize];
-        let w = rep.w;
-        let work = &self.works[w as usize];
-        let req = work.w.requests;
-        let ring = &self.rings[work.ring as usize];
-        let start = ring.partition_point(|&(p, _)| p < rep.point);
-        let mut best: Option<(u32, u32)> = None;
-        for i in 0..ring.len() {
-            let y = ring[(start + i) % ring.len()].1;
-            let load = self.nodes[y as usize].load;
-            if best.is_none_or(|(_, l)| load < l) && self.fits(y, &req) && self.spread_ok(w, y) {
-                best = Some((y, load));
-            }
-        }
-        best.map(|(y, _)| y)
+        let (w, point) = (rep.w, rep.point);
+        let ring_index = self.works[w as usize].ring as usize;
+        let req = self.works[w as usize].w.requests;
+        let members = &self.members[ring_index];
+        let takes = |y: u32| self.fits(y, &req) && self.spread_ok(w, y);
+        let least = members
+            .iter()
+            .filter(|&&y| takes(y))
+            .map(|&y| self.nodes[y as usize].load)
+            .min()?;
+        let ring = &self.rings[ring_index];
+        let start = ring.partition_point(|&(p, _)| p < point);
+        (0..ring.len())
+            .map(|i| ring[(start + i) % ring.len()].1)
+            .find(|&y| self.nodes[y as usize].load == least && takes(y))
     }
 
     /// Phase 8 (see [`Engine::overflow`]); returns how many replicas moved.

@@ -23,7 +23,9 @@
 //!
 //! - the *bound* is `ceil((1+ε)·m/n)`, the capacity of bounded-load
 //!   consistent hashing, rounded up so it is always reachable and does not
-//!   drop when one node joins a large cluster;
+//!   drop when one node joins a large cluster. It is a preference, not a
+//!   constraint: a node goes over it only with replicas that no eligible
+//!   node under it can take, and a replica is never refused because of it;
 //! - the *average* is `ceil(m/n)`;
 //! - the *pull threshold* is `ceil((1-ε)·m/n)`, the bound's mirror, capped at
 //!   `bound - 1`;
@@ -31,7 +33,9 @@
 //!   `ceil(k/e)` replicas on a node: one while `e ≥ k`, as even as possible
 //!   otherwise.
 //!
-//! Placement runs six phases, each in canonical order:
+//! A node is *open* to a replica when it is eligible, under the bound, has
+//! the replica's request free and spread to spare. Placement runs eight
+//! phases, each in canonical order:
 //!
 //! 1. *Pinned*: a stateful replica whose volume is on a holding node goes
 //!    there if the selector matches and it fits, whatever spread and bound
@@ -53,37 +57,62 @@
 //!    replicas down to the bound.
 //! 6. *Place*: every replica still unplaced, those of workloads with the
 //!    fewest spare slots first (narrow selectors, tight spread), walks its
-//!    preference to the first node under the bound with room and spread to
-//!    spare (bounded-load consistent hashing, Mirrokni, Thorup and
-//!    Zadimoghaddam 2018), or is unschedulable with a per-node account of
-//!    why.
+//!    preference to the first open node (bounded-load consistent hashing,
+//!    Mirrokni, Thorup and Zadimoghaddam 2018).
+//! 7. *Overflow*: a replica that found no open node stays on the holding
+//!    node that runs it if that node matches, has room and spread allows
+//!    (what phase 5 shed it from, typically: nothing is gained by moving it
+//!    to another node over the bound); otherwise it goes to the least loaded
+//!    eligible node with room and spread to spare, the earliest in its
+//!    preference among equals. With none, it is unschedulable, with a
+//!    per-node account of why (status, selector, cpu, memory, spread).
+//! 8. *Displace*: a node over the bound hands its lowest-scoring unpinned
+//!    replicas that have an open node to the first one in their preference,
+//!    while it is over the bound. Overflowing replicas thus push flexible
+//!    ones off the only nodes they can use. Displacing frees resources, so
+//!    phases 7 and 8 repeat while replicas wait and 8 moves something.
 //!
 //! # Invariants
 //!
 //! [`Placement::check`] verifies, for any input: capacity is never exceeded,
-//! selectors always match, no node is over the bound or a workload's spread
-//! limit (except by replicas pinned to it), replicas only land on alive
-//! nodes (or stay on suspect ones that run them), and an unschedulable
-//! replica really has no node that could take it.
+//! selectors always match, no node exceeds a workload's spread limit (except
+//! by replicas pinned to it), replicas only land on alive nodes (or stay on
+//! suspect ones that run them), a node over the bound holds no unpinned
+//! replica that has an open node elsewhere, and an unschedulable replica
+//! really has no node with room and spread to spare.
 //!
 //! The tests also hold these laws: the result does not depend on input
 //! order; placing a view whose running replicas are its own previous
 //! placement changes nothing (stability, so members never chase each
-//! other); losing a node moves only its replicas; adding a node moves
-//! replicas only onto it, except what a lower bound or tighter spread
-//! forces off other nodes and knock-on moves into nodes that just gave a
+//! other); no replica is unschedulable while an alive node matching it has
+//! room and spread to spare; losing a node moves only its replicas; adding a
+//! node moves replicas only onto it, except what a lower bound or tighter
+//! spread forces off other nodes, knock-on moves into nodes that just gave a
 //! replica away (a replica that spread or resources had pushed past such a
-//! node may return to it); two members whose views differ by one node
-//! disagree only about replicas in those same categories.
-//! [`reference::place_reference`] states the same rules naively, and the
-//! tests hold [`place_with`] to exactly its output.
+//! node may return to it), and replicas displaced from a node that took a
+//! replica with nowhere under the bound to go; two members whose views
+//! differ by one node disagree only about replicas in those same
+//! categories. [`reference::place_reference`] states the same rules naively,
+//! and the tests hold [`place_with`] to exactly its output.
+//!
+//! Stability holds because the final state is one the next run's phases
+//! accept as it is. Keep keeps everything. Relieve moves only to nodes
+//! below the average, hence open, and no node over the bound holds a
+//! replica with an open node. A pull needs an open node too (under the pull
+//! threshold, room, no replica of the workload there); phase 4 stops at a
+//! fixed point, and afterwards nodes under the bound only fill up while
+//! nodes over it never drop below it, so pulls only get harder; replicas
+//! placed in phases 6 to 8 went to their first open node, or had none. Shed
+//! drops replicas that have no open node, and phase 7 returns each to the
+//! node it was shed from before any other replica may take the room.
 //!
 //! # Limits
 //!
-//! The bound is global: a workload whose selector matches few nodes shares
-//! their `ceil((1+ε)·m/n)` slots with everything else, and is unschedulable
-//! (with a reason naming the bound) once those are taken, even if the nodes
-//! have resources to spare. Raising ε is the remedy.
+//! A node over the bound keeps replicas that have nowhere under the bound
+//! to go, but placement never moves replicas to free *resources*: a replica
+//! is unschedulable when every eligible node is short of cpu or memory, even
+//! if moving flexible replicas elsewhere would make room (no
+//! defragmentation or preemption).
 #![warn(missing_docs)]
 
 mod check;

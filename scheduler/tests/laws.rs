@@ -18,6 +18,7 @@ const SMALL: Shape = Shape {
     workloads: 1..=4,
     max_replicas: 6,
     roomy: false,
+    ample: false,
     running: true,
 };
 
@@ -26,6 +27,19 @@ const MEDIUM: Shape = Shape {
     workloads: 1..=6,
     max_replicas: 12,
     roomy: false,
+    ample: false,
+    running: true,
+};
+
+/// Few nodes, many replicas, resources that never bind: bounds of a handful
+/// of replicas, which selectors and spread keep overflowing, so that
+/// phases 7 and 8 run often (and displace flexible replicas).
+const CROWDED: Shape = Shape {
+    nodes: 2..=5,
+    workloads: 2..=6,
+    max_replicas: 12,
+    roomy: false,
+    ample: true,
     running: true,
 };
 
@@ -38,6 +52,7 @@ const ROOMY: Shape = Shape {
     workloads: 1..=6,
     max_replicas: 12,
     roomy: true,
+    ample: true,
     running: false,
 };
 
@@ -60,6 +75,22 @@ proptest! {
     fn fast_placement_equals_the_naive_reference(s in scenario(SMALL)) {
         let fast = place_with(&s.view, &s.workloads, s.options);
         let naive = place_reference(&s.view, &s.workloads, s.options);
+        prop_assert_eq!(fast, naive);
+    }
+
+    #[test]
+    fn fast_placement_equals_the_naive_reference_when_crowded(
+        s in prop_oneof![scenario(CROWDED), scenario(Shape { ample: false, ..CROWDED })],
+    ) {
+        let fast = place_with(&s.view, &s.workloads, s.options);
+        let naive = place_reference(&s.view, &s.workloads, s.options);
+        prop_assert_eq!(&fast, &naive);
+        // And once it runs, with one node more: relieve, pull, shed, and
+        // the overflow they leave.
+        let (mut v, _) = settle(&s.view, &s.workloads, s.options);
+        v.insert(Node::new("late", Resources::new(1000, 2 * GI)).with_label("disk", "ssd"));
+        let fast = place_with(&v, &s.workloads, s.options);
+        let naive = place_reference(&v, &s.workloads, s.options);
         prop_assert_eq!(fast, naive);
     }
 
@@ -87,7 +118,9 @@ proptest! {
     #![proptest_config(config(256))]
 
     #[test]
-    fn placement_never_breaks_capacity_selectors_spread_or_bound(s in scenario(MEDIUM)) {
+    fn placement_never_breaks_capacity_selectors_spread_or_bound(
+        s in prop_oneof![scenario(MEDIUM), scenario(CROWDED)],
+    ) {
         let p = place_with(&s.view, &s.workloads, s.options);
         if let Err(e) = p.check(&s.view, &s.workloads) {
             return Err(TestCaseError::fail(e.to_string()));
@@ -96,7 +129,7 @@ proptest! {
 
     #[test]
     fn no_replica_is_unschedulable_while_an_eligible_node_has_room(
-        s in scenario(MEDIUM),
+        s in prop_oneof![scenario(MEDIUM), scenario(CROWDED)],
         flip in any::<prop::sample::Index>(),
     ) {
         // On the generated state, and on a steady state with one node's
@@ -178,7 +211,9 @@ proptest! {
     }
 
     #[test]
-    fn placing_its_own_result_again_changes_nothing(s in scenario(MEDIUM)) {
+    fn placing_its_own_result_again_changes_nothing(
+        s in prop_oneof![scenario(MEDIUM), scenario(CROWDED)],
+    ) {
         let (v, p) = settle(&s.view, &s.workloads, s.options);
         prop_assert_eq!(place_with(&v, &s.workloads, s.options), p);
     }

@@ -152,12 +152,16 @@ pub struct Shape {
     pub max_replicas: u32,
     /// Only alive nodes, no selectors, resources that never bind.
     pub roomy: bool,
+    /// Resources that never bind (statuses and selectors as usual): only
+    /// selectors and spread push replicas past the bound.
+    pub ample: bool,
     /// Generate running replicas (otherwise nothing runs yet).
     pub running: bool,
 }
 
 pub fn scenario(shape: Shape) -> impl Strategy<Value = Scenario> {
     let roomy = shape.roomy;
+    let ample = shape.ample || roomy;
     let node = (
         if roomy {
             Just(NodeStatus::Alive).boxed()
@@ -192,7 +196,7 @@ pub fn scenario(shape: Shape) -> impl Strategy<Value = Scenario> {
             .into_iter()
             .enumerate()
             .map(|(i, (status, cpu, mem, zone_a, ssd))| {
-                let (cpu, mem) = if roomy {
+                let (cpu, mem) = if ample {
                     (1_000_000, 1024 * GI)
                 } else {
                     (cpu, mem)
