@@ -304,15 +304,31 @@ async fn docker_containers_of_a_pod_share_localhost() {
     ));
     assert_eq!(pods[0].containers[0].name, "server");
 
-    // Restarting the first container restarts the other into its new namespace.
+    // Restarting the first container restarts the other, which reaches the server again in
+    // the new network namespace.
+    let restarted_at = now_ms();
     rt.restart_container("uid-pair", "server", Duration::ZERO)
         .await
         .unwrap();
-    wait_until(&rt, "both back", |pods| {
-        matches!(pods[0].containers[1].state, ContainerState::Exited { exit_code: Some(0), finished_at_ms: Some(f), .. }
-            if f > match pods[0].containers[0].state { ContainerState::Running { started_at_ms: Some(s) } => s, _ => u64::MAX })
+    let pods = wait_until(&rt, "the client's second run", |pods| {
+        matches!(pods[0].containers[1].state,
+            ContainerState::Exited { finished_at_ms: Some(f), .. } if f >= restarted_at)
     })
     .await;
+    assert!(
+        matches!(
+            pods[0].containers[1].state,
+            ContainerState::Exited {
+                exit_code: Some(0),
+                ..
+            }
+        ),
+        "{pods:#?}"
+    );
+    assert!(matches!(
+        pods[0].containers[0].state,
+        ContainerState::Running { .. }
+    ));
     rt.stop_pod("uid-pair", Duration::ZERO).await.unwrap();
     rt.remove_pod("uid-pair").await.unwrap();
     rt.remove_network().await.unwrap();
