@@ -434,7 +434,9 @@ impl Decoder {
         None
     }
 
-    fn list<'n, T>(
+    /// A list; an item that does not decode is reported and replaced by a default, so that
+    /// the items after it keep their index (and the rules' paths stay right).
+    fn list<'n, T: Default>(
         &mut self,
         node: &'n Node,
         path: &str,
@@ -450,11 +452,10 @@ impl Decoder {
             self.record(&ipath, item.line);
             if matches!(item.value, Value::Null) {
                 self.error(ipath, Some(item.line), "must not be null");
+                out.push(T::default());
                 continue;
             }
-            if let Some(v) = f(self, item, &ipath) {
-                out.push(v);
-            }
+            out.push(f(self, item, &ipath).unwrap_or_default());
         }
         Some(out)
     }

@@ -504,7 +504,7 @@ pub struct HttpGetAction {
 }
 
 /// An HTTP header of a probe request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpHeader {
     /// Header name.

@@ -692,6 +692,21 @@ fn strategy_rules() {
 }
 
 #[test]
+fn a_bad_list_item_keeps_the_others_in_place() {
+    let text = with_container("").replace(
+        "      - name: web\n        image: nginx:1.27\n",
+        "      - nginx\n      - name: Web\n        image: nginx\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "deploy.yaml: doc 1: spec.template.spec.containers[0]: expected a mapping, got string \"nginx\" (line 15)",
+            "deploy.yaml: doc 1: spec.template.spec.containers[1].name: \"Web\" must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name' or '123-abc') (line 16)",
+        ]
+    );
+}
+
+#[test]
 fn strings_where_kubernetes_wants_strings() {
     let errs = errors(&with_container(
         "env:\n- name: PORT\n  value: 8080\n- name: DEBUG\n  value: true\nargs: [--port, 8080]",
