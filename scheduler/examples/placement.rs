@@ -6,7 +6,7 @@
 //! stateful replicas' volumes are recorded where they landed), then the
 //! membership changes and placement reruns.
 //!
-//! `cargo run --release -p shoal-scheduler --example placement -- --nodes 1000 --replicas 100000 [--json]`
+//! `cargo run --release -p shoal-scheduler --example placement -- --nodes 1000 --replicas 100000 [--overflow 50000] [--json]`
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,6 +39,11 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Add a workload of this many more replicas that select `zone=a` (a
+    /// third of the nodes), unspread: more than those nodes' share of the
+    /// bound, so that they overflow and displace other replicas.
+    #[arg(long, default_value_t = 0)]
+    overflow: u32,
 }
 
 const GI: u64 = 1 << 30;
@@ -123,6 +128,14 @@ fn main() -> anyhow::Result<()> {
     };
     let view = ClusterView::new((0..args.nodes).map(node))?;
     let mut workloads = workloads(args.replicas)?;
+    if args.overflow > 0 {
+        let id = WorkloadId::new("deployment", "overflow", "zone-a")?;
+        workloads.push(
+            Workload::deployment(id, args.overflow, Resources::new(10, MI))
+                .with_selector("zone", "a")
+                .with_spread(false),
+        );
+    }
 
     // From scratch: nothing runs yet.
     let (scratch, scratch_t) = timed(args.runs, || place_with(&view, &workloads, options));
@@ -175,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         let out = serde_json::json!({
             "nodes": args.nodes,
             "replicas": args.replicas,
+            "overflow": args.overflow,
             "workloads": workloads.len(),
             "stateful_workloads": stateful,
             "epsilon_permille": args.epsilon_permille,
@@ -207,7 +221,9 @@ fn main() -> anyhow::Result<()> {
         .collect();
         println!(
             "{} replicas over {} nodes, ε = {}‰ ({counts:?})",
-            args.replicas, args.nodes, args.epsilon_permille
+            args.replicas + args.overflow,
+            args.nodes,
+            args.epsilon_permille
         );
         println!(
             "place from scratch:   {place_ms:.1} ms (median of {} runs, as all times)",

@@ -47,8 +47,8 @@ struct WorkRt<'a> {
     /// to spare. From phase 6 on, nodes under the bound only fill up, so
     /// every later replica would find none either.
     no_open: bool,
-    /// In the current overflow round, a replica of it found no node with
-    /// room and spread to spare at all.
+    /// In phase 7, a replica of it found no node with room and spread to
+    /// spare at all, and nothing has been displaced since.
     full: bool,
 }
 
@@ -76,6 +76,10 @@ struct Engine<'a> {
     rings: Vec<Vec<(u64, u32)>>,
     /// The nodes of each ring, ascending.
     members: Vec<Vec<u32>>,
+    /// In phase 7, unpinned replicas per node as (score, Reverse(index)),
+    /// which sorts in shed order; `by_node_sorted` says which are sorted.
+    by_node: Vec<Vec<(u64, Reverse<u32>)>>,
+    by_node_sorted: Vec<bool>,
     /// Replicas of a spread workload per node, keyed `workload << 32 | node`.
     spread_count: HashMap<u64, u32, FxBuild>,
     /// The load bound.
@@ -181,6 +185,8 @@ impl<'a> Engine<'a> {
                     .filter(|&i| accepting_nodes[i as usize])
                     .collect(),
             ],
+            by_node: Vec::new(),
+            by_node_sorted: Vec::new(),
             spread_count: HashMap::default(),
             cap: 0,
             target: 0,
@@ -699,25 +705,43 @@ impl<'a> Engine<'a> {
             })
     }
 
-    /// Phases 7 and 8: the bound is a preference, not a constraint.
+    /// Phase 7, *overflow*: the bound is a preference, not a constraint.
     ///
-    /// 7. *Overflow*: a replica no node under the bound can take stays on
-    ///    the holding node that runs it if that node matches, has room and
-    ///    spread allows (what it was shed from, typically); otherwise it
-    ///    goes to the least loaded eligible node with room and spread to
-    ///    spare, the earliest on its ring walk among equals. With none, it
-    ///    is unschedulable.
-    /// 8. *Displace*: a node that overflow took over the bound hands its
-    ///    lowest-scoring unpinned replicas that some node under the bound
-    ///    can take to the first such node on their ring walk, while it is
-    ///    over the bound. What stays over the bound on a node is then only
-    ///    what has nowhere under it to go.
+    /// A replica no node under the bound can take first tries to stay on the
+    /// holding node that runs it, if that node matches, has room and spread
+    /// allows (what phase 5 shed it from, typically). Then, those still
+    /// waiting go to the least loaded eligible node with room and spread to
+    /// spare, the earliest on their ring walk among equals; with none, they
+    /// are unschedulable. The returns come first so that no other replica
+    /// takes the room a shed replica leaves behind.
     ///
-    /// Displacing frees resources on the nodes it relieves, which may let a
-    /// replica still waiting overflow there; the two repeat until neither
-    /// changes anything (each round but the last places a replica).
+    /// Whenever this takes a node over the bound, the node *displaces* its
+    /// lowest-scoring unpinned replica that has an open node to the first
+    /// such node on its ring walk, and is back where it was. A node thus
+    /// stays over the bound only while it holds nothing that could go under
+    /// it, and overflow keeps landing where flexible replicas can make way.
+    ///
+    /// Displacing frees resources and spread, which may let a replica that
+    /// found no room take one: the passes repeat while replicas wait and a
+    /// pass displaced something (each pass but the last places a replica).
     fn overflow(&mut self, mut waiting: Vec<u32>) {
-        while !waiting.is_empty() {
+        if waiting.is_empty() {
+            return;
+        }
+        // Unpinned replicas by node, shed order once sorted. Replicas that
+        // overflow are left out: they have no open node, so are never
+        // displaced.
+        self.by_node = vec![Vec::new(); self.nodes.len()];
+        self.by_node_sorted = vec![false; self.nodes.len()];
+        for (r, rep) in self.reps.iter().enumerate() {
+            if rep.at != NONE && rep.pinned == NONE {
+                let score = hash::score(rep.point, self.nodes[rep.at as usize].hash);
+                self.by_node[rep.at as usize].push((score, Reverse(r as u32)));
+            }
+        }
+        let mut full: Vec<u32> = Vec::new();
+        loop {
+            let mut displaced = false;
             waiting.retain(|&r| {
                 let rep = &self.reps[r as usize];
                 let (x, w) = (rep.current, rep.w);
@@ -725,19 +749,16 @@ impl<'a> Engine<'a> {
                     return true;
                 }
                 let work = &self.works[w as usize];
-                if self.matches(work.selector, x)
+                if !(self.matches(work.selector, x)
                     && self.fits(x, &work.w.requests)
-                    && self.spread_ok(w, x)
+                    && self.spread_ok(w, x))
                 {
-                    self.assign(r, x);
-                    false
-                } else {
-                    true
+                    return true;
                 }
+                self.assign(r, x);
+                displaced |= self.make_way(x, &mut full);
+                false
             });
-            for &r in &waiting {
-                self.works[self.reps[r as usize].w as usize].full = false;
-            }
             waiting.retain(|&r| {
                 let w = self.reps[r as usize].w;
                 if self.works[w as usize].full {
@@ -746,18 +767,67 @@ impl<'a> Engine<'a> {
                 match self.least_loaded(r) {
                     Some(y) => {
                         self.assign(r, y);
+                        displaced |= self.make_way(y, &mut full);
                         false
                     }
                     None => {
                         self.works[w as usize].full = true;
+                        full.push(w);
                         true
                     }
                 }
             });
-            if self.displace() == 0 {
+            if !displaced || waiting.is_empty() {
                 break;
             }
         }
+    }
+
+    /// If `x` is over the bound, moves its lowest-scoring unpinned replica
+    /// that has an open node to the first one on its ring walk. Returns
+    /// whether one moved; if so, the workloads in `full` may fit on `x` now.
+    fn make_way(&mut self, x: u32, full: &mut Vec<u32>) -> bool {
+        if self.nodes[x as usize].load <= self.cap {
+            return false;
+        }
+        let xi = x as usize;
+        if !self.by_node_sorted[xi] {
+            self.by_node[xi].sort_unstable();
+            self.by_node_sorted[xi] = true;
+        }
+        let mut list = std::mem::take(&mut self.by_node[xi]);
+        debug_assert!(
+            list.iter()
+                .all(|&(_, Reverse(f))| self.reps[f as usize].at == x)
+        );
+        let mut moved = None;
+        for (i, &(_, Reverse(f))) in list.iter().enumerate() {
+            match self.first_open(f) {
+                Some(y) => {
+                    moved = Some((i, f, y));
+                    break;
+                }
+                None => {
+                    let w = self.reps[f as usize].w;
+                    self.works[w as usize].no_open = true;
+                }
+            }
+        }
+        let Some((i, f, y)) = moved else {
+            self.by_node[xi] = list;
+            return false;
+        };
+        list.remove(i);
+        self.by_node[xi] = list;
+        self.unassign(f);
+        self.assign(f, y);
+        let score = hash::score(self.reps[f as usize].point, self.nodes[y as usize].hash);
+        self.by_node[y as usize].push((score, Reverse(f)));
+        self.by_node_sorted[y as usize] = false;
+        for w in full.drain(..) {
+            self.works[w as usize].full = false;
+        }
+        true
     }
 
     /// The least loaded node on the replica's ring with room and spread to
@@ -781,35 +851,6 @@ impl<'a> Engine<'a> {
         (0..ring.len())
             .map(|i| ring[(start + i) % ring.len()].1)
             .find(|&y| self.nodes[y as usize].load == least && takes(y))
-    }
-
-    /// Phase 8 (see [`Engine::overflow`]); returns how many replicas moved.
-    /// A node over the bound never drops to below it here, so no node that
-    /// could be a destination loses anything: one pass reaches the fixed
-    /// point.
-    fn displace(&mut self) -> usize {
-        let cap = self.cap;
-        if !self.nodes.iter().any(|n| n.load > cap) {
-            return 0;
-        }
-        let mut moved = 0;
-        for (x, r) in self.over_bound_in_shed_order() {
-            if self.nodes[x as usize].load <= cap {
-                continue;
-            }
-            match self.first_open(r) {
-                Some(y) => {
-                    self.unassign(r);
-                    self.assign(r, y);
-                    moved += 1;
-                }
-                None => {
-                    let w = self.reps[r as usize].w;
-                    self.works[w as usize].no_open = true;
-                }
-            }
-        }
-        moved
     }
 
     fn no_node_report(&self, wi: u32) -> NoNodeReport {

@@ -307,40 +307,48 @@ pub fn place_reference(view: &ClusterView, workloads: &[Workload], options: Opti
         }
     }
 
-    // The bound is a preference: what no node under it can take stays
-    // where it runs if it can, else goes to the least loaded node with room
-    // (the earliest in its preference among equals); then nodes over the
-    // bound hand what could go under it, lowest scores first, to the first
-    // such node in its preference. Until nothing changes.
+    // The bound is a preference. What no node under it can take stays where
+    // it runs if it can; the rest goes to the least loaded node with room
+    // (the earliest in its preference among equals). A node this takes over
+    // the bound hands its lowest-scoring replica that could go under it to
+    // the first such node in that replica's preference. Again while that
+    // frees room for replicas still waiting.
+    let make_way = |s: &mut State<'_>, x: usize| {
+        if s.load(x) <= cap {
+            return false;
+        }
+        for r in shed_order(s, x) {
+            if let Some(y) = open(s, r) {
+                s.at[r] = Some(y);
+                return true;
+            }
+        }
+        false
+    };
     while !waiting.is_empty() {
+        let mut displaced = false;
         for &r in &waiting {
             if let Some(x) = current[r] {
                 if s.matches(x, r) && s.fits(x, r) && s.spread_ok(x, r) {
                     s.at[r] = Some(x);
+                    displaced |= make_way(&mut s, x);
                 }
             }
         }
         waiting.retain(|&r| s.at[r].is_none());
         for &r in &waiting {
-            s.at[r] = s
+            let least = s
                 .preference(r)
                 .into_iter()
                 .filter(|&y| s.fits(y, r) && s.spread_ok(y, r))
                 .min_by_key(|&y| s.load(y));
-        }
-        waiting.retain(|&r| s.at[r].is_none());
-        let mut moved = 0;
-        for x in all_nodes.clone() {
-            for r in shed_order(&s, x) {
-                if s.load(x) > cap {
-                    if let Some(y) = open(&s, r) {
-                        s.at[r] = Some(y);
-                        moved += 1;
-                    }
-                }
+            if let Some(y) = least {
+                s.at[r] = Some(y);
+                displaced |= make_way(&mut s, y);
             }
         }
-        if moved == 0 {
+        waiting.retain(|&r| s.at[r].is_none());
+        if !displaced {
             break;
         }
     }
