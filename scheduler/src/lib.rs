@@ -34,7 +34,7 @@
 //!   otherwise.
 //!
 //! A node is *open* to a replica when it is eligible, under the bound, has
-//! the replica's request free and spread to spare. Placement runs eight
+//! the replica's request free and spread to spare. Placement runs seven
 //! phases, each in canonical order:
 //!
 //! 1. *Pinned*: a stateful replica whose volume is on a holding node goes
@@ -62,15 +62,17 @@
 //! 7. *Overflow*: a replica that found no open node stays on the holding
 //!    node that runs it if that node matches, has room and spread allows
 //!    (what phase 5 shed it from, typically: nothing is gained by moving it
-//!    to another node over the bound); otherwise it goes to the least loaded
-//!    eligible node with room and spread to spare, the earliest in its
-//!    preference among equals. With none, it is unschedulable, with a
-//!    per-node account of why (status, selector, cpu, memory, spread).
-//! 8. *Displace*: a node over the bound hands its lowest-scoring unpinned
-//!    replicas that have an open node to the first one in their preference,
-//!    while it is over the bound. Overflowing replicas thus push flexible
-//!    ones off the only nodes they can use. Displacing frees resources, so
-//!    phases 7 and 8 repeat while replicas wait and 8 moves something.
+//!    to another node over the bound). Then those still waiting go to the
+//!    least loaded eligible node with room and spread to spare, the
+//!    earliest in their preference among equals; with none, a replica is
+//!    unschedulable, with a per-node account of why (status, selector, cpu,
+//!    memory, spread). Whenever this takes a node over the bound, the node
+//!    *displaces* its lowest-scoring unpinned replica that has an open node
+//!    to the first one in that replica's preference, and is back where it
+//!    was: replicas that can only run there push flexible ones elsewhere,
+//!    and a node stays over the bound only while it holds nothing that
+//!    could go under it. Displacing frees resources and spread, so the
+//!    phase repeats while replicas wait and it displaced something.
 //!
 //! # Invariants
 //!
@@ -85,15 +87,18 @@
 //! order; placing a view whose running replicas are its own previous
 //! placement changes nothing (stability, so members never chase each
 //! other); no replica is unschedulable while an alive node matching it has
-//! room and spread to spare; losing a node moves only its replicas; adding a
-//! node moves replicas only onto it, except what a lower bound or tighter
-//! spread forces off other nodes, knock-on moves into nodes that just gave a
-//! replica away (a replica that spread or resources had pushed past such a
-//! node may return to it), and replicas displaced from a node that took a
-//! replica with nowhere under the bound to go; two members whose views
-//! differ by one node disagree only about replicas in those same
-//! categories. [`reference::place_reference`] states the same rules naively,
-//! and the tests hold [`place_with`] to exactly its output.
+//! room and spread to spare; losing or adding a node moves only the
+//! replicas that must move (those of a node that left, those a new node
+//! takes), except for what the bound and spread themselves ask for: what a
+//! changed bound or spread limit forces off a node (or lets go from a node
+//! over the bound to one under it), knock-on moves into nodes that just gave
+//! a replica away, pulls by nodes under a pull threshold that a departure
+//! lifted past the old bound, and replicas displaced from a node that took
+//! one with nowhere under the bound to go; two members whose views differ by
+//! one node disagree only about replicas in those same categories.
+//! [`reference::place_reference`] states the same rules naively, and the
+//! tests hold [`place_with`] to exactly its output, also on crowded clusters
+//! where overflow and displacement are the rule.
 //!
 //! Stability holds because the final state is one the next run's phases
 //! accept as it is. Keep keeps everything. Relieve moves only to nodes
@@ -102,9 +107,9 @@
 //! threshold, room, no replica of the workload there); phase 4 stops at a
 //! fixed point, and afterwards nodes under the bound only fill up while
 //! nodes over it never drop below it, so pulls only get harder; replicas
-//! placed in phases 6 to 8 went to their first open node, or had none. Shed
-//! drops replicas that have no open node, and phase 7 returns each to the
-//! node it was shed from before any other replica may take the room.
+//! placed in phases 6 and 7 went to their first open node, or had none.
+//! Shed drops replicas that have no open node, and phase 7 returns each to
+//! the node it was shed from before any other replica may take the room.
 //!
 //! # Limits
 //!

@@ -33,7 +33,7 @@ const MEDIUM: Shape = Shape {
 
 /// Few nodes, many replicas, resources that never bind: bounds of a handful
 /// of replicas, which selectors and spread keep overflowing, so that
-/// phases 7 and 8 run often (and displace flexible replicas).
+/// overflow (phase 7) runs often and displaces flexible replicas.
 const CROWDED: Shape = Shape {
     nodes: 2..=5,
     workloads: 2..=6,
