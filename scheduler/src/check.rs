@@ -180,7 +180,8 @@ impl Placement {
     /// - no node runs more replicas of a spread workload than its limit;
     /// - an unschedulable replica could run on no alive node as things stand
     ///   (selector, free resources, spread: the bound is no reason), and its
-    ///   reason fits.
+    ///   reason fits (a per-node account gives every node of the view a
+    ///   reason).
     pub fn check(&self, view: &ClusterView, workloads: &[Workload]) -> Result<(), CheckError> {
         let mut violations = Vec::new();
         let mut groups: BTreeMap<&WorkloadId, Vec<&Workload>> = BTreeMap::new();
@@ -419,7 +420,22 @@ impl Placement {
                             });
                         }
                     }
-                    (Reason::NoNode(_), None) => {
+                    (Reason::NoNode(report), None) => {
+                        let counted = report.not_ready
+                            + report.selector_mismatch
+                            + report.insufficient_cpu
+                            + report.insufficient_memory
+                            + report.spread;
+                        if report.nodes as usize != view.len() || counted != report.nodes {
+                            violations.push(Violation::WrongReason {
+                                replica: replica.clone(),
+                                reason: format!(
+                                    "{reason}: accounts for {counted} of {} nodes, the view has {}",
+                                    report.nodes,
+                                    view.len()
+                                ),
+                            });
+                        }
                         let could = view.nodes().find(|n| {
                             n.status.accepts_replicas()
                                 && n.matches(&w.node_selector)
