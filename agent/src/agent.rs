@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,8 +18,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::driver::{self, DriverSetup, NodeInfo};
+use crate::workload::plan::Plan;
+use crate::workload::reconciler::ReconcilerConfig;
 use crate::net::{self, ClusterKey, NetConfig};
 use crate::persist::Db;
+use crate::runtime::{AnyRuntime, RuntimeConfig, RuntimeKind};
 
 /// Options of `shoal agent`.
 #[derive(Args, Debug)]
@@ -56,6 +60,47 @@ pub(crate) struct AgentArgs {
     /// Use TCP only (for networks that block UDP); the default is QUIC with TCP as a fallback.
     #[arg(long)]
     tcp_only: bool,
+    /// How pods run: `docker` containers, or plain `process`es (default: docker when an engine
+    /// answers, else process).
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeKind>,
+    /// A node label for `nodeSelector`, KEY=VALUE. Repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// CPU offered to pods, in millicores (default: all of this machine's CPUs).
+    #[arg(long)]
+    cpu_millis: Option<u64>,
+    /// Memory offered to pods, in bytes (default: this machine's memory).
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: a label is KEY=VALUE"))?;
+    if k.is_empty() || k.len() > 253 || v.len() > 63 {
+        return Err(format!("{text:?}: keys are 1-253 characters, values at most 63"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// This machine's CPUs in millicores and memory in bytes (Linux /proc; fallbacks elsewhere).
+fn machine_capacity() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(1 << 30);
+    (cpus * 1000, memory)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -299,14 +344,33 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         );
     }
 
+    let runtime_kind = match args.runtime {
+        Some(kind) => kind,
+        None => AnyRuntime::default_kind().await,
+    };
+    let runtime = AnyRuntime::new(
+        runtime_kind,
+        RuntimeConfig::new(key.fingerprint(), id.to_hex(), data_dir.clone()),
+    )
+    .await
+    .with_context(|| format!("starting the {runtime_kind} runtime"))?;
+    let (cpu_all, memory_all) = machine_capacity();
+    let mut labels: std::collections::BTreeMap<String, String> =
+        args.labels.iter().cloned().collect();
+    labels.insert("kubernetes.io/hostname".into(), name.clone());
+    labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
+    labels.insert("kubernetes.io/arch".into(), std::env::consts::ARCH.into());
+    info!(runtime = %runtime_kind, ?labels, "pods run with the {runtime_kind} runtime");
+
+    let advertise_for_pods = advertise.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (handle, driver_task) = driver::start(
         DriverSetup {
             config,
             identity: Identity {
                 id,
-                name,
-                addr: advertise,
+                name: name.clone(),
+                addr: advertise.clone(),
             },
             net: net.clone(),
             net_events,
@@ -320,9 +384,24 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 arch: std::env::consts::ARCH.to_owned(),
                 created_ms,
                 started_ms: driver::wall_ms(),
+                cpu_millis: args.cpu_millis.unwrap_or(cpu_all),
+                memory_bytes: args.memory_bytes.unwrap_or(memory_all),
+                labels,
+                runtime: runtime_kind.to_string(),
             },
         },
         shutdown_rx,
+    );
+    let (plan_tx, plan_rx) = watch::channel(Arc::new(Plan::default()));
+    let reconciler = crate::workload::reconciler::start(
+        ReconcilerConfig {
+            me: id,
+            host_ip: advertise_for_pods,
+        },
+        Arc::new(runtime),
+        handle.clone(),
+        handle.snapshots(),
+        plan_tx,
     );
 
     // Signals: the first SIGTERM/SIGINT leaves gracefully.
@@ -341,6 +420,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     ));
     let _ = driver_task.await;
+    reconciler.abort();
     let _ = api_done_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     net.shutdown().await;

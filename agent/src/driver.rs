@@ -26,6 +26,11 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
 use crate::net::{NetEvent, NetHandle, NetMetrics};
+use crate::workload::plan::{MemberSnap, Snapshot};
+use crate::workload::stored::{POD_RECORD_PREFIX, PodRecord, StoredObject};
+
+/// Object kinds the workload snapshot carries.
+pub(crate) const WORKLOAD_KINDS: [&str; 3] = ["namespace", "pod", "deployment"];
 use crate::persist::{Db, META_LAST_CONTACT, META_SYNCED};
 
 /// Name of the owned entry where each node publishes facts about itself.
@@ -44,6 +49,14 @@ pub(crate) struct NodeInfo {
     pub(crate) created_ms: u64,
     /// When the node's agent last started, ms since the Unix epoch.
     pub(crate) started_ms: u64,
+    /// CPU the node offers to pods, in millicores.
+    pub(crate) cpu_millis: u64,
+    /// Memory the node offers to pods, in bytes.
+    pub(crate) memory_bytes: u64,
+    /// The node's labels (for `nodeSelector`).
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+    /// The runtime running its pods (`docker` or `process`).
+    pub(crate) runtime: String,
 }
 
 /// A member as the API shows it.
@@ -145,6 +158,12 @@ pub(crate) enum Command {
     },
     /// Counters.
     Stats(oneshot::Sender<AgentStats>),
+    /// Write (or with `None` delete) an entry this node owns; the reply comes once durable.
+    WriteOwned {
+        name: String,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Entry>,
+    },
 }
 
 /// A handle to send commands to the driver.
@@ -152,6 +171,7 @@ pub(crate) enum Command {
 pub(crate) struct DriverHandle {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<ClusterView>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
 }
 
 /// The driver is gone (the agent is shutting down).
@@ -205,6 +225,20 @@ impl DriverHandle {
 
     pub(crate) async fn stats(&self) -> Result<AgentStats, Gone> {
         self.call(Command::Stats).await
+    }
+
+    pub(crate) async fn write_owned(&self, name: String, value: Option<Vec<u8>>) -> Result<Entry, Gone> {
+        self.call(|reply| Command::WriteOwned { name, value, reply }).await
+    }
+
+    /// The latest snapshot of the workload state.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every new workload snapshot.
+    pub(crate) fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
     }
 
     /// The latest published view of the cluster.
@@ -322,6 +356,7 @@ pub(crate) fn start(
     node.restore(setup.restored, setup.synced, now);
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (persist_tx, persist_thread) = start_persistence(setup.db);
     let mut driver = Driver {
         node,
@@ -330,6 +365,8 @@ pub(crate) fn start(
         net_events: setup.net_events,
         commands: commands_rx,
         view: view_tx,
+        snapshot: snapshot_tx,
+        snapshot_dirty: true,
         persist: persist_tx,
         persist_thread: Some(persist_thread),
         since: BTreeMap::new(),
@@ -350,6 +387,7 @@ pub(crate) fn start(
     let handle = DriverHandle {
         commands: commands_tx,
         view: view_rx,
+        snapshot: snapshot_rx,
     };
     let task = tokio::spawn(async move { driver.run().await });
     (handle, task)
@@ -362,6 +400,8 @@ struct Driver {
     net_events: mpsc::Receiver<NetEvent>,
     commands: mpsc::Receiver<Command>,
     view: watch::Sender<Arc<ClusterView>>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    snapshot_dirty: bool,
     persist: mpsc::UnboundedSender<Batch>,
     persist_thread: Option<std::thread::JoinHandle<Db>>,
     /// Wall time each member was last seen changing state.
@@ -488,6 +528,10 @@ impl Driver {
                     .collect();
                 let _ = reply.send(items);
             }
+            Command::WriteOwned { name, value, reply } => {
+                let entry = self.node.write_owned(name, value, now);
+                self.pending_acks.push((reply, entry));
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(AgentStats {
                     gossip: GossipStats::from(self.node.stats()),
@@ -511,10 +555,21 @@ impl Driver {
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::EntryChanged(key) => {
-                    if let Key::Owned { name, .. } = &key {
-                        if name == NODE_INFO {
-                            self.view_dirty = true;
+                    match &key {
+                        Key::Owned { name, .. } => {
+                            if name == NODE_INFO {
+                                self.view_dirty = true;
+                                self.snapshot_dirty = true;
+                            } else if name.starts_with(POD_RECORD_PREFIX) {
+                                self.snapshot_dirty = true;
+                            }
                         }
+                        Key::Object(object) => {
+                            if WORKLOAD_KINDS.contains(&object.kind.as_str()) {
+                                self.snapshot_dirty = true;
+                            }
+                        }
+                        Key::Member(_) => {}
                     }
                     self.dirty.insert(key);
                 }
@@ -531,6 +586,7 @@ impl Driver {
                     }
                     self.since.insert(member.id, wall_ms());
                     self.view_dirty = true;
+                    self.snapshot_dirty = true;
                 }
                 Event::Joined { via } => {
                     info!(via = %via, "joined the cluster");
@@ -549,6 +605,56 @@ impl Driver {
         if self.view_dirty {
             self.publish(false);
         }
+        if self.snapshot_dirty {
+            self.publish_snapshot();
+        }
+    }
+
+    /// Publishes the workload state for the reconciler and the API.
+    fn publish_snapshot(&mut self) {
+        self.snapshot_dirty = false;
+        let store = self.node.store();
+        let members = self
+            .node
+            .members()
+            .map(|m| MemberSnap {
+                id: m.id,
+                name: m.name.clone(),
+                addr: m.addr.clone(),
+                state: m.state,
+                info: store
+                    .get(&Key::Owned {
+                        owner: m.id,
+                        name: NODE_INFO.into(),
+                    })
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| serde_json::from_slice::<NodeInfo>(v).ok()),
+            })
+            .collect::<Vec<_>>();
+        let mut objects = Vec::new();
+        for kind in WORKLOAD_KINDS {
+            for (key, entry) in store.range_objects(kind, None) {
+                if let Some(stored) = entry.value.as_deref().and_then(StoredObject::decode) {
+                    objects.push((key.clone(), stored));
+                }
+            }
+        }
+        let mut records = Vec::new();
+        for m in &members {
+            for (name, entry) in store.owned_by(m.id) {
+                if !name.starts_with(POD_RECORD_PREFIX) {
+                    continue;
+                }
+                if let Some(record) = entry.value.as_deref().and_then(PodRecord::decode) {
+                    records.push((m.id, record));
+                }
+            }
+        }
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            members,
+            objects,
+            records,
+        }));
     }
 
     fn queue_meta(&mut self, key: &'static str, value: Vec<u8>) {

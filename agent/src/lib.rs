@@ -8,10 +8,12 @@ mod api;
 mod cli;
 mod driver;
 mod k8s;
+pub mod manifest;
 mod net;
 mod persist;
 pub mod runtime;
 mod sim;
+mod workload;
 
 /// shoal: a masterless container orchestrator.
 #[derive(Parser, Debug)]
