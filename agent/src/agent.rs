@@ -18,11 +18,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::driver::{self, DriverSetup, NodeInfo};
-use crate::workload::plan::Plan;
-use crate::workload::reconciler::ReconcilerConfig;
 use crate::net::{self, ClusterKey, NetConfig};
 use crate::persist::Db;
 use crate::runtime::{AnyRuntime, RuntimeConfig, RuntimeKind};
+use crate::workload::plan::Plan;
+use crate::workload::reconciler::ReconcilerConfig;
 
 /// Options of `shoal agent`.
 #[derive(Args, Debug)]
@@ -80,7 +80,9 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: a label is KEY=VALUE"))?;
     if k.is_empty() || k.len() > 253 || v.len() > 63 {
-        return Err(format!("{text:?}: keys are 1-253 characters, values at most 63"));
+        return Err(format!(
+            "{text:?}: keys are 1-253 characters, values at most 63"
+        ));
     }
     Ok((k.to_owned(), v.to_owned()))
 }
@@ -393,12 +395,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         shutdown_rx,
     );
     let (plan_tx, plan_rx) = watch::channel(Arc::new(Plan::default()));
+    let runtime = Arc::new(runtime);
     let reconciler = crate::workload::reconciler::start(
         ReconcilerConfig {
             me: id,
             host_ip: advertise_for_pods,
         },
-        Arc::new(runtime),
+        runtime.clone(),
         handle.clone(),
         handle.snapshots(),
         plan_tx,
@@ -414,7 +417,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (api_done_tx, api_done_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(
         api_listener,
-        crate::api::router(handle, token),
+        crate::api::router(handle, token, plan_rx, runtime),
         async move {
             let _ = api_done_rx.await;
         },

@@ -227,8 +227,13 @@ impl DriverHandle {
         self.call(Command::Stats).await
     }
 
-    pub(crate) async fn write_owned(&self, name: String, value: Option<Vec<u8>>) -> Result<Entry, Gone> {
-        self.call(|reply| Command::WriteOwned { name, value, reply }).await
+    pub(crate) async fn write_owned(
+        &self,
+        name: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<Entry, Gone> {
+        self.call(|reply| Command::WriteOwned { name, value, reply })
+            .await
     }
 
     /// The latest snapshot of the workload state.

@@ -27,13 +27,109 @@ struct Cli {
 enum Command {
     /// Run the agent daemon on this machine.
     Agent(agent::AgentArgs),
-    /// List resources (today: nodes).
+    /// Apply manifests (Kubernetes YAML or JSON): create or update what they describe.
+    Apply {
+        /// Files, directories (their *.yaml, *.yml, *.json) or - for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Read directories recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Validate and report what would change, without writing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        ns: cli::NamespaceArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// List resources: nodes, pods, deployments, namespaces.
     Get {
-        /// What to list: nodes (also: node, no).
+        /// What to list: nodes, pods (po), deployments (deploy), namespaces (ns).
         resource: String,
+        /// Names to show (all when none).
+        names: Vec<String>,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum)]
         output: Option<cli::Output>,
+        /// After listing, watch for changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// List across all namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        ns: cli::NamespaceArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Show a pod or deployment in detail, with recent events.
+    Describe {
+        /// pod or deployment.
+        resource: String,
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        ns: cli::NamespaceArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Delete what manifests describe (-f), or KIND NAME...
+    Delete {
+        /// Files, directories or - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<std::path::PathBuf>,
+        /// KIND NAME..., or KIND/NAME.
+        target: Vec<String>,
+        #[command(flatten)]
+        ns: cli::NamespaceArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Set a deployment's replica count.
+    Scale {
+        /// deployment NAME, or deployment/NAME.
+        target: Vec<String>,
+        /// The new count.
+        #[arg(long)]
+        replicas: u32,
+        #[command(flatten)]
+        ns: cli::NamespaceArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Print a container's logs, from whichever node runs the pod.
+    Logs {
+        /// The pod.
+        pod: String,
+        /// The container (needed when the pod has several).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Keep streaming new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        #[command(flatten)]
+        ns: cli::NamespaceArgs,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Follow or undo a deployment's rollout: `rollout status|undo deployment NAME`.
+    Rollout {
+        /// status or undo.
+        action: String,
+        /// deployment NAME, or deployment/NAME.
+        target: Vec<String>,
+        /// With undo: the revision to go back to (default: the previous one).
+        #[arg(long)]
+        to_revision: Option<u64>,
+        /// With status: give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        ns: cli::NamespaceArgs,
         #[command(flatten)]
         api: cli::ApiArgs,
     },
@@ -81,16 +177,80 @@ pub fn run() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(agent::run(args))
         }
+        Command::Apply {
+            files,
+            recursive,
+            dry_run,
+            ns,
+            api,
+        } => cli::workloads::apply(&api, &files, ns.namespace, recursive, dry_run),
         Command::Get {
             resource,
+            names,
             output,
+            watch,
+            all_namespaces,
+            ns,
             api,
         } => match resource.as_str() {
             "nodes" | "node" | "no" => cli::get_nodes(&api, output),
             other => {
-                anyhow::bail!("unknown resource type {other:?}: this version of shoal lists: nodes")
+                let kind = cli::workloads::resource_kind(other)?;
+                cli::workloads::get(
+                    &api,
+                    kind,
+                    &names,
+                    ns.namespace,
+                    all_namespaces,
+                    output,
+                    watch,
+                )
             }
         },
+        Command::Describe {
+            resource,
+            name,
+            ns,
+            api,
+        } => {
+            let kind = cli::workloads::resource_kind(&resource)?;
+            cli::workloads::describe(&api, kind, &name, ns.namespace)
+        }
+        Command::Delete {
+            files,
+            target,
+            ns,
+            api,
+        } => cli::workloads::delete(&api, &files, &target, ns.namespace),
+        Command::Scale {
+            target,
+            replicas,
+            ns,
+            api,
+        } => cli::workloads::scale(&api, &target, replicas, ns.namespace),
+        Command::Logs {
+            pod,
+            container,
+            follow,
+            tail,
+            ns,
+            api,
+        } => cli::workloads::logs(&api, &pod, container, follow, tail, ns.namespace),
+        Command::Rollout {
+            action,
+            target,
+            to_revision,
+            timeout,
+            ns,
+            api,
+        } => cli::workloads::rollout(
+            &api,
+            &action,
+            &target,
+            ns.namespace,
+            to_revision,
+            std::time::Duration::from_secs(timeout),
+        ),
         Command::Join { peers, api } => cli::join(&api, peers),
         Command::Leave { api } => cli::leave(&api),
         Command::Keygen => agent::keygen(),

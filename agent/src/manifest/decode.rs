@@ -265,6 +265,8 @@ pub(crate) fn suggest<'a>(
 ) -> Option<&'a str> {
     let lower = name.to_ascii_lowercase();
     candidates
+        // The length alone rules most candidates out, cheaply (a mapping may have many keys).
+        .filter(|c| c.len().abs_diff(name.len()) <= 3)
         .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
         .filter(|(dist, c)| *dist <= (c.len() / 3).clamp(1, 3))
         .min_by_key(|(dist, _)| *dist)
@@ -426,8 +428,12 @@ impl Decoder {
             return Some(*v);
         }
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let hint = match suggest(&text, names.iter().copied()) {
+            Some(s) => format!(" (did you mean {s:?}?)"),
+            None => String::new(),
+        };
         let message = format!(
-            "unsupported value {text:?}: supported values are {}",
+            "unsupported value {text:?}{hint}: supported values are {}",
             names.join(", ")
         );
         self.error(path.to_owned(), Some(node.line), message);
@@ -824,6 +830,7 @@ fn resource_list(d: &mut Decoder, node: &Node, path: &str) -> Option<ResourceLis
 
 fn probe(d: &mut Decoder, node: &Node, path: &str) -> Option<Probe> {
     let mut f = d.fields(node, path)?;
+    let line = f.line;
     let mut handlers = Vec::new();
     if let Some(h) = f.opt(d, "httpGet", http_get) {
         handlers.push(("httpGet", ProbeHandler::HttpGet(h)));
@@ -866,7 +873,7 @@ fn probe(d: &mut Decoder, node: &Node, path: &str) -> Option<Probe> {
         0 => {
             d.error(
                 path.to_owned(),
-                Some(node.line),
+                Some(line),
                 "needs exactly one handler: httpGet, tcpSocket or exec",
             );
             None
@@ -875,7 +882,7 @@ fn probe(d: &mut Decoder, node: &Node, path: &str) -> Option<Probe> {
         _ => {
             d.error(
                 path.to_owned(),
-                Some(node.line),
+                Some(line),
                 format!(
                     "has {} handlers ({}): give exactly one",
                     given.len(),

@@ -8,3 +8,4 @@ pub(crate) mod plan;
 pub(crate) mod probe;
 pub(crate) mod reconciler;
 pub(crate) mod stored;
+pub(crate) mod view;

@@ -278,7 +278,8 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>) -> Plan {
                     let Some(node) = by_hex.get(node.as_str()) else {
                         continue;
                     };
-                    out.pods.push(desired_pod(template, replica, *node, snapshot));
+                    out.pods
+                        .push(desired_pod(template, replica, *node, snapshot));
                 }
                 Some(Decision::Unschedulable(reason)) => {
                     let (pod, _) = pod_for(template, &replica, None, snapshot);
@@ -418,7 +419,13 @@ fn pod_for(
         "{:016x}",
         xxh3_64(&serde_json::to_vec(&(&meta, &template.spec)).unwrap_or_default())
     );
-    (Pod { metadata: meta, spec }, spec_hash)
+    (
+        Pod {
+            metadata: meta,
+            spec,
+        },
+        spec_hash,
+    )
 }
 
 fn desired_pod(
@@ -428,7 +435,8 @@ fn desired_pod(
     snapshot: &Snapshot,
 ) -> DesiredPod {
     let (mut pod, spec_hash) = pod_for(template, &replica, Some(node), snapshot);
-    let mut seed = format!("{}/{}/{spec_hash}/", template.namespace, pod.metadata.name).into_bytes();
+    let mut seed =
+        format!("{}/{}/{spec_hash}/", template.namespace, pod.metadata.name).into_bytes();
     seed.extend_from_slice(node.as_bytes());
     let uid = format!("{:016x}", xxh3_64(&seed));
     pod.metadata.uid = Some(uid.clone());

@@ -92,7 +92,11 @@ pub(crate) async fn run(
             let host = ip.ok_or("the pod has no IP yet")?;
             let port = port_number(container, &http.port)?;
             let addr = SocketAddr::new(host, port);
-            let path = if http.path.is_empty() { "/" } else { http.path.as_str() };
+            let path = if http.path.is_empty() {
+                "/"
+            } else {
+                http.path.as_str()
+            };
             let request = async {
                 let mut stream = TcpStream::connect(addr)
                     .await

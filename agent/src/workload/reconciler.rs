@@ -331,7 +331,13 @@ impl Reconciler {
         }
     }
 
-    fn handle_probe(&mut self, uid: &str, container: &str, kind: ProbeKind, result: Result<(), String>) {
+    fn handle_probe(
+        &mut self,
+        uid: &str,
+        container: &str,
+        kind: ProbeKind,
+        result: Result<(), String>,
+    ) {
         let Some(pod) = self.pods.get_mut(uid) else {
             return;
         };
@@ -357,7 +363,8 @@ impl Reconciler {
             };
             let state = c.probe_mut(kind);
             state.running = false;
-            state.next_at = Some(Instant::now() + Duration::from_secs(probe.period_seconds.max(1).into()));
+            state.next_at =
+                Some(Instant::now() + Duration::from_secs(probe.period_seconds.max(1).into()));
             match &result {
                 Ok(()) => {
                     state.successes += 1;
@@ -407,7 +414,10 @@ impl Reconciler {
             pod.event(
                 "Normal",
                 "Killing",
-                format!("Container {container} failed its {} probe, will be restarted", kind.as_str()),
+                format!(
+                    "Container {container} failed its {} probe, will be restarted",
+                    kind.as_str()
+                ),
             );
             if let Some(c) = pod.containers.get_mut(container) {
                 c.restarts += 1;
@@ -420,7 +430,10 @@ impl Reconciler {
     async fn pass(&mut self) {
         let snapshot = self.snapshots.borrow().clone();
         let me = self.config.me;
-        if !self.first_pass_done && !snapshot_synced(&snapshot, &me) && self.started_at.elapsed() < SYNC_WAIT {
+        if !self.first_pass_done
+            && !snapshot_synced(&snapshot, &me)
+            && self.started_at.elapsed() < SYNC_WAIT
+        {
             return;
         }
         let forfeit = (!self.first_pass_done).then_some(&me);
@@ -475,7 +488,11 @@ impl Reconciler {
                 }
                 None if !self.busy.contains(uid) => {
                     if pod.info.take().is_some() {
-                        pod.event("Warning", "Missing", "the runtime lost the pod; creating it again");
+                        pod.event(
+                            "Warning",
+                            "Missing",
+                            "the runtime lost the pod; creating it again",
+                        );
                     }
                     if pod.pull_retry_at.is_some_and(|t| t > Instant::now()) {
                         if let Some((reason, _)) = &mut pod.waiting {
@@ -491,8 +508,9 @@ impl Reconciler {
             }
         }
         // Local pods that vanished from both desired and actual (stopped meanwhile).
-        self.pods
-            .retain(|uid, pod| desired.contains_key(uid) || actual.contains_key(uid) || pod.terminating);
+        self.pods.retain(|uid, pod| {
+            desired.contains_key(uid) || actual.contains_key(uid) || pod.terminating
+        });
 
         self.restart_exited();
         self.schedule_probes();
@@ -526,6 +544,10 @@ impl Reconciler {
             pod.info = Some(info.clone());
             pod.waiting = None;
             pod.ready_since_ms = record.ready_since_ms;
+            if let Some(start) = record.status.start_time {
+                pod.accepted_ms = start.0;
+            }
+            pod.events = record.events.iter().cloned().collect();
             for status in &record.status.container_statuses {
                 if let Some(c) = pod.containers.get_mut(&status.name) {
                     c.restarts = status.restart_count;
@@ -567,7 +589,11 @@ impl Reconciler {
         if let Some(pod) = self.pods.get_mut(uid) {
             if !pod.terminating {
                 pod.terminating = true;
-                pod.event("Normal", "Killing", "Stopping the pod: not placed on this node any more");
+                pod.event(
+                    "Normal",
+                    "Killing",
+                    "Stopping the pod: not placed on this node any more",
+                );
                 info!(pod = %pod.desired.pod.metadata.name, "stopping a pod no longer placed here");
             }
         }
@@ -601,7 +627,10 @@ impl Reconciler {
         };
         let spec = runtime_spec(&pod.desired);
         let pull_needed = pod.pull_retry_at.is_none()
-            && pod.waiting.as_ref().is_some_and(|(r, _)| r == "ContainerCreating")
+            && pod
+                .waiting
+                .as_ref()
+                .is_some_and(|(r, _)| r == "ContainerCreating")
             && matches!(*self.runtime, AnyRuntime::Docker(_));
         pod.waiting = Some(("ContainerCreating".into(), String::new()));
         self.busy.insert(uid.clone());
@@ -624,7 +653,12 @@ impl Reconciler {
                         }
                     };
                     if let Err(e) = runtime.ensure_image(&c.image, &mut report).await {
-                        let _ = done.send(Done::Pulled { uid, result: Err(e) }).await;
+                        let _ = done
+                            .send(Done::Pulled {
+                                uid,
+                                result: Err(e),
+                            })
+                            .await;
                         return;
                     }
                 }
@@ -701,7 +735,7 @@ impl Reconciler {
                                 reason: Some(reason.clone()),
                                 message: message.clone(),
                                 started_at: None,
-                                finished_at: finished_at_ms.map(|ms| Timestamp(ms / 1000)),
+                                finished_at: finished_at_ms.map(|ms| Timestamp(ms)),
                             });
                             let restart = match policy {
                                 RestartPolicy::Always => true,
@@ -783,7 +817,11 @@ impl Reconciler {
                 if spec.readiness_probe.is_none() && c.started {
                     c.ready = true;
                 }
-                for kind in [ProbeKind::Startup, ProbeKind::Liveness, ProbeKind::Readiness] {
+                for kind in [
+                    ProbeKind::Startup,
+                    ProbeKind::Liveness,
+                    ProbeKind::Readiness,
+                ] {
                     let Some(probe) = kind.probe_of(spec) else {
                         continue;
                     };
@@ -844,7 +882,12 @@ impl Reconciler {
         for pod in self.pods.values_mut() {
             let record = record_of(pod, &self.config.host_ip);
             let name = record_name(
-                pod.desired.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.desired
+                    .pod
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or("default"),
                 &pod.desired.pod.metadata.name,
             );
             current.insert(name, record.encode());
@@ -931,7 +974,11 @@ fn runtime_spec(desired: &DesiredPod) -> runtime::PodSpec {
     let pod = &desired.pod;
     runtime::PodSpec {
         uid: desired.uid.clone(),
-        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: pod.metadata.name.clone(),
         spec_hash: desired.spec_hash.clone(),
         containers: pod
@@ -970,13 +1017,18 @@ fn runtime_spec(desired: &DesiredPod) -> runtime::PodSpec {
     }
 }
 
-fn condition(kind: PodConditionType, ok: bool, reason: Option<&str>, since: Option<u64>) -> PodCondition {
+fn condition(
+    kind: PodConditionType,
+    ok: bool,
+    reason: Option<&str>,
+    since: Option<u64>,
+) -> PodCondition {
     PodCondition {
         kind,
         status: ConditionStatus::from(ok),
         reason: reason.map(str::to_owned),
         message: None,
-        last_transition_time: since.map(|ms| Timestamp(ms / 1000)),
+        last_transition_time: since.map(|ms| Timestamp(ms)),
     }
 }
 
@@ -989,9 +1041,11 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
         let local = pod.containers.entry(spec.name.clone()).or_default();
         let info = pod.info.as_ref().and_then(|i| i.container(&spec.name));
         let state = match info.map(|i| &i.state) {
-            Some(runtime::ContainerState::Running { started_at_ms }) => manifest::ContainerState::Running {
-                started_at: started_at_ms.map(|ms| Timestamp(ms / 1000)),
-            },
+            Some(runtime::ContainerState::Running { started_at_ms }) => {
+                manifest::ContainerState::Running {
+                    started_at: started_at_ms.map(|ms| Timestamp(ms)),
+                }
+            }
             Some(runtime::ContainerState::Exited {
                 exit_code,
                 finished_at_ms,
@@ -1013,7 +1067,7 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
                         reason: Some(reason.clone()),
                         message: message.clone(),
                         started_at: None,
-                        finished_at: finished_at_ms.map(|ms| Timestamp(ms / 1000)),
+                        finished_at: finished_at_ms.map(|ms| Timestamp(ms)),
                     }
                 }
             }
@@ -1032,7 +1086,11 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
             name: spec.name.clone(),
             state,
             last_state: local.last_state.clone(),
-            ready: local.ready && matches!(info.map(|i| &i.state), Some(runtime::ContainerState::Running { .. })),
+            ready: local.ready
+                && matches!(
+                    info.map(|i| &i.state),
+                    Some(runtime::ContainerState::Running { .. })
+                ),
             restart_count: local.restarts,
             image: spec.image.clone(),
             image_id: None,
@@ -1067,8 +1125,9 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
         PodPhase::Pending
     };
     let mut p = pod.desired.pod.clone();
+    p.metadata.creation_timestamp = Some(Timestamp(pod.accepted_ms));
     if pod.terminating {
-        p.metadata.deletion_timestamp = Some(Timestamp(now / 1000));
+        p.metadata.deletion_timestamp = Some(Timestamp(now));
     }
     let host = host_ip
         .rsplit_once(':')
@@ -1077,7 +1136,12 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
     let status = PodStatus {
         phase,
         conditions: vec![
-            condition(PodConditionType::Initialized, true, None, Some(pod.accepted_ms)),
+            condition(
+                PodConditionType::Initialized,
+                true,
+                None,
+                Some(pod.accepted_ms),
+            ),
             condition(
                 PodConditionType::Ready,
                 all_ready,
@@ -1090,11 +1154,20 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
                 (!all_ready).then_some("ContainersNotReady"),
                 pod.ready_since_ms.or(Some(pod.accepted_ms)),
             ),
-            condition(PodConditionType::PodScheduled, true, None, Some(pod.accepted_ms)),
+            condition(
+                PodConditionType::PodScheduled,
+                true,
+                None,
+                Some(pod.accepted_ms),
+            ),
         ],
         host_ip: Some(host),
-        pod_ip: pod.info.as_ref().and_then(|i| i.ip).map(|ip| ip.to_string()),
-        start_time: Some(Timestamp(pod.accepted_ms / 1000)),
+        pod_ip: pod
+            .info
+            .as_ref()
+            .and_then(|i| i.ip)
+            .map(|ip| ip.to_string()),
+        start_time: Some(Timestamp(pod.accepted_ms)),
         container_statuses: statuses,
         reason: None,
         message: None,

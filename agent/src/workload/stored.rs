@@ -68,7 +68,7 @@ impl StoredObject {
         let meta = resource.metadata_mut();
         meta.uid = Some(self.uid.clone());
         meta.generation = Some(self.generation);
-        meta.creation_timestamp = Some(crate::manifest::Timestamp(self.created_ms / 1000));
+        meta.creation_timestamp = Some(crate::manifest::Timestamp(self.created_ms));
         Ok(resource)
     }
 

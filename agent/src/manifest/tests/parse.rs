@@ -561,8 +561,8 @@ fn probes_need_exactly_one_handler() {
     assert_eq!(
         errs,
         [
-            "deploy.yaml: doc 1: spec.template.spec.containers[0].livenessProbe: needs exactly one handler: httpGet, tcpSocket or exec (line 18)",
-            "deploy.yaml: doc 1: spec.template.spec.containers[0].readinessProbe: has 2 handlers (tcpSocket, exec): give exactly one (line 20)",
+            "deploy.yaml: doc 1: spec.template.spec.containers[0].livenessProbe: needs exactly one handler: httpGet, tcpSocket or exec (line 17)",
+            "deploy.yaml: doc 1: spec.template.spec.containers[0].readinessProbe: has 2 handlers (tcpSocket, exec): give exactly one (line 19)",
             "deploy.yaml: doc 1: spec.template.spec.containers[0].startupProbe.grpc: not supported yet (line 23)",
         ]
     );
@@ -665,6 +665,12 @@ fn strategy_rules() {
         errors(&with_strategy("    type: BlueGreen\n")),
         [
             "deploy.yaml: doc 1: spec.strategy.type: unsupported value \"BlueGreen\": supported values are RollingUpdate, Recreate (line 7)"
+        ]
+    );
+    assert_eq!(
+        errors(&with_strategy("    type: Rollingupdate\n")),
+        [
+            "deploy.yaml: doc 1: spec.strategy.type: unsupported value \"Rollingupdate\" (did you mean \"RollingUpdate\"?): supported values are RollingUpdate, Recreate (line 7)"
         ]
     );
     let text = base.replace(

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use crate::k8s::human_duration;
 
+pub(crate) mod workloads;
+
 /// Where the agent's API is and how to authenticate.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ApiArgs {
@@ -24,6 +26,14 @@ pub(crate) struct ApiArgs {
     /// also be given in SHOAL_API_TOKEN.
     #[arg(long, global = true)]
     token_file: Option<std::path::PathBuf>,
+}
+
+/// kubectl's `-n`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct NamespaceArgs {
+    /// The namespace (default: `default`).
+    #[arg(short = 'n', long)]
+    pub(crate) namespace: Option<String>,
 }
 
 /// Output formats, as kubectl's `-o`.
@@ -109,6 +119,37 @@ impl Client {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
         self.finish(request.call())
+    }
+
+    /// A streamed GET (logs): the body as a reader, without the overall timeout.
+    pub(crate) fn stream(&self, path: &str) -> anyhow::Result<impl std::io::Read> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut request = agent.get(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = request.call().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the shoal agent at {}: {e} (is `shoal agent` running? set --api or SHOAL_API)",
+                self.base
+            )
+        })?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let text = response.into_body().read_to_string().unwrap_or_default();
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let message = value
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            bail!("the agent refused ({status}): {message}");
+        }
+        Ok(response.into_body().into_reader())
     }
 
     pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {

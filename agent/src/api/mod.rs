@@ -27,20 +27,36 @@ use serde::Deserialize;
 use serde_json::json;
 use shoal_gossip::ObjectKey;
 
+use tokio::sync::watch;
+
 use crate::driver::{DriverHandle, Gone};
 use crate::k8s;
+use crate::runtime::AnyRuntime;
+use crate::workload::plan::Plan;
+
+mod logs_remote;
+mod workloads;
 
 #[derive(Clone)]
 struct Api {
     driver: DriverHandle,
     token: Option<Arc<str>>,
+    plans: watch::Receiver<Arc<Plan>>,
+    runtime: Arc<AnyRuntime>,
 }
 
 /// Builds the router.
-pub(crate) fn router(driver: DriverHandle, token: Option<String>) -> Router {
+pub(crate) fn router(
+    driver: DriverHandle,
+    token: Option<String>,
+    plans: watch::Receiver<Arc<Plan>>,
+    runtime: Arc<AnyRuntime>,
+) -> Router {
     let state = Api {
         driver,
         token: token.map(Arc::from),
+        plans,
+        runtime,
     };
     let v1 = Router::new()
         .route("/api/v1/nodes", get(nodes))
@@ -52,6 +68,28 @@ pub(crate) fn router(driver: DriverHandle, token: Option<String>) -> Router {
             get(get_object).put(put_object).delete(delete_object),
         )
         .route("/api/v1/objects/{kind}", get(list_objects))
+        .route("/api/v1/apply", post(workloads::apply))
+        .route("/api/v1/delete", post(workloads::delete))
+        .route("/api/v1/pods", get(workloads::list_pods))
+        .route("/api/v1/pods/{namespace}/{name}", get(workloads::get_pod))
+        .route(
+            "/api/v1/pods/{namespace}/{name}/log",
+            get(workloads::pod_log),
+        )
+        .route("/api/v1/deployments", get(workloads::list_deployments))
+        .route(
+            "/api/v1/deployments/{namespace}/{name}",
+            get(workloads::get_deployment),
+        )
+        .route(
+            "/api/v1/deployments/{namespace}/{name}/scale",
+            post(workloads::scale),
+        )
+        .route(
+            "/api/v1/deployments/{namespace}/{name}/undo",
+            post(workloads::undo),
+        )
+        .route("/api/v1/namespaces", get(workloads::list_namespaces))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -104,7 +142,7 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
 }
 
 /// A Kubernetes-style `Status` error body.
-fn error(code: StatusCode, reason: &str, message: &str) -> Response {
+pub(crate) fn error(code: StatusCode, reason: &str, message: &str) -> Response {
     (
         code,
         Json(json!({
@@ -119,7 +157,7 @@ fn error(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn gone(_: Gone) -> Response {
+pub(crate) fn gone(_: Gone) -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "ServiceUnavailable",

@@ -1,0 +1,445 @@
+//! API routes for workloads: apply, delete, get/describe pods and deployments, scale, rollout
+//! undo, logs. Any agent accepts any of them (masterless): writes go into the replicated state
+//! of the node that received them and gossip from there.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Api, error, gone};
+use crate::driver::wall_ms;
+use crate::manifest::{Kind, Resource};
+use crate::runtime::Runtime;
+use crate::workload::stored::{StoredObject, object_key};
+use crate::workload::view;
+
+#[derive(Deserialize)]
+pub(super) struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ApplyRequest {
+    /// Objects in the manifest layer's stored form.
+    objects: Vec<Value>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn stored(api: &Api, key: shoal_gossip::ObjectKey) -> Result<Option<StoredObject>, Response> {
+    match api.driver.get(key).await {
+        Ok(entry) => Ok(entry
+            .and_then(|e| e.value)
+            .and_then(|v| StoredObject::decode(&v))),
+        Err(e) => Err(gone(e)),
+    }
+}
+
+fn new_uid() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// `POST /api/v1/apply`: all objects are validated first; if any is invalid, nothing is
+/// written. Namespaces are written first; an object in a namespace that does not exist (other
+/// than `default`, or one created by the same apply) is refused, as Kubernetes does.
+pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
+    let request: ApplyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("expected {{\"objects\": [...]}}: {e}"),
+            );
+        }
+    };
+    let mut resources = Vec::new();
+    let mut problems = Vec::new();
+    for (i, object) in request.objects.iter().enumerate() {
+        let bytes = serde_json::to_vec(object).unwrap_or_default();
+        match Resource::from_stored(&bytes) {
+            Ok(r) => resources.push(r),
+            Err(e) => problems.push(format!("object {}: {e}", i + 1)),
+        }
+    }
+    let snapshot = api.driver.snapshot();
+    let mut namespaces: std::collections::BTreeSet<String> = snapshot
+        .objects
+        .iter()
+        .filter(|(k, _)| k.kind == Kind::Namespace.key_kind())
+        .map(|(k, _)| k.name.clone())
+        .collect();
+    namespaces.insert("default".into());
+    for r in &resources {
+        if let Resource::Namespace(ns) = r {
+            namespaces.insert(ns.metadata.name.clone());
+        }
+    }
+    for r in &resources {
+        let key = r.key();
+        if key.kind.is_namespaced() && !namespaces.contains(&key.namespace) {
+            problems.push(format!(
+                "{}/{}: namespaces \"{}\" not found",
+                key.kind.resource_type(),
+                key.name,
+                key.namespace
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "reason": "Invalid", "code": 422,
+                "message": format!("nothing was applied: {}", problems.join("; ")),
+                "details": problems,
+            })),
+        )
+            .into_response();
+    }
+    resources.sort_by_key(|r| r.kind() != Kind::Namespace);
+    let now = wall_ms();
+    let mut results = Vec::new();
+    for r in &resources {
+        let key = view::key_of(r);
+        let old = match stored(&api, key.clone()).await {
+            Ok(o) => o,
+            Err(resp) => return resp,
+        };
+        let (outcome, new) = view::apply_one(r, old.as_ref(), now, new_uid);
+        if let (Some(new), false) = (new, request.dry_run) {
+            if let Err(e) = api.driver.write(key, Some(new.encode())).await {
+                return gone(e);
+            }
+        }
+        let k = r.key();
+        results.push(json!({
+            "kind": k.kind.as_str(),
+            "resource": k.kind.resource_type(),
+            "namespace": k.namespace,
+            "name": k.name,
+            "outcome": outcome.as_str(),
+        }));
+    }
+    Json(json!({ "results": results })).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteRequest {
+    kind: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    name: String,
+}
+
+/// `POST /api/v1/delete` `{kind, namespace, name}`: deletes an object (a namespace with every
+/// object in it).
+pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteRequest>) -> Response {
+    let Some(kind) = Kind::from_key_kind(&request.kind) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "the server doesn't have a resource type {:?} (known: namespace, pod, deployment)",
+                request.kind
+            ),
+        );
+    };
+    let namespace = if kind.is_namespaced() {
+        request
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    } else {
+        String::new()
+    };
+    let key = object_key(kind, &namespace, &request.name);
+    match stored(&api, key.clone()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{} \"{}\" not found", kind.resource_type(), request.name),
+            );
+        }
+        Err(resp) => return resp,
+    }
+    let mut deleted = vec![format!("{}/{}", kind.resource_type(), request.name)];
+    if kind == Kind::Namespace {
+        let snapshot = api.driver.snapshot();
+        for (k, _) in snapshot
+            .objects
+            .iter()
+            .filter(|(k, _)| k.namespace == request.name)
+        {
+            if let Err(e) = api.driver.write(k.clone(), None).await {
+                return gone(e);
+            }
+            if let Some(kind) = Kind::from_key_kind(&k.kind) {
+                deleted.push(format!("{}/{}", kind.resource_type(), k.name));
+            }
+        }
+    }
+    if let Err(e) = api.driver.write(key, None).await {
+        return gone(e);
+    }
+    Json(json!({ "deleted": deleted })).into_response()
+}
+
+/// `GET /api/v1/pods[?namespace=NS]`: every pod of the cluster, as a `List`.
+pub(super) async fn list_pods(State(api): State<Api>, Query(q): Query<NamespaceQuery>) -> Response {
+    let snapshot = api.driver.snapshot();
+    let plan = api.plans.borrow().clone();
+    let items = view::pods(&snapshot, &plan, q.namespace.as_deref())
+        .iter()
+        .map(view::pod_json)
+        .collect();
+    Json(view::list(items)).into_response()
+}
+
+/// `GET /api/v1/pods/{ns}/{name}`: one pod and its events (for `describe`).
+pub(super) async fn get_pod(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let snapshot = api.driver.snapshot();
+    let plan = api.plans.borrow().clone();
+    let pods = view::pods(&snapshot, &plan, Some(&namespace));
+    match pods.iter().find(|p| p.pod.metadata.name == name) {
+        Some(p) => Json(json!({ "object": view::pod_json(p), "events": p.events })).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pods \"{name}\" not found in namespace {namespace}"),
+        ),
+    }
+}
+
+/// `GET /api/v1/deployments[?namespace=NS]`.
+pub(super) async fn list_deployments(
+    State(api): State<Api>,
+    Query(q): Query<NamespaceQuery>,
+) -> Response {
+    let snapshot = api.driver.snapshot();
+    let now = wall_ms();
+    let items = view::deployments(&snapshot, q.namespace.as_deref())
+        .iter()
+        .map(|(d, stored)| view::deployment_json(d, stored, &snapshot, now))
+        .collect();
+    Json(view::list(items)).into_response()
+}
+
+/// `GET /api/v1/deployments/{ns}/{name}`: one Deployment, its pods and the rollout step.
+pub(super) async fn get_deployment(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let snapshot = api.driver.snapshot();
+    let plan = api.plans.borrow().clone();
+    let now = wall_ms();
+    let found = view::deployments(&snapshot, Some(&namespace))
+        .into_iter()
+        .find(|(d, _)| d.metadata.name == name);
+    let Some((d, stored)) = found else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("deployments.apps \"{name}\" not found in namespace {namespace}"),
+        );
+    };
+    let pods = view::pods(&snapshot, &plan, Some(&namespace));
+    let pod_names: Vec<Value> = view::pods_of(&pods, &d)
+        .map(|p| json!({ "name": p.pod.metadata.name, "node": p.pod.spec.node_name, "events": p.events }))
+        .collect();
+    Json(json!({
+        "object": view::deployment_json(&d, &stored, &snapshot, now),
+        "rollout": view::rollout_of(&d, &snapshot),
+        "revisions": stored.history.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        "pods": pod_names,
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/namespaces`.
+pub(super) async fn list_namespaces(State(api): State<Api>) -> Response {
+    let snapshot = api.driver.snapshot();
+    Json(view::list(view::namespaces_json(&snapshot))).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct ScaleRequest {
+    replicas: u32,
+}
+
+/// `POST /api/v1/deployments/{ns}/{name}/scale` `{replicas}`.
+pub(super) async fn scale(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(request): Json<ScaleRequest>,
+) -> Response {
+    let key = object_key(Kind::Deployment, &namespace, &name);
+    let old = match stored(&api, key.clone()).await {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("deployments.apps \"{name}\" not found"),
+            );
+        }
+        Err(resp) => return resp,
+    };
+    match view::scale(&old, request.replicas) {
+        Ok(new) => match api.driver.write(key, Some(new.encode())).await {
+            Ok(_) => Json(json!({ "scaled": true })).into_response(),
+            Err(e) => gone(e),
+        },
+        Err(message) => error(StatusCode::BAD_REQUEST, "BadRequest", &message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct UndoRequest {
+    #[serde(default)]
+    to_revision: Option<u64>,
+}
+
+/// `POST /api/v1/deployments/{ns}/{name}/undo` `{toRevision?}`.
+pub(super) async fn undo(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(request): Json<UndoRequest>,
+) -> Response {
+    let key = object_key(Kind::Deployment, &namespace, &name);
+    let old = match stored(&api, key.clone()).await {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("deployments.apps \"{name}\" not found"),
+            );
+        }
+        Err(resp) => return resp,
+    };
+    match view::undo(&old, request.to_revision) {
+        Ok(new) => {
+            let revision = new.revision;
+            match api.driver.write(key, Some(new.encode())).await {
+                Ok(_) => Json(json!({ "rolledBack": true, "revision": revision })).into_response(),
+                Err(e) => gone(e),
+            }
+        }
+        Err(message) => error(StatusCode::BAD_REQUEST, "BadRequest", &message),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogQuery {
+    container: Option<String>,
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+/// `GET /api/v1/pods/{ns}/{name}/log`: the container's output (streamed with `follow`).
+pub(super) async fn pod_log(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let snapshot = api.driver.snapshot();
+    let me = api
+        .driver
+        .view()
+        .members
+        .iter()
+        .find(|m| m.local)
+        .map(|m| m.id);
+    let Some((node, record)) = snapshot
+        .live_records()
+        .find(|(_, r)| view::is_pod(r, &namespace, &name))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "pods \"{name}\" not found in namespace {namespace} (or it is not running yet)"
+            ),
+        );
+    };
+    let containers: Vec<&str> = record
+        .pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let container = match (&q.container, containers.as_slice()) {
+        (Some(c), _) if containers.contains(&c.as_str()) => c.clone(),
+        (Some(c), _) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "container {c} is not valid for pod {name}; choose one of: [{}]",
+                    containers.join(" ")
+                ),
+            );
+        }
+        (None, [one]) => (*one).to_owned(),
+        (None, _) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                ),
+            );
+        }
+    };
+    if Some(*node) != me {
+        let owner = snapshot
+            .member(node)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        return crate::api::logs_remote::forward(
+            &api, *node, &owner, &namespace, &name, &container, q.follow, q.tail,
+        )
+        .await;
+    }
+    let Some(uid) = record.pod.metadata.uid.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the pod has no runtime id yet",
+        );
+    };
+    match api.runtime.logs(&uid, &container, q.follow, q.tail).await {
+        Ok(stream) => {
+            let body = Body::from_stream(stream.map(|chunk| chunk.map_err(std::io::Error::other)));
+            (StatusCode::OK, body).into_response()
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, "NotFound", &e.to_string()),
+    }
+}

@@ -1,0 +1,658 @@
+//! kubectl-like verbs for workloads: apply, get, describe, delete, scale, logs, rollout.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::{ApiArgs, Client, Output, to_yaml};
+use crate::driver::wall_ms;
+use crate::manifest::{
+    self, DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS, Kind, NAMESPACE_COLUMNS, POD_COLUMNS,
+    POD_WIDE_COLUMNS, ParseOptions, deployment_from_object, deployment_row, format_table,
+    namespace_from_object, namespace_row, pod_from_object, pod_row,
+};
+
+/// A resource type as users type it (`pods`, `po`, `deploy`, `deployment.apps` ...).
+pub(crate) fn resource_kind(text: &str) -> anyhow::Result<Kind> {
+    let lower = text.to_ascii_lowercase();
+    Ok(match lower.as_str() {
+        "pod" | "pods" | "po" => Kind::Pod,
+        "deployment" | "deployments" | "deploy" | "deployment.apps" | "deployments.apps" => {
+            Kind::Deployment
+        }
+        "namespace" | "namespaces" | "ns" => Kind::Namespace,
+        _ => bail!(
+            "the server doesn't have a resource type {text:?} (this version knows: pods, deployments, namespaces, nodes)"
+        ),
+    })
+}
+
+/// Splits `kind/name` into its parts.
+pub(crate) fn split_kind_name(text: &str) -> Option<(&str, &str)> {
+    text.split_once('/')
+}
+
+/// `shoal apply -f ...`.
+pub(crate) fn apply(
+    api: &ApiArgs,
+    files: &[PathBuf],
+    namespace: Option<String>,
+    recursive: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let options = ParseOptions {
+        namespace,
+        recursive,
+    };
+    let resources = match manifest::parse_paths(files, &options, &mut std::io::stdin()) {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("error: {e}");
+            }
+            bail!("nothing was applied ({} problems)", errors.len());
+        }
+    };
+    if resources.is_empty() {
+        bail!("no objects passed to apply");
+    }
+    let objects: Vec<Value> = resources
+        .iter()
+        .map(|r| serde_json::from_slice(&r.to_stored()).expect("stored form is JSON"))
+        .collect();
+    let client = Client::new(api)?;
+    let answer = client.post(
+        "/api/v1/apply",
+        &json!({ "objects": objects, "dryRun": dry_run }),
+    )?;
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    for r in answer["results"].as_array().into_iter().flatten() {
+        println!(
+            "{}/{} {}{suffix}",
+            r["resource"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+            r["outcome"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// `shoal delete -f FILE` or `shoal delete KIND NAME`.
+pub(crate) fn delete(
+    api: &ApiArgs,
+    files: &[PathBuf],
+    target: &[String],
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
+    let mut targets: Vec<(Kind, Option<String>, String)> = Vec::new();
+    if !files.is_empty() {
+        let options = ParseOptions {
+            namespace: namespace.clone(),
+            recursive: false,
+        };
+        let resources =
+            manifest::parse_paths(files, &options, &mut std::io::stdin()).map_err(|errors| {
+                for e in errors.iter() {
+                    eprintln!("error: {e}");
+                }
+                anyhow::anyhow!("nothing was deleted ({} problems)", errors.len())
+            })?;
+        for r in &resources {
+            let k = r.key();
+            targets.push((k.kind, Some(k.namespace), k.name));
+        }
+    } else {
+        match target {
+            [kind_name] => {
+                let (kind, name) =
+                    split_kind_name(kind_name).context("give KIND NAME, KIND/NAME, or -f FILE")?;
+                targets.push((resource_kind(kind)?, namespace.clone(), name.to_owned()));
+            }
+            [kind, names @ ..] if !names.is_empty() => {
+                let kind = resource_kind(kind)?;
+                for name in names {
+                    targets.push((kind, namespace.clone(), name.clone()));
+                }
+            }
+            _ => bail!("give KIND NAME, KIND/NAME, or -f FILE"),
+        }
+    }
+    let client = Client::new(api)?;
+    let mut failed = false;
+    for (kind, ns, name) in targets {
+        let body = json!({ "kind": kind.key_kind(), "namespace": ns, "name": name });
+        match client.post("/api/v1/delete", &body) {
+            Ok(_) => println!("{} \"{name}\" deleted", kind.resource_type()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("some objects were not deleted");
+    }
+    Ok(())
+}
+
+fn list_path(kind: Kind, namespace: Option<&str>) -> String {
+    let base = match kind {
+        Kind::Pod => "/api/v1/pods",
+        Kind::Deployment => "/api/v1/deployments",
+        Kind::Namespace => "/api/v1/namespaces",
+    };
+    match namespace {
+        Some(ns) if kind.is_namespaced() => format!("{base}?namespace={ns}"),
+        _ => base.to_owned(),
+    }
+}
+
+/// Rows for a list, by object name.
+fn rows(kind: Kind, list: &Value, wide: bool, all_namespaces: bool) -> Vec<(String, Vec<String>)> {
+    let now = wall_ms();
+    let mut out = Vec::new();
+    for item in list["items"].as_array().into_iter().flatten() {
+        let ns = item["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let name = item["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let mut row = match kind {
+            Kind::Pod => match pod_from_object(item) {
+                Ok((pod, status)) => pod_row(&pod, &status, now, wide),
+                Err(_) => continue,
+            },
+            Kind::Deployment => match deployment_from_object(item) {
+                Ok((d, status)) => deployment_row(&d, &status, now, wide),
+                Err(_) => continue,
+            },
+            Kind::Namespace => match namespace_from_object(item) {
+                Ok((ns, status)) => namespace_row(&ns, &status, now),
+                Err(_) => continue,
+            },
+        };
+        if all_namespaces && kind.is_namespaced() {
+            row.insert(0, ns.clone());
+        }
+        out.push((format!("{ns}/{name}"), row));
+    }
+    out
+}
+
+fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
+    let mut c: Vec<&'static str> = match (kind, wide) {
+        (Kind::Pod, false) => POD_COLUMNS.to_vec(),
+        (Kind::Pod, true) => POD_WIDE_COLUMNS.to_vec(),
+        (Kind::Deployment, false) => DEPLOYMENT_COLUMNS.to_vec(),
+        (Kind::Deployment, true) => DEPLOYMENT_WIDE_COLUMNS.to_vec(),
+        (Kind::Namespace, _) => NAMESPACE_COLUMNS.to_vec(),
+    };
+    if all_namespaces && kind.is_namespaced() {
+        c.insert(0, "NAMESPACE");
+    }
+    c
+}
+
+/// `shoal get pods|deployments|namespaces [NAME]`.
+pub(crate) fn get(
+    api: &ApiArgs,
+    kind: Kind,
+    names: &[String],
+    namespace: Option<String>,
+    all_namespaces: bool,
+    output: Option<Output>,
+    watch: bool,
+) -> anyhow::Result<()> {
+    let client = Client::new(api)?;
+    let namespace = if all_namespaces {
+        None
+    } else {
+        Some(namespace.unwrap_or_else(|| "default".into()))
+    };
+    let fetch = || -> anyhow::Result<Value> {
+        let mut list = client.get(&list_path(kind, namespace.as_deref()))?;
+        if !names.is_empty() {
+            let items: Vec<Value> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| {
+                    names
+                        .iter()
+                        .any(|n| i["metadata"]["name"].as_str() == Some(n.as_str()))
+                })
+                .cloned()
+                .collect();
+            for n in names {
+                if !items
+                    .iter()
+                    .any(|i| i["metadata"]["name"].as_str() == Some(n.as_str()))
+                {
+                    bail!(
+                        "{} \"{n}\" not found{}",
+                        kind.resource_type()
+                            .split('.')
+                            .next()
+                            .unwrap_or("")
+                            .to_owned()
+                            + "s",
+                        namespace
+                            .as_deref()
+                            .map(|ns| format!(" in namespace {ns}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            list["items"] = Value::Array(items);
+        }
+        Ok(list)
+    };
+    let list = fetch()?;
+    let single = names.len() == 1;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Some(Output::Json) => {
+            let value = if single {
+                list["items"][0].clone()
+            } else {
+                list.clone()
+            };
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        }
+        Some(Output::Yaml) => {
+            let value = if single {
+                list["items"][0].clone()
+            } else {
+                list.clone()
+            };
+            write!(out, "{}", to_yaml(&value)?)?;
+        }
+        Some(Output::Name) => {
+            for item in list["items"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{}/{}",
+                    kind.resource_type(),
+                    item["metadata"]["name"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+        wide => {
+            let wide = wide == Some(Output::Wide);
+            let rows = rows(kind, &list, wide, all_namespaces);
+            if rows.is_empty() && !watch {
+                eprintln!(
+                    "No resources found{}.",
+                    namespace
+                        .as_deref()
+                        .map(|ns| format!(" in {ns} namespace"))
+                        .unwrap_or_default()
+                );
+            } else {
+                let just_rows: Vec<Vec<String>> = rows.iter().map(|(_, r)| r.clone()).collect();
+                write!(
+                    out,
+                    "{}",
+                    format_table(&columns(kind, wide, all_namespaces), &just_rows)
+                )?;
+            }
+            if watch {
+                drop(out);
+                let mut last: BTreeMap<String, Vec<String>> = rows.into_iter().collect();
+                loop {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let list = fetch()?;
+                    let now: BTreeMap<String, Vec<String>> =
+                        self::rows(kind, &list, wide, all_namespaces)
+                            .into_iter()
+                            .collect();
+                    let changed: Vec<Vec<String>> = now
+                        .iter()
+                        .filter(|(k, r)| last.get(*k) != Some(*r))
+                        .map(|(_, r)| r.clone())
+                        .collect();
+                    if !changed.is_empty() {
+                        // Same columns as the header, without it (as kubectl -w does).
+                        let table = format_table(&columns(kind, wide, all_namespaces), &changed);
+                        let body: String =
+                            table.lines().skip(1).map(|l| format!("{l}\n")).collect();
+                        print!("{body}");
+                        std::io::stdout().flush()?;
+                    }
+                    last = now;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn when(ms: u64) -> String {
+    crate::k8s::human_duration(wall_ms().saturating_sub(ms))
+}
+
+/// `shoal describe pod|deployment NAME`.
+pub(crate) fn describe(
+    api: &ApiArgs,
+    kind: Kind,
+    name: &str,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
+    let client = Client::new(api)?;
+    let ns = namespace.unwrap_or_else(|| "default".into());
+    let mut text = String::new();
+    match kind {
+        Kind::Pod => {
+            let answer = client.get(&format!("/api/v1/pods/{ns}/{name}"))?;
+            let (pod, status) = pod_from_object(&answer["object"]).context("reading the pod")?;
+            text.push_str(&format!("Name:         {}\n", pod.metadata.name));
+            text.push_str(&format!("Namespace:    {ns}\n"));
+            text.push_str(&format!(
+                "Node:         {}\n",
+                pod.spec.node_name.as_deref().unwrap_or("<none>")
+            ));
+            text.push_str(&format!("Labels:       {}\n", labels(&pod.metadata.labels)));
+            text.push_str(&format!("Status:       {:?}\n", status.phase));
+            if let Some(reason) = &status.reason {
+                text.push_str(&format!("Reason:       {reason}\n"));
+            }
+            if let Some(message) = &status.message {
+                text.push_str(&format!("Message:      {message}\n"));
+            }
+            text.push_str(&format!(
+                "IP:           {}\n",
+                status.pod_ip.as_deref().unwrap_or("<none>")
+            ));
+            text.push_str("Containers:\n");
+            for c in &pod.spec.containers {
+                let cs = status.container_statuses.iter().find(|s| s.name == c.name);
+                text.push_str(&format!("  {}:\n", c.name));
+                text.push_str(&format!("    Image:          {}\n", c.image));
+                if !c.command.is_empty() {
+                    text.push_str(&format!("    Command:        {}\n", c.command.join(" ")));
+                }
+                if !c.args.is_empty() {
+                    text.push_str(&format!("    Args:           {}\n", c.args.join(" ")));
+                }
+                if let Some(cs) = cs {
+                    text.push_str(&format!("    State:          {}\n", state_text(&cs.state)));
+                    if let Some(last) = &cs.last_state {
+                        text.push_str(&format!("    Last State:     {}\n", state_text(last)));
+                    }
+                    text.push_str(&format!("    Ready:          {}\n", cs.ready));
+                    text.push_str(&format!("    Restart Count:  {}\n", cs.restart_count));
+                }
+            }
+            text.push_str("Conditions:\n  Type              Status\n");
+            for c in &status.conditions {
+                text.push_str(&format!(
+                    "  {:<17} {:?}\n",
+                    format!("{:?}", c.kind),
+                    c.status
+                ));
+            }
+            events(&mut text, &answer["events"]);
+        }
+        Kind::Deployment => {
+            let answer = client.get(&format!("/api/v1/deployments/{ns}/{name}"))?;
+            let (d, status) =
+                deployment_from_object(&answer["object"]).context("reading the deployment")?;
+            let spec = &d.spec;
+            text.push_str(&format!("Name:                   {}\n", d.metadata.name));
+            text.push_str(&format!("Namespace:              {ns}\n"));
+            text.push_str(&format!(
+                "Selector:               {}\n",
+                labels(&spec.selector.match_labels)
+            ));
+            text.push_str(&format!(
+                "Replicas:               {} desired | {} updated | {} total | {} available | {} unavailable\n",
+                spec.replicas,
+                status.updated_replicas,
+                status.replicas,
+                status.available_replicas,
+                status.unavailable_replicas
+            ));
+            let strategy = match &spec.strategy {
+                manifest::DeploymentStrategy::Recreate => "Recreate".to_owned(),
+                manifest::DeploymentStrategy::RollingUpdate { rolling_update } => {
+                    let (surge, unavailable) = rolling_update.resolve(spec.replicas);
+                    format!("RollingUpdate ({unavailable} max unavailable, {surge} max surge)")
+                }
+            };
+            text.push_str(&format!("StrategyType:           {strategy}\n"));
+            text.push_str(&format!(
+                "Revision:               {}\n",
+                d.metadata
+                    .annotations
+                    .get("deployment.kubernetes.io/revision")
+                    .map(String::as_str)
+                    .unwrap_or("1")
+            ));
+            text.push_str("Pod Template:\n");
+            for c in &spec.template.spec.containers {
+                text.push_str(&format!("  {}: {}\n", c.name, c.image));
+            }
+            text.push_str("Conditions:\n  Type           Status  Reason\n");
+            for c in &status.conditions {
+                text.push_str(&format!(
+                    "  {:<14} {:<7} {}\n",
+                    format!("{:?}", c.kind),
+                    format!("{:?}", c.status),
+                    c.reason.as_deref().unwrap_or("")
+                ));
+            }
+            text.push_str("Pods:\n");
+            for p in answer["pods"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "  {} on {}\n",
+                    p["name"].as_str().unwrap_or(""),
+                    p["node"].as_str().unwrap_or("<none>")
+                ));
+            }
+            let all: Vec<Value> = answer["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| {
+                    let pod = p["name"].as_str().unwrap_or("").to_owned();
+                    p["events"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |mut e| {
+                            let message = format!("{pod}: {}", e["message"].as_str().unwrap_or(""));
+                            e["message"] = Value::String(message);
+                            e
+                        })
+                })
+                .collect();
+            let mut all = all;
+            all.sort_by_key(|e| e["atMs"].as_u64().unwrap_or(0));
+            let recent: Vec<Value> = all.into_iter().rev().take(20).rev().collect();
+            events(&mut text, &Value::Array(recent));
+        }
+        Kind::Namespace => bail!("describe supports pods and deployments"),
+    }
+    print!("{text}");
+    Ok(())
+}
+
+fn labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn state_text(state: &manifest::ContainerState) -> String {
+    match state {
+        manifest::ContainerState::Waiting { reason, message } => format!(
+            "Waiting ({}){}",
+            reason.as_deref().unwrap_or(""),
+            message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ),
+        manifest::ContainerState::Running { .. } => "Running".into(),
+        manifest::ContainerState::Terminated {
+            exit_code, reason, ..
+        } => format!(
+            "Terminated ({}, exit code {exit_code})",
+            reason.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+fn events(text: &mut String, events: &Value) {
+    let list = events.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        text.push_str("Events:       <none>\n");
+        return;
+    }
+    text.push_str("Events:\n  Type     Reason     Age    Message\n");
+    for e in list {
+        let count = e["count"].as_u64().unwrap_or(1);
+        let age = when(e["atMs"].as_u64().unwrap_or(0));
+        let age = if count > 1 {
+            format!("{age} (x{count})")
+        } else {
+            age
+        };
+        text.push_str(&format!(
+            "  {:<8} {:<10} {:<6} {}\n",
+            e["type"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or(""),
+            age,
+            e["message"].as_str().unwrap_or("")
+        ));
+    }
+}
+
+/// `shoal scale deployment NAME --replicas N`.
+pub(crate) fn scale(
+    api: &ApiArgs,
+    target: &[String],
+    replicas: u32,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
+    let (kind, name) = match target {
+        [one] => split_kind_name(one).context("give deployment NAME or deployment/NAME")?,
+        [kind, name] => (kind.as_str(), name.as_str()),
+        _ => bail!("give deployment NAME or deployment/NAME"),
+    };
+    if resource_kind(kind)? != Kind::Deployment {
+        bail!("only deployments can be scaled");
+    }
+    let ns = namespace.unwrap_or_else(|| "default".into());
+    let client = Client::new(api)?;
+    client.post(
+        &format!("/api/v1/deployments/{ns}/{name}/scale"),
+        &json!({ "replicas": replicas }),
+    )?;
+    println!("deployment.apps/{name} scaled");
+    Ok(())
+}
+
+/// `shoal rollout status|undo deployment NAME`.
+pub(crate) fn rollout(
+    api: &ApiArgs,
+    action: &str,
+    target: &[String],
+    namespace: Option<String>,
+    to_revision: Option<u64>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (kind, name) = match target {
+        [one] => split_kind_name(one).context("give deployment NAME or deployment/NAME")?,
+        [kind, name] => (kind.as_str(), name.as_str()),
+        _ => bail!("give deployment NAME or deployment/NAME"),
+    };
+    if resource_kind(kind)? != Kind::Deployment {
+        bail!("rollout supports deployments");
+    }
+    let ns = namespace.unwrap_or_else(|| "default".into());
+    let client = Client::new(api)?;
+    match action {
+        "undo" => {
+            client.post(
+                &format!("/api/v1/deployments/{ns}/{name}/undo"),
+                &json!({ "toRevision": to_revision }),
+            )?;
+            println!("deployment.apps/{name} rolled back");
+            Ok(())
+        }
+        "status" => {
+            let start = Instant::now();
+            let mut last = String::new();
+            loop {
+                let answer = client.get(&format!("/api/v1/deployments/{ns}/{name}"))?;
+                let (d, status) = deployment_from_object(&answer["object"])?;
+                let want = d.spec.replicas;
+                let old = status.replicas.saturating_sub(status.updated_replicas);
+                let message = if status.updated_replicas < want {
+                    format!(
+                        "Waiting for deployment \"{name}\" rollout to finish: {} out of {want} new replicas have been updated...",
+                        status.updated_replicas
+                    )
+                } else if old > 0 {
+                    format!(
+                        "Waiting for deployment \"{name}\" rollout to finish: {old} old replicas are pending termination..."
+                    )
+                } else if status.available_replicas < want {
+                    format!(
+                        "Waiting for deployment \"{name}\" rollout to finish: {} of {want} updated replicas are available...",
+                        status.available_replicas
+                    )
+                } else {
+                    println!("deployment \"{name}\" successfully rolled out");
+                    return Ok(());
+                };
+                if message != last {
+                    println!("{message}");
+                    last = message;
+                }
+                if start.elapsed() > timeout {
+                    bail!("timed out waiting for the rollout of deployment \"{name}\"");
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        other => bail!("unknown rollout action {other:?}: use status or undo"),
+    }
+}
+
+/// `shoal logs POD [-c CONTAINER] [-f] [--tail N]`.
+pub(crate) fn logs(
+    api: &ApiArgs,
+    pod: &str,
+    container: Option<String>,
+    follow: bool,
+    tail: Option<usize>,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
+    let pod = pod.strip_prefix("pod/").unwrap_or(pod);
+    let ns = namespace.unwrap_or_else(|| "default".into());
+    let client = Client::new(api)?;
+    let mut query = vec![format!("follow={follow}")];
+    if let Some(c) = container {
+        query.push(format!("container={c}"));
+    }
+    if let Some(t) = tail {
+        query.push(format!("tail={t}"));
+    }
+    let path = format!("/api/v1/pods/{ns}/{pod}/log?{}", query.join("&"));
+    let mut reader = client.stream(&path)?;
+    let mut out = std::io::stdout().lock();
+    std::io::copy(&mut reader, &mut out)?;
+    Ok(())
+}
