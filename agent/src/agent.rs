@@ -396,6 +396,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let (plan_tx, plan_rx) = watch::channel(Arc::new(Plan::default()));
     let runtime = Arc::new(runtime);
+    let runtime_for_shutdown = runtime.clone();
     let reconciler = crate::workload::reconciler::start(
         ReconcilerConfig {
             me: id,
@@ -424,6 +425,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     ));
     let _ = driver_task.await;
     reconciler.abort();
+    // The node left the cluster: its replicas are placed elsewhere now, so its pods stop (as a
+    // drained Kubernetes node's are evicted) instead of running on as orphans.
+    crate::workload::reconciler::stop_all(&runtime_for_shutdown).await;
     let _ = api_done_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     net.shutdown().await;

@@ -35,6 +35,21 @@ pub fn shoal_bin() -> PathBuf {
     bin
 }
 
+/// Path of the `shoal-demo-http` test server (built by cargo for the demo crate's tests), or
+/// `$SHOAL_DEMO_BIN`.
+pub fn demo_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SHOAL_DEMO_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = shoal_bin().with_file_name("shoal-demo-http");
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p shoal-demo` or set SHOAL_DEMO_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// A per-test scratch directory, removed when dropped unless the test failed.
 pub struct Scratch {
     path: PathBuf,
@@ -184,6 +199,33 @@ impl Agent {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// The machine dies: kill -9 of the agent and of every pod process it started (a process
+    /// runtime's pods otherwise survive their agent).
+    pub fn kill_machine(&mut self) {
+        self.kill9();
+        for pid in self.pod_pids() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+
+    /// Pids of the process runtime's pods, from their `pod.json` files.
+    pub fn pod_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(self.dir.join("pods")) else {
+            return pids;
+        };
+        for dir in dirs.flatten() {
+            let Ok(text) = std::fs::read_to_string(dir.path().join("pod.json")) else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            collect_pids(&value, &mut pids);
+        }
+        pids
+    }
+
     /// kill -9.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -305,6 +347,24 @@ impl Drop for Agent {
     }
 }
 
+fn collect_pids(value: &Value, out: &mut Vec<u32>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == "pid" {
+                    if let Some(pid) = v.as_u64() {
+                        out.push(pid as u32);
+                    }
+                } else {
+                    collect_pids(v, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_pids(v, out)),
+        _ => {}
+    }
+}
+
 /// Extracts `key=value` from a tracing line (values end at a space).
 fn field(line: &str, key: &str) -> Option<String> {
     let pattern = format!("{key}=");
@@ -321,11 +381,17 @@ pub struct Cluster {
     /// The cluster key file they share.
     pub key_file: PathBuf,
     scratch: Scratch,
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `n` agents: the first alone, the others joining it.
     pub fn start(test: &str, n: usize) -> Self {
+        Self::start_with(test, n, &[])
+    }
+
+    /// Like [`Cluster::start`], every agent with extra arguments (kept for [`Cluster::add`]).
+    pub fn start_with(test: &str, n: usize, extra: &[&str]) -> Self {
         let scratch = Scratch::new(test);
         let key_file = scratch.path().join("cluster.key");
         let key = Command::new(shoal_bin())
@@ -338,6 +404,7 @@ impl Cluster {
             agents: Vec::new(),
             key_file,
             scratch,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         for _ in 0..n {
             cluster.add();
@@ -355,7 +422,8 @@ impl Cluster {
             .and_then(|a| a.gossip.clone())
             .into_iter()
             .collect();
-        agent.start(&join);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        agent.start_with(&join, &extra);
         self.agents.push(agent);
         i
     }

@@ -175,6 +175,34 @@ impl LocalPod {
     }
 }
 
+/// Stops and removes every pod of this node (when the node leaves the cluster), each with at
+/// most its grace period, in parallel.
+pub(crate) async fn stop_all(runtime: &Arc<AnyRuntime>) {
+    let pods = match runtime.list_pods().await {
+        Ok(pods) => pods,
+        Err(e) => {
+            warn!(error = %e, "listing pods to stop them failed");
+            return;
+        }
+    };
+    if pods.is_empty() {
+        return;
+    }
+    info!(pods = pods.len(), "stopping this node's pods");
+    let stops = pods.into_iter().map(|pod| {
+        let runtime = runtime.clone();
+        async move {
+            if let Err(e) = runtime.stop_pod(&pod.uid, Duration::from_secs(30)).await {
+                warn!(pod = %pod.name, error = %e, "stopping a pod failed");
+            }
+            if let Err(e) = runtime.remove_pod(&pod.uid).await {
+                warn!(pod = %pod.name, error = %e, "removing a pod failed");
+            }
+        }
+    });
+    futures::future::join_all(stops).await;
+}
+
 /// Starts the reconciler task.
 pub(crate) fn start(
     config: ReconcilerConfig,
