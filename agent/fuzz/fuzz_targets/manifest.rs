@@ -16,6 +16,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(back, r);
         assert_eq!(apply_outcome(Some(&stored), &r), Outcome::Unchanged);
         // The stored JSON is a manifest too, and means the same.
-        assert_eq!(parse("stored.json", &stored).expect("stored form parses"), [r]);
+        assert_eq!(
+            parse("stored.json", &stored).expect("stored form parses"),
+            [r]
+        );
     }
 });

@@ -43,8 +43,9 @@
 //! - [`Resource::to_stored`] is canonical: objects that mean the same store the same bytes,
 //!   and `from_stored(to_stored(r)) == r` (without the read-only fields). `apply` compares
 //!   stored bytes ([`apply_outcome`]), so applying the same manifest twice is `unchanged`.
-//! - No input makes the parser panic (proptest and the `agent/fuzz` target `manifest`); nesting
-//!   is bounded (32 levels) and so are files (16 MiB).
+//! - No input makes the parser panic (proptest, and the cargo-fuzz target `manifest`: `cd
+//!   agent/fuzz && ./seed_corpus.sh && RUSTC_BOOTSTRAP=1 cargo fuzz run -O manifest
+//!   corpus/manifest`); nesting is bounded (32 levels) and so are files (16 MiB).
 //!
 //! # Use in `apply` and `get`
 //!
