@@ -763,7 +763,7 @@ impl Reconciler {
                                 reason: Some(reason.clone()),
                                 message: message.clone(),
                                 started_at: None,
-                                finished_at: finished_at_ms.map(|ms| Timestamp(ms)),
+                                finished_at: finished_at_ms.map(Timestamp),
                             });
                             let restart = match policy {
                                 RestartPolicy::Always => true,
@@ -1056,7 +1056,7 @@ fn condition(
         status: ConditionStatus::from(ok),
         reason: reason.map(str::to_owned),
         message: None,
-        last_transition_time: since.map(|ms| Timestamp(ms)),
+        last_transition_time: since.map(Timestamp),
     }
 }
 
@@ -1071,7 +1071,7 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
         let state = match info.map(|i| &i.state) {
             Some(runtime::ContainerState::Running { started_at_ms }) => {
                 manifest::ContainerState::Running {
-                    started_at: started_at_ms.map(|ms| Timestamp(ms)),
+                    started_at: started_at_ms.map(Timestamp),
                 }
             }
             Some(runtime::ContainerState::Exited {
@@ -1095,7 +1095,7 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
                         reason: Some(reason.clone()),
                         message: message.clone(),
                         started_at: None,
-                        finished_at: finished_at_ms.map(|ms| Timestamp(ms)),
+                        finished_at: finished_at_ms.map(Timestamp),
                     }
                 }
             }
