@@ -1,5 +1,6 @@
-//! Sealing and opening of frames: ChaCha20-Poly1305 under a per-direction key derived from the
-//! cluster key. The wire format is described in the parent module's docs.
+//! Sealing and opening of frames: ChaCha20-Poly1305 under a key derived from the cluster key for
+//! one protocol and one direction of a pair of nodes. The wire format is described in the parent
+//! module's docs.
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
@@ -7,8 +8,30 @@ use shoal_gossip::NodeId;
 
 use super::key::ClusterKey;
 
-/// Protocol label bound into key derivation and associated data.
-pub(crate) const LABEL: &[u8; 14] = b"shoal/gossip/1";
+/// The protocol a frame belongs to. Its label is bound into key derivation and associated
+/// data, so a frame of one protocol never opens as a frame of another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proto {
+    /// Gossip messages (`/shoal/gossip/1`).
+    Gossip,
+    /// Request/response streams (`/shoal/request/1`).
+    Request,
+}
+
+impl Proto {
+    /// The label: the stream protocol name without the leading slash.
+    pub(crate) fn label(self) -> &'static [u8] {
+        match self {
+            Self::Gossip => b"shoal/gossip/1",
+            Self::Request => b"shoal/request/1",
+        }
+    }
+}
+
+/// Longest protocol label.
+const MAX_LABEL: usize = 15;
+/// Longest associated data: label, both node ids, clear header.
+const MAX_AAD: usize = MAX_LABEL + 32 + 32 + HEADER_LEN;
 /// Version byte of the frame format.
 pub(crate) const VERSION: u8 = 1;
 /// Bytes of the length prefix.
@@ -49,30 +72,42 @@ impl Refusal {
     }
 }
 
-/// The key and associated-data prefix of one direction (sender to receiver).
+/// The key and associated-data prefix of one protocol and one direction (sender to receiver).
 pub(crate) struct FrameKey {
     cipher: ChaCha20Poly1305,
-    /// `LABEL || sender || receiver`; the clear header is appended per frame.
-    aad: [u8; 14 + 32 + 32],
+    /// `label || sender || receiver` in the first `prefix_len` bytes; the clear header is
+    /// appended per frame.
+    aad: [u8; MAX_AAD],
+    prefix_len: usize,
 }
 
 impl FrameKey {
-    /// The key for frames from `sender` to `receiver`. Deriving per direction means nonces
-    /// only need to be unique per ordered pair, and a frame sealed for one direction cannot be
-    /// opened in any other (no replay to another node, no reflection to the sender).
-    pub(crate) fn derive(cluster: &ClusterKey, sender: &NodeId, receiver: &NodeId) -> Self {
+    /// The key for frames of `proto` from `sender` to `receiver`. Deriving per direction means
+    /// nonces only need to be unique per ordered pair, and a frame sealed for one direction
+    /// cannot be opened in any other (no replay to another node, no reflection to the sender);
+    /// deriving per protocol means a gossip frame cannot be replayed into a request stream or
+    /// the reverse.
+    pub(crate) fn derive(
+        cluster: &ClusterKey,
+        proto: Proto,
+        sender: &NodeId,
+        receiver: &NodeId,
+    ) -> Self {
+        let label = proto.label();
         let mut key = [0u8; 32];
         cluster.expand(
-            &[LABEL, b" frame key", sender.as_bytes(), receiver.as_bytes()],
+            &[label, b" frame key", sender.as_bytes(), receiver.as_bytes()],
             &mut key,
         );
-        let mut aad = [0u8; 78];
-        aad[..14].copy_from_slice(LABEL);
-        aad[14..46].copy_from_slice(sender.as_bytes());
-        aad[46..].copy_from_slice(receiver.as_bytes());
+        let mut aad = [0u8; MAX_AAD];
+        let prefix_len = label.len() + 64;
+        aad[..label.len()].copy_from_slice(label);
+        aad[label.len()..label.len() + 32].copy_from_slice(sender.as_bytes());
+        aad[label.len() + 32..prefix_len].copy_from_slice(receiver.as_bytes());
         Self {
             cipher: ChaCha20Poly1305::new(&key.into()),
             aad,
+            prefix_len,
         }
     }
 
@@ -93,10 +128,14 @@ impl FrameKey {
         out.extend_from_slice(&nonce);
         let payload_at = out.len();
         out.extend_from_slice(payload);
-        let aad = self.aad_with(&out[header_at..payload_at]);
+        let (aad, aad_len) = self.aad_with(&out[header_at..payload_at]);
         let tag = self
             .cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut out[payload_at..]).into())
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &aad[..aad_len],
+                (&mut out[payload_at..]).into(),
+            )
             // Only fails beyond 256 GiB of plaintext.
             .expect("frame payload within ChaCha20-Poly1305 limits");
         out.extend_from_slice(&tag);
@@ -120,10 +159,11 @@ impl FrameKey {
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
         let tag = Tag::try_from(tag).map_err(|_| Refusal::Truncated)?;
         let mut payload = ciphertext.to_vec();
+        let (aad, aad_len) = self.aad_with(header);
         self.cipher
             .decrypt_inout_detached(
                 &Nonce::from(nonce),
-                &self.aad_with(header),
+                &aad[..aad_len],
                 payload.as_mut_slice().into(),
                 &tag,
             )
@@ -131,11 +171,12 @@ impl FrameKey {
         Ok((port, payload))
     }
 
-    fn aad_with(&self, header: &[u8]) -> [u8; 78 + HEADER_LEN] {
-        let mut aad = [0u8; 78 + HEADER_LEN];
-        aad[..78].copy_from_slice(&self.aad);
-        aad[78..].copy_from_slice(header);
-        aad
+    /// The associated data of a frame with this clear `header`, and its length.
+    fn aad_with(&self, header: &[u8]) -> ([u8; MAX_AAD], usize) {
+        let mut aad = self.aad;
+        let len = self.prefix_len + header.len();
+        aad[self.prefix_len..len].copy_from_slice(header);
+        (aad, len)
     }
 }
 
@@ -171,8 +212,8 @@ mod tests {
     fn open_seal_round_trip() {
         let ck = ClusterKey::from_bytes([7; 32]);
         let (a, b, _) = ids();
-        let tx = FrameKey::derive(&ck, &a, &b);
-        let rx = FrameKey::derive(&ck, &a, &b);
+        let tx = FrameKey::derive(&ck, Proto::Gossip, &a, &b);
+        let rx = FrameKey::derive(&ck, Proto::Gossip, &a, &b);
         for payload in [vec![], vec![42], vec![0x5a; 1200], vec![1; MAX_PAYLOAD]] {
             let body = sealed(&tx, 7946, &payload);
             assert_eq!(body.len(), payload.len() + HEADER_LEN + TAG_LEN);
@@ -186,7 +227,7 @@ mod tests {
     fn tampering_is_refused() {
         let ck = ClusterKey::from_bytes([7; 32]);
         let (a, b, _) = ids();
-        let key = FrameKey::derive(&ck, &a, &b);
+        let key = FrameKey::derive(&ck, Proto::Gossip, &a, &b);
         let body = sealed(&key, 7946, b"hello, cluster");
         // Every single bit flip anywhere in the body is caught (version flips by `Version`).
         for i in 0..body.len() {
@@ -208,17 +249,37 @@ mod tests {
     fn wrong_direction_or_key_is_refused() {
         let ck = ClusterKey::from_bytes([7; 32]);
         let (a, b, c) = ids();
-        let body = sealed(&FrameKey::derive(&ck, &a, &b), 1, b"for b only");
+        let body = sealed(
+            &FrameKey::derive(&ck, Proto::Gossip, &a, &b),
+            1,
+            b"for b only",
+        );
         // Replayed to another receiver, reflected back to the sender, claimed by a third node.
         for (s, r) in [(a, c), (b, a), (c, b)] {
             assert_eq!(
-                FrameKey::derive(&ck, &s, &r).open(&body),
+                FrameKey::derive(&ck, Proto::Gossip, &s, &r).open(&body),
                 Err(Refusal::Auth)
             );
         }
+        // Another protocol between the same nodes, in either direction.
+        for (s, r) in [(a, b), (b, a)] {
+            assert_eq!(
+                FrameKey::derive(&ck, Proto::Request, &s, &r).open(&body),
+                Err(Refusal::Auth)
+            );
+        }
+        let request = sealed(&FrameKey::derive(&ck, Proto::Request, &a, &b), 1, b"ask");
+        assert_eq!(
+            FrameKey::derive(&ck, Proto::Gossip, &a, &b).open(&request),
+            Err(Refusal::Auth)
+        );
+        assert_eq!(
+            FrameKey::derive(&ck, Proto::Request, &a, &b).open(&request),
+            Ok((1, b"ask".to_vec()))
+        );
         let other = ClusterKey::from_bytes([8; 32]);
         assert_eq!(
-            FrameKey::derive(&other, &a, &b).open(&body),
+            FrameKey::derive(&other, Proto::Gossip, &a, &b).open(&body),
             Err(Refusal::Auth)
         );
     }
@@ -227,7 +288,7 @@ mod tests {
     fn short_long_and_garbage_bodies_are_refused() {
         let ck = ClusterKey::from_bytes([7; 32]);
         let (a, b, _) = ids();
-        let key = FrameKey::derive(&ck, &a, &b);
+        let key = FrameKey::derive(&ck, Proto::Gossip, &a, &b);
         let body = sealed(&key, 1, b"some payload");
         for n in 0..body.len() {
             assert!(key.open(&body[..n]).is_err(), "truncated to {n}");

@@ -36,11 +36,11 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Frames written to a stream (handed to QUIC or yamux; delivery is not confirmed).
+    /// Gossip frames written to a stream (handed to QUIC or yamux; delivery is not confirmed).
     frames_sent,
     /// Payload bytes of those frames, before sealing.
     bytes_sent,
-    /// Frames that opened and were delivered as `NetEvent::Message`.
+    /// Gossip frames that opened and were delivered as `NetEvent::Message`.
     frames_received,
     /// Payload bytes of those frames.
     bytes_received,
@@ -60,7 +60,8 @@ counters! {
     /// `Discovered` and `PeerRefused` events dropped because the event queue was full
     /// (messages are never dropped there: readers wait).
     dropped_events,
-    /// Frames refused because the tag did not verify (wrong cluster key, or tampering).
+    /// Frames (gossip or request) refused because the tag did not verify (wrong cluster key,
+    /// another protocol's frame, or tampering).
     refused_auth,
     /// Frames refused because they were shorter than a header and a tag.
     refused_truncated,
@@ -94,6 +95,21 @@ counters! {
     streams_rejected,
     /// Outbound streams that failed to open or broke while writing.
     stream_errors,
+    /// Requests written to a peer (`NetHandle::request`).
+    requests_sent,
+    /// Incoming requests taken by the application.
+    requests_received,
+    /// Incoming requests refused: over the limits, not taken in time (or nobody serves them),
+    /// malformed, or from a peer without the cluster key (those frames also count in
+    /// `refused_*`).
+    requests_refused,
+    /// Outgoing requests that failed: unreachable, refused, timed out, or whose response broke
+    /// or ended with an error (not those the application stopped reading).
+    requests_failed,
+    /// Response payload bytes written to requesters.
+    response_bytes_sent,
+    /// Response payload bytes received from responders.
+    response_bytes_received,
 }
 
 /// Lets a warning through at most once per interval and counts what it held back, so a flood

@@ -58,6 +58,12 @@ mod addr;
 mod frame;
 mod key;
 mod metrics;
+// The request API is used by tests only until the driver serves and sends requests; remove the
+// `allow`s (here, on the re-export and on `NetHandle::{request, requests}`) when it does.
+#[allow(dead_code)]
+mod request;
+#[cfg(test)]
+mod request_tests;
 #[cfg(test)]
 mod tests;
 mod transport;
@@ -78,6 +84,10 @@ pub(crate) use addr::parse_dial_addr;
 pub(crate) use frame::MAX_PAYLOAD;
 pub(crate) use key::ClusterKey;
 pub(crate) use metrics::NetMetrics;
+#[allow(unused_imports)]
+pub(crate) use request::{
+    IncomingRequest, MAX_CHUNK, MAX_REQUEST, RefuseReason, RequestError, Requests, ResponseStream,
+};
 
 /// Configuration of the network layer.
 #[derive(Clone, Debug)]
@@ -135,6 +145,24 @@ pub(crate) struct Tuning {
     pub(crate) refuse_after: u32,
     /// How long a disconnected peer is denied new connections.
     pub(crate) refuse_ban: Duration,
+    /// Incoming requests open at once from one peer; more are refused as busy. QUIC's
+    /// connection window is sized so that this many stalled responses cannot starve gossip.
+    pub(crate) max_requests_per_peer: usize,
+    /// Incoming requests open at once in all (also the most queued for the application);
+    /// more are refused as busy.
+    pub(crate) max_requests: usize,
+    /// Longest [`NetHandle::request`] waits for the answer to begin (dial, stream, request,
+    /// acceptance by the peer's application); also how long a responder waits for a request's
+    /// frames to arrive.
+    pub(crate) request_timeout: Duration,
+    /// Longest an incoming request waits for the application to take it
+    /// ([`Requests::recv`]) before it is refused as not served. Below `request_timeout`, so
+    /// that the requester hears why rather than timing out.
+    pub(crate) request_accept_timeout: Duration,
+    /// A request stream with nothing to send for this long sends a keep-alive; one that
+    /// receives nothing for three times this long (while it reads) is considered gone. Detects
+    /// peers that vanished without closing anything, which yamux over TCP would not notice.
+    pub(crate) request_keepalive: Duration,
     /// Longest [`NetHandle::shutdown`] waits to flush queued messages.
     pub(crate) shutdown_timeout: Duration,
 }
@@ -152,6 +180,11 @@ impl Default for Tuning {
             handshake_timeout: Duration::from_secs(5),
             refuse_after: 3,
             refuse_ban: Duration::from_secs(60),
+            max_requests_per_peer: 16,
+            max_requests: 256,
+            request_timeout: Duration::from_secs(10),
+            request_accept_timeout: Duration::from_secs(5),
+            request_keepalive: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(2),
         }
     }
@@ -253,6 +286,30 @@ impl NetHandle {
     /// This node's gossip id.
     pub(crate) fn local_node_id(&self) -> NodeId {
         self.shared.local_id
+    }
+
+    /// Opens a request stream to `to` (dialing `addr`, `host:port` or a multiaddr, if there is
+    /// no connection), sends `request` (at most [`MAX_REQUEST`] bytes) and returns the answer
+    /// once the peer's application has taken the request. Waits at most
+    /// [`Tuning::request_timeout`] for that; the answer's data may come much later (a quiet
+    /// `logs -f`). Fails with [`RequestError::TooLarge`], `Unreachable` (no connection or no
+    /// stream), `Refused` (different cluster key, banned, busy, not served, malformed) or
+    /// `Timeout`.
+    #[allow(dead_code)]
+    pub(crate) async fn request(
+        &self,
+        to: NodeId,
+        addr: &str,
+        request: Vec<u8>,
+    ) -> Result<ResponseStream, RequestError> {
+        request::request(&self.shared, to, addr, request).await
+    }
+
+    /// Takes the receiver of incoming requests; `None` after the first call. Until it is
+    /// taken, and after it is dropped, incoming requests are refused as not served.
+    #[allow(dead_code)]
+    pub(crate) fn requests(&self) -> Option<Requests> {
+        self.shared.inbox.take()
     }
 
     /// A snapshot of the counters.

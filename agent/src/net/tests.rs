@@ -20,7 +20,7 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn node_with(
+pub(super) async fn node_with(
     key: &ClusterKey,
     tweak: impl FnOnce(&mut NetConfig),
 ) -> (NetHandle, Receiver<NetEvent>) {
@@ -39,7 +39,7 @@ async fn node(key: &ClusterKey) -> (NetHandle, Receiver<NetEvent>) {
     node_with(key, |_| {}).await
 }
 
-fn addr_of(h: &NetHandle) -> String {
+pub(super) fn addr_of(h: &NetHandle) -> String {
     h.local_addr().to_string()
 }
 
@@ -57,7 +57,7 @@ async fn next_message(rx: &mut Receiver<NetEvent>) -> (NodeId, String, Vec<u8>) 
 }
 
 /// Asserts that no message arrives for `d` (other events are returned).
-async fn no_message(rx: &mut Receiver<NetEvent>, d: Duration) -> Vec<NetEvent> {
+pub(super) async fn no_message(rx: &mut Receiver<NetEvent>, d: Duration) -> Vec<NetEvent> {
     let deadline = Instant::now() + d;
     let mut others = Vec::new();
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -70,7 +70,7 @@ async fn no_message(rx: &mut Receiver<NetEvent>, d: Duration) -> Vec<NetEvent> {
     others
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(super) async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

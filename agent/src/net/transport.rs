@@ -37,9 +37,10 @@ use super::addr::{
     host_of, host_port_of, is_loopback, is_quic, node_id_of, parse_dial_addr, peer_id_of,
     socket_multiaddrs,
 };
-use super::frame::{self, FrameKey, LEN_PREFIX, MAX_PAYLOAD, Refusal};
+use super::frame::{self, FrameKey, LEN_PREFIX, MAX_PAYLOAD, Proto, Refusal};
 use super::key::ClusterKey;
 use super::metrics::{Counters, WarnLimiter};
+use super::request::{self, Inbox};
 use super::{NetConfig, NetError, NetEvent, Tuning, lock};
 
 /// The stream protocol of gossip frames.
@@ -80,13 +81,21 @@ const KEEP_BUFFER: usize = 16 * 1024;
 const PREFER_TCP_FOR: Duration = Duration::from_secs(600);
 /// Most hosts remembered as needing TCP.
 const MAX_PREFER_TCP: usize = 4096;
+/// QUIC receive window of one stream: how far a sender may run ahead of a reader that does not
+/// read. Small enough that response streams with stalled readers cannot take the whole
+/// connection window (which gossip on the same connection needs), large enough for megabytes
+/// per second per stream on a LAN.
+pub(super) const STREAM_WINDOW: u32 = 512 * 1024;
+/// QUIC receive window of a connection (libp2p's default), raised if needed so that every
+/// response stream one peer may hold open at once can stall with room to spare for gossip.
+const CONNECTION_WINDOW: u32 = 15_000_000;
 
 /// State shared by the handle and all tasks.
 pub(super) struct Shared {
     pub(super) local_peer: PeerId,
     pub(super) local_id: NodeId,
-    cluster_key: ClusterKey,
-    tuning: Tuning,
+    pub(super) cluster_key: ClusterKey,
+    pub(super) tuning: Tuning,
     quic: bool,
     pub(super) counters: Counters,
     refusal_warn: WarnLimiter,
@@ -94,13 +103,15 @@ pub(super) struct Shared {
     listen_port: AtomicU16,
     pub(super) local_addr: Mutex<SocketAddr>,
     pub(super) listen_addrs: Mutex<Vec<Multiaddr>>,
-    peers: Mutex<PeerTable>,
+    pub(super) peers: Mutex<PeerTable>,
     writers: Mutex<Writers>,
     commands: mpsc::Sender<Command>,
     events: mpsc::Sender<NetEvent>,
     pub(super) control: libp2p_stream::Control,
     runtime: tokio::runtime::Handle,
     inbound_permits: Arc<Semaphore>,
+    /// Incoming requests: limits and the queue to the application.
+    pub(super) inbox: Inbox,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -137,7 +148,7 @@ struct WriterEntry {
 
 /// What is known about connected peers.
 #[derive(Default)]
-struct PeerTable {
+pub(super) struct PeerTable {
     peers: HashMap<PeerId, PeerInfo>,
     /// Addresses (`host:port`, or the address string a join was sent to) of connected peers,
     /// so that a message sent by address to a connected node reuses its connection.
@@ -159,7 +170,7 @@ struct PeerInfo {
 }
 
 impl PeerTable {
-    fn is_banned(&mut self, peer: &PeerId) -> bool {
+    pub(super) fn is_banned(&mut self, peer: &PeerId) -> bool {
         match self.banned.get(peer) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
@@ -266,7 +277,7 @@ impl PeerTable {
         self.peers.values().map(|i| i.conns.len()).sum()
     }
 
-    fn reset_failures(&mut self, peer: &PeerId) {
+    pub(super) fn reset_failures(&mut self, peer: &PeerId) {
         if let Some(info) = self.peers.get_mut(peer) {
             info.failures = 0;
         }
@@ -291,7 +302,7 @@ enum Command {
 
 /// Why no connection could be had.
 #[derive(Debug)]
-enum DialFail {
+pub(super) enum DialFail {
     NoAddress,
     Banned,
     Failed(String),
@@ -421,6 +432,9 @@ pub(super) async fn start(
     let incoming = control
         .accept(PROTOCOL)
         .map_err(|e| NetError::Transport(e.to_string()))?;
+    let incoming_requests = control
+        .accept(request::PROTOCOL)
+        .map_err(|e| NetError::Transport(e.to_string()))?;
     let shared = Arc::new(Shared {
         local_peer,
         local_id,
@@ -439,6 +453,7 @@ pub(super) async fn start(
         control,
         runtime: tokio::runtime::Handle::current(),
         inbound_permits: Arc::new(Semaphore::new(tuning.max_inbound_streams.max(1))),
+        inbox: Inbox::new(&tuning),
         tasks: Mutex::new(Vec::new()),
         tuning,
     });
@@ -458,7 +473,8 @@ pub(super) async fn start(
     };
     let swarm_task = tokio::spawn(driver.run());
     let accept_task = tokio::spawn(accept_streams(shared.clone(), incoming));
-    lock(&shared.tasks).extend([swarm_task, accept_task]);
+    let request_task = tokio::spawn(request::accept_requests(shared.clone(), incoming_requests));
+    lock(&shared.tasks).extend([swarm_task, accept_task, request_task]);
     info!(
         peer = %local_peer,
         node = %local_id,
@@ -481,6 +497,12 @@ fn build_swarm(
 ) -> Result<Swarm<Behaviour>, NetError> {
     let handshake_timeout = tuning.handshake_timeout;
     let idle_timeout = tuning.idle_timeout;
+    let per_peer = u64::try_from(tuning.max_requests_per_peer).unwrap_or(u64::MAX);
+    let connection_window = per_peer
+        .saturating_add(4)
+        .saturating_mul(u64::from(STREAM_WINDOW))
+        .clamp(u64::from(CONNECTION_WINDOW), u64::from(u32::MAX));
+    let connection_window = u32::try_from(connection_window).unwrap_or(u32::MAX);
     let local_peer = keypair.public().to_peer_id();
     let behaviour = move |_: &Keypair| Behaviour {
         gate,
@@ -500,6 +522,8 @@ fn build_swarm(
                 .map_err(|e| NetError::Transport(e.to_string()))?
                 .with_quic_config(move |mut c| {
                     c.handshake_timeout = handshake_timeout;
+                    c.max_stream_data = STREAM_WINDOW;
+                    c.max_connection_data = connection_window;
                     c
                 }),
         )
@@ -624,11 +648,11 @@ fn port_of(addr: &Multiaddr) -> Option<u16> {
 }
 
 impl Shared {
-    fn count(&self, counter: &std::sync::atomic::AtomicU64, n: u64) {
+    pub(super) fn count(&self, counter: &std::sync::atomic::AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn listen_port(&self) -> u16 {
+    pub(super) fn listen_port(&self) -> u16 {
         self.listen_port.load(Ordering::Relaxed)
     }
 
@@ -768,7 +792,7 @@ impl Shared {
     }
 
     /// Asks the swarm task for a connection.
-    async fn connect(
+    pub(super) async fn connect(
         &self,
         peer: Option<PeerId>,
         addr_key: Option<String>,
@@ -791,9 +815,9 @@ impl Shared {
         }
     }
 
-    /// Counts and reports a frame that did not open; asks for the peer to be disconnected
-    /// after too many.
-    fn refused(&self, peer: PeerId, refusal: Refusal) {
+    /// Counts and reports a frame that did not open (on any protocol); asks for the peer to be
+    /// disconnected after too many.
+    pub(super) fn refused(&self, peer: PeerId, refusal: Refusal) {
         let c = &self.counters;
         self.count(
             match refusal {
@@ -828,6 +852,7 @@ impl Shared {
 
     pub(super) async fn shutdown(&self) {
         let deadline = Instant::now() + self.tuning.shutdown_timeout;
+        self.inbox.close();
         let mut writers: Vec<JoinHandle<()>> = {
             let mut w = lock(&self.writers);
             w.closed = true;
@@ -851,9 +876,13 @@ impl Shared {
     }
 }
 
-/// Why a writer could not get a stream.
-enum OpenFail {
+/// Why no stream could be had.
+pub(super) enum OpenFail {
+    /// Not connected, and the address does not parse.
     BadAddr,
+    /// The peer is banned here after refused frames.
+    Banned,
+    /// Dial failed, or the stream could not be negotiated.
     Unreachable(String),
 }
 
@@ -870,7 +899,12 @@ async fn write_to_peer(
         // `send` only builds peer ids from node ids.
         return;
     };
-    let key = FrameKey::derive(&shared.cluster_key, &shared.local_id, &remote);
+    let key = FrameKey::derive(
+        &shared.cluster_key,
+        Proto::Gossip,
+        &shared.local_id,
+        &remote,
+    );
     let mut control = shared.control.clone();
     let mut stream: Option<Stream> = None;
     let mut dial_addr = String::new();
@@ -915,11 +949,16 @@ async fn write_to_peer(
         // partly before the break may then arrive twice; gossip messages are idempotent.
         for attempt in 0..2 {
             if stream.is_none() {
-                match open_stream(&shared, &mut control, peer, &dial_addr).await {
+                match open_stream(&shared, &mut control, peer, &dial_addr, PROTOCOL).await {
                     Ok(s) => stream = Some(s),
                     Err(OpenFail::BadAddr) => {
                         shared.count(&c.dropped_bad_addr, n);
                         debug!(%peer, addr = %dial_addr, "not connected and address unusable, dropped");
+                        break;
+                    }
+                    Err(OpenFail::Banned) => {
+                        shared.count(&c.dropped_unreachable, n);
+                        debug!(%peer, "peer banned, dropped");
                         break;
                     }
                     Err(OpenFail::Unreachable(reason)) => {
@@ -961,12 +1000,13 @@ async fn write_to_peer(
     }
 }
 
-/// Connects if needed and opens a stream to `peer`.
-async fn open_stream(
+/// Connects if needed (dialing `addr`) and opens a `protocol` stream to `peer`.
+pub(super) async fn open_stream(
     shared: &Shared,
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     addr: &str,
+    protocol: StreamProtocol,
 ) -> Result<Stream, OpenFail> {
     let c = &shared.counters;
     let addrs = parse_dial_addr(addr).map(|t| t.addrs);
@@ -977,9 +1017,10 @@ async fn open_stream(
     {
         Ok(_) => {}
         Err(DialFail::NoAddress) if bad_addr => return Err(OpenFail::BadAddr),
+        Err(DialFail::Banned) => return Err(OpenFail::Banned),
         Err(e) => return Err(OpenFail::Unreachable(e.to_string())),
     }
-    match timeout(OPEN_TIMEOUT, control.open_stream(peer, PROTOCOL)).await {
+    match timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol)).await {
         Ok(Ok(stream)) => {
             shared.count(&c.streams_opened, 1);
             Ok(stream)
@@ -1063,7 +1104,7 @@ async fn read_stream(
 
 async fn read_frames(shared: &Shared, peer: PeerId, from: NodeId, stream: &mut Stream) {
     let c = &shared.counters;
-    let key = FrameKey::derive(&shared.cluster_key, &from, &shared.local_id);
+    let key = FrameKey::derive(&shared.cluster_key, Proto::Gossip, &from, &shared.local_id);
     let host = lock(&shared.peers).host(&peer);
     // Peers close idle streams after their writer_idle; one idle for much longer is held open
     // by something else and only occupies a slot.
