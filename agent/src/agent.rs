@@ -408,6 +408,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         plan_tx,
     );
 
+    // Other nodes ask this one for the logs of the pods it runs.
+    let remote = net.requests().map(|requests| {
+        crate::api::logs_remote::serve(requests, handle.clone(), runtime.clone(), id)
+    });
+
     // Signals: the first SIGTERM/SIGINT leaves gracefully.
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -418,13 +423,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (api_done_tx, api_done_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(
         api_listener,
-        crate::api::router(handle, token, plan_rx, runtime),
+        crate::api::router(handle, token, plan_rx, runtime, net.clone()),
         async move {
             let _ = api_done_rx.await;
         },
     ));
     let _ = driver_task.await;
     reconciler.abort();
+    if let Some(remote) = remote {
+        remote.abort();
+    }
     // The node left the cluster: its replicas are placed elsewhere now, so its pods stop (as a
     // drained Kubernetes node's are evicted) instead of running on as orphans.
     crate::workload::reconciler::stop_all(&runtime_for_shutdown).await;

@@ -80,7 +80,10 @@ fn cli_without_an_agent_says_how_to_reach_one() {
     assert!(err.contains("cannot reach the shoal agent"), "{err}");
     let (ok, _, err) = shoal(&["get", "pods-of-the-future"]);
     assert!(!ok);
-    assert!(err.contains("doesn't have a resource type \"pods-of-the-future\""), "{err}");
+    assert!(
+        err.contains("doesn't have a resource type \"pods-of-the-future\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -408,3 +408,51 @@ fn logs_describe_and_delete() {
         .unwrap_err();
     assert!(err.contains("not found"), "{err}");
 }
+
+/// `shoal logs` works through any agent: the logs of a pod on another node come over the
+/// cluster's network, also with `-f` (streamed as they are written, until the reader quits).
+#[test]
+fn logs_of_pods_on_other_nodes() {
+    let cluster = Cluster::start_with("remote-logs", 2, PROCESS);
+    apply(&cluster, 0, "web", &deployment("web", 2, "v1", "")).unwrap();
+    cluster.wait_for("2 ready", secs(30), |c| ready_everywhere(c, 0, 2));
+    let mut remote = 0;
+    for (pod, node, ..) in pods(&cluster, 0) {
+        for agent in &cluster.agents {
+            let logs = agent.cli(&["logs", &pod, "--tail", "5"]).unwrap();
+            assert!(
+                logs.contains("listening on"),
+                "{pod} via {}: {logs}",
+                agent.name
+            );
+            if agent.name != node {
+                remote += 1;
+                let err = agent.cli(&["logs", &pod, "-c", "nope"]).unwrap_err();
+                assert!(err.contains("container nope is not valid"), "{err}");
+                // Followed: the first line arrives while the stream stays open.
+                let mut child = std::process::Command::new(shoal_tests::shoal_bin())
+                    .args(["logs", "-f", &pod, "--api", agent.api.as_deref().unwrap()])
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let stdout = child.stdout.take().unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    use std::io::BufRead as _;
+                    for line in std::io::BufReader::new(stdout).lines() {
+                        let _ = tx.send(line.unwrap_or_default());
+                    }
+                });
+                let line = rx.recv_timeout(secs(10)).expect("a followed log line");
+                assert!(line.contains("listening on"), "{line}");
+                assert!(child.try_wait().unwrap().is_none(), "logs -f ended early");
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+        }
+    }
+    assert!(remote >= 1, "no pod ran on another node than the one asked");
+    // Asking a node that holds no such pod is a clear 404, wherever it is asked.
+    let err = cluster.agents[1].cli(&["logs", "web-nope"]).unwrap_err();
+    assert!(err.contains("not found"), "{err}");
+}

@@ -31,10 +31,11 @@ use tokio::sync::watch;
 
 use crate::driver::{DriverHandle, Gone};
 use crate::k8s;
+use crate::net::NetHandle;
 use crate::runtime::AnyRuntime;
 use crate::workload::plan::Plan;
 
-mod logs_remote;
+pub(crate) mod logs_remote;
 mod workloads;
 
 #[derive(Clone)]
@@ -43,6 +44,7 @@ struct Api {
     token: Option<Arc<str>>,
     plans: watch::Receiver<Arc<Plan>>,
     runtime: Arc<AnyRuntime>,
+    net: NetHandle,
 }
 
 /// Builds the router.
@@ -51,12 +53,14 @@ pub(crate) fn router(
     token: Option<String>,
     plans: watch::Receiver<Arc<Plan>>,
     runtime: Arc<AnyRuntime>,
+    net: NetHandle,
 ) -> Router {
     let state = Api {
         driver,
         token: token.map(Arc::from),
         plans,
         runtime,
+        net,
     };
     let v1 = Router::new()
         .route("/api/v1/nodes", get(nodes))

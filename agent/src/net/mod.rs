@@ -58,9 +58,6 @@ mod addr;
 mod frame;
 mod key;
 mod metrics;
-// The request API is used by tests only until the driver serves and sends requests; remove the
-// `allow`s (here, on the re-export and on `NetHandle::{request, requests}`) when it does.
-#[allow(dead_code)]
 mod request;
 #[cfg(test)]
 mod request_tests;
@@ -84,10 +81,7 @@ pub(crate) use addr::parse_dial_addr;
 pub(crate) use frame::MAX_PAYLOAD;
 pub(crate) use key::ClusterKey;
 pub(crate) use metrics::NetMetrics;
-#[allow(unused_imports)]
-pub(crate) use request::{
-    IncomingRequest, MAX_CHUNK, MAX_REQUEST, RefuseReason, RequestError, Requests, ResponseStream,
-};
+pub(crate) use request::{IncomingRequest, RequestError, Requests, ResponseStream};
 
 /// Configuration of the network layer.
 #[derive(Clone, Debug)]
@@ -289,13 +283,12 @@ impl NetHandle {
     }
 
     /// Opens a request stream to `to` (dialing `addr`, `host:port` or a multiaddr, if there is
-    /// no connection), sends `request` (at most [`MAX_REQUEST`] bytes) and returns the answer
+    /// no connection), sends `request` (at most [`request::MAX_REQUEST`] bytes) and returns the answer
     /// once the peer's application has taken the request. Waits at most
     /// [`Tuning::request_timeout`] for that; the answer's data may come much later (a quiet
     /// `logs -f`). Fails with [`RequestError::TooLarge`], `Unreachable` (no connection or no
     /// stream), `Refused` (different cluster key, banned, busy, not served, malformed) or
     /// `Timeout`.
-    #[allow(dead_code)]
     pub(crate) async fn request(
         &self,
         to: NodeId,
@@ -307,7 +300,6 @@ impl NetHandle {
 
     /// Takes the receiver of incoming requests; `None` after the first call. Until it is
     /// taken, and after it is dropped, incoming requests are refused as not served.
-    #[allow(dead_code)]
     pub(crate) fn requests(&self) -> Option<Requests> {
         self.shared.inbox.take()
     }

@@ -266,6 +266,7 @@ impl IncomingRequest {
     }
 
     /// Whether the requester has gone away.
+    #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         self.chunks.is_closed()
     }
