@@ -202,10 +202,39 @@ impl Agent {
     /// The machine dies: kill -9 of the agent and of every pod process it started (a process
     /// runtime's pods otherwise survive their agent).
     pub fn kill_machine(&mut self) {
+        let id = self.node_id();
         self.kill9();
         for pid in self.pod_pids() {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
+        // Docker pods of this node, if any.
+        if let Some(id) = id {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label=io.shoal.node={id}"))
+                .output();
+            if let Ok(out) = out {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(["kill", "--signal", "KILL"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+    }
+
+    /// This agent's node id (hex), from its own API.
+    pub fn node_id(&self) -> Option<String> {
+        self.nodes()
+            .ok()?
+            .into_iter()
+            .find(|(n, _, _)| *n == self.name)
+            .map(|(_, _, uid)| uid)
     }
 
     /// Pids of the process runtime's pods, from their `pod.json` files.
@@ -374,6 +403,22 @@ fn field(line: &str, key: &str) -> Option<String> {
     Some(value.trim_matches('"').to_owned())
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let docker = self
+            .extra
+            .windows(2)
+            .any(|w| w[0] == "--runtime" && w[1] == "docker");
+        // Agents are killed (kill -9) as they drop; their Docker containers would outlive them.
+        for agent in &mut self.agents {
+            agent.kill9();
+        }
+        if docker {
+            self.docker_cleanup();
+        }
+    }
+}
+
 /// Several agents forming a cluster.
 pub struct Cluster {
     /// The agents, by index.
@@ -426,6 +471,46 @@ impl Cluster {
         agent.start_with(&join, &extra);
         self.agents.push(agent);
         i
+    }
+
+    /// The cluster key's fingerprint (what the runtimes label pods and name networks with).
+    pub fn key_fingerprint(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.agents.first()?.dir.join("agent.log")).ok()?;
+        let line = log.lines().find(|l| l.contains("shoal agent starting"))?;
+        field(line, "cluster_key")
+    }
+
+    /// Removes the Docker containers and network of this cluster's pods, if any.
+    pub fn docker_cleanup(&self) {
+        let Some(fp) = self.key_fingerprint() else {
+            return;
+        };
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=io.shoal.cluster={fp}"))
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+        // Every network of the cluster, duplicates included (removed by id).
+        if let Ok(out) = Command::new("docker")
+            .args(["network", "ls", "-q", "--filter"])
+            .arg(format!("label=io.shoal.cluster={fp}"))
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["network", "rm", id]).output();
+            }
+        }
     }
 
     /// The scratch directory.

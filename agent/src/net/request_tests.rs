@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::frame::{FrameKey, Proto};
+use super::request::{MAX_CHUNK, MAX_REQUEST, RefuseReason};
 use super::tests::{addr_of, no_message, node_with, wait_for};
 use super::transport::{PROTOCOL as GOSSIP, STREAM_WINDOW};
 use super::*;

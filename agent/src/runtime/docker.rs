@@ -36,8 +36,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use tokio::sync::OnceCell;
@@ -178,7 +178,7 @@ pub struct DockerRuntime {
     docker: Docker,
     config: RuntimeConfig,
     network: String,
-    network_ready: std::sync::Arc<OnceCell<()>>,
+    network_id: std::sync::Arc<OnceCell<String>>,
 }
 
 impl DockerRuntime {
@@ -210,7 +210,7 @@ impl DockerRuntime {
             docker,
             config,
             network,
-            network_ready: std::sync::Arc::new(OnceCell::new()),
+            network_id: std::sync::Arc::new(OnceCell::new()),
         })
     }
 
@@ -236,43 +236,74 @@ impl DockerRuntime {
         }
     }
 
-    async fn ensure_network(&self) -> Result<(), RuntimeError> {
-        self.network_ready
+    /// The shoal network's id, creating the network if there is none. Agents sharing an
+    /// engine may create it at the same moment, and Docker (before API 1.44) accepts two
+    /// networks of one name: then every agent takes the oldest (creation time, then id), and
+    /// removes the others when nothing is attached to them. A network created after an agent
+    /// looked is younger than the one it chose, so all agents choose the same one.
+    async fn ensure_network(&self) -> Result<String, RuntimeError> {
+        self.network_id
             .get_or_try_init(|| async {
-                match self.docker.inspect_network(&self.network, None).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => {
-                        return Err(RuntimeError::engine(
-                            format!("inspecting network {}", self.network),
-                            e,
-                        ));
+                if self.shoal_networks().await?.is_empty() {
+                    let request = NetworkCreateRequest {
+                        name: self.network.clone(),
+                        driver: Some("bridge".to_string()),
+                        labels: Some(HashMap::from([(
+                            LABEL_CLUSTER.to_string(),
+                            self.config.cluster_id.clone(),
+                        )])),
+                        ..Default::default()
+                    };
+                    match self.docker.create_network(request).await {
+                        Ok(_) => info!(network = %self.network, "created the shoal network"),
+                        // Another agent created it meanwhile (engines that refuse duplicates).
+                        Err(e) if status_code(&e) == Some(409) => {}
+                        Err(e) => {
+                            return Err(RuntimeError::engine(
+                                format!("creating network {}", self.network),
+                                e,
+                            ));
+                        }
                     }
                 }
-                let request = NetworkCreateRequest {
-                    name: self.network.clone(),
-                    driver: Some("bridge".to_string()),
-                    labels: Some(HashMap::from([(
-                        LABEL_CLUSTER.to_string(),
-                        self.config.cluster_id.clone(),
-                    )])),
-                    ..Default::default()
+                let mut networks = self.shoal_networks().await?;
+                networks.sort();
+                let Some((_, winner)) = networks.first().cloned() else {
+                    // Not listed (yet): the name is what there is to go by.
+                    return Ok(self.network.clone());
                 };
-                match self.docker.create_network(request).await {
-                    Ok(_) => {
-                        info!(network = %self.network, "created the shoal network");
-                        Ok(())
+                for (_, loser) in &networks[1..] {
+                    match self.docker.remove_network(loser).await {
+                        Ok(()) => info!(network = %self.network, id = %loser,
+                            "removed a duplicate of the shoal network"),
+                        Err(e) => debug!(network = %self.network, id = %loser, error = %e,
+                            "a duplicate of the shoal network stays (in use?)"),
                     }
-                    // Another agent created it meanwhile.
-                    Err(e) if status_code(&e) == Some(409) => Ok(()),
-                    Err(e) => Err(RuntimeError::engine(
-                        format!("creating network {}", self.network),
-                        e,
-                    )),
                 }
+                Ok(winner)
             })
             .await
-            .map(|_| ())
+            .cloned()
+    }
+
+    /// Networks named exactly like the shoal network, as (creation time in ns, id).
+    async fn shoal_networks(&self) -> Result<Vec<(i128, String)>, RuntimeError> {
+        let filters = HashMap::from([("name".to_string(), vec![self.network.clone()])]);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| RuntimeError::engine(format!("listing network {}", self.network), e))?;
+        Ok(networks
+            .into_iter()
+            // The name filter matches substrings.
+            .filter(|n| n.name.as_deref() == Some(self.network.as_str()))
+            .filter_map(|n| {
+                let created = n.created.as_deref().and_then(rfc3339_nanos).unwrap_or(0);
+                Some((created, n.id?))
+            })
+            .collect())
     }
 
     fn base_filters(&self) -> HashMap<String, Vec<String>> {
@@ -390,6 +421,7 @@ impl DockerRuntime {
         pod: &PodSpec,
         spec: &ContainerSpec,
         index: usize,
+        network: &str,
         first_id: Option<&str>,
     ) -> ContainerCreateBody {
         let mut labels: HashMap<String, String> = pod
@@ -425,7 +457,7 @@ impl DockerRuntime {
         let log_max = self.config.log_max_bytes.max(1024);
         let host_config = HostConfig {
             network_mode: Some(match first_id {
-                None => self.network.clone(),
+                None => network.to_owned(),
                 Some(first) => format!("container:{first}"),
             }),
             memory: spec
@@ -472,6 +504,7 @@ impl DockerRuntime {
         pod: &PodSpec,
         spec: &ContainerSpec,
         index: usize,
+        network: &str,
         first_id: Option<&str>,
         created: &mut Vec<String>,
     ) -> Result<String, RuntimeError> {
@@ -482,7 +515,7 @@ impl DockerRuntime {
             name_part(&spec.name),
             name_part(&pod.uid)
         );
-        let body = self.container_body(pod, spec, index, first_id);
+        let body = self.container_body(pod, spec, index, network, first_id);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let id = match self.docker.create_container(Some(options), body).await {
             Ok(response) => response.id,
@@ -717,12 +750,19 @@ impl Runtime for DockerRuntime {
                 pod_uid: pod.uid.clone(),
             });
         }
-        self.ensure_network().await?;
+        let network = self.ensure_network().await?;
         let mut created: Vec<String> = Vec::new();
         let mut first_id: Option<String> = None;
         for (index, spec) in pod.containers.iter().enumerate() {
             match self
-                .create_and_start(pod, spec, index, first_id.as_deref(), &mut created)
+                .create_and_start(
+                    pod,
+                    spec,
+                    index,
+                    &network,
+                    first_id.as_deref(),
+                    &mut created,
+                )
                 .await
             {
                 Ok(id) => {
@@ -966,5 +1006,62 @@ mod tests {
         );
         assert_eq!(hostname("Web_0"), "web-0");
         assert_eq!(name_part("a/b c"), "a-b-c");
+    }
+}
+
+/// Nanoseconds since the Unix epoch of an RFC 3339 time as Docker writes it
+/// (`2026-11-27T22:18:12.113364123Z`, the fraction of any length, or an offset `+01:00`).
+fn rfc3339_nanos(text: &str) -> Option<i128> {
+    let (date, rest) = text.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let zone_at = rest.find(['Z', 'z', '+', '-'])?;
+    let (clock, zone) = rest.split_at(zone_at);
+    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut parts = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (parts.next()??, parts.next()??, parts.next()??);
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 9 {
+        return None;
+    }
+    let nanos: i64 = format!("{fraction:0<9}").parse().ok()?;
+    let offset_s = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let (h, m) = zone[1..].split_once(':')?;
+            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Some(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339_nanos;
+
+    #[test]
+    fn docker_times_order_by_instant() {
+        assert_eq!(rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_nanos("2026-11-27T22:18:12.1Z"),
+            Some(1_795_817_892_100_000_000)
+        );
+        // A shorter fraction is not a later time.
+        assert!(rfc3339_nanos("2026-11-27T22:18:12.1Z") < rfc3339_nanos("2026-11-27T22:18:12.11Z"));
+        assert_eq!(
+            rfc3339_nanos("2026-11-27T23:18:12.5+01:00"),
+            rfc3339_nanos("2026-11-27T22:18:12.5Z")
+        );
+        assert_eq!(rfc3339_nanos("yesterday"), None);
+        assert_eq!(rfc3339_nanos("2026-11-27T22:18:12.1234567891Z"), None);
     }
 }

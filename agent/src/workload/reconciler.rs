@@ -275,7 +275,11 @@ impl Reconciler {
     fn handle_done(&mut self, done: Done) {
         match done {
             Done::Pulled { uid, result } => {
-                self.busy.remove(&uid);
+                // After a good pull the same task goes on to start the pod: it stays busy
+                // until `Started`, or the next pass would start it a second time.
+                if result.is_err() {
+                    self.busy.remove(&uid);
+                }
                 let Some(pod) = self.pods.get_mut(&uid) else {
                     return;
                 };

@@ -1,0 +1,211 @@
+//! Workloads with the Docker runtime against the real engine, with an image built locally
+//! (`shoal-demo:dev`, FROM scratch). Skipped with a printed reason when no engine is reachable,
+//! unless `SHOAL_REQUIRE_DOCKER=1` (CI sets it): then they fail instead.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal_tests::Cluster;
+
+const DOCKER: &[&str] = &["--runtime", "docker"];
+
+fn docker_ready(test: &str) -> bool {
+    let ok = std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        shoal_agent::runtime::testing::build_demo_image().expect("building shoal-demo:dev");
+        return true;
+    }
+    if std::env::var("SHOAL_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+        panic!("{test}: no Docker engine is reachable, and SHOAL_REQUIRE_DOCKER=1");
+    }
+    eprintln!(
+        "{test}: skipped: no Docker engine is reachable (set SHOAL_REQUIRE_DOCKER=1 to fail instead)"
+    );
+    false
+}
+
+fn apply(cluster: &Cluster, name: &str, yaml: &str) -> Result<String, String> {
+    let path = cluster.dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    cluster.agents[0].cli(&["apply", "-f", path.to_str().unwrap()])
+}
+
+fn pod_list(cluster: &Cluster) -> Vec<Value> {
+    let Ok(text) = cluster.agents[0].cli(&["get", "pods", "-o", "json"]) else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+#[test]
+fn docker_deployment_runs_heals_and_reports_pull_failures() {
+    if !docker_ready("docker_deployment_runs_heals_and_reports_pull_failures") {
+        return;
+    }
+    let mut cluster = Cluster::start_with("docker", 3, DOCKER);
+    let yaml = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: http
+        image: shoal-demo:dev
+        imagePullPolicy: IfNotPresent
+        env:
+        - {name: PORT, value: "8080"}
+        readinessProbe:
+          httpGet: {path: /ready, port: 8080}
+          periodSeconds: 1
+"#;
+    assert_eq!(
+        apply(&cluster, "web", yaml).unwrap().trim(),
+        "deployment.apps/web created"
+    );
+    cluster.wait_for("3 ready containers", Duration::from_secs(60), |c| {
+        let pods = pod_list(c);
+        let ready = pods.iter().filter(|p| is_ready(p)).count();
+        if pods.len() == 3 && ready == 3 {
+            Ok(())
+        } else {
+            Err(format!("{ready}/{}", pods.len()))
+        }
+    });
+    // Each pod answers on its own IP on the shoal network.
+    for pod in pod_list(&cluster) {
+        let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+        let mut s = std::net::TcpStream::connect((ip.as_str(), 8080)).expect("pod reachable");
+        use std::io::{Read, Write};
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            "{answer}"
+        );
+    }
+    // A machine dies: its containers are replaced on the others.
+    let victim = (1..3)
+        .find(|&i| {
+            let name = format!("node-{i}");
+            pod_list(&cluster)
+                .iter()
+                .any(|p| p["spec"]["nodeName"] == name.as_str())
+        })
+        .expect("a pod outside node-0");
+    let victim_name = format!("node-{victim}");
+    cluster.agents[victim].kill_machine();
+    cluster.wait_for("replaced", Duration::from_secs(60), |c| {
+        let pods = pod_list(c);
+        let ready = pods.iter().filter(|p| is_ready(p)).count();
+        let stale = pods
+            .iter()
+            .any(|p| p["spec"]["nodeName"] == victim_name.as_str());
+        if pods.len() == 3 && ready == 3 && !stale {
+            Ok(())
+        } else {
+            Err(format!("{ready}/{} stale={stale}", pods.len()))
+        }
+    });
+
+    // An image that cannot be had: a clear status, not a silent hang.
+    let bad = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: nope
+spec:
+  containers:
+  - name: app
+    image: registry.invalid/nope:1
+"#;
+    apply(&cluster, "nope", bad).unwrap();
+    cluster.wait_for("pull failure shown", Duration::from_secs(30), |c| {
+        let table = c.agents[0].cli(&["get", "pods"])?;
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("nope"))
+            .unwrap_or("")
+            .to_owned();
+        if line.contains("ErrImagePull") || line.contains("ImagePullBackOff") {
+            Ok(())
+        } else {
+            Err(table)
+        }
+    });
+    let describe = cluster.agents[0].cli(&["describe", "pod", "nope"]).unwrap();
+    assert!(describe.contains("registry.invalid/nope:1"), "{describe}");
+    assert!(describe.to_lowercase().contains("pull"), "{describe}");
+}
+
+#[test]
+fn docker_pod_containers_share_localhost() {
+    if !docker_ready("docker_pod_containers_share_localhost") {
+        return;
+    }
+    let cluster = Cluster::start_with("dockerpod", 1, DOCKER);
+    let yaml = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: pair
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: server
+    image: shoal-demo:dev
+    env:
+    - {name: PORT, value: "8080"}
+  - name: client
+    image: shoal-demo:dev
+    args: ["--get", "http://localhost:8080/", "--wait-ms", "10000"]
+"#;
+    apply(&cluster, "pair", yaml).unwrap();
+    cluster.wait_for(
+        "the client got an answer from localhost",
+        Duration::from_secs(60),
+        |c| {
+            let pods = pod_list(c);
+            let Some(pod) = pods.first() else {
+                return Err("no pod".into());
+            };
+            let client = pod["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == "client")
+                .cloned()
+                .unwrap_or(Value::Null);
+            match client["state"]["terminated"]["exitCode"].as_i64() {
+                Some(0) => Ok(()),
+                Some(code) => panic!("the client failed with {code}: {pod}"),
+                None => Err(format!("{}", client["state"])),
+            }
+        },
+    );
+    let logs = cluster.agents[0]
+        .cli(&["logs", "pair", "-c", "client"])
+        .unwrap();
+    assert!(logs.contains("\"pod\""), "the server's JSON: {logs}");
+}
