@@ -903,7 +903,17 @@ fn http_get(d: &mut Decoder, node: &Node, path: &str) -> Option<HttpGetAction> {
         port: f.req(d, "port", port_ref)?,
         scheme: f
             .opt(d, "scheme", |d, n, p| {
-                d.choice(n, p, &[("HTTP", Scheme::Http), ("HTTPS", Scheme::Https)])
+                let scheme = d.choice(n, p, &[("HTTP", Scheme::Http), ("HTTPS", Scheme::Https)])?;
+                if matches!(scheme, Scheme::Https) {
+                    // Said at apply time rather than as a probe that never passes.
+                    d.error(
+                        p.to_owned(),
+                        Some(n.line),
+                        "HTTPS probes are not supported yet (use HTTP, tcpSocket or exec)",
+                    );
+                    return None;
+                }
+                Some(scheme)
             })
             .unwrap_or_default(),
         http_headers: f

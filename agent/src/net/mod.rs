@@ -42,6 +42,22 @@
 //! per-direction key a repeat is negligible (below 2^-32 after 2^32 frames of one direction).
 //! Replays inside one direction need an on-path attacker, which TLS and noise already stop.
 //!
+//! # Request streams
+//! Besides gossip, agents ask each other for things that are not replicated state (the logs of
+//! a pod that runs elsewhere): [`NetHandle::request`] opens one `/shoal/request/1` stream per
+//! request on the same connections, and the peer's application takes it from [`Requests`]. The
+//! frames are the ones above, sealed under keys derived with the label `"shoal/request/1"`
+//! instead of `"shoal/gossip/1"`, so a frame of one protocol never opens in the other. Each
+//! payload starts with a kind byte: the requester sends the request (`RequestPart`s, then
+//! `RequestEnd`; at most 64 KiB); the responder answers `Accept` once its application took the
+//! request, then `Data` chunks and `End` (or `Fail` with a message), or `Refuse` with a reason
+//! (no shared key, banned, busy, not served in time, malformed). Either side sends `Ping`s on a
+//! quiet stream, and one that hears nothing for three keep-alive intervals gives up, so a
+//! `logs -f` to a peer that vanished ends instead of hanging. Limits: 16 open requests per
+//! peer and 256 in all, then `Busy`; a response is read at most a few chunks ahead of its
+//! consumer (back-pressure through QUIC flow control); dropping a response resets the stream,
+//! which the responder sees at its next write or through [`IncomingRequest::closed`].
+//!
 //! # Invariants
 //! - Every byte string sent is sealed; a frame that fails to open is dropped, counted per
 //!   reason, logged at most once per interval, and after [`Tuning::refuse_after`] such frames

@@ -201,7 +201,7 @@ fn multi_document_file() {
     else {
         panic!()
     };
-    assert_eq!((h.path.as_str(), h.scheme), ("/", Scheme::Https));
+    assert_eq!((h.path.as_str(), h.scheme), ("/", Scheme::Http));
     let Resource::Pod(pod) = &resources[2] else {
         panic!()
     };
@@ -397,6 +397,15 @@ fn unsupported_fields_are_named() {
         [
             "deploy.yaml: doc 1: spec.template.spec.containers[0].ports[0].protocol: SCTP is not supported yet (line 19)",
             "deploy.yaml: doc 1: spec.template.spec.containers[0].resources.limits.nvidia.com/gpu: resource \"nvidia.com/gpu\" is not supported yet (shoal schedules cpu and memory) (line 22)",
+        ]
+    );
+    let errs = errors(&with_container(
+        "readinessProbe:\n  httpGet: {port: 80, scheme: HTTPS}",
+    ));
+    assert_eq!(
+        errs,
+        [
+            "deploy.yaml: doc 1: spec.template.spec.containers[0].readinessProbe.httpGet.scheme: HTTPS probes are not supported yet (use HTTP, tcpSocket or exec) (line 18)",
         ]
     );
 }
