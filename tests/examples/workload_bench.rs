@@ -5,9 +5,12 @@
 //!
 //! Over `--runs` runs each, prints the median and every run of:
 //! - apply: `shoal apply` of a 10-replica deployment until all 10 are ready;
-//! - kill: kill -9 of a node (its agent and pods) holding replicas until every replica is ready
-//!   again on the others;
-//! - leave: `shoal leave` of a node holding replicas until every replica is ready elsewhere.
+//! - kill: kill -9 of the node holding most replicas (its agent and pods) until every replica is
+//!   ready again on the others;
+//! - leave: `shoal leave` of the node holding most replicas until every replica is ready
+//!   elsewhere.
+//!
+//! After each kill or leave a fresh node joins, so the cluster stays at 5 nodes.
 //!
 //! With `--runtime docker` the pods are containers of the locally built `shoal-demo:dev` image.
 
@@ -164,25 +167,34 @@ fn main() {
     let mut kill_ms = Vec::new();
     let mut leave_ms = Vec::new();
     for run in 0..runs * 2 {
-        // A fresh node joins and takes its share; it is the one to go.
-        let i = cluster.add();
-        let name = cluster.agents[i].name.clone();
-        wait(
-            "the new node runs ready replicas",
-            Duration::from_secs(60),
-            || {
-                let (ready, pods) = state(&cluster.agents[0]);
-                ready >= u64::from(replicas) && pods.iter().any(|(n, r)| *n == name && *r)
-            },
-        );
+        // The victim: the node (not node-0, which the bench talks to) with most ready replicas.
+        wait("10 ready", Duration::from_secs(60), || {
+            state(&cluster.agents[0]).0 >= u64::from(replicas)
+        });
         std::thread::sleep(Duration::from_secs(1));
+        let (_, pods) = state(&cluster.agents[0]);
+        let running: Vec<usize> = (1..cluster.agents.len())
+            .filter(|&i| cluster.agents[i].is_running())
+            .collect();
+        let i = running
+            .into_iter()
+            .max_by_key(|&i| {
+                let name = &cluster.agents[i].name;
+                pods.iter().filter(|(n, r)| n == name && *r).count()
+            })
+            .expect("a running node besides node-0");
+        let name = cluster.agents[i].name.clone();
+        let held = pods.iter().filter(|(n, r)| *n == name && *r).count();
+        assert!(held > 0, "no node besides node-0 holds a replica");
         let took = if run % 2 == 0 {
+            let start = Instant::now();
             cluster.agents[i].kill_machine();
             wait(
                 "ready elsewhere after kill",
                 Duration::from_secs(60),
                 || all_ready_without(&cluster.agents[0], u64::from(replicas), &name),
-            )
+            );
+            start.elapsed()
         } else {
             let start = Instant::now();
             cluster.agents[i].cli(&["leave"]).expect("leave");
@@ -191,15 +203,22 @@ fn main() {
                 Duration::from_secs(60),
                 || all_ready_without(&cluster.agents[0], u64::from(replicas), &name),
             );
+            let took = start.elapsed();
             cluster.agents[i].wait_exit(Duration::from_secs(30));
-            start.elapsed()
+            took
         };
         let ms = took.as_secs_f64() * 1000.0;
+        eprintln!(
+            "{} of {name} ({held} replicas): {ms:.0} ms",
+            if run % 2 == 0 { "kill -9" } else { "leave" }
+        );
         if run % 2 == 0 {
             kill_ms.push(ms);
         } else {
             leave_ms.push(ms);
         }
+        // A fresh machine takes the victim's place: the cluster stays at 5 nodes.
+        cluster.add();
     }
     println!("5 agents on loopback, {runtime} runtime, {runs} runs each");
     print("apply 10 replicas -> all ready", &apply_ms);

@@ -192,11 +192,53 @@ fn scale_up_and_down() {
     let cluster = Cluster::start_with("scale", 3, PROCESS);
     apply(&cluster, 0, "web", &deployment("web", 2, "v1", "")).unwrap();
     cluster.wait_for("2 ready", secs(30), |c| ready_everywhere(c, 0, 2));
+    // `get deploy -w`: the table, then a line whenever the deployment changes.
+    let mut watch = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["get", "deploy", "-w", "--api"])
+        .arg(cluster.agents[0].api.as_deref().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let header = rx.recv_timeout(secs(10)).unwrap();
+    assert!(header.starts_with("NAME"), "{header}");
+    assert!(rx.recv_timeout(secs(10)).unwrap().starts_with("web "));
     let out = cluster.agents[1]
         .cli(&["scale", "deployment", "web", "--replicas", "5"])
         .unwrap();
     assert_eq!(out.trim(), "deployment.apps/web scaled");
     cluster.wait_for("5 ready", secs(30), |c| ready_everywhere(c, 2, 5));
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(secs(3)) {
+        seen.push(line);
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("web ") && l.contains("5/5")),
+        "{seen:?}"
+    );
+    // Only changes are printed, not a line each time the age (the last column) ticks.
+    let without_age: Vec<Vec<&str>> = seen
+        .iter()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split_whitespace().collect();
+            f.pop();
+            f
+        })
+        .collect();
+    assert!(
+        without_age.windows(2).all(|w| w[0] != w[1]),
+        "a line repeated with only its age changed: {seen:?}"
+    );
     cluster.agents[2]
         .cli(&["scale", "deployment/web", "--replicas", "1"])
         .unwrap();

@@ -54,7 +54,7 @@ pub(crate) fn apply(
             for e in errors.iter() {
                 eprintln!("error: {e}");
             }
-            bail!("nothing was applied ({} problems)", errors.len());
+            bail!("nothing was applied ({})", problems(errors.len()));
         }
     };
     if resources.is_empty() {
@@ -99,7 +99,7 @@ pub(crate) fn delete(
                 for e in errors.iter() {
                     eprintln!("error: {e}");
                 }
-                anyhow::anyhow!("nothing was deleted ({} problems)", errors.len())
+                anyhow::anyhow!("nothing was deleted ({})", problems(errors.len()))
             })?;
         for r in &resources {
             let k = r.key();
@@ -302,6 +302,17 @@ pub(crate) fn get(
             }
             if watch {
                 drop(out);
+                // A row is printed again when it changed, not when only its age did.
+                let age = columns(kind, wide, all_namespaces)
+                    .iter()
+                    .position(|c| *c == "AGE");
+                let same = |a: &[String], b: &[String]| {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b)
+                            .enumerate()
+                            .all(|(i, (x, y))| Some(i) == age || x == y)
+                };
                 let mut last: BTreeMap<String, Vec<String>> = rows.into_iter().collect();
                 loop {
                     std::thread::sleep(Duration::from_millis(500));
@@ -312,7 +323,7 @@ pub(crate) fn get(
                             .collect();
                     let changed: Vec<Vec<String>> = now
                         .iter()
-                        .filter(|(k, r)| last.get(*k) != Some(*r))
+                        .filter(|(k, r)| !last.get(*k).is_some_and(|l| same(l, r)))
                         .map(|(_, r)| r.clone())
                         .collect();
                     if !changed.is_empty() {
@@ -655,4 +666,13 @@ pub(crate) fn logs(
     let mut out = std::io::stdout().lock();
     std::io::copy(&mut reader, &mut out)?;
     Ok(())
+}
+
+/// "1 problem", "3 problems".
+fn problems(n: usize) -> String {
+    if n == 1 {
+        "1 problem".to_owned()
+    } else {
+        format!("{n} problems")
+    }
 }

@@ -990,11 +990,15 @@ fn next_backoff(current: Duration) -> Duration {
 
 /// Whether this node had synced with the cluster when the snapshot was taken: it then knows at
 /// least one other live member with node info.
+/// Whether this node's state can be trusted to plan from: it hears from another live member,
+/// or it knows no other member at all (a new cluster of one, which has nobody to catch up
+/// with; a node that has not joined yet holds no objects, so it would start nothing).
 fn snapshot_synced(snapshot: &Snapshot, me: &NodeId) -> bool {
-    snapshot
-        .members
-        .iter()
-        .any(|m| m.id != *me && m.state.is_live() && m.info.is_some())
+    snapshot.members.iter().all(|m| m.id == *me)
+        || snapshot
+            .members
+            .iter()
+            .any(|m| m.id != *me && m.state.is_live() && m.info.is_some())
 }
 
 fn pod_ready(pod: &LocalPod) -> bool {
