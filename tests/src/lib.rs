@@ -454,6 +454,14 @@ impl Cluster {
         for _ in 0..n {
             cluster.add();
         }
+        // Formed: every agent lists every agent alive (so what a test applies next is placed
+        // over all of them, not over whoever had heard of whom).
+        let names = cluster.names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let observers: Vec<usize> = (0..n).collect();
+        cluster.wait_for("the cluster to form", Duration::from_secs(30), |c| {
+            c.all_see(&observers, &names, "alive")
+        });
         cluster
     }
 

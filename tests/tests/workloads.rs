@@ -151,7 +151,11 @@ fn crashed_container_restarts_with_back_off() {
     apply(&cluster, 0, "web", &deployment("web", 1, "v1", "")).unwrap();
     cluster.wait_for("1 ready pod", secs(30), |c| ready_everywhere(c, 0, 1));
     let crash = |c: &Cluster| {
-        let pod = pods(c, 0).pop().unwrap();
+        // The running copy (a hand-off to the other node may list a second, pending one).
+        let pod = pods(c, 0)
+            .into_iter()
+            .find(|p| p.2 && p.4["status"]["podIP"].is_string())
+            .expect("a ready pod with an IP");
         let ip = pod.4["status"]["podIP"].as_str().unwrap().to_owned();
         let _ = std::net::TcpStream::connect((ip.as_str(), 8080)).map(|mut s| {
             use std::io::Write;
