@@ -390,6 +390,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 memory_bytes: args.memory_bytes.unwrap_or(memory_all),
                 labels,
                 runtime: runtime_kind.to_string(),
+                mesh: None,
             },
         },
         shutdown_rx,

@@ -30,7 +30,7 @@ use crate::workload::plan::{MemberSnap, Snapshot};
 use crate::workload::stored::{POD_RECORD_PREFIX, PodRecord, StoredObject};
 
 /// Object kinds the workload snapshot carries.
-pub(crate) const WORKLOAD_KINDS: [&str; 3] = ["namespace", "pod", "deployment"];
+pub(crate) const WORKLOAD_KINDS: [&str; 4] = ["namespace", "pod", "deployment", "service"];
 use crate::persist::{Db, META_LAST_CONTACT, META_SYNCED};
 
 /// Name of the owned entry where each node publishes facts about itself.
@@ -57,6 +57,9 @@ pub(crate) struct NodeInfo {
     pub(crate) labels: std::collections::BTreeMap<String, String>,
     /// The runtime running its pods (`docker` or `process`).
     pub(crate) runtime: String,
+    /// Where its service mesh listens (`ip:port`, QUIC); absent on agents without a mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mesh: Option<String>,
 }
 
 /// A member as the API shows it.

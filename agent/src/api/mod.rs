@@ -94,6 +94,12 @@ pub(crate) fn router(
             post(workloads::undo),
         )
         .route("/api/v1/namespaces", get(workloads::list_namespaces))
+        .route("/api/v1/services", get(workloads::list_services))
+        .route(
+            "/api/v1/services/{namespace}/{name}",
+            get(workloads::get_service),
+        )
+        .route("/api/v1/endpoints", get(workloads::list_endpoints))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

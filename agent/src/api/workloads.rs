@@ -1,6 +1,7 @@
-//! API routes for workloads: apply, delete, get/describe pods and deployments, scale, rollout
-//! undo, logs. Any agent accepts any of them (masterless): writes go into the replicated state
-//! of the node that received them and gossip from there.
+//! API routes for workloads: apply, delete, get/describe pods, deployments and services, the
+//! endpoints of services, scale, rollout undo, logs. Any agent accepts any of them
+//! (masterless): writes go into the replicated state of the node that received them and gossip
+//! from there.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -15,8 +16,35 @@ use super::{Api, error, gone};
 use crate::driver::wall_ms;
 use crate::manifest::{Kind, Resource};
 use crate::runtime::Runtime;
+use crate::workload::plan::Snapshot;
+use crate::workload::service::{self, DEFAULT_SERVICE_RANGE, ServiceEntry, ServiceRange};
 use crate::workload::stored::{StoredObject, object_key};
 use crate::workload::view;
+
+/// The cluster's service range. Every function of `workload::service` takes it as a
+/// parameter; the agent has no setting for it yet, so it is the default.
+fn service_range() -> ServiceRange {
+    DEFAULT_SERVICE_RANGE
+}
+
+/// The workload snapshot with every stored Service, read from the store: services must be
+/// complete and current for addresses to be assigned without collisions.
+async fn snapshot_with_services(api: &Api) -> Result<Snapshot, Response> {
+    let snapshot = api.driver.snapshot();
+    let listed = api
+        .driver
+        .list(Kind::Service.key_kind().to_owned(), None)
+        .await
+        .map_err(gone)?;
+    let listed = listed
+        .into_iter()
+        .filter_map(|(key, entry)| {
+            let stored = StoredObject::decode(entry.value.as_deref()?)?;
+            Some((key, stored))
+        })
+        .collect();
+    Ok(view::with_objects(&snapshot, Kind::Service, listed))
+}
 
 #[derive(Deserialize)]
 pub(super) struct NamespaceQuery {
@@ -78,7 +106,10 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
             Err(e) => problems.push(format!("object {}: {e}", i + 1)),
         }
     }
-    let snapshot = api.driver.snapshot();
+    let snapshot = match snapshot_with_services(&api).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
     let mut namespaces: std::collections::BTreeSet<String> = snapshot
         .objects
         .iter()
@@ -102,6 +133,37 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
             ));
         }
     }
+    // Services get their cluster IP and node ports now, each seeing the ones before it.
+    let mut services = service::services(&snapshot);
+    let now = wall_ms();
+    for r in &mut resources {
+        let Resource::Service(svc) = r else {
+            continue;
+        };
+        match service::prepare(service_range(), &services, svc) {
+            Ok(prepared) => {
+                let k = Resource::Service(prepared.clone()).key();
+                let (created_ms, uid) = services
+                    .iter()
+                    .find(|e| e.namespace == k.namespace && e.name == k.name)
+                    .map_or((now, String::new()), |e| (e.created_ms, e.uid.clone()));
+                services.retain(|e| !(e.namespace == k.namespace && e.name == k.name));
+                services.push(ServiceEntry {
+                    namespace: k.namespace,
+                    name: k.name,
+                    created_ms,
+                    uid,
+                    service: prepared.clone(),
+                });
+                *svc = prepared;
+            }
+            Err(errors) => {
+                for e in errors {
+                    problems.push(format!("service/{}: {e}", svc.metadata.name));
+                }
+            }
+        }
+    }
     if !problems.is_empty() {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -115,7 +177,6 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
             .into_response();
     }
     resources.sort_by_key(|r| r.kind() != Kind::Namespace);
-    let now = wall_ms();
     let mut results = Vec::new();
     for r in &resources {
         let key = view::key_of(r);
@@ -152,12 +213,19 @@ pub(super) struct DeleteRequest {
 /// `POST /api/v1/delete` `{kind, namespace, name}`: deletes an object (a namespace with every
 /// object in it).
 pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteRequest>) -> Response {
+    if request.kind == "endpoints" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "endpoints follow their service's pods and cannot be deleted: delete the service, or change its selector",
+        );
+    }
     let Some(kind) = Kind::from_key_kind(&request.kind) else {
         return error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             &format!(
-                "the server doesn't have a resource type {:?} (known: namespace, pod, deployment)",
+                "the server doesn't have a resource type {:?} (known: namespace, pod, deployment, service)",
                 request.kind
             ),
         );
@@ -184,7 +252,10 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
     }
     let mut deleted = vec![format!("{}/{}", kind.resource_type(), request.name)];
     if kind == Kind::Namespace {
-        let snapshot = api.driver.snapshot();
+        let snapshot = match snapshot_with_services(&api).await {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
         for (k, _) in snapshot
             .objects
             .iter()
@@ -282,6 +353,77 @@ pub(super) async fn get_deployment(
 pub(super) async fn list_namespaces(State(api): State<Api>) -> Response {
     let snapshot = api.driver.snapshot();
     Json(view::list(view::namespaces_json(&snapshot))).into_response()
+}
+
+/// `GET /api/v1/services[?namespace=NS]`: Services with their effective cluster IPs and node
+/// ports, as a `List`.
+pub(super) async fn list_services(
+    State(api): State<Api>,
+    Query(q): Query<NamespaceQuery>,
+) -> Response {
+    let snapshot = match snapshot_with_services(&api).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let all = service::services(&snapshot);
+    // Addresses are settled over every namespace.
+    let allocation = service::allocate(service_range(), &all);
+    let items = all
+        .iter()
+        .filter(|e| q.namespace.as_deref().is_none_or(|ns| e.namespace == ns))
+        .map(|e| view::service_json(e, &allocation))
+        .collect();
+    Json(view::list(items)).into_response()
+}
+
+/// `GET /api/v1/services/{ns}/{name}`: one Service, its endpoints and its events (for
+/// `describe`).
+pub(super) async fn get_service(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let snapshot = match snapshot_with_services(&api).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let all = service::services(&snapshot);
+    let Some(entry) = all
+        .iter()
+        .find(|e| e.namespace == namespace && e.name == name)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("services \"{name}\" not found in namespace {namespace}"),
+        );
+    };
+    let allocation = service::allocate(service_range(), &all);
+    let endpoints = service::endpoints_of(&snapshot, entry);
+    Json(json!({
+        "object": view::service_json(entry, &allocation),
+        "endpoints": view::endpoints_json(entry, &endpoints),
+        "events": view::service_events(entry, &allocation),
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/endpoints[?namespace=NS]`: the Endpoints of every service with a selector, as
+/// a `List`.
+pub(super) async fn list_endpoints(
+    State(api): State<Api>,
+    Query(q): Query<NamespaceQuery>,
+) -> Response {
+    let snapshot = match snapshot_with_services(&api).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let endpoints = service::endpoints(&snapshot);
+    let items = service::services(&snapshot)
+        .iter()
+        .filter(|e| q.namespace.as_deref().is_none_or(|ns| e.namespace == ns))
+        .filter_map(|e| Some(view::endpoints_json(e, endpoints.get(&e.key())?)))
+        .collect();
+    Json(view::list(items)).into_response()
 }
 
 #[derive(Deserialize)]

@@ -1,4 +1,5 @@
-//! kubectl-like verbs for workloads: apply, get, describe, delete, scale, logs, rollout.
+//! kubectl-like verbs for workloads: apply, get, describe, delete, scale, logs, rollout; for pods,
+//! deployments, namespaces, services and the endpoints of services.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,24 +12,76 @@ use serde_json::{Value, json};
 use super::{ApiArgs, Client, Output, to_yaml};
 use crate::driver::wall_ms;
 use crate::manifest::{
-    self, DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS, Kind, NAMESPACE_COLUMNS, POD_COLUMNS,
-    POD_WIDE_COLUMNS, ParseOptions, deployment_from_object, deployment_row, format_table,
-    namespace_from_object, namespace_row, pod_from_object, pod_row,
+    self, DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS, ENDPOINTS_COLUMNS, Kind, NAMESPACE_COLUMNS,
+    POD_COLUMNS, POD_WIDE_COLUMNS, ParseOptions, SERVICE_COLUMNS, SERVICE_WIDE_COLUMNS,
+    deployment_from_object, deployment_row, endpoints_from_object, endpoints_row, format_endpoints,
+    format_table, namespace_from_object, namespace_row, pod_from_object, pod_row, protocol_name,
+    service_from_object, service_row,
 };
 
-/// A resource type as users type it (`pods`, `po`, `deploy`, `deployment.apps` ...).
-pub(crate) fn resource_kind(text: &str) -> anyhow::Result<Kind> {
+/// What `get` and `describe` show: objects of a kind, or the endpoints of services (which the
+/// cluster derives from the pods, and which cannot be applied or deleted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResourceType {
+    /// Applied objects of a kind.
+    Object(Kind),
+    /// `v1 Endpoints`.
+    Endpoints,
+}
+
+impl ResourceType {
+    /// kubectl's type before `/name` (`deployment.apps`, `endpoints`).
+    fn resource_type(self) -> &'static str {
+        match self {
+            ResourceType::Object(kind) => kind.resource_type(),
+            ResourceType::Endpoints => "endpoints",
+        }
+    }
+
+    /// The plural kubectl names in "not found" errors (`deployments`, `endpoints`).
+    fn plural(self) -> String {
+        match self {
+            ResourceType::Object(kind) => {
+                format!("{}s", kind.resource_type().split('.').next().unwrap_or(""))
+            }
+            ResourceType::Endpoints => "endpoints".into(),
+        }
+    }
+
+    fn is_namespaced(self) -> bool {
+        match self {
+            ResourceType::Object(kind) => kind.is_namespaced(),
+            ResourceType::Endpoints => true,
+        }
+    }
+}
+
+/// A resource type as users type it (`pods`, `po`, `deploy`, `deployment.apps`, `svc`, `ep`
+/// ...).
+pub(crate) fn resource_kind(text: &str) -> anyhow::Result<ResourceType> {
     let lower = text.to_ascii_lowercase();
-    Ok(match lower.as_str() {
+    Ok(ResourceType::Object(match lower.as_str() {
         "pod" | "pods" | "po" => Kind::Pod,
         "deployment" | "deployments" | "deploy" | "deployment.apps" | "deployments.apps" => {
             Kind::Deployment
         }
         "namespace" | "namespaces" | "ns" => Kind::Namespace,
+        "service" | "services" | "svc" => Kind::Service,
+        "endpoints" | "endpoint" | "ep" => return Ok(ResourceType::Endpoints),
         _ => bail!(
-            "the server doesn't have a resource type {text:?} (this version knows: pods, deployments, namespaces, nodes)"
+            "the server doesn't have a resource type {text:?} (this version knows: pods, deployments, services, endpoints, namespaces, nodes)"
         ),
-    })
+    }))
+}
+
+/// A kind of object that can be deleted, scaled ... (not endpoints).
+fn object_kind(text: &str) -> anyhow::Result<Kind> {
+    match resource_kind(text)? {
+        ResourceType::Object(kind) => Ok(kind),
+        ResourceType::Endpoints => bail!(
+            "endpoints follow their service's pods and cannot be changed directly: change or delete the service"
+        ),
+    }
 }
 
 /// Splits `kind/name` into its parts.
@@ -110,10 +163,10 @@ pub(crate) fn delete(
             [kind_name] => {
                 let (kind, name) =
                     split_kind_name(kind_name).context("give KIND NAME, KIND/NAME, or -f FILE")?;
-                targets.push((resource_kind(kind)?, namespace.clone(), name.to_owned()));
+                targets.push((object_kind(kind)?, namespace.clone(), name.to_owned()));
             }
             [kind, names @ ..] if !names.is_empty() => {
-                let kind = resource_kind(kind)?;
+                let kind = object_kind(kind)?;
                 for name in names {
                     targets.push((kind, namespace.clone(), name.clone()));
                 }
@@ -139,11 +192,13 @@ pub(crate) fn delete(
     Ok(())
 }
 
-fn list_path(kind: Kind, namespace: Option<&str>) -> String {
+fn list_path(kind: ResourceType, namespace: Option<&str>) -> String {
     let base = match kind {
-        Kind::Pod => "/api/v1/pods",
-        Kind::Deployment => "/api/v1/deployments",
-        Kind::Namespace => "/api/v1/namespaces",
+        ResourceType::Object(Kind::Pod) => "/api/v1/pods",
+        ResourceType::Object(Kind::Deployment) => "/api/v1/deployments",
+        ResourceType::Object(Kind::Namespace) => "/api/v1/namespaces",
+        ResourceType::Object(Kind::Service) => "/api/v1/services",
+        ResourceType::Endpoints => "/api/v1/endpoints",
     };
     match namespace {
         Some(ns) if kind.is_namespaced() => format!("{base}?namespace={ns}"),
@@ -152,7 +207,12 @@ fn list_path(kind: Kind, namespace: Option<&str>) -> String {
 }
 
 /// Rows for a list, by object name.
-fn rows(kind: Kind, list: &Value, wide: bool, all_namespaces: bool) -> Vec<(String, Vec<String>)> {
+fn rows(
+    kind: ResourceType,
+    list: &Value,
+    wide: bool,
+    all_namespaces: bool,
+) -> Vec<(String, Vec<String>)> {
     let now = wall_ms();
     let mut out = Vec::new();
     for item in list["items"].as_array().into_iter().flatten() {
@@ -162,16 +222,24 @@ fn rows(kind: Kind, list: &Value, wide: bool, all_namespaces: bool) -> Vec<(Stri
             .to_owned();
         let name = item["metadata"]["name"].as_str().unwrap_or("").to_owned();
         let mut row = match kind {
-            Kind::Pod => match pod_from_object(item) {
+            ResourceType::Object(Kind::Pod) => match pod_from_object(item) {
                 Ok((pod, status)) => pod_row(&pod, &status, now, wide),
                 Err(_) => continue,
             },
-            Kind::Deployment => match deployment_from_object(item) {
+            ResourceType::Object(Kind::Deployment) => match deployment_from_object(item) {
                 Ok((d, status)) => deployment_row(&d, &status, now, wide),
                 Err(_) => continue,
             },
-            Kind::Namespace => match namespace_from_object(item) {
+            ResourceType::Object(Kind::Namespace) => match namespace_from_object(item) {
                 Ok((ns, status)) => namespace_row(&ns, &status, now),
+                Err(_) => continue,
+            },
+            ResourceType::Object(Kind::Service) => match service_from_object(item) {
+                Ok(svc) => service_row(&svc, now, wide),
+                Err(_) => continue,
+            },
+            ResourceType::Endpoints => match endpoints_from_object(item) {
+                Ok(ep) => endpoints_row(&ep, now),
                 Err(_) => continue,
             },
         };
@@ -183,13 +251,16 @@ fn rows(kind: Kind, list: &Value, wide: bool, all_namespaces: bool) -> Vec<(Stri
     out
 }
 
-fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
+fn columns(kind: ResourceType, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
     let mut c: Vec<&'static str> = match (kind, wide) {
-        (Kind::Pod, false) => POD_COLUMNS.to_vec(),
-        (Kind::Pod, true) => POD_WIDE_COLUMNS.to_vec(),
-        (Kind::Deployment, false) => DEPLOYMENT_COLUMNS.to_vec(),
-        (Kind::Deployment, true) => DEPLOYMENT_WIDE_COLUMNS.to_vec(),
-        (Kind::Namespace, _) => NAMESPACE_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Pod), false) => POD_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Pod), true) => POD_WIDE_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Deployment), false) => DEPLOYMENT_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Deployment), true) => DEPLOYMENT_WIDE_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Namespace), _) => NAMESPACE_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Service), false) => SERVICE_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Service), true) => SERVICE_WIDE_COLUMNS.to_vec(),
+        (ResourceType::Endpoints, _) => ENDPOINTS_COLUMNS.to_vec(),
     };
     if all_namespaces && kind.is_namespaced() {
         c.insert(0, "NAMESPACE");
@@ -197,10 +268,10 @@ fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
     c
 }
 
-/// `shoal get pods|deployments|namespaces [NAME]`.
+/// `shoal get pods|deployments|services|endpoints|namespaces [NAME]`.
 pub(crate) fn get(
     api: &ApiArgs,
-    kind: Kind,
+    kind: ResourceType,
     names: &[String],
     namespace: Option<String>,
     all_namespaces: bool,
@@ -234,12 +305,7 @@ pub(crate) fn get(
                 {
                     bail!(
                         "{} \"{n}\" not found{}",
-                        kind.resource_type()
-                            .split('.')
-                            .next()
-                            .unwrap_or("")
-                            .to_owned()
-                            + "s",
+                        kind.plural(),
                         namespace
                             .as_deref()
                             .map(|ns| format!(" in namespace {ns}"))
@@ -346,16 +412,20 @@ fn when(ms: u64) -> String {
     crate::k8s::human_duration(wall_ms().saturating_sub(ms))
 }
 
-/// `shoal describe pod|deployment NAME`.
+/// `shoal describe pod|deployment|service NAME`.
 pub(crate) fn describe(
     api: &ApiArgs,
-    kind: Kind,
+    kind: ResourceType,
     name: &str,
     namespace: Option<String>,
 ) -> anyhow::Result<()> {
     let client = Client::new(api)?;
     let ns = namespace.unwrap_or_else(|| "default".into());
     let mut text = String::new();
+    let kind = match kind {
+        ResourceType::Object(kind) => kind,
+        ResourceType::Endpoints => bail!("describe supports pods, deployments and services"),
+    };
     match kind {
         Kind::Pod => {
             let answer = client.get(&format!("/api/v1/pods/{ns}/{name}"))?;
@@ -487,10 +557,71 @@ pub(crate) fn describe(
             let recent: Vec<Value> = all.into_iter().rev().take(20).rev().collect();
             events(&mut text, &Value::Array(recent));
         }
-        Kind::Namespace => bail!("describe supports pods and deployments"),
+        Kind::Service => {
+            let answer = client.get(&format!("/api/v1/services/{ns}/{name}"))?;
+            let svc = service_from_object(&answer["object"]).context("reading the service")?;
+            let endpoints =
+                endpoints_from_object(&answer["endpoints"]).context("reading the endpoints")?;
+            text.push_str(&describe_service(&svc, &endpoints));
+            events(&mut text, &answer["events"]);
+        }
+        Kind::Namespace => bail!("describe supports pods, deployments and services"),
     }
     print!("{text}");
     Ok(())
+}
+
+/// `describe service` up to the events, as kubectl prints it: one block per port.
+fn describe_service(svc: &manifest::Service, endpoints: &manifest::Endpoints) -> String {
+    let spec = &svc.spec;
+    let ip = match spec.cluster_ip {
+        manifest::ClusterIp::Auto => "<none>".to_owned(),
+        ip => ip.to_string(),
+    };
+    let mut lines: Vec<(String, String)> = vec![
+        ("Name".into(), svc.metadata.name.clone()),
+        (
+            "Namespace".into(),
+            svc.metadata.namespace.clone().unwrap_or_default(),
+        ),
+        ("Labels".into(), labels(&svc.metadata.labels)),
+        ("Annotations".into(), labels(&svc.metadata.annotations)),
+        ("Selector".into(), labels(&spec.selector)),
+        ("Type".into(), spec.kind.as_str().to_owned()),
+        ("IP Family Policy".into(), "SingleStack".into()),
+        ("IP Families".into(), "IPv4".into()),
+        ("IP".into(), ip.clone()),
+        ("IPs".into(), ip),
+    ];
+    for port in &spec.ports {
+        let name = port.name.as_deref().unwrap_or("<unset>");
+        let protocol = protocol_name(port.protocol);
+        lines.push(("Port".into(), format!("{name}  {}/{protocol}", port.port)));
+        lines.push((
+            "TargetPort".into(),
+            format!("{}/{protocol}", port.target_port),
+        ));
+        if let Some(node_port) = port.node_port {
+            lines.push(("NodePort".into(), format!("{name}  {node_port}/{protocol}")));
+        }
+        lines.push((
+            "Endpoints".into(),
+            format_endpoints(endpoints, Some(port.name.as_deref().unwrap_or(""))),
+        ));
+    }
+    if spec.ports.is_empty() {
+        lines.push(("Endpoints".into(), format_endpoints(endpoints, None)));
+    }
+    lines.push(("Session Affinity".into(), "None".into()));
+    if spec.kind == manifest::ServiceType::NodePort {
+        lines.push(("External Traffic Policy".into(), "Cluster".into()));
+    }
+    // The label, its colon, two spaces (kubectl's tabwriter padding).
+    let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 3;
+    lines
+        .iter()
+        .map(|(label, value)| format!("{:<width$}{value}\n", format!("{label}:")))
+        .collect()
 }
 
 fn labels(labels: &BTreeMap<String, String>) -> String {
@@ -561,7 +692,7 @@ pub(crate) fn scale(
         [kind, name] => (kind.as_str(), name.as_str()),
         _ => bail!("give deployment NAME or deployment/NAME"),
     };
-    if resource_kind(kind)? != Kind::Deployment {
+    if object_kind(kind)? != Kind::Deployment {
         bail!("only deployments can be scaled");
     }
     let ns = namespace.unwrap_or_else(|| "default".into());
@@ -588,7 +719,7 @@ pub(crate) fn rollout(
         [kind, name] => (kind.as_str(), name.as_str()),
         _ => bail!("give deployment NAME or deployment/NAME"),
     };
-    if resource_kind(kind)? != Kind::Deployment {
+    if object_kind(kind)? != Kind::Deployment {
         bail!("rollout supports deployments");
     }
     let ns = namespace.unwrap_or_else(|| "default".into());
@@ -674,5 +805,99 @@ fn problems(n: usize) -> String {
         "1 problem".to_owned()
     } else {
         format!("{n} problems")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_types_as_kubectl_spells_them() {
+        for (text, want) in [
+            ("svc", ResourceType::Object(Kind::Service)),
+            ("services", ResourceType::Object(Kind::Service)),
+            ("Service", ResourceType::Object(Kind::Service)),
+            ("ep", ResourceType::Endpoints),
+            ("endpoints", ResourceType::Endpoints),
+            ("deploy", ResourceType::Object(Kind::Deployment)),
+            ("po", ResourceType::Object(Kind::Pod)),
+        ] {
+            assert_eq!(resource_kind(text).unwrap(), want, "{text}");
+        }
+        assert!(resource_kind("configmaps").is_err());
+        assert_eq!(object_kind("svc").unwrap(), Kind::Service);
+        let err = object_kind("ep").unwrap_err().to_string();
+        assert!(err.contains("delete the service"), "{err}");
+        assert_eq!(ResourceType::Endpoints.plural(), "endpoints");
+        assert_eq!(ResourceType::Object(Kind::Service).plural(), "services");
+        assert_eq!(
+            list_path(ResourceType::Endpoints, Some("prod")),
+            "/api/v1/endpoints?namespace=prod"
+        );
+        assert_eq!(
+            list_path(ResourceType::Object(Kind::Service), None),
+            "/api/v1/services"
+        );
+    }
+
+    #[test]
+    fn describe_service_shows_each_port_with_its_endpoints() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web, labels: {app: web}}\nspec:\n  type: NodePort\n  clusterIP: 127.200.0.10\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: http, nodePort: 30080}\n  - {name: admin, port: 81, targetPort: 9000, nodePort: 30081}\n";
+        let svc = match manifest::parse("svc.yaml", yaml.as_bytes())
+            .unwrap()
+            .remove(0)
+        {
+            manifest::Resource::Service(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let address = |ip: &str| manifest::EndpointAddress {
+            ip: ip.into(),
+            node_name: None,
+            target_ref: None,
+        };
+        let endpoints = manifest::Endpoints {
+            metadata: manifest::ObjectMeta::default(),
+            subsets: vec![manifest::EndpointSubset {
+                addresses: vec![address("127.65.0.1"), address("127.65.0.2")],
+                not_ready_addresses: Vec::new(),
+                ports: vec![
+                    manifest::EndpointPort {
+                        name: Some("http".into()),
+                        port: 8080,
+                        protocol: manifest::Protocol::Tcp,
+                    },
+                    manifest::EndpointPort {
+                        name: Some("admin".into()),
+                        port: 9000,
+                        protocol: manifest::Protocol::Tcp,
+                    },
+                ],
+            }],
+        };
+        let text = describe_service(&svc, &endpoints);
+        let want = "\
+Name:                     web
+Namespace:                default
+Labels:                   app=web
+Annotations:              <none>
+Selector:                 app=web
+Type:                     NodePort
+IP Family Policy:         SingleStack
+IP Families:              IPv4
+IP:                       127.200.0.10
+IPs:                      127.200.0.10
+Port:                     http  80/TCP
+TargetPort:               http/TCP
+NodePort:                 http  30080/TCP
+Endpoints:                127.65.0.1:8080,127.65.0.2:8080
+Port:                     admin  81/TCP
+TargetPort:               9000/TCP
+NodePort:                 admin  30081/TCP
+Endpoints:                127.65.0.1:9000,127.65.0.2:9000
+Session Affinity:         None
+External Traffic Policy:  Cluster
+";
+        assert_eq!(text, want);
     }
 }

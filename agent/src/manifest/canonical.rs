@@ -6,6 +6,11 @@
 //! (`cpu: 0.5` and `cpu: 500m`; `replicas: 1` and no `replicas`; `args: []` and no `args`)
 //! store the same bytes, which is what makes `apply` idempotent: `unchanged` is byte equality.
 //!
+//! A Service's `spec.clusterIP` and `nodePort`s are not read-only: once the cluster assigns
+//! them (at the first apply), they are part of the stored form, so that they never change
+//! afterwards. A manifest that leaves them out is completed from the stored object before the
+//! comparison (`workload::service::prepare`), so re-applying it is `unchanged`.
+//!
 //! Invariant: the encoding is part of the cluster state and of the hashes. Changing it (a new
 //! field written when it has its default, a renamed field, another quantity spelling) changes
 //! stored bytes and template hashes, which reports every object `configured` and rolls every
@@ -14,7 +19,7 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, Resource};
+use super::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Service};
 use super::validate::validate;
 
 /// Why stored bytes are not a valid object.
@@ -90,6 +95,13 @@ impl Resource {
                     spec: serde_json::from_value(spec)?,
                 })
             }
+            Kind::Service => {
+                let spec = stored.spec.ok_or(StoredError::MissingSpec(kind))?;
+                Resource::Service(Service {
+                    metadata,
+                    spec: serde_json::from_value(spec)?,
+                })
+            }
         };
         // Read-only fields do not belong in the stored form; whoever wrote them, they are not
         // part of the object.
@@ -125,6 +137,7 @@ impl Resource {
                 serde_json::to_vec(&spec).unwrap_or_default()
             }
             Resource::Deployment(d) => serde_json::to_vec(&d.spec).unwrap_or_default(),
+            Resource::Service(svc) => serde_json::to_vec(&svc.spec).unwrap_or_default(),
         };
         xxh3_64(&bytes)
     }

@@ -9,13 +9,14 @@
 //! reported and replaced by a default, so that decoding goes on and finds the other problems.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use super::model::{
-    Container, ContainerPort, Deployment, DeploymentSpec, DeploymentStrategy, EnvVar, ExecAction,
-    HttpGetAction, HttpHeader, IntOrPercent, Kind, LabelSelector, Namespace, ObjectMeta, Pod,
-    PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, Protocol, PullPolicy, Resource,
-    ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, TcpSocketAction,
-    TemplateMeta,
+    ClusterIp, Container, ContainerPort, Deployment, DeploymentSpec, DeploymentStrategy, EnvVar,
+    ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind, LabelSelector, Namespace,
+    ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, Protocol, PullPolicy,
+    Resource, ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Service,
+    ServicePort, ServiceSpec, ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
 };
 use super::quantity::{Cpu, Memory};
 use super::yaml::{Key, Node, Value};
@@ -38,7 +39,7 @@ pub(crate) struct Decoder {
 
 /// What the supported kinds are, for messages.
 pub(crate) const SUPPORTED_KINDS: &str =
-    "v1 Namespace, v1 Pod, apps/v1 Deployment, and a v1 List of them";
+    "v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, and a v1 List of them";
 
 /// Read-only metadata kubectl round-trips; accepted and ignored.
 const READ_ONLY_META: &[&str] = &[
@@ -128,6 +129,31 @@ const DEFAULT_CONTAINER: &[(&str, &str)] = &[
     ("tty", "false"),
 ];
 
+const UNSUPPORTED_SERVICE_SPEC: &[&str] = &[
+    "allocateLoadBalancerNodePorts",
+    "externalIPs",
+    "externalName",
+    "externalTrafficPolicy",
+    "healthCheckNodePort",
+    "internalTrafficPolicy",
+    "ipFamilyPolicy",
+    "loadBalancerClass",
+    "loadBalancerIP",
+    "loadBalancerSourceRanges",
+    "publishNotReadyAddresses",
+    "sessionAffinityConfig",
+    "trafficDistribution",
+];
+/// Service fields whose Kubernetes default is what shoal does, as `kubectl get -o yaml` writes
+/// them.
+const DEFAULT_SERVICE_SPEC: &[(&str, &str)] = &[
+    ("externalTrafficPolicy", "Cluster"),
+    ("internalTrafficPolicy", "Cluster"),
+    ("ipFamilyPolicy", "SingleStack"),
+    ("publishNotReadyAddresses", "false"),
+    ("allocateLoadBalancerNodePorts", "true"),
+];
+
 /// Why some unsupported fields are, or what to use instead.
 fn hint(field: &str) -> Option<&'static str> {
     Some(match field {
@@ -137,6 +163,8 @@ fn hint(field: &str) -> Option<&'static str> {
         "matchExpressions" => "use matchLabels",
         "hostIP" => "host ports bind on every address",
         "host" => "probes connect to the pod's own address",
+        "externalIPs" | "loadBalancerIP" => "use type NodePort to reach a service from outside",
+        "ipFamilyPolicy" => "services are single-stack IPv4",
         _ => return None,
     })
 }
@@ -609,6 +637,12 @@ fn object(d: &mut Decoder, node: &Node, path: &str, top: bool, out: &mut Vec<(St
                 .unwrap_or_default();
             Resource::Deployment(Deployment { metadata, spec })
         }
+        Kind::Service => {
+            let spec = f
+                .req(d, "spec", |d, n, p| Some(service_spec(d, n, p)))
+                .unwrap_or_default();
+            Resource::Service(Service { metadata, spec })
+        }
     };
     f.finish(d, &[], &[]);
     out.push((path.to_owned(), resource));
@@ -1080,6 +1114,155 @@ fn int_or_percent(d: &mut Decoder, node: &Node, path: &str) -> Option<IntOrPerce
             None
         }
     }
+}
+
+fn service_spec(d: &mut Decoder, node: &Node, path: &str) -> ServiceSpec {
+    let mut spec = ServiceSpec::default();
+    let Some(mut f) = d.fields(node, path) else {
+        return spec;
+    };
+    if let Some(kind) = f.opt(d, "type", |d, n, p| {
+        if let Value::Str(s) = &n.value
+            && matches!(s.as_str(), "LoadBalancer" | "ExternalName")
+        {
+            let message = format!("type {s} is not supported yet (use ClusterIP or NodePort)");
+            d.error(p.to_owned(), Some(n.line), message);
+            return None;
+        }
+        d.choice(
+            n,
+            p,
+            &[
+                ("ClusterIP", ServiceType::ClusterIp),
+                ("NodePort", ServiceType::NodePort),
+            ],
+        )
+    }) {
+        spec.kind = kind;
+    }
+    spec.selector = f
+        .opt(d, "selector", Decoder::string_map)
+        .unwrap_or_default();
+    spec.ports = f
+        .opt(d, "ports", |d, n, p| d.list(n, p, service_port))
+        .unwrap_or_default();
+    let given = f.opt(d, "clusterIP", cluster_ip);
+    let cluster_ips = f.opt(d, "clusterIPs", |d, n, p| {
+        let ips = d.list(n, p, |d, n, p| cluster_ip(d, n, p).map(Some))?;
+        Some((ips, n.line))
+    });
+    spec.cluster_ip = given.unwrap_or_default();
+    // `kubectl get -o yaml` writes both `clusterIP` and `clusterIPs`; the list is the
+    // dual-stack form of the same address.
+    if let Some((ips, line)) = cluster_ips {
+        let ips_path = join(path, "clusterIPs");
+        match ips.as_slice() {
+            [] => {}
+            [Some(first)] => match given {
+                None | Some(ClusterIp::Auto) => spec.cluster_ip = *first,
+                Some(ip) if ip == *first => {}
+                Some(ip) => d.error(
+                    format!("{ips_path}[0]"),
+                    Some(line),
+                    format!("{first} does not match spec.clusterIP ({ip}): give the same address"),
+                ),
+            },
+            [_] => {} // reported by the item
+            _ => d.error(
+                ips_path,
+                Some(line),
+                "dual-stack services are not supported yet (give one IPv4 address)",
+            ),
+        }
+    }
+    f.opt(d, "ipFamilies", |d, n, p| {
+        let families = d.string_list(n, p)?;
+        if families.len() > 1 {
+            d.error(
+                p.to_owned(),
+                Some(n.line),
+                "dual-stack services are not supported yet (services are IPv4)",
+            );
+        } else if let Some(family) = families.first()
+            && family != "IPv4"
+        {
+            d.error(
+                format!("{p}[0]"),
+                Some(n.line),
+                format!("{family:?} is not supported yet (services are IPv4)"),
+            );
+        }
+        Some(())
+    });
+    if let Some(affinity) = f.opt(d, "sessionAffinity", |d, n, p| {
+        if matches!(&n.value, Value::Str(s) if s == "ClientIP") {
+            d.error(
+                p.to_owned(),
+                Some(n.line),
+                "ClientIP session affinity is not supported yet (use None)",
+            );
+            return None;
+        }
+        d.choice(n, p, &[("None", SessionAffinity::None)])
+    }) {
+        spec.session_affinity = affinity;
+    }
+    f.finish(d, UNSUPPORTED_SERVICE_SPEC, DEFAULT_SERVICE_SPEC);
+    spec
+}
+
+/// `spec.clusterIP`: `""` (assign one), `None` (headless) or an IPv4 address.
+fn cluster_ip(d: &mut Decoder, node: &Node, path: &str) -> Option<ClusterIp> {
+    let Value::Str(text) = &node.value else {
+        d.expected(node, path, "an IPv4 address, \"\" or None");
+        return None;
+    };
+    if let Some(ip) = ClusterIp::parse(text) {
+        return Some(ip);
+    }
+    let message = if matches!(text.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
+        format!("{text}: IPv6 services are not supported yet")
+    } else {
+        format!(
+            "expected an IPv4 address, \"\" (assign one) or None (headless), got string {text:?}"
+        )
+    };
+    d.error(path.to_owned(), Some(node.line), message);
+    None
+}
+
+fn service_port(d: &mut Decoder, node: &Node, path: &str) -> Option<ServicePort> {
+    let mut f = d.fields(node, path)?;
+    let name = f.opt(d, "name", Decoder::string);
+    let protocol = f
+        .opt(d, "protocol", |d, n, p| {
+            if matches!(&n.value, Value::Str(s) if s == "SCTP") {
+                d.error(p.to_owned(), Some(n.line), "SCTP is not supported yet");
+                return None;
+            }
+            d.choice(n, p, &[("TCP", Protocol::Tcp), ("UDP", Protocol::Udp)])
+        })
+        .unwrap_or_default();
+    let port = f.req(d, "port", Decoder::port).unwrap_or(0);
+    // Kubernetes reads 0 and "" as "the same as port".
+    let target_port = f.opt(d, "targetPort", |d, n, p| match &n.value {
+        Value::Int(0) => None,
+        Value::Str(s) if s.is_empty() => None,
+        _ => port_ref(d, n, p),
+    });
+    // And a nodePort of 0 as "assign one".
+    let node_port = f
+        .opt(d, "nodePort", |d, n, p| d.int(n, p, 0, 65535))
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0);
+    f.finish(d, &["appProtocol"], &[]);
+    Some(ServicePort {
+        name,
+        protocol,
+        port,
+        target_port: target_port.unwrap_or(PortRef::Number(port)),
+        node_port,
+    })
 }
 
 #[cfg(test)]

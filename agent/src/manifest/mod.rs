@@ -4,7 +4,8 @@
 //!
 //! # Supported
 //!
-//! - `v1 Namespace`; `v1 Pod`; `apps/v1 Deployment`; a `v1 List` (or `PodList` ...) of them.
+//! - `v1 Namespace`; `v1 Pod`; `apps/v1 Deployment`; `v1 Service`; a `v1 List` (or `PodList`
+//!   ...) of them.
 //! - Pods: containers (name, image, command, args, workingDir, env `name`/`value`, ports with
 //!   containerPort/name/protocol TCP|UDP/hostPort, resources requests/limits of cpu and memory,
 //!   liveness/readiness/startup probes with httpGet, tcpSocket or exec, imagePullPolicy),
@@ -12,13 +13,27 @@
 //! - Deployments: replicas, selector.matchLabels, template, strategy RollingUpdate
 //!   (maxSurge/maxUnavailable, counts or percentages) or Recreate, minReadySeconds,
 //!   revisionHistoryLimit, progressDeadlineSeconds, paused.
+//! - Services: type ClusterIP (default) or NodePort; selector (a map; none means no
+//!   endpoints); ports with name, port, targetPort (a number or a container port's name;
+//!   default: port), protocol TCP, nodePort (30000-32767, NodePort only); clusterIP absent or
+//!   `""` (the cluster assigns one), `None` (headless) or an address of the cluster's service
+//!   range; sessionAffinity None. Kubernetes' rules: a DNS-1035 name, at least one port unless
+//!   headless, port names unique and required when there are several, no port twice, no
+//!   headless NodePort. What needs the cluster's state (the address is in the service range and
+//!   not held by another service, node ports free) is checked when the service is applied
+//!   (`workload::service`), which also assigns the cluster IP and node ports and stores them in
+//!   the object, so that they never change; `clusterIPs`, `ipFamilies: [IPv4]`,
+//!   `ipFamilyPolicy: SingleStack` and the traffic policies `Cluster` (what `kubectl get -o
+//!   yaml` adds) are accepted.
 //! - Input: multi-document YAML 1.2 (`---`), JSON, concatenated JSON objects; files,
 //!   directories (`*.yaml`, `*.yml`, `*.json`, sorted; recursive on request, like kubectl's
 //!   `-R`) and stdin (`-`).
 //!
 //! Everything else is an error that names it: unknown fields ("unknown field", with the closest
 //! known name), Kubernetes fields shoal does not implement ("not supported yet": volumes,
-//! valueFrom, matchExpressions, initContainers, affinity ...), other kinds and apiVersions. A
+//! valueFrom, matchExpressions, initContainers, affinity, LoadBalancer and ExternalName
+//! services, UDP and SCTP service ports, ClientIP session affinity, externalIPs ...), other
+//! kinds and apiVersions. A
 //! not-supported field given an empty value or its Kubernetes default (`dnsPolicy:
 //! ClusterFirst`, `terminationMessagePolicy: File`) is accepted, since it means the same as
 //! leaving it out, so manifests exported with `kubectl get -o yaml` apply. Read-only metadata
@@ -38,8 +53,10 @@
 //! # Invariants
 //!
 //! - A parsed [`Resource`] has every default filled in (namespace `default`, replicas 1,
-//!   RollingUpdate 25%/25%, probe timings, imagePullPolicy ...) and satisfies every rule (names,
-//!   labels, unique container and port names, selector matching the template ...).
+//!   RollingUpdate 25%/25%, probe timings, imagePullPolicy, a service port's targetPort ...)
+//!   and satisfies every rule (names, labels, unique container and port names, selector
+//!   matching the template ...). A Service's cluster IP and node ports may still be unassigned
+//!   (the applying agent assigns them).
 //! - [`Resource::to_stored`] is canonical: objects that mean the same store the same bytes,
 //!   and `from_stored(to_stored(r)) == r` (without the read-only fields). `apply` compares
 //!   stored bytes ([`apply_outcome`]), so applying the same manifest twice is `unchanged`.
@@ -53,6 +70,7 @@
 //! resources = parse_paths(files, &options, &mut stdin)?      // all or nothing
 //! for r in resources (Namespaces first):
 //!     key = r.key(); old = store.get(key)
+//!     if r is a Service: r = service::prepare(range, services, r)  // assign or keep its IP
 //!     outcome = apply_outcome(old.bytes, &r)                   // created | configured | unchanged
 //!     if outcome != Unchanged:
 //!         generation = next_generation(old.(bytes, generation), &r)
@@ -60,8 +78,10 @@
 //!     println!("{} {outcome}", key)                            // deployment.apps/web created
 //!
 //! get: r = Resource::from_stored(bytes)?; set r's read-only metadata (uid, resourceVersion,
-//!      generation, creationTimestamp) and a pod's spec.node_name; then pod_object(&pod,
-//!      &status) / list_object(items) for -o json|yaml, pod_row(...) + format_table for tables.
+//!      generation, creationTimestamp) and a pod's spec.node_name (a service's effective
+//!      cluster IP and node ports); then pod_object(&pod, &status) / service_object(&svc) /
+//!      endpoints_object(&ep) / list_object(items) for -o json|yaml, pod_row(...) /
+//!      service_row(...) / endpoints_row(...) + format_table for tables.
 //! ```
 
 mod canonical;
@@ -84,21 +104,27 @@ use std::path::{Path, PathBuf};
 pub use canonical::{Outcome, StoredError, apply_outcome, next_generation};
 pub use error::{ManifestError, ManifestErrors};
 pub use model::{
-    Container, ContainerPort, DEFAULT_NAMESPACE, Deployment, DeploymentSpec, DeploymentStrategy,
-    EnvVar, ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind, LabelSelector, Namespace,
-    ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, Protocol, PullPolicy,
-    Resource, ResourceKey, ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate,
-    Scheme, TcpSocketAction, TemplateMeta, Timestamp,
+    ClusterIp, Container, ContainerPort, DEFAULT_NAMESPACE, Deployment, DeploymentSpec,
+    DeploymentStrategy, EnvVar, ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind,
+    LabelSelector, Namespace, ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe,
+    ProbeHandler, Protocol, PullPolicy, Resource, ResourceKey, ResourceList, ResourceRequirements,
+    RestartPolicy, RollingUpdate, Scheme, Service, ServicePort, ServiceSpec, ServiceType,
+    SessionAffinity, TcpSocketAction, TemplateMeta, Timestamp,
 };
 pub use output::{
     ConditionStatus, ContainerState, ContainerStatus, DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS,
-    DeploymentCondition, DeploymentConditionType, DeploymentStatus, NAMESPACE_COLUMNS,
-    NamespacePhase, NamespaceStatus, POD_COLUMNS, POD_WIDE_COLUMNS, PodCondition, PodConditionType,
-    PodPhase, PodStatus, deployment_from_object, deployment_object, deployment_row, format_table,
-    list_object, namespace_from_object, namespace_object, namespace_row, pod_from_object,
-    pod_object, pod_row, pod_status_text, qos_class,
+    DeploymentCondition, DeploymentConditionType, DeploymentStatus, ENDPOINTS_COLUMNS,
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, NAMESPACE_COLUMNS, NamespacePhase,
+    NamespaceStatus, ObjectReference, POD_COLUMNS, POD_WIDE_COLUMNS, PodCondition,
+    PodConditionType, PodPhase, PodStatus, SERVICE_COLUMNS, SERVICE_WIDE_COLUMNS,
+    deployment_from_object, deployment_object, deployment_row, endpoints_from_object,
+    endpoints_object, endpoints_row, format_endpoints, format_table, list_object,
+    namespace_from_object, namespace_object, namespace_row, pod_from_object, pod_object, pod_row,
+    pod_status_text, protocol_name, qos_class, service_from_object, service_object,
+    service_ports_text, service_row,
 };
 pub use quantity::{Cpu, Memory, QuantityError};
+pub use validate::NODE_PORT_RANGE;
 
 use decode::{Decoder, Located};
 

@@ -1,5 +1,5 @@
-//! The typed model: the subset of Kubernetes' `v1 Namespace`, `v1 Pod` and `apps/v1 Deployment`
-//! that shoal runs, with every default filled in.
+//! The typed model: the subset of Kubernetes' `v1 Namespace`, `v1 Pod`, `apps/v1 Deployment` and
+//! `v1 Service` that shoal runs, with every default filled in.
 //!
 //! The serde shapes are Kubernetes' own (camelCase, `{"httpGet": {...}}`, `{"type":
 //! "RollingUpdate", "rollingUpdate": {...}}`, quantities as strings), so serializing a
@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use serde::de::{self, Deserializer};
 use serde::ser::{SerializeStruct, Serializer};
@@ -29,16 +30,18 @@ pub enum Kind {
     Pod,
     /// `apps/v1 Deployment`.
     Deployment,
+    /// `v1 Service`.
+    Service,
 }
 
 impl Kind {
     /// Every supported kind.
-    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Deployment];
+    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::Deployment, Kind::Service];
 
     /// The `apiVersion` objects of this kind carry.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
             Kind::Deployment => "apps/v1",
         }
     }
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::Deployment => "Deployment",
+            Kind::Service => "Service",
         }
     }
 
@@ -59,6 +63,7 @@ impl Kind {
             Kind::Namespace => "namespace",
             Kind::Pod => "pod",
             Kind::Deployment => "deployment",
+            Kind::Service => "service",
         }
     }
 
@@ -73,6 +78,7 @@ impl Kind {
             Kind::Namespace => "namespace",
             Kind::Pod => "pod",
             Kind::Deployment => "deployment.apps",
+            Kind::Service => "service",
         }
     }
 
@@ -393,7 +399,9 @@ pub struct ContainerPort {
 }
 
 /// A port's protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum Protocol {
     /// TCP (the default).
     #[default]
@@ -768,6 +776,182 @@ impl<'de> Deserialize<'de> for IntOrPercent {
     }
 }
 
+/// A `v1 Service`: a stable virtual address for the ready pods its selector matches.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// Type, selector, ports and cluster IP.
+    pub spec: ServiceSpec,
+}
+
+/// The desired state of a Service. Fields are in the order `kubectl get -o yaml` prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The virtual IP: given by the user, or assigned by the cluster when the service is first
+    /// applied and kept in the stored object from then on (as Kubernetes' API server does), or
+    /// `None` for a headless service. Left out of the stored form only while unassigned (a
+    /// manifest as parsed, before `apply` assigns it).
+    #[serde(
+        rename = "clusterIP",
+        default,
+        skip_serializing_if = "ClusterIp::is_auto"
+    )]
+    pub cluster_ip: ClusterIp,
+    /// The ports (at least one, except for a headless service); names unique, and required
+    /// when there is more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    /// Labels a pod must all have to be an endpoint. Empty: the service has no endpoints
+    /// (Kubernetes leaves them to the user; shoal has no Endpoints objects to write).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// Always `None` (`ClientIP` is not supported yet).
+    pub session_affinity: SessionAffinity,
+    /// `ClusterIP` (the default) or `NodePort`.
+    #[serde(rename = "type")]
+    pub kind: ServiceType,
+}
+
+impl ServiceSpec {
+    /// Whether the service is headless (`clusterIP: None`).
+    pub fn is_headless(&self) -> bool {
+        self.cluster_ip == ClusterIp::Headless
+    }
+}
+
+/// A Service's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ServiceType {
+    /// A virtual IP reachable inside the cluster (the default).
+    #[default]
+    #[serde(rename = "ClusterIP")]
+    ClusterIp,
+    /// A cluster IP, plus a port on every node (`nodePort`, 30000-32767).
+    NodePort,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses (`ClusterIP`, `NodePort`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIp => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+        }
+    }
+}
+
+/// Session affinity: only `None` (every connection may go to any endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum SessionAffinity {
+    /// No affinity (the default, and the only value supported).
+    #[default]
+    None,
+}
+
+/// A Service's `spec.clusterIP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ClusterIp {
+    /// Absent or `""`: the cluster assigns an address when the service is applied.
+    #[default]
+    Auto,
+    /// `None`: a headless service, with no virtual IP.
+    Headless,
+    /// This address (which must lie in the cluster's service range).
+    Ip(Ipv4Addr),
+}
+
+impl ClusterIp {
+    /// Whether no address is given (or assigned) yet.
+    pub fn is_auto(&self) -> bool {
+        matches!(self, ClusterIp::Auto)
+    }
+
+    /// The address, if it is one.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        match self {
+            ClusterIp::Ip(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+
+    /// Parses what a manifest may give: `""`, `None`, or an IPv4 address.
+    pub fn parse(text: &str) -> Option<ClusterIp> {
+        match text {
+            "" => Some(ClusterIp::Auto),
+            "None" => Some(ClusterIp::Headless),
+            _ => text.parse().ok().map(ClusterIp::Ip),
+        }
+    }
+}
+
+impl fmt::Display for ClusterIp {
+    /// `""`, `None`, or the address, as Kubernetes writes `spec.clusterIP`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterIp::Auto => Ok(()),
+            ClusterIp::Headless => f.write_str("None"),
+            ClusterIp::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl Serialize for ClusterIp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterIp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ClusterIp, D::Error> {
+        let text = String::deserialize(d)?;
+        ClusterIp::parse(&text).ok_or_else(|| {
+            de::Error::custom(format!("{text:?} is not an IPv4 address, \"\" or None"))
+        })
+    }
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// The port's name (a DNS-1123 label); required when the service has more than one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Always TCP (UDP and SCTP are not supported yet).
+    pub protocol: Protocol,
+    /// The port on the cluster IP (1-65535).
+    pub port: u16,
+    /// The pods' port: a number, or the name of a container port (a pod without a port of
+    /// that name is not an endpoint). Defaults to `port`.
+    pub target_port: PortRef,
+    /// With type NodePort: the port every node opens for this port (30000-32767); assigned by
+    /// the cluster when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+}
+
+impl Default for ServicePort {
+    fn default() -> Self {
+        ServicePort::new(0)
+    }
+}
+
+impl ServicePort {
+    /// A TCP port with `targetPort` defaulted to `port`.
+    pub fn new(port: u16) -> ServicePort {
+        ServicePort {
+            name: None,
+            protocol: Protocol::Tcp,
+            port,
+            target_port: PortRef::Number(port),
+            node_port: None,
+        }
+    }
+}
+
 /// One parsed object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
@@ -777,6 +961,8 @@ pub enum Resource {
     Pod(Pod),
     /// A Deployment.
     Deployment(Deployment),
+    /// A Service.
+    Service(Service),
 }
 
 impl Resource {
@@ -786,6 +972,7 @@ impl Resource {
             Resource::Namespace(_) => Kind::Namespace,
             Resource::Pod(_) => Kind::Pod,
             Resource::Deployment(_) => Kind::Deployment,
+            Resource::Service(_) => Kind::Service,
         }
     }
 
@@ -795,6 +982,7 @@ impl Resource {
             Resource::Namespace(o) => &o.metadata,
             Resource::Pod(o) => &o.metadata,
             Resource::Deployment(o) => &o.metadata,
+            Resource::Service(o) => &o.metadata,
         }
     }
 
@@ -804,6 +992,7 @@ impl Resource {
             Resource::Namespace(o) => &mut o.metadata,
             Resource::Pod(o) => &mut o.metadata,
             Resource::Deployment(o) => &mut o.metadata,
+            Resource::Service(o) => &mut o.metadata,
         }
     }
 
@@ -844,6 +1033,7 @@ impl Serialize for Resource {
             Resource::Namespace(_) => {}
             Resource::Pod(p) => st.serialize_field("spec", &p.spec)?,
             Resource::Deployment(d) => st.serialize_field("spec", &d.spec)?,
+            Resource::Service(svc) => st.serialize_field("spec", &svc.spec)?,
         }
         st.end()
     }

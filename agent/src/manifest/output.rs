@@ -13,7 +13,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, PodSpec, Timestamp};
+use super::model::{
+    ClusterIp, Deployment, Kind, Namespace, ObjectMeta, Pod, PodSpec, Protocol, Service,
+    ServicePort, ServiceSpec, ServiceType, Timestamp,
+};
 use super::validate::format_labels;
 
 /// `True`, `False` or `Unknown`, as in every Kubernetes condition.
@@ -333,6 +336,171 @@ pub fn namespace_object(namespace: &Namespace, status: &NamespaceStatus) -> Valu
     shaped::<(), _>(Kind::Namespace, &namespace.metadata, None, status)
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceSpecOut<'a> {
+    #[serde(flatten)]
+    spec: &'a ServiceSpec,
+    #[serde(rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    cluster_ips: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_traffic_policy: Option<&'static str>,
+    internal_traffic_policy: &'static str,
+    ip_families: [&'static str; 1],
+    ip_family_policy: &'static str,
+}
+
+/// Fields of a Service's spec that [`service_object`] derives (Kubernetes' defaults for what
+/// shoal does) and [`service_from_object`] drops again.
+const DERIVED_SERVICE_FIELDS: [&str; 5] = [
+    "clusterIPs",
+    "externalTrafficPolicy",
+    "internalTrafficPolicy",
+    "ipFamilies",
+    "ipFamilyPolicy",
+];
+
+/// A Service as `kubectl get service -o json` prints it: the spec with `clusterIPs`, the IP
+/// family and traffic policy fields Kubernetes fills in, and an empty `status.loadBalancer`.
+/// The caller sets the service's effective cluster IP and node ports first. The output applies
+/// back (`get -o yaml | apply -f -`) unchanged.
+pub fn service_object(service: &Service) -> Value {
+    let spec = &service.spec;
+    let cluster_ips = match spec.cluster_ip {
+        ClusterIp::Auto => Vec::new(),
+        ip => vec![ip.to_string()],
+    };
+    let out = ServiceSpecOut {
+        spec,
+        cluster_ips,
+        external_traffic_policy: (spec.kind == ServiceType::NodePort).then_some("Cluster"),
+        internal_traffic_policy: "Cluster",
+        ip_families: ["IPv4"],
+        ip_family_policy: "SingleStack",
+    };
+    shaped(
+        Kind::Service,
+        &service.metadata,
+        Some(&out),
+        json!({ "loadBalancer": {} }),
+    )
+}
+
+/// A Service back from [`service_object`]'s JSON.
+pub fn service_from_object(value: &Value) -> Result<Service, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Svc {
+        metadata: ObjectMeta,
+        spec: serde_json::Map<String, Value>,
+    }
+    let mut svc: Svc = serde_json::from_value(value.clone())?;
+    for field in DERIVED_SERVICE_FIELDS {
+        svc.spec.remove(field);
+    }
+    Ok(Service {
+        metadata: svc.metadata,
+        spec: serde_json::from_value(Value::Object(svc.spec))?,
+    })
+}
+
+/// A `v1 Endpoints`: the addresses of the pods behind a Service, grouped in subsets of
+/// addresses that share the same ports. shoal computes them from the pods nodes report; they
+/// are never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// The service's name, namespace, labels and creation time.
+    pub metadata: ObjectMeta,
+    /// Addresses and their ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<EndpointSubset>,
+}
+
+/// Addresses that all serve the same ports.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSubset {
+    /// Ready pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<EndpointAddress>,
+    /// Pods that match but are not ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready_addresses: Vec<EndpointAddress>,
+    /// The ports (the pods' target ports, named as the service's ports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EndpointPort>,
+}
+
+/// One pod's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAddress {
+    /// The pod's IP.
+    pub ip: String,
+    /// The node running the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<ObjectReference>,
+}
+
+/// A reference to an object (an endpoint's pod).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReference {
+    /// `Pod`.
+    pub kind: String,
+    /// Its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// A port of an endpoint subset.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointPort {
+    /// The service port's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The pods' port.
+    pub port: u16,
+    /// TCP.
+    pub protocol: Protocol,
+}
+
+/// Endpoints as `kubectl get endpoints -o json` prints them.
+pub fn endpoints_object(endpoints: &Endpoints) -> Value {
+    let mut value = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": endpoints.metadata,
+    });
+    if !endpoints.subsets.is_empty() {
+        value["subsets"] = serde_json::to_value(&endpoints.subsets).unwrap_or(Value::Null);
+    }
+    value
+}
+
+/// Endpoints back from [`endpoints_object`]'s JSON.
+pub fn endpoints_from_object(value: &Value) -> Result<Endpoints, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Ep {
+        metadata: ObjectMeta,
+        #[serde(default)]
+        subsets: Vec<EndpointSubset>,
+    }
+    let ep: Ep = serde_json::from_value(value.clone())?;
+    Ok(Endpoints {
+        metadata: ep.metadata,
+        subsets: ep.subsets,
+    })
+}
+
 /// A `v1 List` of objects, what `kubectl get ... -o json` prints for several.
 pub fn list_object(items: Vec<Value>) -> Value {
     json!({
@@ -437,6 +605,28 @@ pub const DEPLOYMENT_WIDE_COLUMNS: [&str; 8] = [
 ];
 /// `get namespaces` columns.
 pub const NAMESPACE_COLUMNS: [&str; 3] = ["NAME", "STATUS", "AGE"];
+
+/// `get services` columns.
+pub const SERVICE_COLUMNS: [&str; 6] = [
+    "NAME",
+    "TYPE",
+    "CLUSTER-IP",
+    "EXTERNAL-IP",
+    "PORT(S)",
+    "AGE",
+];
+/// `get services -o wide` columns.
+pub const SERVICE_WIDE_COLUMNS: [&str; 7] = [
+    "NAME",
+    "TYPE",
+    "CLUSTER-IP",
+    "EXTERNAL-IP",
+    "PORT(S)",
+    "AGE",
+    "SELECTOR",
+];
+/// `get endpoints` columns.
+pub const ENDPOINTS_COLUMNS: [&str; 3] = ["NAME", "ENDPOINTS", "AGE"];
 
 /// kubectl's AGE: the time since `since`, or `<unknown>`.
 fn age(since: Option<Timestamp>, now_ms: u64) -> String {
@@ -578,6 +768,122 @@ pub fn namespace_row(namespace: &Namespace, status: &NamespaceStatus, now_ms: u6
         format!("{:?}", status.phase),
         age(namespace.metadata.creation_timestamp, now_ms),
     ]
+}
+
+/// A `get services` row ([`SERVICE_COLUMNS`], or [`SERVICE_WIDE_COLUMNS`] when `wide`).
+pub fn service_row(service: &Service, now_ms: u64, wide: bool) -> Vec<String> {
+    let spec = &service.spec;
+    let cluster_ip = match spec.cluster_ip {
+        ClusterIp::Auto => "<none>".to_owned(),
+        ip => ip.to_string(),
+    };
+    let ports = service_ports_text(&spec.ports);
+    let mut row = vec![
+        service.metadata.name.clone(),
+        spec.kind.as_str().to_owned(),
+        cluster_ip,
+        "<none>".to_owned(),
+        if ports.is_empty() {
+            "<none>".to_owned()
+        } else {
+            ports
+        },
+        age(service.metadata.creation_timestamp, now_ms),
+    ];
+    if wide {
+        row.push(if spec.selector.is_empty() {
+            "<none>".to_owned()
+        } else {
+            format_labels(&spec.selector)
+        });
+    }
+    row
+}
+
+/// kubectl's PORT(S): `80/TCP`, `80:30080/TCP` with a node port, comma-separated.
+pub fn service_ports_text(ports: &[ServicePort]) -> String {
+    ports
+        .iter()
+        .map(|p| {
+            let protocol = protocol_name(p.protocol);
+            match p.node_port {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", p.port),
+                None => format!("{}/{protocol}", p.port),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `TCP` or `UDP`.
+pub fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+/// A `get endpoints` row ([`ENDPOINTS_COLUMNS`]).
+pub fn endpoints_row(endpoints: &Endpoints, now_ms: u64) -> Vec<String> {
+    vec![
+        endpoints.metadata.name.clone(),
+        format_endpoints(endpoints, None),
+        age(endpoints.metadata.creation_timestamp, now_ms),
+    ]
+}
+
+/// kubectl's ENDPOINTS text: the ready `ip:port` pairs (of the port named `port` only, `""`
+/// for an unnamed one, when given), the first three, then `+ N more...`; `<none>` without
+/// subsets.
+pub fn format_endpoints(endpoints: &Endpoints, port: Option<&str>) -> String {
+    const MAX: usize = 3;
+    if endpoints.subsets.is_empty() {
+        return "<none>".to_owned();
+    }
+    let mut list: Vec<String> = Vec::new();
+    let mut count = 0;
+    for subset in &endpoints.subsets {
+        if subset.ports.is_empty() {
+            // A headless service without ports: addresses alone.
+            count += subset.addresses.len();
+            list.extend(
+                subset
+                    .addresses
+                    .iter()
+                    .take(MAX.saturating_sub(list.len()))
+                    .map(|a| a.ip.clone()),
+            );
+            continue;
+        }
+        for p in &subset.ports {
+            if port.is_some_and(|want| p.name.as_deref().unwrap_or("") != want) {
+                continue;
+            }
+            count += subset.addresses.len();
+            list.extend(
+                subset
+                    .addresses
+                    .iter()
+                    .take(MAX.saturating_sub(list.len()))
+                    .map(|a| host_port(&a.ip, p.port)),
+            );
+        }
+    }
+    let text = list.join(",");
+    if count > list.len() {
+        format!("{text} + {} more...", count - list.len())
+    } else {
+        text
+    }
+}
+
+/// `ip:port`, with an IPv6 address in brackets (Go's `net.JoinHostPort`).
+fn host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {

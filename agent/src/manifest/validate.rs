@@ -1,6 +1,11 @@
 //! Semantic rules on the typed model, Kubernetes' where Kubernetes has one: names (DNS-1123
-//! labels and subdomains), label keys and values, unique container and port names, port ranges,
-//! probes, requests within limits, the Deployment's selector against its template.
+//! labels and subdomains, DNS-1035 labels for services), label keys and values, unique container
+//! and port names, port ranges, probes, requests within limits, the Deployment's selector
+//! against its template, a Service's ports, node ports and type.
+//!
+//! Rules that need the cluster's state (a cluster IP inside the cluster's service range and not
+//! held by another service, node ports not held by another service) are checked when the
+//! service is applied (`workload::service::prepare`).
 //!
 //! The rules run on a [`Resource`], not on YAML, so that the same checks guard the stored form
 //! (`from_stored`) and user input. Each problem is an [`Issue`] with a field path; the parser
@@ -9,9 +14,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::model::{
-    Container, Deployment, DeploymentStrategy, IntOrPercent, Kind, ObjectMeta, PodSpec, PortRef,
-    Probe, ProbeHandler, Resource, RestartPolicy,
+    ClusterIp, Container, Deployment, DeploymentStrategy, IntOrPercent, Kind, ObjectMeta, PodSpec,
+    PortRef, Probe, ProbeHandler, Protocol, Resource, RestartPolicy, Service, ServiceType,
 };
+
+/// The node ports a NodePort service may use (Kubernetes' default `--service-node-port-range`).
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 
 /// One problem, at a field path such as `spec.template.spec.containers[0].name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +37,7 @@ pub(crate) fn validate(resource: &Resource) -> Vec<Issue> {
         Resource::Namespace(_) => {}
         Resource::Pod(pod) => v.pod_spec(&pod.spec, "spec", false),
         Resource::Deployment(d) => v.deployment(d),
+        Resource::Service(svc) => v.service(svc),
     }
     v.issues
 }
@@ -47,11 +56,12 @@ impl Validator {
     }
 
     fn meta(&mut self, meta: &ObjectMeta, kind: Kind) {
-        // Kubernetes: namespace names are DNS-1123 labels, pod and deployment names subdomains.
-        let name_rule = if kind == Kind::Namespace {
-            dns1123_label(&meta.name)
-        } else {
-            dns1123_subdomain(&meta.name)
+        // Kubernetes: namespace names are DNS-1123 labels, pod and deployment names subdomains,
+        // service names DNS-1035 labels (they become DNS names and environment variables).
+        let name_rule = match kind {
+            Kind::Namespace => dns1123_label(&meta.name),
+            Kind::Service => dns1035_label(&meta.name),
+            Kind::Pod | Kind::Deployment => dns1123_subdomain(&meta.name),
         };
         if let Err(e) = name_rule {
             self.push("metadata.name", e);
@@ -161,6 +171,108 @@ impl Validator {
                     spec.min_ready_seconds
                 ),
             );
+        }
+    }
+
+    fn service(&mut self, svc: &Service) {
+        let spec = &svc.spec;
+        self.labels(&spec.selector, "spec.selector");
+        if spec.ports.is_empty() && !spec.is_headless() {
+            self.push(
+                "spec.ports",
+                "required: a service needs at least one port (only a headless service, clusterIP: None, may have none)",
+            );
+        }
+        let many = spec.ports.len() > 1;
+        let mut names = BTreeMap::new();
+        let mut numbers = BTreeMap::new();
+        let mut node_ports = BTreeMap::new();
+        for (i, port) in spec.ports.iter().enumerate() {
+            let path = format!("spec.ports[{i}]");
+            match &port.name {
+                None if many => self.push(
+                    format!("{path}.name"),
+                    "required when the service has more than one port",
+                ),
+                None => {}
+                Some(name) => {
+                    if let Err(e) = dns1123_label(name) {
+                        self.push(format!("{path}.name"), e);
+                    }
+                    if let Some(first) = names.insert(name.as_str(), i) {
+                        self.push(
+                            format!("{path}.name"),
+                            format!("duplicate port name {name:?} (also ports[{first}])"),
+                        );
+                    }
+                }
+            }
+            if port.port == 0 {
+                self.push(format!("{path}.port"), "must be between 1 and 65535");
+            } else if let Some(first) = numbers.insert((port.port, port.protocol), i) {
+                self.push(
+                    format!("{path}.port"),
+                    format!("duplicate port {} (also ports[{first}])", port.port),
+                );
+            }
+            if port.protocol != Protocol::Tcp {
+                self.push(
+                    format!("{path}.protocol"),
+                    "UDP services are not supported yet (TCP only)",
+                );
+            }
+            let target = format!("{path}.targetPort");
+            match &port.target_port {
+                PortRef::Number(0) => self.push(target, "must be between 1 and 65535"),
+                PortRef::Number(_) => {}
+                PortRef::Name(name) => {
+                    if let Err(e) = port_name(name) {
+                        self.push(target, e);
+                    }
+                }
+            }
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            let np_path = format!("{path}.nodePort");
+            if spec.kind != ServiceType::NodePort {
+                self.push(
+                    np_path,
+                    format!(
+                        "may only be given when spec.type is NodePort (the type is {})",
+                        spec.kind.as_str()
+                    ),
+                );
+            } else if !NODE_PORT_RANGE.contains(&node_port) {
+                self.push(
+                    np_path,
+                    format!(
+                        "{node_port} is outside the node port range {}-{}",
+                        NODE_PORT_RANGE.start(),
+                        NODE_PORT_RANGE.end()
+                    ),
+                );
+            } else if let Some(first) = node_ports.insert(node_port, i) {
+                self.push(
+                    np_path,
+                    format!("duplicate node port {node_port} (also ports[{first}])"),
+                );
+            }
+        }
+        match spec.cluster_ip {
+            ClusterIp::Headless if spec.kind == ServiceType::NodePort => self.push(
+                "spec.clusterIP",
+                "may not be None for a NodePort service (a headless service has no ports of its own to open on the nodes)",
+            ),
+            ClusterIp::Ip(ip)
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() =>
+            {
+                self.push(
+                    "spec.clusterIP",
+                    format!("{ip} cannot be a service address"),
+                );
+            }
+            _ => {}
         }
     }
 
@@ -352,6 +464,18 @@ pub(crate) fn dns1123_label(s: &str) -> Result<(), String> {
     }
 }
 
+/// A DNS-1035 label: a DNS-1123 label that starts with a letter (Kubernetes' service names).
+pub(crate) fn dns1035_label(s: &str) -> Result<(), String> {
+    dns1123_label(s)?;
+    if s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} must start with a lower case letter (a service name is a DNS-1035 label: lower case alphanumeric characters or '-', starting with a letter and ending with an alphanumeric character, e.g. 'my-name' or 'abc-123')"
+        ))
+    }
+}
+
 fn alnum_lower_edges(s: &str) -> bool {
     let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     edge(s.as_bytes().first()) && edge(s.as_bytes().last())
@@ -489,6 +613,10 @@ mod tests {
         assert!(dns1123_label("a").is_ok());
         for bad in ["", "Web", "-web", "web-", "web.1", "web_1", &"a".repeat(64)] {
             assert!(dns1123_label(bad).is_err(), "{bad}");
+        }
+        assert!(dns1035_label("web-1").is_ok());
+        for bad in ["1web", "-web", "Web", "web.1", ""] {
+            assert!(dns1035_label(bad).is_err(), "{bad}");
         }
         assert!(dns1123_subdomain("web.example-1.com").is_ok());
         for bad in ["", "web..com", ".web", "web.", "Web.com", &"a".repeat(254)] {

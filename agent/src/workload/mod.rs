@@ -2,10 +2,15 @@
 //!
 //! See [`plan`] for how every node computes the same placement of every pod from the replicated
 //! state, [`reconciler`] for how a node brings its runtime to that plan, and [`stored`] for how
-//! objects and pod reports are kept in the replicated state.
+//! objects and pod reports are kept in the replicated state. [`service`] gives Services their
+//! virtual IPs, node ports, endpoints and environment variables.
 
 pub(crate) mod plan;
 pub(crate) mod probe;
 pub(crate) mod reconciler;
+pub(crate) mod service;
 pub(crate) mod stored;
 pub(crate) mod view;
+
+#[cfg(test)]
+mod plan_tests;

@@ -201,7 +201,7 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>) -> Plan {
                     vec![0],
                 ));
             }
-            Resource::Namespace(_) => {}
+            Resource::Namespace(_) | Resource::Service(_) => {}
         }
     }
 
@@ -453,6 +453,35 @@ fn desired_pod(
 
 /// A Deployment's pods, as the live nodes report them, by template hash: each replica
 /// (ordinal; a replica running twice during a handoff counts once) and whether it is ready.
+/// Where each of a Deployment's replicas runs, by (pod-template-hash, ordinal), and how many
+/// of its pods each node runs.
+fn replica_nodes(
+    d: &Deployment,
+    snapshot: &Snapshot,
+) -> (BTreeMap<(String, u32), NodeId>, BTreeMap<NodeId, u32>) {
+    let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
+    let mut nodes = BTreeMap::new();
+    let mut load: BTreeMap<NodeId, u32> = BTreeMap::new();
+    for (node, record) in snapshot.live_records() {
+        if record.deployment.as_deref() != Some(d.metadata.name.as_str())
+            || record.pod.metadata.namespace.as_deref() != Some(namespace)
+            || record.is_finished()
+        {
+            continue;
+        }
+        let Some(hash) = &record.template_hash else {
+            continue;
+        };
+        // A replica reported by two nodes (a hand-off): the lower node id, as everywhere.
+        nodes
+            .entry((hash.clone(), record.replica.ordinal))
+            .and_modify(|n: &mut NodeId| *n = (*n).min(*node))
+            .or_insert(*node);
+        *load.entry(*node).or_default() += 1;
+    }
+    (nodes, load)
+}
+
 fn replicas_by_template(
     d: &Deployment,
     snapshot: &Snapshot,
@@ -526,21 +555,44 @@ pub(crate) fn rollout(d: &Deployment, snapshot: &Snapshot) -> RolloutStep {
             let (surge, unavailable) = rolling_update.resolve(replicas);
             let new_count = replicas.min((replicas + surge).saturating_sub(old_total));
             let min_ready = replicas.saturating_sub(unavailable);
-            let mut keep = min_ready.saturating_sub(new_ready);
-            let mut order = old;
-            order.sort_by(|a, b| ready(b.1).cmp(&ready(a.1)).then(a.0.cmp(b.0)));
-            let mut step = BTreeMap::new();
-            for (hash, ordinals) in order {
-                let kept: Vec<u32> = ordinals
-                    .iter()
-                    .filter(|(_, ready)| **ready)
-                    .map(|(o, _)| *o)
-                    .take(keep as usize)
-                    .collect();
-                keep -= kept.len() as u32;
-                if !kept.is_empty() {
-                    step.insert(hash.clone(), kept);
+            let keep = min_ready.saturating_sub(new_ready);
+            // Old pods that are not ready go at once; of the ready ones, those on the nodes
+            // running most of this deployment go first, so that what stays is balanced and
+            // placement has no reason to move a kept pod (a move would start one more pod).
+            let (nodes, mut load) = replica_nodes(d, snapshot);
+            let mut candidates: Vec<(String, u32, Option<NodeId>)> = Vec::new();
+            for (hash, ordinals) in &old {
+                for (ordinal, ready) in ordinals.iter() {
+                    let node = nodes.get(&((*hash).clone(), *ordinal)).copied();
+                    if *ready {
+                        candidates.push(((*hash).clone(), *ordinal, node));
+                    } else if let Some(n) = node.and_then(|n| load.get_mut(&n)) {
+                        *n = n.saturating_sub(1);
+                    }
                 }
+            }
+            let retire = candidates.len().saturating_sub(keep as usize);
+            for _ in 0..retire {
+                let worst = candidates
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, (hash, ordinal, node))| {
+                        let l = node.and_then(|n| load.get(&n).copied()).unwrap_or(0);
+                        (l, hash.clone(), *ordinal)
+                    })
+                    .map(|(i, _)| i);
+                let Some(i) = worst else { break };
+                let (_, _, node) = candidates.swap_remove(i);
+                if let Some(n) = node.and_then(|n| load.get_mut(&n)) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            let mut step: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            for (hash, ordinal, _) in candidates {
+                step.entry(hash).or_default().push(ordinal);
+            }
+            for ordinals in step.values_mut() {
+                ordinals.sort_unstable();
             }
             RolloutStep {
                 new_count,

@@ -1,19 +1,22 @@
-//! What the API shows and does for workloads: Kubernetes-shaped pods and deployments built from
-//! the replicated state (pods as their nodes report them, plus the ones the plan places but no
-//! node reports yet), and `apply`, `delete`, `scale` and `rollout undo` as writes of stored
-//! objects.
+//! What the API shows and does for workloads: Kubernetes-shaped pods, deployments, services and
+//! endpoints built from the replicated state (pods as their nodes report them, plus the ones the
+//! plan places but no node reports yet; services with their effective cluster IPs), and
+//! `apply`, `delete`, `scale` and `rollout undo` as writes of stored objects.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use shoal_gossip::ObjectKey;
 
 use super::plan::{Plan, Snapshot, rollout};
+use super::service::{Allocation, ServiceEndpoints, ServiceEntry, endpoints_resource};
 use super::stored::{PodRecord, Revision, StoredObject, object_key};
 use crate::manifest::{
     ConditionStatus, ContainerState, ContainerStatus, Deployment, DeploymentCondition,
     DeploymentConditionType, DeploymentStatus, Kind, NamespaceStatus, Outcome, Pod, PodCondition,
     PodConditionType, PodPhase, PodStatus, PodTemplateSpec, Resource, Timestamp, apply_outcome,
-    deployment_object, list_object, namespace_object, next_generation, pod_object,
+    deployment_object, endpoints_object, list_object, namespace_object, next_generation,
+    pod_object, service_object,
 };
 
 /// A pod to show: from a node's record, or from the plan when no node reports it yet.
@@ -300,6 +303,60 @@ pub(crate) fn namespaces_json(snapshot: &Snapshot) -> Vec<Value> {
         items.insert(0, namespace_object(&ns, &NamespaceStatus::default()));
     }
     items
+}
+
+/// The snapshot with `kind`'s objects replaced by `listed` (read from the store): for kinds the
+/// driver's snapshot does not carry, or carries late.
+pub(crate) fn with_objects(
+    snapshot: &Snapshot,
+    kind: Kind,
+    listed: Vec<(ObjectKey, StoredObject)>,
+) -> Snapshot {
+    let mut out = snapshot.clone();
+    out.objects.retain(|(k, _)| k.kind != kind.key_kind());
+    out.objects.extend(
+        listed
+            .into_iter()
+            .filter(|(k, _)| k.kind == kind.key_kind()),
+    );
+    out
+}
+
+/// A Service as JSON (`kubectl get service -o json`), with its effective cluster IP and node
+/// ports.
+pub(crate) fn service_json(entry: &ServiceEntry, allocation: &Allocation) -> Value {
+    service_object(&allocation.effective(entry))
+}
+
+/// A service's endpoints as JSON (`kubectl get endpoints -o json`).
+pub(crate) fn endpoints_json(entry: &ServiceEntry, endpoints: &ServiceEndpoints) -> Value {
+    endpoints_object(&endpoints_resource(entry, endpoints))
+}
+
+/// Events for `describe service`: a warning for each address or node port the service's
+/// object holds but an earlier service (or the range) took from it.
+pub(crate) fn service_events(entry: &ServiceEntry, allocation: &Allocation) -> Vec<Value> {
+    let key = entry.key();
+    allocation
+        .conflicts_of(&key)
+        .map(|c| {
+            let why = match &c.holder {
+                Some((ns, name)) => format!("held by service {ns}/{name}, created earlier"),
+                None => "not usable in the cluster's service range".to_owned(),
+            };
+            let got = match &c.got {
+                Some(got) => format!("this service uses {got} instead"),
+                None => "nothing is left to use instead".to_owned(),
+            };
+            json!({
+                "atMs": c.since_ms,
+                "type": "Warning",
+                "reason": if c.field == "spec.clusterIP" { "ClusterIPConflict" } else { "NodePortConflict" },
+                "message": format!("{} {} is {why}; {got}", c.field, c.wanted),
+                "count": 1,
+            })
+        })
+        .collect()
 }
 
 /// A list of JSON objects as a Kubernetes `List`.

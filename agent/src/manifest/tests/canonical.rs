@@ -67,8 +67,8 @@ fn from_stored_rejects_what_is_not_a_valid_object() {
     for (bytes, want) in [
         (&b"not json"[..], "does not decode"),
         (
-            br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"s"}}"#,
-            "unsupported apiVersion/kind v1/Service",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"}}"#,
+            "unsupported apiVersion/kind v1/ConfigMap",
         ),
         (
             br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default"}}"#,

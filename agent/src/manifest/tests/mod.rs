@@ -4,6 +4,7 @@ mod canonical;
 mod output;
 mod parse;
 mod props;
+mod service;
 
 use super::*;
 
@@ -59,3 +60,4 @@ const NGINX: &str = include_str!("../testdata/nginx.yaml");
 const WORKER: &str = include_str!("../testdata/worker.yaml");
 const MULTI: &str = include_str!("../testdata/multi.yaml");
 const EXPORTED: &str = include_str!("../testdata/exported.yaml");
+const EXPORTED_SERVICE: &str = include_str!("../testdata/exported-service.yaml");

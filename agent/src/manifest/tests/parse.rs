@@ -412,11 +412,11 @@ fn unsupported_fields_are_named() {
 
 #[test]
 fn unsupported_kinds_and_api_versions() {
-    let errs = errors("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec: {}\n");
+    let errs = errors("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata: {}\n");
     assert_eq!(
         errs,
         [
-            "deploy.yaml: doc 1: kind: kind \"Service\" is not supported yet; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, and a v1 List of them (line 2)"
+            "deploy.yaml: doc 1: kind: kind \"ConfigMap\" is not supported yet; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, and a v1 List of them (line 2)"
         ]
     );
     let errs = errors("apiVersion: apps/v1\nkind: Deploymnet\nmetadata:\n  name: web\n");
@@ -438,7 +438,7 @@ fn unsupported_kinds_and_api_versions() {
     assert_eq!(
         errors("apiVersion: v1\nmetadata:\n  name: p\n"),
         [
-            "deploy.yaml: doc 1: kind: required; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, and a v1 List of them (line 1)"
+            "deploy.yaml: doc 1: kind: required; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, and a v1 List of them (line 1)"
         ]
     );
     assert_eq!(

@@ -348,6 +348,70 @@ fn deployment_spec() -> impl Strategy<Value = DeploymentSpec> {
         )
 }
 
+fn service_spec() -> impl Strategy<Value = ServiceSpec> {
+    let port = (
+        1u16..=65535,
+        option::of(dns_label()),
+        prop_oneof![
+            Just(None),
+            (1u16..=65535).prop_map(|p| Some(PortRef::Number(p))),
+            "[a-z]{1,10}".prop_map(|n| Some(PortRef::Name(n))),
+        ],
+        option::of(NODE_PORT_RANGE),
+    );
+    (
+        labels(3),
+        prop_oneof![
+            Just(ClusterIp::Auto),
+            Just(ClusterIp::Headless),
+            any::<[u8; 2]>()
+                .prop_map(|[a, b]| ClusterIp::Ip(std::net::Ipv4Addr::new(127, 200, a, b))),
+        ],
+        any::<bool>(),
+        vec(port, 0..4),
+    )
+        .prop_map(|(selector, cluster_ip, node_port_type, ports)| {
+            let headless = cluster_ip == ClusterIp::Headless;
+            let kind = if node_port_type && !headless {
+                ServiceType::NodePort
+            } else {
+                ServiceType::ClusterIp
+            };
+            let many = ports.len() > 1;
+            let mut numbers = std::collections::BTreeSet::new();
+            let mut node_ports = std::collections::BTreeSet::new();
+            let mut ports: Vec<ServicePort> = ports
+                .into_iter()
+                .enumerate()
+                // Unique port numbers.
+                .filter(|(_, (port, ..))| numbers.insert(*port))
+                .map(|(i, (port, name, target, node_port))| ServicePort {
+                    // Unique, and given when there are several.
+                    name: match name {
+                        Some(n) => Some(format!("{n}-{i}")),
+                        None if many => Some(format!("p{i}")),
+                        None => None,
+                    },
+                    protocol: Protocol::Tcp,
+                    port,
+                    target_port: target.unwrap_or(PortRef::Number(port)),
+                    node_port: node_port
+                        .filter(|np| kind == ServiceType::NodePort && node_ports.insert(*np)),
+                })
+                .collect();
+            if ports.is_empty() && !headless {
+                ports.push(ServicePort::new(80));
+            }
+            ServiceSpec {
+                cluster_ip,
+                ports,
+                selector,
+                session_affinity: SessionAffinity::None,
+                kind,
+            }
+        })
+}
+
 fn resource() -> impl Strategy<Value = Resource> {
     prop_oneof![
         meta(false).prop_map(|metadata| Resource::Namespace(Namespace { metadata })),
@@ -355,6 +419,8 @@ fn resource() -> impl Strategy<Value = Resource> {
             .prop_map(|(metadata, spec)| Resource::Pod(Pod { metadata, spec })),
         (meta(true), deployment_spec())
             .prop_map(|(metadata, spec)| Resource::Deployment(Deployment { metadata, spec })),
+        (meta(true), service_spec())
+            .prop_map(|(metadata, spec)| Resource::Service(Service { metadata, spec })),
     ]
 }
 
@@ -406,7 +472,7 @@ proptest! {
     fn mangled_manifests_never_panic(
         cut in 0usize..2000,
         insert in prop_oneof![Just("\n---\n"), Just(": "), Just("- "), Just("{"), Just("]"), Just("&a "), Just("*a"), Just("<<: "), Just("\t"), Just("'"), Just("\"")],
-        doc in prop_oneof![Just(NGINX), Just(WORKER), Just(MULTI), Just(EXPORTED)],
+        doc in prop_oneof![Just(NGINX), Just(WORKER), Just(MULTI), Just(EXPORTED), Just(EXPORTED_SERVICE)],
     ) {
         let at = doc.char_indices().map(|(i, _)| i).nth(cut % doc.chars().count()).unwrap_or(0);
         let mangled = format!("{}{}{}", &doc[..at], insert, &doc[at..]);

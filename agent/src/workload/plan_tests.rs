@@ -1,0 +1,232 @@
+//! The planner's laws on hand-built snapshots: the same state gives the same plan whatever the
+//! order, pods spread and are named like Kubernetes', a dead node's replicas go elsewhere, and
+//! a rolling update moves only as fast as readiness allows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_gossip::{MemberState, NodeId, ObjectKey};
+
+use super::plan::{DesiredPod, MemberSnap, Snapshot, plan};
+use super::stored::{PodRecord, StoredObject, object_key};
+use super::view::apply_one;
+use crate::driver::NodeInfo;
+use crate::manifest::{
+    ConditionStatus, PodCondition, PodConditionType, PodPhase, PodStatus, parse,
+};
+
+fn node(i: u8) -> NodeId {
+    NodeId([i; 32])
+}
+
+fn member(i: u8, state: MemberState) -> MemberSnap {
+    MemberSnap {
+        id: node(i),
+        name: format!("node-{i}"),
+        addr: format!("127.0.0.1:{}", 7000 + u16::from(i)),
+        state,
+        info: Some(NodeInfo {
+            version: "test".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            created_ms: 0,
+            started_ms: 0,
+            cpu_millis: 4000,
+            memory_bytes: 8 << 30,
+            labels: BTreeMap::new(),
+            runtime: "process".into(),
+            mesh: None,
+        }),
+    }
+}
+
+fn deployment(replicas: u32, version: &str, strategy: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n\
+         {strategy}  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    \
+         spec:\n      containers:\n      - name: http\n        image: demo\n        command: [/bin/demo]\n        \
+         env: [{{name: VERSION, value: \"{version}\"}}]\n"
+    )
+}
+
+/// Applies `yaml` over `old` as the API would.
+fn stored(yaml: &str, old: Option<&StoredObject>) -> (ObjectKey, StoredObject) {
+    let resource = parse("test.yaml", yaml.as_bytes())
+        .expect("valid manifest")
+        .remove(0);
+    let (_, new) = apply_one(&resource, old, 1_000, || "uid-1".into());
+    let new = new.unwrap_or_else(|| old.expect("unchanged needs an old object").clone());
+    let key = resource.key();
+    (object_key(key.kind, &key.namespace, &key.name), new)
+}
+
+fn snapshot(members: Vec<MemberSnap>, objects: Vec<(ObjectKey, StoredObject)>) -> Snapshot {
+    Snapshot {
+        members,
+        objects,
+        records: Vec::new(),
+    }
+}
+
+/// What a node reports for a pod the plan gave it.
+fn record(pod: &DesiredPod, ready: bool) -> (NodeId, PodRecord) {
+    let status = if ready {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
+    (
+        pod.node,
+        PodRecord {
+            pod: pod.pod.clone(),
+            status: PodStatus {
+                phase: PodPhase::Running,
+                conditions: vec![PodCondition {
+                    kind: PodConditionType::Ready,
+                    status,
+                    reason: None,
+                    message: None,
+                    last_transition_time: None,
+                }],
+                ..PodStatus::default()
+            },
+            replica: pod.replica.clone(),
+            deployment: pod.deployment.clone(),
+            template_hash: pod.template_hash.clone(),
+            ready_since_ms: ready.then_some(1_000),
+            events: Vec::new(),
+        },
+    )
+}
+
+fn placed(snapshot: &Snapshot) -> BTreeSet<(String, NodeId, String)> {
+    plan(snapshot, None)
+        .pods
+        .iter()
+        .map(|p| (p.pod.metadata.name.clone(), p.node, p.uid.clone()))
+        .collect()
+}
+
+#[test]
+fn the_same_state_in_any_order_gives_the_same_plan() {
+    let members: Vec<MemberSnap> = (1..=4).map(|i| member(i, MemberState::Alive)).collect();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: solo}\nspec:\n  containers:\n  - {name: a, image: x, command: [/bin/x]}\n";
+    let objects = vec![stored(&deployment(7, "v1", ""), None), stored(pod, None)];
+    let one = snapshot(members.clone(), objects.clone());
+    let mut reversed_members = members;
+    reversed_members.reverse();
+    let mut reversed_objects = objects;
+    reversed_objects.reverse();
+    let other = snapshot(reversed_members, reversed_objects);
+    let a = placed(&one);
+    assert_eq!(a.len(), 8, "{a:?}");
+    assert_eq!(a, placed(&other));
+    // The bare pod keeps its own name; deployment pods are `web-<template hash>-<5 chars>`.
+    assert!(a.iter().any(|(name, _, _)| name == "solo"));
+    for (name, _, _) in a.iter().filter(|(n, _, _)| n != "solo") {
+        let parts: Vec<&str> = name.split('-').collect();
+        assert_eq!(parts.len(), 3, "{name}");
+        assert_eq!(parts[0], "web");
+        assert_eq!(parts[2].len(), 5, "{name}");
+    }
+}
+
+#[test]
+fn replicas_spread_over_the_nodes() {
+    let members: Vec<MemberSnap> = (1..=3).map(|i| member(i, MemberState::Alive)).collect();
+    let s = snapshot(members, vec![stored(&deployment(6, "v1", ""), None)]);
+    let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for p in plan(&s, None).pods {
+        *per_node.entry(p.node).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
+}
+
+#[test]
+fn a_dead_nodes_replicas_are_placed_on_the_others_and_the_rest_stay() {
+    let members: Vec<MemberSnap> = (1..=3).map(|i| member(i, MemberState::Alive)).collect();
+    let mut s = snapshot(members, vec![stored(&deployment(6, "v1", ""), None)]);
+    let first = plan(&s, None);
+    s.records = first.pods.iter().map(|p| record(p, true)).collect();
+    // Stable: planning again with every pod reported running changes nothing.
+    assert_eq!(
+        placed(&s),
+        first
+            .pods
+            .iter()
+            .map(|p| (p.pod.metadata.name.clone(), p.node, p.uid.clone()))
+            .collect()
+    );
+    s.members[1].state = MemberState::Dead;
+    let dead = node(2);
+    let after = plan(&s, None);
+    assert_eq!(after.pods.len(), 6);
+    assert!(after.pods.iter().all(|p| p.node != dead));
+    // Pods on the survivors keep their names and places.
+    for p in first.pods.iter().filter(|p| p.node != dead) {
+        assert!(
+            after
+                .pods
+                .iter()
+                .any(|q| q.pod.metadata.name == p.pod.metadata.name && q.node == p.node),
+            "{} moved",
+            p.pod.metadata.name
+        );
+    }
+}
+
+#[test]
+fn a_rolling_update_without_unavailability_surges_and_retires_only_ready_replaced_pods() {
+    let members: Vec<MemberSnap> = (1..=3).map(|i| member(i, MemberState::Alive)).collect();
+    let strategy =
+        "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n";
+    let (key, v1) = stored(&deployment(4, "v1", strategy), None);
+    let mut s = snapshot(members, vec![(key, v1.clone())]);
+    let first = plan(&s, None);
+    s.records = first.pods.iter().map(|p| record(p, true)).collect();
+    let old_hash = first.pods[0].template_hash.clone().unwrap();
+
+    // The template changes: one new pod (the surge); all 4 old ones stay.
+    let (key, v2) = stored(&deployment(4, "v2", strategy), Some(&v1));
+    assert_eq!(v2.revision, 2);
+    s.objects = vec![(key, v2)];
+    let step = plan(&s, None);
+    let new: Vec<&DesiredPod> = step
+        .pods
+        .iter()
+        .filter(|p| p.template_hash.as_deref() != Some(old_hash.as_str()))
+        .collect();
+    let old = step.pods.len() - new.len();
+    assert_eq!((new.len(), old), (1, 4));
+
+    // While the new pod is not ready, nothing more happens.
+    s.records.push(record(new[0], false));
+    let waiting = plan(&s, None);
+    assert_eq!(waiting.pods.len(), 5);
+
+    // Once it is ready, one old pod is retired; the next new one comes only once that pod is
+    // gone (its node stopped reporting it), so there are never more than 5.
+    let ready = record(new[0], true);
+    *s.records.last_mut().unwrap() = ready;
+    let count = |plan: &super::plan::Plan| {
+        let new = plan
+            .pods
+            .iter()
+            .filter(|p| p.template_hash.as_deref() != Some(old_hash.as_str()))
+            .count();
+        (new, plan.pods.len() - new)
+    };
+    let next = plan(&s, None);
+    assert_eq!(count(&next), (1, 3));
+    let kept: BTreeSet<String> = next
+        .pods
+        .iter()
+        .map(|p| p.pod.metadata.name.clone())
+        .collect();
+    s.records
+        .retain(|(_, r)| kept.contains(&r.pod.metadata.name));
+    // The retired pod is the only one gone: no kept pod moved to another node.
+    assert_eq!(s.records.len(), 4, "{kept:?}");
+    let after = plan(&s, None);
+    assert_eq!(count(&after), (2, 3));
+}
