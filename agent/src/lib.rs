@@ -43,9 +43,10 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
-    /// List resources: nodes, pods, deployments, namespaces.
+    /// List resources: nodes, pods, deployments, services, endpoints, namespaces.
     Get {
-        /// What to list: nodes, pods (po), deployments (deploy), namespaces (ns).
+        /// What to list: nodes, pods (po), deployments (deploy), services (svc), endpoints
+        /// (ep), namespaces (ns).
         resource: String,
         /// Names to show (all when none).
         names: Vec<String>,
@@ -63,9 +64,9 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
-    /// Show a pod or deployment in detail, with recent events.
+    /// Show a pod, deployment or service in detail, with recent events.
     Describe {
-        /// pod or deployment.
+        /// pod, deployment or service.
         resource: String,
         /// Its name.
         name: String,
