@@ -402,6 +402,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ReconcilerConfig {
             me: id,
             host_ip: advertise_for_pods,
+            service_range: crate::workload::service::DEFAULT_SERVICE_RANGE,
         },
         runtime.clone(),
         handle.clone(),

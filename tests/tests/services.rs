@@ -233,6 +233,41 @@ fn a_service_has_one_address_everywhere_and_its_endpoints_follow_the_pods() {
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     assert!((30000..=32767).contains(&node_port), "{svc}");
 
+    // A pod started now gets Kubernetes' service links for the services of its namespace.
+    let client = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  containers:\n  - name: c\n    image: shoal-demo:dev\n    command: [\"{}\"]\n    env: [{{name: PORT, value: \"9090\"}}]\n",
+        demo_bin().display()
+    );
+    apply(&cluster, 0, "client", &client).unwrap();
+    let environ = |c: &Cluster| -> Result<String, String> {
+        for agent in &c.agents {
+            for pid in agent.pod_pids() {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                let env = String::from_utf8_lossy(&env).replace('\0', "\n");
+                if env.lines().any(|l| l == "POD_NAME=client") {
+                    return Ok(env);
+                }
+            }
+        }
+        Err("the client pod does not run yet".into())
+    };
+    cluster.wait_for("the client pod runs", secs(20), |c| environ(c).map(|_| ()));
+    let env = environ(&cluster).unwrap();
+    for want in [
+        format!("WEB_SERVICE_HOST={ip}"),
+        "WEB_SERVICE_PORT=80".to_owned(),
+        "WEB_SERVICE_PORT_HTTP=80".to_owned(),
+        format!("OTHER_SERVICE_HOST={other_ip}"),
+        "OTHER_SERVICE_PORT=81".to_owned(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} in\n{env}");
+    }
+    cluster.agents[0].cli(&["delete", "pod", "client"]).unwrap();
+    cluster.wait_for("the client pod gone", secs(20), |c| match environ(c) {
+        Ok(_) => Err("the client pod still runs".into()),
+        Err(_) => Ok(()),
+    });
+
     // A node running a pod dies: its pod leaves the endpoints, the replacement joins them.
     let victim = 2;
     let victim_name = "node-2";

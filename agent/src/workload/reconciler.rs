@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::plan::{DesiredPod, Plan, Snapshot, plan};
 use super::probe::{self, ProbeKind};
+use super::service::{self, ServiceRange};
 use super::stored::{PodEvent, PodRecord, record_name};
 use crate::driver::{DriverHandle, wall_ms};
 use crate::manifest::{
@@ -58,6 +59,8 @@ pub(crate) struct ReconcilerConfig {
     pub(crate) me: NodeId,
     /// This node's address (the host part is the pods' `hostIP`).
     pub(crate) host_ip: String,
+    /// The cluster's service range (for the service-link variables pods start with).
+    pub(crate) service_range: ServiceRange,
 }
 
 /// Results of runtime work done in tasks.
@@ -657,7 +660,15 @@ impl Reconciler {
         let Some(pod) = self.pods.get_mut(&uid) else {
             return;
         };
-        let spec = runtime_spec(&pod.desired);
+        // Service links, as Kubernetes sets them: the services that exist when the pod
+        // starts (they are not part of the spec: a new service does not restart pods).
+        let namespace = pod.desired.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let links = service::service_env_vars(
+            self.config.service_range,
+            &self.snapshots.borrow(),
+            namespace,
+        );
+        let spec = runtime_spec(&pod.desired, &links);
         let pull_needed = pod.pull_retry_at.is_none()
             && pod
                 .waiting
@@ -1006,7 +1017,7 @@ fn pod_ready(pod: &LocalPod) -> bool {
 }
 
 /// The runtime's input for a desired pod.
-fn runtime_spec(desired: &DesiredPod) -> runtime::PodSpec {
+fn runtime_spec(desired: &DesiredPod, links: &[manifest::EnvVar]) -> runtime::PodSpec {
     let pod = &desired.pod;
     runtime::PodSpec {
         uid: desired.uid.clone(),
@@ -1022,7 +1033,12 @@ fn runtime_spec(desired: &DesiredPod) -> runtime::PodSpec {
             .containers
             .iter()
             .map(|c| {
-                let mut env: Vec<(String, String)> = Vec::new();
+                // The container's own variables win over service links of the same name.
+                let mut env: Vec<(String, String)> = links
+                    .iter()
+                    .filter(|l| !c.env.iter().any(|e| e.name == l.name))
+                    .map(|l| (l.name.clone(), l.value.clone()))
+                    .collect();
                 for e in &c.env {
                     env.push((e.name.clone(), e.value.clone()));
                 }

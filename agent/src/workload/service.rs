@@ -921,10 +921,6 @@ pub(crate) fn endpoints_resource(entry: &ServiceEntry, endpoints: &ServiceEndpoi
 }
 
 /// Kubernetes' environment variable form of a name: upper case, `-` as `_`.
-#[allow(
-    dead_code,
-    reason = "for pod start, which does not set service links yet"
-)]
 fn env_name(name: &str) -> String {
     name.to_ascii_uppercase().replace('-', "_")
 }
@@ -933,7 +929,6 @@ fn env_name(name: &str) -> String {
 /// cluster IP (in `ips`), by service name, `NAME_SERVICE_HOST` (the IP), `NAME_SERVICE_PORT`
 /// (the first port) and `NAME_SERVICE_PORT_<PORT NAME>` for each named port. Headless services
 /// have none.
-#[allow(dead_code, reason = "for pod start, which does not set them yet")]
 pub(crate) fn service_env(
     services: &[ServiceEntry],
     ips: &BTreeMap<ServiceName, Ipv4Addr>,
@@ -970,7 +965,6 @@ pub(crate) fn service_env(
 }
 
 /// [`service_env`] straight from the snapshot: the variables a pod of `namespace` gets.
-#[allow(dead_code, reason = "for pod start, which does not set them yet")]
 pub(crate) fn service_env_vars(
     range: ServiceRange,
     snapshot: &Snapshot,
