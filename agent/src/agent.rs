@@ -73,6 +73,20 @@ pub(crate) struct AgentArgs {
     /// Memory offered to pods, in bytes (default: this machine's memory).
     #[arg(long)]
     memory_bytes: Option<u64>,
+    /// Service mesh listen address (QUIC on UDP) (default: the gossip listen address with the
+    /// port after the API's, 7948 by default; an ephemeral port when the gossip port is 0).
+    #[arg(long)]
+    mesh_listen: Option<SocketAddr>,
+}
+
+/// The mesh's default address: the gossip listen IP, port 7948 (gossip 7946 + 2), or an
+/// ephemeral port when gossip listens on one.
+fn default_mesh_listen(listen: SocketAddr) -> SocketAddr {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.saturating_add(2),
+    };
+    SocketAddr::new(listen.ip(), port)
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -250,6 +264,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => db.first_name(&hostname())?,
     };
     let keypair = db.identity().clone();
+    let keypair_for_mesh = keypair.clone();
     let (key, created_key) = cluster_key(&args, &data_dir)?;
     let mut net_config = NetConfig::new(args.listen, keypair, key.clone());
     net_config.mdns = args.mdns;
@@ -364,6 +379,27 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     labels.insert("kubernetes.io/arch".into(), std::env::consts::ARCH.into());
     info!(runtime = %runtime_kind, ?labels, "pods run with the {runtime_kind} runtime");
 
+    // The service mesh: other members reach the pods this node runs through it.
+    let (members_tx, members_rx) = watch::channel(Arc::new(shoal_mesh::Members::new()));
+    let (local_pods_tx, local_pods_rx) = watch::channel(Arc::new(std::collections::BTreeSet::<
+        std::net::IpAddr,
+    >::new()));
+    let mesh_listen = args
+        .mesh_listen
+        .unwrap_or_else(|| default_mesh_listen(args.listen));
+    let mesh = shoal_mesh::Mesh::start(
+        shoal_mesh::MeshConfig::new(keypair_for_mesh, mesh_listen),
+        members_rx,
+        move |dest| local_pods_rx.borrow().contains(&dest.ip()),
+    )
+    .await
+    .with_context(|| format!("starting the service mesh on {mesh_listen}"))?;
+    let advertise_host = advertise
+        .rsplit_once(':')
+        .map_or(advertise.as_str(), |(host, _)| host);
+    let mesh_addr = format!("{advertise_host}:{}", mesh.local_addr().port());
+    info!(mesh = %mesh_addr, "service mesh listening");
+
     let advertise_for_pods = advertise.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (handle, driver_task) = driver::start(
@@ -390,7 +426,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 memory_bytes: args.memory_bytes.unwrap_or(memory_all),
                 labels,
                 runtime: runtime_kind.to_string(),
-                mesh: None,
+                mesh: Some(mesh_addr),
             },
         },
         shutdown_rx,
@@ -408,6 +444,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         handle.clone(),
         handle.snapshots(),
         plan_tx,
+    );
+
+    // Every service address of the cluster, served on this node through the mesh.
+    let proxy = crate::proxy::start(
+        mesh.clone(),
+        handle.snapshots(),
+        crate::workload::service::DEFAULT_SERVICE_RANGE,
+        id,
+        members_tx,
+        local_pods_tx,
     );
 
     // Other nodes ask this one for the logs of the pods it runs.
@@ -432,6 +478,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     ));
     let _ = driver_task.await;
     reconciler.abort();
+    proxy.abort();
     if let Some(remote) = remote {
         remote.abort();
     }
@@ -440,6 +487,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     crate::workload::reconciler::stop_all(&runtime_for_shutdown).await;
     let _ = api_done_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    mesh.shutdown().await;
     net.shutdown().await;
     info!("shoal agent stopped");
     Ok(())

@@ -11,6 +11,7 @@ mod k8s;
 pub mod manifest;
 mod net;
 mod persist;
+mod proxy;
 pub mod runtime;
 mod sim;
 mod workload;

@@ -395,3 +395,83 @@ fn bad_services_are_refused_by_field_and_nothing_is_written() {
     let eps = agent.cli(&["get", "endpoints", "-o", "json"]).unwrap();
     assert!(eps.contains("\"items\": []"), "{eps}");
 }
+
+/// `GET /` through `addr`: the answering pod's name.
+fn which_pod(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, secs(3))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .ok_or_else(|| format!("no body in {answer:?}"))?;
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+    v["pod"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no pod in {body}"))
+}
+
+/// Connections to a service's cluster IP reach its ready pods wherever they run, through any
+/// agent (all agents of this machine listen on the address; the kernel picks one), spread
+/// over the pods; when the node of the only pod dies, the same address serves from the
+/// replacement.
+#[test]
+fn connections_to_the_cluster_ip_reach_the_pods_wherever_they_run() {
+    let mut cluster = Cluster::start_with("mesh", 3, PROCESS);
+    apply(&cluster, 0, "web", &web(3)).unwrap();
+    cluster.wait_for("3 endpoints everywhere", secs(30), |c| {
+        endpoints_are_the_ready_pods(c, &[0, 1, 2], 3)
+    });
+    let ip = cluster_ip(&cluster, 0, "web").unwrap();
+    let vip = format!("{ip}:80");
+
+    // 300 connections spread over the three pods, on three nodes.
+    let pods = ready_pods(&cluster, 0).unwrap();
+    let nodes: BTreeSet<&String> = pods.iter().map(|(_, n)| n).collect();
+    assert_eq!(nodes.len(), 3, "one pod per node: {pods:?}");
+    let mut hits: std::collections::BTreeMap<String, u32> = Default::default();
+    for _ in 0..300 {
+        *hits.entry(which_pod(&vip).unwrap()).or_default() += 1;
+    }
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    for (pod, n) in &hits {
+        assert!((60..=141).contains(n), "{pod} got {n} of 300: {hits:?}");
+    }
+
+    // Down to one pod; its node dies; the address serves again from the replacement.
+    cluster.agents[0]
+        .cli(&["scale", "deployment", "web", "--replicas", "1"])
+        .unwrap();
+    cluster.wait_for("1 endpoint", secs(30), |c| {
+        endpoints_are_the_ready_pods(c, &[0, 1, 2], 1)
+    });
+    let before = which_pod(&vip).unwrap();
+    let node = ready_pods(&cluster, 0)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .1;
+    let victim: usize = node.trim_start_matches("node-").parse().unwrap();
+    cluster.agents[victim].kill_machine();
+    let took = cluster.wait_for("the address serves again", secs(30), |_| {
+        match which_pod(&vip) {
+            Ok(pod) if pod != before => Ok(()),
+            Ok(pod) => Err(format!("still answered by {pod}")),
+            Err(e) => Err(e),
+        }
+    });
+    eprintln!("kill -9 of the only endpoint's node -> the cluster IP serves again: {took:?}");
+    // And keeps serving, through every surviving agent.
+    for _ in 0..20 {
+        which_pod(&vip).unwrap();
+    }
+}

@@ -92,7 +92,7 @@ use tokio::sync::mpsc;
 
 #[cfg(test)]
 pub(crate) use addr::node_id_of;
-pub(crate) use addr::parse_dial_addr;
+pub(crate) use addr::{parse_dial_addr, peer_id_of};
 #[cfg(test)]
 pub(crate) use frame::MAX_PAYLOAD;
 pub(crate) use key::ClusterKey;

@@ -662,7 +662,13 @@ impl Reconciler {
         };
         // Service links, as Kubernetes sets them: the services that exist when the pod
         // starts (they are not part of the spec: a new service does not restart pods).
-        let namespace = pod.desired.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = pod
+            .desired
+            .pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
         let links = service::service_env_vars(
             self.config.service_range,
             &self.snapshots.borrow(),

@@ -1,0 +1,255 @@
+//! The service proxy: where a service's stable address meets the mesh.
+//!
+//! Every agent listens on every service's cluster IP and port (and on `0.0.0.0:<nodePort>` for
+//! NodePort services). A connection accepted there goes to one of the service's ready
+//! endpoints, wherever it runs, through [`shoal_mesh::Mesh::proxy`] (power of two choices,
+//! retries on another endpoint while establishing, QUIC to the endpoint's node, a direct TCP
+//! connection when the endpoint runs here). The routes are a pure function of the replicated
+//! state ([`table_of`]); one task follows the state and keeps the listeners, the mesh's
+//! membership and the destinations this node serves to other members in step with it.
+//!
+//! Addresses: the cluster's service range defaults to loopback (`127.200.0.0/16`): on Linux all
+//! of 127.0.0.0/8 is local, so binding a cluster IP needs no privileges and host processes and
+//! process-runtime pods reach it directly. Several agents on one machine (tests, demos) all
+//! bind the same addresses with `SO_REUSEPORT`, and the kernel spreads connections over them;
+//! each proxies the same way, since they share the state.
+//!
+//! Invariants:
+//! - A listener exists exactly for each (cluster IP, port) and node port of the current state;
+//!   a connection is routed with the endpoints of the moment it is accepted.
+//! - With no ready endpoint a connection is refused at once (reset), as kube-proxy rejects it,
+//!   rather than accepted and left hanging.
+//! - Only members reach this node's mesh, and only to the addresses of pods this node runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use shoal_gossip::NodeId;
+use shoal_mesh::{Endpoint, Members, Mesh, ServiceKey};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::manifest::ServiceType;
+use crate::net::peer_id_of;
+use crate::workload::plan::Snapshot;
+use crate::workload::service::{self, ServiceRange};
+
+/// Where connections to one listening address go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// `namespace/name`, for metrics and logs.
+    pub(crate) service: String,
+    /// The service port (for logs).
+    pub(crate) port: u16,
+    /// Ready endpoints serving it.
+    pub(crate) candidates: Vec<Endpoint>,
+}
+
+/// What the proxy should do for a given state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Table {
+    /// Listening address -> route.
+    pub(crate) routes: BTreeMap<SocketAddr, Route>,
+    /// Members the mesh accepts, with their mesh addresses.
+    pub(crate) members: BTreeMap<NodeId, SocketAddr>,
+    /// Pod IPs this node runs: what other members may reach through this node.
+    pub(crate) local_pods: BTreeSet<IpAddr>,
+}
+
+/// The routes, mesh members and local pod addresses for `snapshot`, as node `me` sees them.
+pub(crate) fn table_of(snapshot: &Snapshot, range: ServiceRange, me: &NodeId) -> Table {
+    let mut table = Table::default();
+    for m in &snapshot.members {
+        if !m.state.is_live() {
+            continue;
+        }
+        let mesh = m.info.as_ref().and_then(|i| i.mesh.as_deref());
+        if let Some(addr) = mesh.and_then(|a| a.parse::<SocketAddr>().ok()) {
+            table.members.insert(m.id, addr);
+        }
+    }
+    for (node, record) in snapshot.live_records() {
+        if node != me {
+            continue;
+        }
+        if let Some(ip) = record.status.pod_ip.as_deref().and_then(|s| s.parse().ok()) {
+            table.local_pods.insert(ip);
+        }
+    }
+    let entries = service::services(snapshot);
+    let allocation = service::allocate(range, &entries);
+    for entry in &entries {
+        let effective = allocation.effective(entry);
+        let spec = &effective.spec;
+        let ip = allocation.ips.get(&entry.key()).copied();
+        let endpoints = service::endpoints_of(snapshot, entry);
+        for (index, port) in spec.ports.iter().enumerate() {
+            let candidates: Vec<Endpoint> = endpoints
+                .ready_for_port(index)
+                .filter_map(|(addr, target)| {
+                    Some(Endpoint {
+                        node: peer_id_of(addr.node)?,
+                        addr: SocketAddr::new(addr.ip, target),
+                    })
+                })
+                .collect();
+            let route = Route {
+                service: format!("{}/{}", entry.namespace, entry.name),
+                port: port.port,
+                candidates,
+            };
+            if let Some(ip) = ip {
+                table
+                    .routes
+                    .insert(SocketAddr::new(IpAddr::V4(ip), port.port), route.clone());
+            }
+            if spec.kind == ServiceType::NodePort {
+                if let Some(node_port) = port.node_port {
+                    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), node_port);
+                    table.routes.insert(any, route);
+                }
+            }
+        }
+    }
+    table
+}
+
+/// Follows the state: keeps listeners, mesh members and served destinations in step. Returns
+/// the task; aborting it closes every listener.
+pub(crate) fn start(
+    mesh: Mesh,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    range: ServiceRange,
+    me: NodeId,
+    members_tx: watch::Sender<Arc<Members>>,
+    local_pods_tx: watch::Sender<Arc<BTreeSet<IpAddr>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
+        let mut listeners: BTreeMap<SocketAddr, JoinHandle<()>> = BTreeMap::new();
+        let mut failed: BTreeSet<SocketAddr> = BTreeSet::new();
+        loop {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let table = table_of(&snapshot, range, &me);
+            let members: Members = table
+                .members
+                .iter()
+                .filter_map(|(id, addr)| Some((peer_id_of(*id)?, *addr)))
+                .collect();
+            members_tx.send_if_modified(|old| {
+                let changed = !same_members(old, &members);
+                if changed {
+                    *old = Arc::new(members);
+                }
+                changed
+            });
+            local_pods_tx.send_if_modified(|old| {
+                let changed = **old != table.local_pods;
+                if changed {
+                    *old = Arc::new(table.local_pods.clone());
+                }
+                changed
+            });
+            // Listeners: close the ones no longer wanted, open the new ones.
+            listeners.retain(|addr, task| {
+                let keep = table.routes.contains_key(addr);
+                if !keep {
+                    info!(%addr, "service address removed; closing its listener");
+                    task.abort();
+                }
+                keep
+            });
+            failed.retain(|addr| table.routes.contains_key(addr));
+            table_tx.send_if_modified(|old| {
+                let changed = **old != table;
+                if changed {
+                    *old = Arc::new(table.clone());
+                }
+                changed
+            });
+            for (addr, route) in &table.routes {
+                if listeners.contains_key(addr) || failed.contains(addr) {
+                    continue;
+                }
+                match bind(*addr) {
+                    Ok(listener) => {
+                        info!(%addr, service = %route.service, "serving a service address");
+                        let task =
+                            tokio::spawn(serve(listener, *addr, mesh.clone(), table_rx.clone()));
+                        listeners.insert(*addr, task);
+                    }
+                    Err(e) => {
+                        // Said once per address; tried again when the state next changes
+                        // the set of addresses.
+                        warn!(%addr, service = %route.service, error = %e,
+                            "cannot listen on a service address");
+                        failed.insert(*addr);
+                    }
+                }
+            }
+            if snapshots.changed().await.is_err() {
+                break;
+            }
+        }
+        for (_, task) in listeners {
+            task.abort();
+        }
+    })
+}
+
+fn same_members(a: &Members, b: &Members) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(peer, addr)| b.mesh_addr(peer) == Some(*addr))
+}
+
+/// A listener on `addr` shared with the other agents of this machine (`SO_REUSEPORT`).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn serve(
+    listener: TcpListener,
+    addr: SocketAddr,
+    mesh: Mesh,
+    table: watch::Receiver<Arc<Table>>,
+) {
+    loop {
+        let (client, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(%addr, error = %e, "accepting a service connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let route = table.borrow().routes.get(&addr).cloned();
+        let Some(route) = route else {
+            continue;
+        };
+        if route.candidates.is_empty() {
+            debug!(%addr, service = %route.service, %from, "no ready endpoint; refusing");
+            let _ = client.set_zero_linger();
+            drop(client);
+            continue;
+        }
+        let Some(key) = ServiceKey::new(route.service.as_str()) else {
+            continue;
+        };
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mesh.proxy(client, &key, &route.candidates).await {
+                debug!(service = %route.service, port = route.port, %from, error = %e,
+                    "proxied connection failed");
+            }
+        });
+    }
+}
