@@ -471,7 +471,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (api_done_tx, api_done_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(
         api_listener,
-        crate::api::router(handle, token, plan_rx, runtime, net.clone()),
+        crate::api::router(handle, token, plan_rx, runtime, net.clone(), mesh.clone()),
         async move {
             let _ = api_done_rx.await;
         },

@@ -445,6 +445,20 @@ fn connections_to_the_cluster_ip_reach_the_pods_wherever_they_run() {
     for (pod, n) in &hits {
         assert!((60..=141).contains(n), "{pod} got {n} of 300: {hits:?}");
     }
+    // Every connection is in the agents' per-service metrics, some went over QUIC.
+    let (mut opened, mut inbound) = (0, 0);
+    for agent in &cluster.agents {
+        let (code, body) = agent.http("GET", "/api/v1/stats", None);
+        assert_eq!(code, 200, "{body}");
+        let stats: Value = serde_json::from_str(&body).unwrap();
+        let web = &stats["mesh"]["outbound"]["default/web"];
+        opened += web["opened"].as_u64().unwrap_or(0);
+        inbound += stats["mesh"]["inbound"]["default/web"]["opened"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert_eq!(opened, 300, "connections opened through the agents");
+    assert!(inbound > 0, "no connection crossed the mesh");
 
     // Down to one pod; its node dies; the address serves again from the replacement.
     cluster.agents[0]

@@ -8,7 +8,7 @@
 //! - `GET|PUT|DELETE /api/v1/objects/{kind}/{namespace}/{name}`: raw replicated objects (the body
 //!   is the object's bytes); a `PUT` or `DELETE` is answered once it is durable on this node.
 //! - `GET /api/v1/objects/{kind}[?namespace=NS]`: list of `{namespace, name, value}`.
-//! - `GET /api/v1/stats`: counters (gossip, network, persistence).
+//! - `GET /api/v1/stats`: counters (gossip, network, persistence, and the mesh's per service).
 //!
 //! Authentication: when the API listens beyond loopback, every request but `/healthz` needs
 //! `Authorization: Bearer <token>`; the agent refuses to start such a listener without a token.
@@ -45,6 +45,7 @@ struct Api {
     plans: watch::Receiver<Arc<Plan>>,
     runtime: Arc<AnyRuntime>,
     net: NetHandle,
+    mesh: shoal_mesh::Mesh,
 }
 
 /// Builds the router.
@@ -54,6 +55,7 @@ pub(crate) fn router(
     plans: watch::Receiver<Arc<Plan>>,
     runtime: Arc<AnyRuntime>,
     net: NetHandle,
+    mesh: shoal_mesh::Mesh,
 ) -> Router {
     let state = Api {
         driver,
@@ -61,6 +63,7 @@ pub(crate) fn router(
         plans,
         runtime,
         net,
+        mesh,
     };
     let v1 = Router::new()
         .route("/api/v1/nodes", get(nodes))
@@ -231,7 +234,12 @@ async fn leave(State(api): State<Api>) -> Response {
 
 async fn stats(State(api): State<Api>) -> Response {
     match api.driver.stats().await {
-        Ok(stats) => Json(stats).into_response(),
+        Ok(stats) => {
+            let mut value = serde_json::to_value(stats).unwrap_or_default();
+            // Per service: connections, bytes, errors, connect latency (both directions).
+            value["mesh"] = serde_json::to_value(api.mesh.metrics()).unwrap_or_default();
+            Json(value).into_response()
+        }
         Err(e) => gone(e),
     }
 }
