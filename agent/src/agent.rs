@@ -77,6 +77,12 @@ pub(crate) struct AgentArgs {
     /// port after the API's, 7948 by default; an ephemeral port when the gossip port is 0).
     #[arg(long)]
     mesh_listen: Option<SocketAddr>,
+    /// The cluster's service range: cluster IPs come from it, and the cluster DNS answers on
+    /// its first address. Give every agent of a cluster the same one. The loopback default
+    /// needs no privileges but Docker pods cannot reach it; any other range needs
+    /// CAP_NET_ADMIN (the agent routes it to this host).
+    #[arg(long, default_value_t = crate::workload::service::DEFAULT_SERVICE_RANGE)]
+    service_range: crate::workload::service::ServiceRange,
 }
 
 /// The mesh's default address: the gossip listen IP, port 7948 (gossip 7946 + 2), or an
@@ -265,6 +271,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let keypair = db.identity().clone();
     let keypair_for_mesh = keypair.clone();
+    let service_range = args.service_range;
     let (key, created_key) = cluster_key(&args, &data_dir)?;
     let mut net_config = NetConfig::new(args.listen, keypair, key.clone());
     net_config.mdns = args.mdns;
@@ -438,7 +445,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ReconcilerConfig {
             me: id,
             host_ip: advertise_for_pods,
-            service_range: crate::workload::service::DEFAULT_SERVICE_RANGE,
+            service_range,
         },
         runtime.clone(),
         handle.clone(),
@@ -446,14 +453,42 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         plan_tx,
     );
 
+    // A range outside loopback reaches this host only through a route (Docker pods send to it
+    // through their bridge); loopback needs none.
+    if !service_range.is_loopback() {
+        ensure_local_route(service_range);
+    }
+    // The cluster DNS, on the range's first address.
+    let (zone_tx, zone_rx) = watch::channel(Arc::new(crate::dns::Zone::default()));
+    let dns_addr = SocketAddr::new(service_range.dns_address().into(), 53);
+    let dns = match crate::dns::bind(dns_addr) {
+        Ok(socket) => {
+            info!(addr = %dns_addr, "cluster DNS listening");
+            let upstreams = crate::dns::upstreams(&[dns_addr]);
+            Some(tokio::spawn(crate::dns::serve(
+                socket,
+                zone_rx,
+                upstreams,
+                Arc::new(crate::dns::DnsCounters::default()),
+            )))
+        }
+        Err(e) => {
+            warn!(addr = %dns_addr, error = %e,
+                "cannot serve the cluster DNS (port 53 needs root or CAP_NET_BIND_SERVICE); \
+                 pods still get the services' addresses as environment variables");
+            None
+        }
+    };
+
     // Every service address of the cluster, served on this node through the mesh.
     let proxy = crate::proxy::start(
         mesh.clone(),
         handle.snapshots(),
-        crate::workload::service::DEFAULT_SERVICE_RANGE,
+        service_range,
         id,
         members_tx,
         local_pods_tx,
+        zone_tx,
     );
 
     // Other nodes ask this one for the logs of the pods it runs.
@@ -471,7 +506,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (api_done_tx, api_done_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(
         api_listener,
-        crate::api::router(handle, token, plan_rx, runtime, net.clone(), mesh.clone()),
+        crate::api::router(
+            handle,
+            token,
+            plan_rx,
+            runtime,
+            net.clone(),
+            mesh.clone(),
+            service_range,
+        ),
         async move {
             let _ = api_done_rx.await;
         },
@@ -479,6 +522,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let _ = driver_task.await;
     reconciler.abort();
     proxy.abort();
+    if let Some(dns) = dns {
+        dns.abort();
+    }
     if let Some(remote) = remote {
         remote.abort();
     }
@@ -491,6 +537,34 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     net.shutdown().await;
     info!("shoal agent stopped");
     Ok(())
+}
+
+/// Routes `range` to this host (`ip route add local RANGE dev lo`), so that its addresses can
+/// be bound here and reached from containers. Needs CAP_NET_ADMIN; an existing route (another
+/// agent of this machine added it) is fine. The route stays when the agent stops: other agents
+/// of the machine may use it.
+fn ensure_local_route(range: crate::workload::service::ServiceRange) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-4",
+            "route",
+            "add",
+            "local",
+            &range.to_string(),
+            "dev",
+            "lo",
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => info!(%range, "routed the service range to this host"),
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("File exists") => {}
+        Ok(o) => warn!(%range, error = %String::from_utf8_lossy(&o.stderr).trim(),
+            "cannot route the service range to this host (needs CAP_NET_ADMIN); its cluster IPs \
+             will not be reachable here"),
+        Err(e) => warn!(%range, error = %e,
+            "cannot run `ip` to route the service range to this host; its cluster IPs will not \
+             be reachable here"),
+    }
 }
 
 async fn wait_for_signal() {

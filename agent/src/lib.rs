@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod api;
 mod cli;
+mod dns;
 mod driver;
 mod k8s;
 pub mod manifest;

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::dns::Zone;
 use crate::manifest::ServiceType;
 use crate::net::peer_id_of;
 use crate::workload::plan::Snapshot;
@@ -57,6 +58,8 @@ pub(crate) struct Table {
     pub(crate) members: BTreeMap<NodeId, SocketAddr>,
     /// Pod IPs this node runs: what other members may reach through this node.
     pub(crate) local_pods: BTreeSet<IpAddr>,
+    /// What the cluster DNS answers.
+    pub(crate) zone: Zone,
 }
 
 /// The routes, mesh members and local pod addresses for `snapshot`, as node `me` sees them.
@@ -86,6 +89,23 @@ pub(crate) fn table_of(snapshot: &Snapshot, range: ServiceRange, me: &NodeId) ->
         let spec = &effective.spec;
         let ip = allocation.ips.get(&entry.key()).copied();
         let endpoints = service::endpoints_of(snapshot, entry);
+        // DNS: the cluster IP, or a headless service's ready pods.
+        let names: Vec<Ipv4Addr> = match ip {
+            Some(ip) => vec![ip],
+            None if spec.is_headless() => endpoints
+                .ready
+                .iter()
+                .filter_map(|a| match a.ip {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        table
+            .zone
+            .services
+            .insert((entry.namespace.clone(), entry.name.clone()), names);
         for (index, port) in spec.ports.iter().enumerate() {
             let candidates: Vec<Endpoint> = endpoints
                 .ready_for_port(index)
@@ -126,6 +146,7 @@ pub(crate) fn start(
     me: NodeId,
     members_tx: watch::Sender<Arc<Members>>,
     local_pods_tx: watch::Sender<Arc<BTreeSet<IpAddr>>>,
+    zone_tx: watch::Sender<Arc<Zone>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
@@ -143,6 +164,13 @@ pub(crate) fn start(
                 let changed = !same_members(old, &members);
                 if changed {
                     *old = Arc::new(members);
+                }
+                changed
+            });
+            zone_tx.send_if_modified(|old| {
+                let changed = **old != table.zone;
+                if changed {
+                    *old = Arc::new(table.zone.clone());
                 }
                 changed
             });

@@ -25,8 +25,11 @@
 //!
 //! **Client**: `shoal-demo-http --get http://HOST:PORT/PATH [--wait-ms N]` prints the body and
 //! exits 0 on a 2xx answer, 1 otherwise; it retries connecting for up to `--wait-ms` (default
-//! 5000) ms. HOST must be an IP address or `localhost` (no DNS: a static binary in an empty
-//! image has no resolver).
+//! 5000) ms. HOST is an IP address, `localhost`, or a name resolved with `/etc/resolv.conf`
+//! by a small resolver of its own ([`resolve`]: a static binary in an empty image has no
+//! working `getaddrinfo`).
+
+mod resolve;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -327,7 +330,7 @@ fn client(args: &[String]) -> i32 {
     }
     let Some((addr, host, path)) = parse_url(url) else {
         eprintln!(
-            "shoal-demo-http: cannot use {url:?}: expected http://IP[:PORT]/PATH or http://localhost[:PORT]/PATH"
+            "shoal-demo-http: cannot use {url:?}: expected http://HOST[:PORT]/PATH with HOST an IP, localhost or a name that resolves"
         );
         return 2;
     };
@@ -391,8 +394,16 @@ fn parse_url(url: &str) -> Option<(SocketAddr, String, String)> {
     let port: u16 = port.parse().ok()?;
     let ip: IpAddr = if host == "localhost" {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else if let Ok(ip) = host.parse() {
+        ip
     } else {
-        host.parse().ok()?
+        match resolve::resolve(host) {
+            Ok(ip) => ip,
+            Err(err) => {
+                eprintln!("shoal-demo-http: {err}");
+                return None;
+            }
+        }
     };
     Some((SocketAddr::new(ip, port), authority.to_string(), path))
 }

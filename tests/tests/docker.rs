@@ -209,3 +209,109 @@ spec:
         .unwrap();
     assert!(logs.contains("\"pod\""), "the server's JSON: {logs}");
 }
+
+/// Removes a host route when dropped (the agents leave theirs: other agents may use it).
+struct RouteGuard(&'static str);
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["-4", "route", "del", "local", self.0, "dev", "lo"])
+            .output();
+    }
+}
+
+/// A Docker pod on one node reaches a service whose pod runs on another node by its DNS name:
+/// the cluster DNS answers the name with the cluster IP, and the mesh carries the connection.
+/// Docker pods cannot reach a loopback service range, so this cluster uses 10.201.0.0/16,
+/// which the agents route to the host (this needs CAP_NET_ADMIN, as CI has).
+#[test]
+fn docker_pod_reaches_a_service_by_name_across_nodes() {
+    if !docker_ready("docker_pod_reaches_a_service_by_name_across_nodes") {
+        return;
+    }
+    const RANGE: &str = "10.201.0.0/16";
+    let _route = RouteGuard(RANGE);
+    let cluster = Cluster::start_with(
+        "dockerdns",
+        2,
+        &["--runtime", "docker", "--service-range", RANGE],
+    );
+    let web = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      terminationGracePeriodSeconds: 1
+      nodeSelector: {kubernetes.io/hostname: node-1}
+      containers:
+      - name: http
+        image: shoal-demo:dev
+        env:
+        - {name: PORT, value: "8080"}
+        readinessProbe:
+          httpGet: {path: /ready, port: 8080}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - {port: 80, targetPort: 8080}
+"#;
+    apply(&cluster, "web", web).unwrap();
+    cluster.wait_for("the web pod ready", Duration::from_secs(60), |c| {
+        let pods = pod_list(c);
+        if pods
+            .iter()
+            .any(|p| is_ready(p) && p["spec"]["nodeName"] == "node-1")
+        {
+            Ok(())
+        } else {
+            Err(format!("{} pods", pods.len()))
+        }
+    });
+    let client = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  restartPolicy: OnFailure
+  terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: node-0}
+  containers:
+  - name: get
+    image: shoal-demo:dev
+    args: ["--get", "http://web/", "--wait-ms", "20000"]
+"#;
+    apply(&cluster, "client", client).unwrap();
+    cluster.wait_for(
+        "the client got an answer from web by name",
+        Duration::from_secs(60),
+        |c| {
+            let pods = pod_list(c);
+            let Some(pod) = pods.iter().find(|p| p["metadata"]["name"] == "client") else {
+                return Err("no client pod yet".into());
+            };
+            match pod["status"]["phase"].as_str() {
+                Some("Succeeded") => Ok(()),
+                other => Err(format!("client {other:?}: {}", pod["status"])),
+            }
+        },
+    );
+    let logs = cluster.agents[0].cli(&["logs", "client"]).unwrap();
+    assert!(
+        logs.contains("\"pod\":\"web-"),
+        "the web pod's JSON: {logs}"
+    );
+}

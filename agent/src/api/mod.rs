@@ -46,6 +46,7 @@ struct Api {
     runtime: Arc<AnyRuntime>,
     net: NetHandle,
     mesh: shoal_mesh::Mesh,
+    service_range: crate::workload::service::ServiceRange,
 }
 
 /// Builds the router.
@@ -56,6 +57,7 @@ pub(crate) fn router(
     runtime: Arc<AnyRuntime>,
     net: NetHandle,
     mesh: shoal_mesh::Mesh,
+    service_range: crate::workload::service::ServiceRange,
 ) -> Router {
     let state = Api {
         driver,
@@ -64,6 +66,7 @@ pub(crate) fn router(
         runtime,
         net,
         mesh,
+        service_range,
     };
     let v1 = Router::new()
         .route("/api/v1/nodes", get(nodes))

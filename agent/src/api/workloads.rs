@@ -17,15 +17,9 @@ use crate::driver::wall_ms;
 use crate::manifest::{Kind, Resource};
 use crate::runtime::Runtime;
 use crate::workload::plan::Snapshot;
-use crate::workload::service::{self, DEFAULT_SERVICE_RANGE, ServiceEntry, ServiceRange};
+use crate::workload::service::{self, ServiceEntry};
 use crate::workload::stored::{StoredObject, object_key};
 use crate::workload::view;
-
-/// The cluster's service range. Every function of `workload::service` takes it as a
-/// parameter; the agent has no setting for it yet, so it is the default.
-fn service_range() -> ServiceRange {
-    DEFAULT_SERVICE_RANGE
-}
 
 /// The workload snapshot with every stored Service, read from the store: services must be
 /// complete and current for addresses to be assigned without collisions.
@@ -140,7 +134,7 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
         let Resource::Service(svc) = r else {
             continue;
         };
-        match service::prepare(service_range(), &services, svc) {
+        match service::prepare(api.service_range, &services, svc) {
             Ok(prepared) => {
                 let k = Resource::Service(prepared.clone()).key();
                 let (created_ms, uid) = services
@@ -367,7 +361,7 @@ pub(super) async fn list_services(
     };
     let all = service::services(&snapshot);
     // Addresses are settled over every namespace.
-    let allocation = service::allocate(service_range(), &all);
+    let allocation = service::allocate(api.service_range, &all);
     let items = all
         .iter()
         .filter(|e| q.namespace.as_deref().is_none_or(|ns| e.namespace == ns))
@@ -397,7 +391,7 @@ pub(super) async fn get_service(
             &format!("services \"{name}\" not found in namespace {namespace}"),
         );
     };
-    let allocation = service::allocate(service_range(), &all);
+    let allocation = service::allocate(api.service_range, &all);
     let endpoints = service::endpoints_of(&snapshot, entry);
     Json(json!({
         "object": view::service_json(entry, &allocation),

@@ -466,6 +466,22 @@ impl DockerRuntime {
             nano_cpus: spec
                 .cpu_millis_limit
                 .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+            // The resolver belongs to the network namespace's owner; the others share it.
+            dns: pod
+                .dns
+                .as_ref()
+                .filter(|_| first_id.is_none())
+                .map(|d| d.servers.iter().map(ToString::to_string).collect()),
+            dns_search: pod
+                .dns
+                .as_ref()
+                .filter(|_| first_id.is_none())
+                .map(|d| d.searches.clone()),
+            dns_options: pod
+                .dns
+                .as_ref()
+                .filter(|_| first_id.is_none())
+                .map(|d| d.options.clone()),
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".to_string()),
                 config: Some(HashMap::from([

@@ -47,6 +47,7 @@ fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
         spec_hash: format!("hash-{name}"),
         containers,
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+        dns: None,
     }
 }
 

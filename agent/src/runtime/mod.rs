@@ -112,6 +112,21 @@ pub struct PodSpec {
     /// User labels, also put on the containers (keys under `io.shoal.` are reserved and
     /// skipped).
     pub labels: BTreeMap<String, String>,
+    /// The pod's resolver (Docker: the containers' `resolv.conf`); `None` keeps the engine's.
+    /// The process runtime has no resolver of its own to set (its pods use the host's).
+    #[serde(default)]
+    pub dns: Option<PodDns>,
+}
+
+/// A pod's resolver configuration, as Kubernetes writes it into `resolv.conf`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodDns {
+    /// Name servers.
+    pub servers: Vec<std::net::IpAddr>,
+    /// Search domains, in order.
+    pub searches: Vec<String>,
+    /// Options (`ndots:5`).
+    pub options: Vec<String>,
 }
 
 /// One container of a [`PodSpec`].
@@ -787,6 +802,7 @@ mod tests {
                 ..Default::default()
             }],
             labels: BTreeMap::new(),
+            dns: None,
         };
         validate_spec(&pod).unwrap();
         pod.uid = "../x".into();

@@ -674,7 +674,7 @@ impl Reconciler {
             &self.snapshots.borrow(),
             namespace,
         );
-        let spec = runtime_spec(&pod.desired, &links);
+        let spec = runtime_spec(&pod.desired, &links, self.config.service_range);
         let pull_needed = pod.pull_retry_at.is_none()
             && pod
                 .waiting
@@ -1023,7 +1023,11 @@ fn pod_ready(pod: &LocalPod) -> bool {
 }
 
 /// The runtime's input for a desired pod.
-fn runtime_spec(desired: &DesiredPod, links: &[manifest::EnvVar]) -> runtime::PodSpec {
+fn runtime_spec(
+    desired: &DesiredPod,
+    links: &[manifest::EnvVar],
+    service_range: ServiceRange,
+) -> runtime::PodSpec {
     let pod = &desired.pod;
     runtime::PodSpec {
         uid: desired.uid.clone(),
@@ -1072,6 +1076,31 @@ fn runtime_spec(desired: &DesiredPod, links: &[manifest::EnvVar]) -> runtime::Po
             })
             .collect(),
         labels: pod.metadata.labels.clone(),
+        // A loopback range is out of a container's reach (its loopback is its own): the
+        // engine's resolver then stays.
+        dns: (!service_range.is_loopback()).then(|| pod_dns(&namespace_of(pod), service_range)),
+    }
+}
+
+fn namespace_of(pod: &manifest::Pod) -> String {
+    pod.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Kubernetes' `ClusterFirst` resolver: the cluster DNS, and search domains so that `NAME` and
+/// `NAME.NAMESPACE` resolve to services.
+fn pod_dns(namespace: &str, range: ServiceRange) -> runtime::PodDns {
+    let domain = crate::dns::CLUSTER_DOMAIN;
+    runtime::PodDns {
+        servers: vec![std::net::IpAddr::V4(range.dns_address())],
+        searches: vec![
+            format!("{namespace}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.to_owned(),
+        ],
+        options: vec!["ndots:5".to_owned()],
     }
 }
 

@@ -132,6 +132,17 @@ impl ServiceRange {
     }
 
     /// How many addresses the range spans (network and broadcast included).
+    /// The cluster DNS's address: the range's first address, which no service gets.
+    pub(crate) fn dns_address(&self) -> Ipv4Addr {
+        self.addr(1)
+    }
+
+    /// Whether the range is in 127.0.0.0/8 (local to every host without privileges, but not
+    /// reachable from inside containers, whose loopback is their own).
+    pub(crate) fn is_loopback(&self) -> bool {
+        self.base.is_loopback()
+    }
+
     pub(crate) fn size(&self) -> u32 {
         1 << (32 - u32::from(self.prefix))
     }
