@@ -460,6 +460,24 @@ fn connections_to_the_cluster_ip_reach_the_pods_wherever_they_run() {
     assert_eq!(opened, 300, "connections opened through the agents");
     assert!(inbound > 0, "no connection crossed the mesh");
 
+    // A NodePort service: every node accepts it on its node port too.
+    let node_port_yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web-np}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 8081, targetPort: 8080}]\n";
+    apply(&cluster, 1, "web-np", node_port_yaml).unwrap();
+    let svc = json(&cluster, 1, &["get", "svc", "web-np", "-o", "json"]).unwrap();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    cluster.wait_for("the node port serves", secs(10), |_| {
+        which_pod(&format!("127.0.0.1:{node_port}")).map(|_| ())
+    });
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(which_pod(&format!("127.0.0.1:{node_port}")).unwrap());
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "the node port spreads over the pods too: {seen:?}"
+    );
+
     // Down to one pod; its node dies; the address serves again from the replacement.
     cluster.agents[0]
         .cli(&["scale", "deployment", "web", "--replicas", "1"])
