@@ -30,6 +30,7 @@ use shoal_mesh::{Endpoint, Members, Mesh, ServiceKey};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::dns::Zone;
@@ -37,6 +38,9 @@ use crate::manifest::ServiceType;
 use crate::net::peer_id_of;
 use crate::workload::plan::Snapshot;
 use crate::workload::service::{self, ServiceRange};
+
+/// How long after a failed bind a service address is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(10);
 
 /// Where connections to one listening address go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +155,10 @@ pub(crate) fn start(
     tokio::spawn(async move {
         let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
         let mut listeners: BTreeMap<SocketAddr, JoinHandle<()>> = BTreeMap::new();
-        let mut failed: BTreeSet<SocketAddr> = BTreeSet::new();
+        // Addresses that could not be bound, and when: tried again after `BIND_RETRY` (a
+        // port another program held may be free by then); warned about once.
+        let mut failed: BTreeMap<SocketAddr, Instant> = BTreeMap::new();
+        let mut warned: BTreeSet<SocketAddr> = BTreeSet::new();
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             let table = table_of(&snapshot, range, &me);
@@ -190,7 +197,8 @@ pub(crate) fn start(
                 }
                 keep
             });
-            failed.retain(|addr| table.routes.contains_key(addr));
+            failed.retain(|addr, at| table.routes.contains_key(addr) && at.elapsed() < BIND_RETRY);
+            warned.retain(|addr| table.routes.contains_key(addr));
             table_tx.send_if_modified(|old| {
                 let changed = **old != table;
                 if changed {
@@ -199,27 +207,34 @@ pub(crate) fn start(
                 changed
             });
             for (addr, route) in &table.routes {
-                if listeners.contains_key(addr) || failed.contains(addr) {
+                if listeners.contains_key(addr) || failed.contains_key(addr) {
                     continue;
                 }
                 match bind(*addr) {
                     Ok(listener) => {
                         info!(%addr, service = %route.service, "serving a service address");
+                        warned.remove(addr);
                         let task =
                             tokio::spawn(serve(listener, *addr, mesh.clone(), table_rx.clone()));
                         listeners.insert(*addr, task);
                     }
                     Err(e) => {
-                        // Said once per address; tried again when the state next changes
-                        // the set of addresses.
-                        warn!(%addr, service = %route.service, error = %e,
-                            "cannot listen on a service address");
-                        failed.insert(*addr);
+                        if warned.insert(*addr) {
+                            warn!(%addr, service = %route.service, error = %e,
+                                "cannot listen on a service address; trying again every {}s",
+                                BIND_RETRY.as_secs());
+                        }
+                        failed.insert(*addr, Instant::now());
                     }
                 }
             }
-            if snapshots.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(BIND_RETRY), if !failed.is_empty() => {}
             }
         }
         for (_, task) in listeners {
@@ -255,7 +270,7 @@ async fn serve(
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 warn!(%addr, error = %e, "accepting a service connection failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -279,5 +294,102 @@ async fn serve(
                     "proxied connection failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use shoal_gossip::MemberState;
+
+    use super::*;
+    use crate::driver::NodeInfo;
+    use crate::manifest::parse;
+    use crate::workload::plan::MemberSnap;
+    use crate::workload::service::DEFAULT_SERVICE_RANGE;
+    use crate::workload::stored::object_key;
+    use crate::workload::view::apply_one;
+
+    fn member(i: u8, state: MemberState, mesh: Option<&str>) -> MemberSnap {
+        MemberSnap {
+            id: NodeId([i; 32]),
+            name: format!("node-{i}"),
+            addr: format!("127.0.0.1:{}", 7000 + u16::from(i)),
+            state,
+            info: Some(NodeInfo {
+                mesh: mesh.map(str::to_owned),
+                labels: BTreeMap::new(),
+                ..NodeInfo::default()
+            }),
+        }
+    }
+
+    fn service(
+        yaml: &str,
+    ) -> (
+        shoal_gossip::ObjectKey,
+        crate::workload::stored::StoredObject,
+    ) {
+        let mut resource = parse("svc.yaml", yaml.as_bytes()).unwrap().remove(0);
+        if let crate::manifest::Resource::Service(svc) = &mut resource {
+            *svc = service::prepare(DEFAULT_SERVICE_RANGE, &[], svc).unwrap();
+        }
+        let (_, stored) = apply_one(&resource, None, 1_000, || "uid".into());
+        let key = resource.key();
+        (
+            object_key(key.kind, &key.namespace, &key.name),
+            stored.unwrap(),
+        )
+    }
+
+    #[test]
+    fn routes_members_and_names_follow_the_state() {
+        let snapshot = Snapshot {
+            members: vec![
+                member(1, MemberState::Alive, Some("127.0.0.1:7948")),
+                member(2, MemberState::Suspect, Some("127.0.0.2:7948")),
+                member(3, MemberState::Dead, Some("127.0.0.3:7948")),
+                member(4, MemberState::Alive, None),
+            ],
+            objects: vec![
+                service(
+                    "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n",
+                ),
+                service(
+                    "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec:\n  clusterIP: None\n  selector: {app: db}\n",
+                ),
+            ],
+            records: Vec::new(),
+        };
+        let table = table_of(&snapshot, DEFAULT_SERVICE_RANGE, &NodeId([1; 32]));
+        // Live members with a mesh address: alive and suspect ones, not the dead one.
+        assert_eq!(
+            table.members.keys().copied().collect::<Vec<_>>(),
+            [NodeId([1; 32]), NodeId([2; 32])]
+        );
+        // The cluster IP and the node port, no endpoint yet (no pod runs).
+        let ips = service::service_ips(DEFAULT_SERVICE_RANGE, &snapshot);
+        let ip = ips[&("default".to_owned(), "web".to_owned())];
+        let vip = SocketAddr::new(IpAddr::V4(ip), 80);
+        let node_port = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 30080);
+        assert_eq!(
+            table.routes.keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([vip, node_port])
+        );
+        assert!(table.routes[&vip].candidates.is_empty());
+        assert_eq!(table.routes[&vip].service, "default/web");
+        // DNS: the cluster IP; the headless service has no ready pods, so no address.
+        assert_eq!(
+            table.zone.services[&("default".to_owned(), "web".to_owned())],
+            [ip]
+        );
+        assert!(table.zone.services[&("shop".to_owned(), "db".to_owned())].is_empty());
+        assert!(table.local_pods.is_empty());
+        // Pure: the same state gives the same table.
+        assert_eq!(
+            table,
+            table_of(&snapshot, DEFAULT_SERVICE_RANGE, &NodeId([1; 32]))
+        );
     }
 }
