@@ -403,6 +403,18 @@ fn field(line: &str, key: &str) -> Option<String> {
     Some(value.trim_matches('"').to_owned())
 }
 
+/// A loopback service range of its own for each cluster of this process: `127.X.0.0/16`
+/// with X in 128..=255 (clear of process pods' 127.64.0.0/10), never the default's 200.
+fn unique_service_range() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut x = 128 + (std::process::id().wrapping_mul(37).wrapping_add(n * 11) % 128);
+    if x == 200 {
+        x = 201;
+    }
+    format!("127.{x}.0.0/16")
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let docker = self
@@ -445,11 +457,18 @@ impl Cluster {
             .expect("shoal keygen");
         assert!(key.status.success(), "shoal keygen failed");
         std::fs::write(&key_file, &key.stdout).expect("writing the key");
+        let mut extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        if !extra.iter().any(|a| a == "--service-range") {
+            // Agents of one machine share service addresses (SO_REUSEPORT): clusters of tests
+            // running at once would take each other's connections in one range.
+            extra.push("--service-range".into());
+            extra.push(unique_service_range());
+        }
         let mut cluster = Cluster {
             agents: Vec::new(),
             key_file,
             scratch,
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            extra,
         };
         for _ in 0..n {
             cluster.add();
@@ -519,6 +538,15 @@ impl Cluster {
                 let _ = Command::new("docker").args(["network", "rm", id]).output();
             }
         }
+    }
+
+    /// The cluster's service range (`--service-range`).
+    pub fn service_range(&self) -> String {
+        self.extra
+            .windows(2)
+            .find(|w| w[0] == "--service-range")
+            .map(|w| w[1].clone())
+            .unwrap_or_default()
     }
 
     /// The scratch directory.
