@@ -434,6 +434,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 labels,
                 runtime: runtime_kind.to_string(),
                 mesh: Some(mesh_addr),
+                service_range: Some(service_range.to_string()),
             },
         },
         shutdown_rx,

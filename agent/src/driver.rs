@@ -60,6 +60,9 @@ pub(crate) struct NodeInfo {
     /// Where its service mesh listens (`ip:port`, QUIC); absent on agents without a mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) mesh: Option<String>,
+    /// The service range it was started with (all members must agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) service_range: Option<String>,
 }
 
 /// A member as the API shows it.

@@ -159,8 +159,21 @@ pub(crate) fn start(
         // port another program held may be free by then); warned about once.
         let mut failed: BTreeMap<SocketAddr, Instant> = BTreeMap::new();
         let mut warned: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut disagreeing: BTreeSet<NodeId> = BTreeSet::new();
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
+            // The range is per cluster: a member started with another one would give and
+            // serve other addresses. Said once per member.
+            for m in &snapshot.members {
+                let theirs = m.info.as_ref().and_then(|i| i.service_range.as_deref());
+                if let Some(theirs) = theirs.filter(|t| *t != range.to_string()) {
+                    if m.state.is_live() && disagreeing.insert(m.id) {
+                        warn!(node = %m.name, theirs, ours = %range,
+                            "a member runs with another --service-range; give every agent of \
+                             the cluster the same one");
+                    }
+                }
+            }
             let table = table_of(&snapshot, range, &me);
             let members: Members = table
                 .members
