@@ -462,6 +462,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The cluster DNS, on the range's first address.
     let (zone_tx, zone_rx) = watch::channel(Arc::new(crate::dns::Zone::default()));
     let dns_addr = SocketAddr::new(service_range.dns_address().into(), 53);
+    let dns_counters = Arc::new(crate::dns::DnsCounters::default());
     let dns = match crate::dns::bind(dns_addr) {
         Ok(socket) => {
             info!(addr = %dns_addr, "cluster DNS listening");
@@ -470,7 +471,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 socket,
                 zone_rx,
                 upstreams,
-                Arc::new(crate::dns::DnsCounters::default()),
+                dns_counters.clone(),
             )))
         }
         Err(e) => {
@@ -507,15 +508,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (api_done_tx, api_done_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(
         api_listener,
-        crate::api::router(
-            handle,
-            token,
-            plan_rx,
+        crate::api::router(crate::api::Api {
+            driver: handle,
+            token: token.map(Arc::from),
+            plans: plan_rx,
             runtime,
-            net.clone(),
-            mesh.clone(),
+            net: net.clone(),
+            mesh: mesh.clone(),
             service_range,
-        ),
+            dns: dns_counters,
+        }),
         async move {
             let _ = api_done_rx.await;
         },

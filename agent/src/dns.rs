@@ -151,10 +151,27 @@ fn encode(mut reply: Message) -> Answer {
 /// Counters of the DNS server.
 #[derive(Debug, Default)]
 pub(crate) struct DnsCounters {
+    /// Queries answered from the cluster's names (including NXDOMAIN).
     pub(crate) answered: AtomicU64,
+    /// Queries for other names, forwarded upstream.
     pub(crate) forwarded: AtomicU64,
+    /// Datagrams that were not a query (malformed, or a response).
     pub(crate) dropped: AtomicU64,
+    /// Forwarded queries no upstream answered (the client got SERVFAIL).
     pub(crate) forward_failed: AtomicU64,
+}
+
+impl DnsCounters {
+    /// The counters as JSON (for `GET /api/v1/stats`).
+    pub(crate) fn snapshot(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "answered": get(&self.answered),
+            "forwarded": get(&self.forwarded),
+            "dropped": get(&self.dropped),
+            "forwardFailed": get(&self.forward_failed),
+        })
+    }
 }
 
 /// The machine's resolvers, from `/etc/resolv.conf`, without `skip` (this server's own

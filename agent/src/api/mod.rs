@@ -8,7 +8,8 @@
 //! - `GET|PUT|DELETE /api/v1/objects/{kind}/{namespace}/{name}`: raw replicated objects (the body
 //!   is the object's bytes); a `PUT` or `DELETE` is answered once it is durable on this node.
 //! - `GET /api/v1/objects/{kind}[?namespace=NS]`: list of `{namespace, name, value}`.
-//! - `GET /api/v1/stats`: counters (gossip, network, persistence, and the mesh's per service).
+//! - `GET /api/v1/stats`: counters (gossip, network, persistence, the mesh's per service, the
+//!   cluster DNS).
 //!
 //! Authentication: when the API listens beyond loopback, every request but `/healthz` needs
 //! `Authorization: Bearer <token>`; the agent refuses to start such a listener without a token.
@@ -38,36 +39,22 @@ use crate::workload::plan::Plan;
 pub(crate) mod logs_remote;
 mod workloads;
 
+/// What the API serves from: the agent's parts it reads and drives.
 #[derive(Clone)]
-struct Api {
-    driver: DriverHandle,
-    token: Option<Arc<str>>,
-    plans: watch::Receiver<Arc<Plan>>,
-    runtime: Arc<AnyRuntime>,
-    net: NetHandle,
-    mesh: shoal_mesh::Mesh,
-    service_range: crate::workload::service::ServiceRange,
+pub(crate) struct Api {
+    pub(crate) driver: DriverHandle,
+    /// The bearer token clients must present, if any.
+    pub(crate) token: Option<Arc<str>>,
+    pub(crate) plans: watch::Receiver<Arc<Plan>>,
+    pub(crate) runtime: Arc<AnyRuntime>,
+    pub(crate) net: NetHandle,
+    pub(crate) mesh: shoal_mesh::Mesh,
+    pub(crate) service_range: crate::workload::service::ServiceRange,
+    pub(crate) dns: Arc<crate::dns::DnsCounters>,
 }
 
 /// Builds the router.
-pub(crate) fn router(
-    driver: DriverHandle,
-    token: Option<String>,
-    plans: watch::Receiver<Arc<Plan>>,
-    runtime: Arc<AnyRuntime>,
-    net: NetHandle,
-    mesh: shoal_mesh::Mesh,
-    service_range: crate::workload::service::ServiceRange,
-) -> Router {
-    let state = Api {
-        driver,
-        token: token.map(Arc::from),
-        plans,
-        runtime,
-        net,
-        mesh,
-        service_range,
-    };
+pub(crate) fn router(state: Api) -> Router {
     let v1 = Router::new()
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/join", post(join))
@@ -241,6 +228,7 @@ async fn stats(State(api): State<Api>) -> Response {
             let mut value = serde_json::to_value(stats).unwrap_or_default();
             // Per service: connections, bytes, errors, connect latency (both directions).
             value["mesh"] = serde_json::to_value(api.mesh.metrics()).unwrap_or_default();
+            value["dns"] = api.dns.snapshot();
             Json(value).into_response()
         }
         Err(e) => gone(e),

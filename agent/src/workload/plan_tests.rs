@@ -35,6 +35,7 @@ fn member(i: u8, state: MemberState) -> MemberSnap {
             labels: BTreeMap::new(),
             runtime: "process".into(),
             mesh: None,
+            service_range: None,
         }),
     }
 }
