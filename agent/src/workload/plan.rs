@@ -451,30 +451,37 @@ fn desired_pod(
     }
 }
 
-/// A Deployment's pods, as the live nodes report them, by template hash: each replica
-/// (ordinal; a replica running twice during a handoff counts once) and whether it is ready.
+/// A Deployment's pods as the live nodes report them, finished ones left out: (node,
+/// pod-template-hash, record).
+fn deployment_records<'a>(
+    d: &'a Deployment,
+    snapshot: &'a Snapshot,
+) -> impl Iterator<Item = (&'a NodeId, &'a str, &'a PodRecord)> {
+    let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
+    snapshot.live_records().filter_map(move |(node, record)| {
+        if record.deployment.as_deref() != Some(d.metadata.name.as_str())
+            || record.pod.metadata.namespace.as_deref() != Some(namespace)
+            || record.is_finished()
+        {
+            return None;
+        }
+        let hash = record.template_hash.as_deref()?;
+        Some((node, hash, record))
+    })
+}
+
 /// Where each of a Deployment's replicas runs, by (pod-template-hash, ordinal), and how many
 /// of its pods each node runs.
 fn replica_nodes(
     d: &Deployment,
     snapshot: &Snapshot,
 ) -> (BTreeMap<(String, u32), NodeId>, BTreeMap<NodeId, u32>) {
-    let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
     let mut nodes = BTreeMap::new();
     let mut load: BTreeMap<NodeId, u32> = BTreeMap::new();
-    for (node, record) in snapshot.live_records() {
-        if record.deployment.as_deref() != Some(d.metadata.name.as_str())
-            || record.pod.metadata.namespace.as_deref() != Some(namespace)
-            || record.is_finished()
-        {
-            continue;
-        }
-        let Some(hash) = &record.template_hash else {
-            continue;
-        };
+    for (node, hash, record) in deployment_records(d, snapshot) {
         // A replica reported by two nodes (a hand-off): the lower node id, as everywhere.
         nodes
-            .entry((hash.clone(), record.replica.ordinal))
+            .entry((hash.to_owned(), record.replica.ordinal))
             .and_modify(|n: &mut NodeId| *n = (*n).min(*node))
             .or_insert(*node);
         *load.entry(*node).or_default() += 1;
@@ -482,24 +489,16 @@ fn replica_nodes(
     (nodes, load)
 }
 
+/// A Deployment's pods, as the live nodes report them, by template hash: each replica
+/// (ordinal; a replica running twice during a handoff counts once) and whether it is ready.
 fn replicas_by_template(
     d: &Deployment,
     snapshot: &Snapshot,
 ) -> BTreeMap<String, BTreeMap<u32, bool>> {
-    let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
     let mut replicas: BTreeMap<String, BTreeMap<u32, bool>> = BTreeMap::new();
-    for (_, record) in snapshot.live_records() {
-        if record.deployment.as_deref() != Some(d.metadata.name.as_str())
-            || record.pod.metadata.namespace.as_deref() != Some(namespace)
-            || record.is_finished()
-        {
-            continue;
-        }
-        let Some(hash) = &record.template_hash else {
-            continue;
-        };
+    for (_, hash, record) in deployment_records(d, snapshot) {
         let ready = replicas
-            .entry(hash.clone())
+            .entry(hash.to_owned())
             .or_default()
             .entry(record.replica.ordinal)
             .or_insert(false);
