@@ -209,21 +209,12 @@ impl Agent {
         }
         // Docker pods of this node, if any.
         if let Some(id) = id {
-            let out = Command::new("docker")
-                .args(["ps", "-aq", "--filter"])
-                .arg(format!("label=io.shoal.node={id}"))
-                .output();
-            if let Ok(out) = out {
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker")
-                        .args(["kill", "--signal", "KILL"])
-                        .args(&ids)
-                        .output();
-                }
+            let ids = docker_ids(&["ps", "-aq"], &format!("label=io.shoal.node={id}"));
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["kill", "--signal", "KILL"])
+                    .args(&ids)
+                    .output();
             }
         }
     }
@@ -306,6 +297,28 @@ impl Agent {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// Starts a long-running `shoal` CLI command against this agent's API (`logs -f`,
+    /// `get -w`): the child, and its standard output line by line as it comes.
+    pub fn cli_stream(&self, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+        let api = self.api.as_deref().expect("started");
+        let mut child = Command::new(shoal_bin())
+            .args(args)
+            .arg("--api")
+            .arg(api)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running shoal");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        });
+        (child, rx)
     }
 
     /// `shoal get nodes -o json` as (name, membership, uid) triples.
@@ -401,6 +414,21 @@ fn field(line: &str, key: &str) -> Option<String> {
     let rest = &line[start..];
     let value = rest.split_whitespace().next()?;
     Some(value.trim_matches('"').to_owned())
+}
+
+/// Ids that `docker <list...> --filter <filter>` prints (none when Docker is not there).
+fn docker_ids(list: &[&str], filter: &str) -> Vec<String> {
+    Command::new("docker")
+        .args(list)
+        .args(["--filter", filter])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A loopback service range of its own for each cluster of this process: `127.X.0.0/16`
@@ -512,31 +540,17 @@ impl Cluster {
         let Some(fp) = self.key_fingerprint() else {
             return;
         };
-        if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("label=io.shoal.cluster={fp}"))
-            .output()
-        {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
+        let filter = format!("label=io.shoal.cluster={fp}");
+        let containers = docker_ids(&["ps", "-aq"], &filter);
+        if !containers.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&containers)
+                .output();
         }
         // Every network of the cluster, duplicates included (removed by id).
-        if let Ok(out) = Command::new("docker")
-            .args(["network", "ls", "-q", "--filter"])
-            .arg(format!("label=io.shoal.cluster={fp}"))
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["network", "rm", id]).output();
-            }
+        for id in docker_ids(&["network", "ls", "-q"], &filter) {
+            let _ = Command::new("docker").args(["network", "rm", &id]).output();
         }
     }
 

@@ -197,20 +197,7 @@ fn scale_up_and_down() {
     apply(&cluster, 0, "web", &deployment("web", 2, "v1", "")).unwrap();
     cluster.wait_for("2 ready", secs(30), |c| ready_everywhere(c, 0, 2));
     // `get deploy -w`: the table, then a line whenever the deployment changes.
-    let mut watch = std::process::Command::new(shoal_tests::shoal_bin())
-        .args(["get", "deploy", "-w", "--api"])
-        .arg(cluster.agents[0].api.as_deref().unwrap())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let _ = tx.send(line.unwrap_or_default());
-        }
-    });
+    let (mut watch, rx) = cluster.agents[0].cli_stream(&["get", "deploy", "-w"]);
     let header = rx.recv_timeout(secs(10)).unwrap();
     assert!(header.starts_with("NAME"), "{header}");
     assert!(rx.recv_timeout(secs(10)).unwrap().starts_with("web "));
@@ -484,19 +471,7 @@ fn logs_of_pods_on_other_nodes() {
                 let err = agent.cli(&["logs", &pod, "-c", "nope"]).unwrap_err();
                 assert!(err.contains("container nope is not valid"), "{err}");
                 // Followed: the first line arrives while the stream stays open.
-                let mut child = std::process::Command::new(shoal_tests::shoal_bin())
-                    .args(["logs", "-f", &pod, "--api", agent.api.as_deref().unwrap()])
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                let stdout = child.stdout.take().unwrap();
-                let (tx, rx) = std::sync::mpsc::channel();
-                std::thread::spawn(move || {
-                    use std::io::BufRead as _;
-                    for line in std::io::BufReader::new(stdout).lines() {
-                        let _ = tx.send(line.unwrap_or_default());
-                    }
-                });
+                let (mut child, rx) = agent.cli_stream(&["logs", "-f", &pod]);
                 let line = rx.recv_timeout(secs(10)).expect("a followed log line");
                 assert!(line.contains("listening on"), "{line}");
                 assert!(child.try_wait().unwrap().is_none(), "logs -f ended early");
