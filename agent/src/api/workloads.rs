@@ -63,6 +63,23 @@ async fn stored(api: &Api, key: shoal_gossip::ObjectKey) -> Result<Option<Stored
     }
 }
 
+/// A stored Deployment and its key, or the 404 (or 503) to answer.
+async fn stored_deployment(
+    api: &Api,
+    namespace: &str,
+    name: &str,
+) -> Result<(shoal_gossip::ObjectKey, StoredObject), Response> {
+    let key = object_key(Kind::Deployment, namespace, name);
+    match stored(api, key.clone()).await? {
+        Some(old) => Ok((key, old)),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("deployments.apps \"{name}\" not found"),
+        )),
+    }
+}
+
 fn new_uid() -> String {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes);
@@ -431,16 +448,8 @@ pub(super) async fn scale(
     Path((namespace, name)): Path<(String, String)>,
     Json(request): Json<ScaleRequest>,
 ) -> Response {
-    let key = object_key(Kind::Deployment, &namespace, &name);
-    let old = match stored(&api, key.clone()).await {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("deployments.apps \"{name}\" not found"),
-            );
-        }
+    let (key, old) = match stored_deployment(&api, &namespace, &name).await {
+        Ok(found) => found,
         Err(resp) => return resp,
     };
     match view::scale(&old, request.replicas) {
@@ -465,16 +474,8 @@ pub(super) async fn undo(
     Path((namespace, name)): Path<(String, String)>,
     Json(request): Json<UndoRequest>,
 ) -> Response {
-    let key = object_key(Kind::Deployment, &namespace, &name);
-    let old = match stored(&api, key.clone()).await {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("deployments.apps \"{name}\" not found"),
-            );
-        }
+    let (key, old) = match stored_deployment(&api, &namespace, &name).await {
+        Ok(found) => found,
         Err(resp) => return resp,
     };
     match view::undo(&old, request.to_revision) {
