@@ -778,14 +778,8 @@ impl Reconciler {
                         if c.handled_exit_of != this_exit {
                             // A new exit: record it and decide.
                             c.handled_exit_of = this_exit;
-                            c.last_state = Some(manifest::ContainerState::Terminated {
-                                exit_code: exit_code.unwrap_or(-1),
-                                signal: None,
-                                reason: Some(reason.clone()),
-                                message: message.clone(),
-                                started_at: None,
-                                finished_at: finished_at_ms.map(Timestamp),
-                            });
+                            c.last_state =
+                                Some(terminated(*exit_code, reason, message, *finished_at_ms));
                             let restart = match policy {
                                 RestartPolicy::Always => true,
                                 RestartPolicy::OnFailure => *exit_code != Some(0),
@@ -1023,6 +1017,24 @@ fn pod_ready(pod: &LocalPod) -> bool {
 }
 
 /// The runtime's input for a desired pod.
+/// A container's exit as the runtime reported it, in Kubernetes' terms (an unknown exit code
+/// shows as -1).
+fn terminated(
+    exit_code: Option<i32>,
+    reason: &str,
+    message: &Option<String>,
+    finished_at_ms: Option<u64>,
+) -> manifest::ContainerState {
+    manifest::ContainerState::Terminated {
+        exit_code: exit_code.unwrap_or(-1),
+        signal: None,
+        reason: Some(reason.to_owned()),
+        message: message.clone(),
+        started_at: None,
+        finished_at: finished_at_ms.map(Timestamp),
+    }
+}
+
 fn runtime_spec(
     desired: &DesiredPod,
     links: &[manifest::EnvVar],
@@ -1148,14 +1160,7 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
                         )),
                     }
                 } else {
-                    manifest::ContainerState::Terminated {
-                        exit_code: exit_code.unwrap_or(-1),
-                        signal: None,
-                        reason: Some(reason.clone()),
-                        message: message.clone(),
-                        started_at: None,
-                        finished_at: finished_at_ms.map(Timestamp),
-                    }
+                    terminated(*exit_code, reason, message, *finished_at_ms)
                 }
             }
             _ => {
