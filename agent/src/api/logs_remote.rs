@@ -22,6 +22,7 @@ use super::{Api, error};
 use crate::driver::DriverHandle;
 use crate::net::{IncomingRequest, Requests};
 use crate::runtime::{AnyRuntime, Runtime as _};
+use crate::workload::plan::MemberSnap;
 use crate::workload::view;
 
 /// What a node asks of another: the logs of one of its pods.
@@ -69,25 +70,17 @@ impl LogStatus {
     }
 }
 
-/// Streams the logs of a pod that runs on `node` (`owner` is its name, for messages).
-#[allow(clippy::too_many_arguments)]
+/// Streams the logs of a pod that runs on the member `owner`.
 pub(super) async fn forward(
     api: &Api,
-    node: NodeId,
-    owner: &str,
+    owner: &MemberSnap,
     namespace: &str,
     name: &str,
     container: &str,
     follow: bool,
     tail: Option<usize>,
 ) -> Response {
-    let Some(addr) = api.driver.snapshot().member(&node).map(|m| m.addr.clone()) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("pod {name} runs on node {owner}, which is no longer a member"),
-        );
-    };
+    let (addr, owner_name) = (owner.addr.as_str(), owner.name.as_str());
     let request = RemoteRequest::Logs(LogRequest {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -100,10 +93,12 @@ pub(super) async fn forward(
         error(
             StatusCode::BAD_GATEWAY,
             "BadGateway",
-            &format!("pod {name} runs on node {owner} ({addr}); fetching its logs failed: {e}"),
+            &format!(
+                "pod {name} runs on node {owner_name} ({addr}); fetching its logs failed: {e}"
+            ),
         )
     };
-    let mut answer = match api.net.request(node, &addr, bytes).await {
+    let mut answer = match api.net.request(owner.id, addr, bytes).await {
         Ok(answer) => answer,
         Err(e) => return unavailable(&e),
     };
@@ -119,7 +114,7 @@ pub(super) async fn forward(
         let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::BAD_GATEWAY);
         return error(code, &status.reason, &status.message);
     }
-    debug!(pod = name, %namespace, node = owner, follow, "streaming logs from another node");
+    debug!(pod = name, %namespace, node = owner_name, follow, "streaming logs from another node");
     let body = Body::from_stream(answer.map(|chunk| chunk.map_err(std::io::Error::other)));
     (StatusCode::OK, body).into_response()
 }

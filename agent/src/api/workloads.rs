@@ -556,12 +556,16 @@ pub(super) async fn pod_log(
         }
     };
     if Some(*node) != me {
-        let owner = snapshot
-            .member(node)
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
+        // A live record's node is a member (`live_records`).
+        let Some(owner) = snapshot.member(node) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("pod {name} runs on a node that is no longer a member"),
+            );
+        };
         return crate::api::logs_remote::forward(
-            &api, *node, &owner, &namespace, &name, &container, q.follow, q.tail,
+            &api, owner, &namespace, &name, &container, q.follow, q.tail,
         )
         .await;
     }
