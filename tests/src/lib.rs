@@ -554,6 +554,14 @@ impl Cluster {
         }
     }
 
+    /// `shoal apply -f` of `yaml` (written to `<name>.yaml` in the scratch directory) through
+    /// agent `via`: its output, or its error output.
+    pub fn apply(&self, via: usize, name: &str, yaml: &str) -> Result<String, String> {
+        let path = self.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("writing a manifest");
+        self.agents[via].cli(&["apply", "-f", path.to_str().expect("UTF-8 path")])
+    }
+
     /// The cluster's service range (`--service-range`).
     pub fn service_range(&self) -> String {
         self.extra

@@ -27,12 +27,6 @@ fn docker_ready(test: &str) -> bool {
     false
 }
 
-fn apply(cluster: &Cluster, name: &str, yaml: &str) -> Result<String, String> {
-    let path = cluster.dir().join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    cluster.agents[0].cli(&["apply", "-f", path.to_str().unwrap()])
-}
-
 fn pod_list(cluster: &Cluster) -> Vec<Value> {
     let Ok(text) = cluster.agents[0].cli(&["get", "pods", "-o", "json"]) else {
         return Vec::new();
@@ -81,7 +75,7 @@ spec:
           periodSeconds: 1
 "#;
     assert_eq!(
-        apply(&cluster, "web", yaml).unwrap().trim(),
+        cluster.apply(0, "web", yaml).unwrap().trim(),
         "deployment.apps/web created"
     );
     cluster.wait_for("3 ready containers", Duration::from_secs(60), |c| {
@@ -140,7 +134,7 @@ spec:
   - name: app
     image: registry.invalid/nope:1
 "#;
-    apply(&cluster, "nope", bad).unwrap();
+    cluster.apply(0, "nope", bad).unwrap();
     cluster.wait_for("pull failure shown", Duration::from_secs(30), |c| {
         let table = c.agents[0].cli(&["get", "pods"])?;
         let line = table
@@ -181,7 +175,7 @@ spec:
     image: shoal-demo:dev
     args: ["--get", "http://localhost:8080/", "--wait-ms", "10000"]
 "#;
-    apply(&cluster, "pair", yaml).unwrap();
+    cluster.apply(0, "pair", yaml).unwrap();
     cluster.wait_for(
         "the client got an answer from localhost",
         Duration::from_secs(60),
@@ -269,7 +263,7 @@ spec:
   ports:
   - {port: 80, targetPort: 8080}
 "#;
-    apply(&cluster, "web", web).unwrap();
+    cluster.apply(0, "web", web).unwrap();
     cluster.wait_for("the web pod ready", Duration::from_secs(60), |c| {
         let pods = pod_list(c);
         if pods
@@ -294,7 +288,7 @@ spec:
     image: shoal-demo:dev
     args: ["--get", "http://web/", "--wait-ms", "20000"]
 "#;
-    apply(&cluster, "client", client).unwrap();
+    cluster.apply(0, "client", client).unwrap();
     cluster.wait_for(
         "the client got an answer from web by name",
         Duration::from_secs(60),

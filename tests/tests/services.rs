@@ -60,12 +60,6 @@ spec:
     )
 }
 
-fn apply(cluster: &Cluster, via: usize, file: &str, yaml: &str) -> Result<String, String> {
-    let path = cluster.dir().join(format!("{file}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    cluster.agents[via].cli(&["apply", "-f", path.to_str().unwrap()])
-}
-
 fn json(cluster: &Cluster, via: usize, args: &[&str]) -> Result<Value, String> {
     let text = cluster.agents[via].cli(args)?;
     serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
@@ -161,7 +155,7 @@ fn endpoints_are_the_ready_pods(
 fn a_service_has_one_address_everywhere_and_its_endpoints_follow_the_pods() {
     let mut cluster = Cluster::start_with("svc", 3, PROCESS);
     assert_eq!(
-        apply(&cluster, 0, "web", &web(3)).unwrap(),
+        cluster.apply(0, "web", &web(3)).unwrap(),
         "deployment.apps/web created\nservice/web created\n"
     );
 
@@ -202,7 +196,7 @@ fn a_service_has_one_address_everywhere_and_its_endpoints_follow_the_pods() {
 
     // Re-applying changes nothing: the address is part of the stored object.
     assert_eq!(
-        apply(&cluster, 2, "web", &web(3)).unwrap(),
+        cluster.apply(2, "web", &web(3)).unwrap(),
         "deployment.apps/web unchanged\nservice/web unchanged\n"
     );
 
@@ -227,7 +221,7 @@ fn a_service_has_one_address_everywhere_and_its_endpoints_follow_the_pods() {
     // Another service gets another address.
     let other = "apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec:\n  type: NodePort\n  ports: [{port: 81}]\n";
     assert_eq!(
-        apply(&cluster, 1, "other", other).unwrap(),
+        cluster.apply(1, "other", other).unwrap(),
         "service/other created\n"
     );
     let other_ip = cluster_ip(&cluster, 1, "other").unwrap();
@@ -241,7 +235,7 @@ fn a_service_has_one_address_everywhere_and_its_endpoints_follow_the_pods() {
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  containers:\n  - name: c\n    image: shoal-demo:dev\n    command: [\"{}\"]\n    env: [{{name: PORT, value: \"9090\"}}]\n",
         demo_bin().display()
     );
-    apply(&cluster, 0, "client", &client).unwrap();
+    cluster.apply(0, "client", &client).unwrap();
     let environ = |c: &Cluster| -> Result<String, String> {
         for agent in &c.agents {
             for pid in agent.pod_pids() {
@@ -331,7 +325,7 @@ fn bad_services_are_refused_by_field_and_nothing_is_written() {
         "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: dns}}\nspec:\n  ports:\n  - port: 53\n    protocol: UDP\n",
         web(1)
     );
-    let err = apply(&cluster, 0, "bad", &bad_protocol).unwrap_err();
+    let err = cluster.apply(0, "bad", &bad_protocol).unwrap_err();
     assert!(
         err.contains("bad.yaml: doc 3: spec.ports[0].protocol: UDP services are not supported yet (TCP only) (line 44)"),
         "{err}"
@@ -344,7 +338,7 @@ fn bad_services_are_refused_by_field_and_nothing_is_written() {
         "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: api}}\nspec:\n  clusterIP: 10.0.0.5\n  ports: [{{port: 80}}]\n",
         web(1)
     );
-    let err = apply(&cluster, 0, "outside", &outside).unwrap_err();
+    let err = cluster.apply(0, "outside", &outside).unwrap_err();
     assert!(
         err.contains("service/api: spec.clusterIP: 10.0.0.5 is not in the cluster's service range 127.200.0.0/16"),
         "{err}"
@@ -368,17 +362,19 @@ fn bad_services_are_refused_by_field_and_nothing_is_written() {
         )
     };
     assert_eq!(
-        apply(&cluster, 0, "a", &svc("a", "127.200.9.9")).unwrap(),
+        cluster.apply(0, "a", &svc("a", "127.200.9.9")).unwrap(),
         "service/a created\n"
     );
-    let err = apply(&cluster, 0, "b", &svc("b", "127.200.9.9")).unwrap_err();
+    let err = cluster.apply(0, "b", &svc("b", "127.200.9.9")).unwrap_err();
     assert!(
         err.contains(
             "service/b: spec.clusterIP: 127.200.9.9 is already allocated to service default/a"
         ),
         "{err}"
     );
-    let err = apply(&cluster, 0, "a", &svc("a", "127.200.9.10")).unwrap_err();
+    let err = cluster
+        .apply(0, "a", &svc("a", "127.200.9.10"))
+        .unwrap_err();
     assert!(
         err.contains(
             "spec.clusterIP: the service has cluster IP 127.200.9.9, which cannot be changed"
@@ -433,7 +429,7 @@ fn which_pod(addr: &str) -> Result<String, String> {
 #[test]
 fn connections_to_the_cluster_ip_reach_the_pods_wherever_they_run() {
     let mut cluster = Cluster::start_with("mesh", 3, PROCESS);
-    apply(&cluster, 0, "web", &web(3)).unwrap();
+    cluster.apply(0, "web", &web(3)).unwrap();
     cluster.wait_for("3 endpoints everywhere", secs(30), |c| {
         endpoints_are_the_ready_pods(c, &[0, 1, 2], 3)
     });
@@ -469,7 +465,7 @@ fn connections_to_the_cluster_ip_reach_the_pods_wherever_they_run() {
 
     // A NodePort service: every node accepts it on its node port too.
     let node_port_yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web-np}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 8081, targetPort: 8080}]\n";
-    apply(&cluster, 1, "web-np", node_port_yaml).unwrap();
+    cluster.apply(1, "web-np", node_port_yaml).unwrap();
     let svc = json(&cluster, 1, &["get", "svc", "web-np", "-o", "json"]).unwrap();
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     cluster.wait_for("the node port serves", secs(10), |_| {

@@ -47,12 +47,6 @@ spec:
     )
 }
 
-fn apply(cluster: &Cluster, via: usize, name: &str, yaml: &str) -> Result<String, String> {
-    let path = cluster.dir().join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    cluster.agents[via].cli(&["apply", "-f", path.to_str().unwrap()])
-}
-
 /// Pods as (name, node, ready, restarts, status text) from `get pods -o json`.
 fn pods(cluster: &Cluster, via: usize) -> Vec<(String, String, bool, u64, Value)> {
     let Ok(text) = cluster.agents[via].cli(&["get", "pods", "-o", "json"]) else {
@@ -115,7 +109,7 @@ fn deployment_heals_after_a_node_dies_and_settles_at_exactly_the_replicas() {
     let mut cluster = Cluster::start_with("heal", 4, PROCESS);
     let yaml = deployment("web", 6, "v1", "");
     assert_eq!(
-        apply(&cluster, 0, "web", &yaml).unwrap().trim(),
+        cluster.apply(0, "web", &yaml).unwrap().trim(),
         "deployment.apps/web created"
     );
     cluster.wait_for("6 ready pods", secs(30), |c| ready_everywhere(c, 1, 6));
@@ -148,7 +142,9 @@ fn deployment_heals_after_a_node_dies_and_settles_at_exactly_the_replicas() {
 #[test]
 fn crashed_container_restarts_with_back_off() {
     let cluster = Cluster::start_with("crash", 2, PROCESS);
-    apply(&cluster, 0, "web", &deployment("web", 1, "v1", "")).unwrap();
+    cluster
+        .apply(0, "web", &deployment("web", 1, "v1", ""))
+        .unwrap();
     cluster.wait_for("1 ready pod", secs(30), |c| ready_everywhere(c, 0, 1));
     let crash = |c: &Cluster| {
         // The running copy (a hand-off to the other node may list a second, pending one).
@@ -194,7 +190,9 @@ fn crashed_container_restarts_with_back_off() {
 #[test]
 fn scale_up_and_down() {
     let cluster = Cluster::start_with("scale", 3, PROCESS);
-    apply(&cluster, 0, "web", &deployment("web", 2, "v1", "")).unwrap();
+    cluster
+        .apply(0, "web", &deployment("web", 2, "v1", ""))
+        .unwrap();
     cluster.wait_for("2 ready", secs(30), |c| ready_everywhere(c, 0, 2));
     // `get deploy -w`: the table, then a line whenever the deployment changes.
     let (mut watch, rx) = cluster.agents[0].cli_stream(&["get", "deploy", "-w"]);
@@ -241,9 +239,13 @@ fn rolling_update_with_max_unavailable_zero_never_dips_below_replicas() {
     let cluster = Cluster::start_with("rolling", 3, PROCESS);
     let strategy =
         "  strategy:\n    type: RollingUpdate\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}";
-    apply(&cluster, 0, "web", &deployment("web", 4, "v1", strategy)).unwrap();
+    cluster
+        .apply(0, "web", &deployment("web", 4, "v1", strategy))
+        .unwrap();
     cluster.wait_for("4 ready", secs(30), |c| ready_everywhere(c, 0, 4));
-    let out = apply(&cluster, 1, "web", &deployment("web", 4, "v2", strategy)).unwrap();
+    let out = cluster
+        .apply(1, "web", &deployment("web", 4, "v2", strategy))
+        .unwrap();
     assert_eq!(out.trim(), "deployment.apps/web configured");
     let start = Instant::now();
     let mut lowest = u64::MAX;
@@ -288,7 +290,7 @@ fn apply_is_idempotent_and_bad_manifests_change_nothing() {
     let cluster = Cluster::start_with("manifests", 2, PROCESS);
     let yaml = deployment("web", 1, "v1", "");
     assert_eq!(
-        apply(&cluster, 0, "web", &yaml).unwrap().trim(),
+        cluster.apply(0, "web", &yaml).unwrap().trim(),
         "deployment.apps/web created"
     );
     // Any node accepts writes; once the first one's has reached it, the second says unchanged.
@@ -296,19 +298,19 @@ fn apply_is_idempotent_and_bad_manifests_change_nothing() {
         c.agents[1].cli(&["get", "deployment", "web"]).map(|_| ())
     });
     assert_eq!(
-        apply(&cluster, 1, "web", &yaml).unwrap().trim(),
+        cluster.apply(1, "web", &yaml).unwrap().trim(),
         "deployment.apps/web unchanged"
     );
     let changed = deployment("web", 2, "v1", "");
     assert_eq!(
-        apply(&cluster, 1, "web", &changed).unwrap().trim(),
+        cluster.apply(1, "web", &changed).unwrap().trim(),
         "deployment.apps/web configured"
     );
     let bad = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: staging\n---\n{}",
         deployment("api", 1, "v1", "").replace("containerPort: 8080", "containerPort: \"80\"")
     );
-    let err = apply(&cluster, 0, "bad", &bad).unwrap_err();
+    let err = cluster.apply(0, "bad", &bad).unwrap_err();
     assert!(
         err.contains("bad.yaml: doc 2: spec.template.spec.containers[0].ports[0].containerPort: expected integer"),
         "{err}"
@@ -322,20 +324,22 @@ fn apply_is_idempotent_and_bad_manifests_change_nothing() {
         .cli(&["get", "deployments", "-A"])
         .unwrap();
     assert!(!deployments.contains("api"), "{deployments}");
-    let unknown = apply(
-        &cluster,
-        0,
-        "unknown",
-        "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: x\n",
-    )
-    .unwrap_err();
+    let unknown = cluster
+        .apply(
+            0,
+            "unknown",
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: x\n",
+        )
+        .unwrap_err();
     assert!(unknown.contains("CronJob"), "{unknown}");
 }
 
 #[test]
 fn a_joining_node_takes_replicas_without_the_ready_count_dipping() {
     let mut cluster = Cluster::start_with("handoff", 2, PROCESS);
-    apply(&cluster, 0, "web", &deployment("web", 6, "v1", "")).unwrap();
+    cluster
+        .apply(0, "web", &deployment("web", 6, "v1", ""))
+        .unwrap();
     cluster.wait_for("6 ready", secs(30), |c| ready_everywhere(c, 0, 6));
     let new = cluster.add();
     let new_name = format!("node-{new}");
@@ -377,7 +381,9 @@ fn a_joining_node_takes_replicas_without_the_ready_count_dipping() {
 #[test]
 fn a_node_that_comes_back_removes_what_it_no_longer_owns() {
     let mut cluster = Cluster::start_with("comeback", 3, PROCESS);
-    apply(&cluster, 0, "web", &deployment("web", 3, "v1", "")).unwrap();
+    cluster
+        .apply(0, "web", &deployment("web", 3, "v1", ""))
+        .unwrap();
     cluster.wait_for("3 ready", secs(30), |c| ready_everywhere(c, 0, 3));
     // Kill only the agent of node-2: its pod processes keep running, as after a crash of the
     // agent alone.
@@ -421,7 +427,9 @@ fn a_node_that_comes_back_removes_what_it_no_longer_owns() {
 #[test]
 fn logs_describe_and_delete() {
     let cluster = Cluster::start_with("logs", 1, PROCESS);
-    apply(&cluster, 0, "web", &deployment("web", 1, "v1", "")).unwrap();
+    cluster
+        .apply(0, "web", &deployment("web", 1, "v1", ""))
+        .unwrap();
     cluster.wait_for("1 ready", secs(30), |c| ready_everywhere(c, 0, 1));
     let pod = pods(&cluster, 0).pop().unwrap().0;
     let logs = cluster.agents[0].cli(&["logs", &pod]).unwrap();
@@ -455,7 +463,9 @@ fn logs_describe_and_delete() {
 #[test]
 fn logs_of_pods_on_other_nodes() {
     let cluster = Cluster::start_with("remote-logs", 2, PROCESS);
-    apply(&cluster, 0, "web", &deployment("web", 2, "v1", "")).unwrap();
+    cluster
+        .apply(0, "web", &deployment("web", 2, "v1", ""))
+        .unwrap();
     cluster.wait_for("2 ready", secs(30), |c| ready_everywhere(c, 0, 2));
     let mut remote = 0;
     for (pod, node, ..) in pods(&cluster, 0) {
