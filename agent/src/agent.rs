@@ -17,10 +17,12 @@ use shoal_gossip::{Config, Identity, Key, NodeId};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::driver::{self, DriverSetup, NodeInfo};
+use crate::driver::{self, DriverSetup};
 use crate::net::{self, ClusterKey, NetConfig};
+use crate::node_info::NodeInfo;
 use crate::persist::Db;
 use crate::runtime::{AnyRuntime, RuntimeConfig, RuntimeKind};
+use crate::workload::limits::Limits;
 use crate::workload::plan::Plan;
 use crate::workload::reconciler::ReconcilerConfig;
 
@@ -83,6 +85,13 @@ pub(crate) struct AgentArgs {
     /// CAP_NET_ADMIN (the agent routes it to this host).
     #[arg(long, default_value_t = crate::workload::service::DEFAULT_SERVICE_RANGE)]
     service_range: crate::workload::service::ServiceRange,
+    /// Most replicas one workload may ask for; `apply` and `scale` refuse more. Give every
+    /// agent the same value (the cluster plans with the lowest any member announces).
+    #[arg(long, default_value_t = Limits::DEFAULT_PER_WORKLOAD, value_parser = clap::value_parser!(u32).range(1..))]
+    max_replicas_per_workload: u32,
+    /// Most replicas all workloads of the cluster may ask for together.
+    #[arg(long, default_value_t = Limits::DEFAULT_CLUSTER, value_parser = clap::value_parser!(u32).range(1..))]
+    max_replicas: u32,
 }
 
 /// The mesh's default address: the gossip listen IP, port 7948 (gossip 7946 + 2), or an
@@ -276,8 +285,21 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut net_config = NetConfig::new(args.listen, keypair, key.clone());
     net_config.mdns = args.mdns;
     net_config.quic = !args.tcp_only;
-    let (net, net_events) = net::start(net_config)
+    // Membership (the network layer and the gossip driver) runs on a runtime of its own, on its
+    // own thread: the failure detector's probes are answered however busy planning, the API or
+    // the runtimes keep the main runtime's threads.
+    let membership = OwnRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shoal-membership")
+            .enable_all()
+            .build()
+            .context("starting the membership runtime")?,
+    ));
+    let (net, net_events) = membership
+        .spawn(net::start(net_config))
         .await
+        .context("starting the network layer")?
         .with_context(|| format!("starting the network layer on {}", args.listen))?;
     let id: NodeId = net.local_node_id();
     let bound = net.local_addr();
@@ -409,6 +431,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let advertise_for_pods = advertise.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The projector decodes workload state on the main runtime, fed by the driver.
+    let projector = driver::start_projector();
+    let membership_guard = membership.enter();
     let (handle, driver_task) = driver::start(
         DriverSetup {
             config,
@@ -424,6 +449,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             synced,
             seeds,
             info: NodeInfo {
+                format: crate::workload::stored::FORMAT,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 os: std::env::consts::OS.to_owned(),
                 arch: std::env::consts::ARCH.to_owned(),
@@ -435,10 +461,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 runtime: runtime_kind.to_string(),
                 mesh: Some(mesh_addr),
                 service_range: Some(service_range.to_string()),
+                limits: Some(Limits {
+                    per_workload: args.max_replicas_per_workload,
+                    cluster: args.max_replicas,
+                }),
             },
         },
+        &projector,
         shutdown_rx,
     );
+    drop(membership_guard);
     let (plan_tx, plan_rx) = watch::channel(Arc::new(Plan::default()));
     let runtime = Arc::new(runtime);
     let runtime_for_shutdown = runtime.clone();
@@ -538,8 +570,30 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     mesh.shutdown().await;
     net.shutdown().await;
+    projector.task.abort();
+    drop(membership);
     info!("shoal agent stopped");
     Ok(())
+}
+
+/// A runtime started from async code, shut down in the background when dropped (dropping a
+/// runtime blocks, which async code must not do), whichever way the agent stops.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for OwnRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Routes `range` to this host (`ip route add local RANGE dev lo`), so that its addresses can

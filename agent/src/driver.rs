@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use shoal_gossip::{
     Config, Entry, Event, Identity, Key, MemberState, Node, NodeId, Now, ObjectKey, Stats,
 };
@@ -26,44 +26,10 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
 use crate::net::{NetEvent, NetHandle, NetMetrics};
-use crate::workload::plan::{MemberSnap, Snapshot};
-use crate::workload::stored::{POD_RECORD_PREFIX, PodRecord, StoredObject};
-
-/// Object kinds the workload snapshot carries.
-pub(crate) const WORKLOAD_KINDS: [&str; 4] = ["namespace", "pod", "deployment", "service"];
+use crate::node_info::{NODE_INFO, NodeInfo};
 use crate::persist::{Db, META_LAST_CONTACT, META_SYNCED};
-
-/// Name of the owned entry where each node publishes facts about itself.
-pub(crate) const NODE_INFO: &str = "node/info";
-
-/// Facts a node publishes about itself (owned entry [`NODE_INFO`], JSON).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct NodeInfo {
-    /// The shoal version the node runs.
-    pub(crate) version: String,
-    /// Operating system and architecture.
-    pub(crate) os: String,
-    pub(crate) arch: String,
-    /// When the node was first started (its identity created), ms since the Unix epoch.
-    pub(crate) created_ms: u64,
-    /// When the node's agent last started, ms since the Unix epoch.
-    pub(crate) started_ms: u64,
-    /// CPU the node offers to pods, in millicores.
-    pub(crate) cpu_millis: u64,
-    /// Memory the node offers to pods, in bytes.
-    pub(crate) memory_bytes: u64,
-    /// The node's labels (for `nodeSelector`).
-    pub(crate) labels: std::collections::BTreeMap<String, String>,
-    /// The runtime running its pods (`docker` or `process`).
-    pub(crate) runtime: String,
-    /// Where its service mesh listens (`ip:port`, QUIC); absent on agents without a mesh.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) mesh: Option<String>,
-    /// The service range it was started with (all members must agree).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) service_range: Option<String>,
-}
+use crate::workload::projector::{self, Change, MemberFacts, ProjectorCounters};
+use crate::workload::snapshot::Snapshot;
 
 /// A member as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +144,7 @@ pub(crate) struct DriverHandle {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<ClusterView>>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    projector: Arc<ProjectorCounters>,
 }
 
 /// The driver is gone (the agent is shutting down).
@@ -250,6 +217,11 @@ impl DriverHandle {
     /// A receiver that sees every new workload snapshot.
     pub(crate) fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.clone()
+    }
+
+    /// The projector's counters.
+    pub(crate) fn projector(&self) -> &ProjectorCounters {
+        &self.projector
     }
 
     /// The latest published view of the cluster.
@@ -346,10 +318,33 @@ pub(crate) struct DriverSetup {
     pub(crate) info: NodeInfo,
 }
 
+/// Starts the projector (on the calling runtime: it must not share a thread with the driver).
+/// The driver sends it changes through the returned sender.
+pub(crate) fn start_projector() -> Projector {
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let counters = Arc::new(ProjectorCounters::default());
+    let (snapshots, task) = projector::start(changes_rx, counters.clone());
+    Projector {
+        changes_tx,
+        snapshots,
+        counters,
+        task,
+    }
+}
+
+/// The projector's ends, for [`start`].
+pub(crate) struct Projector {
+    changes_tx: mpsc::UnboundedSender<Vec<Change>>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    counters: Arc<ProjectorCounters>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
 /// Starts the driver task. Returns a handle and a future that completes when the driver stopped
 /// (after a leave, or when `shutdown` fires) with everything flushed.
 pub(crate) fn start(
     setup: DriverSetup,
+    projector: &Projector,
     shutdown: watch::Receiver<bool>,
 ) -> (DriverHandle, tokio::task::JoinHandle<()>) {
     let clock = Clock {
@@ -367,7 +362,6 @@ pub(crate) fn start(
     node.restore(setup.restored, setup.synced, now);
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
-    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (persist_tx, persist_thread) = start_persistence(setup.db);
     let mut driver = Driver {
         node,
@@ -376,8 +370,10 @@ pub(crate) fn start(
         net_events: setup.net_events,
         commands: commands_rx,
         view: view_tx,
-        snapshot: snapshot_tx,
-        snapshot_dirty: true,
+        changes: projector.changes_tx.clone(),
+        pending_changes: Vec::new(),
+        members_changed: true,
+        infos: BTreeMap::new(),
         persist: persist_tx,
         persist_thread: Some(persist_thread),
         since: BTreeMap::new(),
@@ -390,15 +386,18 @@ pub(crate) fn start(
         shutdown,
         leave_replies: Vec::new(),
     };
-    let info = serde_json::to_vec(&setup.info).expect("node info serialises");
-    driver.node.write_owned(NODE_INFO.into(), Some(info), now);
+    driver.send_whole_state();
+    driver
+        .node
+        .write_owned(NODE_INFO.into(), Some(setup.info.encode()), now);
     if !setup.seeds.is_empty() {
         driver.node.join(setup.seeds, now);
     }
     let handle = DriverHandle {
         commands: commands_tx,
         view: view_rx,
-        snapshot: snapshot_rx,
+        snapshot: projector.snapshots.clone(),
+        projector: projector.counters.clone(),
     };
     let task = tokio::spawn(async move { driver.run().await });
     (handle, task)
@@ -411,8 +410,12 @@ struct Driver {
     net_events: mpsc::Receiver<NetEvent>,
     commands: mpsc::Receiver<Command>,
     view: watch::Sender<Arc<ClusterView>>,
-    snapshot: watch::Sender<Arc<Snapshot>>,
-    snapshot_dirty: bool,
+    /// Workload changes for the projector, which decodes them off this task.
+    changes: mpsc::UnboundedSender<Vec<Change>>,
+    pending_changes: Vec<Change>,
+    members_changed: bool,
+    /// Each member's node info, decoded once per change (for the published view).
+    infos: BTreeMap<NodeId, NodeInfo>,
     persist: mpsc::UnboundedSender<Batch>,
     persist_thread: Option<std::thread::JoinHandle<Db>>,
     /// Wall time each member was last seen changing state.
@@ -566,22 +569,7 @@ impl Driver {
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::EntryChanged(key) => {
-                    match &key {
-                        Key::Owned { name, .. } => {
-                            if name == NODE_INFO {
-                                self.view_dirty = true;
-                                self.snapshot_dirty = true;
-                            } else if name.starts_with(POD_RECORD_PREFIX) {
-                                self.snapshot_dirty = true;
-                            }
-                        }
-                        Key::Object(object) => {
-                            if WORKLOAD_KINDS.contains(&object.kind.as_str()) {
-                                self.snapshot_dirty = true;
-                            }
-                        }
-                        Key::Member(_) => {}
-                    }
+                    self.note_change(&key);
                     self.dirty.insert(key);
                 }
                 Event::MemberChanged(member) => {
@@ -597,7 +585,7 @@ impl Driver {
                     }
                     self.since.insert(member.id, wall_ms());
                     self.view_dirty = true;
-                    self.snapshot_dirty = true;
+                    self.members_changed = true;
                 }
                 Event::Joined { via } => {
                     info!(via = %via, "joined the cluster");
@@ -616,56 +604,77 @@ impl Driver {
         if self.view_dirty {
             self.publish(false);
         }
-        if self.snapshot_dirty {
-            self.publish_snapshot();
+        self.send_changes();
+    }
+
+    /// Notes a changed entry for the projector (its new bytes) and for the published view.
+    fn note_change(&mut self, key: &Key) {
+        let value = || self.node.store().get(key).and_then(|e| e.value.clone());
+        let change = match key {
+            Key::Owned { owner, name } if projector::wants_owned(name) => {
+                if name == NODE_INFO {
+                    let info = value().and_then(|v| NodeInfo::decode(&v).ok());
+                    match info {
+                        Some(info) => self.infos.insert(*owner, info),
+                        None => self.infos.remove(owner),
+                    };
+                    self.view_dirty = true;
+                }
+                Change::Owned {
+                    owner: *owner,
+                    name: name.clone(),
+                    value: value(),
+                }
+            }
+            Key::Object(object) if projector::wants_object(&object.kind) => Change::Object {
+                key: object.clone(),
+                value: value(),
+            },
+            _ => return,
+        };
+        self.pending_changes.push(change);
+    }
+
+    /// Sends the projector what changed since the last call.
+    fn send_changes(&mut self) {
+        if self.members_changed {
+            self.members_changed = false;
+            let members = self
+                .node
+                .members()
+                .map(|m| MemberFacts {
+                    id: m.id,
+                    name: m.name.clone(),
+                    addr: m.addr.clone(),
+                    state: m.state,
+                })
+                .collect();
+            self.pending_changes.push(Change::Members(members));
+        }
+        if !self.pending_changes.is_empty() {
+            let _ = self.changes.send(std::mem::take(&mut self.pending_changes));
         }
     }
 
-    /// Publishes the workload state for the reconciler and the API.
-    fn publish_snapshot(&mut self) {
-        self.snapshot_dirty = false;
-        let store = self.node.store();
-        let members = self
+    /// Sends the projector every workload entry (at start: the restored state).
+    fn send_whole_state(&mut self) {
+        let keys: Vec<Key> = self
             .node
-            .members()
-            .map(|m| MemberSnap {
-                id: m.id,
-                name: m.name.clone(),
-                addr: m.addr.clone(),
-                state: m.state,
-                info: store
-                    .get(&Key::Owned {
-                        owner: m.id,
-                        name: NODE_INFO.into(),
-                    })
-                    .and_then(|e| e.value.as_deref())
-                    .and_then(|v| serde_json::from_slice::<NodeInfo>(v).ok()),
+            .store()
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| match k {
+                Key::Owned { name, .. } => projector::wants_owned(name),
+                Key::Object(o) => projector::wants_object(&o.kind),
+                Key::Member(_) => false,
             })
-            .collect::<Vec<_>>();
-        let mut objects = Vec::new();
-        for kind in WORKLOAD_KINDS {
-            for (key, entry) in store.range_objects(kind, None) {
-                if let Some(stored) = entry.value.as_deref().and_then(StoredObject::decode) {
-                    objects.push((key.clone(), stored));
-                }
-            }
+            .cloned()
+            .collect();
+        for key in keys {
+            self.note_change(&key);
         }
-        let mut records = Vec::new();
-        for m in &members {
-            for (name, entry) in store.owned_by(m.id) {
-                if !name.starts_with(POD_RECORD_PREFIX) {
-                    continue;
-                }
-                if let Some(record) = entry.value.as_deref().and_then(PodRecord::decode) {
-                    records.push((m.id, record));
-                }
-            }
-        }
-        self.snapshot.send_replace(Arc::new(Snapshot {
-            members,
-            objects,
-            records,
-        }));
+        self.members_changed = true;
+        self.send_changes();
     }
 
     fn queue_meta(&mut self, key: &'static str, value: Vec<u8>) {
@@ -717,19 +726,12 @@ impl Driver {
 
     fn publish(&mut self, stopped: bool) {
         self.view_dirty = false;
-        let store = self.node.store();
         let me = self.node.identity().id;
         let members = self
             .node
             .members()
             .map(|m| {
-                let info = store
-                    .get(&Key::Owned {
-                        owner: m.id,
-                        name: NODE_INFO.into(),
-                    })
-                    .and_then(|e| e.value.as_deref())
-                    .and_then(|v| serde_json::from_slice::<NodeInfo>(v).ok());
+                let info = self.infos.get(&m.id).cloned();
                 MemberView {
                     id: m.id,
                     name: m.name.clone(),

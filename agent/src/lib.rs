@@ -11,6 +11,7 @@ mod driver;
 mod k8s;
 pub mod manifest;
 mod net;
+mod node_info;
 mod persist;
 mod proxy;
 pub mod runtime;

@@ -36,8 +36,8 @@ use tracing::{debug, info, warn};
 use crate::dns::Zone;
 use crate::manifest::ServiceType;
 use crate::net::peer_id_of;
-use crate::workload::plan::Snapshot;
 use crate::workload::service::{self, ServiceRange};
+use crate::workload::snapshot::Snapshot;
 
 /// How long after a failed bind a service address is tried again.
 const BIND_RETRY: Duration = Duration::from_secs(10);
@@ -69,7 +69,7 @@ pub(crate) struct Table {
 /// The routes, mesh members and local pod addresses for `snapshot`, as node `me` sees them.
 pub(crate) fn table_of(snapshot: &Snapshot, range: ServiceRange, me: &NodeId) -> Table {
     let mut table = Table::default();
-    for m in &snapshot.members {
+    for m in snapshot.members() {
         if !m.state.is_live() {
             continue;
         }
@@ -164,7 +164,7 @@ pub(crate) fn start(
             let snapshot = snapshots.borrow_and_update().clone();
             // The range is per cluster: a member started with another one would give and
             // serve other addresses. Said once per member.
-            for m in &snapshot.members {
+            for m in snapshot.members() {
                 let theirs = m.info.as_ref().and_then(|i| i.service_range.as_deref());
                 if let Some(theirs) = theirs.filter(|t| *t != range.to_string()) {
                     if m.state.is_live() && disagreeing.insert(m.id) {
@@ -317,10 +317,10 @@ mod tests {
     use shoal_gossip::MemberState;
 
     use super::*;
-    use crate::driver::NodeInfo;
     use crate::manifest::parse;
-    use crate::workload::plan::MemberSnap;
+    use crate::node_info::NodeInfo;
     use crate::workload::service::DEFAULT_SERVICE_RANGE;
+    use crate::workload::snapshot::MemberSnap;
     use crate::workload::stored::object_key;
     use crate::workload::view::apply_one;
 
@@ -358,14 +358,14 @@ mod tests {
 
     #[test]
     fn routes_members_and_names_follow_the_state() {
-        let snapshot = Snapshot {
-            members: vec![
+        let snapshot = Snapshot::new(
+            vec![
                 member(1, MemberState::Alive, Some("127.0.0.1:7948")),
                 member(2, MemberState::Suspect, Some("127.0.0.2:7948")),
                 member(3, MemberState::Dead, Some("127.0.0.3:7948")),
                 member(4, MemberState::Alive, None),
             ],
-            objects: vec![
+            vec![
                 service(
                     "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]\n",
                 ),
@@ -373,8 +373,8 @@ mod tests {
                     "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec:\n  clusterIP: None\n  selector: {app: db}\n",
                 ),
             ],
-            records: Vec::new(),
-        };
+            Vec::new(),
+        );
         let table = table_of(&snapshot, DEFAULT_SERVICE_RANGE, &NodeId([1; 32]));
         // Live members with a mesh address: alive and suspect ones, not the dead one.
         assert_eq!(

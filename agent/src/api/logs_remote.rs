@@ -22,7 +22,7 @@ use super::{Api, error};
 use crate::driver::DriverHandle;
 use crate::net::{IncomingRequest, Requests};
 use crate::runtime::{AnyRuntime, Runtime as _};
-use crate::workload::plan::MemberSnap;
+use crate::workload::snapshot::MemberSnap;
 use crate::workload::view;
 
 /// What a node asks of another: the logs of one of its pods.
@@ -202,9 +202,8 @@ async fn open_logs(
 ) -> Result<crate::runtime::LogStream, LogStatus> {
     let snapshot = driver.snapshot();
     let record = snapshot
-        .records
-        .iter()
-        .find(|(node, r)| *node == me && view::is_pod(r, &request.namespace, &request.name))
+        .records_of(&me)
+        .find(|(_, r)| view::is_pod(r, &request.namespace, &request.name))
         .map(|(_, r)| r);
     let not_found =
         |message: String| LogStatus::failure(StatusCode::NOT_FOUND, "NotFound", message);

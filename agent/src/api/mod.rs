@@ -229,6 +229,10 @@ async fn stats(State(api): State<Api>) -> Response {
             // Per service: connections, bytes, errors, connect latency (both directions).
             value["mesh"] = serde_json::to_value(api.mesh.metrics()).unwrap_or_default();
             value["dns"] = api.dns.snapshot();
+            // The workload snapshot: changes applied, values that failed to decode, sizes.
+            value["projector"] =
+                serde_json::to_value(api.driver.projector().stats(&api.driver.snapshot()))
+                    .unwrap_or_default();
             Json(value).into_response()
         }
         Err(e) => gone(e),

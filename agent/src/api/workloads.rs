@@ -16,8 +16,9 @@ use super::{Api, error, gone};
 use crate::driver::wall_ms;
 use crate::manifest::{Kind, Resource};
 use crate::runtime::Runtime;
-use crate::workload::plan::Snapshot;
+use crate::workload::plan;
 use crate::workload::service::{self, ServiceEntry};
+use crate::workload::snapshot::Snapshot;
 use crate::workload::stored::{StoredObject, object_key};
 use crate::workload::view;
 
@@ -33,11 +34,23 @@ async fn snapshot_with_services(api: &Api) -> Result<Snapshot, Response> {
     let listed = listed
         .into_iter()
         .filter_map(|(key, entry)| {
-            let stored = StoredObject::decode(entry.value.as_deref()?)?;
+            let stored = StoredObject::decode(entry.value.as_deref()?).ok()?;
             Some((key, stored))
         })
         .collect();
-    Ok(view::with_objects(&snapshot, Kind::Service, listed))
+    Ok(snapshot.with_objects(Kind::Service.key_kind(), listed))
+}
+
+/// The replicas the workloads of `snapshot` other than `except` ask for.
+fn asked_elsewhere(
+    snapshot: &Snapshot,
+    except: &std::collections::BTreeSet<shoal_gossip::ObjectKey>,
+) -> u64 {
+    snapshot
+        .objects()
+        .filter(|(k, _)| !except.contains(*k))
+        .map(|(_, o)| u64::from(plan::asked_replicas(&o.resource)))
+        .sum()
 }
 
 #[derive(Deserialize)]
@@ -58,7 +71,7 @@ async fn stored(api: &Api, key: shoal_gossip::ObjectKey) -> Result<Option<Stored
     match api.driver.get(key).await {
         Ok(entry) => Ok(entry
             .and_then(|e| e.value)
-            .and_then(|v| StoredObject::decode(&v))),
+            .and_then(|v| StoredObject::decode(&v).ok())),
         Err(e) => Err(gone(e)),
     }
 }
@@ -122,9 +135,7 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
         Err(resp) => return resp,
     };
     let mut namespaces: std::collections::BTreeSet<String> = snapshot
-        .objects
-        .iter()
-        .filter(|(k, _)| k.kind == Kind::Namespace.key_kind())
+        .objects_of(Kind::Namespace.key_kind())
         .map(|(k, _)| k.name.clone())
         .collect();
     namespaces.insert("default".into());
@@ -143,6 +154,30 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
                 key.namespace
             ));
         }
+    }
+    // Replica limits: what the rest of the cluster asks, then each workload of this apply.
+    let limits = plan::cluster_limits(&snapshot);
+    let applying: std::collections::BTreeSet<_> = resources.iter().map(view::key_of).collect();
+    let mut asked = asked_elsewhere(&snapshot, &applying);
+    for r in &resources {
+        let replicas = plan::asked_replicas(r);
+        if replicas == 0 {
+            continue;
+        }
+        if let Some(reason) = limits.refusal(replicas, asked) {
+            let k = r.key();
+            let field = if k.kind == Kind::Deployment {
+                "spec.replicas: "
+            } else {
+                ""
+            };
+            problems.push(format!(
+                "{}/{}: {field}{reason}",
+                k.kind.resource_type(),
+                k.name
+            ));
+        }
+        asked += u64::from(replicas);
     }
     // Services get their cluster IP and node ports now, each seeing the ones before it.
     let mut services = service::services(&snapshot);
@@ -268,8 +303,7 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
             Err(resp) => return resp,
         };
         for (k, _) in snapshot
-            .objects
-            .iter()
+            .objects()
             .filter(|(k, _)| k.namespace == request.name)
         {
             if let Err(e) = api.driver.write(k.clone(), None).await {
@@ -321,10 +355,13 @@ pub(super) async fn list_deployments(
     Query(q): Query<NamespaceQuery>,
 ) -> Response {
     let snapshot = api.driver.snapshot();
+    let plan = api.plans.borrow().clone();
     let now = wall_ms();
     let items = view::deployments(&snapshot, q.namespace.as_deref())
-        .iter()
-        .map(|(d, stored)| view::deployment_json(d, stored, &snapshot, now))
+        .map(|(d, stored)| {
+            let set_aside = plan.set_aside_reason(&view::deployment_key(d));
+            view::deployment_json(d, stored, &snapshot, now, set_aside)
+        })
         .collect();
     Json(view::list(items)).into_response()
 }
@@ -337,9 +374,8 @@ pub(super) async fn get_deployment(
     let snapshot = api.driver.snapshot();
     let plan = api.plans.borrow().clone();
     let now = wall_ms();
-    let found = view::deployments(&snapshot, Some(&namespace))
-        .into_iter()
-        .find(|(d, _)| d.metadata.name == name);
+    let found =
+        view::deployments(&snapshot, Some(&namespace)).find(|(d, _)| d.metadata.name == name);
     let Some((d, stored)) = found else {
         return error(
             StatusCode::NOT_FOUND,
@@ -348,12 +384,18 @@ pub(super) async fn get_deployment(
         );
     };
     let pods = view::pods(&snapshot, &plan, Some(&namespace));
-    let pod_names: Vec<Value> = view::pods_of(&pods, &d)
+    let pod_names: Vec<Value> = view::pods_of(&pods, d)
         .map(|p| json!({ "name": p.pod.metadata.name, "node": p.pod.spec.node_name, "events": p.events }))
         .collect();
     Json(json!({
-        "object": view::deployment_json(&d, &stored, &snapshot, now),
-        "rollout": view::rollout_of(&d, &snapshot),
+        "object": view::deployment_json(
+            d,
+            stored,
+            &snapshot,
+            now,
+            plan.set_aside_reason(&view::deployment_key(d)),
+        ),
+        "rollout": view::rollout_of(d, &snapshot, now),
         "revisions": stored.history.iter().map(|r| r.revision).collect::<Vec<_>>(),
         "pods": pod_names,
     }))
@@ -452,6 +494,15 @@ pub(super) async fn scale(
         Ok(found) => found,
         Err(resp) => return resp,
     };
+    let snapshot = api.driver.snapshot();
+    let others = asked_elsewhere(&snapshot, &std::collections::BTreeSet::from([key.clone()]));
+    if let Some(reason) = plan::cluster_limits(&snapshot).refusal(request.replicas, others) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            &format!("deployments.apps \"{name}\" not scaled: spec.replicas: {reason}"),
+        );
+    }
     match view::scale(&old, request.replicas) {
         Ok(new) => match api.driver.write(key, Some(new.encode())).await {
             Ok(_) => Json(json!({ "scaled": true })).into_response(),

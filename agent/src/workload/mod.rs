@@ -5,10 +5,13 @@
 //! objects and pod reports are kept in the replicated state. [`service`] gives Services their
 //! virtual IPs, node ports, endpoints and environment variables.
 
+pub(crate) mod limits;
 pub(crate) mod plan;
 pub(crate) mod probe;
+pub(crate) mod projector;
 pub(crate) mod reconciler;
 pub(crate) mod service;
+pub(crate) mod snapshot;
 pub(crate) mod stored;
 pub(crate) mod view;
 

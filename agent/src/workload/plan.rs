@@ -3,77 +3,48 @@
 //! Every node computes [`plan`] from its own [`Snapshot`] of the replicated state and gets the
 //! same answer as every other node with the same state, so no leader decides. The steps:
 //!
-//! 1. **Rollouts**: for each Deployment, how many pods of its current template and of each older
+//! 1. **Limits**: workloads are taken in creation order; one whose replicas would go over the
+//!    per-workload or the cluster's replica limit is set aside ([`SetAside`], with the reason)
+//!    instead of planned ([`super::limits`]).
+//! 2. **Rollouts**: for each Deployment, how many pods of its current template and of each older
 //!    template should exist, from the pods nodes report ([`rollout`]): RollingUpdate surges the
 //!    new template by `maxSurge` and removes old pods only while `replicas - maxUnavailable` stay
 //!    ready; Recreate removes every old pod before creating new ones. The step is a function of
 //!    observed readiness, so it advances as pods become ready, on every node alike.
-//! 2. **Workloads**: each template with its count becomes a scheduler workload
+//! 3. **Workloads**: each template with its count becomes a scheduler workload
 //!    (`deployment/<ns>/<name>-<pod-template-hash>`); a bare Pod is a workload of one
 //!    (`pod/<ns>/<name>`).
-//! 3. **Placement**: [`shoal_scheduler::place`] over the live members (their allocatable
+//! 4. **Placement**: [`shoal_scheduler::place`] over the live members (their allocatable
 //!    resources and labels from `node/info`) and the replicas they report running (so replicas
 //!    stay where they run).
-//! 4. **Pods**: each placed replica becomes a [`DesiredPod`] with a name that depends on the
+//! 5. **Pods**: each placed replica becomes a [`DesiredPod`] with a name that depends on the
 //!    replica and its node (`web-<hash>-<5 chars>`, like a Kubernetes pod name): a replica that
-//!    moves is a new pod.
+//!    moves is a new pod. Pods are built when asked for ([`Plan::pods_on`]); the plan itself
+//!    keeps, per replica, its ordinal and node (36 bytes), and each template once.
+//!
+//! Cost: linear in the workloads and the pods reported (a Deployment's pods come from the
+//! snapshot's index, never from a scan of every pod), plus the scheduler's placement.
 //!
 //! Invariant: the result depends only on the snapshot's content, never on iteration order or
 //! time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shoal_gossip::{MemberState, NodeId, ObjectKey};
 use shoal_scheduler::{
-    ClusterView, Decision, Node as SchedNode, NodeId as SchedNodeId, NodeStatus, Placement,
-    ReplicaId, Resources, Workload, WorkloadId,
+    ClusterView, Decision, Node as SchedNode, NodeId as SchedNodeId, NodeStatus, ReplicaId,
+    Resources, Workload, WorkloadId,
 };
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-use super::stored::{PodRecord, ReplicaRef, StoredObject};
-use crate::driver::NodeInfo;
+use super::limits::Limits;
+use super::snapshot::{Object, Snapshot};
+use super::stored::{PodRecord, ReplicaRef};
 use crate::manifest::{
     Deployment, DeploymentStrategy, ObjectMeta, Pod, PodSpec, PodTemplateSpec, Resource,
 };
-
-/// A member as the planner sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct MemberSnap {
-    pub(crate) id: NodeId,
-    pub(crate) name: String,
-    pub(crate) addr: String,
-    pub(crate) state: MemberState,
-    pub(crate) info: Option<NodeInfo>,
-}
-
-/// The part of the replicated state that workloads depend on.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Snapshot {
-    /// Members (this node included).
-    pub(crate) members: Vec<MemberSnap>,
-    /// Applied objects of the workload kinds, tombstones excluded.
-    pub(crate) objects: Vec<(ObjectKey, StoredObject)>,
-    /// Pods nodes report, with the reporting node.
-    pub(crate) records: Vec<(NodeId, PodRecord)>,
-}
-
-impl Snapshot {
-    /// The member with this id.
-    pub(crate) fn member(&self, id: &NodeId) -> Option<&MemberSnap> {
-        self.members.iter().find(|m| m.id == *id)
-    }
-
-    /// Whether a node is alive or suspect (it keeps running its pods).
-    pub(crate) fn is_live(&self, id: &NodeId) -> bool {
-        self.member(id).is_some_and(|m| m.state.is_live())
-    }
-
-    /// Records of live nodes only: what a dead or departed node reported no longer runs.
-    pub(crate) fn live_records(&self) -> impl Iterator<Item = &(NodeId, PodRecord)> {
-        self.records.iter().filter(|(n, _)| self.is_live(n))
-    }
-}
 
 /// A pod that should run on a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,38 +74,110 @@ pub(crate) struct RolloutStep {
     pub(crate) old: BTreeMap<String, Vec<u32>>,
 }
 
-/// A replica no node can run, and why.
-#[derive(Clone, Debug, PartialEq)]
+/// Replicas of one template that no node can run, and why.
+#[derive(Clone, Debug)]
 pub(crate) struct Unschedulable {
-    pub(crate) pod: Pod,
-    pub(crate) replica: ReplicaRef,
-    pub(crate) deployment: Option<String>,
+    template: Arc<Template>,
+    /// The replicas' ordinals.
+    pub(crate) ordinals: Vec<u32>,
+    /// Why (the scheduler's account of every node).
     pub(crate) reason: String,
+}
+
+impl Unschedulable {
+    /// The Deployment of these replicas, if any.
+    pub(crate) fn deployment(&self) -> Option<&str> {
+        self.template.deployment.as_deref()
+    }
+
+    /// The pods these replicas would be (not placed: no node, no uid).
+    pub(crate) fn pods(&self) -> impl Iterator<Item = Pod> + '_ {
+        self.ordinals.iter().map(|&ordinal| {
+            let replica = self.template.replica(ordinal);
+            self.template.pod(&replica, None, None).0
+        })
+    }
+}
+
+/// A workload the planner does not plan, and why (over a replica limit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SetAside {
+    /// The object.
+    pub(crate) key: ObjectKey,
+    /// Why, for the object's status and events.
+    pub(crate) reason: String,
+}
+
+/// A template's placed replicas.
+#[derive(Clone, Debug)]
+struct Placed {
+    template: Arc<Template>,
+    /// (ordinal, node), by ordinal.
+    replicas: Vec<(u32, NodeId)>,
 }
 
 /// The plan for the whole cluster.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Plan {
-    /// Every placed pod.
-    pub(crate) pods: Vec<DesiredPod>,
+    placed: Vec<Placed>,
+    /// Index into `placed` by workload id.
+    by_workload: BTreeMap<String, usize>,
+    /// Each node's replicas: (index into `placed`, ordinal).
+    by_node: BTreeMap<NodeId, Vec<(usize, u32)>>,
+    /// Node names, for pods' `spec.nodeName`.
+    node_names: BTreeMap<NodeId, String>,
     /// Replicas no node can run.
     pub(crate) unschedulable: Vec<Unschedulable>,
+    /// Workloads not planned at all.
+    pub(crate) set_aside: Vec<SetAside>,
     /// Each Deployment's rollout step, by (namespace, name).
     pub(crate) rollouts: BTreeMap<(String, String), RolloutStep>,
+    /// When the plan may change with no change to the state (a pod becomes available after
+    /// `minReadySeconds`): plan again then.
+    pub(crate) next_change_ms: Option<u64>,
 }
 
 impl Plan {
-    /// The pods `node` should run.
-    pub(crate) fn pods_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a DesiredPod> {
-        self.pods.iter().filter(move |p| p.node == *node)
+    /// The pods `node` should run, in (workload, ordinal) order.
+    pub(crate) fn pods_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = DesiredPod> + 'a {
+        let node = *node;
+        self.by_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .map(move |&(i, ordinal)| self.desired(i, ordinal, node))
+    }
+
+    /// Every placed pod, in (workload, ordinal) order.
+    pub(crate) fn pods(&self) -> impl Iterator<Item = DesiredPod> + '_ {
+        self.placed.iter().enumerate().flat_map(move |(i, p)| {
+            p.replicas
+                .iter()
+                .map(move |&(ordinal, node)| self.desired(i, ordinal, node))
+        })
     }
 
     /// The node a replica is placed on.
     pub(crate) fn node_of(&self, replica: &ReplicaRef) -> Option<&NodeId> {
-        self.pods
+        let placed = &self.placed[*self.by_workload.get(&replica.workload)?];
+        let i = placed
+            .replicas
+            .binary_search_by_key(&replica.ordinal, |(o, _)| *o)
+            .ok()?;
+        Some(&placed.replicas[i].1)
+    }
+
+    /// Why an object is not planned, if it is set aside.
+    pub(crate) fn set_aside_reason(&self, key: &ObjectKey) -> Option<&str> {
+        self.set_aside
             .iter()
-            .find(|p| p.replica == *replica)
-            .map(|p| &p.node)
+            .find(|s| s.key == *key)
+            .map(|s| s.reason.as_str())
+    }
+
+    fn desired(&self, i: usize, ordinal: u32, node: NodeId) -> DesiredPod {
+        let template = &self.placed[i].template;
+        template.desired(ordinal, node, self.node_names.get(&node).cloned())
     }
 }
 
@@ -144,64 +187,194 @@ pub(crate) fn sched_id(id: &NodeId) -> SchedNodeId {
 }
 
 /// A template of a Deployment, or a bare Pod, as one scheduler workload.
+#[derive(Debug)]
 struct Template {
     id: WorkloadId,
+    /// `id` as text (what [`ReplicaRef::workload`] holds).
+    workload: String,
     namespace: String,
-    /// Name prefix of its pods (`web-<hash>` or the pod name).
     deployment: Option<String>,
     template_hash: Option<String>,
     meta: ObjectMeta,
     spec: PodSpec,
+    /// `spec` as JSON, serialised once for every pod's spec hash.
+    spec_json: Vec<u8>,
     /// For a bare Pod: its own name (no suffix).
     bare: bool,
 }
 
+impl Template {
+    fn new(
+        id: WorkloadId,
+        namespace: String,
+        deployment: Option<(String, String)>,
+        meta: ObjectMeta,
+        spec: PodSpec,
+    ) -> Template {
+        let spec_json = serde_json::to_vec(&spec).unwrap_or_default();
+        let bare = deployment.is_none();
+        let (deployment, template_hash) = deployment.unzip();
+        Template {
+            workload: id.to_string(),
+            id,
+            namespace,
+            deployment,
+            template_hash,
+            meta,
+            spec,
+            spec_json,
+            bare,
+        }
+    }
+
+    fn replica(&self, ordinal: u32) -> ReplicaRef {
+        ReplicaRef {
+            workload: self.workload.clone(),
+            ordinal,
+        }
+    }
+
+    /// The pod for a replica on a node (`node: None` for a pod that is not placed), and its
+    /// spec hash.
+    fn pod(
+        &self,
+        replica: &ReplicaRef,
+        node: Option<NodeId>,
+        node_name: Option<String>,
+    ) -> (Pod, String) {
+        let name = if self.bare {
+            self.id.name().to_owned()
+        } else {
+            let mut seed = replica.workload.clone().into_bytes();
+            seed.extend_from_slice(&replica.ordinal.to_le_bytes());
+            if let Some(node) = node {
+                seed.extend_from_slice(node.as_bytes());
+            }
+            format!(
+                "{}-{}-{}",
+                self.deployment.as_deref().unwrap_or_default(),
+                self.template_hash.as_deref().unwrap_or_default(),
+                suffix(xxh3_64(&seed))
+            )
+        };
+        let mut meta = self.meta.clone();
+        meta.name = name;
+        meta.namespace = Some(self.namespace.clone());
+        // The hash of the JSON of `(meta, spec)`, with the spec serialised once per template.
+        let mut hasher = Xxh3::new();
+        hasher.update(b"[");
+        hasher.update(&serde_json::to_vec(&meta).unwrap_or_default());
+        hasher.update(b",");
+        hasher.update(&self.spec_json);
+        hasher.update(b"]");
+        let spec_hash = format!("{:016x}", hasher.digest());
+        let mut spec = self.spec.clone();
+        spec.node_name = node_name;
+        (
+            Pod {
+                metadata: meta,
+                spec,
+            },
+            spec_hash,
+        )
+    }
+
+    fn desired(&self, ordinal: u32, node: NodeId, node_name: Option<String>) -> DesiredPod {
+        let replica = self.replica(ordinal);
+        let (mut pod, spec_hash) = self.pod(&replica, Some(node), node_name);
+        let mut seed =
+            format!("{}/{}/{spec_hash}/", self.namespace, pod.metadata.name).into_bytes();
+        seed.extend_from_slice(node.as_bytes());
+        let uid = format!("{:016x}", xxh3_64(&seed));
+        pod.metadata.uid = Some(uid.clone());
+        DesiredPod {
+            node,
+            pod,
+            replica,
+            deployment: self.deployment.clone(),
+            template_hash: self.template_hash.clone(),
+            uid,
+            spec_hash,
+        }
+    }
+}
+
+/// The limits the cluster plans with: the lowest any live member announces (defaults when none
+/// does), so that members started with different limits plan alike.
+pub(crate) fn cluster_limits(snapshot: &Snapshot) -> Limits {
+    snapshot
+        .members()
+        .filter(|m| m.state.is_live())
+        .filter_map(|m| m.info.as_ref()?.limits)
+        .reduce(Limits::min)
+        .unwrap_or_default()
+}
+
+/// How many replicas an object asks for (0 for kinds that run nothing).
+pub(crate) fn asked_replicas(resource: &Resource) -> u32 {
+    match resource {
+        Resource::Deployment(d) => d.spec.replicas,
+        Resource::Pod(_) => 1,
+        Resource::Namespace(_) | Resource::Service(_) => 0,
+    }
+}
+
 /// Computes the plan. `forfeit`: a node whose running pods do not count as running (a node
 /// that just came back, so that replicas already replaced elsewhere stay there).
-pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>) -> Plan {
+/// `now_ms` decides which ready pods are available yet (`minReadySeconds`); the plan says
+/// when that next changes ([`Plan::next_change_ms`]).
+pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -> Plan {
+    let limits = cluster_limits(snapshot);
     let mut out = Plan::default();
+
+    // Workloads in creation order, within the limits.
+    let mut workloads: Vec<(&ObjectKey, &Object)> = snapshot
+        .objects()
+        .filter(|(_, o)| asked_replicas(&o.resource) > 0)
+        .collect();
+    workloads.sort_by(|a, b| (a.1.stored.created_ms, a.0).cmp(&(b.1.stored.created_ms, b.0)));
+    let mut asked: u64 = 0;
     let mut templates: Vec<(Template, Vec<u32>)> = Vec::new();
-    for (key, stored) in &snapshot.objects {
-        let Ok(resource) = stored.resource() else {
+    for (key, object) in workloads {
+        let replicas = asked_replicas(&object.resource);
+        if let Some(reason) = limits.refusal(replicas, asked) {
+            out.set_aside.push(SetAside {
+                key: key.clone(),
+                reason,
+            });
             continue;
-        };
-        match resource {
-            Resource::Deployment(d) => {
-                let step = rollout(&d, snapshot);
-                let hash = d.pod_template_hash();
-                templates.push((
-                    deployment_template(&d, &hash, &d.spec.template),
-                    (0..step.new_count).collect(),
-                ));
-                for (old_hash, ordinals) in &step.old {
-                    if let Some(template) = old_template(&d, old_hash, snapshot) {
-                        templates.push((
-                            deployment_template(&d, old_hash, &template),
-                            ordinals.clone(),
-                        ));
-                    }
+        }
+        asked += u64::from(replicas);
+        if let Some((d, hash)) = object.deployment() {
+            let step = rollout_with(d, hash, snapshot, now_ms, &mut out.next_change_ms);
+            templates.push((
+                deployment_template(d, hash, &d.spec.template),
+                (0..step.new_count).collect(),
+            ));
+            for (old_hash, ordinals) in &step.old {
+                if let Some(template) = old_template(d, old_hash, snapshot) {
+                    templates.push((
+                        deployment_template(d, old_hash, &template),
+                        ordinals.clone(),
+                    ));
                 }
-                out.rollouts
-                    .insert((key.namespace.clone(), key.name.clone()), step);
             }
-            Resource::Pod(p) => {
-                let Ok(id) = WorkloadId::new("pod", &key.namespace, &key.name) else {
-                    continue;
-                };
-                templates.push((
-                    Template {
-                        id,
-                        namespace: key.namespace.clone(),
-                        deployment: None,
-                        template_hash: None,
-                        meta: p.metadata.clone(),
-                        spec: p.spec.clone(),
-                        bare: true,
-                    },
-                    vec![0],
-                ));
-            }
-            Resource::Namespace(_) | Resource::Service(_) => {}
+            out.rollouts
+                .insert((key.namespace.clone(), key.name.clone()), step);
+        } else if let Resource::Pod(p) = &object.resource {
+            let Ok(id) = WorkloadId::new("pod", &key.namespace, &key.name) else {
+                continue;
+            };
+            templates.push((
+                Template::new(
+                    id,
+                    key.namespace.clone(),
+                    None,
+                    p.metadata.clone(),
+                    p.spec.clone(),
+                ),
+                vec![0],
+            ));
         }
     }
 
@@ -215,7 +388,7 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>) -> Plan {
             running.entry(sched_id(node)).or_default().insert(replica);
         }
     }
-    let nodes = snapshot.members.iter().filter_map(|m| {
+    let nodes = snapshot.members().filter_map(|m| {
         let info = m.info.as_ref()?;
         let status = match m.state {
             MemberState::Alive => NodeStatus::Alive,
@@ -241,7 +414,7 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>) -> Plan {
     let Ok(view) = ClusterView::new(nodes) else {
         return out;
     };
-    let workloads: Vec<Workload> = templates
+    let scheduled: Vec<Workload> = templates
         .iter()
         .map(|(t, ordinals)| {
             // Explicit ordinals (as a stateful set's, with no volumes): an older template
@@ -261,38 +434,48 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>) -> Plan {
             w
         })
         .collect();
-    let placement: Placement = shoal_scheduler::place(&view, &workloads);
-    let by_hex: BTreeMap<String, NodeId> = snapshot
-        .members
-        .iter()
-        .map(|m| (m.id.to_hex(), m.id))
-        .collect();
-    for (template, ordinals) in &templates {
-        for &ordinal in ordinals {
-            let replica = ReplicaRef {
-                workload: template.id.to_string(),
-                ordinal,
-            };
+    let placement = shoal_scheduler::place(&view, &scheduled);
+    drop(scheduled);
+    let by_hex: BTreeMap<String, NodeId> =
+        snapshot.members().map(|m| (m.id.to_hex(), m.id)).collect();
+    out.node_names = snapshot.members().map(|m| (m.id, m.name.clone())).collect();
+    for (template, ordinals) in templates {
+        let template = Arc::new(template);
+        let mut replicas = Vec::new();
+        let mut unschedulable: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for ordinal in ordinals {
             match placement.decision(&template.id.replica(ordinal)) {
                 Some(Decision::Run { node, .. }) => {
-                    let Some(node) = by_hex.get(node.as_str()) else {
-                        continue;
-                    };
-                    out.pods
-                        .push(desired_pod(template, replica, *node, snapshot));
+                    if let Some(node) = by_hex.get(node.as_str()) {
+                        replicas.push((ordinal, *node));
+                    }
                 }
                 Some(Decision::Unschedulable(reason)) => {
-                    let (pod, _) = pod_for(template, &replica, None, snapshot);
-                    out.unschedulable.push(Unschedulable {
-                        pod,
-                        replica,
-                        deployment: template.deployment.clone(),
-                        reason: reason.to_string(),
-                    });
+                    unschedulable
+                        .entry(reason.to_string())
+                        .or_default()
+                        .push(ordinal);
                 }
                 None => {}
             }
         }
+        for (reason, ordinals) in unschedulable {
+            out.unschedulable.push(Unschedulable {
+                template: template.clone(),
+                ordinals,
+                reason,
+            });
+        }
+        if replicas.is_empty() {
+            continue;
+        }
+        replicas.sort_unstable();
+        let i = out.placed.len();
+        for &(ordinal, node) in &replicas {
+            out.by_node.entry(node).or_default().push((i, ordinal));
+        }
+        out.by_workload.insert(template.workload.clone(), i);
+        out.placed.push(Placed { template, replicas });
     }
     out
 }
@@ -321,28 +504,20 @@ fn deployment_template(d: &Deployment, hash: &str, template: &PodTemplateSpec) -
     };
     meta.labels
         .insert("pod-template-hash".into(), hash.to_owned());
-    Template {
+    Template::new(
         id,
         namespace,
-        deployment: Some(name.clone()),
-        template_hash: Some(hash.to_owned()),
+        Some((name.clone(), hash.to_owned())),
         meta,
-        spec: template.spec.clone(),
-        bare: false,
-    }
+        template.spec.clone(),
+    )
 }
 
 /// The template of an older revision still running, from the pods that run it.
 fn old_template(d: &Deployment, hash: &str, snapshot: &Snapshot) -> Option<PodTemplateSpec> {
-    let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
-    snapshot
-        .live_records()
-        .map(|(_, r)| r)
-        .filter(|r| {
-            r.deployment.as_deref() == Some(d.metadata.name.as_str())
-                && r.pod.metadata.namespace.as_deref() == Some(namespace)
-                && r.template_hash.as_deref() == Some(hash)
-        })
+    deployment_records(d, snapshot)
+        .filter(|(_, h, _)| *h == hash)
+        .map(|(_, _, r)| r)
         .min_by(|a, b| a.pod.metadata.name.cmp(&b.pod.metadata.name))
         .map(|r| {
             let mut labels = r.pod.metadata.labels.clone();
@@ -388,69 +563,6 @@ fn suffix(mut h: u64) -> String {
         .collect()
 }
 
-/// The pod for a replica on a node (`node: None` for a pod that is not placed).
-fn pod_for(
-    template: &Template,
-    replica: &ReplicaRef,
-    node: Option<NodeId>,
-    snapshot: &Snapshot,
-) -> (Pod, String) {
-    let name = if template.bare {
-        template.id.name().to_owned()
-    } else {
-        let mut seed = replica.workload.clone().into_bytes();
-        seed.extend_from_slice(&replica.ordinal.to_le_bytes());
-        if let Some(node) = node {
-            seed.extend_from_slice(node.as_bytes());
-        }
-        format!(
-            "{}-{}-{}",
-            template.deployment.as_deref().unwrap_or_default(),
-            template.template_hash.as_deref().unwrap_or_default(),
-            suffix(xxh3_64(&seed))
-        )
-    };
-    let mut meta = template.meta.clone();
-    meta.name = name;
-    meta.namespace = Some(template.namespace.clone());
-    let mut spec = template.spec.clone();
-    spec.node_name = node.and_then(|n| snapshot.member(&n).map(|m| m.name.clone()));
-    let spec_hash = format!(
-        "{:016x}",
-        xxh3_64(&serde_json::to_vec(&(&meta, &template.spec)).unwrap_or_default())
-    );
-    (
-        Pod {
-            metadata: meta,
-            spec,
-        },
-        spec_hash,
-    )
-}
-
-fn desired_pod(
-    template: &Template,
-    replica: ReplicaRef,
-    node: NodeId,
-    snapshot: &Snapshot,
-) -> DesiredPod {
-    let (mut pod, spec_hash) = pod_for(template, &replica, Some(node), snapshot);
-    let mut seed =
-        format!("{}/{}/{spec_hash}/", template.namespace, pod.metadata.name).into_bytes();
-    seed.extend_from_slice(node.as_bytes());
-    let uid = format!("{:016x}", xxh3_64(&seed));
-    pod.metadata.uid = Some(uid.clone());
-    DesiredPod {
-        node,
-        pod,
-        replica,
-        deployment: template.deployment.clone(),
-        template_hash: template.template_hash.clone(),
-        uid,
-        spec_hash,
-    }
-}
-
 /// A Deployment's pods as the live nodes report them, finished ones left out: (node,
 /// pod-template-hash, record).
 fn deployment_records<'a>(
@@ -458,16 +570,15 @@ fn deployment_records<'a>(
     snapshot: &'a Snapshot,
 ) -> impl Iterator<Item = (&'a NodeId, &'a str, &'a PodRecord)> {
     let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
-    snapshot.live_records().filter_map(move |(node, record)| {
-        if record.deployment.as_deref() != Some(d.metadata.name.as_str())
-            || record.pod.metadata.namespace.as_deref() != Some(namespace)
-            || record.is_finished()
-        {
-            return None;
-        }
-        let hash = record.template_hash.as_deref()?;
-        Some((node, hash, record))
-    })
+    snapshot
+        .deployment_records(namespace, &d.metadata.name)
+        .filter_map(|(node, record)| {
+            if record.is_finished() {
+                return None;
+            }
+            let hash = record.template_hash.as_deref()?;
+            Some((node, hash, record))
+        })
 }
 
 /// Where each of a Deployment's replicas runs, by (pod-template-hash, ordinal), and how many
@@ -494,15 +605,21 @@ fn replica_nodes(
 fn replicas_by_template(
     d: &Deployment,
     snapshot: &Snapshot,
+    now_ms: u64,
+    next_change_ms: &mut Option<u64>,
 ) -> BTreeMap<String, BTreeMap<u32, bool>> {
+    let min_ready_ms = u64::from(d.spec.min_ready_seconds) * 1000;
     let mut replicas: BTreeMap<String, BTreeMap<u32, bool>> = BTreeMap::new();
     for (_, hash, record) in deployment_records(d, snapshot) {
-        let ready = replicas
+        let available = replicas
             .entry(hash.to_owned())
             .or_default()
             .entry(record.replica.ordinal)
             .or_insert(false);
-        *ready |= record.is_ready();
+        *available |= record.is_available(min_ready_ms, now_ms);
+        if let Some(at) = record.available_at(min_ready_ms, now_ms) {
+            *next_change_ms = Some(next_change_ms.map_or(at, |t| t.min(at)));
+        }
     }
     replicas
 }
@@ -511,24 +628,36 @@ fn replicas_by_template(
 ///
 /// - No old pods: `replicas` of the current template.
 /// - RollingUpdate with `(surge, unavailable)` resolved from the spec: new pods up to
-///   `replicas + surge - old pods`; of the old pods, only ready ones are kept, and only as many
-///   as are needed to keep `replicas - unavailable` ready given the new pods already ready
+///   `replicas + surge - old pods`; of the old pods, only available ones are kept (ready for
+///   `minReadySeconds`, [`PodRecord::is_available`]), and only as many as are needed to keep
+///   `replicas - unavailable` available given the new pods already available
 ///   (lowest ordinals first, templates with most ready pods first, ties by hash, so every node
 ///   keeps the same ones).
 /// - Recreate: no new pods until every old pod is gone.
 /// - Paused: nothing moves (new pods as they are, every old pod kept).
-pub(crate) fn rollout(d: &Deployment, snapshot: &Snapshot) -> RolloutStep {
+pub(crate) fn rollout(d: &Deployment, snapshot: &Snapshot, now_ms: u64) -> RolloutStep {
+    rollout_with(d, &d.pod_template_hash(), snapshot, now_ms, &mut None)
+}
+
+/// [`rollout`], with the Deployment's current pod-template-hash already computed; lowers
+/// `next_change_ms` to when a pod that counts becomes available.
+fn rollout_with(
+    d: &Deployment,
+    current: &str,
+    snapshot: &Snapshot,
+    now_ms: u64,
+    next_change_ms: &mut Option<u64>,
+) -> RolloutStep {
     let replicas = d.spec.replicas;
-    let current = d.pod_template_hash();
-    let by_template = replicas_by_template(d, snapshot);
+    let by_template = replicas_by_template(d, snapshot, now_ms, next_change_ms);
     let count = |ordinals: &BTreeMap<u32, bool>| ordinals.len() as u32;
     let ready = |ordinals: &BTreeMap<u32, bool>| ordinals.values().filter(|r| **r).count() as u32;
     let (new_existing, new_ready) = by_template
-        .get(&current)
+        .get(current)
         .map(|o| (count(o), ready(o)))
         .unwrap_or((0, 0));
     let old: Vec<(&String, &BTreeMap<u32, bool>)> =
-        by_template.iter().filter(|(h, _)| **h != current).collect();
+        by_template.iter().filter(|(h, _)| *h != current).collect();
     let old_total: u32 = old.iter().map(|(_, o)| count(o)).sum();
     if old_total == 0 {
         return RolloutStep {

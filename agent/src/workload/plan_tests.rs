@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_gossip::{MemberState, NodeId, ObjectKey};
 
-use super::plan::{DesiredPod, MemberSnap, Snapshot, plan};
-use super::stored::{PodRecord, StoredObject, object_key};
+use super::plan::{DesiredPod, Plan, plan};
+use super::snapshot::{MemberSnap, Snapshot};
+use super::stored::{FORMAT, PodRecord, StoredObject, object_key};
 use super::view::apply_one;
-use crate::driver::NodeInfo;
 use crate::manifest::{
     ConditionStatus, PodCondition, PodConditionType, PodPhase, PodStatus, parse,
 };
+use crate::node_info::NodeInfo;
 
 fn node(i: u8) -> NodeId {
     NodeId([i; 32])
@@ -25,6 +26,7 @@ fn member(i: u8, state: MemberState) -> MemberSnap {
         addr: format!("127.0.0.1:{}", 7000 + u16::from(i)),
         state,
         info: Some(NodeInfo {
+            format: FORMAT,
             version: "test".into(),
             os: "linux".into(),
             arch: "x86_64".into(),
@@ -36,6 +38,7 @@ fn member(i: u8, state: MemberState) -> MemberSnap {
             runtime: "process".into(),
             mesh: None,
             service_range: None,
+            limits: None,
         }),
     }
 }
@@ -60,8 +63,30 @@ fn stored(yaml: &str, old: Option<&StoredObject>) -> (ObjectKey, StoredObject) {
     (object_key(key.kind, &key.namespace, &key.name), new)
 }
 
-fn snapshot(members: Vec<MemberSnap>, objects: Vec<(ObjectKey, StoredObject)>) -> Snapshot {
-    Snapshot {
+/// The state a test changes step by step, made into a snapshot for each plan.
+#[derive(Clone)]
+struct State {
+    members: Vec<MemberSnap>,
+    objects: Vec<(ObjectKey, StoredObject)>,
+    records: Vec<(NodeId, PodRecord)>,
+}
+
+impl State {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::new(
+            self.members.clone(),
+            self.objects.clone(),
+            self.records.clone(),
+        )
+    }
+
+    fn plan(&self) -> Plan {
+        plan(&self.snapshot(), None, 1_000_000)
+    }
+}
+
+fn snapshot(members: Vec<MemberSnap>, objects: Vec<(ObjectKey, StoredObject)>) -> State {
+    State {
         members,
         objects,
         records: Vec::new(),
@@ -78,6 +103,7 @@ fn record(pod: &DesiredPod, ready: bool) -> (NodeId, PodRecord) {
     (
         pod.node,
         PodRecord {
+            format: FORMAT,
             pod: pod.pod.clone(),
             status: PodStatus {
                 phase: PodPhase::Running,
@@ -99,10 +125,10 @@ fn record(pod: &DesiredPod, ready: bool) -> (NodeId, PodRecord) {
     )
 }
 
-fn placed(snapshot: &Snapshot) -> BTreeSet<(String, NodeId, String)> {
-    plan(snapshot, None)
-        .pods
-        .iter()
+fn placed(state: &State) -> BTreeSet<(String, NodeId, String)> {
+    state
+        .plan()
+        .pods()
         .map(|p| (p.pod.metadata.name.clone(), p.node, p.uid.clone()))
         .collect()
 }
@@ -136,7 +162,7 @@ fn replicas_spread_over_the_nodes() {
     let members: Vec<MemberSnap> = (1..=3).map(|i| member(i, MemberState::Alive)).collect();
     let s = snapshot(members, vec![stored(&deployment(6, "v1", ""), None)]);
     let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for p in plan(&s, None).pods {
+    for p in s.plan().pods() {
         *per_node.entry(p.node).or_default() += 1;
     }
     assert_eq!(per_node.len(), 3, "{per_node:?}");
@@ -147,27 +173,25 @@ fn replicas_spread_over_the_nodes() {
 fn a_dead_nodes_replicas_are_placed_on_the_others_and_the_rest_stay() {
     let members: Vec<MemberSnap> = (1..=3).map(|i| member(i, MemberState::Alive)).collect();
     let mut s = snapshot(members, vec![stored(&deployment(6, "v1", ""), None)]);
-    let first = plan(&s, None);
-    s.records = first.pods.iter().map(|p| record(p, true)).collect();
+    let first: Vec<DesiredPod> = s.plan().pods().collect();
+    s.records = first.iter().map(|p| record(p, true)).collect();
     // Stable: planning again with every pod reported running changes nothing.
     assert_eq!(
         placed(&s),
         first
-            .pods
             .iter()
             .map(|p| (p.pod.metadata.name.clone(), p.node, p.uid.clone()))
             .collect()
     );
     s.members[1].state = MemberState::Dead;
     let dead = node(2);
-    let after = plan(&s, None);
-    assert_eq!(after.pods.len(), 6);
-    assert!(after.pods.iter().all(|p| p.node != dead));
+    let after: Vec<DesiredPod> = s.plan().pods().collect();
+    assert_eq!(after.len(), 6);
+    assert!(after.iter().all(|p| p.node != dead));
     // Pods on the survivors keep their names and places.
-    for p in first.pods.iter().filter(|p| p.node != dead) {
+    for p in first.iter().filter(|p| p.node != dead) {
         assert!(
             after
-                .pods
                 .iter()
                 .any(|q| q.pod.metadata.name == p.pod.metadata.name && q.node == p.node),
             "{} moved",
@@ -183,51 +207,45 @@ fn a_rolling_update_without_unavailability_surges_and_retires_only_ready_replace
         "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n";
     let (key, v1) = stored(&deployment(4, "v1", strategy), None);
     let mut s = snapshot(members, vec![(key, v1.clone())]);
-    let first = plan(&s, None);
-    s.records = first.pods.iter().map(|p| record(p, true)).collect();
-    let old_hash = first.pods[0].template_hash.clone().unwrap();
+    let first: Vec<DesiredPod> = s.plan().pods().collect();
+    s.records = first.iter().map(|p| record(p, true)).collect();
+    let old_hash = first[0].template_hash.clone().unwrap();
 
     // The template changes: one new pod (the surge); all 4 old ones stay.
     let (key, v2) = stored(&deployment(4, "v2", strategy), Some(&v1));
     assert_eq!(v2.revision, 2);
     s.objects = vec![(key, v2)];
-    let step = plan(&s, None);
+    let step: Vec<DesiredPod> = s.plan().pods().collect();
     let new: Vec<&DesiredPod> = step
-        .pods
         .iter()
         .filter(|p| p.template_hash.as_deref() != Some(old_hash.as_str()))
         .collect();
-    let old = step.pods.len() - new.len();
+    let old = step.len() - new.len();
     assert_eq!((new.len(), old), (1, 4));
 
     // While the new pod is not ready, nothing more happens.
     s.records.push(record(new[0], false));
-    let waiting = plan(&s, None);
-    assert_eq!(waiting.pods.len(), 5);
+    let waiting = s.plan();
+    assert_eq!(waiting.pods().count(), 5);
 
     // Once it is ready, one old pod is retired; the next new one comes only once that pod is
     // gone (its node stopped reporting it), so there are never more than 5.
     let ready = record(new[0], true);
     *s.records.last_mut().unwrap() = ready;
-    let count = |plan: &super::plan::Plan| {
+    let count = |plan: &Plan| {
         let new = plan
-            .pods
-            .iter()
+            .pods()
             .filter(|p| p.template_hash.as_deref() != Some(old_hash.as_str()))
             .count();
-        (new, plan.pods.len() - new)
+        (new, plan.pods().count() - new)
     };
-    let next = plan(&s, None);
+    let next = s.plan();
     assert_eq!(count(&next), (1, 3));
-    let kept: BTreeSet<String> = next
-        .pods
-        .iter()
-        .map(|p| p.pod.metadata.name.clone())
-        .collect();
+    let kept: BTreeSet<String> = next.pods().map(|p| p.pod.metadata.name.clone()).collect();
     s.records
         .retain(|(_, r)| kept.contains(&r.pod.metadata.name));
     // The retired pod is the only one gone: no kept pod moved to another node.
     assert_eq!(s.records.len(), 4, "{kept:?}");
-    let after = plan(&s, None);
+    let after = s.plan();
     assert_eq!(count(&after), (2, 3));
 }

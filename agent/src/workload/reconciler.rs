@@ -30,9 +30,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::plan::{DesiredPod, Plan, Snapshot, plan};
+use super::plan::{DesiredPod, Plan, plan};
 use super::probe::{self, ProbeKind};
 use super::service::{self, ServiceRange};
+use super::snapshot::Snapshot;
 use super::stored::{PodEvent, PodRecord, record_name};
 use crate::driver::{DriverHandle, wall_ms};
 use crate::manifest::{
@@ -472,7 +473,7 @@ impl Reconciler {
             return;
         }
         let forfeit = (!self.first_pass_done).then_some(&me);
-        let plan = plan(&snapshot, forfeit);
+        let plan = plan(&snapshot, forfeit, wall_ms());
         let actual = match self.runtime.list_pods().await {
             Ok(pods) => pods,
             Err(e) => {
@@ -482,10 +483,8 @@ impl Reconciler {
         };
         let actual: BTreeMap<String, PodInfo> =
             actual.into_iter().map(|p| (p.uid.clone(), p)).collect();
-        let desired: BTreeMap<String, DesiredPod> = plan
-            .pods_on(&me)
-            .map(|p| (p.uid.clone(), p.clone()))
-            .collect();
+        let desired: BTreeMap<String, DesiredPod> =
+            plan.pods_on(&me).map(|p| (p.uid.clone(), p)).collect();
         let first_pass = !self.first_pass_done;
 
         // Pods this node runs that are no longer desired here.
@@ -558,9 +557,8 @@ impl Reconciler {
     /// restart), from this node's own record of it.
     fn adopt(&mut self, uid: &str, info: &PodInfo, snapshot: &Snapshot) -> bool {
         if !self.pods.contains_key(uid) {
-            let record = snapshot.records.iter().find(|(n, r)| {
-                *n == self.config.me
-                    && r.pod.metadata.name == info.name
+            let record = snapshot.records_of(&self.config.me).find(|(_, r)| {
+                r.pod.metadata.name == info.name
                     && r.pod.metadata.namespace.as_deref() == Some(info.namespace.as_str())
             });
             let Some((_, record)) = record else {
@@ -609,9 +607,8 @@ impl Reconciler {
             return false;
         }
         let ready_there = snapshot
-            .records
-            .iter()
-            .any(|(n, r)| n == target && r.replica == pod.desired.replica && r.is_ready());
+            .records_of(target)
+            .any(|(_, r)| r.replica == pod.desired.replica && r.is_ready());
         !ready_there
     }
 
@@ -937,15 +934,8 @@ impl Reconciler {
         }
         // What the state says this node reports (after a restart, what it reported before).
         let mut stale: Vec<String> = snapshot
-            .records
-            .iter()
-            .filter(|(n, _)| *n == me)
-            .map(|(_, r)| {
-                record_name(
-                    r.pod.metadata.namespace.as_deref().unwrap_or("default"),
-                    &r.pod.metadata.name,
-                )
-            })
+            .records_of(&me)
+            .map(|(name, _)| name.to_owned())
             .filter(|name| !current.contains_key(name))
             .collect();
         stale.extend(
@@ -1005,10 +995,9 @@ fn next_backoff(current: Duration) -> Duration {
 /// or it knows no other member at all (a new cluster of one, which has nobody to catch up
 /// with; a node that has not joined yet holds no objects, so it would start nothing).
 fn snapshot_synced(snapshot: &Snapshot, me: &NodeId) -> bool {
-    snapshot.members.iter().all(|m| m.id == *me)
+    snapshot.members().all(|m| m.id == *me)
         || snapshot
-            .members
-            .iter()
+            .members()
             .any(|m| m.id != *me && m.state.is_live() && m.info.is_some())
 }
 
@@ -1265,6 +1254,7 @@ fn record_of(pod: &mut LocalPod, host_ip: &str) -> PodRecord {
         message: None,
     };
     PodRecord {
+        format: super::stored::FORMAT,
         pod: p,
         status,
         replica: pod.desired.replica.clone(),

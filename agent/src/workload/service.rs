@@ -47,7 +47,7 @@ use std::str::FromStr;
 use shoal_gossip::NodeId;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::plan::Snapshot;
+use super::snapshot::Snapshot;
 use super::stored::PodRecord;
 use crate::manifest::{
     ClusterIp, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, EnvVar, Kind,
@@ -254,16 +254,14 @@ impl ServiceEntry {
 /// decode are left out (as everywhere else).
 pub(crate) fn services(snapshot: &Snapshot) -> Vec<ServiceEntry> {
     let mut out: Vec<ServiceEntry> = snapshot
-        .objects
-        .iter()
-        .filter(|(k, _)| k.kind == Kind::Service.key_kind())
-        .filter_map(|(key, stored)| match stored.resource() {
-            Ok(Resource::Service(service)) => Some(ServiceEntry {
+        .objects_of(Kind::Service.key_kind())
+        .filter_map(|(key, object)| match &object.resource {
+            Resource::Service(service) => Some(ServiceEntry {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
-                created_ms: stored.created_ms,
-                uid: stored.uid.clone(),
-                service,
+                created_ms: object.stored.created_ms,
+                uid: object.stored.uid.clone(),
+                service: service.clone(),
             }),
             _ => None,
         })

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
-use shoal_gossip::{MemberState, NodeId};
+use shoal_gossip::{MemberState, NodeId, ObjectKey};
 
 use super::*;
 use crate::manifest::{
     ConditionStatus, Container, ContainerPort, Pod, PodCondition, PodConditionType, PodPhase,
     PodSpec, PodStatus, ServicePort, ServiceSpec, parse,
 };
-use crate::workload::plan::MemberSnap;
+use crate::workload::snapshot::MemberSnap;
 use crate::workload::stored::{ReplicaRef, StoredObject, object_key};
 use crate::workload::view::apply_one;
 
@@ -331,10 +331,11 @@ fn prepare_reapply_through_the_api_path_is_unchanged() {
     let (outcome, stored) = apply_one(&resource, None, 5, || "uid-1".into());
     assert_eq!(outcome.as_str(), "created");
     let stored = stored.unwrap();
-    let snapshot = Snapshot {
-        objects: vec![(object_key(Kind::Service, "default", "web"), stored.clone())],
-        ..Snapshot::default()
-    };
+    let snapshot = Snapshot::new(
+        Vec::new(),
+        vec![(object_key(Kind::Service, "default", "web"), stored.clone())],
+        Vec::new(),
+    );
     let existing = services(&snapshot);
     assert_eq!(existing.len(), 1);
     assert_eq!(
@@ -558,6 +559,7 @@ fn pod(
     (
         node(on),
         PodRecord {
+            format: crate::workload::stored::FORMAT,
             pod: Pod {
                 metadata: ObjectMeta {
                     name: pod_name.into(),
@@ -604,15 +606,22 @@ fn pod(
 }
 
 fn cluster(records: Vec<(NodeId, PodRecord)>) -> Snapshot {
-    Snapshot {
-        members: vec![
+    cluster_with(records, Vec::new())
+}
+
+fn cluster_with(
+    records: Vec<(NodeId, PodRecord)>,
+    objects: Vec<(ObjectKey, StoredObject)>,
+) -> Snapshot {
+    Snapshot::new(
+        vec![
             member(1, MemberState::Alive),
             member(2, MemberState::Suspect),
             member(3, MemberState::Dead),
         ],
-        objects: Vec::new(),
+        objects,
         records,
-    }
+    )
 }
 
 fn addrs(list: &[EndpointAddr]) -> Vec<(String, String, Vec<Option<u16>>)> {
@@ -624,7 +633,7 @@ fn addrs(list: &[EndpointAddr]) -> Vec<(String, String, Vec<Option<u16>>)> {
 #[test]
 fn endpoints_are_the_matching_pods_of_live_nodes_ready_ones_apart() {
     let web = [("app", "web")];
-    let snapshot = cluster(vec![
+    let records = vec![
         pod(1, "web-b", "default", &web, "127.70.0.2", true, None),
         pod(2, "web-a", "default", &web, "127.65.0.9", true, None),
         pod(1, "web-c", "default", &web, "127.66.0.1", false, None),
@@ -639,7 +648,8 @@ fn endpoints_are_the_matching_pods_of_live_nodes_ready_ones_apart() {
             true,
             None,
         ),
-    ]);
+    ];
+    let snapshot = cluster(records.clone());
     let svc = parsed(
         "web",
         "  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
@@ -668,9 +678,9 @@ fn endpoints_are_the_matching_pods_of_live_nodes_ready_ones_apart() {
         [("127.65.0.9".into(), 8080), ("127.70.0.2".into(), 8080)]
     );
     // The same records in another order give the same endpoints.
-    let mut reversed = snapshot.clone();
-    reversed.records.reverse();
-    assert_eq!(endpoints_of(&reversed, &e), eps);
+    let mut records = records;
+    records.reverse();
+    assert_eq!(endpoints_of(&cluster(records), &e), eps);
 }
 
 #[test]
@@ -777,18 +787,22 @@ fn a_service_without_selector_has_no_endpoints_and_headless_ones_list_addresses(
 #[test]
 fn endpoints_of_the_snapshot_cover_services_with_selectors() {
     let web = [("app", "web")];
-    let mut snapshot = cluster(vec![pod(1, "w", "default", &web, "127.65.0.1", true, None)]);
+    let mut objects = Vec::new();
     for (svc_name, spec) in [
         ("web", "  selector: {app: web}\n  ports: [{port: 80}]\n"),
         ("ext", "  ports: [{port: 80}]\n"),
     ] {
         let svc = prepare(DEFAULT_SERVICE_RANGE, &[], &parsed(svc_name, spec)).unwrap();
         let (_, stored) = apply_one(&Resource::Service(svc), None, 1, || "u".into());
-        snapshot.objects.push((
+        objects.push((
             object_key(Kind::Service, "default", svc_name),
             stored.unwrap(),
         ));
     }
+    let snapshot = cluster_with(
+        vec![pod(1, "w", "default", &web, "127.65.0.1", true, None)],
+        objects,
+    );
     let all = endpoints(&snapshot);
     assert_eq!(
         all.keys().cloned().collect::<Vec<_>>(),
@@ -851,10 +865,11 @@ fn service_env_vars_read_the_snapshot() {
     .unwrap();
     let ip = svc.spec.cluster_ip.ip().unwrap();
     let (_, stored) = apply_one(&Resource::Service(svc), None, 1, || "u".into());
-    let snapshot = Snapshot {
-        objects: vec![(object_key(Kind::Service, "default", "web"), stored.unwrap())],
-        ..Snapshot::default()
-    };
+    let snapshot = Snapshot::new(
+        Vec::new(),
+        vec![(object_key(Kind::Service, "default", "web"), stored.unwrap())],
+        Vec::new(),
+    );
     let env = service_env_vars(DEFAULT_SERVICE_RANGE, &snapshot, "default");
     assert_eq!(env[0].name, "WEB_SERVICE_HOST");
     assert_eq!(env[0].value, ip.to_string());
@@ -1064,6 +1079,7 @@ fn stored_objects_read_back_as_entries() {
     let object: serde_json::Value =
         serde_json::from_slice(&Resource::Service(svc.clone()).to_stored()).unwrap();
     let stored = StoredObject {
+        format: crate::workload::stored::FORMAT,
         generation: 1,
         created_ms: 42,
         uid: "the-uid".into(),
@@ -1071,10 +1087,11 @@ fn stored_objects_read_back_as_entries() {
         history: Vec::new(),
         object,
     };
-    let snapshot = Snapshot {
-        objects: vec![(object_key(Kind::Service, "default", "web"), stored)],
-        ..Snapshot::default()
-    };
+    let snapshot = Snapshot::new(
+        Vec::new(),
+        vec![(object_key(Kind::Service, "default", "web"), stored)],
+        Vec::new(),
+    );
     let entries = services(&snapshot);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].key(), name("default", "web"));

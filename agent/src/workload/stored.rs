@@ -9,13 +9,50 @@
 //!   workload it is, and recent events.
 //!
 //! Both are JSON: readable when debugging, and new fields can be added without breaking older
-//! readers (`#[serde(default)]`).
+//! readers (`#[serde(default)]`). Every value carries a `format` number (absent means 1): a
+//! change older readers would misread raises it, and a reader refuses formats newer than its
+//! own ([`DecodeError::Newer`]) instead of misreading them. A value that fails to decode is
+//! counted and logged by whoever reads it (the projector, see [`super::projector`]), never
+//! dropped silently.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_gossip::ObjectKey;
 
 use crate::manifest::{Kind, Pod, PodStatus, Resource, StoredError};
+
+/// The newest value format this build reads and writes.
+pub(crate) const FORMAT: u32 = 1;
+
+/// Serde default of `format` fields: values from before formats were numbered.
+pub(crate) fn format_one() -> u32 {
+    1
+}
+
+/// Why a stored value could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    /// The bytes are not a value of this type.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// A newer shoal wrote it, in a format this one does not know.
+    #[error("written in format {0}, newer than this agent's {FORMAT}: upgrade this agent")]
+    Newer(u32),
+}
+
+/// Decodes a JSON value.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// Refuses formats newer than this build's.
+pub(crate) fn check_format(format: u32) -> Result<(), DecodeError> {
+    if format > FORMAT {
+        Err(DecodeError::Newer(format))
+    } else {
+        Ok(())
+    }
+}
 
 /// Prefix of the owned entries where nodes report their pods.
 pub(crate) const POD_RECORD_PREFIX: &str = "pod/";
@@ -24,6 +61,9 @@ pub(crate) const POD_RECORD_PREFIX: &str = "pod/";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct StoredObject {
+    /// The value's format ([`FORMAT`]).
+    #[serde(default = "format_one")]
+    pub(crate) format: u32,
     /// `metadata.generation`: 1 on creation, +1 on every spec change.
     pub(crate) generation: u64,
     /// When the object was first created, ms since the Unix epoch.
@@ -52,8 +92,10 @@ pub(crate) struct Revision {
 
 impl StoredObject {
     /// Decodes stored bytes.
-    pub(crate) fn decode(bytes: &[u8]) -> Option<StoredObject> {
-        serde_json::from_slice(bytes).ok()
+    pub(crate) fn decode(bytes: &[u8]) -> Result<StoredObject, DecodeError> {
+        let object: StoredObject = decode_json(bytes)?;
+        check_format(object.format)?;
+        Ok(object)
     }
 
     /// Encodes for storage.
@@ -124,6 +166,9 @@ fn one() -> u32 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PodRecord {
+    /// The value's format ([`FORMAT`]).
+    #[serde(default = "format_one")]
+    pub(crate) format: u32,
     /// The pod: metadata (name, namespace, labels, uid, owner) and spec (with `nodeName`).
     pub(crate) pod: Pod,
     /// Its status.
@@ -146,8 +191,10 @@ pub(crate) struct PodRecord {
 
 impl PodRecord {
     /// Decodes an owned entry's value.
-    pub(crate) fn decode(bytes: &[u8]) -> Option<PodRecord> {
-        serde_json::from_slice(bytes).ok()
+    pub(crate) fn decode(bytes: &[u8]) -> Result<PodRecord, DecodeError> {
+        let record: PodRecord = decode_json(bytes)?;
+        check_format(record.format)?;
+        Ok(record)
     }
 
     /// Encodes for the owned entry.
@@ -161,6 +208,23 @@ impl PodRecord {
             c.kind == crate::manifest::PodConditionType::Ready
                 && c.status == crate::manifest::ConditionStatus::True
         })
+    }
+
+    /// Whether the pod is available: ready for at least `min_ready_ms` (a Deployment's
+    /// `minReadySeconds`) at `now_ms`. The one definition rollouts and statuses use.
+    pub(crate) fn is_available(&self, min_ready_ms: u64, now_ms: u64) -> bool {
+        self.is_ready()
+            && (min_ready_ms == 0
+                || self
+                    .ready_since_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= min_ready_ms))
+    }
+
+    /// When a ready pod that is not available yet becomes available (`None` when it is not
+    /// ready, or already available).
+    pub(crate) fn available_at(&self, min_ready_ms: u64, now_ms: u64) -> Option<u64> {
+        let at = self.ready_since_ms?.saturating_add(min_ready_ms);
+        (self.is_ready() && at > now_ms).then_some(at)
     }
 
     /// Whether the pod is finished and will not run again.

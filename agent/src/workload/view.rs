@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
-use shoal_gossip::ObjectKey;
 
-use super::plan::{Plan, Snapshot, rollout};
+use super::plan::{Plan, rollout};
 use super::service::{Allocation, ServiceEndpoints, ServiceEntry, endpoints_resource};
+use super::snapshot::Snapshot;
 use super::stored::{PodRecord, Revision, StoredObject, object_key};
 use crate::manifest::{
     ConditionStatus, ContainerState, ContainerStatus, Deployment, DeploymentCondition,
@@ -59,7 +59,7 @@ pub(crate) fn pods(snapshot: &Snapshot, plan: &Plan, namespace: Option<&str>) ->
         );
     }
     // Placed, but not reported yet by its node.
-    for desired in &plan.pods {
+    for desired in plan.pods() {
         if !in_namespace(&desired.pod, namespace) || out.contains_key(&key(&desired.pod)) {
             continue;
         }
@@ -84,45 +84,47 @@ pub(crate) fn pods(snapshot: &Snapshot, plan: &Plan, namespace: Option<&str>) ->
         out.insert(
             key(&desired.pod),
             PodView {
-                pod: desired.pod.clone(),
+                pod: desired.pod,
                 status,
                 events: Vec::new(),
-                deployment: desired.deployment.clone(),
+                deployment: desired.deployment,
             },
         );
     }
     // Not placeable.
     for u in &plan.unschedulable {
-        if !in_namespace(&u.pod, namespace) || out.contains_key(&key(&u.pod)) {
-            continue;
-        }
         let message = format!(
             "0/{} nodes are available: {}",
-            snapshot.members.len(),
+            snapshot.member_count(),
             u.reason
         );
-        let status = PodStatus {
-            phase: PodPhase::Pending,
-            conditions: vec![PodCondition {
-                kind: PodConditionType::PodScheduled,
-                status: ConditionStatus::False,
-                reason: Some("Unschedulable".into()),
+        for pod in u.pods() {
+            if !in_namespace(&pod, namespace) || out.contains_key(&key(&pod)) {
+                continue;
+            }
+            let status = PodStatus {
+                phase: PodPhase::Pending,
+                conditions: vec![PodCondition {
+                    kind: PodConditionType::PodScheduled,
+                    status: ConditionStatus::False,
+                    reason: Some("Unschedulable".into()),
+                    message: Some(message.clone()),
+                    last_transition_time: None,
+                }],
                 message: Some(message.clone()),
-                last_transition_time: None,
-            }],
-            message: Some(message),
-            reason: Some("Unschedulable".into()),
-            ..PodStatus::default()
-        };
-        out.insert(
-            key(&u.pod),
-            PodView {
-                pod: u.pod.clone(),
-                status,
-                events: Vec::new(),
-                deployment: u.deployment.clone(),
-            },
-        );
+                reason: Some("Unschedulable".into()),
+                ..PodStatus::default()
+            };
+            out.insert(
+                key(&pod),
+                PodView {
+                    pod,
+                    status,
+                    events: Vec::new(),
+                    deployment: u.deployment().map(str::to_owned),
+                },
+            );
+        }
     }
     out.into_values().collect()
 }
@@ -150,20 +152,14 @@ pub(crate) fn pod_json(view: &PodView) -> Value {
 }
 
 /// The stored Deployments (optionally of one namespace), decoded.
-pub(crate) fn deployments(
-    snapshot: &Snapshot,
-    namespace: Option<&str>,
-) -> Vec<(Deployment, StoredObject)> {
+pub(crate) fn deployments<'a>(
+    snapshot: &'a Snapshot,
+    namespace: Option<&'a str>,
+) -> impl Iterator<Item = (&'a Deployment, &'a StoredObject)> + 'a {
     snapshot
-        .objects
-        .iter()
-        .filter(|(k, _)| k.kind == Kind::Deployment.key_kind())
-        .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
-        .filter_map(|(_, stored)| match stored.resource() {
-            Ok(Resource::Deployment(d)) => Some((d, stored.clone())),
-            _ => None,
-        })
-        .collect()
+        .objects_of(Kind::Deployment.key_kind())
+        .filter(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+        .filter_map(|(_, object)| Some((object.deployment()?.0, &object.stored)))
 }
 
 /// A Deployment's status from the pods the live nodes report.
@@ -177,20 +173,13 @@ pub(crate) fn deployment_status(
     let min_ready_ms = u64::from(d.spec.min_ready_seconds) * 1000;
     // Distinct replicas: (template, ordinal) -> (ready, available).
     let mut replicas: BTreeMap<(String, u32), (bool, bool)> = BTreeMap::new();
-    for (_, record) in snapshot.live_records() {
-        if record.deployment.as_deref() != Some(d.metadata.name.as_str())
-            || record.pod.metadata.namespace.as_deref() != Some(namespace)
-            || record.is_finished()
-            || record.pod.metadata.deletion_timestamp.is_some()
-        {
+    for (_, record) in snapshot.deployment_records(namespace, &d.metadata.name) {
+        if record.is_finished() || record.pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let hash = record.template_hash.clone().unwrap_or_default();
         let ready = record.is_ready();
-        let available = ready
-            && record
-                .ready_since_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) >= min_ready_ms);
+        let available = record.is_available(min_ready_ms, now_ms);
         let slot = replicas
             .entry((hash, record.replica.ordinal))
             .or_insert((false, false));
@@ -266,31 +255,41 @@ pub(crate) fn deployment_status(
 }
 
 /// A Deployment as JSON with its status (and its revision as Kubernetes' annotation).
+/// `set_aside`: why the plan does not run it, if it does not (a `ReplicaFailure` condition).
 pub(crate) fn deployment_json(
     d: &Deployment,
     stored: &StoredObject,
     snapshot: &Snapshot,
     now_ms: u64,
+    set_aside: Option<&str>,
 ) -> Value {
     let mut d = d.clone();
     d.metadata.annotations.insert(
         "deployment.kubernetes.io/revision".into(),
         stored.revision.max(1).to_string(),
     );
-    deployment_object(&d, &deployment_status(&d, snapshot, now_ms))
+    let mut status = deployment_status(&d, snapshot, now_ms);
+    if let Some(reason) = set_aside {
+        status.conditions.push(DeploymentCondition {
+            kind: DeploymentConditionType::ReplicaFailure,
+            status: ConditionStatus::True,
+            reason: Some("FailedCreate".into()),
+            message: Some(format!("no pods are created: {reason}")),
+            last_update_time: Some(Timestamp(now_ms)),
+            last_transition_time: Some(Timestamp(now_ms)),
+        });
+    }
+    deployment_object(&d, &status)
 }
 
 /// Namespaces as JSON: the stored ones plus `default`.
 pub(crate) fn namespaces_json(snapshot: &Snapshot) -> Vec<Value> {
     let mut seen = BTreeSet::new();
     let mut items = Vec::new();
-    for (key, stored) in &snapshot.objects {
-        if key.kind != Kind::Namespace.key_kind() {
-            continue;
-        }
-        if let Ok(Resource::Namespace(ns)) = stored.resource() {
+    for (_, object) in snapshot.objects_of(Kind::Namespace.key_kind()) {
+        if let Resource::Namespace(ns) = &object.resource {
             seen.insert(ns.metadata.name.clone());
-            items.push(namespace_object(&ns, &NamespaceStatus::default()));
+            items.push(namespace_object(ns, &NamespaceStatus::default()));
         }
     }
     if !seen.contains("default") {
@@ -303,23 +302,6 @@ pub(crate) fn namespaces_json(snapshot: &Snapshot) -> Vec<Value> {
         items.insert(0, namespace_object(&ns, &NamespaceStatus::default()));
     }
     items
-}
-
-/// The snapshot with `kind`'s objects replaced by `listed` (read from the store): for kinds the
-/// driver's snapshot does not carry, or carries late.
-pub(crate) fn with_objects(
-    snapshot: &Snapshot,
-    kind: Kind,
-    listed: Vec<(ObjectKey, StoredObject)>,
-) -> Snapshot {
-    let mut out = snapshot.clone();
-    out.objects.retain(|(k, _)| k.kind != kind.key_kind());
-    out.objects.extend(
-        listed
-            .into_iter()
-            .filter(|(k, _)| k.kind == kind.key_kind()),
-    );
-    out
 }
 
 /// A Service as JSON (`kubectl get service -o json`), with its effective cluster IP and node
@@ -384,6 +366,7 @@ pub(crate) fn apply_one(
         resource,
     );
     let mut new = StoredObject {
+        format: super::stored::FORMAT,
         generation,
         created_ms: old.map(|o| o.created_ms).unwrap_or(now_ms),
         uid: old.map(|o| o.uid.clone()).unwrap_or_else(new_uid),
@@ -468,9 +451,22 @@ pub(crate) fn key_of(resource: &Resource) -> shoal_gossip::ObjectKey {
     object_key(k.kind, &k.namespace, &k.name)
 }
 
+/// The key of a stored Deployment.
+pub(crate) fn deployment_key(d: &Deployment) -> shoal_gossip::ObjectKey {
+    object_key(
+        Kind::Deployment,
+        d.metadata.namespace.as_deref().unwrap_or("default"),
+        &d.metadata.name,
+    )
+}
+
 /// The rollout step the plan took for a Deployment, for `describe`.
-pub(crate) fn rollout_of(d: &Deployment, snapshot: &Snapshot) -> super::plan::RolloutStep {
-    rollout(d, snapshot)
+pub(crate) fn rollout_of(
+    d: &Deployment,
+    snapshot: &Snapshot,
+    now_ms: u64,
+) -> super::plan::RolloutStep {
+    rollout(d, snapshot, now_ms)
 }
 
 /// Pods of a Deployment.

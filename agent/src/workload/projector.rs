@@ -1,0 +1,256 @@
+//! The projector: keeps the workload [`Snapshot`] up to date from the store's changes, on a
+//! task of its own, so the gossip driver (which answers the failure detector) never decodes a
+//! workload object.
+//!
+//! The driver sends what changed, as it changed: the new bytes of each changed workload entry
+//! (objects of the workload kinds, pod records, node info) and the member list when membership
+//! changed ([`Change`]). The projector takes everything that is waiting, decodes each changed
+//! value once, applies it to its snapshot and publishes the result once. Cost per change: one
+//! decode of that value and O(log n) map updates; nothing is proportional to the whole state.
+//!
+//! A value that fails to decode is left out of the snapshot, counted in [`ProjectorStats`] and
+//! logged once per key until it decodes again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use shoal_gossip::{MemberState, NodeId, ObjectKey};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use super::snapshot::{MemberSnap, Object, Snapshot};
+use super::stored::{DecodeError, POD_RECORD_PREFIX, PodRecord, StoredObject};
+use crate::node_info::{NODE_INFO, NodeInfo};
+
+/// Object kinds the workload snapshot carries.
+pub(crate) const WORKLOAD_KINDS: [&str; 4] = ["namespace", "pod", "deployment", "service"];
+
+/// Whether the projector wants changes of an owned entry with this name.
+pub(crate) fn wants_owned(name: &str) -> bool {
+    name == NODE_INFO || name.starts_with(POD_RECORD_PREFIX)
+}
+
+/// Whether the projector wants changes of objects of this kind.
+pub(crate) fn wants_object(kind: &str) -> bool {
+    WORKLOAD_KINDS.contains(&kind)
+}
+
+/// A member's membership facts (its node info comes as an owned entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemberFacts {
+    pub(crate) id: NodeId,
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) state: MemberState,
+}
+
+/// One change of the replicated state, as the driver saw it.
+#[derive(Clone, Debug)]
+pub(crate) enum Change {
+    /// An object's new bytes (`None`: deleted).
+    Object {
+        key: ObjectKey,
+        value: Option<Vec<u8>>,
+    },
+    /// An owned entry's new bytes (`None`: deleted).
+    Owned {
+        owner: NodeId,
+        name: String,
+        value: Option<Vec<u8>>,
+    },
+    /// The whole member list (sent when any member changed).
+    Members(Vec<MemberFacts>),
+}
+
+/// The projector's counters (in `/api/v1/stats` as `projector`).
+#[derive(Debug, Default)]
+pub(crate) struct ProjectorCounters {
+    changes: AtomicU64,
+    publishes: AtomicU64,
+    undecodable_objects: AtomicU64,
+    undecodable_records: AtomicU64,
+    undecodable_node_info: AtomicU64,
+    newer_format: AtomicU64,
+}
+
+/// The counters, serialisable.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct ProjectorStats {
+    /// Changes applied to the snapshot.
+    pub(crate) changes: u64,
+    /// Snapshots published.
+    pub(crate) publishes: u64,
+    /// Object values that failed to decode (each time one arrived).
+    pub(crate) undecodable_objects: u64,
+    /// Pod records that failed to decode.
+    pub(crate) undecodable_records: u64,
+    /// Node info values that failed to decode.
+    pub(crate) undecodable_node_info: u64,
+    /// Of those, values written in a format newer than this agent's.
+    pub(crate) newer_format: u64,
+    /// Objects and pod records in the current snapshot.
+    pub(crate) objects: usize,
+    pub(crate) records: usize,
+}
+
+impl ProjectorCounters {
+    /// The counters now, with the sizes of `snapshot`.
+    pub(crate) fn stats(&self, snapshot: &Snapshot) -> ProjectorStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ProjectorStats {
+            changes: get(&self.changes),
+            publishes: get(&self.publishes),
+            undecodable_objects: get(&self.undecodable_objects),
+            undecodable_records: get(&self.undecodable_records),
+            undecodable_node_info: get(&self.undecodable_node_info),
+            newer_format: get(&self.newer_format),
+            objects: snapshot.objects().count(),
+            records: snapshot.record_count(),
+        }
+    }
+}
+
+/// The projection itself, without the task: [`Projection::apply`] then
+/// [`Projection::snapshot`].
+#[derive(Default)]
+pub(crate) struct Projection {
+    snapshot: Snapshot,
+    members: Vec<MemberFacts>,
+    infos: BTreeMap<NodeId, NodeInfo>,
+    /// Keys whose value failed to decode (logged once until they decode again).
+    bad: BTreeSet<String>,
+    counters: Arc<ProjectorCounters>,
+}
+
+impl Projection {
+    pub(crate) fn new(counters: Arc<ProjectorCounters>) -> Projection {
+        Projection {
+            counters,
+            ..Projection::default()
+        }
+    }
+
+    /// The snapshot as of the changes applied so far.
+    pub(crate) fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Applies one change.
+    pub(crate) fn apply(&mut self, change: Change) {
+        self.counters.changes.fetch_add(1, Ordering::Relaxed);
+        match change {
+            Change::Members(members) => {
+                self.members = members;
+                self.rebuild_members();
+            }
+            Change::Object { key, value } => {
+                let object = match value {
+                    None => None,
+                    Some(bytes) => {
+                        let id = key.to_string();
+                        let decoded = StoredObject::decode(&bytes).and_then(|stored| {
+                            Object::new(stored).map_err(|e| DecodeError::Malformed(e.to_string()))
+                        });
+                        self.decoded(id, decoded, |c| &c.undecodable_objects)
+                    }
+                };
+                self.snapshot.set_object(key, object);
+            }
+            Change::Owned { owner, name, value } if name == NODE_INFO => {
+                let info = match value {
+                    None => None,
+                    Some(bytes) => {
+                        self.decoded(format!("{owner}/{name}"), NodeInfo::decode(&bytes), |c| {
+                            &c.undecodable_node_info
+                        })
+                    }
+                };
+                match &info {
+                    Some(info) => self.infos.insert(owner, info.clone()),
+                    None => self.infos.remove(&owner),
+                };
+                self.snapshot.set_info(&owner, info);
+            }
+            Change::Owned { owner, name, value } => {
+                let record = match value {
+                    None => None,
+                    Some(bytes) => {
+                        self.decoded(format!("{owner}/{name}"), PodRecord::decode(&bytes), |c| {
+                            &c.undecodable_records
+                        })
+                    }
+                };
+                self.snapshot.set_record(owner, name, record);
+            }
+        }
+    }
+
+    /// The value if it decoded; otherwise counts it and logs it once per key.
+    fn decoded<T>(
+        &mut self,
+        id: String,
+        result: Result<T, DecodeError>,
+        counter: fn(&ProjectorCounters) -> &AtomicU64,
+    ) -> Option<T> {
+        match result {
+            Ok(value) => {
+                self.bad.remove(&id);
+                Some(value)
+            }
+            Err(error) => {
+                counter(&self.counters).fetch_add(1, Ordering::Relaxed);
+                if matches!(error, DecodeError::Newer(_)) {
+                    self.counters.newer_format.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.bad.insert(id.clone()) {
+                    warn!(entry = %id, %error, "a replicated value cannot be read; it is ignored");
+                }
+                None
+            }
+        }
+    }
+
+    fn rebuild_members(&mut self) {
+        let members = self.members.iter().map(|m| MemberSnap {
+            id: m.id,
+            name: m.name.clone(),
+            addr: m.addr.clone(),
+            state: m.state,
+            info: self.infos.get(&m.id).cloned(),
+        });
+        self.snapshot.set_members(members.collect::<Vec<_>>());
+    }
+}
+
+/// Starts the projector task: it applies what arrives on `changes` and publishes a snapshot
+/// after each group of changes. It ends when the sender is dropped.
+pub(crate) fn start(
+    mut changes: mpsc::UnboundedReceiver<Vec<Change>>,
+    counters: Arc<ProjectorCounters>,
+) -> (watch::Receiver<Arc<Snapshot>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+    let task = tokio::spawn(async move {
+        let mut projection = Projection::new(counters.clone());
+        let mut version = 0;
+        while let Some(first) = changes.recv().await {
+            for change in first {
+                projection.apply(change);
+            }
+            while let Ok(more) = changes.try_recv() {
+                for change in more {
+                    projection.apply(change);
+                }
+            }
+            version += 1;
+            let mut snapshot = projection.snapshot().clone();
+            snapshot.version = version;
+            tx.send_replace(Arc::new(snapshot));
+            counters.publishes.fetch_add(1, Ordering::Relaxed);
+            // Let readers run between groups of changes.
+            tokio::task::yield_now().await;
+        }
+    });
+    (rx, task)
+}

@@ -1,0 +1,274 @@
+//! The workload snapshot: the part of the replicated state that workloads depend on (members
+//! with their node info, applied objects, the pods nodes report), **decoded once per change**.
+//!
+//! The projector task ([`super::projector`]) keeps one up to date from the store's changes and
+//! publishes it as an immutable value (`watch<Arc<Snapshot>>`). Its maps are persistent
+//! (`imbl`'s B-trees with structural sharing), so publishing a new snapshot after a change
+//! copies O(log n) nodes, not the state, and readers can hold old snapshots for as long as they
+//! like. Indexes (a deployment's pods) are maintained with the same changes, so a reader looks
+//! at a workload's pods without scanning every pod of the cluster.
+//!
+//! Invariant: a snapshot's content is a function of the entries applied to it, whatever their
+//! order; iteration is in key order.
+
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
+use shoal_gossip::{MemberState, NodeId, ObjectKey};
+
+use super::stored::{PodRecord, StoredObject};
+use crate::manifest::{Resource, StoredError};
+use crate::node_info::NodeInfo;
+
+/// A member as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MemberSnap {
+    pub(crate) id: NodeId,
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) state: MemberState,
+    pub(crate) info: Option<NodeInfo>,
+}
+
+/// An applied object: as stored, and its resource decoded.
+#[derive(Clone, Debug)]
+pub(crate) struct Object {
+    pub(crate) stored: StoredObject,
+    /// The resource, with its read-only metadata (uid, generation, creation time) set.
+    pub(crate) resource: Resource,
+    /// A Deployment's pod-template-hash (computed once, at decoding).
+    template_hash: Option<String>,
+}
+
+impl Object {
+    /// Decodes a stored object's resource.
+    pub(crate) fn new(stored: StoredObject) -> Result<Object, StoredError> {
+        let resource = stored.resource()?;
+        let template_hash = match &resource {
+            Resource::Deployment(d) => Some(d.pod_template_hash()),
+            _ => None,
+        };
+        Ok(Object {
+            stored,
+            resource,
+            template_hash,
+        })
+    }
+
+    /// The Deployment and its pod-template-hash, if the object is one.
+    pub(crate) fn deployment(&self) -> Option<(&crate::manifest::Deployment, &str)> {
+        match (&self.resource, &self.template_hash) {
+            (Resource::Deployment(d), Some(hash)) => Some((d, hash)),
+            _ => None,
+        }
+    }
+}
+
+/// A pod record's place: the reporting node and the record's owned-entry name.
+pub(crate) type RecordKey = (NodeId, String);
+
+/// The part of the replicated state that workloads depend on.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Raised by every change published (0 for a snapshot built by hand).
+    pub(crate) version: u64,
+    members: OrdMap<NodeId, MemberSnap>,
+    /// Applied objects of the workload kinds, tombstones excluded.
+    objects: OrdMap<ObjectKey, Arc<Object>>,
+    /// Pods nodes report, by (node, record name).
+    records: OrdMap<RecordKey, Arc<PodRecord>>,
+    /// The records of each Deployment's pods, by (namespace, deployment name).
+    by_deployment: OrdMap<(String, String), OrdSet<RecordKey>>,
+}
+
+impl Snapshot {
+    /// A snapshot of these members, objects and records (for tests, and views built from a
+    /// fresh read of the store). Objects whose resource does not decode are left out.
+    #[cfg(test)]
+    pub(crate) fn new(
+        members: Vec<MemberSnap>,
+        objects: Vec<(ObjectKey, StoredObject)>,
+        records: Vec<(NodeId, PodRecord)>,
+    ) -> Snapshot {
+        let mut out = Snapshot::default();
+        out.set_members(members);
+        for (key, stored) in objects {
+            out.set_object(key, Object::new(stored).ok());
+        }
+        for (node, record) in records {
+            let name = super::stored::record_name(
+                record
+                    .pod
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or("default"),
+                &record.pod.metadata.name,
+            );
+            out.set_record(node, name, Some(record));
+        }
+        out
+    }
+
+    // --- members ---
+
+    /// Members (this node included), by id.
+    pub(crate) fn members(&self) -> impl Iterator<Item = &MemberSnap> {
+        self.members.values()
+    }
+
+    /// How many members the snapshot knows (dead and departed ones included).
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The member with this id.
+    pub(crate) fn member(&self, id: &NodeId) -> Option<&MemberSnap> {
+        self.members.get(id)
+    }
+
+    /// Whether a node is alive or suspect (it keeps running its pods).
+    pub(crate) fn is_live(&self, id: &NodeId) -> bool {
+        self.member(id).is_some_and(|m| m.state.is_live())
+    }
+
+    /// Replaces the members.
+    pub(crate) fn set_members(&mut self, members: impl IntoIterator<Item = MemberSnap>) {
+        self.members = members.into_iter().map(|m| (m.id, m)).collect();
+    }
+
+    /// Sets one member's node info.
+    pub(crate) fn set_info(&mut self, id: &NodeId, info: Option<NodeInfo>) {
+        if let Some(member) = self.members.get_mut(id) {
+            member.info = info;
+        }
+    }
+
+    // --- objects ---
+
+    /// Every applied object, in key order.
+    pub(crate) fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Object)> {
+        self.objects.iter().map(|(k, o)| (k, &**o))
+    }
+
+    /// The applied objects of one kind (its store name: `deployment`, `service` ...), in key
+    /// order.
+    pub(crate) fn objects_of<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Object)> + 'a {
+        let start = ObjectKey {
+            kind: kind.to_owned(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(k, o)| (k, &**o))
+    }
+
+    /// Sets (or with `None` removes) an object.
+    pub(crate) fn set_object(&mut self, key: ObjectKey, object: Option<Object>) {
+        match object {
+            Some(object) => {
+                self.objects.insert(key, Arc::new(object));
+            }
+            None => {
+                self.objects.remove(&key);
+            }
+        }
+    }
+
+    /// Replaces every object of `kind` with `listed` (a fresh read of the store).
+    pub(crate) fn with_objects(
+        &self,
+        kind: &str,
+        listed: Vec<(ObjectKey, StoredObject)>,
+    ) -> Snapshot {
+        let mut out = self.clone();
+        let keys: Vec<ObjectKey> = out.objects_of(kind).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            out.objects.remove(&key);
+        }
+        for (key, stored) in listed.into_iter().filter(|(k, _)| k.kind == kind) {
+            out.set_object(key, Object::new(stored).ok());
+        }
+        out
+    }
+
+    // --- pod records ---
+
+    /// Every pod record, with its reporting node, in (node, name) order.
+    pub(crate) fn records(&self) -> impl Iterator<Item = (&NodeId, &PodRecord)> {
+        self.records.iter().map(|((n, _), r)| (n, &**r))
+    }
+
+    /// How many pod records the snapshot holds.
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Records of live nodes only: what a dead or departed node reported no longer runs.
+    pub(crate) fn live_records(&self) -> impl Iterator<Item = (&NodeId, &PodRecord)> {
+        self.records().filter(|(n, _)| self.is_live(n))
+    }
+
+    /// The records one node reports, by record name.
+    pub(crate) fn records_of<'a>(
+        &'a self,
+        node: &'a NodeId,
+    ) -> impl Iterator<Item = (&'a str, &'a PodRecord)> + 'a {
+        self.records
+            .range((*node, String::new())..)
+            .take_while(move |((n, _), _)| n == node)
+            .map(|((_, name), r)| (name.as_str(), &**r))
+    }
+
+    /// The records of a Deployment's pods on live nodes.
+    pub(crate) fn deployment_records<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = (&'a NodeId, &'a PodRecord)> + 'a {
+        self.by_deployment
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter(|(n, _)| self.is_live(n))
+            .filter_map(|key| self.records.get(key).map(|r| (&key.0, &**r)))
+    }
+
+    /// Sets (or with `None` removes) a record.
+    pub(crate) fn set_record(&mut self, node: NodeId, name: String, record: Option<PodRecord>) {
+        let key = (node, name);
+        if let Some(old) = self.records.remove(&key) {
+            if let Some(d) = deployment_of(&old) {
+                if let Some(set) = self.by_deployment.get_mut(&d) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.by_deployment.remove(&d);
+                    }
+                }
+            }
+        }
+        if let Some(record) = record {
+            if let Some(d) = deployment_of(&record) {
+                self.by_deployment.entry(d).or_default().insert(key.clone());
+            }
+            self.records.insert(key, Arc::new(record));
+        }
+    }
+}
+
+/// The (namespace, name) of the Deployment a record's pod belongs to.
+fn deployment_of(record: &PodRecord) -> Option<(String, String)> {
+    let name = record.deployment.clone()?;
+    let namespace = record
+        .pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::manifest::DEFAULT_NAMESPACE.into());
+    Some((namespace, name))
+}
