@@ -422,7 +422,12 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         move |dest| local_pods_rx.borrow().contains(&dest.ip()),
     )
     .await
-    .with_context(|| format!("starting the service mesh on {mesh_listen}"))?;
+    .with_context(|| {
+        format!(
+            "starting the service mesh on UDP {mesh_listen} (the gossip port + 2 unless \
+             --mesh-listen says otherwise; another agent's gossip may hold it)"
+        )
+    })?;
     let advertise_host = advertise
         .rsplit_once(':')
         .map_or(advertise.as_str(), |(host, _)| host);

@@ -239,10 +239,12 @@ pub(crate) enum NetError {
     #[error("cannot build the libp2p transport: {0}")]
     Transport(String),
     /// A listener could not be opened.
-    #[error("cannot listen on {addr}: {reason}")]
+    #[error("cannot listen on {addr} for {what}: {reason}")]
     Listen {
         /// The address.
         addr: String,
+        /// Which of the agent's sockets wanted it.
+        what: &'static str,
         /// What went wrong.
         reason: String,
     },

@@ -563,23 +563,53 @@ async fn bind(
 ) -> Result<bool, NetError> {
     let listen_err = |addr: &Multiaddr, reason: String| NetError::Listen {
         addr: addr.to_string(),
+        what: if addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        {
+            "gossip over TCP (the fallback for peers without UDP)"
+        } else {
+            "gossip over QUIC (UDP)"
+        },
         reason,
     };
     let mut port = listen.port();
     if quic {
+        // libp2p's listener errors say nothing of the cause: try the socket first for a
+        // message that does.
+        if port != 0 {
+            if let Err(e) = std::net::UdpSocket::bind(listen) {
+                return Err(NetError::Listen {
+                    addr: format!("UDP {listen}"),
+                    what: "gossip over QUIC",
+                    reason: explain_bind(&e),
+                });
+            }
+        }
         let [quic_addr, _] = socket_multiaddrs(listen);
         let id = swarm
             .listen_on(quic_addr.clone())
-            .map_err(|e| listen_err(&quic_addr, e.to_string()))?;
+            .map_err(|e| listen_err(&quic_addr, error_chain(&e)))?;
         let bound = wait_listening(swarm, shared, id)
             .await
             .map_err(|reason| listen_err(&quic_addr, reason))?;
         port = port_of(&bound).unwrap_or(port);
     }
     let [_, tcp_addr] = socket_multiaddrs(SocketAddr::new(listen.ip(), port));
-    let tcp = match swarm.listen_on(tcp_addr.clone()) {
+    let tcp_probe = if port == 0 {
+        Ok(())
+    } else {
+        std::net::TcpListener::bind(SocketAddr::new(listen.ip(), port))
+            .map(drop)
+            .map_err(|e| explain_bind(&e))
+    };
+    let tcp = match tcp_probe.and_then(|()| {
+        swarm
+            .listen_on(tcp_addr.clone())
+            .map_err(|e| error_chain(&e))
+    }) {
         Ok(id) => wait_listening(swarm, shared, id).await,
-        Err(e) => Err(e.to_string()),
+        Err(reason) => Err(reason),
     };
     let tcp = match tcp {
         Ok(bound) => {
@@ -597,6 +627,41 @@ async fn bind(
     shared.listen_port.store(port, Ordering::Relaxed);
     *lock(&shared.local_addr) = SocketAddr::new(listen.ip(), port);
     Ok(tcp)
+}
+
+/// A bind error, with what usually causes it.
+fn explain_bind(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{error}: another process holds it (another shoal agent's gossip, or its service \
+             mesh, which takes the gossip port + 2 unless --mesh-listen moves it); pick another \
+             port with --listen"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("{error}: ports below 1024 need root or CAP_NET_BIND_SERVICE")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{error}: no interface of this machine has that address")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// An error and its sources, `a: b: c` (libp2p's errors often say nothing themselves).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.dedup();
+    if parts.is_empty() {
+        "no reason given".to_owned()
+    } else {
+        parts.join(": ")
+    }
 }
 
 /// Drives the swarm until listener `id` reports an address.
@@ -627,11 +692,11 @@ async fn wait_listening(
             } if listener_id == id => {
                 return Err(match reason {
                     Ok(()) => "listener closed".to_owned(),
-                    Err(e) => e.to_string(),
+                    Err(e) => error_chain(&e),
                 });
             }
             SwarmEvent::ListenerError { listener_id, error } if listener_id == id => {
-                return Err(error.to_string());
+                return Err(error_chain(&error));
             }
             _ => {}
         }

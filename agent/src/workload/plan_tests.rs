@@ -249,3 +249,77 @@ fn a_rolling_update_without_unavailability_surges_and_retires_only_ready_replace
     let after = s.plan();
     assert_eq!(count(&after), (2, 3));
 }
+
+fn named(name: &str, replicas: u32, created_ms: u64) -> (ObjectKey, StoredObject) {
+    let yaml = deployment(replicas, "v1", "").replace("name: web}", &format!("name: {name}}}"));
+    let (key, mut stored) = stored(&yaml, None);
+    stored.created_ms = created_ms;
+    (key, stored)
+}
+
+#[test]
+fn workloads_over_the_replica_limits_are_set_aside_in_creation_order() {
+    use super::limits::Limits;
+    let mut members: Vec<MemberSnap> = (1..=2).map(|i| member(i, MemberState::Alive)).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        // The members disagree: the lowest of each limit wins.
+        m.info.as_mut().unwrap().limits = Some(Limits {
+            per_workload: 10 + i as u32 * 100,
+            cluster: 30 - i as u32 * 5,
+        });
+    }
+    let s = snapshot(
+        members,
+        vec![
+            named("late", 8, 3_000),
+            named("first", 10, 1_000),
+            named("huge", 1_000_000, 500),
+            named("second", 10, 2_000),
+        ],
+    );
+    let plan = s.plan();
+    let per_deployment = |name: &str| {
+        plan.pods()
+            .filter(|p| p.deployment.as_deref() == Some(name))
+            .count()
+    };
+    assert_eq!(per_deployment("first"), 10);
+    assert_eq!(per_deployment("second"), 10);
+    // 20 asked before it, 8 more would make 28, over the cluster's 25.
+    assert_eq!(per_deployment("late"), 0);
+    assert_eq!(per_deployment("huge"), 0);
+    let reasons: BTreeMap<String, String> = plan
+        .set_aside
+        .iter()
+        .map(|s| (s.key.name.clone(), s.reason.clone()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons["huge"].contains("over the limit of 10 replicas per workload"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["late"].contains("28 replicas, over its limit of 25"),
+        "{reasons:?}"
+    );
+    // A workload set aside costs nothing: no pods, nothing unschedulable.
+    assert!(plan.unschedulable.is_empty());
+}
+
+#[test]
+fn unschedulable_replicas_are_kept_once_per_template_and_reason() {
+    let members: Vec<MemberSnap> = (1..=2).map(|i| member(i, MemberState::Alive)).collect();
+    let yaml = deployment(500, "v1", "").replace(
+        "      containers:",
+        "      nodeSelector: {disk: ssd}\n      containers:",
+    );
+    let s = snapshot(members, vec![stored(&yaml, None)]);
+    let plan = s.plan();
+    assert_eq!(plan.pods().count(), 0);
+    assert_eq!(plan.unschedulable.len(), 1);
+    let u = &plan.unschedulable[0];
+    assert_eq!(u.ordinals.len(), 500);
+    assert!(u.reason.contains("disk=ssd"), "{}", u.reason);
+    let names: BTreeSet<String> = u.pods().map(|p| p.metadata.name).collect();
+    assert_eq!(names.len(), 500);
+}

@@ -254,3 +254,172 @@ pub(crate) fn start(
     });
     (rx, task)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+    use crate::workload::stored::{FORMAT, ReplicaRef, record_name};
+    use crate::workload::view::apply_one;
+
+    fn node(i: u8) -> NodeId {
+        NodeId([i; 32])
+    }
+
+    fn deployment(name: &str, replicas: u32) -> (ObjectKey, Vec<u8>) {
+        let yaml = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  \
+             replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    \
+             metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n      - \
+             {{name: a, image: x, command: [/bin/x]}}\n"
+        );
+        let resource = parse("d.yaml", yaml.as_bytes()).unwrap().remove(0);
+        let (_, stored) = apply_one(&resource, None, 1, || "uid".into());
+        (
+            crate::workload::view::key_of(&resource),
+            stored.unwrap().encode(),
+        )
+    }
+
+    fn record(deployment: &str, pod: &str) -> Vec<u8> {
+        let mut pod_value = crate::manifest::Pod::default();
+        pod_value.metadata.name = pod.into();
+        pod_value.metadata.namespace = Some("default".into());
+        PodRecord {
+            format: FORMAT,
+            pod: pod_value,
+            status: Default::default(),
+            replica: ReplicaRef {
+                workload: format!("deployment/default/{deployment}-h"),
+                ordinal: 0,
+            },
+            deployment: Some(deployment.into()),
+            template_hash: Some("h".into()),
+            ready_since_ms: None,
+            events: Vec::new(),
+        }
+        .encode()
+    }
+
+    fn members(ids: &[u8]) -> Change {
+        Change::Members(
+            ids.iter()
+                .map(|&i| MemberFacts {
+                    id: node(i),
+                    name: format!("node-{i}"),
+                    addr: String::new(),
+                    state: MemberState::Alive,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn changes_update_objects_records_and_the_deployment_index() {
+        let counters = Arc::new(ProjectorCounters::default());
+        let mut p = Projection::new(counters.clone());
+        p.apply(members(&[1, 2]));
+        let (key, bytes) = deployment("web", 2);
+        p.apply(Change::Object {
+            key: key.clone(),
+            value: Some(bytes),
+        });
+        for (n, pod) in [(1, "web-a"), (2, "web-b")] {
+            p.apply(Change::Owned {
+                owner: node(n),
+                name: record_name("default", pod),
+                value: Some(record("web", pod)),
+            });
+        }
+        let s = p.snapshot();
+        assert_eq!(s.objects_of("deployment").count(), 1);
+        assert_eq!(s.deployment_records("default", "web").count(), 2);
+        assert_eq!(s.records_of(&node(1)).count(), 1);
+
+        // A record replaced, one removed, the object deleted.
+        p.apply(Change::Owned {
+            owner: node(2),
+            name: record_name("default", "web-b"),
+            value: None,
+        });
+        assert_eq!(p.snapshot().deployment_records("default", "web").count(), 1);
+        p.apply(Change::Object { key, value: None });
+        assert_eq!(p.snapshot().objects().count(), 0);
+        let stats = counters.stats(p.snapshot());
+        assert_eq!((stats.changes, stats.records), (6, 1));
+    }
+
+    #[test]
+    fn values_that_do_not_decode_are_counted_and_left_out() {
+        let counters = Arc::new(ProjectorCounters::default());
+        let mut p = Projection::new(counters.clone());
+        p.apply(members(&[1]));
+        let key = ObjectKey {
+            kind: "deployment".into(),
+            namespace: "default".into(),
+            name: "evil".into(),
+        };
+        p.apply(Change::Object {
+            key: key.clone(),
+            value: Some(b"garbage{".to_vec()),
+        });
+        // A newer format than this build knows.
+        let (_, good) = deployment("next", 1);
+        let mut newer: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        newer["format"] = serde_json::json!(FORMAT + 1);
+        p.apply(Change::Object {
+            key: key.clone(),
+            value: Some(serde_json::to_vec(&newer).unwrap()),
+        });
+        p.apply(Change::Owned {
+            owner: node(1),
+            name: record_name("default", "x"),
+            value: Some(vec![0xff, 0x00]),
+        });
+        p.apply(Change::Owned {
+            owner: node(1),
+            name: NODE_INFO.into(),
+            value: Some(br#"{"cpuMillis": "lots"}"#.to_vec()),
+        });
+        let stats = counters.stats(p.snapshot());
+        assert_eq!(stats.undecodable_objects, 2);
+        assert_eq!(stats.newer_format, 1);
+        assert_eq!(stats.undecodable_records, 1);
+        assert_eq!(stats.undecodable_node_info, 1);
+        assert_eq!((stats.objects, stats.records), (0, 0));
+        assert!(p.snapshot().member(&node(1)).unwrap().info.is_none());
+        // Once it decodes, it is there.
+        let (_, good) = deployment("evil", 1);
+        p.apply(Change::Object {
+            key,
+            value: Some(good),
+        });
+        assert_eq!(p.snapshot().objects().count(), 1);
+    }
+
+    #[test]
+    fn node_info_survives_member_list_changes() {
+        let mut p = Projection::new(Arc::default());
+        let info = NodeInfo {
+            format: FORMAT,
+            cpu_millis: 1234,
+            ..NodeInfo::default()
+        };
+        // Info may arrive before the member does.
+        p.apply(Change::Owned {
+            owner: node(3),
+            name: NODE_INFO.into(),
+            value: Some(info.encode()),
+        });
+        p.apply(members(&[1, 3]));
+        let cpu = |p: &Projection| {
+            p.snapshot()
+                .member(&node(3))
+                .and_then(|m| m.info.as_ref())
+                .map(|i| i.cpu_millis)
+        };
+        assert_eq!(cpu(&p), Some(1234));
+        p.apply(members(&[3]));
+        assert_eq!(cpu(&p), Some(1234));
+    }
+}

@@ -1,0 +1,207 @@
+//! Holding load: many small Deployments and one big one on a few agents (process runtime,
+//! `sleep` pods).
+//!
+//!     cargo build --release -p shoal-agent -p shoal-demo
+//!     cargo run --release -p shoal-tests --example load_bench -- \
+//!         [--nodes 3] [--deployments 2000] [--big 2000] [--settle-s 30]
+//!
+//! Applies `--deployments` one-replica Deployments and one Deployment of `--big` replicas in
+//! one `shoal apply`, then prints:
+//! - the time from the apply until every pod runs exactly once (each pod's process found
+//!   once, none extra), and the most pod processes seen at once on the way;
+//! - deaths declared and suspicions raised by the agents (there must be no death: every node
+//!   stays up);
+//! - each agent's CPU (percent of one core) over `--settle-s` seconds once converged, and its
+//!   resident memory.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_tests::{Agent, Cluster};
+
+/// The marker every pod's command carries, to find pod processes.
+const MARK: &str = "86400.4242";
+
+fn manifest(deployments: usize, big: u32) -> String {
+    let mut out = String::new();
+    let doc = |name: &str, replicas: u32| {
+        format!(
+            "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  \
+             replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    \
+             metadata: {{labels: {{app: {name}}}}}\n    spec:\n      \
+             terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        \
+             image: sleep\n        command: [sleep, \"{MARK}\"]\n"
+        )
+    };
+    for i in 0..deployments {
+        out.push_str(&doc(&format!("small-{i:05}"), 1));
+    }
+    if big > 0 {
+        out.push_str(&doc("big", big));
+    }
+    out
+}
+
+/// Pod processes now: (pod name from the environment, count).
+fn pod_processes() -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        if !cmdline.ends_with(format!("{MARK}\0").as_bytes()) {
+            continue;
+        }
+        let env = std::fs::read(path.join("environ")).unwrap_or_default();
+        let name = env
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"HOSTNAME="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| format!("pid-{}", entry.file_name().to_string_lossy()));
+        *out.entry(name).or_default() += 1;
+    }
+    out
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields after the command: state is 0, utime 11, stime 12.
+    get(11) + get(12)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn counter(agent: &Agent, path: &[&str]) -> u64 {
+    let (_, body) = agent.http("GET", "/api/v1/stats", None);
+    let mut value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    for p in path {
+        value = value[*p].take();
+    }
+    value.as_u64().unwrap_or(0)
+}
+
+fn main() {
+    let mut nodes = 3;
+    let mut deployments = 2000;
+    let mut big = 2000;
+    let mut settle = 30;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().and_then(|v| v.parse().ok());
+        match a.as_str() {
+            "--nodes" => nodes = value().expect("--nodes N"),
+            "--deployments" => deployments = value().expect("--deployments N"),
+            "--big" => big = value().expect("--big N") as u32,
+            "--settle-s" => settle = value().expect("--settle-s S"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let wanted = deployments + big as usize;
+    let cluster = Cluster::start_with("lbench", nodes, &["--runtime", "process"]);
+    let path = cluster.dir().join("load.yaml");
+    std::fs::write(&path, manifest(deployments, big)).expect("writing the manifest");
+
+    let start = Instant::now();
+    let out = cluster.agents[0]
+        .cli(&["apply", "-f", path.to_str().expect("utf-8 path")])
+        .expect("apply");
+    let applied_ms = start.elapsed().as_millis();
+    eprintln!(
+        "apply of {} objects answered in {applied_ms} ms",
+        out.lines().count()
+    );
+
+    // Until every pod runs exactly once.
+    let mut most = 0;
+    let converged = loop {
+        let procs = pod_processes();
+        let total: u32 = procs.values().sum();
+        most = most.max(total);
+        if procs.len() == wanted && procs.values().all(|&n| n == 1) {
+            break Some(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            eprintln!(
+                "not converged after 300 s: {} pods, {total} processes",
+                procs.len()
+            );
+            break None;
+        }
+        if start.elapsed().as_secs() % 10 == 0 {
+            eprintln!(
+                "{:>4} s: {} pods running, {total} processes",
+                start.elapsed().as_secs(),
+                procs.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+
+    // Once converged: CPU over the settle window.
+    let pids: Vec<u32> = cluster.agents.iter().filter_map(Agent::pid).collect();
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(settle));
+    let secs = t0.elapsed().as_secs_f64();
+    let ticks_per_s = 100.0;
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&before)
+        .map(|(&p, &b)| (cpu_ticks(p) - b) as f64 / ticks_per_s / secs * 100.0)
+        .collect();
+    let rss: Vec<f64> = pids.iter().map(|&p| rss_mb(p)).collect();
+    let procs = pod_processes();
+    let deaths: u64 = cluster
+        .agents
+        .iter()
+        .map(|a| counter(a, &["gossip", "deaths_declared"]))
+        .sum();
+    let suspicions: u64 = cluster
+        .agents
+        .iter()
+        .map(|a| counter(a, &["gossip", "suspicions_raised"]))
+        .sum();
+
+    println!(
+        "{nodes} agents, {deployments} one-replica deployments + one of {big} replicas \
+         ({wanted} pods), process runtime"
+    );
+    match converged {
+        Some(t) => println!(
+            "every pod running exactly once: {:.1} s after the apply",
+            t.as_secs_f64()
+        ),
+        None => println!("NOT converged within 300 s"),
+    }
+    println!("apply answered in {applied_ms} ms; most pod processes at once: {most}");
+    println!(
+        "after {settle} s more: {} pods, {} processes",
+        procs.len(),
+        procs.values().sum::<u32>()
+    );
+    println!("deaths declared: {deaths}; suspicions raised: {suspicions}");
+    for (i, (c, r)) in cpu.iter().zip(&rss).enumerate() {
+        println!("node-{i}: {c:.1}% of a core over {secs:.0} s, RSS {r:.0} MB");
+    }
+}
