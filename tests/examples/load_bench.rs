@@ -105,7 +105,7 @@ fn main() {
     let mut nodes = 3;
     let mut deployments = 2000;
     let mut big = 2000;
-    let mut settle = 30;
+    let mut settle: u64 = 30;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().and_then(|v| v.parse().ok());
