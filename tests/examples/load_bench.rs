@@ -102,18 +102,19 @@ fn counter(agent: &Agent, path: &[&str]) -> u64 {
 }
 
 fn main() {
-    let mut nodes = 3;
-    let mut deployments = 2000;
-    let mut big = 2000;
+    let mut nodes: usize = 3;
+    let mut deployments: usize = 2000;
+    let mut big: u32 = 2000;
     let mut settle: u64 = 30;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = || args.next().and_then(|v| v.parse().ok());
+        let value = args.next().unwrap_or_default();
+        let bad = || panic!("{a} takes a number, not {value:?}");
         match a.as_str() {
-            "--nodes" => nodes = value().expect("--nodes N"),
-            "--deployments" => deployments = value().expect("--deployments N"),
-            "--big" => big = value().expect("--big N") as u32,
-            "--settle-s" => settle = value().expect("--settle-s S"),
+            "--nodes" => nodes = value.parse().unwrap_or_else(|_| bad()),
+            "--deployments" => deployments = value.parse().unwrap_or_else(|_| bad()),
+            "--big" => big = value.parse().unwrap_or_else(|_| bad()),
+            "--settle-s" => settle = value.parse().unwrap_or_else(|_| bad()),
             other => panic!("unknown argument {other}"),
         }
     }
