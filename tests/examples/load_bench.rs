@@ -101,6 +101,12 @@ fn counter(agent: &Agent, path: &[&str]) -> u64 {
     value.as_u64().unwrap_or(0)
 }
 
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> T {
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("{flag} takes a number, not {value:?}"))
+}
+
 fn main() {
     let mut nodes: usize = 3;
     let mut deployments: usize = 2000;
@@ -109,12 +115,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let value = args.next().unwrap_or_default();
-        let bad = || panic!("{a} takes a number, not {value:?}");
         match a.as_str() {
-            "--nodes" => nodes = value.parse().unwrap_or_else(|_| bad()),
-            "--deployments" => deployments = value.parse().unwrap_or_else(|_| bad()),
-            "--big" => big = value.parse().unwrap_or_else(|_| bad()),
-            "--settle-s" => settle = value.parse().unwrap_or_else(|_| bad()),
+            "--nodes" => nodes = number(&a, &value),
+            "--deployments" => deployments = number(&a, &value),
+            "--big" => big = number(&a, &value),
+            "--settle-s" => settle = number(&a, &value),
             other => panic!("unknown argument {other}"),
         }
     }
