@@ -63,6 +63,9 @@ pub(crate) struct AgentStats {
     pub(crate) queued_updates: usize,
     pub(crate) local_health: u32,
     pub(crate) incarnation: u64,
+    /// Messages waiting behind the failure detector's, and those dropped when too many waited.
+    pub(crate) backlog: usize,
+    pub(crate) backlog_dropped: u64,
 }
 
 /// The core's counters, serialisable.
@@ -116,6 +119,11 @@ pub(crate) enum Command {
         key: ObjectKey,
         value: Option<Vec<u8>>,
         reply: oneshot::Sender<Entry>,
+    },
+    /// Write (or delete) several objects at once: one durable commit, one reply.
+    WriteMany {
+        writes: Vec<(ObjectKey, Option<Vec<u8>>)>,
+        reply: oneshot::Sender<Vec<Entry>>,
     },
     /// Read one object.
     Get {
@@ -176,6 +184,15 @@ impl DriverHandle {
         value: Option<Vec<u8>>,
     ) -> Result<Entry, Gone> {
         self.call(|reply| Command::Write { key, value, reply })
+            .await
+    }
+
+    /// Writes several objects: in the store at once, durable in one commit, acknowledged once.
+    pub(crate) async fn write_many(
+        &self,
+        writes: Vec<(ObjectKey, Option<Vec<u8>>)>,
+    ) -> Result<Vec<Entry>, Gone> {
+        self.call(|reply| Command::WriteMany { writes, reply })
             .await
     }
 
@@ -261,7 +278,26 @@ pub(crate) fn wall_ms() -> u64 {
 struct Batch {
     changes: Vec<(Key, Option<Entry>)>,
     meta: Vec<(&'static str, Vec<u8>)>,
-    acks: Vec<(oneshot::Sender<Entry>, Entry)>,
+    acks: Vec<Ack>,
+}
+
+/// A reply to send once a write is durable.
+enum Ack {
+    One(oneshot::Sender<Entry>, Entry),
+    Many(oneshot::Sender<Vec<Entry>>, Vec<Entry>),
+}
+
+impl Ack {
+    fn send(self) {
+        match self {
+            Ack::One(reply, entry) => {
+                let _ = reply.send(entry);
+            }
+            Ack::Many(reply, entries) => {
+                let _ = reply.send(entries);
+            }
+        }
+    }
 }
 
 /// Starts the persistence thread. It commits batches in groups and acknowledges writes after
@@ -288,8 +324,8 @@ fn start_persistence(mut db: Db) -> (mpsc::UnboundedSender<Batch>, std::thread::
                     db.apply_with_meta(changes, meta.iter().map(|(k, v)| (*k, v.as_slice())));
                 match result {
                     Ok(()) => {
-                        for (ack, entry) in acks {
-                            let _ = ack.send(entry);
+                        for ack in acks {
+                            ack.send();
                         }
                     }
                     Err(error) => {
@@ -385,6 +421,8 @@ pub(crate) fn start(
         last_contact_saved: 0,
         shutdown,
         leave_replies: Vec::new(),
+        backlog: Default::default(),
+        backlog_dropped: 0,
     };
     driver.send_whole_state();
     driver
@@ -422,13 +460,26 @@ struct Driver {
     since: BTreeMap<NodeId, u64>,
     started_ms: u64,
     dirty: BTreeSet<Key>,
-    pending_acks: Vec<(oneshot::Sender<Entry>, Entry)>,
+    pending_acks: Vec<Ack>,
     view_dirty: bool,
     persisted_batches: u64,
     last_contact_saved: u64,
     shutdown: watch::Receiver<bool>,
     leave_replies: Vec<oneshot::Sender<()>>,
+    /// Messages other than the failure detector's, waiting their turn (bounded by the network
+    /// layer's inbound queue: the driver takes at most `NET_BATCH` more per turn).
+    backlog: std::collections::VecDeque<(String, Vec<u8>)>,
+    /// Backlogged messages dropped because the backlog was full.
+    backlog_dropped: u64,
 }
+
+/// Most network events taken at once before the driver looks at its other inputs.
+const NET_BATCH: usize = 256;
+/// Longest run of backlogged (non-probe) messages the driver handles before it looks at its
+/// other inputs again.
+const BACKLOG_SLICE: Duration = Duration::from_millis(5);
+/// Most messages the backlog holds (about 10 MB of the largest).
+const BACKLOG_MAX: usize = 8192;
 
 /// How long a leaving node keeps gossiping its departure before it stops.
 const LEAVE_LINGER: Duration = Duration::from_millis(600);
@@ -446,25 +497,22 @@ impl Driver {
             let linger =
                 leave_deadline.unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
             tokio::select! {
-                event = self.net_events.recv() => match event {
-                    Some(NetEvent::Message { from, addr, bytes }) => {
-                        let _ = from;
-                        self.node.handle_message(&addr, &bytes, self.clock.now());
-                    }
-                    Some(NetEvent::Discovered { addr }) => {
-                        if self.node.live_count() <= 1 {
-                            info!(%addr, "discovered a peer on the local network; joining");
-                            self.node.join(vec![addr], self.clock.now());
-                        }
-                    }
-                    Some(NetEvent::PeerRefused { peer, reason }) => {
-                        debug!(%peer, reason, "peer refused");
-                    }
-                    None => {
+                biased;
+                event = self.net_events.recv() => {
+                    let Some(event) = event else {
                         warn!("network layer stopped");
                         break;
+                    };
+                    // Everything that is waiting: failure-detector messages first, the rest
+                    // into the backlog, handled in slices below.
+                    self.handle_net_event(event);
+                    for _ in 0..NET_BATCH {
+                        match self.net_events.try_recv() {
+                            Ok(event) => self.handle_net_event(event),
+                            Err(_) => break,
+                        }
                     }
-                },
+                }
                 command = self.commands.recv() => match command {
                     Some(command) => {
                         if let Some(deadline) = self.handle_command(command) {
@@ -487,7 +535,9 @@ impl Driver {
                         leave_deadline = Some(TokioInstant::now() + LEAVE_LINGER);
                     }
                 }
+                () = std::future::ready(()), if !self.backlog.is_empty() => {}
             }
+            self.handle_backlog();
             self.drain();
         }
         self.note_contact();
@@ -502,6 +552,46 @@ impl Driver {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         self.publish(true);
+    }
+
+    /// Handles a network event: a failure-detector message at once, other messages later
+    /// ([`Driver::handle_backlog`]).
+    fn handle_net_event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Message { addr, bytes, .. } => {
+                if shoal_gossip::message::is_probe(&bytes) {
+                    self.node.handle_message(&addr, &bytes, self.clock.now());
+                } else {
+                    if self.backlog.len() >= BACKLOG_MAX {
+                        // Far behind: the oldest goes (gossip resends, anti-entropy repairs).
+                        self.backlog.pop_front();
+                        self.backlog_dropped += 1;
+                    }
+                    self.backlog.push_back((addr, bytes));
+                }
+            }
+            NetEvent::Discovered { addr } => {
+                if self.node.live_count() <= 1 {
+                    info!(%addr, "discovered a peer on the local network; joining");
+                    self.node.join(vec![addr], self.clock.now());
+                }
+            }
+            NetEvent::PeerRefused { peer, reason } => {
+                debug!(%peer, reason, "peer refused");
+            }
+        }
+    }
+
+    /// Handles backlogged messages for at most [`BACKLOG_SLICE`], so that the loop comes back
+    /// to probes and timers in time however much state arrives.
+    fn handle_backlog(&mut self) {
+        let started = std::time::Instant::now();
+        while let Some((addr, bytes)) = self.backlog.pop_front() {
+            self.node.handle_message(&addr, &bytes, self.clock.now());
+            if started.elapsed() >= BACKLOG_SLICE {
+                break;
+            }
+        }
     }
 
     /// Handles an API command; returns the linger deadline when it was a leave.
@@ -522,7 +612,14 @@ impl Driver {
             }
             Command::Write { key, value, reply } => {
                 let entry = self.node.write_object(key, value, now);
-                self.pending_acks.push((reply, entry));
+                self.pending_acks.push(Ack::One(reply, entry));
+            }
+            Command::WriteMany { writes, reply } => {
+                let entries = writes
+                    .into_iter()
+                    .map(|(key, value)| self.node.write_object(key, value, now))
+                    .collect();
+                self.pending_acks.push(Ack::Many(reply, entries));
             }
             Command::Get { key, reply } => {
                 let entry = self.node.store().get(&Key::Object(key)).cloned();
@@ -544,7 +641,7 @@ impl Driver {
             }
             Command::WriteOwned { name, value, reply } => {
                 let entry = self.node.write_owned(name, value, now);
-                self.pending_acks.push((reply, entry));
+                self.pending_acks.push(Ack::One(reply, entry));
             }
             Command::Stats(reply) => {
                 let _ = reply.send(AgentStats {
@@ -555,6 +652,8 @@ impl Driver {
                     queued_updates: self.node.queued_updates(),
                     local_health: self.node.local_health(),
                     incarnation: self.node.incarnation(),
+                    backlog: self.backlog.len(),
+                    backlog_dropped: self.backlog_dropped,
                 });
             }
         }

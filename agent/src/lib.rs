@@ -177,6 +177,7 @@ pub fn run() -> anyhow::Result<()> {
             init_logging();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .thread_name("shoal-worker")
                 .enable_all()
                 .build()?;
             runtime.block_on(agent::run(args))

@@ -190,6 +190,25 @@ pub fn encode(envelope: &Envelope) -> Vec<u8> {
     out
 }
 
+/// Whether encoded bytes are a failure-detector message (ping, ack, ping request, nack), judged
+/// from the envelope's head alone. Drivers handle these before a backlog of other messages, so
+/// that a busy node still answers probes in time. Never panics; `false` for anything that is
+/// not a well-formed head.
+pub fn is_probe(bytes: &[u8]) -> bool {
+    let Some((&PROTOCOL_VERSION, rest)) = bytes.split_first() else {
+        return false;
+    };
+    // Postcard writes the envelope's fields in order and an enum's variant index as a varint
+    // u32, so the head decodes as a (sender, variant index) pair.
+    match postcard::take_from_bytes::<(NodeId, u32)>(rest) {
+        Ok(((_, variant), _)) => variant <= PROBE_VARIANTS,
+        Err(_) => false,
+    }
+}
+
+/// The highest variant index of a failure-detector message ([`Body::Nack`]).
+const PROBE_VARIANTS: u32 = 3;
+
 /// Decodes bytes from the network. Never panics, whatever the input.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
@@ -215,6 +234,48 @@ pub const ENVELOPE_OVERHEAD: usize = 1 + 32 + 1 + 16;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn is_probe_reads_the_variant_from_the_head() {
+        let from = NodeId([7; 32]);
+        let probes = [
+            Body::Ping {
+                seq: 1,
+                target: from,
+                updates: Vec::new(),
+            },
+            Body::Ack {
+                seq: 1,
+                updates: Vec::new(),
+            },
+            Body::PingReq {
+                seq: 2,
+                target: from,
+                target_addr: "a".into(),
+                updates: Vec::new(),
+            },
+            Body::Nack { seq: 3 },
+        ];
+        for body in probes {
+            let kind = body.kind();
+            assert!(is_probe(&encode(&Envelope { from, body })), "{kind}");
+        }
+        for body in [
+            Body::Gossip {
+                updates: Vec::new(),
+            },
+            Body::JoinAck,
+            Body::SyncRoot {
+                fingerprints: vec![1, 2],
+            },
+        ] {
+            let kind = body.kind();
+            assert!(!is_probe(&encode(&Envelope { from, body })), "{kind}");
+        }
+        assert!(!is_probe(&[]));
+        assert!(!is_probe(&[PROTOCOL_VERSION, 1, 2]));
+        assert!(!is_probe(&[PROTOCOL_VERSION + 1; 40]));
+    }
     use proptest::prelude::*;
 
     use super::*;

@@ -83,6 +83,41 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
+/// CPU ticks of each thread of a process, summed by thread name.
+fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map(|(n, _)| n.to_owned())
+            .unwrap_or_default();
+        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        let _ = tid;
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        *out.entry(name).or_default() += get(11) + get(12);
+    }
+    out
+}
+
+/// Kills pod processes left by an earlier run (process pods outlive their agent by design).
+fn kill_leftovers() {
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &format!("sleep {MARK}")])
+        .status();
+}
+
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -124,6 +159,7 @@ fn main() {
         }
     }
     let wanted = deployments + big as usize;
+    kill_leftovers();
     let cluster = Cluster::start_with("lbench", nodes, &["--runtime", "process"]);
     let path = cluster.dir().join("load.yaml");
     std::fs::write(&path, manifest(deployments, big)).expect("writing the manifest");
@@ -210,4 +246,29 @@ fn main() {
     for (i, (c, r)) in cpu.iter().zip(&rss).enumerate() {
         println!("node-{i}: {c:.1}% of a core over {secs:.0} s, RSS {r:.0} MB");
     }
+    // Where each agent's CPU went since it started, by thread.
+    for (i, &pid) in pids.iter().enumerate() {
+        let threads = thread_ticks(pid);
+        let mut parts: Vec<(String, u64)> = threads.into_iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        let text: Vec<String> = parts
+            .iter()
+            .take(6)
+            .map(|(n, t)| format!("{n} {:.1} s", *t as f64 / ticks_per_s))
+            .collect();
+        println!("node-{i} CPU by thread since start: {}", text.join(", "));
+    }
+    let gossip_mb: Vec<String> = cluster
+        .agents
+        .iter()
+        .map(|a| {
+            format!(
+                "{:.1}",
+                counter(a, &["gossip", "bytes_sent"]) as f64 / (1 << 20) as f64
+            )
+        })
+        .collect();
+    println!("gossip sent per agent (MiB): {}", gossip_mb.join(", "));
+    drop(cluster);
+    kill_leftovers();
 }

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -65,7 +65,10 @@ pub(crate) fn router(state: Api) -> Router {
             get(get_object).put(put_object).delete(delete_object),
         )
         .route("/api/v1/objects/{kind}", get(list_objects))
-        .route("/api/v1/apply", post(workloads::apply))
+        .route(
+            "/api/v1/apply",
+            post(workloads::apply).layer(DefaultBodyLimit::max(MAX_APPLY)),
+        )
         .route("/api/v1/delete", post(workloads::delete))
         .route("/api/v1/pods", get(workloads::list_pods))
         .route("/api/v1/pods/{namespace}/{name}", get(workloads::get_pod))
@@ -260,6 +263,10 @@ fn object_key(kind: String, namespace: String, name: String) -> Result<ObjectKey
 
 /// Largest object accepted, in bytes.
 const MAX_OBJECT: usize = 1 << 20;
+
+/// Largest `apply` request body: every object of an apply in one request, so that it is
+/// written at once (the CLI says so before sending more).
+pub(crate) const MAX_APPLY: usize = 64 << 20;
 
 async fn put_object(
     State(api): State<Api>,

@@ -224,6 +224,7 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
     }
     resources.sort_by_key(|r| r.kind() != Kind::Namespace);
     let mut results = Vec::new();
+    let mut writes = Vec::new();
     for r in &resources {
         let key = view::key_of(r);
         let old = match stored(&api, key.clone()).await {
@@ -231,10 +232,8 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
             Err(resp) => return resp,
         };
         let (outcome, new) = view::apply_one(r, old.as_ref(), now, new_uid);
-        if let (Some(new), false) = (new, request.dry_run) {
-            if let Err(e) = api.driver.write(key, Some(new.encode())).await {
-                return gone(e);
-            }
+        if let Some(new) = new {
+            writes.push((key, Some(new.encode())));
         }
         let k = r.key();
         results.push(json!({
@@ -244,6 +243,12 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
             "name": k.name,
             "outcome": outcome.as_str(),
         }));
+    }
+    // Everything at once: one durable commit, so an apply is never half written.
+    if !request.dry_run && !writes.is_empty() {
+        if let Err(e) = api.driver.write_many(writes).await {
+            return gone(e);
+        }
     }
     Json(json!({ "results": results })).into_response()
 }

@@ -117,6 +117,17 @@ pub(crate) fn apply(
         .iter()
         .map(|r| serde_json::from_slice(&r.to_stored()).expect("stored form is JSON"))
         .collect();
+    // One request, so that the agent writes everything at once or nothing.
+    let size: usize = objects.iter().map(|o| o.to_string().len() + 1).sum();
+    if size > crate::api::MAX_APPLY - 4096 {
+        bail!(
+            "nothing was applied: these {} objects take {:.1} MiB, over the {} MiB one apply may \
+             carry; apply them in parts (several files or directories)",
+            objects.len(),
+            size as f64 / (1 << 20) as f64,
+            crate::api::MAX_APPLY >> 20
+        );
+    }
     let client = Client::new(api)?;
     let answer = client.post(
         "/api/v1/apply",
