@@ -96,8 +96,6 @@ fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map(|(n, _)| n.to_owned())
             .unwrap_or_default();
-        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap_or(0);
-        let _ = tid;
         let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
         let get = |i: usize| {
@@ -250,7 +248,7 @@ fn main() {
     for (i, &pid) in pids.iter().enumerate() {
         let threads = thread_ticks(pid);
         let mut parts: Vec<(String, u64)> = threads.into_iter().collect();
-        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        parts.sort_by_key(|(_, ticks)| std::cmp::Reverse(*ticks));
         let text: Vec<String> = parts
             .iter()
             .take(6)
