@@ -141,6 +141,9 @@ pub(crate) fn table_of(snapshot: &Snapshot, range: ServiceRange, me: &NodeId) ->
     table
 }
 
+/// Shortest time between two computations of the routing table.
+const TABLE_GAP: Duration = Duration::from_millis(50);
+
 /// Follows the state: keeps listeners, mesh members and served destinations in step. Returns
 /// the task; aborting it closes every listener.
 pub(crate) fn start(
@@ -160,7 +163,15 @@ pub(crate) fn start(
         let mut failed: BTreeMap<SocketAddr, Instant> = BTreeMap::new();
         let mut warned: BTreeSet<SocketAddr> = BTreeSet::new();
         let mut disagreeing: BTreeSet<NodeId> = BTreeSet::new();
+        let mut last = Instant::now();
         loop {
+            // The table costs O(pods + services x pods): under a stream of changes it is
+            // computed at most once per `TABLE_GAP`, from the latest snapshot.
+            let since = last.elapsed();
+            if since < TABLE_GAP {
+                tokio::time::sleep(TABLE_GAP - since).await;
+            }
+            last = Instant::now();
             let snapshot = snapshots.borrow_and_update().clone();
             // The range is per cluster: a member started with another one would give and
             // serve other addresses. Said once per member.

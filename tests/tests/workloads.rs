@@ -495,3 +495,35 @@ fn logs_of_pods_on_other_nodes() {
     let err = cluster.agents[1].cli(&["logs", "web-nope"]).unwrap_err();
     assert!(err.contains("not found"), "{err}");
 }
+
+#[test]
+fn replicas_over_the_limits_are_refused_by_apply_and_scale() {
+    let cluster = Cluster::start_with(
+        "limits",
+        1,
+        &["--runtime", "process", "--max-replicas", "50"],
+    );
+    // A million replicas: refused with the limit named, nothing written.
+    let huge = cluster
+        .apply(0, "huge", &deployment("huge", 1_000_000, "v1", ""))
+        .expect_err("a million replicas must be refused");
+    assert!(
+        huge.contains(
+            "spec.replicas: 1000000 replicas is over the limit of 10000 replicas per workload"
+        ),
+        "{huge}"
+    );
+    assert!(huge.contains("nothing was applied"), "{huge}");
+    let listed = cluster.agents[0].cli(&["get", "deployments"]).unwrap();
+    assert!(!listed.contains("huge"), "{listed}");
+    // Within the limits, then a scale past the cluster's.
+    cluster
+        .apply(0, "web", &deployment("web", 2, "v1", ""))
+        .unwrap();
+    let scaled = cluster.agents[0]
+        .cli(&["scale", "deployment", "web", "--replicas", "51"])
+        .expect_err("51 replicas is over the cluster's 50");
+    assert!(scaled.contains("over its limit of 50"), "{scaled}");
+    cluster.wait_for("2 ready", secs(30), |c| ready_everywhere(c, 0, 2));
+    assert_eq!(deployment_counts(&cluster, 0, "web").map(|c| c.1), Some(2));
+}
