@@ -3,7 +3,10 @@
 //!
 //!     cargo build --release -p shoal-agent -p shoal-demo
 //!     cargo run --release -p shoal-tests --example load_bench -- \
-//!         [--nodes 3] [--deployments 2000] [--big 2000] [--settle-s 30]
+//!         [--nodes 3] [--deployments 2000] [--big 2000] [--settle-s 30] [--nowhere]
+//!
+//! `--nowhere` gives every pod a node selector no node matches: nothing runs, and the figures
+//! are what unschedulable replicas cost the agents (memory, CPU).
 //!
 //! Applies `--deployments` one-replica Deployments and one Deployment of `--big` replicas in
 //! one `shoal apply`, then prints:
@@ -23,13 +26,18 @@ use shoal_tests::{Agent, Cluster};
 /// The marker every pod's command carries, to find pod processes.
 const MARK: &str = "86400.4242";
 
-fn manifest(deployments: usize, big: u32) -> String {
+fn manifest(deployments: usize, big: u32, nowhere: bool) -> String {
     let mut out = String::new();
+    let selector = if nowhere {
+        "      nodeSelector: {shoal.io/nowhere: \"true\"}\n"
+    } else {
+        ""
+    };
     let doc = |name: &str, replicas: u32| {
         format!(
             "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  \
              replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    \
-             metadata: {{labels: {{app: {name}}}}}\n    spec:\n      \
+             metadata: {{labels: {{app: {name}}}}}\n    spec:\n{selector}      \
              terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        \
              image: sleep\n        command: [sleep, \"{MARK}\"]\n"
         )
@@ -145,8 +153,13 @@ fn main() {
     let mut deployments: usize = 2000;
     let mut big: u32 = 2000;
     let mut settle: u64 = 30;
+    let mut nowhere = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--nowhere" {
+            nowhere = true;
+            continue;
+        }
         let value = args.next().unwrap_or_default();
         match a.as_str() {
             "--nodes" => nodes = number(&a, &value),
@@ -160,7 +173,7 @@ fn main() {
     kill_leftovers();
     let cluster = Cluster::start_with("lbench", nodes, &["--runtime", "process"]);
     let path = cluster.dir().join("load.yaml");
-    std::fs::write(&path, manifest(deployments, big)).expect("writing the manifest");
+    std::fs::write(&path, manifest(deployments, big, nowhere)).expect("writing the manifest");
 
     let start = Instant::now();
     let out = cluster.agents[0]
@@ -172,9 +185,13 @@ fn main() {
         out.lines().count()
     );
 
-    // Until every pod runs exactly once.
+    // Until every pod runs exactly once (with --nowhere: a while, as nothing will run).
     let mut most = 0;
     let converged = loop {
+        if nowhere {
+            std::thread::sleep(Duration::from_secs(10));
+            break None;
+        }
         let procs = pod_processes();
         let total: u32 = procs.values().sum();
         most = most.max(total);
@@ -228,6 +245,7 @@ fn main() {
          ({wanted} pods), process runtime"
     );
     match converged {
+        None if nowhere => println!("no node matches the pods' selector: {wanted} replicas wait"),
         Some(t) => println!(
             "every pod running exactly once: {:.1} s after the apply",
             t.as_secs_f64()
