@@ -13,7 +13,7 @@ use crate::config::Endpoint;
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     /// The UDP socket could not be set up; nothing was started.
-    #[error("binding the mesh endpoint on {addr}: {source}")]
+    #[error("binding the mesh endpoint on {addr}")]
     Bind {
         /// The address asked for.
         addr: std::net::SocketAddr,
