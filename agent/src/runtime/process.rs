@@ -460,6 +460,7 @@ impl Inner {
             namespace: record.spec.namespace.clone(),
             name: record.spec.name.clone(),
             spec_hash: record.spec.spec_hash.clone(),
+            labels: record.spec.labels.clone(),
             ip: Some(IpAddr::V4(record.ip)),
             containers: record
                 .containers

@@ -13,12 +13,12 @@ use super::*;
 
 /// A data dir that kills every process it recorded and is removed when dropped (kept, with a
 /// note, when the test failed).
-struct Scratch {
+pub(super) struct Scratch {
     dir: PathBuf,
 }
 
 impl Scratch {
-    fn new(test: &str) -> Self {
+    pub(super) fn new(test: &str) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -29,7 +29,7 @@ impl Scratch {
         Scratch { dir }
     }
 
-    fn config(&self) -> RuntimeConfig {
+    pub(super) fn config(&self) -> RuntimeConfig {
         RuntimeConfig::new("cluster-1", "node-1", &self.dir)
     }
 }

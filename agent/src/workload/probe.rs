@@ -11,7 +11,7 @@ use crate::manifest::{Container, PortRef, Probe, ProbeHandler, Scheme};
 use crate::runtime::{AnyRuntime, Runtime};
 
 /// Which probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum ProbeKind {
     Startup,
     Liveness,
