@@ -128,13 +128,31 @@ impl Plan {
     pub(crate) fn pods_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a DesiredPod> {
         self.pods.iter().filter(move |p| p.node == *node)
     }
+}
 
-    /// The node a replica is placed on.
-    pub(crate) fn node_of(&self, replica: &ReplicaRef) -> Option<&NodeId> {
-        self.pods
+// Read access for the supervisor's node plan (kept apart so the fields can change shape).
+impl Snapshot {
+    /// Every member, this node included.
+    pub(crate) fn members(&self) -> impl Iterator<Item = &MemberSnap> {
+        self.members.iter()
+    }
+
+    /// The pod records `node` reports.
+    pub(crate) fn records_of<'a>(
+        &'a self,
+        node: &'a NodeId,
+    ) -> impl Iterator<Item = &'a PodRecord> {
+        self.records
             .iter()
-            .find(|p| p.replica == *replica)
-            .map(|p| &p.node)
+            .filter(move |(n, _)| n == node)
+            .map(|(_, r)| r)
+    }
+}
+
+impl Plan {
+    /// Every placed pod, on any node.
+    pub(crate) fn placed(&self) -> impl Iterator<Item = &DesiredPod> {
+        self.pods.iter()
     }
 }
 

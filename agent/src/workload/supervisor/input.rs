@@ -1,0 +1,108 @@
+//! What the supervisor is told about the cluster: the plan for this node, distilled from the
+//! cluster [`Plan`] and the [`Snapshot`] it was computed from by [`NodePlan::new`].
+//!
+//! The supervisor never sees the snapshot itself: everything it acts on is here, so tests and
+//! simulators can hand it a plan built any way they like.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_gossip::NodeId;
+
+use crate::manifest::EnvVar;
+use crate::workload::plan::{DesiredPod, Plan, Snapshot};
+use crate::workload::service::{self, ServiceRange};
+use crate::workload::stored::{PodRecord, ReplicaRef, record_name};
+
+/// Where a replica is placed when it is not on this node, as hand-off needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The node the plan puts it on.
+    pub(crate) node: NodeId,
+    /// Whether that node is alive or suspect.
+    pub(crate) live: bool,
+    /// Whether that node reports its copy of the replica ready.
+    pub(crate) ready: bool,
+}
+
+/// The plan for one node.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodePlan {
+    /// The pods this node should run, by uid.
+    pub(crate) pods: BTreeMap<String, DesiredPod>,
+    /// Replicas placed on other nodes.
+    pub(crate) elsewhere: BTreeMap<ReplicaRef, Placement>,
+    /// The records the replicated state holds as reported by this node, by record name: after
+    /// an agent restart, what it reported before (adoption reads them, and those that no pod
+    /// matches any more are removed).
+    pub(crate) own_records: BTreeMap<String, PodRecord>,
+    /// Service-link variables for pods of each namespace that has pods here (they are read
+    /// when a pod starts, as Kubernetes does: a new service does not restart pods).
+    pub(crate) service_env: BTreeMap<String, Vec<EnvVar>>,
+}
+
+impl NodePlan {
+    /// The plan for `me` from the cluster plan and the snapshot it was computed from.
+    pub(crate) fn new(snapshot: &Snapshot, plan: &Plan, me: &NodeId, range: ServiceRange) -> Self {
+        let pods: BTreeMap<String, DesiredPod> = plan
+            .pods_on(me)
+            .map(|p| (p.uid.clone(), p.clone()))
+            .collect();
+        let mut ready: BTreeSet<(NodeId, &ReplicaRef)> = BTreeSet::new();
+        for member in snapshot.members() {
+            for record in snapshot.records_of(&member.id) {
+                if record.is_ready() {
+                    ready.insert((member.id, &record.replica));
+                }
+            }
+        }
+        let elsewhere = plan
+            .placed()
+            .filter(|p| p.node != *me)
+            .map(|p| {
+                let placement = Placement {
+                    node: p.node,
+                    live: snapshot.is_live(&p.node),
+                    ready: ready.contains(&(p.node, &p.replica)),
+                };
+                (p.replica.clone(), placement)
+            })
+            .collect();
+        let own_records = snapshot
+            .records_of(me)
+            .map(|r| {
+                let namespace = r.pod.metadata.namespace.as_deref().unwrap_or("default");
+                (record_name(namespace, &r.pod.metadata.name), r.clone())
+            })
+            .collect();
+        let namespaces: BTreeSet<&str> = pods
+            .values()
+            .map(|p| p.pod.metadata.namespace.as_deref().unwrap_or("default"))
+            .collect();
+        let service_env = namespaces
+            .into_iter()
+            .map(|ns| {
+                (
+                    ns.to_owned(),
+                    service::service_env_vars(range, snapshot, ns),
+                )
+            })
+            .collect();
+        NodePlan {
+            pods,
+            elsewhere,
+            own_records,
+            service_env,
+        }
+    }
+}
+
+/// Whether this node's state can be trusted to plan from: it hears from another live member
+/// with node info, or it knows no other member at all (a new cluster of one, which has nobody
+/// to catch up with; a node that has not joined yet holds no objects, so it would start
+/// nothing).
+pub(crate) fn snapshot_synced(snapshot: &Snapshot, me: &NodeId) -> bool {
+    snapshot.members().all(|m| m.id == *me)
+        || snapshot
+            .members()
+            .any(|m| m.id != *me && m.state.is_live() && m.info.is_some())
+}
