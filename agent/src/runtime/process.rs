@@ -8,7 +8,11 @@
 //! `<container>.log` per container and a working directory `containers/<container>/`.
 //! `pod.json` is replaced atomically (write, then rename) and only under one lock, so the
 //! waiters that record exits and the calls that start and stop never lose each other's
-//! changes.
+//! changes. The files are the durable copy: they are read once, when the runtime is created,
+//! and the records are kept in memory from then on (every change is written to the file
+//! first), so that listing pods, which the reconciler does every second, reads no file. Only
+//! processes that are not the agent's children (it restarted since they started) are looked up
+//! in `/proc` when listing.
 //!
 //! **Processes.** `command ++ args` runs with a clean environment (the spec's env plus
 //! `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME=<pod name>`, the agent's `PATH` and `HOME`
@@ -43,7 +47,7 @@
 //! **Not enforced**: CPU and memory limits (no cgroups without privileges: recorded, ignored),
 //! filesystem isolation, the image, ports (informational).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;
@@ -296,8 +300,12 @@ fn read_span(files: &[(PathBuf, u64)], start: u64, end: u64) -> std::io::Result<
 struct Inner {
     config: RuntimeConfig,
     pods_dir: PathBuf,
-    /// Serialises every read-modify-write of `pod.json` and IP allocation.
+    /// Serialises every read-modify-write of a pod's record and IP allocation.
     lock: tokio::sync::Mutex<()>,
+    /// This agent's pods, by uid: what their `pod.json` files hold (read once at start, then
+    /// kept in step: every change is written to the file, then here), so that listing reads no
+    /// file.
+    known: std::sync::Mutex<BTreeMap<String, PodRecord>>,
     /// Children this instance spawned whose exit its waiter has not recorded yet.
     owned: std::sync::Mutex<HashMap<u32, tokio::task::AbortHandle>>,
 }
@@ -344,14 +352,22 @@ impl ProcessRuntime {
                 }
             })
         };
-        info!(pods_dir = %pods_dir.display(), "process runtime ready");
+        let mut inner = Inner {
+            config,
+            pods_dir,
+            lock: tokio::sync::Mutex::new(()),
+            known: std::sync::Mutex::new(BTreeMap::new()),
+            owned: std::sync::Mutex::new(HashMap::new()),
+        };
+        let known: BTreeMap<String, PodRecord> = inner
+            .read_all()
+            .into_iter()
+            .map(|r| (r.spec.uid.clone(), r))
+            .collect();
+        info!(pods_dir = %inner.pods_dir.display(), pods = known.len(), "process runtime ready");
+        inner.known = std::sync::Mutex::new(known);
         Ok(ProcessRuntime {
-            inner: Arc::new(Inner {
-                config,
-                pods_dir,
-                lock: tokio::sync::Mutex::new(()),
-                owned: std::sync::Mutex::new(HashMap::new()),
-            }),
+            inner: Arc::new(inner),
             rotator: rotator.abort_handle(),
         })
     }
@@ -379,7 +395,22 @@ impl Inner {
             .contains_key(&pid)
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PodRecord>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pod's record, if it is one of this agent's.
     fn load(&self, uid: &str) -> Result<Option<PodRecord>, RuntimeError> {
+        Ok(self.known().get(uid).cloned())
+    }
+
+    /// Every pod of this agent, by uid.
+    fn load_all(&self) -> Vec<PodRecord> {
+        self.known().values().cloned().collect()
+    }
+
+    /// Reads a pod's `pod.json` (`None` when it is missing or another agent's).
+    fn read(&self, uid: &str) -> Result<Option<PodRecord>, RuntimeError> {
         if !super::is_safe_name(uid, 128) {
             return Ok(None);
         }
@@ -401,6 +432,7 @@ impl Inner {
         Ok(Some(record))
     }
 
+    /// Writes the pod's `pod.json` (the durable copy), then keeps the record.
     fn save(&self, record: &PodRecord) -> Result<(), RuntimeError> {
         let dir = self.pod_dir(&record.spec.uid);
         let tmp = dir.join(format!("{POD_FILE}.tmp"));
@@ -408,11 +440,21 @@ impl Inner {
             .map_err(|e| RuntimeError::io("encoding pod.json", std::io::Error::other(e)))?;
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, dir.join(POD_FILE)))
-            .map_err(|e| RuntimeError::io(format!("writing {}", dir.join(POD_FILE).display()), e))
+            .map_err(|e| {
+                RuntimeError::io(format!("writing {}", dir.join(POD_FILE).display()), e)
+            })?;
+        self.known().insert(record.spec.uid.clone(), record.clone());
+        Ok(())
     }
 
-    /// Every pod of this agent; unreadable ones are logged and skipped.
-    fn load_all(&self) -> Vec<PodRecord> {
+    /// Forgets a pod whose directory is gone.
+    fn forget(&self, uid: &str) {
+        self.known().remove(uid);
+    }
+
+    /// Every pod of this agent from the pod directories; unreadable ones are logged and
+    /// skipped.
+    fn read_all(&self) -> Vec<PodRecord> {
         let Ok(entries) = std::fs::read_dir(&self.pods_dir) else {
             return Vec::new();
         };
@@ -420,7 +462,7 @@ impl Inner {
             .flatten()
             .filter_map(|entry| {
                 let uid = entry.file_name().to_string_lossy().into_owned();
-                match self.load(&uid) {
+                match self.read(&uid) {
                     Ok(record) => record,
                     Err(e) => {
                         warn!(pod = %uid, error = %e, "skipping an unreadable pod directory");
@@ -433,15 +475,28 @@ impl Inner {
         records
     }
 
+    /// Whether a process of the pod ended without a waiter of ours to record it (it was not
+    /// our child).
+    fn has_unrecorded_end(&self, record: &PodRecord) -> bool {
+        record.containers.iter().any(|c| self.ended_unrecorded(c))
+    }
+
+    fn ended_unrecorded(&self, c: &ContainerRecord) -> bool {
+        // Our own children's exits are their waiters' to record: no /proc read for them.
+        c.pid.is_some_and(|pid| {
+            c.exit.is_none() && !self.owns(pid) && !is_running(pid, c.start_ticks)
+        })
+    }
+
     /// Records the end of processes that died without a waiter of ours to see it (they were
     /// not our children); returns whether anything changed.
     fn observe(&self, record: &mut PodRecord) -> bool {
         let mut changed = false;
         for c in &mut record.containers {
-            let Some(pid) = c.pid else { continue };
-            if c.exit.is_some() || is_running(pid, c.start_ticks) || self.owns(pid) {
+            if !self.ended_unrecorded(c) {
                 continue;
             }
+            let pid = c.pid.unwrap_or_default();
             signal_group(pid, c.start_ticks, Signal::SIGKILL);
             info!(pod = %record.spec.uid, container = %c.name, pid, "container ended (exit code unknown)");
             c.exit = Some(ExitRecord {
@@ -728,7 +783,7 @@ impl Runtime for ProcessRuntime {
         let inner = &self.inner;
         let _guard = inner.lock.lock().await;
         let dir = inner.pod_dir(&pod.uid);
-        if dir.exists() {
+        if inner.known().contains_key(&pod.uid) || dir.exists() {
             return Err(RuntimeError::PodExists {
                 pod_uid: pod.uid.clone(),
             });
@@ -768,6 +823,7 @@ impl Runtime for ProcessRuntime {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(pod = %pod.uid, error = %e, "removing the pod directory failed");
             }
+            inner.forget(&pod.uid);
             return Err(err);
         }
         info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ip = %ip, "pod started");
@@ -839,6 +895,7 @@ impl Runtime for ProcessRuntime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
         }
+        inner.forget(pod_uid);
         info!(pod = %pod_uid, "pod removed");
         Ok(())
     }
@@ -846,12 +903,23 @@ impl Runtime for ProcessRuntime {
     async fn list_pods(&self) -> Result<Vec<PodInfo>, RuntimeError> {
         let inner = &self.inner;
         let _guard = inner.lock.lock().await;
-        let mut pods = Vec::new();
-        for mut record in inner.load_all() {
-            if inner.observe(&mut record) {
-                inner.save(&record)?;
-            }
-            pods.push(inner.info(&record));
+        let mut ended = Vec::new();
+        let pods = inner
+            .known()
+            .values()
+            .map(|record| {
+                if !inner.has_unrecorded_end(record) {
+                    return inner.info(record);
+                }
+                let mut record = record.clone();
+                inner.observe(&mut record);
+                let info = inner.info(&record);
+                ended.push(record);
+                info
+            })
+            .collect();
+        for record in ended {
+            inner.save(&record)?;
         }
         Ok(pods)
     }
