@@ -96,13 +96,57 @@ impl NodePlan {
     }
 }
 
-/// Whether this node's state can be trusted to plan from: it hears from another live member
-/// with node info, or it knows no other member at all (a new cluster of one, which has nobody
-/// to catch up with; a node that has not joined yet holds no objects, so it would start
-/// nothing).
+/// Whether this node's state can be trusted to plan from: it holds this node's own state (an
+/// agent that just started has not published its restored state yet: planning from nothing
+/// would stop every pod), and it hears from another live member with node info, or it knows
+/// no other member at all (a new cluster of one, which has nobody to catch up with; a node that
+/// has not joined yet holds no objects, so it would start nothing).
 pub(crate) fn snapshot_synced(snapshot: &Snapshot, me: &NodeId) -> bool {
-    snapshot.members().all(|m| m.id == *me)
-        || snapshot
-            .members()
-            .any(|m| m.id != *me && m.state.is_live() && m.info.is_some())
+    snapshot.members().any(|m| m.id == *me)
+        && (snapshot.members().all(|m| m.id == *me)
+            || snapshot
+                .members()
+                .any(|m| m.id != *me && m.state.is_live() && m.info.is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_gossip::MemberState;
+
+    use super::*;
+    use crate::workload::testbed::{member, node_id};
+
+    #[test]
+    fn a_snapshot_is_synced_once_it_holds_this_node_and_a_live_peer_or_no_peer() {
+        let me = node_id(0);
+        let with = |members| Snapshot {
+            members,
+            ..Snapshot::default()
+        };
+        assert!(
+            !snapshot_synced(&Snapshot::default(), &me),
+            "nothing published yet"
+        );
+        assert!(snapshot_synced(
+            &with(vec![member(0, MemberState::Alive)]),
+            &me
+        ));
+        assert!(!snapshot_synced(
+            &with(vec![member(1, MemberState::Alive)]),
+            &me
+        ));
+        let dead_peer = vec![member(0, MemberState::Alive), member(1, MemberState::Dead)];
+        assert!(!snapshot_synced(&with(dead_peer), &me));
+        let mut peer = member(1, MemberState::Alive);
+        peer.info = None;
+        assert!(!snapshot_synced(
+            &with(vec![member(0, MemberState::Alive), peer]),
+            &me
+        ));
+        let live_peer = vec![
+            member(0, MemberState::Alive),
+            member(1, MemberState::Suspect),
+        ];
+        assert!(snapshot_synced(&with(live_peer), &me));
+    }
 }
