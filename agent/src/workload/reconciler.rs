@@ -211,21 +211,26 @@ impl Reconciler {
     fn plan_if_due(&mut self) {
         let now = self.clock.now();
         let me = self.config.me;
-        let snapshot = self.snapshots.borrow_and_update().clone();
-        let Some(forfeit) = self
-            .supervisor
-            .plan_forfeit(snapshot_synced(&snapshot, &me), now)
-        else {
+        // A change seen here must not be lost: the snapshot is marked seen only when planned
+        // from.
+        if self.snapshots.has_changed().unwrap_or(false) {
+            self.plan_due = true;
+        }
+        let synced = snapshot_synced(&self.snapshots.borrow(), &me);
+        let Some(forfeit) = self.supervisor.plan_forfeit(synced, now) else {
             return;
         };
         if !self.plan_due && self.planned_forfeit == Some(forfeit) {
             return;
         }
+        let snapshot = self.snapshots.borrow_and_update().clone();
         let plan = plan(&snapshot, forfeit.then_some(&me));
         let node_plan = NodePlan::new(&snapshot, &plan, &me, self.config.service_range);
         debug!(
             pods_here = node_plan.pods.len(),
-            forfeit, "planned from a new snapshot"
+            pods = plan.pods.len(),
+            forfeit,
+            "planned from a new snapshot"
         );
         self.supervisor.handle_plan(node_plan, now);
         self.plans.send_replace(Arc::new(plan));
