@@ -39,10 +39,10 @@
 //! the machine is bound to (from `/proc/net/{tcp,udp}`, so two agents on one machine rarely
 //! collide), and persisted in `pod.json`. Replicas that bind `$POD_IP` never collide on ports.
 //!
-//! **Logs** are capped: a background task copies a log over [`RuntimeConfig::log_max_bytes`]
-//! to `<container>.log.1` and truncates it (copy-truncate, as logrotate does, because the child
-//! holds the file open; a few bytes written during the copy can be lost, and a log can exceed
-//! the cap by what is written in the 2 s between checks).
+//! **Logs** are capped: a background task copies a log of the pods it knows over
+//! [`RuntimeConfig::log_max_bytes`] to `<container>.log.1` and truncates it (copy-truncate, as
+//! logrotate does, because the child holds the file open; a few bytes written during the copy
+//! can be lost, and a log can exceed the cap by what is written in the 2 s between checks).
 //!
 //! **Not enforced**: CPU and memory limits (no cgroups without privileges: recorded, ignored),
 //! filesystem isolation, the image, ports (informational).
@@ -196,34 +196,22 @@ fn allocate_ip(uid: &str, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         })
 }
 
-/// Copy-truncate rotation of every container log over `max` bytes under `pods_dir`.
-fn rotate_logs(pods_dir: &Path, max: u64) {
-    let Ok(pods) = std::fs::read_dir(pods_dir) else {
-        return;
-    };
-    for pod in pods.flatten() {
-        let Ok(files) = std::fs::read_dir(pod.path()) else {
+/// Copy-truncate rotation of each of these logs that is over `max` bytes.
+fn rotate_logs(logs: &[PathBuf], max: u64) {
+    for path in logs {
+        if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) <= max {
             continue;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            if path.extension().is_none_or(|e| e != "log") {
-                continue;
-            }
-            if file.metadata().map(|m| m.len()).unwrap_or(0) <= max {
-                continue;
-            }
-            let rotated = path.with_extension("log.1");
-            let result = std::fs::copy(&path, &rotated).and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(0)
-            });
-            match result {
-                Ok(()) => debug!(log = %path.display(), "rotated"),
-                Err(e) => warn!(log = %path.display(), error = %e, "rotating a log failed"),
-            }
+        }
+        let rotated = path.with_extension("log.1");
+        let result = std::fs::copy(path, &rotated).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(0)
+        });
+        match result {
+            Ok(()) => debug!(log = %path.display(), "rotated"),
+            Err(e) => warn!(log = %path.display(), error = %e, "rotating a log failed"),
         }
     }
 }
@@ -341,17 +329,6 @@ impl ProcessRuntime {
                 std::io::Error::other(e),
             )
         })?;
-        let rotator = {
-            let (dir, max) = (pods_dir.clone(), config.log_max_bytes.max(1024));
-            handle.spawn(async move {
-                let mut tick = tokio::time::interval(ROTATE_EVERY);
-                loop {
-                    tick.tick().await;
-                    let dir = dir.clone();
-                    let _ = tokio::task::spawn_blocking(move || rotate_logs(&dir, max)).await;
-                }
-            })
-        };
         let mut inner = Inner {
             config,
             pods_dir,
@@ -366,8 +343,32 @@ impl ProcessRuntime {
             .collect();
         info!(pods_dir = %inner.pods_dir.display(), pods = known.len(), "process runtime ready");
         inner.known = std::sync::Mutex::new(known);
+        let inner = Arc::new(inner);
+        let rotator = {
+            let (weak, max) = (Arc::downgrade(&inner), inner.config.log_max_bytes.max(1024));
+            handle.spawn(async move {
+                let mut tick = tokio::time::interval(ROTATE_EVERY);
+                loop {
+                    tick.tick().await;
+                    // The logs of the pods it knows: no directory is listed.
+                    let Some(inner) = weak.upgrade() else { return };
+                    let logs: Vec<PathBuf> = inner
+                        .known()
+                        .values()
+                        .flat_map(|r| {
+                            let dir = inner.pod_dir(&r.spec.uid);
+                            r.containers
+                                .iter()
+                                .map(move |c| dir.join(format!("{}.log", c.name)))
+                        })
+                        .collect();
+                    drop(inner);
+                    let _ = tokio::task::spawn_blocking(move || rotate_logs(&logs, max)).await;
+                }
+            })
+        };
         Ok(ProcessRuntime {
-            inner: Arc::new(inner),
+            inner,
             rotator: rotator.abort_handle(),
         })
     }
@@ -402,11 +403,6 @@ impl Inner {
     /// The pod's record, if it is one of this agent's.
     fn load(&self, uid: &str) -> Result<Option<PodRecord>, RuntimeError> {
         Ok(self.known().get(uid).cloned())
-    }
-
-    /// Every pod of this agent, by uid.
-    fn load_all(&self) -> Vec<PodRecord> {
-        self.known().values().cloned().collect()
     }
 
     /// Reads a pod's `pod.json` (`None` when it is missing or another agent's).
@@ -789,7 +785,7 @@ impl Runtime for ProcessRuntime {
             });
         }
         let mut taken = host_bound_ips();
-        taken.extend(inner.load_all().iter().map(|r| r.ip));
+        taken.extend(inner.known().values().map(|r| r.ip));
         let ip = allocate_ip(&pod.uid, &taken).ok_or(RuntimeError::NoFreeIp(IP_RANGE))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
@@ -1168,7 +1164,7 @@ mod tests {
         let pod = dir.join("p1");
         std::fs::create_dir_all(&pod).unwrap();
         std::fs::write(pod.join("c.log"), vec![b'x'; 3000]).unwrap();
-        rotate_logs(&dir, 2048);
+        rotate_logs(&[pod.join("c.log"), pod.join("missing.log")], 2048);
         assert_eq!(std::fs::metadata(pod.join("c.log")).unwrap().len(), 0);
         assert_eq!(std::fs::metadata(pod.join("c.log.1")).unwrap().len(), 3000);
         std::fs::remove_dir_all(&dir).unwrap();
