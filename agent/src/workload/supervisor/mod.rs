@@ -415,9 +415,10 @@ impl Supervisor {
             return;
         }
         let Some(plan) = &self.plan else { return };
-        let want = plan.pods.get(uid).cloned();
+        let wanted = plan.pods.contains_key(uid);
         let busy = self.busy.contains_key(uid);
         if !self.pods.contains_key(uid) {
+            let want = plan.pods.get(uid).cloned();
             if let Some(info) = self.strays.get(uid).cloned() {
                 if busy {
                     return;
@@ -432,19 +433,21 @@ impl Supervisor {
                         return;
                     }
                 }
-            } else if let Some(want) = &want {
+            } else if let Some(want) = want {
                 info!(pod = %want.pod.metadata.name,
                     namespace = %want.pod.metadata.namespace.as_deref().unwrap_or("default"),
                     %uid, "pod placed on this node");
-                self.insert_pod(uid, LocalPod::new(want.clone(), now.wall_ms));
+                self.insert_pod(uid, LocalPod::new(want, now.wall_ms));
             } else {
                 return;
             }
         }
-        let (has_info, terminating) = {
+        let (has_info, terminating, changed) = {
+            let want = self.plan.as_ref().and_then(|p| p.pods.get(uid));
             let pod = self.pods.get_mut(uid).expect("ensured above");
             let mut changed = false;
-            if let Some(want) = &want {
+            if let Some(want) = want {
+                // Compared first: this runs for every input, a clone only when it changed.
                 if pod.desired != *want {
                     pod.desired = want.clone();
                     changed = true;
@@ -454,44 +457,39 @@ impl Supervisor {
                     changed |= pod.waiting.take().is_some();
                 }
             }
-            let state = (pod.info.is_some(), pod.terminating());
-            if changed {
-                self.touch(uid);
-            }
-            state
+            (pod.info.is_some(), pod.terminating(), changed)
         };
-        match want {
-            Some(_) if !has_info && !busy => {
-                let retry = Timer::Pod(uid.to_owned(), PodTimer::StartRetry);
-                if self.timers.get(&retry).is_some_and(|t| t > now.mono) {
-                    let pod = self.pods.get_mut(uid).expect("ensured above");
-                    let pulling_failed = pod
-                        .waiting
-                        .as_ref()
-                        .is_some_and(|(reason, _)| reason == "ErrImagePull");
-                    if pulling_failed {
-                        if let Some((reason, _)) = &mut pod.waiting {
-                            *reason = "ImagePullBackOff".into();
-                        }
-                        self.touch(uid);
+        if changed {
+            self.touch(uid);
+        }
+        if busy {
+            // The action in flight decides; its completion reconciles the pod again.
+        } else if wanted && !has_info {
+            let retry = Timer::Pod(uid.to_owned(), PodTimer::StartRetry);
+            if self.timers.get(&retry).is_some_and(|t| t > now.mono) {
+                let pod = self.pods.get_mut(uid).expect("ensured above");
+                let pull_failed = pod
+                    .waiting
+                    .as_ref()
+                    .is_some_and(|(reason, _)| reason == "ErrImagePull");
+                if pull_failed {
+                    if let Some((reason, _)) = &mut pod.waiting {
+                        *reason = "ImagePullBackOff".into();
                     }
-                } else if matches!(self.phase, Phase::Running) {
-                    self.start(uid, now);
+                    self.touch(uid);
                 }
+            } else if matches!(self.phase, Phase::Running) {
+                self.start(uid, now);
             }
-            None if !busy => {
-                if has_info {
-                    if terminating || !self.keep_for_handoff(uid) {
-                        self.stop(uid, now);
-                    }
-                } else if !terminating {
-                    // Gone from the runtime and from the plan: nothing is left to do for it.
-                    debug!(%uid, "forgetting a pod neither desired nor running");
-                    self.remove_pod(uid);
-                    return;
-                }
+        } else if !wanted && has_info {
+            if terminating || !self.keep_for_handoff(uid) {
+                self.stop(uid, now);
             }
-            _ => {}
+        } else if !wanted && !terminating {
+            // Gone from the runtime and from the plan: nothing is left to do for it.
+            debug!(%uid, "forgetting a pod neither desired nor running");
+            self.remove_pod(uid);
+            return;
         }
         if matches!(self.phase, Phase::Running) {
             self.restart_exited(uid, now);
