@@ -799,3 +799,17 @@ fn a_joining_node_takes_a_replica_without_the_ready_count_dipping() {
     assert_eq!(running, 4);
     assert!(!issued(&bed.rigs[0], |a| matches!(a, Action::StopPod { .. })).is_empty());
 }
+
+#[test]
+fn records_whose_publication_failed_are_published_again() {
+    let mut bed = Testbed::new(1);
+    bed.apply(&pod("again", "", ""));
+    bed.run_for(secs(2), |_| {});
+    let sup = &mut bed.rigs[0].sup;
+    assert_eq!(sup.poll_record_update(), None, "nothing changed");
+    sup.handle_publish_failed(["pod/default/again".to_owned()]);
+    let update = sup.poll_record_update().expect("published again");
+    assert_eq!(update.name, "pod/default/again");
+    let again = PodRecord::decode(update.value.as_deref().unwrap()).unwrap();
+    assert_eq!(&again, record(&bed, "again"));
+}
