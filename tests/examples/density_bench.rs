@@ -7,6 +7,7 @@
 //! Prints the time until every replica is ready, then each agent's CPU (share of one core) and
 //! resident memory over `--measure` seconds once converged, when nothing changes: the cost of
 //! holding that many pods (listing the runtime, probes of none, gossip of unchanged records).
+//! The agents leave at the end, stopping their pods.
 
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,7 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let cluster = Cluster::start_with("density", nodes, &["--runtime", "process"]);
+    let mut cluster = Cluster::start_with("density", nodes, &["--runtime", "process"]);
     cluster.apply(0, "dense", &manifest(pods)).expect("apply");
     let start = Instant::now();
     let mut last = 0;
@@ -119,6 +120,15 @@ fn main() {
             agent.name,
             share * 100.0,
             rss
+        );
+    }
+    // Process pods outlive a killed agent: leave gracefully, so each agent stops its pods.
+    for agent in &mut cluster.agents {
+        agent.signal("TERM");
+        assert!(
+            agent.wait_exit(Duration::from_secs(300)),
+            "{} did not stop",
+            agent.name
         );
     }
 }
