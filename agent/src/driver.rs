@@ -144,6 +144,12 @@ pub(crate) enum Command {
         value: Option<Vec<u8>>,
         reply: oneshot::Sender<Entry>,
     },
+    /// Several `WriteOwned` at once (`None` deletes); one reply, with the last entry, once all
+    /// are durable (they go to the same commit). Never empty.
+    WriteOwnedMany {
+        writes: Vec<(String, Option<Vec<u8>>)>,
+        reply: oneshot::Sender<Entry>,
+    },
 }
 
 /// A handle to send commands to the driver.
@@ -217,6 +223,8 @@ impl DriverHandle {
         self.call(Command::Stats).await
     }
 
+    // The reconciler batches its writes (`write_owned_many`); single writes stay available.
+    #[allow(dead_code)]
     pub(crate) async fn write_owned(
         &self,
         name: String,
@@ -224,6 +232,20 @@ impl DriverHandle {
     ) -> Result<Entry, Gone> {
         self.call(|reply| Command::WriteOwned { name, value, reply })
             .await
+    }
+
+    /// Writes (or with `None` deletes) several entries this node owns; returns once all are
+    /// durable, after one commit.
+    pub(crate) async fn write_owned_many(
+        &self,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), Gone> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.call(|reply| Command::WriteOwnedMany { writes, reply })
+            .await
+            .map(|_| ())
     }
 
     /// The latest snapshot of the workload state.
@@ -642,6 +664,16 @@ impl Driver {
             Command::WriteOwned { name, value, reply } => {
                 let entry = self.node.write_owned(name, value, now);
                 self.pending_acks.push(Ack::One(reply, entry));
+            }
+            Command::WriteOwnedMany { writes, reply } => {
+                // Every write is flushed with the ack below, so one ack covers them all.
+                let last = writes
+                    .into_iter()
+                    .map(|(name, value)| self.node.write_owned(name, value, now))
+                    .last();
+                if let Some(entry) = last {
+                    self.pending_acks.push(Ack::One(reply, entry));
+                }
             }
             Command::Stats(reply) => {
                 let _ = reply.send(AgentStats {

@@ -411,7 +411,11 @@ async fn busy_port_is_an_error() {
     let mut config = NetConfig::new(a.local_addr(), Keypair::generate_ed25519(), key);
     config.tuning.handshake_timeout = Duration::from_millis(400);
     match start(config).await {
-        Err(NetError::Listen { addr, .. }) => assert!(addr.contains("quic"), "{addr}"),
+        Err(NetError::Listen { addr, what, reason }) => {
+            assert!(addr.starts_with("UDP "), "{addr}");
+            assert!(what.contains("QUIC"), "{what}");
+            assert!(reason.contains("--listen"), "{reason}");
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("bound a port that is in use"),
     }

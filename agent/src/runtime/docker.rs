@@ -653,6 +653,11 @@ impl DockerRuntime {
                         namespace: label(LABEL_NAMESPACE),
                         name: label(LABEL_POD),
                         spec_hash: label(LABEL_SPEC_HASH),
+                        labels: labels
+                            .iter()
+                            .filter(|(k, _)| !k.starts_with("io.shoal."))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
                         ip: None,
                         containers: Vec::new(),
                     },

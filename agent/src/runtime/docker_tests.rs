@@ -1,4 +1,6 @@
-//! Docker runtime tests against the real engine, with the locally built `shoal-demo:dev`.
+//! Docker runtime tests against the real engine, with the locally built `shoal-demo:dev`: what
+//! is particular to Docker (networks, shared localhost, labels, pulls); the contract all
+//! runtimes share is checked by the conformance suite.
 //! Skipped (with the reason printed) when no engine is reachable, unless
 //! `SHOAL_REQUIRE_DOCKER=1`. Each test has its own cluster id, so its own network, removed with
 //! its containers even when the test fails.
@@ -248,16 +250,7 @@ async fn docker_pods_run_restart_stop_and_are_found_again() {
 
     for uid in ["uid-web-0", "uid-web-1"] {
         rt.remove_pod(uid).await.unwrap();
-        rt.remove_pod(uid).await.unwrap();
     }
-    assert!(rt.list_pods().await.unwrap().is_empty());
-    rt.stop_pod("uid-web-0", Duration::ZERO).await.unwrap();
-    assert!(
-        rt.exec("uid-web-0", "web", &["x".into()], Duration::from_secs(1))
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
     rt.remove_network().await.unwrap();
 }
 

@@ -67,7 +67,11 @@ pub mod process;
 pub mod testing;
 
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 mod docker_tests;
+#[cfg(test)]
+pub(crate) mod fake;
 #[cfg(test)]
 mod process_tests;
 
@@ -188,6 +192,9 @@ pub struct PodInfo {
     pub name: String,
     /// [`PodSpec::spec_hash`].
     pub spec_hash: String,
+    /// [`PodSpec::labels`] (the user's; shoal's own `io.shoal.` labels are not included).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// The pod's IP, when it has one (Docker: while the first container runs).
     pub ip: Option<IpAddr>,
     /// The containers, in the spec's order.

@@ -8,7 +8,11 @@
 //! `<container>.log` per container and a working directory `containers/<container>/`.
 //! `pod.json` is replaced atomically (write, then rename) and only under one lock, so the
 //! waiters that record exits and the calls that start and stop never lose each other's
-//! changes.
+//! changes. The files are the durable copy: they are read once, when the runtime is created,
+//! and the records are kept in memory from then on (every change is written to the file
+//! first), so that listing pods, which the reconciler does every second, reads no file. Only
+//! processes that are not the agent's children (it restarted since they started) are looked up
+//! in `/proc` when listing.
 //!
 //! **Processes.** `command ++ args` runs with a clean environment (the spec's env plus
 //! `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME=<pod name>`, the agent's `PATH` and `HOME`
@@ -35,15 +39,15 @@
 //! the machine is bound to (from `/proc/net/{tcp,udp}`, so two agents on one machine rarely
 //! collide), and persisted in `pod.json`. Replicas that bind `$POD_IP` never collide on ports.
 //!
-//! **Logs** are capped: a background task copies a log over [`RuntimeConfig::log_max_bytes`]
-//! to `<container>.log.1` and truncates it (copy-truncate, as logrotate does, because the child
-//! holds the file open; a few bytes written during the copy can be lost, and a log can exceed
-//! the cap by what is written in the 2 s between checks).
+//! **Logs** are capped: a background task copies a log of the pods it knows over
+//! [`RuntimeConfig::log_max_bytes`] to `<container>.log.1` and truncates it (copy-truncate, as
+//! logrotate does, because the child holds the file open; a few bytes written during the copy
+//! can be lost, and a log can exceed the cap by what is written in the 2 s between checks).
 //!
 //! **Not enforced**: CPU and memory limits (no cgroups without privileges: recorded, ignored),
 //! filesystem isolation, the image, ports (informational).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;
@@ -192,34 +196,22 @@ fn allocate_ip(uid: &str, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         })
 }
 
-/// Copy-truncate rotation of every container log over `max` bytes under `pods_dir`.
-fn rotate_logs(pods_dir: &Path, max: u64) {
-    let Ok(pods) = std::fs::read_dir(pods_dir) else {
-        return;
-    };
-    for pod in pods.flatten() {
-        let Ok(files) = std::fs::read_dir(pod.path()) else {
+/// Copy-truncate rotation of each of these logs that is over `max` bytes.
+fn rotate_logs(logs: &[PathBuf], max: u64) {
+    for path in logs {
+        if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) <= max {
             continue;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            if path.extension().is_none_or(|e| e != "log") {
-                continue;
-            }
-            if file.metadata().map(|m| m.len()).unwrap_or(0) <= max {
-                continue;
-            }
-            let rotated = path.with_extension("log.1");
-            let result = std::fs::copy(&path, &rotated).and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(0)
-            });
-            match result {
-                Ok(()) => debug!(log = %path.display(), "rotated"),
-                Err(e) => warn!(log = %path.display(), error = %e, "rotating a log failed"),
-            }
+        }
+        let rotated = path.with_extension("log.1");
+        let result = std::fs::copy(path, &rotated).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(0)
+        });
+        match result {
+            Ok(()) => debug!(log = %path.display(), "rotated"),
+            Err(e) => warn!(log = %path.display(), error = %e, "rotating a log failed"),
         }
     }
 }
@@ -296,8 +288,12 @@ fn read_span(files: &[(PathBuf, u64)], start: u64, end: u64) -> std::io::Result<
 struct Inner {
     config: RuntimeConfig,
     pods_dir: PathBuf,
-    /// Serialises every read-modify-write of `pod.json` and IP allocation.
+    /// Serialises every read-modify-write of a pod's record and IP allocation.
     lock: tokio::sync::Mutex<()>,
+    /// This agent's pods, by uid: what their `pod.json` files hold (read once at start, then
+    /// kept in step: every change is written to the file, then here), so that listing reads no
+    /// file.
+    known: std::sync::Mutex<BTreeMap<String, PodRecord>>,
     /// Children this instance spawned whose exit its waiter has not recorded yet.
     owned: std::sync::Mutex<HashMap<u32, tokio::task::AbortHandle>>,
 }
@@ -333,25 +329,46 @@ impl ProcessRuntime {
                 std::io::Error::other(e),
             )
         })?;
+        let mut inner = Inner {
+            config,
+            pods_dir,
+            lock: tokio::sync::Mutex::new(()),
+            known: std::sync::Mutex::new(BTreeMap::new()),
+            owned: std::sync::Mutex::new(HashMap::new()),
+        };
+        let known: BTreeMap<String, PodRecord> = inner
+            .read_all()
+            .into_iter()
+            .map(|r| (r.spec.uid.clone(), r))
+            .collect();
+        info!(pods_dir = %inner.pods_dir.display(), pods = known.len(), "process runtime ready");
+        inner.known = std::sync::Mutex::new(known);
+        let inner = Arc::new(inner);
         let rotator = {
-            let (dir, max) = (pods_dir.clone(), config.log_max_bytes.max(1024));
+            let (weak, max) = (Arc::downgrade(&inner), inner.config.log_max_bytes.max(1024));
             handle.spawn(async move {
                 let mut tick = tokio::time::interval(ROTATE_EVERY);
                 loop {
                     tick.tick().await;
-                    let dir = dir.clone();
-                    let _ = tokio::task::spawn_blocking(move || rotate_logs(&dir, max)).await;
+                    // The logs of the pods it knows: no directory is listed.
+                    let Some(inner) = weak.upgrade() else { return };
+                    let logs: Vec<PathBuf> = inner
+                        .known()
+                        .values()
+                        .flat_map(|r| {
+                            let dir = inner.pod_dir(&r.spec.uid);
+                            r.containers
+                                .iter()
+                                .map(move |c| dir.join(format!("{}.log", c.name)))
+                        })
+                        .collect();
+                    drop(inner);
+                    let _ = tokio::task::spawn_blocking(move || rotate_logs(&logs, max)).await;
                 }
             })
         };
-        info!(pods_dir = %pods_dir.display(), "process runtime ready");
         Ok(ProcessRuntime {
-            inner: Arc::new(Inner {
-                config,
-                pods_dir,
-                lock: tokio::sync::Mutex::new(()),
-                owned: std::sync::Mutex::new(HashMap::new()),
-            }),
+            inner,
             rotator: rotator.abort_handle(),
         })
     }
@@ -379,7 +396,17 @@ impl Inner {
             .contains_key(&pid)
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PodRecord>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pod's record, if it is one of this agent's.
     fn load(&self, uid: &str) -> Result<Option<PodRecord>, RuntimeError> {
+        Ok(self.known().get(uid).cloned())
+    }
+
+    /// Reads a pod's `pod.json` (`None` when it is missing or another agent's).
+    fn read(&self, uid: &str) -> Result<Option<PodRecord>, RuntimeError> {
         if !super::is_safe_name(uid, 128) {
             return Ok(None);
         }
@@ -401,6 +428,7 @@ impl Inner {
         Ok(Some(record))
     }
 
+    /// Writes the pod's `pod.json` (the durable copy), then keeps the record.
     fn save(&self, record: &PodRecord) -> Result<(), RuntimeError> {
         let dir = self.pod_dir(&record.spec.uid);
         let tmp = dir.join(format!("{POD_FILE}.tmp"));
@@ -408,11 +436,21 @@ impl Inner {
             .map_err(|e| RuntimeError::io("encoding pod.json", std::io::Error::other(e)))?;
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, dir.join(POD_FILE)))
-            .map_err(|e| RuntimeError::io(format!("writing {}", dir.join(POD_FILE).display()), e))
+            .map_err(|e| {
+                RuntimeError::io(format!("writing {}", dir.join(POD_FILE).display()), e)
+            })?;
+        self.known().insert(record.spec.uid.clone(), record.clone());
+        Ok(())
     }
 
-    /// Every pod of this agent; unreadable ones are logged and skipped.
-    fn load_all(&self) -> Vec<PodRecord> {
+    /// Forgets a pod whose directory is gone.
+    fn forget(&self, uid: &str) {
+        self.known().remove(uid);
+    }
+
+    /// Every pod of this agent from the pod directories; unreadable ones are logged and
+    /// skipped.
+    fn read_all(&self) -> Vec<PodRecord> {
         let Ok(entries) = std::fs::read_dir(&self.pods_dir) else {
             return Vec::new();
         };
@@ -420,7 +458,7 @@ impl Inner {
             .flatten()
             .filter_map(|entry| {
                 let uid = entry.file_name().to_string_lossy().into_owned();
-                match self.load(&uid) {
+                match self.read(&uid) {
                     Ok(record) => record,
                     Err(e) => {
                         warn!(pod = %uid, error = %e, "skipping an unreadable pod directory");
@@ -433,15 +471,28 @@ impl Inner {
         records
     }
 
+    /// Whether a process of the pod ended without a waiter of ours to record it (it was not
+    /// our child).
+    fn has_unrecorded_end(&self, record: &PodRecord) -> bool {
+        record.containers.iter().any(|c| self.ended_unrecorded(c))
+    }
+
+    fn ended_unrecorded(&self, c: &ContainerRecord) -> bool {
+        // Our own children's exits are their waiters' to record: no /proc read for them.
+        c.pid.is_some_and(|pid| {
+            c.exit.is_none() && !self.owns(pid) && !is_running(pid, c.start_ticks)
+        })
+    }
+
     /// Records the end of processes that died without a waiter of ours to see it (they were
     /// not our children); returns whether anything changed.
     fn observe(&self, record: &mut PodRecord) -> bool {
         let mut changed = false;
         for c in &mut record.containers {
-            let Some(pid) = c.pid else { continue };
-            if c.exit.is_some() || is_running(pid, c.start_ticks) || self.owns(pid) {
+            if !self.ended_unrecorded(c) {
                 continue;
             }
+            let pid = c.pid.unwrap_or_default();
             signal_group(pid, c.start_ticks, Signal::SIGKILL);
             info!(pod = %record.spec.uid, container = %c.name, pid, "container ended (exit code unknown)");
             c.exit = Some(ExitRecord {
@@ -460,6 +511,7 @@ impl Inner {
             namespace: record.spec.namespace.clone(),
             name: record.spec.name.clone(),
             spec_hash: record.spec.spec_hash.clone(),
+            labels: record.spec.labels.clone(),
             ip: Some(IpAddr::V4(record.ip)),
             containers: record
                 .containers
@@ -727,13 +779,13 @@ impl Runtime for ProcessRuntime {
         let inner = &self.inner;
         let _guard = inner.lock.lock().await;
         let dir = inner.pod_dir(&pod.uid);
-        if dir.exists() {
+        if inner.known().contains_key(&pod.uid) || dir.exists() {
             return Err(RuntimeError::PodExists {
                 pod_uid: pod.uid.clone(),
             });
         }
         let mut taken = host_bound_ips();
-        taken.extend(inner.load_all().iter().map(|r| r.ip));
+        taken.extend(inner.known().values().map(|r| r.ip));
         let ip = allocate_ip(&pod.uid, &taken).ok_or(RuntimeError::NoFreeIp(IP_RANGE))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
@@ -767,6 +819,7 @@ impl Runtime for ProcessRuntime {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(pod = %pod.uid, error = %e, "removing the pod directory failed");
             }
+            inner.forget(&pod.uid);
             return Err(err);
         }
         info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ip = %ip, "pod started");
@@ -838,6 +891,7 @@ impl Runtime for ProcessRuntime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
         }
+        inner.forget(pod_uid);
         info!(pod = %pod_uid, "pod removed");
         Ok(())
     }
@@ -845,12 +899,23 @@ impl Runtime for ProcessRuntime {
     async fn list_pods(&self) -> Result<Vec<PodInfo>, RuntimeError> {
         let inner = &self.inner;
         let _guard = inner.lock.lock().await;
-        let mut pods = Vec::new();
-        for mut record in inner.load_all() {
-            if inner.observe(&mut record) {
-                inner.save(&record)?;
-            }
-            pods.push(inner.info(&record));
+        let mut ended = Vec::new();
+        let pods = inner
+            .known()
+            .values()
+            .map(|record| {
+                if !inner.has_unrecorded_end(record) {
+                    return inner.info(record);
+                }
+                let mut record = record.clone();
+                inner.observe(&mut record);
+                let info = inner.info(&record);
+                ended.push(record);
+                info
+            })
+            .collect();
+        for record in ended {
+            inner.save(&record)?;
         }
         Ok(pods)
     }
@@ -1099,7 +1164,7 @@ mod tests {
         let pod = dir.join("p1");
         std::fs::create_dir_all(&pod).unwrap();
         std::fs::write(pod.join("c.log"), vec![b'x'; 3000]).unwrap();
-        rotate_logs(&dir, 2048);
+        rotate_logs(&[pod.join("c.log"), pod.join("missing.log")], 2048);
         assert_eq!(std::fs::metadata(pod.join("c.log")).unwrap().len(), 0);
         assert_eq!(std::fs::metadata(pod.join("c.log.1")).unwrap().len(), 3000);
         std::fs::remove_dir_all(&dir).unwrap();

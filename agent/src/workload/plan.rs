@@ -611,6 +611,11 @@ fn replicas_by_template(
     let min_ready_ms = u64::from(d.spec.min_ready_seconds) * 1000;
     let mut replicas: BTreeMap<String, BTreeMap<u32, bool>> = BTreeMap::new();
     for (_, hash, record) in deployment_records(d, snapshot) {
+        // A pod being stopped is on its way out: it counts neither toward the pods a rollout
+        // keeps nor toward its surge (as in Kubernetes).
+        if record.pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         let available = replicas
             .entry(hash.to_owned())
             .or_default()
@@ -659,6 +664,16 @@ fn rollout_with(
     let old: Vec<(&String, &BTreeMap<u32, bool>)> =
         by_template.iter().filter(|(h, _)| *h != current).collect();
     let old_total: u32 = old.iter().map(|(_, o)| count(o)).sum();
+    // Recreate waits until every old pod is gone, those being stopped included.
+    if !d.spec.paused
+        && matches!(d.spec.strategy, DeploymentStrategy::Recreate)
+        && deployment_records(d, snapshot).any(|(_, hash, _)| hash != current)
+    {
+        return RolloutStep {
+            new_count: 0,
+            old: BTreeMap::new(),
+        };
+    }
     if old_total == 0 {
         return RolloutStep {
             new_count: replicas,

@@ -8,10 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::manifest::{Container, PortRef, Probe, ProbeHandler, Scheme};
-use crate::runtime::{AnyRuntime, Runtime};
+use crate::runtime::Runtime;
 
 /// Which probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum ProbeKind {
     Startup,
     Liveness,
@@ -50,8 +50,8 @@ fn port_number(container: &Container, port: &PortRef) -> Result<u16, String> {
 }
 
 /// Runs one probe. `Err` carries what failed, for the pod's events.
-pub(crate) async fn run(
-    runtime: &AnyRuntime,
+pub(crate) async fn run<R: Runtime>(
+    runtime: &R,
     uid: &str,
     container: &Container,
     probe: &Probe,

@@ -1,0 +1,154 @@
+//! What the supervisor is told about the cluster: the plan for this node, distilled from the
+//! cluster [`Plan`] and the [`Snapshot`] it was computed from by [`NodePlan::new`].
+//!
+//! The supervisor never sees the snapshot itself: everything it acts on is here, so tests and
+//! simulators can hand it a plan built any way they like.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_gossip::NodeId;
+
+use crate::manifest::EnvVar;
+use crate::workload::plan::{DesiredPod, Plan};
+use crate::workload::service::{self, ServiceRange};
+use crate::workload::snapshot::Snapshot;
+use crate::workload::stored::{PodRecord, ReplicaRef};
+
+/// Where a replica is placed when it is not on this node, as hand-off needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The node the plan puts it on.
+    pub(crate) node: NodeId,
+    /// Whether that node is alive or suspect.
+    pub(crate) live: bool,
+    /// Whether that node reports its copy of the replica ready.
+    pub(crate) ready: bool,
+}
+
+/// The plan for one node.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodePlan {
+    /// The pods this node should run, by uid.
+    pub(crate) pods: BTreeMap<String, DesiredPod>,
+    /// Replicas this node reports that the plan places on other nodes.
+    pub(crate) elsewhere: BTreeMap<ReplicaRef, Placement>,
+    /// The records the replicated state holds as reported by this node, by record name: after
+    /// an agent restart, what it reported before (adoption reads them, and those that no pod
+    /// matches any more are removed).
+    pub(crate) own_records: BTreeMap<String, PodRecord>,
+    /// Service-link variables for pods of each namespace that has pods here (they are read
+    /// when a pod starts, as Kubernetes does: a new service does not restart pods).
+    pub(crate) service_env: BTreeMap<String, Vec<EnvVar>>,
+}
+
+impl NodePlan {
+    /// The plan for `me` from the cluster plan and the snapshot it was computed from.
+    pub(crate) fn new(snapshot: &Snapshot, plan: &Plan, me: &NodeId, range: ServiceRange) -> Self {
+        let pods: BTreeMap<String, DesiredPod> =
+            plan.pods_on(me).map(|p| (p.uid.clone(), p)).collect();
+        let own_records: BTreeMap<String, PodRecord> = snapshot
+            .records_of(me)
+            .map(|(name, r)| (name.to_owned(), r.clone()))
+            .collect();
+        // Hand-off concerns the replicas this node reports and the plan puts elsewhere: where
+        // they went, and whether their new copy is ready there. Only those nodes' records are
+        // read, never every pod of the cluster.
+        let mut moved: BTreeMap<ReplicaRef, NodeId> = BTreeMap::new();
+        for record in own_records.values() {
+            if let Some(node) = plan.node_of(&record.replica).filter(|n| *n != me) {
+                moved.insert(record.replica.clone(), *node);
+            }
+        }
+        let targets: BTreeSet<NodeId> = moved.values().copied().collect();
+        let mut ready: BTreeSet<(NodeId, &ReplicaRef)> = BTreeSet::new();
+        for target in &targets {
+            for (_, record) in snapshot.records_of(target) {
+                if record.is_ready() {
+                    ready.insert((*target, &record.replica));
+                }
+            }
+        }
+        let elsewhere = moved
+            .iter()
+            .map(|(replica, node)| {
+                let placement = Placement {
+                    node: *node,
+                    live: snapshot.is_live(node),
+                    ready: ready.contains(&(*node, replica)),
+                };
+                (replica.clone(), placement)
+            })
+            .collect();
+        let namespaces: BTreeSet<&str> = pods
+            .values()
+            .map(|p| p.pod.metadata.namespace.as_deref().unwrap_or("default"))
+            .collect();
+        let service_env = namespaces
+            .into_iter()
+            .map(|ns| {
+                (
+                    ns.to_owned(),
+                    service::service_env_vars(range, snapshot, ns),
+                )
+            })
+            .collect();
+        NodePlan {
+            pods,
+            elsewhere,
+            own_records,
+            service_env,
+        }
+    }
+}
+
+/// Whether this node's state can be trusted to plan from: it holds this node's own state (an
+/// agent that just started has not published its restored state yet: planning from nothing
+/// would stop every pod), and it hears from another live member with node info, or it knows
+/// no other member at all (a new cluster of one, which has nobody to catch up with; a node that
+/// has not joined yet holds no objects, so it would start nothing).
+pub(crate) fn snapshot_synced(snapshot: &Snapshot, me: &NodeId) -> bool {
+    snapshot.members().any(|m| m.id == *me)
+        && (snapshot.members().all(|m| m.id == *me)
+            || snapshot
+                .members()
+                .any(|m| m.id != *me && m.state.is_live() && m.info.is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_gossip::MemberState;
+
+    use super::*;
+    use crate::workload::testbed::{member, node_id};
+
+    #[test]
+    fn a_snapshot_is_synced_once_it_holds_this_node_and_a_live_peer_or_no_peer() {
+        let me = node_id(0);
+        let with = |members| Snapshot::new(members, Vec::new(), Vec::new());
+        assert!(
+            !snapshot_synced(&Snapshot::default(), &me),
+            "nothing published yet"
+        );
+        assert!(snapshot_synced(
+            &with(vec![member(0, MemberState::Alive)]),
+            &me
+        ));
+        assert!(!snapshot_synced(
+            &with(vec![member(1, MemberState::Alive)]),
+            &me
+        ));
+        let dead_peer = vec![member(0, MemberState::Alive), member(1, MemberState::Dead)];
+        assert!(!snapshot_synced(&with(dead_peer), &me));
+        let mut peer = member(1, MemberState::Alive);
+        peer.info = None;
+        assert!(!snapshot_synced(
+            &with(vec![member(0, MemberState::Alive), peer]),
+            &me
+        ));
+        let live_peer = vec![
+            member(0, MemberState::Alive),
+            member(1, MemberState::Suspect),
+        ];
+        assert!(snapshot_synced(&with(live_peer), &me));
+    }
+}
