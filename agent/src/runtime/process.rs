@@ -184,7 +184,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The pod's address: derived from the uid, the first free one from there on.
-fn allocate_ip(uid: &str, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+fn allocate_ip(uid: &str, taken: impl Fn(&Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
     let size = 1u32 << IP_BITS;
     let h = fnv1a(uid.as_bytes());
     let start = ((h ^ (h >> 32)) as u32) % size;
@@ -192,7 +192,7 @@ fn allocate_ip(uid: &str, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         .map(|probe| Ipv4Addr::from_bits(IP_BASE.to_bits() + (start + probe) % size))
         .find(|ip| {
             let last = ip.octets()[3];
-            last != 0 && last != 255 && !taken.contains(ip)
+            last != 0 && last != 255 && !taken(ip)
         })
 }
 
@@ -296,6 +296,9 @@ struct Inner {
     known: std::sync::Mutex<BTreeMap<String, PodRecord>>,
     /// Children this instance spawned whose exit its waiter has not recorded yet.
     owned: std::sync::Mutex<HashMap<u32, tokio::task::AbortHandle>>,
+    /// The machine's bound addresses as last read, and when: a burst of starts reads the
+    /// socket tables once, not once per pod (they grow with the pods).
+    host_bound: std::sync::Mutex<Option<(std::time::Instant, Arc<HashSet<Ipv4Addr>>)>>,
 }
 
 /// The process runtime. Dropping it stops its background tasks (as the agent going away
@@ -335,6 +338,7 @@ impl ProcessRuntime {
             lock: tokio::sync::Mutex::new(()),
             known: std::sync::Mutex::new(BTreeMap::new()),
             owned: std::sync::Mutex::new(HashMap::new()),
+            host_bound: std::sync::Mutex::new(None),
         };
         let known: BTreeMap<String, PodRecord> = inner
             .read_all()
@@ -384,7 +388,23 @@ impl ProcessRuntime {
     }
 }
 
+/// How long a read of the machine's socket tables serves pod starts.
+const HOST_BOUND_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Inner {
+    /// The machine's bound IPv4 addresses, read at most every [`HOST_BOUND_TTL`].
+    fn host_bound_ips(&self) -> Arc<HashSet<Ipv4Addr>> {
+        let mut cache = self.host_bound.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some((at, ips)) if at.elapsed() < HOST_BOUND_TTL => ips.clone(),
+            _ => {
+                let ips = Arc::new(host_bound_ips());
+                *cache = Some((std::time::Instant::now(), ips.clone()));
+                ips
+            }
+        }
+    }
+
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_dir.join(uid)
     }
@@ -784,9 +804,10 @@ impl Runtime for ProcessRuntime {
                 pod_uid: pod.uid.clone(),
             });
         }
-        let mut taken = host_bound_ips();
-        taken.extend(inner.known().values().map(|r| r.ip));
-        let ip = allocate_ip(&pod.uid, &taken).ok_or(RuntimeError::NoFreeIp(IP_RANGE))?;
+        let bound = inner.host_bound_ips();
+        let ours: HashSet<Ipv4Addr> = inner.known().values().map(|r| r.ip).collect();
+        let ip = allocate_ip(&pod.uid, |ip| bound.contains(ip) || ours.contains(ip))
+            .ok_or(RuntimeError::NoFreeIp(IP_RANGE))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
         let mut record = PodRecord {
@@ -1115,13 +1136,13 @@ mod tests {
 
     #[test]
     fn ips_are_deterministic_and_skip_taken_ones() {
-        let a = allocate_ip("pod-a", &HashSet::new()).unwrap();
-        assert_eq!(allocate_ip("pod-a", &HashSet::new()), Some(a));
+        let a = allocate_ip("pod-a", |_| false).unwrap();
+        assert_eq!(allocate_ip("pod-a", |_| false), Some(a));
         assert_eq!(a.octets()[0], 127);
         assert!((64..128).contains(&a.octets()[1]), "{a}");
-        let b = allocate_ip("pod-a", &HashSet::from([a])).unwrap();
+        let b = allocate_ip("pod-a", |ip| *ip == a).unwrap();
         assert_ne!(a, b);
-        assert_ne!(allocate_ip("pod-b", &HashSet::new()), Some(a));
+        assert_ne!(allocate_ip("pod-b", |_| false), Some(a));
     }
 
     #[test]
