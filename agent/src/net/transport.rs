@@ -142,8 +142,66 @@ struct Writers {
 struct WriterEntry {
     /// Tells a retiring writer whether the entry is still its own.
     id: u64,
-    tx: mpsc::Sender<Outgoing>,
+    tx: LaneSenders,
     task: JoinHandle<()>,
+}
+
+/// Room in a writer's lane for failure-detector messages.
+const URGENT_QUEUE: usize = 64;
+
+/// The sending ends of a writer's two lanes.
+struct LaneSenders {
+    urgent: mpsc::Sender<Outgoing>,
+    normal: mpsc::Sender<Outgoing>,
+}
+
+/// A writer's queues. Failure-detector messages (pings, acks, ping requests, nacks) have a
+/// lane of their own that the writer empties first, so a burst of state never delays an ack
+/// or pushes it out of a full queue.
+struct Lanes {
+    urgent: mpsc::Receiver<Outgoing>,
+    normal: mpsc::Receiver<Outgoing>,
+}
+
+impl Lanes {
+    fn new(normal: usize) -> (LaneSenders, Lanes) {
+        let (urgent_tx, urgent) = mpsc::channel(URGENT_QUEUE);
+        let (normal_tx, normal) = mpsc::channel(normal.max(1));
+        (
+            LaneSenders {
+                urgent: urgent_tx,
+                normal: normal_tx,
+            },
+            Lanes { urgent, normal },
+        )
+    }
+
+    /// The next item, urgent ones first; `None` once both lanes are closed and empty.
+    async fn recv(&mut self) -> Option<Outgoing> {
+        tokio::select! {
+            biased;
+            Some(item) = self.urgent.recv() => Some(item),
+            item = self.normal.recv() => item,
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Outgoing, mpsc::error::TryRecvError> {
+        self.urgent.try_recv().or_else(|_| self.normal.try_recv())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.normal.is_empty()
+    }
+}
+
+impl LaneSenders {
+    fn try_send(&self, item: Outgoing) -> Result<(), mpsc::error::TrySendError<Outgoing>> {
+        if shoal_gossip::message::is_probe(&item.bytes) {
+            self.urgent.try_send(item)
+        } else {
+            self.normal.try_send(item)
+        }
+    }
 }
 
 /// What is known about connected peers.
@@ -810,7 +868,7 @@ impl Shared {
             self.count(&c.dropped_too_many_peers, 1);
             return;
         }
-        let (tx, rx) = mpsc::channel(self.tuning.peer_queue.max(1));
+        let (tx, rx) = Lanes::new(self.tuning.peer_queue);
         // Cannot fail: the channel is new and has room.
         let _ = tx.try_send(item);
         writers.next_id += 1;
@@ -827,7 +885,7 @@ impl Shared {
     }
 
     /// Removes writer `id` of `dest` if its queue is empty; false if more work arrived.
-    fn retire(&self, dest: &Dest, id: u64, rx: &mpsc::Receiver<Outgoing>) -> bool {
+    fn retire(&self, dest: &Dest, id: u64, rx: &Lanes) -> bool {
         let mut writers = lock(&self.writers);
         if !rx.is_empty() {
             return false;
@@ -839,12 +897,7 @@ impl Shared {
     }
 
     /// Removes writer `id` of `dest` and returns what was still queued for it.
-    fn retire_draining(
-        &self,
-        dest: &Dest,
-        id: u64,
-        rx: &mut mpsc::Receiver<Outgoing>,
-    ) -> Vec<Outgoing> {
+    fn retire_draining(&self, dest: &Dest, id: u64, rx: &mut Lanes) -> Vec<Outgoing> {
         let mut writers = lock(&self.writers);
         if writers.map.get(dest).is_some_and(|e| e.id == id) {
             writers.map.remove(dest);
@@ -952,12 +1005,7 @@ pub(super) enum OpenFail {
 }
 
 /// The writer of one peer: one stream, reopened after errors, fed from the queue.
-async fn write_to_peer(
-    shared: Arc<Shared>,
-    peer: PeerId,
-    id: u64,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_to_peer(shared: Arc<Shared>, peer: PeerId, id: u64, mut rx: Lanes) {
     let dest = Dest::Peer(peer);
     let c = &shared.counters;
     let Some(remote) = node_id_of(&peer) else {
@@ -1104,12 +1152,7 @@ pub(super) async fn open_stream(
 /// The writer of an address whose node is unknown: dials it, then hands the queued messages
 /// to the writer of the peer that answered and retires. Later sends to the address go to that
 /// peer directly while it stays connected.
-async fn write_to_addr(
-    shared: Arc<Shared>,
-    addr: String,
-    id: u64,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_to_addr(shared: Arc<Shared>, addr: String, id: u64, mut rx: Lanes) {
     let target = parse_dial_addr(&addr);
     let result = match target {
         Ok(target) => {
