@@ -349,33 +349,16 @@ impl Reconciler {
             return;
         }
         debug!(records = writes.len(), "publishing pod records");
-        // In groups: each group is one step of the gossip driver, which must stay short (it
-        // answers the failure detector between steps), and each is pushed to peers at once.
-        let mut rest = writes.into_iter().peekable();
-        while rest.peek().is_some() {
-            let group: Vec<(String, Option<Vec<u8>>)> =
-                rest.by_ref().take(RECORDS_PER_WRITE).collect();
-            let names: Vec<String> = group.iter().map(|(name, _)| name.clone()).collect();
-            if self.driver.write_owned_many(group).await.is_err() {
-                warn!(
-                    records = names.len(),
-                    "publishing pod records failed: the agent is shutting down"
-                );
-                self.supervisor.handle_publish_failed(names);
-            }
-            if rest.peek().is_some() {
-                // Paced: every record is pushed to peers at once, and a burst of thousands
-                // would crowd their queues.
-                tokio::time::sleep(RECORD_GROUP_GAP).await;
-            }
+        let names: Vec<String> = writes.iter().map(|(name, _)| name.clone()).collect();
+        if self.driver.write_owned_many(writes).await.is_err() {
+            warn!(
+                records = names.len(),
+                "publishing pod records failed: the agent is shutting down"
+            );
+            self.supervisor.handle_publish_failed(names);
         }
     }
 }
-
-/// Most pod records written in one step of the gossip driver.
-const RECORDS_PER_WRITE: usize = 32;
-/// Pause between two groups of a burst of records (at most 640 records a second).
-const RECORD_GROUP_GAP: Duration = Duration::from_millis(50);
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<TokioInstant>) {
