@@ -269,21 +269,22 @@ impl DriverHandle {
     }
 }
 
-/// Maps the tokio clock and the wall clock onto the core's [`Now`].
+/// Maps the tokio clock and the wall clock onto a sans-IO core's [`Now`] (the gossip node's,
+/// the pod supervisor's).
 #[derive(Clone, Copy)]
-struct Clock {
-    origin: TokioInstant,
+pub(crate) struct Clock {
+    pub(crate) origin: TokioInstant,
 }
 
 impl Clock {
-    fn now(&self) -> Now {
+    pub(crate) fn now(&self) -> Now {
         Now::new(
             shoal_gossip::Instant(self.origin.elapsed().as_micros() as u64),
             wall_ms(),
         )
     }
 
-    fn instant(&self, at: shoal_gossip::Instant) -> TokioInstant {
+    pub(crate) fn instant(&self, at: shoal_gossip::Instant) -> TokioInstant {
         self.origin + Duration::from_micros(at.as_micros())
     }
 }

@@ -78,7 +78,11 @@ fn pod_processes() -> BTreeMap<String, u32> {
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// utime + stime from the text of a `stat` file (a process's or a thread's).
+fn stat_ticks(stat: &str) -> u64 {
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
     let get = |i: usize| {
@@ -104,15 +108,7 @@ fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map(|(n, _)| n.to_owned())
             .unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let get = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        *out.entry(name).or_default() += get(11) + get(12);
+        *out.entry(name).or_default() += stat_ticks(&stat);
     }
     out
 }

@@ -25,7 +25,7 @@ use super::probe::{self, ProbeKind};
 use super::service::ServiceRange;
 use super::snapshot::Snapshot;
 use super::supervisor::{Action, NodePlan, Supervisor, SupervisorConfig, snapshot_synced};
-use crate::driver::{DriverHandle, wall_ms};
+use crate::driver::{Clock, DriverHandle};
 use crate::manifest::{self, Probe};
 use crate::runtime::{AnyRuntime, PodInfo, Runtime, RuntimeError, RuntimeKind};
 
@@ -139,25 +139,6 @@ pub(crate) fn start(
         replan_at: None,
     };
     tokio::spawn(async move { reconciler.run().await })
-}
-
-/// Maps the tokio clock and the wall clock onto the supervisor's [`Now`].
-#[derive(Clone, Copy)]
-struct Clock {
-    origin: TokioInstant,
-}
-
-impl Clock {
-    fn now(&self) -> Now {
-        Now::new(
-            shoal_gossip::Instant(self.origin.elapsed().as_micros() as u64),
-            wall_ms(),
-        )
-    }
-
-    fn instant(&self, at: shoal_gossip::Instant) -> TokioInstant {
-        self.origin + Duration::from_micros(at.as_micros())
-    }
 }
 
 struct Reconciler {
