@@ -14,7 +14,8 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::pod::{CONTAINER_CREATING, ContainerLocal, LocalPod};
 use super::{RecordUpdate, Supervisor};
 use crate::manifest::{
-    self, ConditionStatus, PodCondition, PodConditionType, PodPhase, PodStatus, Timestamp,
+    self, ConditionStatus, PodCondition, PodConditionType, PodPhase, PodStatus, RestartPolicy,
+    Timestamp,
 };
 use crate::runtime;
 use crate::workload::stored::PodRecord;
@@ -246,15 +247,25 @@ fn record_of(pod: &LocalPod, host: &str) -> PodRecord {
     let all_exited = statuses
         .iter()
         .all(|s| matches!(s.state, manifest::ContainerState::Terminated { .. }));
-    let phase = if all_exited && pod.info.is_some() {
-        let failed = statuses.iter().any(|s| {
-            matches!(s.state, manifest::ContainerState::Terminated { exit_code, .. } if exit_code != 0)
-        });
+    let failed = statuses.iter().any(|s| {
+        matches!(s.state, manifest::ContainerState::Terminated { exit_code, .. } if exit_code != 0)
+    });
+    // As in Kubernetes, a pod is finished only when no container of it will run again: with
+    // `restartPolicy: Always` (every Deployment's pods) an exited container is restarted, so
+    // the pod stays `Running` and its replica stays placed where it is.
+    let will_restart = match pod.desired.pod.spec.restart_policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => failed,
+        RestartPolicy::Never => false,
+    };
+    let phase = if all_exited && pod.info.is_some() && !will_restart {
         if failed {
             PodPhase::Failed
         } else {
             PodPhase::Succeeded
         }
+    } else if all_exited && pod.info.is_some() {
+        PodPhase::Running
     } else if running
         || statuses.iter().any(|s| {
             matches!(&s.state, manifest::ContainerState::Waiting { reason: Some(r), .. } if r == "CrashLoopBackOff")

@@ -817,3 +817,30 @@ fn records_whose_publication_failed_are_published_again() {
     let again = PodRecord::decode(update.value.as_deref().unwrap()).unwrap();
     assert_eq!(&again, record(&bed, "again"));
 }
+
+#[test]
+fn a_crashing_replica_stays_on_its_node_and_its_pod_stays_running() {
+    let mut bed = Testbed::new(2);
+    for i in 0..6 {
+        bed.apply(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: crash{i}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: crash{i}}}}}\n  template:\n    metadata: {{labels: {{app: crash{i}}}}}\n    spec:\n      containers:\n      - name: app\n        image: demo:1\n        command: [/bin/app]\n{}",
+            exits_with(3).replace("    env", "        env")
+        ));
+    }
+    bed.run_for(secs(2), |_| {});
+    let first: Vec<_> = bed.pods().into_iter().map(|p| (p.0, p.1)).collect();
+    assert_eq!(first.len(), 6, "{first:?}");
+    bed.run_for(secs(120), |bed| {
+        for rig in &bed.rigs {
+            for r in rig.published.values() {
+                assert_eq!(r.status.phase, PodPhase::Running, "{}", r.pod.metadata.name);
+            }
+        }
+        let now: Vec<_> = bed.pods().into_iter().map(|p| (p.0, p.1)).collect();
+        assert_eq!(now, first, "a crashing replica moved");
+    });
+    for rig in &bed.rigs {
+        assert!(issued(rig, |a| matches!(a, Action::StopPod { .. })).is_empty());
+        assert!(restart_times(rig).len() >= 3 * first.iter().filter(|p| p.0 == rig.index).count());
+    }
+}
