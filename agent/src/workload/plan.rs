@@ -116,9 +116,10 @@ struct Placed {
     replicas: Vec<(u32, NodeId)>,
 }
 
-/// The plan for the whole cluster.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Plan {
+/// Where every replica goes: the scheduler's part of a plan, shared between plans while its
+/// inputs stay the same.
+#[derive(Debug, Default)]
+struct Assignment {
     placed: Vec<Placed>,
     /// Index into `placed` by workload id.
     by_workload: BTreeMap<String, usize>,
@@ -127,7 +128,13 @@ pub(crate) struct Plan {
     /// Node names, for pods' `spec.nodeName`.
     node_names: BTreeMap<NodeId, String>,
     /// Replicas no node can run.
-    pub(crate) unschedulable: Vec<Unschedulable>,
+    unschedulable: Vec<Unschedulable>,
+}
+
+/// The plan for the whole cluster.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Plan {
+    assignment: Arc<Assignment>,
     /// Workloads not planned at all.
     pub(crate) set_aside: Vec<SetAside>,
     /// Each Deployment's rollout step, by (namespace, name).
@@ -141,7 +148,8 @@ impl Plan {
     /// The pods `node` should run, in (workload, ordinal) order.
     pub(crate) fn pods_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = DesiredPod> + 'a {
         let node = *node;
-        self.by_node
+        self.assignment
+            .by_node
             .get(&node)
             .into_iter()
             .flatten()
@@ -150,16 +158,26 @@ impl Plan {
 
     /// Every placed pod, in (workload, ordinal) order.
     pub(crate) fn pods(&self) -> impl Iterator<Item = DesiredPod> + '_ {
-        self.placed.iter().enumerate().flat_map(move |(i, p)| {
-            p.replicas
-                .iter()
-                .map(move |&(ordinal, node)| self.desired(i, ordinal, node))
-        })
+        self.assignment
+            .placed
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, p)| {
+                p.replicas
+                    .iter()
+                    .map(move |&(ordinal, node)| self.desired(i, ordinal, node))
+            })
+    }
+
+    /// Replicas no node can run.
+    pub(crate) fn unschedulable(&self) -> &[Unschedulable] {
+        &self.assignment.unschedulable
     }
 
     /// The node a replica is placed on.
     pub(crate) fn node_of(&self, replica: &ReplicaRef) -> Option<&NodeId> {
-        let placed = &self.placed[*self.by_workload.get(&replica.workload)?];
+        let a = &self.assignment;
+        let placed = &a.placed[*a.by_workload.get(&replica.workload)?];
         let i = placed
             .replicas
             .binary_search_by_key(&replica.ordinal, |(o, _)| *o)
@@ -176,8 +194,12 @@ impl Plan {
     }
 
     fn desired(&self, i: usize, ordinal: u32, node: NodeId) -> DesiredPod {
-        let template = &self.placed[i].template;
-        template.desired(ordinal, node, self.node_names.get(&node).cloned())
+        let template = &self.assignment.placed[i].template;
+        template.desired(
+            ordinal,
+            node,
+            self.assignment.node_names.get(&node).cloned(),
+        )
     }
 }
 
@@ -319,65 +341,229 @@ pub(crate) fn asked_replicas(resource: &Resource) -> u32 {
     }
 }
 
-/// Computes the plan. `forfeit`: a node whose running pods do not count as running (a node
-/// that just came back, so that replicas already replaced elsewhere stay there).
-/// `now_ms` decides which ready pods are available yet (`minReadySeconds`); the plan says
-/// when that next changes ([`Plan::next_change_ms`]).
-pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -> Plan {
-    let limits = cluster_limits(snapshot);
-    let mut out = Plan::default();
+/// Computes the plan from scratch. `forfeit`: a node whose running pods do not count as
+/// running (a node that just came back, so that replicas already replaced elsewhere stay
+/// there). `now_ms` decides which ready pods are available yet (`minReadySeconds`); the plan
+/// says when that next changes ([`Plan::next_change_ms`]).
+#[cfg(test)]
+pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -> Arc<Plan> {
+    Planner::default().plan(snapshot, forfeit, now_ms)
+}
 
-    // Workloads in creation order, within the limits.
-    let mut workloads: Vec<(&ObjectKey, &Object)> = snapshot
-        .objects()
-        .filter(|(_, o)| asked_replicas(&o.resource) > 0)
-        .collect();
-    workloads.sort_by(|a, b| (a.1.stored.created_ms, a.0).cmp(&(b.1.stored.created_ms, b.0)));
-    let mut asked: u64 = 0;
-    let mut templates: Vec<(Template, Vec<u32>)> = Vec::new();
-    for (key, object) in workloads {
-        let replicas = asked_replicas(&object.resource);
-        if let Some(reason) = limits.refusal(replicas, asked) {
-            out.set_aside.push(SetAside {
-                key: key.clone(),
-                reason,
-            });
-            continue;
+/// Plans from successive snapshots, redoing only what their changes concern; the result is
+/// always the plan [`plan`] computes from scratch (a law the tests check).
+///
+/// What it keeps, per workload: the object it was derived from (compared by identity), the
+/// rollout step with the revision of the Deployment's pods and of the members it was computed
+/// from, and the templates (each built once, its spec serialised once). A change to one
+/// Deployment's pods recomputes that Deployment's step only. Placement (the scheduler, the
+/// part that grows with every replica of the cluster) runs again only when its inputs changed:
+/// the members, which replicas nodes report running ([`super::snapshot::Revisions::running`]: not a pod's
+/// readiness or restarts), or a workload's replicas (a new step, a new template, an object
+/// added, changed or removed). Otherwise the last assignment is kept as it is (shared, not
+/// copied). What it keeps per workload is dropped with the workload.
+#[derive(Default)]
+pub(crate) struct Planner {
+    derived: BTreeMap<ObjectKey, Derived>,
+    last: Option<Last>,
+    /// How many plans, and how many of them ran the scheduler.
+    pub(crate) plans: u64,
+    pub(crate) placements: u64,
+}
+
+/// What the planner derived from one workload object.
+struct Derived {
+    object: Arc<Object>,
+    /// A Deployment's records' and the members' revisions the step was computed from, and
+    /// when it changes by itself (a pod becoming available).
+    records_revision: u64,
+    members_revision: u64,
+    next_change_ms: Option<u64>,
+    step: Option<RolloutStep>,
+    /// Templates with the ordinals to place.
+    templates: Vec<(Arc<Template>, Vec<u32>)>,
+}
+
+/// The inputs of the last placement, and its result.
+struct Last {
+    members_revision: u64,
+    running_revision: u64,
+    forfeit: Option<NodeId>,
+    templates: Vec<(Arc<Template>, Vec<u32>)>,
+    assignment: Arc<Assignment>,
+}
+
+impl Planner {
+    /// The plan for `snapshot` (see [`plan`]).
+    pub(crate) fn plan(
+        &mut self,
+        snapshot: &Snapshot,
+        forfeit: Option<&NodeId>,
+        now_ms: u64,
+    ) -> Arc<Plan> {
+        self.plans += 1;
+        let revisions = snapshot.revisions();
+        let limits = cluster_limits(snapshot);
+        let mut out = Plan::default();
+
+        // Workloads in creation order, within the limits.
+        let mut workloads: Vec<(&ObjectKey, &Arc<Object>)> = snapshot
+            .shared_objects()
+            .filter(|(_, o)| asked_replicas(&o.resource) > 0)
+            .collect();
+        workloads.sort_by(|a, b| (a.1.stored.created_ms, a.0).cmp(&(b.1.stored.created_ms, b.0)));
+        let mut asked: u64 = 0;
+        let mut templates: Vec<(Arc<Template>, Vec<u32>)> = Vec::new();
+        let mut derived = BTreeMap::new();
+        for (key, object) in workloads {
+            let replicas = asked_replicas(&object.resource);
+            if let Some(reason) = limits.refusal(replicas, asked) {
+                out.set_aside.push(SetAside {
+                    key: key.clone(),
+                    reason,
+                });
+                continue;
+            }
+            asked += u64::from(replicas);
+            let old = self.derived.remove(key);
+            let d = derive(old, object, snapshot, revisions.members, now_ms);
+            if let Some(step) = &d.step {
+                out.rollouts
+                    .insert((key.namespace.clone(), key.name.clone()), step.clone());
+            }
+            if let Some(at) = d.next_change_ms {
+                out.next_change_ms = Some(out.next_change_ms.map_or(at, |t| t.min(at)));
+            }
+            templates.extend(d.templates.iter().cloned());
+            derived.insert(key.clone(), d);
         }
-        asked += u64::from(replicas);
-        if let Some((d, hash)) = object.deployment() {
-            let step = rollout_with(d, hash, snapshot, now_ms, &mut out.next_change_ms);
-            templates.push((
-                deployment_template(d, hash, &d.spec.template),
-                (0..step.new_count).collect(),
-            ));
-            for (old_hash, ordinals) in &step.old {
-                if let Some(template) = old_template(d, old_hash, snapshot) {
-                    templates.push((
-                        deployment_template(d, old_hash, &template),
-                        ordinals.clone(),
-                    ));
+        // Whatever was derived from workloads that went is dropped here.
+        self.derived = derived;
+
+        let forfeit = forfeit.copied();
+        let unchanged = self.last.as_ref().is_some_and(|last| {
+            last.members_revision == revisions.members
+                && last.running_revision == revisions.running
+                && last.forfeit == forfeit
+                && last.templates.len() == templates.len()
+                && last
+                    .templates
+                    .iter()
+                    .zip(&templates)
+                    .all(|((a, x), (b, y))| Arc::ptr_eq(a, b) && x == y)
+        });
+        out.assignment = match &self.last {
+            Some(last) if unchanged => last.assignment.clone(),
+            _ => {
+                self.placements += 1;
+                let assignment = Arc::new(assign(snapshot, forfeit.as_ref(), &templates));
+                self.last = Some(Last {
+                    members_revision: revisions.members,
+                    running_revision: revisions.running,
+                    forfeit,
+                    templates,
+                    assignment: assignment.clone(),
+                });
+                assignment
+            }
+        };
+        Arc::new(out)
+    }
+}
+
+/// What to plan of one workload object: `old` if it still holds.
+fn derive(
+    old: Option<Derived>,
+    object: &Arc<Object>,
+    snapshot: &Snapshot,
+    members_revision: u64,
+    now_ms: u64,
+) -> Derived {
+    let same_object = old.as_ref().is_some_and(|o| Arc::ptr_eq(&o.object, object));
+    if let Some((d, hash)) = object.deployment() {
+        let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
+        let records_revision = snapshot.deployment_revision(namespace, &d.metadata.name);
+        let holds = old.as_ref().is_some_and(|o| {
+            same_object
+                && o.records_revision == records_revision
+                && o.members_revision == members_revision
+                && o.next_change_ms.is_none_or(|at| now_ms < at)
+        });
+        let old = match old {
+            Some(old) if holds => return old,
+            other => other,
+        };
+        let mut next_change_ms = None;
+        let step = rollout_with(d, hash, snapshot, now_ms, &mut next_change_ms);
+        // Templates already built are kept (a template is its hash: the same spec).
+        let mut built: BTreeMap<String, Arc<Template>> = BTreeMap::new();
+        if let Some(old) = old {
+            for (template, _) in old.templates {
+                if let Some(h) = &template.template_hash {
+                    if same_object || h != hash {
+                        built.insert(h.clone(), template);
+                    }
                 }
             }
-            out.rollouts
-                .insert((key.namespace.clone(), key.name.clone()), step);
-        } else if let Resource::Pod(p) = &object.resource {
-            let Ok(id) = WorkloadId::new("pod", &key.namespace, &key.name) else {
-                continue;
-            };
-            templates.push((
-                Template::new(
-                    id,
-                    key.namespace.clone(),
-                    None,
-                    p.metadata.clone(),
-                    p.spec.clone(),
-                ),
-                vec![0],
-            ));
+        }
+        let mut template_of = |h: &str, make: &dyn Fn() -> Option<PodTemplateSpec>| {
+            if let Some(t) = built.remove(h) {
+                return Some(t);
+            }
+            make().map(|spec| Arc::new(deployment_template(d, h, &spec)))
+        };
+        let mut templates = Vec::new();
+        if let Some(t) = template_of(hash, &|| Some(d.spec.template.clone())) {
+            templates.push((t, (0..step.new_count).collect()));
+        }
+        for (old_hash, ordinals) in &step.old {
+            if let Some(t) = template_of(old_hash, &|| old_template(d, old_hash, snapshot)) {
+                templates.push((t, ordinals.clone()));
+            }
+        }
+        return Derived {
+            object: object.clone(),
+            records_revision,
+            members_revision,
+            next_change_ms,
+            step: Some(step),
+            templates,
+        };
+    }
+    if let Some(old) = old.filter(|_| same_object) {
+        return old;
+    }
+    let mut templates = Vec::new();
+    if let Resource::Pod(p) = &object.resource {
+        let namespace = p.metadata.namespace.as_deref().unwrap_or("default");
+        if let Ok(id) = WorkloadId::new("pod", namespace, &p.metadata.name) {
+            let template = Template::new(
+                id,
+                namespace.to_owned(),
+                None,
+                p.metadata.clone(),
+                p.spec.clone(),
+            );
+            templates.push((Arc::new(template), vec![0]));
         }
     }
+    Derived {
+        object: object.clone(),
+        records_revision: 0,
+        members_revision,
+        next_change_ms: None,
+        step: None,
+        templates,
+    }
+}
 
+/// Places the templates' replicas on the live members: the scheduler's part of the plan.
+fn assign(
+    snapshot: &Snapshot,
+    forfeit: Option<&NodeId>,
+    templates: &[(Arc<Template>, Vec<u32>)],
+) -> Assignment {
+    let mut out = Assignment::default();
     // The cluster as the scheduler sees it.
     let mut running: BTreeMap<SchedNodeId, BTreeSet<ReplicaId>> = BTreeMap::new();
     for (node, record) in snapshot.live_records() {
@@ -440,10 +626,9 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -
         snapshot.members().map(|m| (m.id.to_hex(), m.id)).collect();
     out.node_names = snapshot.members().map(|m| (m.id, m.name.clone())).collect();
     for (template, ordinals) in templates {
-        let template = Arc::new(template);
         let mut replicas = Vec::new();
         let mut unschedulable: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for ordinal in ordinals {
+        for &ordinal in ordinals {
             match placement.decision(&template.id.replica(ordinal)) {
                 Some(Decision::Run { node, .. }) => {
                     if let Some(node) = by_hex.get(node.as_str()) {
@@ -475,7 +660,10 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -
             out.by_node.entry(node).or_default().push((i, ordinal));
         }
         out.by_workload.insert(template.workload.clone(), i);
-        out.placed.push(Placed { template, replicas });
+        out.placed.push(Placed {
+            template: template.clone(),
+            replicas,
+        });
     }
     out
 }

@@ -3,6 +3,7 @@
 //! a rolling update moves only as fast as readiness allows.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use shoal_gossip::{MemberState, NodeId, ObjectKey};
 
@@ -80,7 +81,7 @@ impl State {
         )
     }
 
-    fn plan(&self) -> Plan {
+    fn plan(&self) -> Arc<Plan> {
         plan(&self.snapshot(), None, 1_000_000)
     }
 }
@@ -303,7 +304,7 @@ fn workloads_over_the_replica_limits_are_set_aside_in_creation_order() {
         "{reasons:?}"
     );
     // A workload set aside costs nothing: no pods, nothing unschedulable.
-    assert!(plan.unschedulable.is_empty());
+    assert!(plan.unschedulable().is_empty());
 }
 
 #[test]
@@ -316,10 +317,238 @@ fn unschedulable_replicas_are_kept_once_per_template_and_reason() {
     let s = snapshot(members, vec![stored(&yaml, None)]);
     let plan = s.plan();
     assert_eq!(plan.pods().count(), 0);
-    assert_eq!(plan.unschedulable.len(), 1);
-    let u = &plan.unschedulable[0];
+    assert_eq!(plan.unschedulable().len(), 1);
+    let u = &plan.unschedulable()[0];
     assert_eq!(u.ordinals.len(), 500);
     assert!(u.reason.contains("disk=ssd"), "{}", u.reason);
     let names: BTreeSet<String> = u.pods().map(|p| p.metadata.name).collect();
     assert_eq!(names.len(), 500);
+}
+
+/// What a plan says, to compare two plans.
+type Summary = (
+    Vec<(String, NodeId, String)>,
+    Vec<(Option<String>, Vec<u32>, String)>,
+    Vec<(String, String)>,
+    BTreeMap<(String, String), super::plan::RolloutStep>,
+    Option<u64>,
+);
+
+fn summary(plan: &Plan) -> Summary {
+    (
+        plan.pods()
+            .map(|p| (p.pod.metadata.name.clone(), p.node, p.uid.clone()))
+            .collect(),
+        plan.unschedulable()
+            .iter()
+            .map(|u| {
+                (
+                    u.deployment().map(str::to_owned),
+                    u.ordinals.clone(),
+                    u.reason.clone(),
+                )
+            })
+            .collect(),
+        plan.set_aside
+            .iter()
+            .map(|s| (s.key.name.clone(), s.reason.clone()))
+            .collect(),
+        plan.rollouts.clone(),
+        plan.next_change_ms,
+    )
+}
+
+/// A change of the state, for the planner's law.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Deployment `d` (of 3) applied with these replicas, template version, and
+    /// minReadySeconds.
+    Apply(u8, u32, u8, u8),
+    Delete(u8),
+    /// Member `m` (of 4) becomes alive, suspect or dead.
+    Member(u8, u8),
+    /// The `i`th pod of the current plan reported: ready or not, finished or not.
+    Report(usize, bool, bool),
+    /// The `i`th record removed.
+    Unreport(usize),
+    /// Time passes (seconds).
+    Wait(u8),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..3u8, 0..6u32, 0..3u8, 0..3u8).prop_map(|(d, r, v, m)| Step::Apply(d, r, v, m)),
+        (0..3u8).prop_map(Step::Delete),
+        (0..4u8, 0..3u8).prop_map(|(m, s)| Step::Member(m, s)),
+        (0..40usize, any::<bool>(), proptest::bool::weighted(0.1))
+            .prop_map(|(i, r, f)| Step::Report(i, r, f)),
+        (0..40usize).prop_map(Step::Unreport),
+        (0..20u8).prop_map(Step::Wait),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// The planner, which keeps what it derived and redoes only what changes concern, always
+    /// gives the plan computed from scratch.
+    #[test]
+    fn the_planner_always_gives_the_plan_from_scratch(
+        steps in proptest::collection::vec(step(), 1..60)
+    ) {
+        use super::plan::Planner;
+        let mut snap = Snapshot::new(
+            (1..=4).map(|i| member(i, MemberState::Alive)).collect(),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut planner = Planner::default();
+        let mut objects: BTreeMap<u8, (ObjectKey, StoredObject)> = BTreeMap::new();
+        let mut states = [MemberState::Alive; 4];
+        let mut now_ms = 1_000_000u64;
+        for step in steps {
+            let current = plan(&snap, None, now_ms);
+            match step {
+                Step::Apply(d, replicas, version, min_ready) => {
+                    let yaml = deployment(replicas, &format!("v{version}"), "")
+                        .replace("name: web", &format!("name: web{d}"))
+                        .replace("app: web", &format!("app: web{d}"))
+                        .replace(
+                            "  selector:",
+                            &format!("  minReadySeconds: {}\n  selector:", u32::from(min_ready) * 5),
+                        );
+                    let (key, object) = stored(&yaml, objects.get(&d).map(|(_, o)| o));
+                    objects.insert(d, (key.clone(), object.clone()));
+                    snap.set_object(key, super::snapshot::Object::new(object).ok());
+                }
+                Step::Delete(d) => {
+                    if let Some((key, _)) = objects.remove(&d) {
+                        snap.set_object(key, None);
+                    }
+                }
+                Step::Member(m, state) => {
+                    states[m as usize] = [MemberState::Alive, MemberState::Suspect, MemberState::Dead]
+                        [state as usize];
+                    snap.set_members(
+                        (1..=4u8).map(|i| member(i, states[i as usize - 1])),
+                    );
+                }
+                Step::Report(i, ready, finished) => {
+                    let pods: Vec<DesiredPod> = current.pods().collect();
+                    if !pods.is_empty() {
+                        let pod = &pods[i % pods.len()];
+                        let (node, mut r) = record(pod, ready);
+                        r.ready_since_ms = ready.then_some(now_ms);
+                        if finished {
+                            r.status.phase = PodPhase::Failed;
+                        }
+                        let name = super::stored::record_name("default", &r.pod.metadata.name);
+                        snap.set_record(node, name, Some(r));
+                    }
+                }
+                Step::Unreport(i) => {
+                    let keys: Vec<(NodeId, String)> = snap
+                        .records()
+                        .map(|(n, r)| (*n, super::stored::record_name("default", &r.pod.metadata.name)))
+                        .collect();
+                    if !keys.is_empty() {
+                        let (node, name) = keys[i % keys.len()].clone();
+                        snap.set_record(node, name, None);
+                    }
+                }
+                Step::Wait(s) => now_ms += u64::from(s) * 1000,
+            }
+            let scratch = plan(&snap, None, now_ms);
+            let incremental = planner.plan(&snap, None, now_ms);
+            proptest::prop_assert_eq!(summary(&incremental), summary(&scratch));
+        }
+    }
+}
+
+/// What planning costs at scale: `cargo test --release -p shoal-agent --lib plan_cost --
+/// --ignored --nocapture`. Prints, for a few cluster sizes, the time of a plan from scratch,
+/// of a plan after one pod record changed, and of this node's share of it.
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn plan_cost_at_scale() {
+    use std::time::Instant;
+
+    use crate::workload::service::DEFAULT_SERVICE_RANGE;
+    use crate::workload::supervisor::NodePlan;
+
+    fn doc(name: &str, replicas: u32) -> String {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  \
+             selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    \
+             spec:\n      containers:\n      - name: main\n        image: sleep\n        command: [sleep, \"86400\"]\n"
+        )
+    }
+    // (nodes, deployments, replicas of each, one more deployment of this many)
+    for (nodes, deployments, each, big) in [
+        (3u32, 2000u32, 1u32, 2000u32),
+        (100, 100, 100, 0),
+        (1000, 100, 1000, 0),
+    ] {
+        let members: Vec<MemberSnap> = (0..nodes)
+            .map(|i| {
+                let mut m = member(0, MemberState::Alive);
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&(i + 1).to_be_bytes());
+                m.id = NodeId(id);
+                m.name = format!("node-{i}");
+                m
+            })
+            .collect();
+        let mut objects: Vec<_> = (0..deployments)
+            .map(|i| stored(&doc(&format!("d-{i:05}"), each), None))
+            .collect();
+        if big > 0 {
+            objects.push(stored(&doc("big", big), None));
+        }
+        let replicas = (deployments * each + big) as usize;
+        let mut state = snapshot(members, objects);
+        let started = Instant::now();
+        let first = state.plan();
+        let scratch_empty = started.elapsed();
+        state.records = first.pods().map(|p| record(&p, true)).collect();
+        let mut snap = state.snapshot();
+        let mut planner = super::plan::Planner::default();
+        let started = Instant::now();
+        let full = planner.plan(&snap, None, 1_000_000);
+        let scratch = started.elapsed();
+        let me = state.members[0].id;
+        let started = Instant::now();
+        let node_plan = NodePlan::new(&snap, &full, &me, DEFAULT_SERVICE_RANGE);
+        let node_share = started.elapsed();
+        // One record changes (not ready any more), as a status report would.
+        let (node, mut changed) = state.records[0].clone();
+        changed.ready_since_ms = None;
+        changed.status.conditions[0].status = ConditionStatus::False;
+        let name = super::stored::record_name("default", &changed.pod.metadata.name);
+        snap.set_record(node, name, Some(changed));
+        let started = Instant::now();
+        let again = planner.plan(&snap, None, 1_000_000);
+        let one_change = started.elapsed();
+        let started = Instant::now();
+        let scratch_again = plan(&snap, None, 1_000_000);
+        let one_change_scratch = started.elapsed();
+        // One Deployment scaled up by one.
+        let (key, object) = stored(&doc("d-00000", each + 1), Some(&state.objects[0].1));
+        snap.set_object(key, super::snapshot::Object::new(object).ok());
+        let started = Instant::now();
+        let scaled = planner.plan(&snap, None, 1_000_000);
+        let one_scale = started.elapsed();
+        println!(
+            "nodes {nodes} deployments {} replicas {replicas}: plan without records \
+             {scratch_empty:?}, with every pod reported {scratch:?}; after one record changed: \
+             {one_change:?} (from scratch {one_change_scratch:?}); after one deployment scaled: \
+             {one_scale:?}; one node's share ({} pods) {node_share:?}",
+            deployments + u32::from(big > 0),
+            node_plan.pods.len(),
+        );
+        assert_eq!(full.pods().count(), replicas);
+        assert_eq!(summary(&again), summary(&scratch_again));
+        assert_eq!(scaled.pods().count(), replicas + 1);
+    }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
-use super::plan::{Plan, plan};
+use super::plan::{Plan, Planner};
 use super::probe::{self, ProbeKind};
 use super::service::ServiceRange;
 use super::snapshot::Snapshot;
@@ -133,6 +133,7 @@ pub(crate) fn start(
         done_tx,
         done_rx,
         supervisor,
+        planner: Planner::default(),
         clock,
         plan_due: true,
         planned_forfeit: None,
@@ -150,6 +151,7 @@ struct Reconciler {
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
     supervisor: Supervisor,
+    planner: Planner,
     clock: Clock,
     /// The snapshot changed since the last plan.
     plan_due: bool,
@@ -214,11 +216,13 @@ impl Reconciler {
             return;
         }
         let snapshot = self.snapshots.borrow_and_update().clone();
-        let plan = plan(&snapshot, forfeit.then_some(&me), now.wall_ms);
+        let plan = self
+            .planner
+            .plan(&snapshot, forfeit.then_some(&me), now.wall_ms);
         let node_plan = NodePlan::new(&snapshot, &plan, &me, self.config.service_range);
         debug!(
             pods_here = node_plan.pods.len(),
-            unschedulable = plan.unschedulable.len(),
+            unschedulable = plan.unschedulable().len(),
             forfeit,
             "planned from a new snapshot"
         );
@@ -226,7 +230,7 @@ impl Reconciler {
         self.replan_at = plan
             .next_change_ms
             .map(|at| TokioInstant::now() + Duration::from_millis(at.saturating_sub(now.wall_ms)));
-        self.plans.send_replace(Arc::new(plan));
+        self.plans.send_replace(plan);
         self.plan_due = false;
         self.planned_forfeit = Some(forfeit);
     }

@@ -12,6 +12,7 @@
 //! order; iteration is in key order.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use imbl::{OrdMap, OrdSet};
 use shoal_gossip::{MemberState, NodeId, ObjectKey};
@@ -67,18 +68,43 @@ impl Object {
 /// A pod record's place: the reporting node and the record's owned-entry name.
 pub(crate) type RecordKey = (NodeId, String);
 
+/// Revisions of parts of a snapshot, for readers that derive values from it and want to know
+/// what changed since they last looked ([`super::plan::Planner`]).
+///
+/// Every change takes a fresh number from one counter of the whole process, so equal
+/// revisions mean the same change: two snapshots with an equal revision of a part hold the
+/// same content in that part, even if they were built apart (0 is the empty part).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Revisions {
+    /// Members and their node info.
+    pub(crate) members: u64,
+    /// Objects.
+    pub(crate) objects: u64,
+    /// Which replicas nodes report running (records added or removed, finished or not): a
+    /// status change of a running pod leaves it alone.
+    pub(crate) running: u64,
+}
+
+/// A fresh revision number.
+fn next_revision() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// The part of the replicated state that workloads depend on.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Snapshot {
     /// Raised by every change published (0 for a snapshot built by hand).
     pub(crate) version: u64,
+    revisions: Revisions,
     members: OrdMap<NodeId, MemberSnap>,
     /// Applied objects of the workload kinds, tombstones excluded.
     objects: OrdMap<ObjectKey, Arc<Object>>,
     /// Pods nodes report, by (node, record name).
     records: OrdMap<RecordKey, Arc<PodRecord>>,
-    /// The records of each Deployment's pods, by (namespace, deployment name).
-    by_deployment: OrdMap<(String, String), OrdSet<RecordKey>>,
+    /// The records of each Deployment's pods, by (namespace, deployment name), and the
+    /// revision of the last change to any of them.
+    by_deployment: OrdMap<(String, String), (u64, OrdSet<RecordKey>)>,
 }
 
 impl Snapshot {
@@ -135,13 +161,20 @@ impl Snapshot {
     /// Replaces the members.
     pub(crate) fn set_members(&mut self, members: impl IntoIterator<Item = MemberSnap>) {
         self.members = members.into_iter().map(|m| (m.id, m)).collect();
+        self.revisions.members = next_revision();
     }
 
     /// Sets one member's node info.
     pub(crate) fn set_info(&mut self, id: &NodeId, info: Option<NodeInfo>) {
         if let Some(member) = self.members.get_mut(id) {
             member.info = info;
+            self.revisions.members = next_revision();
         }
+    }
+
+    /// The revisions of the snapshot's parts.
+    pub(crate) fn revisions(&self) -> Revisions {
+        self.revisions
     }
 
     // --- objects ---
@@ -149,6 +182,12 @@ impl Snapshot {
     /// Every applied object, in key order.
     pub(crate) fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Object)> {
         self.objects.iter().map(|(k, o)| (k, &**o))
+    }
+
+    /// Every applied object as shared, in key order (a reader may keep one to tell later
+    /// whether it is still the same value: [`Arc::ptr_eq`]).
+    pub(crate) fn shared_objects(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<Object>)> {
+        self.objects.iter()
     }
 
     /// The applied objects of one kind (its store name: `deployment`, `service` ...), in key
@@ -170,6 +209,7 @@ impl Snapshot {
 
     /// Sets (or with `None` removes) an object.
     pub(crate) fn set_object(&mut self, key: ObjectKey, object: Option<Object>) {
+        self.revisions.objects = next_revision();
         match object {
             Some(object) => {
                 self.objects.insert(key, Arc::new(object));
@@ -187,6 +227,7 @@ impl Snapshot {
         listed: Vec<(ObjectKey, StoredObject)>,
     ) -> Snapshot {
         let mut out = self.clone();
+        out.revisions.objects = next_revision();
         let keys: Vec<ObjectKey> = out.objects_of(kind).map(|(k, _)| k.clone()).collect();
         for key in keys {
             out.objects.remove(&key);
@@ -234,27 +275,43 @@ impl Snapshot {
         self.by_deployment
             .get(&(namespace.to_owned(), name.to_owned()))
             .into_iter()
-            .flat_map(|keys| keys.iter())
+            .flat_map(|(_, keys)| keys.iter())
             .filter(|(n, _)| self.is_live(n))
             .filter_map(|key| self.records.get(key).map(|r| (&key.0, &**r)))
+    }
+
+    /// The revision of the last change to a Deployment's records (0: it has none).
+    pub(crate) fn deployment_revision(&self, namespace: &str, name: &str) -> u64 {
+        self.by_deployment
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map_or(0, |(revision, _)| *revision)
     }
 
     /// Sets (or with `None` removes) a record.
     pub(crate) fn set_record(&mut self, node: NodeId, name: String, record: Option<PodRecord>) {
         let key = (node, name);
-        if let Some(old) = self.records.remove(&key) {
-            if let Some(d) = deployment_of(&old) {
-                if let Some(set) = self.by_deployment.get_mut(&d) {
-                    set.remove(&key);
-                    if set.is_empty() {
-                        self.by_deployment.remove(&d);
-                    }
+        let revision = next_revision();
+        let old = self.records.remove(&key);
+        if let Some(d) = old.as_deref().and_then(deployment_of) {
+            if let Some((rev, set)) = self.by_deployment.get_mut(&d) {
+                set.remove(&key);
+                *rev = revision;
+                if set.is_empty() {
+                    self.by_deployment.remove(&d);
                 }
             }
         }
+        fn running(r: Option<&PodRecord>) -> Option<&super::stored::ReplicaRef> {
+            r.filter(|r| !r.is_finished()).map(|r| &r.replica)
+        }
+        if running(old.as_deref()) != running(record.as_ref()) {
+            self.revisions.running = revision;
+        }
         if let Some(record) = record {
             if let Some(d) = deployment_of(&record) {
-                self.by_deployment.entry(d).or_default().insert(key.clone());
+                let (rev, set) = self.by_deployment.entry(d).or_default();
+                *rev = revision;
+                set.insert(key.clone());
             }
             self.records.insert(key, Arc::new(record));
         }

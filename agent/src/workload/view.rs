@@ -92,7 +92,7 @@ pub(crate) fn pods(snapshot: &Snapshot, plan: &Plan, namespace: Option<&str>) ->
         );
     }
     // Not placeable.
-    for u in &plan.unschedulable {
+    for u in plan.unschedulable() {
         let message = format!(
             "0/{} nodes are available: {}",
             snapshot.member_count(),
