@@ -169,6 +169,12 @@ impl Plan {
             })
     }
 
+    /// Whether two plans place every replica alike (the second reuses the first's
+    /// assignment).
+    pub(crate) fn same_assignment(&self, other: &Plan) -> bool {
+        Arc::ptr_eq(&self.assignment, &other.assignment)
+    }
+
     /// Replicas no node can run.
     pub(crate) fn unschedulable(&self) -> &[Unschedulable] {
         &self.assignment.unschedulable

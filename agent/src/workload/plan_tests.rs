@@ -519,7 +519,8 @@ fn plan_cost_at_scale() {
         let scratch = started.elapsed();
         let me = state.members[0].id;
         let started = Instant::now();
-        let node_plan = NodePlan::new(&snap, &full, &me, DEFAULT_SERVICE_RANGE);
+        let shared = Arc::new(snap.clone());
+        let node_plan = NodePlan::new(&shared, &full, &me, DEFAULT_SERVICE_RANGE, None);
         let node_share = started.elapsed();
         // One record changes (not ready any more), as a status report would.
         let (node, mut changed) = state.records[0].clone();
@@ -530,6 +531,17 @@ fn plan_cost_at_scale() {
         let started = Instant::now();
         let again = planner.plan(&snap, None, 1_000_000);
         let one_change = started.elapsed();
+        let shared = Arc::new(snap.clone());
+        let started = Instant::now();
+        let node_plan_again = NodePlan::new(
+            &shared,
+            &again,
+            &me,
+            DEFAULT_SERVICE_RANGE,
+            Some(&node_plan),
+        );
+        let node_share_again = started.elapsed();
+        assert!(Arc::ptr_eq(&node_plan.pods, &node_plan_again.pods));
         let started = Instant::now();
         let scratch_again = plan(&snap, None, 1_000_000);
         let one_change_scratch = started.elapsed();
@@ -543,7 +555,8 @@ fn plan_cost_at_scale() {
             "nodes {nodes} deployments {} replicas {replicas}: plan without records \
              {scratch_empty:?}, with every pod reported {scratch:?}; after one record changed: \
              {one_change:?} (from scratch {one_change_scratch:?}); after one deployment scaled: \
-             {one_scale:?}; one node's share ({} pods) {node_share:?}",
+             {one_scale:?}; one node's share ({} pods) {node_share:?}, again after one record \
+             changed {node_share_again:?}",
             deployments + u32::from(big > 0),
             node_plan.pods.len(),
         );

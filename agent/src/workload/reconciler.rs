@@ -219,7 +219,13 @@ impl Reconciler {
         let plan = self
             .planner
             .plan(&snapshot, forfeit.then_some(&me), now.wall_ms);
-        let node_plan = NodePlan::new(&snapshot, &plan, &me, self.config.service_range);
+        let node_plan = NodePlan::new(
+            &snapshot,
+            &plan,
+            &me,
+            self.config.service_range,
+            self.supervisor.plan(),
+        );
         debug!(
             pods_here = node_plan.pods.len(),
             unschedulable = plan.unschedulable().len(),

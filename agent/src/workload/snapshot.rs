@@ -266,6 +266,11 @@ impl Snapshot {
             .map(|((_, name), r)| (name.as_str(), &**r))
     }
 
+    /// The record a node reports under this name.
+    pub(crate) fn record(&self, node: &NodeId, name: &str) -> Option<&PodRecord> {
+        self.records.get(&(*node, name.to_owned())).map(|r| &**r)
+    }
+
     /// The records of a Deployment's pods on live nodes.
     pub(crate) fn deployment_records<'a>(
         &'a self,

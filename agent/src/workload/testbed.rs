@@ -12,6 +12,7 @@
 //! Everything is deterministic: ordered maps, no randomness, time only from the testbed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::executor::block_on;
@@ -171,10 +172,21 @@ impl NodeRig {
 
     /// Plans for this node from `snapshot` if the supervisor wants a plan now; returns the
     /// forfeit it planned with.
-    pub(crate) fn plan(&mut self, snapshot: &Snapshot, synced: bool, now: Now) -> Option<bool> {
+    pub(crate) fn plan(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        synced: bool,
+        now: Now,
+    ) -> Option<bool> {
         let forfeit = self.sup.plan_forfeit(synced, now)?;
         let plan = plan(snapshot, forfeit.then_some(&self.id), now.wall_ms);
-        let node_plan = NodePlan::new(snapshot, &plan, &self.id, self.config.service_range);
+        let node_plan = NodePlan::new(
+            snapshot,
+            &plan,
+            &self.id,
+            self.config.service_range,
+            self.sup.plan(),
+        );
         self.sup.handle_plan(node_plan, now);
         self.drain(now);
         Some(forfeit)
@@ -493,7 +505,7 @@ impl Testbed {
                     self.version += 1;
                 }
             }
-            let snapshot = self.snapshot();
+            let snapshot = Arc::new(self.snapshot());
             let mut planned_any = false;
             for i in 0..self.rigs.len() {
                 if !self.is_up(i) {

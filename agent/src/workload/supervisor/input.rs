@@ -5,6 +5,7 @@
 //! simulators can hand it a plan built any way they like.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use shoal_gossip::NodeId;
 
@@ -28,33 +29,81 @@ pub(crate) struct Placement {
 /// The plan for one node.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct NodePlan {
-    /// The pods this node should run, by uid.
-    pub(crate) pods: BTreeMap<String, DesiredPod>,
+    /// The cluster plan this one was distilled from.
+    from: Arc<Plan>,
+    /// The objects' revision `service_env` was computed at.
+    objects_revision: u64,
+    /// The pods this node should run, by uid (shared with the previous node plan when the
+    /// assignment did not change).
+    pub(crate) pods: Arc<BTreeMap<String, DesiredPod>>,
     /// Replicas this node reports that the plan places on other nodes.
     pub(crate) elsewhere: BTreeMap<ReplicaRef, Placement>,
     /// The records the replicated state holds as reported by this node, by record name: after
     /// an agent restart, what it reported before (adoption reads them, and those that no pod
     /// matches any more are removed).
-    pub(crate) own_records: BTreeMap<String, PodRecord>,
+    pub(crate) own_records: OwnRecords,
     /// Service-link variables for pods of each namespace that has pods here (they are read
     /// when a pod starts, as Kubernetes does: a new service does not restart pods).
-    pub(crate) service_env: BTreeMap<String, Vec<EnvVar>>,
+    pub(crate) service_env: Arc<BTreeMap<String, Vec<EnvVar>>>,
+}
+
+/// The records a node reports, read from the snapshot they are in (nothing is copied).
+#[derive(Clone, Debug)]
+pub(crate) struct OwnRecords {
+    snapshot: Arc<Snapshot>,
+    me: NodeId,
+}
+
+impl Default for OwnRecords {
+    fn default() -> Self {
+        OwnRecords {
+            snapshot: Arc::default(),
+            me: NodeId([0; 32]),
+        }
+    }
+}
+
+impl OwnRecords {
+    /// The record of this name.
+    pub(crate) fn get(&self, name: &str) -> Option<&PodRecord> {
+        self.snapshot.record(&self.me, name)
+    }
+
+    /// Whether there is a record of this name.
+    pub(crate) fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The records, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &PodRecord)> {
+        self.snapshot.records_of(&self.me)
+    }
 }
 
 impl NodePlan {
     /// The plan for `me` from the cluster plan and the snapshot it was computed from.
-    pub(crate) fn new(snapshot: &Snapshot, plan: &Plan, me: &NodeId, range: ServiceRange) -> Self {
-        let pods: BTreeMap<String, DesiredPod> =
-            plan.pods_on(me).map(|p| (p.uid.clone(), p)).collect();
-        let own_records: BTreeMap<String, PodRecord> = snapshot
-            .records_of(me)
-            .map(|(name, r)| (name.to_owned(), r.clone()))
-            .collect();
+    /// `previous` (the node plan before this one) lends what did not change: this node's pods
+    /// when the plan's assignment is the same, the service variables when no object changed.
+    pub(crate) fn new(
+        snapshot: &Arc<Snapshot>,
+        plan: &Arc<Plan>,
+        me: &NodeId,
+        range: ServiceRange,
+        previous: Option<&NodePlan>,
+    ) -> Self {
+        let pods = match previous {
+            Some(p) if p.from.same_assignment(plan) => p.pods.clone(),
+            _ => Arc::new(plan.pods_on(me).map(|p| (p.uid.clone(), p)).collect()),
+        };
+        let own_records = OwnRecords {
+            snapshot: snapshot.clone(),
+            me: *me,
+        };
         // Hand-off concerns the replicas this node reports and the plan puts elsewhere: where
         // they went, and whether their new copy is ready there. Only those nodes' records are
         // read, never every pod of the cluster.
         let mut moved: BTreeMap<ReplicaRef, NodeId> = BTreeMap::new();
-        for record in own_records.values() {
+        for (_, record) in own_records.iter() {
             if let Some(node) = plan.node_of(&record.replica).filter(|n| *n != me) {
                 moved.insert(record.replica.clone(), *node);
             }
@@ -79,20 +128,32 @@ impl NodePlan {
                 (replica.clone(), placement)
             })
             .collect();
-        let namespaces: BTreeSet<&str> = pods
-            .values()
-            .map(|p| p.pod.metadata.namespace.as_deref().unwrap_or("default"))
-            .collect();
-        let service_env = namespaces
-            .into_iter()
-            .map(|ns| {
-                (
-                    ns.to_owned(),
-                    service::service_env_vars(range, snapshot, ns),
+        let objects_revision = snapshot.revisions().objects;
+        let service_env = match previous {
+            Some(p) if Arc::ptr_eq(&p.pods, &pods) && p.objects_revision == objects_revision => {
+                p.service_env.clone()
+            }
+            _ => {
+                let namespaces: BTreeSet<&str> = pods
+                    .values()
+                    .map(|p| p.pod.metadata.namespace.as_deref().unwrap_or("default"))
+                    .collect();
+                Arc::new(
+                    namespaces
+                        .into_iter()
+                        .map(|ns| {
+                            (
+                                ns.to_owned(),
+                                service::service_env_vars(range, snapshot, ns),
+                            )
+                        })
+                        .collect(),
                 )
-            })
-            .collect();
+            }
+        };
         NodePlan {
+            from: plan.clone(),
+            objects_revision,
             pods,
             elsewhere,
             own_records,

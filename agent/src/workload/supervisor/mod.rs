@@ -54,6 +54,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_gossip::{Instant, NodeId, Now};
@@ -231,6 +232,11 @@ impl Supervisor {
         }
     }
 
+    /// The plan this node follows now.
+    pub(crate) fn plan(&self) -> Option<&NodePlan> {
+        self.plan.as_ref()
+    }
+
     /// A new plan for this node.
     pub(crate) fn handle_plan(&mut self, plan: NodePlan, now: Now) {
         let old = self.plan.replace(plan);
@@ -240,7 +246,11 @@ impl Supervisor {
         }
         let new = self.plan.as_ref().expect("just set");
         let mut touched: BTreeSet<String> = BTreeSet::new();
-        for (uid, want) in &new.pods {
+        // Pods shared with the old plan are the same pods: nothing to compare.
+        let same_pods = old
+            .as_ref()
+            .is_some_and(|o| Arc::ptr_eq(&o.pods, &new.pods));
+        for (uid, want) in new.pods.iter().filter(|_| !same_pods) {
             let same = old
                 .as_ref()
                 .and_then(|o| o.pods.get(uid))

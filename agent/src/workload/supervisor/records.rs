@@ -65,9 +65,9 @@ impl Supervisor {
     /// pod matches.
     pub(super) fn sweep_records(&mut self) {
         let Some(plan) = &self.plan else { return };
-        for name in plan.own_records.keys() {
+        for (name, _) in plan.own_records.iter() {
             if !self.records.names.contains_key(name) && !self.records.dirty.contains(name) {
-                self.records.dirty.insert(name.clone());
+                self.records.dirty.insert(name.to_owned());
             }
         }
     }

@@ -693,12 +693,15 @@ fn moved(
     placement: Option<Placement>,
 ) -> NodePlan {
     let mut plan = NodePlan::new(
-        snapshot,
+        &std::sync::Arc::new(snapshot.clone()),
         &plan(snapshot, None, 0),
         &rig.id,
         rig.config.service_range,
+        None,
     );
-    let (_, pod) = plan.pods.pop_first().expect("web runs here");
+    let (_, pod) = std::sync::Arc::make_mut(&mut plan.pods)
+        .pop_first()
+        .expect("web runs here");
     if let Some(placement) = placement {
         plan.elsewhere.insert(pod.replica, placement);
     }
