@@ -64,9 +64,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::clock::wall_ms;
+
 use super::{
     ContainerInfo, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LogStream, PodInfo, PodSpec,
-    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, now_ms, validate_spec,
+    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, validate_spec,
 };
 
 /// Pod IPs come from 127.64.0.0/10.
@@ -517,7 +519,7 @@ impl Inner {
             info!(pod = %record.spec.uid, container = %c.name, pid, "container ended (exit code unknown)");
             c.exit = Some(ExitRecord {
                 code: None,
-                finished_at_ms: now_ms(),
+                finished_at_ms: wall_ms(),
                 message: Some(UNKNOWN_EXIT.to_string()),
             });
             changed = true;
@@ -657,7 +659,7 @@ impl Inner {
         let c = &mut record.containers[index];
         c.pid = Some(pid);
         c.start_ticks = start_ticks;
-        c.started_at_ms = Some(now_ms());
+        c.started_at_ms = Some(wall_ms());
         c.exit = None;
         info!(pod = %uid, container = %name, pid, ip = %record.ip, "container started");
 
@@ -694,7 +696,7 @@ impl Inner {
                         {
                             c.exit = Some(ExitRecord {
                                 code,
-                                finished_at_ms: now_ms(),
+                                finished_at_ms: wall_ms(),
                                 message,
                             });
                             if let Err(e) = inner.save(&record) {
@@ -816,7 +818,7 @@ impl Runtime for ProcessRuntime {
             node_id: inner.config.node_id.clone(),
             spec: pod.clone(),
             ip,
-            created_at_ms: now_ms(),
+            created_at_ms: wall_ms(),
             containers: pod
                 .containers
                 .iter()

@@ -25,7 +25,8 @@ use super::probe::{self, ProbeKind};
 use super::service::ServiceRange;
 use super::snapshot::Snapshot;
 use super::supervisor::{Action, NodePlan, Supervisor, SupervisorConfig, snapshot_synced};
-use crate::driver::{Clock, DriverHandle};
+use crate::clock::Clock;
+use crate::driver::DriverHandle;
 use crate::manifest::{self, Probe};
 use crate::runtime::{AnyRuntime, PodInfo, Runtime, RuntimeError, RuntimeKind};
 

@@ -19,8 +19,8 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Service};
-use super::validate::validate;
+use crate::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Service};
+use crate::validate::validate;
 
 /// Why stored bytes are not a valid object.
 #[derive(Debug, thiserror::Error)]
