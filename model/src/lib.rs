@@ -114,9 +114,9 @@ pub use model::{
     ClusterIp, Container, ContainerPort, DEFAULT_NAMESPACE, Deployment, DeploymentSpec,
     DeploymentStrategy, EnvVar, ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind,
     LabelSelector, Namespace, ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe,
-    ProbeHandler, Protocol, PullPolicy, Resource, ResourceKey, ResourceList, ResourceRequirements,
-    RestartPolicy, RollingUpdate, Scheme, Service, ServicePort, ServiceSpec, ServiceType,
-    SessionAffinity, TcpSocketAction, TemplateMeta,
+    ProbeHandler, ProbeKind, Protocol, PullPolicy, Resource, ResourceKey, ResourceList,
+    ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Service, ServicePort, ServiceSpec,
+    ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
 };
 pub use quantity::{Cpu, Memory, QuantityError};
 pub use status::{

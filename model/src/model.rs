@@ -418,6 +418,37 @@ impl Probe {
     }
 }
 
+/// Which of a container's probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeKind {
+    /// `startupProbe`: holds the others until it passes.
+    Startup,
+    /// `livenessProbe`: the container is restarted when it fails.
+    Liveness,
+    /// `readinessProbe`: decides whether the pod is ready.
+    Readiness,
+}
+
+impl ProbeKind {
+    /// `startup`, `liveness` or `readiness`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "startup",
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+        }
+    }
+
+    /// This probe of `container`, if it has one.
+    pub fn probe_of(self, container: &Container) -> Option<&Probe> {
+        match self {
+            ProbeKind::Startup => container.startup_probe.as_ref(),
+            ProbeKind::Liveness => container.liveness_probe.as_ref(),
+            ProbeKind::Readiness => container.readiness_probe.as_ref(),
+        }
+    }
+}
+
 /// How a probe checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
