@@ -93,18 +93,14 @@ async fn stored_deployment(
     }
 }
 
+/// A new object's uid: a random (version 4) UUID, as Kubernetes gives.
 fn new_uid() -> String {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes);
-    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// `POST /api/v1/apply`: all objects are validated first; if any is invalid, nothing is

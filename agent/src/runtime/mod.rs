@@ -439,7 +439,7 @@ pub enum RuntimeError {
     },
     /// No pod IP left to give (the process runtime's 127.64.0.0/10 is full).
     #[error("no free pod IP in {0}")]
-    NoFreeIp(&'static str),
+    NoFreeIp(ipnet::Ipv4Net),
     /// No Docker engine can be reached.
     #[error("no Docker engine reachable at {endpoint}: {reason}")]
     EngineUnavailable {
