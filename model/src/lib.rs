@@ -108,7 +108,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use canonical::{Outcome, StoredError, apply_outcome, next_generation};
+pub use canonical::{Outcome, StoredError, apply_outcome, next_generation, safe_chars};
 pub use error::{ManifestError, ManifestErrors};
 pub use model::{
     ClusterIp, Container, ContainerPort, DEFAULT_NAMESPACE, Deployment, DeploymentSpec,
