@@ -65,7 +65,7 @@
 //!   and `from_stored(to_stored(r)) == r` (without the read-only fields). `apply` compares
 //!   stored bytes ([`apply_outcome`]), so applying the same manifest twice is `unchanged`.
 //! - No input makes the parser panic (proptest, and the cargo-fuzz target `manifest`: `cd
-//!   agent/fuzz && ./seed_corpus.sh && RUSTC_BOOTSTRAP=1 cargo fuzz run -O manifest
+//!   model/fuzz && ./seed_corpus.sh && RUSTC_BOOTSTRAP=1 cargo fuzz run -O manifest
 //!   corpus/manifest`); nesting is bounded (32 levels) and so are files (16 MiB).
 //!
 //! # Use in `apply` and `get`
