@@ -641,11 +641,7 @@ fn labels(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "<none>".into();
     }
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    manifest::format_labels(labels)
 }
 
 fn state_text(state: &manifest::ContainerState) -> String {
