@@ -443,6 +443,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
     let projector_counters = Arc::new(ProjectorCounters::default());
     let (snapshots, projector_task) = projector::start(changes_rx, projector_counters.clone());
+    // The projector (and what follows its snapshots: the reconciler, the proxy) runs until the
+    // agent stops it, not until the driver's end drops the driver's sender.
+    let projector_feed = changes_tx.clone();
     let info = NodeInfo {
         format: crate::workload::stored::FORMAT,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -587,6 +590,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     mesh.shutdown().await;
     net.shutdown().await;
     projector_task.abort();
+    drop(projector_feed);
     drop(membership);
     info!("shoal agent stopped");
     Ok(())
