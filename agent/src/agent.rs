@@ -17,13 +17,15 @@ use shoal_gossip::{Config, Identity, Key, NodeId};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::driver::{self, DriverSetup};
+use crate::clock::wall_ms;
+use crate::driver::{self, DriverSetup, Subscriber};
 use crate::net::{self, ClusterKey, NetConfig};
-use crate::node_info::NodeInfo;
+use crate::node_info::{NODE_INFO, NodeInfo};
 use crate::persist::Db;
 use crate::runtime::{AnyRuntime, RuntimeConfig, RuntimeKind};
 use crate::workload::limits::Limits;
 use crate::workload::plan::Plan;
+use crate::workload::projector::{self, ProjectorCounters};
 use crate::workload::reconciler::ReconcilerConfig;
 
 /// Options of `shoal agent`.
@@ -320,9 +322,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let last_contact = db.last_contact_wall_ms()?;
     let grace = config.tombstone_grace.as_millis() as u64;
     if let Some(last) = last_contact {
-        if synced && driver::wall_ms().saturating_sub(last) > grace {
+        if synced && wall_ms().saturating_sub(last) > grace {
             warn!(
-                away_hours = (driver::wall_ms() - last) / 3_600_000,
+                away_hours = (wall_ms() - last) / 3_600_000,
                 "out of contact for longer than the tombstone grace period: discarding the \
                  replicated state and resynchronising from the cluster"
             );
@@ -332,21 +334,21 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     if db.created_now() {
-        db.set_meta("created_ms", &driver::wall_ms().to_le_bytes())?;
+        db.set_meta("created_ms", &wall_ms().to_le_bytes())?;
     }
     let created_ms = db
         .get_meta("created_ms")?
         .and_then(|v| v.try_into().ok())
         .map(u64::from_le_bytes)
-        .unwrap_or_else(driver::wall_ms);
+        .unwrap_or_else(wall_ms);
 
     // Whom to join: --join, else the members this node knew (a restart needs no --join).
     let mut seeds = args.join.clone();
     for peer in &args.join {
-        db.remember_peer(peer, driver::wall_ms())?;
+        db.remember_peer(peer, wall_ms())?;
     }
     // Addresses unheard of for longer than the grace period are not worth retrying.
-    db.forget_peers_before(driver::wall_ms().saturating_sub(grace))?;
+    db.forget_peers_before(wall_ms().saturating_sub(grace))?;
     if seeds.is_empty() {
         let mut known: Vec<String> = restored
             .iter()
@@ -436,8 +438,32 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let advertise_for_pods = advertise.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // The projector decodes workload state on the main runtime, fed by the driver.
-    let projector = driver::start_projector();
+    // The projector decodes workload state on the main runtime (it must not share a thread
+    // with the driver), fed by the driver.
+    let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let projector_counters = Arc::new(ProjectorCounters::default());
+    let (snapshots, projector_task) = projector::start(changes_rx, projector_counters.clone());
+    // The projector (and what follows its snapshots: the reconciler, the proxy) runs until the
+    // agent stops it, not until the driver's end drops the driver's sender.
+    let projector_feed = changes_tx.clone();
+    let info = NodeInfo {
+        format: crate::workload::stored::FORMAT,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        created_ms,
+        started_ms: wall_ms(),
+        cpu_millis: args.cpu_millis.unwrap_or(cpu_all),
+        memory_bytes: args.memory_bytes.unwrap_or(memory_all),
+        labels,
+        runtime: runtime_kind.to_string(),
+        mesh: Some(mesh_addr),
+        service_range: Some(service_range.to_string()),
+        limits: Some(Limits {
+            per_workload: args.max_replicas_per_workload,
+            cluster: args.max_replicas,
+        }),
+    };
     let membership_guard = membership.enter();
     let (handle, driver_task) = driver::start(
         DriverSetup {
@@ -453,26 +479,12 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             restored,
             synced,
             seeds,
-            info: NodeInfo {
-                format: crate::workload::stored::FORMAT,
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                os: std::env::consts::OS.to_owned(),
-                arch: std::env::consts::ARCH.to_owned(),
-                created_ms,
-                started_ms: driver::wall_ms(),
-                cpu_millis: args.cpu_millis.unwrap_or(cpu_all),
-                memory_bytes: args.memory_bytes.unwrap_or(memory_all),
-                labels,
-                runtime: runtime_kind.to_string(),
-                mesh: Some(mesh_addr),
-                service_range: Some(service_range.to_string()),
-                limits: Some(Limits {
-                    per_workload: args.max_replicas_per_workload,
-                    cluster: args.max_replicas,
-                }),
-            },
+            own_entries: vec![(NODE_INFO.to_owned(), info.encode())],
         },
-        &projector,
+        Subscriber {
+            wants: projector_wants,
+            changes_tx,
+        },
         shutdown_rx,
     );
     drop(membership_guard);
@@ -487,7 +499,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
         runtime.clone(),
         handle.clone(),
-        handle.snapshots(),
+        snapshots.clone(),
         plan_tx,
     );
 
@@ -522,7 +534,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Every service address of the cluster, served on this node through the mesh.
     let proxy = crate::proxy::start(
         mesh.clone(),
-        handle.snapshots(),
+        snapshots.clone(),
         service_range,
         id,
         members_tx,
@@ -532,7 +544,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // Other nodes ask this one for the logs of the pods it runs.
     let remote = net.requests().map(|requests| {
-        crate::api::logs_remote::serve(requests, handle.clone(), runtime.clone(), id)
+        crate::api::logs_remote::serve(requests, snapshots.clone(), runtime.clone(), id)
     });
 
     // Signals: the first SIGTERM/SIGINT leaves gracefully.
@@ -547,6 +559,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         api_listener,
         crate::api::router(crate::api::Api {
             driver: handle,
+            snapshots,
+            projector: projector_counters,
             token: token.map(Arc::from),
             plans: plan_rx,
             runtime,
@@ -575,10 +589,21 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     mesh.shutdown().await;
     net.shutdown().await;
-    projector.task.abort();
+    projector_task.abort();
+    drop(projector_feed);
     drop(membership);
     info!("shoal agent stopped");
     Ok(())
+}
+
+/// Which changes of the replicated state the projector hears of: workload objects, pod
+/// records and node info.
+fn projector_wants(key: &Key) -> bool {
+    match key {
+        Key::Owned { name, .. } => projector::wants_owned(name),
+        Key::Object(object) => projector::wants_object(&object.kind),
+        Key::Member(_) => false,
+    }
 }
 
 /// A runtime started from async code, shut down in the background when dropped (dropping a

@@ -4,8 +4,13 @@
 //! The task `select!`s over network input, the node's next timer
 //! (`sleep_until(node.poll_timeout())`) and a command channel from the API; after every input it
 //! drains the node's outputs: transmissions go to the network layer, changed entries go to the
-//! persistence thread, and member changes update the published [`ClusterView`] (a `watch`
-//! channel, so readers never lock the core).
+//! persistence thread and, for the keys its [`Subscriber`] wants, with their new bytes to it;
+//! member changes update the published [`ClusterView`] (a `watch` channel, so readers never lock
+//! the core) and go to the subscriber as the member list.
+//!
+//! The driver knows nothing of what the entries mean: it never decodes a value. Whoever makes
+//! sense of them (the workload projector) runs elsewhere, fed through an unbounded channel, so
+//! the driver never waits for it.
 //!
 //! Durability: an API write is acknowledged only after the persistence thread has committed it
 //! (and every change before it) to disk. The persistence thread commits in groups: whatever
@@ -13,23 +18,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
 use serde::Serialize;
 use shoal_gossip::{
-    Config, Entry, Event, Identity, Key, MemberState, Node, NodeId, Now, ObjectKey, Stats,
+    Config, Entry, Event, Identity, Key, MemberState, Node, NodeId, ObjectKey, Stats,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
+use crate::clock::{Clock, wall_ms};
 use crate::net::{NetEvent, NetHandle, NetMetrics};
-use crate::node_info::{NODE_INFO, NodeInfo};
 use crate::persist::{Db, META_LAST_CONTACT, META_SYNCED};
-use crate::workload::projector::{self, Change, MemberFacts, ProjectorCounters};
-use crate::workload::snapshot::Snapshot;
 
 /// A member as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +45,6 @@ pub(crate) struct MemberView {
     /// Wall-clock time (ms) this node saw the state change, or the agent start for members
     /// restored from disk.
     pub(crate) since_ms: u64,
-    pub(crate) info: Option<NodeInfo>,
     /// Whether this member is the local node.
     pub(crate) local: bool,
 }
@@ -51,6 +53,45 @@ pub(crate) struct MemberView {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ClusterView {
     pub(crate) members: Vec<MemberView>,
+}
+
+/// A member's membership facts, as the driver sends them to its [`Subscriber`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemberFacts {
+    pub(crate) id: NodeId,
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) state: MemberState,
+}
+
+/// One change of the replicated state, as the driver saw it.
+#[derive(Clone, Debug)]
+pub(crate) enum Change {
+    /// An object's new bytes (`None`: deleted).
+    Object {
+        key: ObjectKey,
+        value: Option<Vec<u8>>,
+    },
+    /// An owned entry's new bytes (`None`: deleted).
+    Owned {
+        owner: NodeId,
+        name: String,
+        value: Option<Vec<u8>>,
+    },
+    /// The whole member list (sent when any member changed).
+    Members(Vec<MemberFacts>),
+}
+
+/// Who hears of changes: the entries it wants, with their new bytes, and the member list
+/// whenever membership changed, in groups (one `Vec` per turn of the driver). At start it gets
+/// every wanted entry of the restored state.
+pub(crate) struct Subscriber {
+    /// Whether it wants changes of this key. Called on the driver's task for every changed
+    /// key: it must be cheap and must not look at values.
+    pub(crate) wants: fn(&Key) -> bool,
+    /// Where the changes go. Unbounded, so the driver never waits: the receiver takes what
+    /// queued up in one go.
+    pub(crate) changes_tx: mpsc::UnboundedSender<Vec<Change>>,
 }
 
 /// Counters of the driver and the layers under it.
@@ -157,8 +198,6 @@ pub(crate) enum Command {
 pub(crate) struct DriverHandle {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<ClusterView>>,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    projector: Arc<ProjectorCounters>,
 }
 
 /// The driver is gone (the agent is shutting down).
@@ -248,53 +287,10 @@ impl DriverHandle {
             .map(|_| ())
     }
 
-    /// The latest snapshot of the workload state.
-    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow().clone()
-    }
-
-    /// A receiver that sees every new workload snapshot.
-    pub(crate) fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshot.clone()
-    }
-
-    /// The projector's counters.
-    pub(crate) fn projector(&self) -> &ProjectorCounters {
-        &self.projector
-    }
-
     /// The latest published view of the cluster.
     pub(crate) fn view(&self) -> Arc<ClusterView> {
         self.view.borrow().clone()
     }
-}
-
-/// Maps the tokio clock and the wall clock onto a sans-IO core's [`Now`] (the gossip node's,
-/// the pod supervisor's).
-#[derive(Clone, Copy)]
-pub(crate) struct Clock {
-    pub(crate) origin: TokioInstant,
-}
-
-impl Clock {
-    pub(crate) fn now(&self) -> Now {
-        Now::new(
-            shoal_gossip::Instant(self.origin.elapsed().as_micros() as u64),
-            wall_ms(),
-        )
-    }
-
-    pub(crate) fn instant(&self, at: shoal_gossip::Instant) -> TokioInstant {
-        self.origin + Duration::from_micros(at.as_micros())
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A batch for the persistence thread: changes to write, then acks to send once durable.
@@ -374,36 +370,15 @@ pub(crate) struct DriverSetup {
     pub(crate) restored: Vec<(Key, Entry)>,
     pub(crate) synced: bool,
     pub(crate) seeds: Vec<String>,
-    pub(crate) info: NodeInfo,
-}
-
-/// Starts the projector (on the calling runtime: it must not share a thread with the driver).
-/// The driver sends it changes through the returned sender.
-pub(crate) fn start_projector() -> Projector {
-    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(ProjectorCounters::default());
-    let (snapshots, task) = projector::start(changes_rx, counters.clone());
-    Projector {
-        changes_tx,
-        snapshots,
-        counters,
-        task,
-    }
-}
-
-/// The projector's ends, for [`start`].
-pub(crate) struct Projector {
-    changes_tx: mpsc::UnboundedSender<Vec<Change>>,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    counters: Arc<ProjectorCounters>,
-    pub(crate) task: tokio::task::JoinHandle<()>,
+    /// Entries this node writes about itself at start (name, value), such as its node info.
+    pub(crate) own_entries: Vec<(String, Vec<u8>)>,
 }
 
 /// Starts the driver task. Returns a handle and a future that completes when the driver stopped
 /// (after a leave, or when `shutdown` fires) with everything flushed.
 pub(crate) fn start(
     setup: DriverSetup,
-    projector: &Projector,
+    subscriber: Subscriber,
     shutdown: watch::Receiver<bool>,
 ) -> (DriverHandle, tokio::task::JoinHandle<()>) {
     let clock = Clock {
@@ -429,10 +404,9 @@ pub(crate) fn start(
         net_events: setup.net_events,
         commands: commands_rx,
         view: view_tx,
-        changes: projector.changes_tx.clone(),
+        subscriber,
         pending_changes: Vec::new(),
         members_changed: true,
-        infos: BTreeMap::new(),
         persist: persist_tx,
         persist_thread: Some(persist_thread),
         since: BTreeMap::new(),
@@ -448,17 +422,15 @@ pub(crate) fn start(
         backlog_dropped: 0,
     };
     driver.send_whole_state();
-    driver
-        .node
-        .write_owned(NODE_INFO.into(), Some(setup.info.encode()), now);
+    for (name, value) in setup.own_entries {
+        driver.node.write_owned(name, Some(value), now);
+    }
     if !setup.seeds.is_empty() {
         driver.node.join(setup.seeds, now);
     }
     let handle = DriverHandle {
         commands: commands_tx,
         view: view_rx,
-        snapshot: projector.snapshots.clone(),
-        projector: projector.counters.clone(),
     };
     let task = tokio::spawn(async move { driver.run().await });
     (handle, task)
@@ -471,12 +443,10 @@ struct Driver {
     net_events: mpsc::Receiver<NetEvent>,
     commands: mpsc::Receiver<Command>,
     view: watch::Sender<Arc<ClusterView>>,
-    /// Workload changes for the projector, which decodes them off this task.
-    changes: mpsc::UnboundedSender<Vec<Change>>,
+    /// Who hears of changes (the projector, which decodes them off this task).
+    subscriber: Subscriber,
     pending_changes: Vec<Change>,
     members_changed: bool,
-    /// Each member's node info, decoded once per change (for the published view).
-    infos: BTreeMap<NodeId, NodeInfo>,
     persist: mpsc::UnboundedSender<Batch>,
     persist_thread: Option<std::thread::JoinHandle<Db>>,
     /// Wall time each member was last seen changing state.
@@ -739,35 +709,28 @@ impl Driver {
         self.send_changes();
     }
 
-    /// Notes a changed entry for the projector (its new bytes) and for the published view.
+    /// Notes a changed entry for the subscriber (its new bytes), if it wants it.
     fn note_change(&mut self, key: &Key) {
-        let value = || self.node.store().get(key).and_then(|e| e.value.clone());
+        if !(self.subscriber.wants)(key) {
+            return;
+        }
+        let value = self.node.store().get(key).and_then(|e| e.value.clone());
         let change = match key {
-            Key::Owned { owner, name } if projector::wants_owned(name) => {
-                if name == NODE_INFO {
-                    let info = value().and_then(|v| NodeInfo::decode(&v).ok());
-                    match info {
-                        Some(info) => self.infos.insert(*owner, info),
-                        None => self.infos.remove(owner),
-                    };
-                    self.view_dirty = true;
-                }
-                Change::Owned {
-                    owner: *owner,
-                    name: name.clone(),
-                    value: value(),
-                }
-            }
-            Key::Object(object) if projector::wants_object(&object.kind) => Change::Object {
-                key: object.clone(),
-                value: value(),
+            Key::Owned { owner, name } => Change::Owned {
+                owner: *owner,
+                name: name.clone(),
+                value,
             },
-            _ => return,
+            Key::Object(object) => Change::Object {
+                key: object.clone(),
+                value,
+            },
+            Key::Member(_) => return,
         };
         self.pending_changes.push(change);
     }
 
-    /// Sends the projector what changed since the last call.
+    /// Sends the subscriber what changed since the last call.
     fn send_changes(&mut self) {
         if self.members_changed {
             self.members_changed = false;
@@ -784,22 +747,20 @@ impl Driver {
             self.pending_changes.push(Change::Members(members));
         }
         if !self.pending_changes.is_empty() {
-            let _ = self.changes.send(std::mem::take(&mut self.pending_changes));
+            let changes = std::mem::take(&mut self.pending_changes);
+            let _ = self.subscriber.changes_tx.send(changes);
         }
     }
 
-    /// Sends the projector every workload entry (at start: the restored state).
+    /// Sends the subscriber every entry it wants (at start: the restored state).
     fn send_whole_state(&mut self) {
+        let wants = self.subscriber.wants;
         let keys: Vec<Key> = self
             .node
             .store()
             .iter()
             .map(|(k, _)| k)
-            .filter(|k| match k {
-                Key::Owned { name, .. } => projector::wants_owned(name),
-                Key::Object(o) => projector::wants_object(&o.kind),
-                Key::Member(_) => false,
-            })
+            .filter(|k| wants(k))
             .cloned()
             .collect();
         for key in keys {
@@ -862,22 +823,18 @@ impl Driver {
         let members = self
             .node
             .members()
-            .map(|m| {
-                let info = self.infos.get(&m.id).cloned();
-                MemberView {
-                    id: m.id,
-                    name: m.name.clone(),
-                    addr: m.addr.clone(),
-                    incarnation: m.incarnation,
-                    state: if stopped && m.id == me {
-                        MemberState::Left
-                    } else {
-                        m.state
-                    },
-                    since_ms: self.since.get(&m.id).copied().unwrap_or(self.started_ms),
-                    info,
-                    local: m.id == me,
-                }
+            .map(|m| MemberView {
+                id: m.id,
+                name: m.name.clone(),
+                addr: m.addr.clone(),
+                incarnation: m.incarnation,
+                state: if stopped && m.id == me {
+                    MemberState::Left
+                } else {
+                    m.state
+                },
+                since_ms: self.since.get(&m.id).copied().unwrap_or(self.started_ms),
+                local: m.id == me,
             })
             .collect();
         let view = ClusterView { members };

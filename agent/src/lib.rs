@@ -6,10 +6,9 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod api;
 mod cli;
+mod clock;
 mod dns;
 mod driver;
-mod k8s;
-pub mod manifest;
 mod net;
 mod node_info;
 mod persist;
@@ -17,6 +16,10 @@ mod proxy;
 pub mod runtime;
 mod sim;
 mod workload;
+
+/// The Kubernetes object model (the `shoal-model` crate), under the name the agent's code uses
+/// for it.
+use shoal_model as manifest;
 
 /// shoal: a masterless container orchestrator.
 #[derive(Parser, Debug)]

@@ -916,11 +916,7 @@ fn decode_u64(bytes: &[u8]) -> Option<u64> {
 
 /// Lower-case hex of at most the first 64 bytes, for logs.
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    for b in bytes.iter().take(64) {
-        let _ = write!(s, "{b:02x}");
-    }
+    let mut s = hex::encode(&bytes[..bytes.len().min(64)]);
     if bytes.len() > 64 {
         s.push_str("...");
     }

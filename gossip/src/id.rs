@@ -25,21 +25,14 @@ impl NodeId {
 
     /// Lower-case hex of the whole key.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        hex::encode(self.0)
     }
 }
 
 impl fmt::Display for NodeId {
     /// The first 6 bytes in hex: enough to tell nodes apart in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0[..6] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(&self.0[..6]))
     }
 }
 

@@ -16,13 +16,13 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use shoal_gossip::NodeId;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{Api, error};
-use crate::driver::DriverHandle;
 use crate::net::{IncomingRequest, Requests};
 use crate::runtime::{AnyRuntime, Runtime as _};
-use crate::workload::snapshot::MemberSnap;
+use crate::workload::snapshot::{MemberSnap, Snapshot};
 use crate::workload::view;
 
 /// What a node asks of another: the logs of one of its pods.
@@ -122,22 +122,22 @@ pub(super) async fn forward(
 /// Serves other nodes' requests until the network layer stops.
 pub(crate) fn serve(
     mut requests: Requests,
-    driver: DriverHandle,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     runtime: Arc<AnyRuntime>,
     me: NodeId,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(request) = requests.recv().await {
-            let driver = driver.clone();
+            let snapshot = snapshots.borrow().clone();
             let runtime = runtime.clone();
-            tokio::spawn(answer(request, driver, runtime, me));
+            tokio::spawn(answer(request, snapshot, runtime, me));
         }
     })
 }
 
 async fn answer(
     mut incoming: IncomingRequest,
-    driver: DriverHandle,
+    snapshot: Arc<Snapshot>,
     runtime: Arc<AnyRuntime>,
     me: NodeId,
 ) {
@@ -152,7 +152,7 @@ async fn answer(
         }
     };
     let RemoteRequest::Logs(request) = request;
-    let stream = match open_logs(&driver, &runtime, me, &request).await {
+    let stream = match open_logs(&snapshot, &runtime, me, &request).await {
         Ok(stream) => stream,
         Err(status) => {
             let first = serde_json::to_vec(&status).expect("a status serialises");
@@ -195,12 +195,11 @@ async fn answer(
 
 /// The logs of a pod this node runs.
 async fn open_logs(
-    driver: &DriverHandle,
+    snapshot: &Snapshot,
     runtime: &AnyRuntime,
     me: NodeId,
     request: &LogRequest,
 ) -> Result<crate::runtime::LogStream, LogStatus> {
-    let snapshot = driver.snapshot();
     let record = snapshot
         .records_of(&me)
         .find(|(_, r)| view::is_pod(r, &request.namespace, &request.name))

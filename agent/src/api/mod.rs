@@ -30,12 +30,15 @@ use shoal_gossip::ObjectKey;
 
 use tokio::sync::watch;
 
+use crate::clock::wall_ms;
 use crate::driver::{DriverHandle, Gone};
-use crate::k8s;
 use crate::net::NetHandle;
 use crate::runtime::AnyRuntime;
 use crate::workload::plan::Plan;
+use crate::workload::projector::ProjectorCounters;
+use crate::workload::snapshot::Snapshot;
 
+mod k8s;
 pub(crate) mod logs_remote;
 mod workloads;
 
@@ -43,6 +46,10 @@ mod workloads;
 #[derive(Clone)]
 pub(crate) struct Api {
     pub(crate) driver: DriverHandle,
+    /// The workload state, as the projector publishes it.
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// The projector's counters.
+    pub(crate) projector: Arc<ProjectorCounters>,
     /// The bearer token clients must present, if any.
     pub(crate) token: Option<Arc<str>>,
     pub(crate) plans: watch::Receiver<Arc<Plan>>,
@@ -51,6 +58,13 @@ pub(crate) struct Api {
     pub(crate) mesh: shoal_mesh::Mesh,
     pub(crate) service_range: crate::workload::service::ServiceRange,
     pub(crate) dns: Arc<crate::dns::DnsCounters>,
+}
+
+impl Api {
+    /// The latest snapshot of the workload state.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
 }
 
 /// Builds the router.
@@ -173,7 +187,7 @@ pub(crate) fn gone(_: Gone) -> Response {
 
 async fn nodes(State(api): State<Api>) -> Response {
     let view = api.driver.view();
-    Json(k8s::node_list(&view, crate::driver::wall_ms())).into_response()
+    Json(k8s::node_list(&view, &api.snapshot(), wall_ms())).into_response()
 }
 
 #[derive(Deserialize)]
@@ -234,8 +248,7 @@ async fn stats(State(api): State<Api>) -> Response {
             value["dns"] = api.dns.snapshot();
             // The workload snapshot: changes applied, values that failed to decode, sizes.
             value["projector"] =
-                serde_json::to_value(api.driver.projector().stats(&api.driver.snapshot()))
-                    .unwrap_or_default();
+                serde_json::to_value(api.projector.stats(&api.snapshot())).unwrap_or_default();
             Json(value).into_response()
         }
         Err(e) => gone(e),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Api, error, gone};
-use crate::driver::wall_ms;
+use crate::clock::wall_ms;
 use crate::manifest::{Kind, Resource};
 use crate::runtime::Runtime;
 use crate::workload::plan;
@@ -25,7 +25,7 @@ use crate::workload::view;
 /// The workload snapshot with every stored Service, read from the store: services must be
 /// complete and current for addresses to be assigned without collisions.
 async fn snapshot_with_services(api: &Api) -> Result<Snapshot, Response> {
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     let listed = api
         .driver
         .list(Kind::Service.key_kind().to_owned(), None)
@@ -93,18 +93,14 @@ async fn stored_deployment(
     }
 }
 
+/// A new object's uid: a random (version 4) UUID, as Kubernetes gives.
 fn new_uid() -> String {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes);
-    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// `POST /api/v1/apply`: all objects are validated first; if any is invalid, nothing is
@@ -327,7 +323,7 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
 
 /// `GET /api/v1/pods[?namespace=NS]`: every pod of the cluster, as a `List`.
 pub(super) async fn list_pods(State(api): State<Api>, Query(q): Query<NamespaceQuery>) -> Response {
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     let plan = api.plans.borrow().clone();
     let items = view::pods(&snapshot, &plan, q.namespace.as_deref())
         .iter()
@@ -341,7 +337,7 @@ pub(super) async fn get_pod(
     State(api): State<Api>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     let plan = api.plans.borrow().clone();
     let pods = view::pods(&snapshot, &plan, Some(&namespace));
     match pods.iter().find(|p| p.pod.metadata.name == name) {
@@ -359,7 +355,7 @@ pub(super) async fn list_deployments(
     State(api): State<Api>,
     Query(q): Query<NamespaceQuery>,
 ) -> Response {
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     let plan = api.plans.borrow().clone();
     let now = wall_ms();
     let items = view::deployments(&snapshot, q.namespace.as_deref())
@@ -376,7 +372,7 @@ pub(super) async fn get_deployment(
     State(api): State<Api>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     let plan = api.plans.borrow().clone();
     let now = wall_ms();
     let found =
@@ -409,7 +405,7 @@ pub(super) async fn get_deployment(
 
 /// `GET /api/v1/namespaces`.
 pub(super) async fn list_namespaces(State(api): State<Api>) -> Response {
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     Json(view::list(view::namespaces_json(&snapshot))).into_response()
 }
 
@@ -499,7 +495,7 @@ pub(super) async fn scale(
         Ok(found) => found,
         Err(resp) => return resp,
     };
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     let others = asked_elsewhere(&snapshot, &std::collections::BTreeSet::from([key.clone()]));
     if let Some(reason) = plan::cluster_limits(&snapshot).refusal(request.replicas, others) {
         return error(
@@ -560,7 +556,7 @@ pub(super) async fn pod_log(
     Path((namespace, name)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let snapshot = api.driver.snapshot();
+    let snapshot = api.snapshot();
     let me = api
         .driver
         .view()

@@ -7,8 +7,14 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::k8s::human_duration;
+use shoal_model::Timestamp;
 
+use self::table::{format_table, human_duration};
+use crate::clock::wall_ms;
+
+pub(crate) mod table;
+#[cfg(test)]
+mod table_tests;
 pub(crate) mod workloads;
 
 /// Where the agent's API is and how to authenticate.
@@ -161,6 +167,19 @@ impl Client {
     }
 }
 
+/// `get nodes` columns.
+const NODE_COLUMNS: [&str; 4] = ["NAME", "STATUS", "ADDRESS", "AGE"];
+/// `get nodes -o wide` columns.
+const NODE_WIDE_COLUMNS: [&str; 7] = [
+    "NAME",
+    "STATUS",
+    "ADDRESS",
+    "AGE",
+    "ID",
+    "INCARNATION",
+    "VERSION",
+];
+
 /// `shoal get nodes`.
 pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result<()> {
     let client = Client::new(api)?;
@@ -176,30 +195,17 @@ pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result
         }
         wide => {
             let wide = wide == Some(Output::Wide);
-            let now = crate::driver::wall_ms();
-            let mut rows = vec![if wide {
-                vec![
-                    "NAME",
-                    "STATUS",
-                    "ADDRESS",
-                    "AGE",
-                    "ID",
-                    "INCARNATION",
-                    "VERSION",
-                ]
-                .into_iter()
-                .map(String::from)
-                .collect()
+            let now = wall_ms();
+            let columns: &[&str] = if wide {
+                &NODE_WIDE_COLUMNS
             } else {
-                vec!["NAME", "STATUS", "ADDRESS", "AGE"]
-                    .into_iter()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            }];
+                &NODE_COLUMNS
+            };
+            let mut rows = Vec::new();
             for item in items(&list) {
-                let created = parse_rfc3339_ms(str_at(item, "/metadata/creationTimestamp"));
+                let created = Timestamp::parse(str_at(item, "/metadata/creationTimestamp"));
                 let age = created
-                    .map(|c| human_duration(now.saturating_sub(c)))
+                    .map(|c| human_duration(now.saturating_sub(c.0)))
                     .unwrap_or_else(|| "<unknown>".into());
                 let mut row = vec![
                     str_at(item, "/metadata/name").to_owned(),
@@ -227,7 +233,7 @@ pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result
                 }
                 rows.push(row);
             }
-            write!(out, "{}", table(&rows))?;
+            write!(out, "{}", format_table(columns, &rows))?;
         }
     }
     Ok(())
@@ -260,78 +266,7 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-/// Columns padded to their widest cell plus three spaces, as kubectl prints them.
-pub(crate) fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 /// YAML of a JSON value.
 pub(crate) fn to_yaml(value: &Value) -> anyhow::Result<String> {
     serde_saphyr::to_string(value).context("rendering YAML")
-}
-
-/// Milliseconds since the epoch of an RFC 3339 UTC timestamp as [`crate::k8s::rfc3339`] writes
-/// them.
-fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days-from-civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs).ok().map(|s| s * 1000)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip() {
-        for ms in [0, 951_782_400_000, 1_795_826_096_000] {
-            assert_eq!(parse_rfc3339_ms(&crate::k8s::rfc3339(ms)), Some(ms));
-        }
-        assert_eq!(parse_rfc3339_ms("yesterday"), None);
-    }
-
-    #[test]
-    fn tables_align_like_kubectl() {
-        let rows = vec![
-            vec!["NAME".to_owned(), "STATUS".to_owned()],
-            vec!["node-long".to_owned(), "alive".to_owned()],
-        ];
-        assert_eq!(table(&rows), "NAME        STATUS\nnode-long   alive\n");
-    }
 }

@@ -9,14 +9,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use super::table::{
+    DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS, ENDPOINTS_COLUMNS, NAMESPACE_COLUMNS, POD_COLUMNS,
+    POD_WIDE_COLUMNS, SERVICE_COLUMNS, SERVICE_WIDE_COLUMNS, deployment_row, endpoints_row,
+    format_endpoints, format_table, human_duration, namespace_row, pod_row, service_row,
+};
 use super::{ApiArgs, Client, Output, to_yaml};
-use crate::driver::wall_ms;
+use crate::clock::wall_ms;
 use crate::manifest::{
-    self, DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS, ENDPOINTS_COLUMNS, Kind, NAMESPACE_COLUMNS,
-    POD_COLUMNS, POD_WIDE_COLUMNS, ParseOptions, SERVICE_COLUMNS, SERVICE_WIDE_COLUMNS,
-    deployment_from_object, deployment_row, endpoints_from_object, endpoints_row, format_endpoints,
-    format_table, namespace_from_object, namespace_row, pod_from_object, pod_row, protocol_name,
-    service_from_object, service_row,
+    self, Kind, ParseOptions, deployment_from_object, endpoints_from_object, namespace_from_object,
+    pod_from_object, protocol_name, service_from_object,
 };
 
 /// What `get` and `describe` show: objects of a kind, or the endpoints of services (which the
@@ -420,7 +422,7 @@ pub(crate) fn get(
 }
 
 fn when(ms: u64) -> String {
-    crate::k8s::human_duration(wall_ms().saturating_sub(ms))
+    human_duration(wall_ms().saturating_sub(ms))
 }
 
 /// `shoal describe pod|deployment|service NAME`.
@@ -639,11 +641,7 @@ fn labels(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "<none>".into();
     }
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    manifest::format_labels(labels)
 }
 
 fn state_text(state: &manifest::ContainerState) -> String {

@@ -83,7 +83,7 @@ impl ClusterKey {
     /// Parses the text form; surrounding whitespace is ignored, hex digits may be upper case.
     pub(crate) fn parse(text: &str) -> Result<Self, KeyError> {
         let text = text.trim();
-        let Some(hex) = text.strip_prefix(KEY_PREFIX) else {
+        let Some(digits) = text.strip_prefix(KEY_PREFIX) else {
             if let Some(rest) = text.strip_prefix("shoal-key-")
                 && let Some((version, _)) = rest.split_once(':')
             {
@@ -91,23 +91,21 @@ impl ClusterKey {
             }
             return Err(KeyError::MissingPrefix);
         };
-        let count = hex.chars().count();
+        let count = digits.chars().count();
         if count != 64 {
             return Err(KeyError::BadLength(count));
         }
-        let mut bytes = [0u8; 32];
-        let digits: Vec<char> = hex.chars().collect();
-        for (i, pair) in digits.chunks_exact(2).enumerate() {
-            let hi = hex_value(pair[0]).ok_or(KeyError::BadChar {
-                ch: pair[0],
-                pos: 2 * i,
-            })?;
-            let lo = hex_value(pair[1]).ok_or(KeyError::BadChar {
-                ch: pair[1],
-                pos: 2 * i + 1,
-            })?;
-            bytes[i] = (hi << 4) | lo;
+        // Found first, so that the error names the character and counts in characters.
+        let bad = digits
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !c.is_ascii_hexdigit());
+        if let Some((pos, ch)) = bad {
+            return Err(KeyError::BadChar { ch, pos });
         }
+        let mut bytes = [0u8; 32];
+        // 64 ASCII hex digits: decoding cannot fail.
+        hex::decode_to_slice(digits, &mut bytes).map_err(|_| KeyError::BadLength(count))?;
         Ok(Self(bytes))
     }
 
@@ -163,7 +161,7 @@ impl ClusterKey {
     pub(crate) fn fingerprint(&self) -> String {
         let mut out = [0u8; 6];
         self.expand(&[b"shoal key fingerprint"], &mut out);
-        to_hex(&out)
+        hex::encode(out)
     }
 
     /// HKDF-SHA256 expansion of the key: `info` parts concatenated, `out.len()` bytes.
@@ -178,7 +176,7 @@ impl ClusterKey {
 impl fmt::Display for ClusterKey {
     /// The secret text form, for writing key files and printing a generated key once.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{KEY_PREFIX}{}", to_hex(&self.0))
+        write!(f, "{KEY_PREFIX}{}", hex::encode(self.0))
     }
 }
 
@@ -194,19 +192,6 @@ impl std::str::FromStr for ClusterKey {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
-}
-
-fn hex_value(c: char) -> Option<u8> {
-    c.to_digit(16).map(|d| d as u8)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 #[cfg(unix)]

@@ -47,7 +47,7 @@ use super::{
     ContainerInfo, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LABEL_CLUSTER,
     LABEL_CONTAINER, LABEL_CONTAINER_INDEX, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
     LABEL_SPEC_HASH, LogStream, PodInfo, PodSpec, Runtime, RuntimeConfig, RuntimeError,
-    RuntimeKind, parse_rfc3339_ms, validate_spec,
+    RuntimeKind, validate_spec,
 };
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -1031,43 +1031,36 @@ mod tests {
 }
 
 /// Nanoseconds since the Unix epoch of an RFC 3339 time as Docker writes it
-/// (`2026-11-27T22:18:12.113364123Z`, the fraction of any length, or an offset `+01:00`).
+/// (`2026-11-27T22:18:12.113364123Z`, or with an offset `+01:00`).
 fn rfc3339_nanos(text: &str) -> Option<i128> {
-    let (date, rest) = text.split_once('T')?;
-    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
-    let zone_at = rest.find(['Z', 'z', '+', '-'])?;
-    let (clock, zone) = rest.split_at(zone_at);
-    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut parts = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (parts.next()??, parts.next()??, parts.next()??);
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 9 {
-        return None;
-    }
-    let nanos: i64 = format!("{fraction:0<9}").parse().ok()?;
-    let offset_s = match zone {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = if zone.starts_with('-') { -1 } else { 1 };
-            let (h, m) = zone[1..].split_once(':')?;
-            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
-        }
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    Some(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339);
+    time.ok().map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
+/// Unix milliseconds of an RFC 3339 time as Docker writes it; `None` for Docker's zero time
+/// (year 1), any other time before the epoch, or anything else.
+fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    u64::try_from(rfc3339_nanos(text)? / 1_000_000).ok()
 }
 
 #[cfg(test)]
 mod time_tests {
-    use super::rfc3339_nanos;
+    use super::{parse_rfc3339_ms, rfc3339_nanos};
+
+    #[test]
+    fn docker_times_in_milliseconds() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T12:34:56.123456789Z"),
+            Some(1_714_566_896_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T14:34:56.5+02:00"),
+            Some(1_714_566_896_500)
+        );
+        assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339_ms("garbage"), None);
+    }
 
     #[test]
     fn docker_times_order_by_instant() {
@@ -1083,6 +1076,10 @@ mod time_tests {
             rfc3339_nanos("2026-11-27T22:18:12.5Z")
         );
         assert_eq!(rfc3339_nanos("yesterday"), None);
-        assert_eq!(rfc3339_nanos("2026-11-27T22:18:12.1234567891Z"), None);
+        // RFC 3339 allows any number of digits; past nanoseconds they do not count.
+        assert_eq!(
+            rfc3339_nanos("2026-11-27T22:18:12.1234567891Z"),
+            rfc3339_nanos("2026-11-27T22:18:12.123456789Z")
+        );
     }
 }

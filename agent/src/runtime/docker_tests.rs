@@ -300,7 +300,7 @@ async fn docker_containers_of_a_pod_share_localhost() {
 
     // Restarting the first container restarts the other, which reaches the server again in
     // the new network namespace.
-    let restarted_at = now_ms();
+    let restarted_at = crate::clock::wall_ms();
     rt.restart_container("uid-pair", "server", Duration::ZERO)
         .await
         .unwrap();

@@ -25,7 +25,7 @@ use super::{
     ContainerInfo, ContainerState, ExecResult, LogStream, PodInfo, PodSpec, Runtime, RuntimeError,
     RuntimeKind, validate_spec,
 };
-use crate::workload::probe::ProbeKind;
+use crate::manifest::ProbeKind;
 
 /// Env: the container exits with this code as soon as it starts.
 pub(crate) const EXIT_CODE_ENV: &str = "FAKE_EXIT_CODE";

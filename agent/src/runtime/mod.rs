@@ -439,7 +439,7 @@ pub enum RuntimeError {
     },
     /// No pod IP left to give (the process runtime's 127.64.0.0/10 is full).
     #[error("no free pod IP in {0}")]
-    NoFreeIp(&'static str),
+    NoFreeIp(ipnet::Ipv4Net),
     /// No Docker engine can be reached.
     #[error("no Docker engine reachable at {endpoint}: {reason}")]
     EngineUnavailable {
@@ -720,82 +720,9 @@ pub(crate) fn is_safe_name(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Parses an RFC 3339 UTC time as Docker writes it (`2024-05-01T12:34:56.123456789Z`) into
-/// Unix milliseconds; `None` for Docker's zero time (year 1) or anything else.
-pub(crate) fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> { s.get(range)?.parse().ok() };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        let ms_digits: String = frac[..digits]
-            .chars()
-            .chain("000".chars())
-            .take(3)
-            .collect();
-        millis = ms_digits.parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset_s = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let h: i64 = rest.get(1..3)?.parse().ok()?;
-            let m: i64 = rest.get(4..6)?.parse().ok()?;
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_s;
-    u64::try_from(secs * 1000 + millis).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T12:34:56.123456789Z"),
-            Some(1_714_566_896_123)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T14:34:56.5+02:00"),
-            Some(1_714_566_896_500)
-        );
-        assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339_ms("garbage"), None);
-    }
 
     #[test]
     fn spec_validation() {

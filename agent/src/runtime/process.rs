@@ -57,6 +57,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ipnet::Ipv4Net;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -64,15 +65,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::clock::wall_ms;
+
 use super::{
     ContainerInfo, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LogStream, PodInfo, PodSpec,
-    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, now_ms, validate_spec,
+    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, validate_spec,
 };
 
-/// Pod IPs come from 127.64.0.0/10.
-const IP_BASE: Ipv4Addr = Ipv4Addr::new(127, 64, 0, 0);
-const IP_BITS: u32 = 22;
-const IP_RANGE: &str = "127.64.0.0/10";
+/// Where pods get their IPs: 127.64.0.0/10 (a service range must stay out of it).
+pub(crate) const POD_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 64, 0, 0), 10);
 const POD_FILE: &str = "pod.json";
 const FORMAT: u32 = 1;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -185,11 +186,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The pod's address: derived from the uid, the first free one from there on.
 fn allocate_ip(uid: &str, taken: impl Fn(&Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
-    let size = 1u32 << IP_BITS;
+    let size = 1u32 << (32 - u32::from(POD_RANGE.prefix_len()));
+    let base = POD_RANGE.network().to_bits();
     let h = fnv1a(uid.as_bytes());
     let start = ((h ^ (h >> 32)) as u32) % size;
     (0..size)
-        .map(|probe| Ipv4Addr::from_bits(IP_BASE.to_bits() + (start + probe) % size))
+        .map(|probe| Ipv4Addr::from_bits(base + (start + probe) % size))
         .find(|ip| {
             let last = ip.octets()[3];
             last != 0 && last != 255 && !taken(ip)
@@ -517,7 +519,7 @@ impl Inner {
             info!(pod = %record.spec.uid, container = %c.name, pid, "container ended (exit code unknown)");
             c.exit = Some(ExitRecord {
                 code: None,
-                finished_at_ms: now_ms(),
+                finished_at_ms: wall_ms(),
                 message: Some(UNKNOWN_EXIT.to_string()),
             });
             changed = true;
@@ -657,7 +659,7 @@ impl Inner {
         let c = &mut record.containers[index];
         c.pid = Some(pid);
         c.start_ticks = start_ticks;
-        c.started_at_ms = Some(now_ms());
+        c.started_at_ms = Some(wall_ms());
         c.exit = None;
         info!(pod = %uid, container = %name, pid, ip = %record.ip, "container started");
 
@@ -694,7 +696,7 @@ impl Inner {
                         {
                             c.exit = Some(ExitRecord {
                                 code,
-                                finished_at_ms: now_ms(),
+                                finished_at_ms: wall_ms(),
                                 message,
                             });
                             if let Err(e) = inner.save(&record) {
@@ -807,7 +809,7 @@ impl Runtime for ProcessRuntime {
         let bound = inner.host_bound_ips();
         let ours: HashSet<Ipv4Addr> = inner.known().values().map(|r| r.ip).collect();
         let ip = allocate_ip(&pod.uid, |ip| bound.contains(ip) || ours.contains(ip))
-            .ok_or(RuntimeError::NoFreeIp(IP_RANGE))?;
+            .ok_or(RuntimeError::NoFreeIp(POD_RANGE))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
         let mut record = PodRecord {
@@ -816,7 +818,7 @@ impl Runtime for ProcessRuntime {
             node_id: inner.config.node_id.clone(),
             spec: pod.clone(),
             ip,
-            created_at_ms: now_ms(),
+            created_at_ms: wall_ms(),
             containers: pod
                 .containers
                 .iter()

@@ -43,7 +43,7 @@ use super::limits::Limits;
 use super::snapshot::{Object, Snapshot};
 use super::stored::{PodRecord, ReplicaRef};
 use crate::manifest::{
-    Deployment, DeploymentStrategy, ObjectMeta, Pod, PodSpec, PodTemplateSpec, Resource,
+    Deployment, DeploymentStrategy, ObjectMeta, Pod, PodSpec, PodTemplateSpec, Resource, safe_chars,
 };
 
 /// A pod that should run on a node.
@@ -282,7 +282,7 @@ impl Template {
                 "{}-{}-{}",
                 self.deployment.as_deref().unwrap_or_default(),
                 self.template_hash.as_deref().unwrap_or_default(),
-                suffix(xxh3_64(&seed))
+                safe_chars(xxh3_64(&seed), 5)
             )
         };
         let mut meta = self.meta.clone();
@@ -742,19 +742,6 @@ pub(crate) fn requests(spec: &PodSpec) -> Resources {
         total.memory_bytes += memory.map(|q| q.bytes()).unwrap_or(0);
     }
     total
-}
-
-const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
-/// Five characters of the safe alphabet from a hash, for pod name suffixes.
-fn suffix(mut h: u64) -> String {
-    (0..5)
-        .map(|_| {
-            let c = SAFE_ALPHABET[(h % SAFE_ALPHABET.len() as u64) as usize];
-            h /= SAFE_ALPHABET.len() as u64;
-            c as char
-        })
-        .collect()
 }
 
 /// A Deployment's pods as the live nodes report them, finished ones left out: (node,

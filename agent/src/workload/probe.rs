@@ -10,32 +10,6 @@ use tokio::net::TcpStream;
 use crate::manifest::{Container, PortRef, Probe, ProbeHandler, Scheme};
 use crate::runtime::Runtime;
 
-/// Which probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum ProbeKind {
-    Startup,
-    Liveness,
-    Readiness,
-}
-
-impl ProbeKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ProbeKind::Startup => "startup",
-            ProbeKind::Liveness => "liveness",
-            ProbeKind::Readiness => "readiness",
-        }
-    }
-
-    pub(crate) fn probe_of(self, container: &Container) -> Option<&Probe> {
-        match self {
-            ProbeKind::Startup => container.startup_probe.as_ref(),
-            ProbeKind::Liveness => container.liveness_probe.as_ref(),
-            ProbeKind::Readiness => container.readiness_probe.as_ref(),
-        }
-    }
-}
-
 /// A named port's number, from the container's ports.
 fn port_number(container: &Container, port: &PortRef) -> Result<u16, String> {
     match port {

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
-use shoal_gossip::{MemberState, NodeId, ObjectKey};
+use shoal_gossip::NodeId;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::snapshot::{MemberSnap, Object, Snapshot};
 use super::stored::{DecodeError, POD_RECORD_PREFIX, PodRecord, StoredObject};
+use crate::driver::{Change, MemberFacts};
 use crate::node_info::{NODE_INFO, NodeInfo};
 
 /// Object kinds the workload snapshot carries.
@@ -35,33 +36,6 @@ pub(crate) fn wants_owned(name: &str) -> bool {
 /// Whether the projector wants changes of objects of this kind.
 pub(crate) fn wants_object(kind: &str) -> bool {
     WORKLOAD_KINDS.contains(&kind)
-}
-
-/// A member's membership facts (its node info comes as an owned entry).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct MemberFacts {
-    pub(crate) id: NodeId,
-    pub(crate) name: String,
-    pub(crate) addr: String,
-    pub(crate) state: MemberState,
-}
-
-/// One change of the replicated state, as the driver saw it.
-#[derive(Clone, Debug)]
-pub(crate) enum Change {
-    /// An object's new bytes (`None`: deleted).
-    Object {
-        key: ObjectKey,
-        value: Option<Vec<u8>>,
-    },
-    /// An owned entry's new bytes (`None`: deleted).
-    Owned {
-        owner: NodeId,
-        name: String,
-        value: Option<Vec<u8>>,
-    },
-    /// The whole member list (sent when any member changed).
-    Members(Vec<MemberFacts>),
 }
 
 /// The projector's counters (in `/api/v1/stats` as `projector`).
@@ -257,6 +231,8 @@ pub(crate) fn start(
 
 #[cfg(test)]
 mod tests {
+    use shoal_gossip::{MemberState, ObjectKey};
+
     use super::*;
     use crate::manifest::parse;
     use crate::workload::stored::{FORMAT, ReplicaRef, record_name};

@@ -21,12 +21,13 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
 use super::plan::{Plan, Planner};
-use super::probe::{self, ProbeKind};
+use super::probe;
 use super::service::ServiceRange;
 use super::snapshot::Snapshot;
 use super::supervisor::{Action, NodePlan, Supervisor, SupervisorConfig, snapshot_synced};
-use crate::driver::{Clock, DriverHandle};
-use crate::manifest::{self, Probe};
+use crate::clock::Clock;
+use crate::driver::DriverHandle;
+use crate::manifest::{self, Probe, ProbeKind};
 use crate::runtime::{AnyRuntime, PodInfo, Runtime, RuntimeError, RuntimeKind};
 
 /// At most this many completions wait to be handled; runtime tasks wait beyond it.

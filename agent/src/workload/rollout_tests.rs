@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::supervisor::Action;
 use super::testbed::{Happened, Testbed};
+use crate::manifest::ProbeKind;
 use crate::runtime::fake::ProbeAnswer;
-use crate::workload::probe::ProbeKind;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)

@@ -44,6 +44,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+use ipnet::Ipv4Net;
 use shoal_gossip::NodeId;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -54,6 +55,7 @@ use crate::manifest::{
     NODE_PORT_RANGE, ObjectMeta, ObjectReference, PortRef, Protocol, Resource, Service,
     ServiceType, Timestamp,
 };
+use crate::runtime::process::POD_RANGE;
 
 /// The cluster's default service range, `127.200.0.0/16`.
 ///
@@ -62,23 +64,15 @@ use crate::manifest::{
 /// and an agent can listen on it like on any loopback address. It lies outside 127.64.0.0/10,
 /// where the process runtime gives pods their own addresses, and outside 127.0.0.0/16, where
 /// `localhost` and what users run on it live. A /16 holds 65,533 services.
-pub(crate) const DEFAULT_SERVICE_RANGE: ServiceRange = ServiceRange {
-    base: Ipv4Addr::new(127, 200, 0, 0),
-    prefix: 16,
-};
-
-/// Where the process runtime gives pods their addresses (see `runtime/process.rs`): a service
-/// range may not overlap it.
-const PROCESS_POD_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(127, 64, 0, 0), 10);
+pub(crate) const DEFAULT_SERVICE_RANGE: ServiceRange =
+    ServiceRange(Ipv4Net::new_assert(Ipv4Addr::new(127, 200, 0, 0), 16));
 
 /// The addresses a cluster gives services: an IPv4 network, `base/prefix`, with a prefix length
-/// of 12 to 28 (a million to 13 usable addresses). The network address, the first address and
-/// the broadcast address are never given out.
+/// of 12 to 28 (a million to 13 usable addresses), outside the process runtime's pod
+/// addresses. The network address, the first address and the broadcast address are never
+/// given out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ServiceRange {
-    base: Ipv4Addr,
-    prefix: u8,
-}
+pub(crate) struct ServiceRange(Ipv4Net);
 
 /// Why a service range is not acceptable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -114,24 +108,21 @@ impl ServiceRange {
         if !(12..=28).contains(&prefix) {
             return Err(ServiceRangeError::Prefix(prefix));
         }
-        let network = Ipv4Addr::from(u32::from(base) & mask(prefix));
-        if network != base {
+        let net = Ipv4Net::new_assert(base, prefix);
+        if net.network() != base {
             return Err(ServiceRangeError::NotNetwork {
                 given: base,
-                base: network,
+                base: net.network(),
                 prefix,
             });
         }
-        let range = ServiceRange { base, prefix };
-        let (pods, pods_prefix) = PROCESS_POD_RANGE;
-        let shorter = prefix.min(pods_prefix);
-        if u32::from(base) & mask(shorter) == u32::from(pods) & mask(shorter) {
-            return Err(ServiceRangeError::OverlapsPods(range));
+        // Two networks overlap when one holds the other's first address.
+        if net.contains(&POD_RANGE.network()) || POD_RANGE.contains(&base) {
+            return Err(ServiceRangeError::OverlapsPods(ServiceRange(net)));
         }
-        Ok(range)
+        Ok(ServiceRange(net))
     }
 
-    /// How many addresses the range spans (network and broadcast included).
     /// The cluster DNS's address: the range's first address, which no service gets.
     pub(crate) fn dns_address(&self) -> Ipv4Addr {
         self.addr(1)
@@ -140,11 +131,12 @@ impl ServiceRange {
     /// Whether the range is in 127.0.0.0/8 (local to every host without privileges, but not
     /// reachable from inside containers, whose loopback is their own).
     pub(crate) fn is_loopback(&self) -> bool {
-        self.base.is_loopback()
+        self.0.network().is_loopback()
     }
 
+    /// How many addresses the range spans (network and broadcast included).
     pub(crate) fn size(&self) -> u32 {
-        1 << (32 - u32::from(self.prefix))
+        1 << (32 - u32::from(self.0.prefix_len()))
     }
 
     /// How many addresses services can get.
@@ -154,18 +146,18 @@ impl ServiceRange {
 
     /// Whether `ip` lies in the range.
     pub(crate) fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.prefix) == u32::from(self.base)
+        self.0.contains(&ip)
     }
 
     /// The offset of `ip` from the network address, if in the range.
     fn offset(&self, ip: Ipv4Addr) -> Option<u32> {
         self.contains(ip)
-            .then(|| u32::from(ip) - u32::from(self.base))
+            .then(|| ip.to_bits() - self.0.network().to_bits())
     }
 
     /// The address at `offset`.
     fn addr(&self, offset: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base) + offset)
+        Ipv4Addr::from_bits(self.0.network().to_bits() + offset)
     }
 
     /// Offsets never given out: the network address, the first address (Kubernetes gives it
@@ -193,13 +185,9 @@ impl ServiceRange {
     }
 }
 
-fn mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
 impl fmt::Display for ServiceRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix)
+        self.0.fmt(f)
     }
 }
 

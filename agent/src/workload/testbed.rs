@@ -24,11 +24,12 @@ use super::stored::{PodRecord, StoredObject, object_key};
 use super::supervisor::{Action, NodePlan, Supervisor, SupervisorConfig};
 use super::view::{apply_one, deployment_status};
 use crate::manifest::ProbeHandler;
+use crate::manifest::ProbeKind;
 use crate::manifest::{DeploymentStatus, Resource, parse};
 use crate::node_info::NodeInfo;
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{PodInfo, Runtime, RuntimeError};
-use crate::workload::probe::{self, ProbeKind};
+use crate::workload::probe;
 use crate::workload::service::{DEFAULT_SERVICE_RANGE, ServiceRange};
 
 /// How long each runtime action takes in the testbed, unless a test says otherwise.

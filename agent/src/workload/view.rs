@@ -421,7 +421,7 @@ pub(crate) fn undo(stored: &StoredObject, to: Option<u64>) -> Result<StoredObjec
     d.spec.template = template;
     d.metadata.clear_read_only();
     let resource = Resource::Deployment(d);
-    let (_, new) = apply_one(&resource, Some(stored), crate::driver::wall_ms(), || {
+    let (_, new) = apply_one(&resource, Some(stored), crate::clock::wall_ms(), || {
         stored.uid.clone()
     });
     let mut new = new.ok_or("the previous revision is the current one")?;
@@ -439,7 +439,7 @@ pub(crate) fn scale(stored: &StoredObject, replicas: u32) -> Result<StoredObject
     d.spec.replicas = replicas;
     d.metadata.clear_read_only();
     let resource = Resource::Deployment(d);
-    let (_, new) = apply_one(&resource, Some(stored), crate::driver::wall_ms(), || {
+    let (_, new) = apply_one(&resource, Some(stored), crate::clock::wall_ms(), || {
         stored.uid.clone()
     });
     Ok(new.unwrap_or_else(|| stored.clone()))

@@ -64,9 +64,9 @@ pub(crate) use input::{NodePlan, Placement, snapshot_synced};
 use pod::LocalPod;
 use timer::{PodTimer, Timer, TimerTable};
 
+use crate::manifest::ProbeKind;
 use crate::manifest::{self, Probe};
 use crate::runtime::{self, PodInfo, RuntimeError};
-use crate::workload::probe::ProbeKind;
 use crate::workload::service::ServiceRange;
 
 /// Time between listings of the runtime's pods when nothing asks for one sooner.

@@ -10,9 +10,9 @@ use std::time::Duration;
 use shoal_gossip::Instant;
 
 use crate::manifest;
+use crate::manifest::ProbeKind;
 use crate::runtime::PodInfo;
 use crate::workload::plan::DesiredPod;
-use crate::workload::probe::ProbeKind;
 use crate::workload::stored::{PodEvent, PodRecord, record_name};
 
 /// Events kept per pod.

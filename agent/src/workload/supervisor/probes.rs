@@ -17,8 +17,8 @@ use tracing::{debug, info};
 
 use super::timer::{PodTimer, Timer};
 use super::{Action, Busy, Supervisor};
+use crate::manifest::ProbeKind;
 use crate::runtime;
-use crate::workload::probe::ProbeKind;
 
 const KINDS: [ProbeKind; 3] = [
     ProbeKind::Startup,

@@ -8,10 +8,10 @@ use std::time::Duration;
 use shoal_gossip::Instant;
 
 use super::*;
+use crate::manifest::ProbeKind;
 use crate::manifest::{ContainerState as KState, PodPhase};
 use crate::runtime::fake::{EXIT_CODE_ENV, ProbeAnswer};
 use crate::workload::plan::plan;
-use crate::workload::probe::ProbeKind;
 use crate::workload::stored::PodRecord;
 use crate::workload::testbed::{DEFAULT_LATENCY, Happened, NodeRig, Testbed, at, node_id};
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_gossip::Instant;
 
-use crate::workload::probe::ProbeKind;
+use crate::manifest::ProbeKind;
 
 /// A named deadline.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{
+use crate::model::{
     ClusterIp, Container, Deployment, DeploymentStrategy, IntOrPercent, Kind, ObjectMeta, PodSpec,
     PortRef, Probe, ProbeHandler, Protocol, Resource, RestartPolicy, Service, ServiceType,
 };
@@ -431,7 +431,7 @@ impl Validator {
 }
 
 /// `a=1,b=2`, as kubectl prints selectors.
-pub(crate) fn format_labels(labels: &BTreeMap<String, String>) -> String {
+pub fn format_labels(labels: &BTreeMap<String, String>) -> String {
     labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p corpus/manifest
-cp ../src/manifest/testdata/*.yaml corpus/manifest/
+cp ../src/testdata/*.yaml corpus/manifest/

@@ -1,6 +1,10 @@
-//! Kubernetes manifests: parsing, validating and canonicalising what `shoal apply -f` reads, and
-//! rendering what `shoal get` prints, so that users bring the YAML they already have and keep
-//! the scripts they wrote for kubectl.
+//! The Kubernetes object model shoal runs: parsing, validating and canonicalising the manifests
+//! `shoal apply -f` reads, and the Kubernetes-shaped objects and statuses `shoal get` prints, so
+//! that users bring the YAML they already have and keep the scripts they wrote for kubectl.
+//!
+//! This crate knows nothing of shoal's cluster: no gossip, no stored state, no I/O beyond
+//! reading manifest files. What the cluster adds to an object (uid, generation, assigned
+//! addresses, statuses) is set by the caller.
 //!
 //! # Supported
 //!
@@ -61,7 +65,7 @@
 //!   and `from_stored(to_stored(r)) == r` (without the read-only fields). `apply` compares
 //!   stored bytes ([`apply_outcome`]), so applying the same manifest twice is `unchanged`.
 //! - No input makes the parser panic (proptest, and the cargo-fuzz target `manifest`: `cd
-//!   agent/fuzz && ./seed_corpus.sh && RUSTC_BOOTSTRAP=1 cargo fuzz run -O manifest
+//!   model/fuzz && ./seed_corpus.sh && RUSTC_BOOTSTRAP=1 cargo fuzz run -O manifest
 //!   corpus/manifest`); nesting is bounded (32 levels) and so are files (16 MiB).
 //!
 //! # Use in `apply` and `get`
@@ -80,16 +84,19 @@
 //! get: r = Resource::from_stored(bytes)?; set r's read-only metadata (uid, resourceVersion,
 //!      generation, creationTimestamp) and a pod's spec.node_name (a service's effective
 //!      cluster IP and node ports); then pod_object(&pod, &status) / service_object(&svc) /
-//!      endpoints_object(&ep) / list_object(items) for -o json|yaml, pod_row(...) /
-//!      service_row(...) / endpoints_row(...) + format_table for tables.
+//!      endpoints_object(&ep) / list_object(items) for -o json|yaml (the CLI reads them back
+//!      with pod_from_object ... and prints kubectl's tables)
 //! ```
+
+#![warn(missing_docs)]
 
 mod canonical;
 mod decode;
 mod error;
 mod model;
-mod output;
 mod quantity;
+mod status;
+mod timestamp;
 mod validate;
 mod yaml;
 
@@ -101,30 +108,27 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use canonical::{Outcome, StoredError, apply_outcome, next_generation};
+pub use canonical::{Outcome, StoredError, apply_outcome, next_generation, safe_chars};
 pub use error::{ManifestError, ManifestErrors};
 pub use model::{
     ClusterIp, Container, ContainerPort, DEFAULT_NAMESPACE, Deployment, DeploymentSpec,
     DeploymentStrategy, EnvVar, ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind,
     LabelSelector, Namespace, ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe,
-    ProbeHandler, Protocol, PullPolicy, Resource, ResourceKey, ResourceList, ResourceRequirements,
-    RestartPolicy, RollingUpdate, Scheme, Service, ServicePort, ServiceSpec, ServiceType,
-    SessionAffinity, TcpSocketAction, TemplateMeta, Timestamp,
-};
-pub use output::{
-    ConditionStatus, ContainerState, ContainerStatus, DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS,
-    DeploymentCondition, DeploymentConditionType, DeploymentStatus, ENDPOINTS_COLUMNS,
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, NAMESPACE_COLUMNS, NamespacePhase,
-    NamespaceStatus, ObjectReference, POD_COLUMNS, POD_WIDE_COLUMNS, PodCondition,
-    PodConditionType, PodPhase, PodStatus, SERVICE_COLUMNS, SERVICE_WIDE_COLUMNS,
-    deployment_from_object, deployment_object, deployment_row, endpoints_from_object,
-    endpoints_object, endpoints_row, format_endpoints, format_table, list_object,
-    namespace_from_object, namespace_object, namespace_row, pod_from_object, pod_object, pod_row,
-    pod_status_text, protocol_name, qos_class, service_from_object, service_object,
-    service_ports_text, service_row,
+    ProbeHandler, ProbeKind, Protocol, PullPolicy, Resource, ResourceKey, ResourceList,
+    ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Service, ServicePort, ServiceSpec,
+    ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
 };
 pub use quantity::{Cpu, Memory, QuantityError};
-pub use validate::NODE_PORT_RANGE;
+pub use status::{
+    ConditionStatus, ContainerState, ContainerStatus, DeploymentCondition, DeploymentConditionType,
+    DeploymentStatus, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, NamespacePhase,
+    NamespaceStatus, ObjectReference, PodCondition, PodConditionType, PodPhase, PodStatus,
+    deployment_from_object, deployment_object, endpoints_from_object, endpoints_object,
+    list_object, namespace_from_object, namespace_object, pod_from_object, pod_object,
+    protocol_name, qos_class, service_from_object, service_object,
+};
+pub use timestamp::Timestamp;
+pub use validate::{NODE_PORT_RANGE, format_labels};
 
 use decode::{Decoder, Located};
 

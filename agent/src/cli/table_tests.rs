@@ -1,11 +1,62 @@
-//! Kubernetes-shaped objects and kubectl's table rows.
+//! kubectl's tables: rows, columns and the renderer, byte for byte as kubectl prints them.
 
-use serde_json::json;
+use std::net::Ipv4Addr;
 
-use super::*;
+use shoal_model::{
+    ClusterIp, ContainerState, ContainerStatus, Deployment, DeploymentStatus, EndpointAddress,
+    EndpointPort, EndpointSubset, Endpoints, NamespacePhase, NamespaceStatus, ObjectMeta,
+    ObjectReference, Pod, PodCondition, PodConditionType, PodPhase, PodStatus, Protocol, Resource,
+    Service, ServiceType, Timestamp, parse,
+};
+
+use super::table::*;
 
 const NOW: u64 = 1_714_560_000_000; // 2024-05-01T10:40:00Z
 const MINUTE: u64 = 60_000;
+
+/// Parses `text`, expecting success.
+fn ok(text: &str) -> Vec<Resource> {
+    match parse("test.yaml", text.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => panic!("unexpected errors:\n{e}"),
+    }
+}
+
+/// The one Deployment in `text`.
+fn deployment(text: &str) -> Deployment {
+    match ok(text).as_slice() {
+        [Resource::Deployment(d)] => d.clone(),
+        other => panic!("expected one Deployment, got {other:#?}"),
+    }
+}
+
+const NGINX: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+        - name: nginx
+          image: nginx:1.27.0
+";
+
+/// A Service named `web` with `spec` (indented by two spaces).
+fn service(spec: &str) -> Service {
+    let text = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n{spec}");
+    match ok(&text).as_slice() {
+        [Resource::Service(s)] => s.clone(),
+        other => panic!("expected one Service, got {other:#?}"),
+    }
+}
 
 fn running(name: &str, ready: bool, restarts: u32) -> ContainerStatus {
     ContainerStatus {
@@ -91,137 +142,69 @@ fn running_status() -> PodStatus {
     }
 }
 
-#[test]
-fn pods_render_like_kubectl() {
-    let pod = web_pod();
-    let status = running_status();
-    let v = pod_object(&pod, &status);
-    assert_eq!(v["apiVersion"], "v1");
-    assert_eq!(v["kind"], "Pod");
-    assert_eq!(
-        v["metadata"],
-        json!({
-            "name": "web-7c5ddbdf54-x8k2p",
-            "namespace": "default",
-            "uid": "0b7d6f9c-0000-4000-8000-000000000001",
-            "resourceVersion": "1714560000000.3",
-            "generation": 1,
-            "creationTimestamp": "2024-05-01T09:55:00Z",
-            "labels": {"app": "web"},
-        })
-    );
-    assert_eq!(v["spec"]["nodeName"], "laptop-1");
-    assert_eq!(
-        v["spec"]["containers"][0]["resources"]["requests"]["cpu"],
-        "500m"
-    );
-    let s = &v["status"];
-    assert_eq!(s["phase"], "Running");
-    assert_eq!(s["podIP"], "10.42.0.7");
-    assert_eq!(s["hostIP"], "192.168.1.20");
-    assert_eq!(s["qosClass"], "Guaranteed");
-    assert_eq!(s["startTime"], "2024-05-01T09:55:00Z");
-    assert_eq!(
-        s["conditions"][3],
-        json!({"type": "Ready", "status": "True", "lastTransitionTime": "2024-05-01T10:30:00Z"})
-    );
-    assert_eq!(
-        s["containerStatuses"][0],
-        json!({
-            "name": "web",
-            "state": {"running": {"startedAt": "2024-05-01T10:30:00Z"}},
-            "ready": true,
-            "restartCount": 2,
-            "image": "nginx:1.27",
-            "containerID": "docker://web",
-            "started": true,
-        })
-    );
-    // It reads back, and a List wraps it as kubectl does.
-    assert_eq!(pod_from_object(&v).unwrap(), (pod, status));
-    let list = list_object(vec![v.clone()]);
-    assert_eq!(list["kind"], "List");
-    assert_eq!(list["apiVersion"], "v1");
-    assert_eq!(list["items"][0], v);
+fn web_service(kind: ServiceType, node_port: Option<u16>) -> Service {
+    let mut s =
+        service("  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n");
+    s.spec.kind = kind;
+    s.spec.cluster_ip = ClusterIp::Ip(Ipv4Addr::new(127, 200, 14, 3));
+    s.spec.ports[0].node_port = node_port;
+    s.metadata.uid = Some("u-1".into());
+    s.metadata.creation_timestamp = Some(Timestamp(1_714_559_700_000));
+    s
 }
 
-#[test]
-fn terminated_states_render() {
-    let mut status = running_status();
-    status.container_statuses[0].last_state = Some(ContainerState::Terminated {
-        exit_code: 137,
-        signal: Some(9),
-        reason: Some("OOMKilled".into()),
-        message: None,
-        started_at: None,
-        finished_at: Some(Timestamp(NOW)),
-    });
-    let v = pod_object(&web_pod(), &status);
-    assert_eq!(
-        v["status"]["containerStatuses"][0]["lastState"],
-        json!({"terminated": {"exitCode": 137, "signal": 9, "reason": "OOMKilled", "finishedAt": "2024-05-01T10:40:00Z"}})
-    );
-    assert_eq!(pod_from_object(&v).unwrap().1, status);
+fn address(ip: &str, pod: &str) -> EndpointAddress {
+    EndpointAddress {
+        ip: ip.into(),
+        node_name: Some("node-1".into()),
+        target_ref: Some(ObjectReference {
+            kind: "Pod".into(),
+            namespace: Some("default".into()),
+            name: pod.into(),
+            uid: None,
+        }),
+    }
 }
 
-#[test]
-fn rendered_objects_apply_again() {
-    // `get -o yaml | apply -f -`: read-only fields and status are ignored, so the object is
-    // unchanged. (A pod's nodeName is shoal's to choose; see the parse tests.)
-    let d = deployment(NGINX);
-    let mut shown = d.clone();
-    shown.metadata.uid = Some("u".into());
-    shown.metadata.generation = Some(2);
-    shown.metadata.creation_timestamp = Some(Timestamp(NOW));
-    let status = DeploymentStatus {
-        observed_generation: 2,
-        replicas: 3,
-        updated_replicas: 3,
-        ready_replicas: 3,
-        available_replicas: 3,
-        unavailable_replicas: 0,
-        conditions: vec![DeploymentCondition {
-            kind: DeploymentConditionType::Available,
-            status: ConditionStatus::True,
-            reason: Some("MinimumReplicasAvailable".into()),
-            message: Some("Deployment has minimum availability.".into()),
-            last_update_time: Some(Timestamp(NOW)),
-            last_transition_time: Some(Timestamp(NOW)),
+fn endpoints(addresses: &[&str], not_ready: &[&str], port: u16) -> Endpoints {
+    Endpoints {
+        metadata: ObjectMeta {
+            name: "web".into(),
+            namespace: Some("default".into()),
+            creation_timestamp: Some(Timestamp(1_714_559_940_000)),
+            ..ObjectMeta::default()
+        },
+        subsets: vec![EndpointSubset {
+            addresses: addresses.iter().map(|a| address(a, "p")).collect(),
+            not_ready_addresses: not_ready.iter().map(|a| address(a, "q")).collect(),
+            ports: vec![EndpointPort {
+                name: Some("http".into()),
+                port,
+                protocol: Protocol::Tcp,
+            }],
         }],
-    };
-    let v = deployment_object(&shown, &status);
-    assert_eq!(v["status"]["observedGeneration"], 2);
-    assert_eq!(
-        v["status"].get("unavailableReplicas"),
-        None,
-        "zero counts are left out"
-    );
-    let yaml = serde_saphyr::to_string(&list_object(vec![v.clone()])).unwrap();
-    let back = parse("get.yaml", yaml.as_bytes()).unwrap();
-    assert_eq!(back, [Resource::Deployment(d.clone())]);
-    assert_eq!(
-        apply_outcome(Some(&Resource::Deployment(d).to_stored()), &back[0]),
-        Outcome::Unchanged
-    );
-    assert_eq!(deployment_from_object(&v).unwrap(), (shown, status));
+    }
+}
 
-    let ns = ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n").remove(0);
-    let Resource::Namespace(ns) = ns else {
-        panic!()
-    };
-    let v = namespace_object(&ns, &NamespaceStatus::default());
+#[test]
+fn tables_align_like_kubectl() {
+    let rows = vec![vec!["node-long".to_owned(), "alive".to_owned()]];
     assert_eq!(
-        v,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}, "status": {"phase": "Active"}})
+        format_table(&["NAME", "STATUS"], &rows),
+        "NAME        STATUS\nnode-long   alive\n"
     );
-    assert_eq!(
-        namespace_from_object(&v).unwrap(),
-        (ns.clone(), NamespaceStatus::default())
-    );
-    assert_eq!(
-        ok(&serde_json::to_string(&v).unwrap()),
-        [Resource::Namespace(ns)]
-    );
+}
+
+#[test]
+fn durations_read_like_kubectl() {
+    assert_eq!(human_duration(5_000), "5s");
+    assert_eq!(human_duration(119_000), "119s");
+    assert_eq!(human_duration(330_000), "5m30s");
+    assert_eq!(human_duration(45 * 60_000), "45m");
+    assert_eq!(human_duration((5 * 60 + 30) * 60_000), "5h30m");
+    assert_eq!(human_duration(36 * 3_600_000), "36h");
+    assert_eq!(human_duration((3 * 24 + 5) * 3_600_000), "3d5h");
+    assert_eq!(human_duration(400 * 86_400_000), "400d");
 }
 
 #[test]
@@ -306,7 +289,7 @@ fn pod_status_column_follows_kubectl() {
             (want, ready),
             "{status:#?}"
         );
-        assert_eq!(pod_status_text(&pod, &status), want);
+        assert_eq!(pod_row(&pod, &status, NOW, false)[2], want);
     }
     let evicted = PodStatus {
         reason: Some("Evicted".into()),
@@ -314,15 +297,18 @@ fn pod_status_column_follows_kubectl() {
         container_statuses: vec![],
         ..running_status()
     };
-    assert_eq!(pod_status_text(&pod, &evicted), "Evicted");
+    assert_eq!(pod_row(&pod, &evicted, NOW, false)[2], "Evicted");
     let mut deleting = pod.clone();
     deleting.metadata.deletion_timestamp = Some(Timestamp(NOW));
-    assert_eq!(pod_status_text(&deleting, &running_status()), "Terminating");
+    assert_eq!(
+        pod_row(&deleting, &running_status(), NOW, false)[2],
+        "Terminating"
+    );
     let lost = PodStatus {
         reason: Some("NodeLost".into()),
         ..running_status()
     };
-    assert_eq!(pod_status_text(&deleting, &lost), "Unknown");
+    assert_eq!(pod_row(&deleting, &lost, NOW, false)[2], "Unknown");
 }
 
 #[test]
@@ -407,49 +393,82 @@ fn deployment_and_namespace_rows() {
 }
 
 #[test]
-fn qos_classes() {
-    let pod = |resources: &str| {
-        let text = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: i\n{resources}"
-        );
-        match ok(&text).remove(0) {
-            Resource::Pod(p) => qos_class(&p.spec),
-            _ => panic!(),
-        }
-    };
-    assert_eq!(pod(""), "BestEffort");
-    assert_eq!(pod("    resources: {requests: {cpu: 1}}\n"), "Burstable");
+fn services_print_as_kubectl_prints_them() {
+    let now = 1_714_560_000_000; // five minutes later
+    let s = web_service(ServiceType::ClusterIp, None);
     assert_eq!(
-        pod("    resources: {limits: {cpu: 1, memory: 1Gi}}\n"),
-        "Guaranteed"
+        service_row(&s, now, false),
+        ["web", "ClusterIP", "127.200.14.3", "<none>", "80/TCP", "5m"]
     );
+    let np = web_service(ServiceType::NodePort, Some(30080));
     assert_eq!(
-        pod("    resources: {requests: {cpu: 500m}, limits: {cpu: 1, memory: 1Gi}}\n"),
-        "Burstable"
+        service_row(&np, now, true),
+        [
+            "web",
+            "NodePort",
+            "127.200.14.3",
+            "<none>",
+            "80:30080/TCP",
+            "5m",
+            "app=web"
+        ]
+    );
+    let mut headless = service("  clusterIP: None\n");
+    headless.metadata.creation_timestamp = Some(Timestamp(now));
+    assert_eq!(
+        service_row(&headless, now, true),
+        [
+            "web",
+            "ClusterIP",
+            "None",
+            "<none>",
+            "<none>",
+            "0s",
+            "<none>"
+        ]
+    );
+    let table = format_table(&SERVICE_COLUMNS, &[service_row(&s, now, false)]);
+    assert_eq!(
+        table,
+        "NAME   TYPE        CLUSTER-IP     EXTERNAL-IP   PORT(S)   AGE\n\
+         web    ClusterIP   127.200.14.3   <none>        80/TCP    5m\n"
     );
 }
 
 #[test]
-fn timestamps_round_trip() {
-    for ms in [0, 951_782_400_000, NOW, 4_102_444_799_000] {
-        let text = serde_json::to_value(Timestamp(ms)).unwrap();
-        assert_eq!(
-            serde_json::from_value::<Timestamp>(text).unwrap(),
-            Timestamp(ms)
-        );
-    }
-    assert_eq!(
-        Timestamp::parse("2024-05-01T10:40:00.123456Z"),
-        Some(Timestamp(NOW))
+fn endpoints_print_as_kubectl_prints_them() {
+    let now = 1_714_560_000_000;
+    let ep = endpoints(
+        &["127.65.1.2", "127.70.3.4", "127.71.0.1", "127.72.0.1"],
+        &["127.73.0.1"],
+        8080,
     );
-    for bad in [
-        "",
-        "2024-05-01",
-        "2024-13-01T00:00:00Z",
-        "2024-05-01T10:40:00+02:00",
-        "2024-05-01T10:40:00.Z",
-        "+024-05-01T10:40:00Z",
-    ] {
-        assert_eq!(Timestamp::parse(bad), None, "{bad}");
-    }
+    assert_eq!(
+        endpoints_row(&ep, now),
+        [
+            "web",
+            "127.65.1.2:8080,127.70.3.4:8080,127.71.0.1:8080 + 1 more...",
+            "60s"
+        ]
+    );
+    let two = endpoints(&["127.65.1.2", "127.70.3.4"], &[], 8080);
+    assert_eq!(
+        format_endpoints(&two, None),
+        "127.65.1.2:8080,127.70.3.4:8080"
+    );
+    assert_eq!(
+        format_endpoints(&two, Some("http")),
+        "127.65.1.2:8080,127.70.3.4:8080"
+    );
+    assert_eq!(format_endpoints(&two, Some("admin")), "");
+    let none = Endpoints {
+        subsets: Vec::new(),
+        ..two.clone()
+    };
+    assert_eq!(format_endpoints(&none, None), "<none>");
+    // Only not-ready pods: kubectl prints nothing.
+    assert_eq!(
+        format_endpoints(&endpoints(&[], &["127.73.0.1"], 80), None),
+        ""
+    );
 }

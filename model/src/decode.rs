@@ -11,15 +11,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use super::model::{
+use crate::model::{
     ClusterIp, Container, ContainerPort, Deployment, DeploymentSpec, DeploymentStrategy, EnvVar,
     ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind, LabelSelector, Namespace,
     ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, Protocol, PullPolicy,
     Resource, ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Service,
     ServicePort, ServiceSpec, ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
 };
-use super::quantity::{Cpu, Memory};
-use super::yaml::{Key, Node, Value};
+use crate::quantity::{Cpu, Memory};
+use crate::yaml::{Key, Node, Value};
 
 /// A problem found while decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,32 +304,11 @@ pub(crate) fn suggest<'a>(
 /// Levenshtein distance with adjacent transpositions counting as one edit (optimal string
 /// alignment), so that `nmae` is one typo away from `name`.
 fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
     // Names longer than this are not typos of field names; skip the quadratic work.
-    if a.len() > 64 || b.len() > 64 {
+    if a.chars().count() > 64 || b.chars().count() > 64 {
         return usize::MAX;
     }
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
+    strsim::osa_distance(a, b)
 }
 
 impl Decoder {

@@ -16,7 +16,8 @@ use serde::de::{self, Deserializer};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::quantity::{Cpu, Memory};
+use crate::quantity::{Cpu, Memory};
+use crate::timestamp::Timestamp;
 
 /// The namespace of namespaced objects that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -110,73 +111,6 @@ impl fmt::Display for ResourceKey {
     /// kubectl's `TYPE/NAME` (`deployment.apps/web`), without the namespace.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind.resource_type(), self.name)
-    }
-}
-
-/// A point in time, in milliseconds since the Unix epoch; serialized as Kubernetes does (RFC
-/// 3339, UTC, seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Timestamp(pub u64);
-
-impl Serialize for Timestamp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::k8s::rfc3339(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        let text = String::deserialize(d)?;
-        Timestamp::parse(&text)
-            .ok_or_else(|| de::Error::custom(format!("{text:?} is not an RFC 3339 UTC time")))
-    }
-}
-
-impl Timestamp {
-    /// Parses an RFC 3339 UTC time (`2024-05-01T12:00:00Z`, fractions of a second dropped), as
-    /// Kubernetes writes them.
-    pub fn parse(text: &str) -> Option<Timestamp> {
-        let b = text.as_bytes();
-        let shape_ok = b.len() >= 20
-            && b[4] == b'-'
-            && b[7] == b'-'
-            && matches!(b[10], b'T' | b't')
-            && b[13] == b':'
-            && b[16] == b':'
-            && matches!(b.last(), Some(b'Z' | b'z'));
-        if !shape_ok {
-            return None;
-        }
-        let fraction = &text[19..text.len() - 1];
-        if !(fraction.is_empty()
-            || fraction.len() > 1
-                && fraction.starts_with('.')
-                && fraction[1..].bytes().all(|c| c.is_ascii_digit()))
-        {
-            return None;
-        }
-        let num = |r: std::ops::Range<usize>| -> Option<i64> {
-            let s = text.get(r)?;
-            if !s.bytes().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            s.parse().ok()
-        };
-        let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-            return None;
-        }
-        // Days from civil (Howard Hinnant's algorithm), the inverse of `k8s::rfc3339`.
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let mp = if m > 2 { m - 3 } else { m + 9 };
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-        u64::try_from(secs).ok().map(|s| Timestamp(s * 1000))
     }
 }
 
@@ -480,6 +414,37 @@ impl Probe {
             timeout_seconds: 1,
             success_threshold: 1,
             failure_threshold: 3,
+        }
+    }
+}
+
+/// Which of a container's probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeKind {
+    /// `startupProbe`: holds the others until it passes.
+    Startup,
+    /// `livenessProbe`: the container is restarted when it fails.
+    Liveness,
+    /// `readinessProbe`: decides whether the pod is ready.
+    Readiness,
+}
+
+impl ProbeKind {
+    /// `startup`, `liveness` or `readiness`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "startup",
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+        }
+    }
+
+    /// This probe of `container`, if it has one.
+    pub fn probe_of(self, container: &Container) -> Option<&Probe> {
+        match self {
+            ProbeKind::Startup => container.startup_probe.as_ref(),
+            ProbeKind::Liveness => container.liveness_probe.as_ref(),
+            ProbeKind::Readiness => container.readiness_probe.as_ref(),
         }
     }
 }

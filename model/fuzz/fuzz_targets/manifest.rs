@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoal_agent::manifest::{Outcome, Resource, apply_outcome, parse};
+use shoal_model::{Outcome, Resource, apply_outcome, parse};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(resources) = parse("fuzz.yaml", data) else {

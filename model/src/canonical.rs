@@ -19,8 +19,8 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Service};
-use super::validate::validate;
+use crate::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Service};
+use crate::validate::validate;
 
 /// Why stored bytes are not a valid object.
 #[derive(Debug, thiserror::Error)]
@@ -160,15 +160,20 @@ impl Deployment {
     /// `<deployment>-<pod-template-hash>-<5 random characters of the same alphabet>` and carry
     /// the label `pod-template-hash=<this>`.
     pub fn pod_template_hash(&self) -> String {
-        let mut h = self.template_hash();
-        (0..10)
-            .map(|_| {
-                let c = SAFE_ALPHABET[(h % SAFE_ALPHABET.len() as u64) as usize];
-                h /= SAFE_ALPHABET.len() as u64;
-                c as char
-            })
-            .collect()
+        safe_chars(self.template_hash(), 10)
     }
+}
+
+/// `len` characters of Kubernetes' safe alphabet (no vowels, no look-alikes) from a hash, as in
+/// pod-template-hashes and the random suffixes of pod names.
+pub fn safe_chars(mut hash: u64, len: usize) -> String {
+    (0..len)
+        .map(|_| {
+            let c = SAFE_ALPHABET[(hash % SAFE_ALPHABET.len() as u64) as usize];
+            hash /= SAFE_ALPHABET.len() as u64;
+            c as char
+        })
+        .collect()
 }
 
 /// What `apply` did to an object, as kubectl prints it (`deployment.apps/web configured`).

@@ -326,49 +326,6 @@ fn web_service(kind: ServiceType, node_port: Option<u16>) -> Service {
 }
 
 #[test]
-fn services_print_as_kubectl_prints_them() {
-    let now = 1_714_560_000_000; // five minutes later
-    let s = web_service(ServiceType::ClusterIp, None);
-    assert_eq!(
-        service_row(&s, now, false),
-        ["web", "ClusterIP", "127.200.14.3", "<none>", "80/TCP", "5m"]
-    );
-    let np = web_service(ServiceType::NodePort, Some(30080));
-    assert_eq!(
-        service_row(&np, now, true),
-        [
-            "web",
-            "NodePort",
-            "127.200.14.3",
-            "<none>",
-            "80:30080/TCP",
-            "5m",
-            "app=web"
-        ]
-    );
-    let mut headless = service(&svc("  clusterIP: None\n"));
-    headless.metadata.creation_timestamp = Some(Timestamp(now));
-    assert_eq!(
-        service_row(&headless, now, true),
-        [
-            "web",
-            "ClusterIP",
-            "None",
-            "<none>",
-            "<none>",
-            "0s",
-            "<none>"
-        ]
-    );
-    let table = format_table(&SERVICE_COLUMNS, &[service_row(&s, now, false)]);
-    assert_eq!(
-        table,
-        "NAME   TYPE        CLUSTER-IP     EXTERNAL-IP   PORT(S)   AGE\n\
-         web    ClusterIP   127.200.14.3   <none>        80/TCP    5m\n"
-    );
-}
-
-#[test]
 fn service_json_is_kubernetes_shaped_and_applies_back() {
     let s = web_service(ServiceType::NodePort, Some(30080));
     let v = service_object(&s);
@@ -430,44 +387,6 @@ fn endpoints(addresses: &[&str], not_ready: &[&str], port: u16) -> Endpoints {
             }],
         }],
     }
-}
-
-#[test]
-fn endpoints_print_as_kubectl_prints_them() {
-    let now = 1_714_560_000_000;
-    let ep = endpoints(
-        &["127.65.1.2", "127.70.3.4", "127.71.0.1", "127.72.0.1"],
-        &["127.73.0.1"],
-        8080,
-    );
-    assert_eq!(
-        endpoints_row(&ep, now),
-        [
-            "web",
-            "127.65.1.2:8080,127.70.3.4:8080,127.71.0.1:8080 + 1 more...",
-            "60s"
-        ]
-    );
-    let two = endpoints(&["127.65.1.2", "127.70.3.4"], &[], 8080);
-    assert_eq!(
-        format_endpoints(&two, None),
-        "127.65.1.2:8080,127.70.3.4:8080"
-    );
-    assert_eq!(
-        format_endpoints(&two, Some("http")),
-        "127.65.1.2:8080,127.70.3.4:8080"
-    );
-    assert_eq!(format_endpoints(&two, Some("admin")), "");
-    let none = Endpoints {
-        subsets: Vec::new(),
-        ..two.clone()
-    };
-    assert_eq!(format_endpoints(&none, None), "<none>");
-    // Only not-ready pods: kubectl prints nothing.
-    assert_eq!(
-        format_endpoints(&endpoints(&[], &["127.73.0.1"], 80), None),
-        ""
-    );
 }
 
 #[test]

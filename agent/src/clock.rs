@@ -1,0 +1,35 @@
+//! Time for the agent: the wall clock, and the [`Clock`] that maps tokio's clock and the wall
+//! clock onto the sans-IO cores' [`Now`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shoal_gossip::Now;
+use tokio::time::Instant as TokioInstant;
+
+/// Maps the tokio clock and the wall clock onto a sans-IO core's [`Now`] (the gossip node's,
+/// the pod supervisor's).
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    pub(crate) origin: TokioInstant,
+}
+
+impl Clock {
+    pub(crate) fn now(&self) -> Now {
+        Now::new(
+            shoal_gossip::Instant(self.origin.elapsed().as_micros() as u64),
+            wall_ms(),
+        )
+    }
+
+    pub(crate) fn instant(&self, at: shoal_gossip::Instant) -> TokioInstant {
+        self.origin + Duration::from_micros(at.as_micros())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
