@@ -250,6 +250,11 @@ impl Placement {
         self.workloads.get(&replica.workload)?.get(&replica.ordinal)
     }
 
+    /// The decisions for one workload's replicas, by ordinal.
+    pub fn workload(&self, id: &WorkloadId) -> Option<&BTreeMap<u32, Decision>> {
+        self.workloads.get(id)
+    }
+
     /// The node that runs `replica`, if it is placed.
     pub fn node_of(&self, replica: &ReplicaId) -> Option<&NodeId> {
         self.decision(replica).and_then(Decision::node)

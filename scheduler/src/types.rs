@@ -3,20 +3,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Placement;
 
-/// Identity of a node as the membership layer names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NodeId(pub String);
+/// Identity of a node as the membership layer names it. Cheap to clone (shared text): a
+/// placement holds one per replica.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(Arc<str>);
 
 impl NodeId {
     /// Wraps a node name.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Arc::from(id.into()))
     }
 
     /// The node name.
@@ -33,7 +34,19 @@ impl fmt::Display for NodeId {
 
 impl From<&str> for NodeId {
     fn from(s: &str) -> Self {
-        Self(s.to_owned())
+        Self(Arc::from(s))
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(NodeId::new)
     }
 }
 
@@ -188,7 +201,7 @@ impl Node {
 
 impl From<String> for NodeId {
     fn from(s: String) -> Self {
-        Self(s)
+        Self(Arc::from(s))
     }
 }
 
@@ -313,9 +326,13 @@ pub enum IdError {
 /// Identity of a workload: `kind/namespace/name`.
 ///
 /// Serialized as that text so it can key JSON maps; the parts cannot contain
-/// `/`, which keeps the text form unambiguous.
+/// `/`, which keeps the text form unambiguous. Cheap to clone (shared parts):
+/// every [`ReplicaId`] holds one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkloadId {
+pub struct WorkloadId(Arc<WorkloadParts>);
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct WorkloadParts {
     kind: String,
     namespace: String,
     name: String,
@@ -328,7 +345,7 @@ impl WorkloadId {
         namespace: impl Into<String>,
         name: impl Into<String>,
     ) -> Result<Self, IdError> {
-        let id = Self {
+        let id = WorkloadParts {
             kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
@@ -348,22 +365,22 @@ impl WorkloadId {
                 });
             }
         }
-        Ok(id)
+        Ok(Self(Arc::new(id)))
     }
 
     /// The kind (`deployment`, `statefulset`, ...).
     pub fn kind(&self) -> &str {
-        &self.kind
+        &self.0.kind
     }
 
     /// The namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     /// The name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// The identity of replica `ordinal` of this workload.
@@ -377,7 +394,7 @@ impl WorkloadId {
 
 impl fmt::Display for WorkloadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        write!(f, "{}/{}/{}", self.0.kind, self.0.namespace, self.0.name)
     }
 }
 

@@ -570,15 +570,29 @@ fn assign(
     templates: &[(Arc<Template>, Vec<u32>)],
 ) -> Assignment {
     let mut out = Assignment::default();
-    // The cluster as the scheduler sees it.
-    let mut running: BTreeMap<SchedNodeId, BTreeSet<ReplicaId>> = BTreeMap::new();
+    // The cluster as the scheduler sees it. Ids are made once (per member, per template) and
+    // shared, not made again for every replica.
+    let sched_ids: BTreeMap<NodeId, SchedNodeId> = snapshot
+        .members()
+        .map(|m| (m.id, sched_id(&m.id)))
+        .collect();
+    let workload_ids: BTreeMap<&str, &WorkloadId> = templates
+        .iter()
+        .map(|(t, _)| (t.workload.as_str(), &t.id))
+        .collect();
+    let mut running: BTreeMap<NodeId, BTreeSet<ReplicaId>> = BTreeMap::new();
     for (node, record) in snapshot.live_records() {
         if Some(node) == forfeit || record.is_finished() {
             continue;
         }
-        if let Some(replica) = replica_id(&record.replica) {
-            running.entry(sched_id(node)).or_default().insert(replica);
-        }
+        let replica = match workload_ids.get(record.replica.workload.as_str()) {
+            Some(id) => id.replica(record.replica.ordinal),
+            None => match replica_id(&record.replica) {
+                Some(replica) => replica,
+                None => continue,
+            },
+        };
+        running.entry(*node).or_default().insert(replica);
     }
     let nodes = snapshot.members().filter_map(|m| {
         let info = m.info.as_ref()?;
@@ -588,9 +602,9 @@ fn assign(
             MemberState::Dead => NodeStatus::Dead,
             MemberState::Left => NodeStatus::Left,
         };
-        let id = sched_id(&m.id);
+        let id = sched_ids.get(&m.id)?.clone();
         let mut node = SchedNode::new(
-            id.clone(),
+            id,
             Resources {
                 cpu_millis: info.cpu_millis,
                 memory_bytes: info.memory_bytes,
@@ -600,7 +614,7 @@ fn assign(
         for (k, v) in &info.labels {
             node = node.with_label(k.clone(), v.clone());
         }
-        node.running = running.remove(&id).unwrap_or_default();
+        node.running = running.remove(&m.id).unwrap_or_default();
         Some(node)
     });
     let Ok(view) = ClusterView::new(nodes) else {
@@ -628,24 +642,36 @@ fn assign(
         .collect();
     let placement = shoal_scheduler::place(&view, &scheduled);
     drop(scheduled);
-    let by_hex: BTreeMap<String, NodeId> =
-        snapshot.members().map(|m| (m.id.to_hex(), m.id)).collect();
+    let by_sched_id: BTreeMap<&str, NodeId> = sched_ids
+        .iter()
+        .map(|(id, sched)| (sched.as_str(), *id))
+        .collect();
     out.node_names = snapshot.members().map(|m| (m.id, m.name.clone())).collect();
     for (template, ordinals) in templates {
         let mut replicas = Vec::new();
         let mut unschedulable: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let decisions = placement.workload(&template.id);
+        let mut last_reason: Option<(&shoal_scheduler::Reason, String)> = None;
         for &ordinal in ordinals {
-            match placement.decision(&template.id.replica(ordinal)) {
+            match decisions.and_then(|d| d.get(&ordinal)) {
                 Some(Decision::Run { node, .. }) => {
-                    if let Some(node) = by_hex.get(node.as_str()) {
+                    if let Some(node) = by_sched_id.get(node.as_str()) {
                         replicas.push((ordinal, *node));
                     }
                 }
                 Some(Decision::Unschedulable(reason)) => {
-                    unschedulable
-                        .entry(reason.to_string())
-                        .or_default()
-                        .push(ordinal);
+                    // Replicas of one template mostly share one reason: it is written out
+                    // once, not once per replica.
+                    let text = match last_reason {
+                        Some((last, ref text)) if last == reason => text,
+                        _ => &last_reason.insert((reason, reason.to_string())).1,
+                    };
+                    match unschedulable.get_mut(text) {
+                        Some(ordinals) => ordinals.push(ordinal),
+                        None => {
+                            unschedulable.insert(text.clone(), vec![ordinal]);
+                        }
+                    }
                 }
                 None => {}
             }
@@ -764,16 +790,16 @@ fn deployment_records<'a>(
 
 /// Where each of a Deployment's replicas runs, by (pod-template-hash, ordinal), and how many
 /// of its pods each node runs.
-fn replica_nodes(
-    d: &Deployment,
-    snapshot: &Snapshot,
-) -> (BTreeMap<(String, u32), NodeId>, BTreeMap<NodeId, u32>) {
+fn replica_nodes<'a>(
+    d: &'a Deployment,
+    snapshot: &'a Snapshot,
+) -> (BTreeMap<(&'a str, u32), NodeId>, BTreeMap<NodeId, u32>) {
     let mut nodes = BTreeMap::new();
     let mut load: BTreeMap<NodeId, u32> = BTreeMap::new();
     for (node, hash, record) in deployment_records(d, snapshot) {
         // A replica reported by two nodes (a hand-off): the lower node id, as everywhere.
         nodes
-            .entry((hash.to_owned(), record.replica.ordinal))
+            .entry((hash, record.replica.ordinal))
             .and_modify(|n: &mut NodeId| *n = (*n).min(*node))
             .or_insert(*node);
         *load.entry(*node).or_default() += 1;
@@ -783,14 +809,14 @@ fn replica_nodes(
 
 /// A Deployment's pods, as the live nodes report them, by template hash: each replica
 /// (ordinal; a replica running twice during a handoff counts once) and whether it is ready.
-fn replicas_by_template(
-    d: &Deployment,
-    snapshot: &Snapshot,
+fn replicas_by_template<'a>(
+    d: &'a Deployment,
+    snapshot: &'a Snapshot,
     now_ms: u64,
     next_change_ms: &mut Option<u64>,
-) -> BTreeMap<String, BTreeMap<u32, bool>> {
+) -> BTreeMap<&'a str, BTreeMap<u32, bool>> {
     let min_ready_ms = u64::from(d.spec.min_ready_seconds) * 1000;
-    let mut replicas: BTreeMap<String, BTreeMap<u32, bool>> = BTreeMap::new();
+    let mut replicas: BTreeMap<&str, BTreeMap<u32, bool>> = BTreeMap::new();
     for (_, hash, record) in deployment_records(d, snapshot) {
         // A pod being stopped is on its way out: it counts neither toward the pods a rollout
         // keeps nor toward its surge (as in Kubernetes).
@@ -798,7 +824,7 @@ fn replicas_by_template(
             continue;
         }
         let available = replicas
-            .entry(hash.to_owned())
+            .entry(hash)
             .or_default()
             .entry(record.replica.ordinal)
             .or_insert(false);
@@ -842,8 +868,11 @@ fn rollout_with(
         .get(current)
         .map(|o| (count(o), ready(o)))
         .unwrap_or((0, 0));
-    let old: Vec<(&String, &BTreeMap<u32, bool>)> =
-        by_template.iter().filter(|(h, _)| *h != current).collect();
+    let old: Vec<(&str, &BTreeMap<u32, bool>)> = by_template
+        .iter()
+        .filter(|(h, _)| **h != current)
+        .map(|(h, o)| (*h, o))
+        .collect();
     let old_total: u32 = old.iter().map(|(_, o)| count(o)).sum();
     // Recreate waits until every old pod is gone, those being stopped included.
     if !d.spec.paused
@@ -866,7 +895,7 @@ fn rollout_with(
             new_count: new_existing.min(replicas),
             old: old
                 .into_iter()
-                .map(|(h, o)| (h.clone(), o.keys().copied().collect()))
+                .map(|(h, o)| (h.to_owned(), o.keys().copied().collect()))
                 .collect(),
         };
     }
@@ -884,36 +913,51 @@ fn rollout_with(
             // running most of this deployment go first, so that what stays is balanced and
             // placement has no reason to move a kept pod (a move would start one more pod).
             let (nodes, mut load) = replica_nodes(d, snapshot);
-            let mut candidates: Vec<(String, u32, Option<NodeId>)> = Vec::new();
+            // The ready old pods by node (`None`: not found on any node), each node's sorted
+            // so that the last is the one to retire first.
+            let mut by_node: BTreeMap<Option<NodeId>, Vec<(&str, u32)>> = BTreeMap::new();
             for (hash, ordinals) in &old {
                 for (ordinal, ready) in ordinals.iter() {
-                    let node = nodes.get(&((*hash).clone(), *ordinal)).copied();
+                    let node = nodes.get(&(*hash, *ordinal)).copied();
                     if *ready {
-                        candidates.push(((*hash).clone(), *ordinal, node));
+                        by_node.entry(node).or_default().push((hash, *ordinal));
                     } else if let Some(n) = node.and_then(|n| load.get_mut(&n)) {
                         *n = n.saturating_sub(1);
                     }
                 }
             }
-            let retire = candidates.len().saturating_sub(keep as usize);
+            let candidates: usize = by_node.values().map(Vec::len).sum();
+            let retire = candidates.saturating_sub(keep as usize);
+            // Each time, the pod with the highest (load of its node, hash, ordinal) retires;
+            // a heap holds each node's next one, with its node's load.
+            let load_of = |node: &Option<NodeId>, load: &BTreeMap<NodeId, u32>| {
+                node.and_then(|n| load.get(&n).copied()).unwrap_or(0)
+            };
+            let mut heap = std::collections::BinaryHeap::new();
+            for (node, pods) in by_node.iter_mut() {
+                pods.sort_unstable();
+                if let Some((hash, ordinal)) = pods.last() {
+                    heap.push((load_of(node, &load), *hash, *ordinal, *node));
+                }
+            }
             for _ in 0..retire {
-                let worst = candidates
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, (hash, ordinal, node))| {
-                        let l = node.and_then(|n| load.get(&n).copied()).unwrap_or(0);
-                        (l, hash.clone(), *ordinal)
-                    })
-                    .map(|(i, _)| i);
-                let Some(i) = worst else { break };
-                let (_, _, node) = candidates.swap_remove(i);
+                let Some((_, _, _, node)) = heap.pop() else {
+                    break;
+                };
+                let Some(pods) = by_node.get_mut(&node) else {
+                    break;
+                };
+                pods.pop();
                 if let Some(n) = node.and_then(|n| load.get_mut(&n)) {
                     *n = n.saturating_sub(1);
                 }
+                if let Some((hash, ordinal)) = pods.last() {
+                    heap.push((load_of(&node, &load), *hash, *ordinal, node));
+                }
             }
             let mut step: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-            for (hash, ordinal, _) in candidates {
-                step.entry(hash).or_default().push(ordinal);
+            for (hash, ordinal) in by_node.into_values().flatten() {
+                step.entry(hash.to_owned()).or_default().push(ordinal);
             }
             for ordinals in step.values_mut() {
                 ordinals.sort_unstable();

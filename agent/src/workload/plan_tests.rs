@@ -546,7 +546,7 @@ fn plan_cost_at_scale() {
         let scratch_again = plan(&snap, None, 1_000_000);
         let one_change_scratch = started.elapsed();
         // One Deployment scaled up by one.
-        let (key, object) = stored(&doc("d-00000", each + 1), Some(&state.objects[0].1));
+        let (key, object) = stored(&doc("d-00000", each - 1), Some(&state.objects[0].1));
         snap.set_object(key, super::snapshot::Object::new(object).ok());
         let started = Instant::now();
         let scaled = planner.plan(&snap, None, 1_000_000);
@@ -562,6 +562,8 @@ fn plan_cost_at_scale() {
         );
         assert_eq!(full.pods().count(), replicas);
         assert_eq!(summary(&again), summary(&scratch_again));
+        let scaled_scratch = plan(&snap, None, 1_000_000);
+        assert_eq!(summary(&scaled), summary(&scaled_scratch));
         assert_eq!(scaled.pods().count(), replicas - 1);
     }
 }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use imbl::{OrdMap, OrdSet};
+use imbl::OrdMap;
 use shoal_gossip::{MemberState, NodeId, ObjectKey};
 
 use super::stored::{PodRecord, StoredObject};
@@ -104,7 +104,7 @@ pub(crate) struct Snapshot {
     records: OrdMap<RecordKey, Arc<PodRecord>>,
     /// The records of each Deployment's pods, by (namespace, deployment name), and the
     /// revision of the last change to any of them.
-    by_deployment: OrdMap<(String, String), (u64, OrdSet<RecordKey>)>,
+    by_deployment: OrdMap<(String, String), (u64, OrdMap<RecordKey, Arc<PodRecord>>)>,
 }
 
 impl Snapshot {
@@ -280,9 +280,9 @@ impl Snapshot {
         self.by_deployment
             .get(&(namespace.to_owned(), name.to_owned()))
             .into_iter()
-            .flat_map(|(_, keys)| keys.iter())
-            .filter(|(n, _)| self.is_live(n))
-            .filter_map(|key| self.records.get(key).map(|r| (&key.0, &**r)))
+            .flat_map(|(_, records)| records.iter())
+            .filter(|((n, _), _)| self.is_live(n))
+            .map(|((n, _), r)| (n, &**r))
     }
 
     /// The revision of the last change to a Deployment's records (0: it has none).
@@ -313,12 +313,13 @@ impl Snapshot {
             self.revisions.running = revision;
         }
         if let Some(record) = record {
+            let record = Arc::new(record);
             if let Some(d) = deployment_of(&record) {
-                let (rev, set) = self.by_deployment.entry(d).or_default();
+                let (rev, records) = self.by_deployment.entry(d).or_default();
                 *rev = revision;
-                set.insert(key.clone());
+                records.insert(key.clone(), record.clone());
             }
-            self.records.insert(key, Arc::new(record));
+            self.records.insert(key, record);
         }
     }
 }
