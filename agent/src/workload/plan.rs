@@ -137,8 +137,6 @@ pub(crate) struct Plan {
     assignment: Arc<Assignment>,
     /// Workloads not planned at all.
     pub(crate) set_aside: Vec<SetAside>,
-    /// Each Deployment's rollout step, by (namespace, name).
-    pub(crate) rollouts: BTreeMap<(String, String), RolloutStep>,
     /// When the plan may change with no change to the state (a pod becomes available after
     /// `minReadySeconds`): plan again then.
     pub(crate) next_change_ms: Option<u64>,
@@ -370,12 +368,21 @@ pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -
 /// copied). What it keeps per workload is dropped with the workload.
 #[derive(Default)]
 pub(crate) struct Planner {
+    /// The workloads in creation order, at an objects' revision.
+    order: Option<(u64, Workloads)>,
     derived: BTreeMap<ObjectKey, Derived>,
+    running: RunningSets,
     last: Option<Last>,
     /// How many plans, and how many of them ran the scheduler.
     pub(crate) plans: u64,
     pub(crate) placements: u64,
 }
+
+/// Workload objects in creation order.
+type Workloads = Vec<(ObjectKey, Arc<Object>)>;
+
+/// Ordinals of a template's replicas to place (shared: plans that keep a template keep them).
+type Ordinals = Arc<[u32]>;
 
 /// What the planner derived from one workload object.
 struct Derived {
@@ -385,9 +392,10 @@ struct Derived {
     records_revision: u64,
     members_revision: u64,
     next_change_ms: Option<u64>,
-    step: Option<RolloutStep>,
-    /// Templates with the ordinals to place.
-    templates: Vec<(Arc<Template>, Vec<u32>)>,
+    /// Templates with the ordinals to place (the rollout step).
+    templates: Vec<(Arc<Template>, Ordinals)>,
+    /// The plan that last saw its workload (what no plan saw any more is dropped).
+    seen: u64,
 }
 
 /// The inputs of the last placement, and its result.
@@ -395,7 +403,7 @@ struct Last {
     members_revision: u64,
     running_revision: u64,
     forfeit: Option<NodeId>,
-    templates: Vec<(Arc<Template>, Vec<u32>)>,
+    templates: Vec<(Arc<Template>, Ordinals)>,
     assignment: Arc<Assignment>,
 }
 
@@ -412,16 +420,26 @@ impl Planner {
         let limits = cluster_limits(snapshot);
         let mut out = Plan::default();
 
-        // Workloads in creation order, within the limits.
-        let mut workloads: Vec<(&ObjectKey, &Arc<Object>)> = snapshot
-            .shared_objects()
-            .filter(|(_, o)| asked_replicas(&o.resource) > 0)
-            .collect();
-        workloads.sort_by(|a, b| (a.1.stored.created_ms, a.0).cmp(&(b.1.stored.created_ms, b.0)));
+        // Workloads in creation order (sorted again only when objects changed), within the
+        // limits.
+        if self
+            .order
+            .as_ref()
+            .is_none_or(|(r, _)| *r != revisions.objects)
+        {
+            let mut workloads: Vec<(ObjectKey, Arc<Object>)> = snapshot
+                .shared_objects()
+                .filter(|(_, o)| asked_replicas(&o.resource) > 0)
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect();
+            workloads
+                .sort_by(|a, b| (a.1.stored.created_ms, &a.0).cmp(&(b.1.stored.created_ms, &b.0)));
+            self.order = Some((revisions.objects, workloads));
+        }
+        let order = self.order.take().unwrap_or_default();
         let mut asked: u64 = 0;
-        let mut templates: Vec<(Arc<Template>, Vec<u32>)> = Vec::new();
-        let mut derived = BTreeMap::new();
-        for (key, object) in workloads {
+        let mut templates: Vec<(Arc<Template>, Ordinals)> = Vec::new();
+        for (key, object) in &order.1 {
             let replicas = asked_replicas(&object.resource);
             if let Some(reason) = limits.refusal(replicas, asked) {
                 out.set_aside.push(SetAside {
@@ -431,20 +449,33 @@ impl Planner {
                 continue;
             }
             asked += u64::from(replicas);
-            let old = self.derived.remove(key);
-            let d = derive(old, object, snapshot, revisions.members, now_ms);
-            if let Some(step) = &d.step {
-                out.rollouts
-                    .insert((key.namespace.clone(), key.name.clone()), step.clone());
-            }
+            let fresh = derive(
+                self.derived.get(key),
+                key,
+                object,
+                snapshot,
+                revisions.members,
+                now_ms,
+            );
+            let d = match (fresh, self.derived.get_mut(key)) {
+                (Some(fresh), Some(slot)) => {
+                    *slot = fresh;
+                    slot
+                }
+                (None, Some(slot)) => slot,
+                (Some(fresh), None) => self.derived.entry(key.clone()).or_insert(fresh),
+                (None, None) => continue,
+            };
+            d.seen = self.plans;
             if let Some(at) = d.next_change_ms {
                 out.next_change_ms = Some(out.next_change_ms.map_or(at, |t| t.min(at)));
             }
             templates.extend(d.templates.iter().cloned());
-            derived.insert(key.clone(), d);
         }
+        self.order = Some(order);
         // Whatever was derived from workloads that went is dropped here.
-        self.derived = derived;
+        let plans = self.plans;
+        self.derived.retain(|_, d| d.seen == plans);
 
         let forfeit = forfeit.copied();
         let unchanged = self.last.as_ref().is_some_and(|last| {
@@ -462,7 +493,12 @@ impl Planner {
             Some(last) if unchanged => last.assignment.clone(),
             _ => {
                 self.placements += 1;
-                let assignment = Arc::new(assign(snapshot, forfeit.as_ref(), &templates));
+                let assignment = Arc::new(assign(
+                    snapshot,
+                    forfeit.as_ref(),
+                    &templates,
+                    &mut self.running,
+                ));
                 self.last = Some(Last {
                     members_revision: revisions.members,
                     running_revision: revisions.running,
@@ -477,37 +513,36 @@ impl Planner {
     }
 }
 
-/// What to plan of one workload object: `old` if it still holds.
+/// What to plan of one workload object, or `None` when `old` still holds.
 fn derive(
-    old: Option<Derived>,
+    old: Option<&Derived>,
+    key: &ObjectKey,
     object: &Arc<Object>,
     snapshot: &Snapshot,
     members_revision: u64,
     now_ms: u64,
-) -> Derived {
-    let same_object = old.as_ref().is_some_and(|o| Arc::ptr_eq(&o.object, object));
+) -> Option<Derived> {
+    let same_object = old.is_some_and(|o| Arc::ptr_eq(&o.object, object));
     if let Some((d, hash)) = object.deployment() {
-        let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
-        let records_revision = snapshot.deployment_revision(namespace, &d.metadata.name);
-        let holds = old.as_ref().is_some_and(|o| {
+        let records_revision = snapshot.deployment_revision(key);
+        let holds = old.is_some_and(|o| {
             same_object
                 && o.records_revision == records_revision
                 && o.members_revision == members_revision
                 && o.next_change_ms.is_none_or(|at| now_ms < at)
         });
-        let old = match old {
-            Some(old) if holds => return old,
-            other => other,
-        };
+        if holds {
+            return None;
+        }
         let mut next_change_ms = None;
         let step = rollout_with(d, hash, snapshot, now_ms, &mut next_change_ms);
         // Templates already built are kept (a template is its hash: the same spec).
         let mut built: BTreeMap<String, Arc<Template>> = BTreeMap::new();
         if let Some(old) = old {
-            for (template, _) in old.templates {
+            for (template, _) in &old.templates {
                 if let Some(h) = &template.template_hash {
                     if same_object || h != hash {
-                        built.insert(h.clone(), template);
+                        built.insert(h.clone(), template.clone());
                     }
                 }
             }
@@ -524,20 +559,28 @@ fn derive(
         }
         for (old_hash, ordinals) in &step.old {
             if let Some(t) = template_of(old_hash, &|| old_template(d, old_hash, snapshot)) {
-                templates.push((t, ordinals.clone()));
+                templates.push((t, ordinals.as_slice().into()));
             }
         }
-        return Derived {
+        // The same step as before keeps its ordinals (and the assignment that used them).
+        if let Some(old) = old {
+            for ((t, ordinals), (old_t, old_ordinals)) in templates.iter_mut().zip(&old.templates) {
+                if Arc::ptr_eq(t, old_t) && ordinals == old_ordinals {
+                    *ordinals = old_ordinals.clone();
+                }
+            }
+        }
+        return Some(Derived {
             object: object.clone(),
             records_revision,
             members_revision,
             next_change_ms,
-            step: Some(step),
             templates,
-        };
+            seen: 0,
+        });
     }
-    if let Some(old) = old.filter(|_| same_object) {
-        return old;
+    if same_object {
+        return None;
     }
     let mut templates = Vec::new();
     if let Resource::Pod(p) = &object.resource {
@@ -550,28 +593,34 @@ fn derive(
                 p.metadata.clone(),
                 p.spec.clone(),
             );
-            templates.push((Arc::new(template), vec![0]));
+            templates.push((Arc::new(template), Arc::from([0u32])));
         }
     }
-    Derived {
+    Some(Derived {
         object: object.clone(),
         records_revision: 0,
         members_revision,
         next_change_ms: None,
-        step: None,
         templates,
-    }
+        seen: 0,
+    })
 }
 
 /// Places the templates' replicas on the live members: the scheduler's part of the plan.
+/// The replicas each node reports running, as the scheduler names them, with the revision of
+/// that node's running set they were read at ([`Snapshot::running_revision`]).
+type RunningSets = BTreeMap<NodeId, (u64, BTreeSet<ReplicaId>)>;
+
 fn assign(
     snapshot: &Snapshot,
     forfeit: Option<&NodeId>,
-    templates: &[(Arc<Template>, Vec<u32>)],
+    templates: &[(Arc<Template>, Ordinals)],
+    running: &mut RunningSets,
 ) -> Assignment {
     let mut out = Assignment::default();
     // The cluster as the scheduler sees it. Ids are made once (per member, per template) and
-    // shared, not made again for every replica.
+    // shared, not made again for every replica; a node's running set is read again only when
+    // it changed.
     let sched_ids: BTreeMap<NodeId, SchedNodeId> = snapshot
         .members()
         .map(|m| (m.id, sched_id(&m.id)))
@@ -580,19 +629,27 @@ fn assign(
         .iter()
         .map(|(t, _)| (t.workload.as_str(), &t.id))
         .collect();
-    let mut running: BTreeMap<NodeId, BTreeSet<ReplicaId>> = BTreeMap::new();
-    for (node, record) in snapshot.live_records() {
-        if Some(node) == forfeit || record.is_finished() {
+    running.retain(|id, _| snapshot.member(id).is_some());
+    for m in snapshot.members() {
+        let revision = snapshot.running_revision(&m.id);
+        if running.get(&m.id).is_some_and(|(r, _)| *r == revision) {
             continue;
         }
-        let replica = match workload_ids.get(record.replica.workload.as_str()) {
-            Some(id) => id.replica(record.replica.ordinal),
-            None => match replica_id(&record.replica) {
-                Some(replica) => replica,
-                None => continue,
-            },
-        };
-        running.entry(*node).or_default().insert(replica);
+        let mut set = BTreeSet::new();
+        for (_, record) in snapshot.records_of(&m.id) {
+            if record.is_finished() {
+                continue;
+            }
+            let replica = match workload_ids.get(record.replica.workload.as_str()) {
+                Some(id) => id.replica(record.replica.ordinal),
+                None => match replica_id(&record.replica) {
+                    Some(replica) => replica,
+                    None => continue,
+                },
+            };
+            set.insert(replica);
+        }
+        running.insert(m.id, (revision, set));
     }
     let nodes = snapshot.members().filter_map(|m| {
         let info = m.info.as_ref()?;
@@ -614,7 +671,14 @@ fn assign(
         for (k, v) in &info.labels {
             node = node.with_label(k.clone(), v.clone());
         }
-        node.running = running.remove(&m.id).unwrap_or_default();
+        // What a dead or departed node reported no longer runs; a node that forfeits its
+        // pods has none running.
+        if m.state.is_live() && Some(&m.id) != forfeit {
+            node.running = running
+                .get(&m.id)
+                .map(|(_, set)| set.clone())
+                .unwrap_or_default();
+        }
         Some(node)
     });
     let Ok(view) = ClusterView::new(nodes) else {
@@ -642,7 +706,7 @@ fn assign(
         .collect();
     let placement = shoal_scheduler::place(&view, &scheduled);
     drop(scheduled);
-    let by_sched_id: BTreeMap<&str, NodeId> = sched_ids
+    let by_sched_id: std::collections::HashMap<&str, NodeId> = sched_ids
         .iter()
         .map(|(id, sched)| (sched.as_str(), *id))
         .collect();
@@ -652,7 +716,7 @@ fn assign(
         let mut unschedulable: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         let decisions = placement.workload(&template.id);
         let mut last_reason: Option<(&shoal_scheduler::Reason, String)> = None;
-        for &ordinal in ordinals {
+        for &ordinal in ordinals.iter() {
             match decisions.and_then(|d| d.get(&ordinal)) {
                 Some(Decision::Run { node, .. }) => {
                     if let Some(node) = by_sched_id.get(node.as_str()) {
@@ -788,12 +852,14 @@ fn deployment_records<'a>(
         })
 }
 
+/// The node of each (pod-template-hash, ordinal).
+type ReplicaNodes<'a> = BTreeMap<(&'a str, u32), NodeId>;
+/// How many pods each node runs.
+type NodeLoads = BTreeMap<NodeId, u32>;
+
 /// Where each of a Deployment's replicas runs, by (pod-template-hash, ordinal), and how many
 /// of its pods each node runs.
-fn replica_nodes<'a>(
-    d: &'a Deployment,
-    snapshot: &'a Snapshot,
-) -> (BTreeMap<(&'a str, u32), NodeId>, BTreeMap<NodeId, u32>) {
+fn replica_nodes<'a>(d: &'a Deployment, snapshot: &'a Snapshot) -> (ReplicaNodes<'a>, NodeLoads) {
     let mut nodes = BTreeMap::new();
     let mut load: BTreeMap<NodeId, u32> = BTreeMap::new();
     for (node, hash, record) in deployment_records(d, snapshot) {

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use imbl::OrdMap;
 use shoal_gossip::{MemberState, NodeId, ObjectKey};
 
-use super::stored::{PodRecord, StoredObject};
-use crate::manifest::{Resource, StoredError};
+use super::stored::{PodRecord, StoredObject, object_key};
+use crate::manifest::{Kind, Resource, StoredError};
 use crate::node_info::NodeInfo;
 
 /// A member as the planner sees it.
@@ -104,7 +104,10 @@ pub(crate) struct Snapshot {
     records: OrdMap<RecordKey, Arc<PodRecord>>,
     /// The records of each Deployment's pods, by (namespace, deployment name), and the
     /// revision of the last change to any of them.
-    by_deployment: OrdMap<(String, String), (u64, OrdMap<RecordKey, Arc<PodRecord>>)>,
+    /// The revision of the last change to each node's running replicas.
+    running_revisions: OrdMap<NodeId, u64>,
+    /// The key is the Deployment's object key.
+    by_deployment: OrdMap<ObjectKey, (u64, OrdMap<RecordKey, Arc<PodRecord>>)>,
 }
 
 impl Snapshot {
@@ -266,6 +269,12 @@ impl Snapshot {
             .map(|((_, name), r)| (name.as_str(), &**r))
     }
 
+    /// The revision of the last change to the replicas a node reports running (0: it never
+    /// reported any).
+    pub(crate) fn running_revision(&self, node: &NodeId) -> u64 {
+        self.running_revisions.get(node).copied().unwrap_or(0)
+    }
+
     /// The record a node reports under this name.
     pub(crate) fn record(&self, node: &NodeId, name: &str) -> Option<&PodRecord> {
         self.records.get(&(*node, name.to_owned())).map(|r| &**r)
@@ -278,17 +287,18 @@ impl Snapshot {
         name: &str,
     ) -> impl Iterator<Item = (&'a NodeId, &'a PodRecord)> + 'a {
         self.by_deployment
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(&object_key(Kind::Deployment, namespace, name))
             .into_iter()
             .flat_map(|(_, records)| records.iter())
             .filter(|((n, _), _)| self.is_live(n))
             .map(|((n, _), r)| (n, &**r))
     }
 
-    /// The revision of the last change to a Deployment's records (0: it has none).
-    pub(crate) fn deployment_revision(&self, namespace: &str, name: &str) -> u64 {
+    /// The revision of the last change to a Deployment's records (0: it has none), by the
+    /// Deployment's object key.
+    pub(crate) fn deployment_revision(&self, key: &ObjectKey) -> u64 {
         self.by_deployment
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(key)
             .map_or(0, |(revision, _)| *revision)
     }
 
@@ -311,6 +321,7 @@ impl Snapshot {
         }
         if running(old.as_deref()) != running(record.as_ref()) {
             self.revisions.running = revision;
+            self.running_revisions.insert(key.0, revision);
         }
         if let Some(record) = record {
             let record = Arc::new(record);
@@ -324,14 +335,14 @@ impl Snapshot {
     }
 }
 
-/// The (namespace, name) of the Deployment a record's pod belongs to.
-fn deployment_of(record: &PodRecord) -> Option<(String, String)> {
-    let name = record.deployment.clone()?;
+/// The object key of the Deployment a record's pod belongs to.
+fn deployment_of(record: &PodRecord) -> Option<ObjectKey> {
+    let name = record.deployment.as_deref()?;
     let namespace = record
         .pod
         .metadata
         .namespace
-        .clone()
-        .unwrap_or_else(|| crate::manifest::DEFAULT_NAMESPACE.into());
-    Some((namespace, name))
+        .as_deref()
+        .unwrap_or(crate::manifest::DEFAULT_NAMESPACE);
+    Some(object_key(Kind::Deployment, namespace, name))
 }
