@@ -34,6 +34,10 @@ use crate::runtime::{AnyRuntime, PodInfo, Runtime, RuntimeError, RuntimeKind};
 const DONE_QUEUE: usize = 4096;
 /// Pull progress becomes at most one pod event this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Under a stream of changes, plans are at least this far apart, and at least twice as far
+/// as the last plan took, so that planning takes at most a third of the task's time however
+/// fast changes come (the first change after a quiet moment is planned at once).
+const MIN_PLAN_GAP: Duration = Duration::from_millis(20);
 
 /// What the reconciler needs to know about this node.
 pub(crate) struct ReconcilerConfig {
@@ -139,6 +143,8 @@ pub(crate) fn start(
         plan_due: true,
         planned_forfeit: None,
         replan_at: None,
+        next_plan_at: TokioInstant::now(),
+        plan_waits: false,
     };
     tokio::spawn(async move { reconciler.run().await })
 }
@@ -161,6 +167,10 @@ struct Reconciler {
     /// When the last plan changes with no change of state (a pod becomes available after its
     /// Deployment's `minReadySeconds`): plan again then.
     replan_at: Option<TokioInstant>,
+    /// No plan before this (see [`MIN_PLAN_GAP`]).
+    next_plan_at: TokioInstant,
+    /// A plan is due and waits until `next_plan_at`.
+    plan_waits: bool,
 }
 
 impl Reconciler {
@@ -196,6 +206,9 @@ impl Reconciler {
                     self.replan_at = None;
                     self.plan_due = true;
                 }
+                () = sleep_until(self.plan_waits.then_some(self.next_plan_at)) => {
+                    self.plan_waits = false;
+                }
             }
         }
     }
@@ -216,6 +229,11 @@ impl Reconciler {
         if !self.plan_due && self.planned_forfeit == Some(forfeit) {
             return;
         }
+        if TokioInstant::now() < self.next_plan_at {
+            self.plan_waits = true;
+            return;
+        }
+        let started = TokioInstant::now();
         let snapshot = self.snapshots.borrow_and_update().clone();
         let plan = self
             .planner
@@ -238,6 +256,8 @@ impl Reconciler {
             .next_change_ms
             .map(|at| TokioInstant::now() + Duration::from_millis(at.saturating_sub(now.wall_ms)));
         self.plans.send_replace(plan);
+        let took = started.elapsed();
+        self.next_plan_at = TokioInstant::now() + MIN_PLAN_GAP.max(took * 2);
         self.plan_due = false;
         self.planned_forfeit = Some(forfeit);
     }
