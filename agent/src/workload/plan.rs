@@ -551,7 +551,9 @@ fn derive(
             if let Some(t) = built.remove(h) {
                 return Some(t);
             }
-            make().map(|spec| Arc::new(deployment_template(d, h, &spec)))
+            make()
+                .and_then(|spec| deployment_template(d, h, &spec))
+                .map(Arc::new)
         };
         let mut templates = Vec::new();
         if let Some(t) = template_of(hash, &|| Some(d.spec.template.clone())) {
@@ -770,15 +772,20 @@ fn replica_id(replica: &ReplicaRef) -> Option<ReplicaId> {
     Some(id.replica(replica.ordinal))
 }
 
-fn deployment_template(d: &Deployment, hash: &str, template: &PodTemplateSpec) -> Template {
+/// A Deployment's template as a scheduler workload (`None` for names no workload id can
+/// carry, which validation keeps out of the stored state).
+fn deployment_template(
+    d: &Deployment,
+    hash: &str,
+    template: &PodTemplateSpec,
+) -> Option<Template> {
     let namespace = d
         .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| crate::manifest::DEFAULT_NAMESPACE.into());
     let name = &d.metadata.name;
-    let id = WorkloadId::new("deployment", &namespace, format!("{name}-{hash}"))
-        .expect("names are validated");
+    let id = WorkloadId::new("deployment", &namespace, format!("{name}-{hash}")).ok()?;
     let mut meta = ObjectMeta {
         name: String::new(),
         namespace: Some(namespace.clone()),
@@ -788,13 +795,13 @@ fn deployment_template(d: &Deployment, hash: &str, template: &PodTemplateSpec) -
     };
     meta.labels
         .insert("pod-template-hash".into(), hash.to_owned());
-    Template::new(
+    Some(Template::new(
         id,
         namespace,
         Some((name.clone(), hash.to_owned())),
         meta,
         template.spec.clone(),
-    )
+    ))
 }
 
 /// The template of an older revision still running, from the pods that run it.
