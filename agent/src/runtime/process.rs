@@ -120,6 +120,46 @@ struct ProcStat {
     start_ticks: u64,
 }
 
+/// A command for `program` as a container with environment `env` runs it: a bare name is
+/// looked up in the environment's PATH here, so that the child is made by posix_spawn (std
+/// falls back to fork when the child's PATH is its own, and a fork copies the page tables of
+/// the whole agent: with thousands of pods, most of its time). `argv[0]` stays the name given.
+fn command(program: &str, env: &[(String, String)]) -> std::io::Result<tokio::process::Command> {
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let executable = resolve_program(program, path).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{program:?} not found in PATH {path:?}"),
+        )
+    })?;
+    let mut command = tokio::process::Command::new(executable);
+    command.arg0(program);
+    Ok(command)
+}
+
+/// The file a command names: itself when it holds a `/`, else the first executable file of
+/// that name in `path` (a `:`-separated list of directories), as a shell would find it.
+fn resolve_program(program: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    if program.is_empty() {
+        return None;
+    }
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
@@ -630,12 +670,17 @@ impl Inner {
             debug!(pod = %uid, container = %spec.name,
                 "cpu and memory limits are not enforced by the process runtime");
         }
-        let mut command = tokio::process::Command::new(program);
+        let env = self.env(record, index, &workdir);
+        let mut command = command(program, &env).map_err(|source| RuntimeError::Spawn {
+            container: spec.name.clone(),
+            program: program.clone(),
+            source,
+        })?;
         command
             .args(&spec.command[1..])
             .args(&spec.args)
             .env_clear()
-            .envs(self.env(record, index, &workdir))
+            .envs(env)
             .current_dir(&workdir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -1077,10 +1122,12 @@ impl Runtime for ProcessRuntime {
             )));
         };
         let workdir = inner.workdir(&record, index);
-        let mut child = tokio::process::Command::new(program)
+        let env = inner.env(&record, index, &workdir);
+        let mut child = self::command(program, &env)
+            .map_err(|e| RuntimeError::io(format!("exec of {program:?}"), e))?
             .args(&command[1..])
             .env_clear()
-            .envs(inner.env(&record, index, &workdir))
+            .envs(env)
             .current_dir(&workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1135,6 +1182,41 @@ impl Runtime for ProcessRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_found_in_the_containers_path_as_a_shell_would() {
+        let dir = std::env::temp_dir().join(format!("shoal-resolve-{}", std::process::id()));
+        let (first, second) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&first).unwrap();
+        std::fs::create_dir_all(&second).unwrap();
+        let write = |path: PathBuf, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        // Not executable in the first directory: the executable one in the second is taken.
+        write(first.join("tool"), 0o644);
+        write(second.join("tool"), 0o755);
+        let path = format!("{}::{}", first.display(), second.display());
+        assert_eq!(resolve_program("tool", &path), Some(second.join("tool")));
+        assert_eq!(resolve_program("missing", &path), None);
+        assert_eq!(resolve_program("", &path), None);
+        // A directory of that name is not a program.
+        std::fs::create_dir_all(first.join("dir")).unwrap();
+        assert_eq!(resolve_program("dir", &first.display().to_string()), None);
+        // A path is taken as it is.
+        assert_eq!(
+            resolve_program("./bin/x", &path),
+            Some(PathBuf::from("./bin/x"))
+        );
+        let err = command("missing", &[("PATH".into(), path.clone())]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            err.to_string().contains("\"missing\" not found in PATH"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn ips_are_deterministic_and_skip_taken_ones() {

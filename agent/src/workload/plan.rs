@@ -774,11 +774,7 @@ fn replica_id(replica: &ReplicaRef) -> Option<ReplicaId> {
 
 /// A Deployment's template as a scheduler workload (`None` for names no workload id can
 /// carry, which validation keeps out of the stored state).
-fn deployment_template(
-    d: &Deployment,
-    hash: &str,
-    template: &PodTemplateSpec,
-) -> Option<Template> {
+fn deployment_template(d: &Deployment, hash: &str, template: &PodTemplateSpec) -> Option<Template> {
     let namespace = d
         .metadata
         .namespace
