@@ -7,15 +7,21 @@
 //! there is no point spreading a value that is already superseded.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::message::{Update, encoded_len};
 use crate::store::Key;
 
+/// How many queued updates that do not fit one message's room are looked at before the
+/// message goes as it is. Without a bound, a queue of thousands of updates too big for a
+/// probe's room would be scanned whole for every probe (quadratic work on the task that
+/// answers the failure detector); with it, a message costs O(taken + this) whatever the
+/// queue holds.
+const MAX_MISFITS: usize = 16;
+
 #[derive(Debug)]
 struct Queued {
     update: Update,
-    size: usize,
     transmits: u32,
     order: u64,
 }
@@ -24,8 +30,9 @@ struct Queued {
 #[derive(Debug, Default)]
 pub(crate) struct BroadcastQueue {
     by_key: BTreeMap<Key, Queued>,
-    /// (transmits so far, newest first, key): the send order.
-    order: BTreeSet<(u32, Reverse<u64>, Key)>,
+    /// The send order, (transmits so far, newest first), with each update's key and encoded
+    /// size, so that choosing what fits looks nothing up.
+    order: BTreeMap<(u32, Reverse<u64>), (Key, usize)>,
     next_order: u64,
 }
 
@@ -34,18 +41,16 @@ impl BroadcastQueue {
     pub(crate) fn push(&mut self, update: Update) {
         let key = update.0.clone();
         if let Some(old) = self.by_key.remove(&key) {
-            self.order
-                .remove(&(old.transmits, Reverse(old.order), key.clone()));
+            self.order.remove(&(old.transmits, Reverse(old.order)));
         }
         let order = self.next_order;
         self.next_order += 1;
         let size = encoded_len(&update);
-        self.order.insert((0, Reverse(order), key.clone()));
+        self.order.insert((0, Reverse(order)), (key.clone(), size));
         self.by_key.insert(
             key,
             Queued {
                 update,
-                size,
                 transmits: 0,
                 order,
             },
@@ -64,7 +69,8 @@ impl BroadcastQueue {
 
     /// Takes updates for one message: as many as fit in `budget` bytes, fewest-sent first,
     /// skipping keys in `skip` (already in the message). Each taken update counts one
-    /// transmission; those that reach `limit` leave the queue.
+    /// transmission; those that reach `limit` leave the queue. At most [`MAX_MISFITS`]
+    /// updates that do not fit are passed over.
     ///
     /// An update bigger than a whole message would never fit; with `oversize_alone` it is
     /// taken alone when it comes first (the message is then fragmented), otherwise it waits
@@ -76,37 +82,41 @@ impl BroadcastQueue {
         skip: &[Key],
         oversize_alone: bool,
     ) -> Vec<Update> {
-        let mut out = Vec::new();
         let mut left = budget;
-        let mut taken = Vec::new();
-        for (transmits, order, key) in self.order.iter() {
-            if left < 8 {
+        let mut misfits = 0;
+        let mut taken: Vec<(u32, Reverse<u64>)> = Vec::new();
+        for (&slot, (key, size)) in self.order.iter() {
+            if left < 8 || misfits > MAX_MISFITS {
                 break;
             }
-            let q = &self.by_key[key];
+            if *size > left {
+                if oversize_alone && taken.is_empty() && *size > budget {
+                    taken.push(slot);
+                    break;
+                }
+                misfits += 1;
+                continue;
+            }
             if skip.contains(key) {
                 continue;
             }
-            if q.size > left {
-                if oversize_alone && out.is_empty() && q.size > budget {
-                    out.push(q.update.clone());
-                    taken.push((*transmits, *order, key.clone()));
-                    break;
-                }
-                continue;
-            }
-            left -= q.size;
-            out.push(q.update.clone());
-            taken.push((*transmits, *order, key.clone()));
+            left -= size;
+            taken.push(slot);
         }
-        for (transmits, order, key) in taken {
-            self.order.remove(&(transmits, order, key.clone()));
-            let q = self.by_key.get_mut(&key).expect("queued");
-            q.transmits = transmits + 1;
-            if q.transmits >= limit {
-                self.by_key.remove(&key);
-            } else {
-                self.order.insert((q.transmits, order, key));
+        let mut out = Vec::with_capacity(taken.len());
+        for slot in taken {
+            let Some((key, size)) = self.order.remove(&slot) else {
+                continue;
+            };
+            let transmits = slot.0 + 1;
+            if transmits >= limit {
+                if let Some(q) = self.by_key.remove(&key) {
+                    out.push(q.update);
+                }
+            } else if let Some(q) = self.by_key.get_mut(&key) {
+                q.transmits = transmits;
+                out.push(q.update.clone());
+                self.order.insert((transmits, slot.1), (key, size));
             }
         }
         out
@@ -161,6 +171,26 @@ mod tests {
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].0, update("b", 1).0);
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_small_message_looks_past_a_bounded_number_of_updates_that_do_not_fit() {
+        let mut q = BroadcastQueue::default();
+        q.push(update("small-old", 10));
+        for i in 0..1000 {
+            q.push(update(&format!("big-{i}"), 500));
+        }
+        // The small update is behind 1,000 newer ones too big for this room: not searched for.
+        assert!(q.take(200, 5, &[], false).is_empty());
+        // A small update among the first few that do not fit is found.
+        q.push(update("small-new", 10));
+        let taken = q.take(200, 5, &[], false);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, update("small-new", 1).0);
+        // A message with room for the big ones takes them, fewest-sent and newest first.
+        let taken = q.take(1200, 5, &[], false);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].0, update("big-999", 1).0);
     }
 
     #[test]
