@@ -94,7 +94,7 @@ impl Unschedulable {
     pub(crate) fn pods(&self) -> impl Iterator<Item = Pod> + '_ {
         self.ordinals.iter().map(|&ordinal| {
             let replica = self.template.replica(ordinal);
-            self.template.pod(&replica, None, None).0
+            self.template.pod(&replica, 0, None, None).0
         })
     }
 }
@@ -114,6 +114,9 @@ struct Placed {
     template: Arc<Template>,
     /// (ordinal, node), by ordinal.
     replicas: Vec<(u32, NodeId)>,
+    /// The replicas whose name would be another's of this template, with the salt that makes
+    /// it unique (almost always empty: see [`Template::name_hash`]).
+    salts: BTreeMap<u32, u32>,
 }
 
 /// Where every replica goes: the scheduler's part of a plan, shared between plans while its
@@ -198,9 +201,10 @@ impl Plan {
     }
 
     fn desired(&self, i: usize, ordinal: u32, node: NodeId) -> DesiredPod {
-        let template = &self.assignment.placed[i].template;
-        template.desired(
+        let placed = &self.assignment.placed[i];
+        placed.template.desired(
             ordinal,
+            placed.salts.get(&ordinal).copied().unwrap_or(0),
             node,
             self.assignment.node_names.get(&node).cloned(),
         )
@@ -260,27 +264,39 @@ impl Template {
         }
     }
 
+    /// The hash a replica's name suffix is made of: of the replica and its node, and of a
+    /// salt when that name is taken by another replica of the template (5 characters of a
+    /// 27-letter alphabet: two replicas of a 2,000-replica template share one about once in
+    /// seven, so the planner salts the later one; salt 0 adds nothing).
+    fn name_hash(&self, ordinal: u32, node: Option<&NodeId>, salt: u32) -> u64 {
+        let mut seed = self.workload.as_bytes().to_vec();
+        seed.extend_from_slice(&ordinal.to_le_bytes());
+        if let Some(node) = node {
+            seed.extend_from_slice(node.as_bytes());
+        }
+        if salt > 0 {
+            seed.extend_from_slice(&salt.to_le_bytes());
+        }
+        xxh3_64(&seed)
+    }
+
     /// The pod for a replica on a node (`node: None` for a pod that is not placed), and its
     /// spec hash.
     fn pod(
         &self,
         replica: &ReplicaRef,
+        salt: u32,
         node: Option<NodeId>,
         node_name: Option<String>,
     ) -> (Pod, String) {
         let name = if self.bare {
             self.id.name().to_owned()
         } else {
-            let mut seed = replica.workload.clone().into_bytes();
-            seed.extend_from_slice(&replica.ordinal.to_le_bytes());
-            if let Some(node) = node {
-                seed.extend_from_slice(node.as_bytes());
-            }
             format!(
                 "{}-{}-{}",
                 self.deployment.as_deref().unwrap_or_default(),
                 self.template_hash.as_deref().unwrap_or_default(),
-                safe_chars(xxh3_64(&seed), 5)
+                safe_chars(self.name_hash(replica.ordinal, node.as_ref(), salt), 5)
             )
         };
         let mut meta = self.meta.clone();
@@ -305,9 +321,15 @@ impl Template {
         )
     }
 
-    fn desired(&self, ordinal: u32, node: NodeId, node_name: Option<String>) -> DesiredPod {
+    fn desired(
+        &self,
+        ordinal: u32,
+        salt: u32,
+        node: NodeId,
+        node_name: Option<String>,
+    ) -> DesiredPod {
         let replica = self.replica(ordinal);
-        let (mut pod, spec_hash) = self.pod(&replica, Some(node), node_name);
+        let (mut pod, spec_hash) = self.pod(&replica, salt, Some(node), node_name);
         let mut seed =
             format!("{}/{}/{spec_hash}/", self.namespace, pod.metadata.name).into_bytes();
         seed.extend_from_slice(node.as_bytes());
@@ -753,6 +775,22 @@ fn assign(
             continue;
         }
         replicas.sort_unstable();
+        // Names unique within the template: a replica whose suffix another one (of a lower
+        // ordinal) has is salted until it is free.
+        let mut salts = BTreeMap::new();
+        if !template.bare {
+            const SUFFIXES: u64 = 27u64.pow(5);
+            let mut taken = std::collections::HashSet::with_capacity(replicas.len());
+            for &(ordinal, node) in &replicas {
+                let mut salt = 0;
+                while !taken.insert(template.name_hash(ordinal, Some(&node), salt) % SUFFIXES) {
+                    salt += 1;
+                }
+                if salt > 0 {
+                    salts.insert(ordinal, salt);
+                }
+            }
+        }
         let i = out.placed.len();
         for &(ordinal, node) in &replicas {
             out.by_node.entry(node).or_default().push((i, ordinal));
@@ -761,6 +799,7 @@ fn assign(
         out.placed.push(Placed {
             template: template.clone(),
             replicas,
+            salts,
         });
     }
     out

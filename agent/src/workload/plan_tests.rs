@@ -570,3 +570,15 @@ fn plan_cost_at_scale() {
         assert_eq!(scaled.pods().count(), replicas - 1);
     }
 }
+
+#[test]
+fn pods_of_a_big_deployment_all_have_names_of_their_own() {
+    // 10,000 replicas with 5-character suffixes: several would share one by chance.
+    let members: Vec<MemberSnap> = (1..=3).map(|i| member(i, MemberState::Alive)).collect();
+    let s = snapshot(members, vec![stored(&deployment(10_000, "v1", ""), None)]);
+    let plan = s.plan();
+    let names: BTreeSet<String> = plan.pods().map(|p| p.pod.metadata.name).collect();
+    assert_eq!(names.len(), 10_000);
+    let uids: BTreeSet<String> = plan.pods().map(|p| p.uid).collect();
+    assert_eq!(uids.len(), 10_000);
+}
