@@ -295,11 +295,11 @@ impl ClusterSim {
                 }
                 continue;
             }
-            let Some(((at, _), due)) = self.queue.pop_first().filter(|((t, _), _)| *t <= until)
-            else {
+            if next.is_none_or(|t| t > until) {
                 self.now = self.now.max(until);
                 return check(self);
-            };
+            }
+            let ((at, _), due) = self.queue.pop_first().expect("peeked");
             self.now = at;
             self.handle(due);
             check(self)?;
