@@ -193,6 +193,10 @@ pub(crate) struct ClusterSim {
     node_plans: u64,
     /// Records published.
     record_writes: u64,
+    /// Records published that have not reached the board yet.
+    records_in_flight: u64,
+    /// The last version of each object written (what every node should come to hold).
+    written: BTreeMap<ObjectKey, Option<Arc<view::Interned>>>,
 }
 
 fn now_of(mono: Instant) -> Now {
@@ -222,6 +226,8 @@ impl ClusterSim {
             truth: Truth::default(),
             node_plans: 0,
             record_writes: 0,
+            records_in_flight: 0,
+            written: BTreeMap::new(),
             config,
         };
         for i in 0..sim.gossip.len() {
@@ -346,6 +352,7 @@ impl ClusterSim {
                 counter,
                 value,
             } => {
+                self.records_in_flight -= 1;
                 let owner = self.nodes[writer].id;
                 if let Some(group) = self.boards.write(writer, owner, name, counter, value) {
                     self.board_changed(Some(group));
@@ -459,7 +466,7 @@ impl ClusterSim {
         while let Some(action) = self.nodes[i].sup.poll_action() {
             if let Action::StartPod { uid, .. } = &action {
                 if let Some(replica) = self.nodes[i].desired.get(uid) {
-                    self.truth.started(replica);
+                    self.truth.started(i, replica, self.now);
                 }
             }
             let latency = match action {
@@ -489,6 +496,7 @@ impl ClusterSim {
             self.nodes[i].record_counter += 1;
             let counter = self.nodes[i].record_counter;
             let at = self.record_arrival();
+            self.records_in_flight += 1;
             self.push(
                 at,
                 Due::Record {
@@ -603,7 +611,13 @@ impl ClusterSim {
         let uid = || format!("{:016x}", xxh3_64(format!("{key}/{now_ms}").as_bytes()));
         let (_, new) = apply_one(&resource, old.as_ref(), now_ms, uid);
         if let Some(new) = new {
-            self.gossip.write_object(writer, key, Some(new.encode()));
+            if let Some(entry) = self
+                .gossip
+                .write_object(writer, key.clone(), Some(new.encode()))
+            {
+                let interned = self.interner.get(&key, &entry);
+                self.written.insert(key, interned);
+            }
         }
         Ok(())
     }
@@ -691,13 +705,12 @@ impl ClusterSim {
         &self.truth
     }
 
-    /// The Deployments as node `i` holds them: (`namespace/name`, replicas, template hash).
-    fn deployments_seen_by(&self, i: usize) -> Vec<(String, u32, String)> {
-        self.nodes[i]
-            .view
-            .objects()
+    /// The Deployments as last written: (`namespace/name`, replicas, template hash).
+    fn deployments_written(&self) -> Vec<(String, u32, String)> {
+        self.written
+            .iter()
             .filter_map(|(k, o)| {
-                let (d, hash) = o.object.as_ref()?.deployment()?;
+                let (d, hash) = o.as_ref()?.object.as_ref()?.deployment()?;
                 Some((
                     format!("{}/{}", k.namespace, k.name),
                     d.spec.replicas,
@@ -705,6 +718,20 @@ impl ClusterSim {
                 ))
             })
             .collect()
+    }
+
+    /// Whether every record published has reached every node (no record on its way, no
+    /// partition's boards waiting to merge).
+    fn records_delivered(&self) -> bool {
+        self.records_in_flight == 0 && !self.boards.is_split()
+    }
+
+    /// Whether node `i` holds every object as last written.
+    fn holds_written(&self, i: usize) -> bool {
+        self.written.iter().all(|(key, o)| {
+            let held = self.nodes[i].view.version_of(key);
+            held == o.as_ref().map(|o| o.version)
+        })
     }
 }
 

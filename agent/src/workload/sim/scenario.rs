@@ -47,8 +47,8 @@ pub(crate) enum Op {
 /// A condition on what runs, as the observer sees it (records of nodes that are up).
 #[derive(Clone, Debug)]
 pub(crate) enum Cond {
-    /// Every Deployment (as every node that is up holds it, all alike) has exactly its
-    /// replicas: one serving pod of the current template per ordinal, nothing else running.
+    /// Every node that is up holds the objects as last written and every pod record, and
+    /// every Deployment has exactly its replicas: one serving pod of the current template per ordinal, nothing else running.
     Settled,
     /// At least this many pods of the Deployment (`default` namespace) serve.
     Serving(String, u64),
@@ -101,16 +101,13 @@ impl Cond {
 }
 
 fn settled(sim: &ClusterSim) -> Result<(), String> {
-    let up: Vec<usize> = (0..sim.len()).filter(|&i| sim.is_up(i)).collect();
-    let Some(&first) = up.first() else {
-        return Ok(());
-    };
-    let deployments = sim.deployments_seen_by(first);
-    for &i in &up[1..] {
-        if sim.deployments_seen_by(i) != deployments {
-            return Err(format!("n{i} and n{first} hold different deployments"));
-        }
+    if let Some(i) = (0..sim.len()).find(|&i| sim.is_up(i) && !sim.holds_written(i)) {
+        return Err(format!("n{i} does not hold the objects as last written yet"));
     }
+    if !sim.records_delivered() {
+        return Err("pod records are still on their way".into());
+    }
+    let deployments = sim.deployments_written();
     let mut expected = std::collections::BTreeMap::new();
     for (name, replicas, hash) in &deployments {
         expected.insert(name.clone(), (*replicas, hash.clone(), Vec::new()));

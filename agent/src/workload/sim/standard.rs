@@ -1,6 +1,6 @@
 //! The run `shoal sim --workloads` makes, and what it reports.
 //!
-//! Deployments are applied at the start (each by a node of its own), the run waits for the
+//! Deployments are applied at the start (one manifest, on one node), the run waits for the
 //! initial convergence (every replica serving once, nothing else running), then kills nodes
 //! spread over the rest of the run, and waits for the cluster to settle again.
 
@@ -94,18 +94,24 @@ pub(crate) fn deployment_yaml(name: &str, replicas: u64) -> String {
 
 /// Runs it.
 pub(crate) fn run(standard: &Standard) -> Result<WorkloadReport, String> {
+    run_sim(standard).map(|(report, _)| report)
+}
+
+/// Runs it; returns the report and the simulation at its end.
+pub(super) fn run_sim(standard: &Standard) -> Result<(WorkloadReport, ClusterSim), String> {
     let seed = standard.cluster.network.seed;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_c1u64);
     let mut sim = ClusterSim::new(standard.cluster.clone());
     let n = sim.len();
+    // One manifest of every Deployment, applied on one node (one write, as `shoal apply -f`).
     let d = standard.deployments.max(1) as u64;
-    for k in 0..d {
-        let replicas = standard.replicas / d + u64::from(k < standard.replicas % d);
-        sim.apply(
-            (k as usize) % n,
-            &deployment_yaml(&format!("d{k}"), replicas),
-        )?;
-    }
+    let manifest: Vec<String> = (0..d)
+        .map(|k| {
+            let replicas = standard.replicas / d + u64::from(k < standard.replicas % d);
+            deployment_yaml(&format!("d{k}"), replicas)
+        })
+        .collect();
+    sim.apply(0, &manifest.join("---\n"))?;
     let mut partition = standard.partition.map(|(p, h)| {
         (
             Instant(p.as_micros() as u64),
@@ -157,7 +163,8 @@ pub(crate) fn run(standard: &Standard) -> Result<WorkloadReport, String> {
     // A little more, to see that nothing moves once settled.
     sim.run_for(Duration::from_secs(2));
     settled &= Cond::Settled.check(&sim).is_ok();
-    Ok(report(&sim, standard, converge_ms, settled))
+    let report = report(&sim, standard, converge_ms, settled);
+    Ok((report, sim))
 }
 
 /// Splits or heals the network when its time has come.

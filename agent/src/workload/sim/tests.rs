@@ -1,52 +1,154 @@
-//! Scenarios of the whole cluster, as data.
+//! Scenarios of the whole cluster, as data: gossip, planner and supervisors together, each
+//! node planning from its own view.
 
 use std::time::Duration;
 
 use super::scenario::{Cond, Op, Scenario};
-use super::standard::deployment_yaml;
+use super::standard::{Standard, deployment_yaml, run};
+use super::{ClusterConfig, ClusterSim};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-#[test]
-fn a_deployment_converges_to_its_replicas() {
-    let scenario = Scenario::lan(
-        5,
-        1,
-        vec![
-            Op::Apply {
-                node: 0,
-                yaml: deployment_yaml("web", 7),
-            },
-            Op::Expect(Cond::Settled, secs(10)),
-        ],
-    );
-    if let Err(e) = scenario.run() {
-        panic!("{e}");
+fn web(replicas: u64) -> Op {
+    Op::Apply {
+        node: 0,
+        yaml: deployment_yaml("web", replicas),
+    }
+}
+
+fn run_ok(scenario: Scenario) -> ClusterSim {
+    match scenario.run() {
+        Ok(sim) => sim,
+        Err(failure) => panic!("{failure}"),
     }
 }
 
 #[test]
-fn debug_fifty() {
-    let mut sim = super::ClusterSim::new(super::ClusterConfig::lan(50, 1));
-    for k in 0..5 {
-        sim.apply(k, &deployment_yaml(&format!("d{k}"), 40)).unwrap();
+fn a_killed_node_has_every_replica_rescheduled_with_exact_counts() {
+    let sim = run_ok(Scenario::lan(
+        6,
+        1,
+        vec![
+            web(12),
+            Op::Expect(Cond::Settled, secs(10)),
+            Op::Kill(2),
+            Op::Expect(Cond::Settled, secs(20)),
+            // And it stays so.
+            Op::Hold(Cond::Settled, secs(5)),
+        ],
+    ));
+    let kill = &sim.truth().kills[0];
+    assert!(kill.lost > 0, "the killed node ran replicas");
+    assert!(kill.done.is_some(), "its replicas serve elsewhere");
+    // Every replica started once, and once more for each one lost: nothing else moved.
+    assert_eq!(sim.truth().starts, sim.truth().minimum_starts());
+}
+
+#[test]
+fn a_partition_and_heal_converge_to_exactly_the_replicas() {
+    run_ok(Scenario::lan(
+        6,
+        2,
+        vec![
+            web(8),
+            Op::Expect(Cond::Settled, secs(10)),
+            Op::Partition(vec![vec![0, 1, 2]]),
+            // Each side declares the other dead and runs every replica itself.
+            Op::Expect(Cond::Serving("web".into(), 16), secs(30)),
+            Op::Heal,
+            Op::Expect(Cond::Settled, secs(60)),
+            Op::Hold(Cond::Settled, secs(5)),
+        ],
+    ));
+}
+
+#[test]
+fn scaling_up_and_down_runs_exactly_the_replicas_asked_for() {
+    run_ok(Scenario::lan(
+        5,
+        3,
+        vec![
+            web(4),
+            Op::Expect(Cond::Settled, secs(10)),
+            Op::Scale {
+                node: 3,
+                deployment: "web".into(),
+                replicas: 11,
+            },
+            Op::Expect(Cond::Settled, secs(10)),
+            Op::Scale {
+                node: 1,
+                deployment: "web".into(),
+                replicas: 2,
+            },
+            Op::Expect(Cond::Settled, secs(10)),
+            Op::Hold(Cond::Settled, secs(3)),
+        ],
+    ));
+}
+
+#[test]
+fn a_rolling_update_never_dips_below_replicas_minus_max_unavailable() {
+    // 8 replicas, maxUnavailable 25%: at least 6 serve at every moment.
+    run_ok(Scenario::lan(
+        5,
+        4,
+        vec![
+            web(8),
+            Op::Expect(Cond::Settled, secs(10)),
+            Op::Rollout {
+                node: 4,
+                deployment: "web".into(),
+                revision: "2".into(),
+            },
+            Op::Hold(Cond::Serving("web".into(), 6), secs(20)),
+            Op::Expect(Cond::Settled, secs(20)),
+        ],
+    ));
+}
+
+#[test]
+fn a_restarted_node_comes_back_empty_and_the_count_stays_exact() {
+    run_ok(Scenario::lan(
+        5,
+        5,
+        vec![
+            web(10),
+            Op::Expect(Cond::Settled, secs(10)),
+            Op::Kill(1),
+            Op::Expect(Cond::Settled, secs(20)),
+            Op::Restart(1),
+            Op::Wait(secs(5)),
+            Op::Expect(Cond::Settled, secs(20)),
+        ],
+    ));
+}
+
+fn small_run(seed: u64) -> Standard {
+    Standard {
+        cluster: ClusterConfig::lan(12, seed),
+        deployments: 3,
+        replicas: 30,
+        kill: 2,
+        kill_every: secs(4),
+        converge_timeout: secs(30),
+        settle_timeout: secs(30),
+        partition: None,
     }
-    sim.run_for(secs(10));
-    let t = &sim.truth;
-    eprintln!("serving {} total {}", t.serving_pods, t.pods_total);
-    let mut per: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
-    for (_, p) in t.pods() {
-        per.entry(p.replica.workload.clone()).or_default().push(p.replica.ordinal);
-    }
-    for (w, mut o) in per { o.sort(); eprintln!("{w}: {} {:?}", o.len(), o); }
-    let i = 0;
-    let node = &sim.nodes[i];
-    let (g, board) = sim.boards.of(i);
-    let mut cache = super::planner::PlanCache::default();
-    let p = cache.plan(&node.view, (g, board.version, &board.snapshot), &sim.facts, None, 0);
-    for u in &p.plan.unschedulable { eprintln!("unsched {:?} {}", u.ordinals, u.reason); }
-    eprintln!("placed {}", p.plan.pods().count());
-    for (i, n) in sim.nodes.iter().enumerate() { let d = n.desired.len(); let r = n.rt.pod_uids().len(); if d != r { eprintln!("n{i} desired {d} runtime {r}"); } }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_report() {
+    let report = |seed| {
+        let mut r = run(&small_run(seed)).expect("runs");
+        r.plan_wall_ms = 0.0;
+        r
+    };
+    let first = report(7);
+    assert!(first.settled, "{first:?}");
+    assert_eq!(first.kills, 2);
+    assert_eq!(first.not_rescheduled, 0);
+    assert_eq!(report(7), first);
 }

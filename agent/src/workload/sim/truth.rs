@@ -71,6 +71,8 @@ pub(super) struct Truth {
     pub(super) starts: u64,
     /// Replicas ever started (once each).
     started: BTreeSet<ReplicaRef>,
+    /// Every start: when, on which node, which replica.
+    pub(super) start_log: Vec<(Instant, usize, ReplicaRef)>,
     pub(super) kills: Vec<Kill>,
     /// From the initial convergence on: the fewest and most serving pods at once.
     pub(super) tracking: bool,
@@ -130,8 +132,9 @@ impl Truth {
     }
 
     /// A runtime was asked to start a pod of `replica`.
-    pub(super) fn started(&mut self, replica: &ReplicaRef) {
+    pub(super) fn started(&mut self, node: usize, replica: &ReplicaRef, now: Instant) {
         self.starts += 1;
+        self.start_log.push((now, node, replica.clone()));
         if !self.started.contains(replica) {
             self.started.insert(replica.clone());
         }

@@ -139,17 +139,13 @@ impl View {
         &self.members
     }
 
-    pub(super) fn member(&self, id: &NodeId) -> Option<MemberState> {
-        self.members.get(id).copied()
-    }
-
     pub(super) fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<Interned>)> {
         self.objects.iter()
     }
 
-    /// The object this node holds under `key`, decoded.
-    pub(super) fn object(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key)?.object.as_ref()
+    /// The version of `key` this node holds (`None`: none, or deleted).
+    pub(super) fn version_of(&self, key: &ObjectKey) -> Option<Version> {
+        self.objects.get(key).map(|o| o.version)
     }
 
     /// Fingerprints of the members and of the objects.
