@@ -88,6 +88,10 @@ pub(crate) struct SimArgs {
     /// With --workloads: a node plans at most this often, in milliseconds.
     #[arg(long, default_value_t = 100, requires = "workloads")]
     plan_interval_ms: u64,
+    /// With --workloads: a node plans this long after the first change it has not planned
+    /// from (a burst of changes is planned from at once), in milliseconds.
+    #[arg(long, default_value_t = 0, requires = "workloads")]
+    plan_delay_ms: u64,
 }
 
 fn parse_latency(s: &str) -> anyhow::Result<(Duration, Duration)> {
@@ -214,6 +218,7 @@ fn run_workloads(
     cluster.start_to_ready = Duration::from_millis(args.start_to_ready_ms);
     cluster.record_delay = Duration::from_millis(args.record_delay_ms);
     cluster.plan_interval = Duration::from_millis(args.plan_interval_ms);
+    cluster.plan_delay = Duration::from_millis(args.plan_delay_ms);
     let run = standard::Standard {
         cluster,
         deployments: args.deployments,
@@ -247,11 +252,14 @@ fn print_workloads(r: &crate::workload::sim::standard::WorkloadReport) {
     println!("{} nodes killed (ms of simulated time):", r.kills);
     row("death -> its replicas ready elsewhere", &r.reschedule_ms);
     if r.not_rescheduled > 0 {
-        println!("  kills whose replicas never all came back: {}", r.not_rescheduled);
+        println!(
+            "  kills whose replicas never all came back: {}",
+            r.not_rescheduled
+        );
     }
     println!(
-        "replicas: {} lost, {} moved, {} starts, {} beyond the minimum",
-        r.replicas_lost, r.replicas_moved, r.starts, r.extra_starts
+        "replicas: {} lost, {} moved, {} starts, {} beyond the minimum ({} of them before the initial convergence)",
+        r.replicas_lost, r.replicas_moved, r.starts, r.extra_starts, r.extra_starts_initial
     );
     println!(
         "ready replicas after convergence: min {}, max {} (desired {}); settled at the end: {}",

@@ -84,6 +84,10 @@ pub(crate) struct ClusterConfig {
     pub(crate) record_tick: Duration,
     /// A node plans at most this often. Default 100 ms.
     pub(crate) plan_interval: Duration,
+    /// A node plans this long after the first change it has not planned from, so that a
+    /// burst of changes (the objects of one apply arriving in several messages) is planned
+    /// from at once. Default 0 (the reconciler plans as soon as it can).
+    pub(crate) plan_delay: Duration,
     /// CPU each node offers, in millicores. Default 8000.
     pub(crate) cpu_millis: u64,
     /// Memory each node offers, in bytes. Default 32 GiB.
@@ -100,6 +104,7 @@ impl ClusterConfig {
             record_delay: Duration::from_millis(50),
             record_tick: Duration::from_millis(50),
             plan_interval: Duration::from_millis(100),
+            plan_delay: Duration::ZERO,
             cpu_millis: 8000,
             memory_bytes: 32 << 30,
         }
@@ -211,7 +216,10 @@ impl ClusterSim {
         let now = gossip.now();
         let mut facts = BTreeMap::new();
         for i in 0..gossip.len() {
-            facts.insert(gossip.identity(i).id, member_facts(&config, gossip.identity(i)));
+            facts.insert(
+                gossip.identity(i).id,
+                member_facts(&config, gossip.identity(i)),
+            );
         }
         let mut sim = ClusterSim {
             boards: Boards::new(gossip.len()),
@@ -399,15 +407,17 @@ impl ClusterSim {
         }
     }
 
-    /// Queues a plan for node `i` at the earliest moment its planning interval allows.
+    /// Queues a plan for node `i`: `plan_delay` from now, and no sooner than `plan_interval`
+    /// after its last plan.
     fn request_plan(&mut self, i: usize) {
         let node = &self.nodes[i];
         if !node.up || node.plan_at.is_some() {
             return;
         }
+        let first = self.now + self.config.plan_delay;
         let at = node
             .last_plan
-            .map_or(self.now, |t| (t + self.config.plan_interval).max(self.now));
+            .map_or(first, |t| (t + self.config.plan_interval).max(first));
         let life = node.life;
         self.nodes[i].plan_at = Some(at);
         self.push(at, Due::Plan { node: i, life });
@@ -567,8 +577,8 @@ impl ClusterSim {
     /// Node `writer` applies manifests (YAML or JSON) as `shoal apply` would on it: each
     /// object over the version its own store holds. Errors name what does not parse.
     pub(crate) fn apply(&mut self, writer: usize, yaml: &str) -> Result<(), String> {
-        let resources = crate::manifest::parse("sim.yaml", yaml.as_bytes())
-            .map_err(|e| e.to_string())?;
+        let resources =
+            crate::manifest::parse("sim.yaml", yaml.as_bytes()).map_err(|e| e.to_string())?;
         for resource in resources {
             self.write_resource(writer, resource)?;
         }
@@ -584,9 +594,8 @@ impl ClusterSim {
         change: impl FnOnce(&mut crate::manifest::Deployment),
     ) -> Result<(), String> {
         let key = ObjectKey::new("deployment", namespace, name);
-        let Some(Resource::Deployment(mut d)) = self
-            .stored(writer, &key)
-            .and_then(|s| s.resource().ok())
+        let Some(Resource::Deployment(mut d)) =
+            self.stored(writer, &key).and_then(|s| s.resource().ok())
         else {
             return Err(format!("n{writer} holds no deployment {namespace}/{name}"));
         };

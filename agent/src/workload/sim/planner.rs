@@ -82,9 +82,10 @@ impl PlanCache {
             forfeit: forfeit.copied(),
             now_ms: view.is_timed().then_some(now_ms),
         };
-        let hit = self.entries.get(&key).is_some_and(|p| {
-            p.view.members() == view.members() && p.view.same_objects(view)
-        });
+        let hit = self
+            .entries
+            .get(&key)
+            .is_some_and(|p| p.view.members() == view.members() && p.view.same_objects(view));
         if hit {
             self.shared += 1;
         } else {

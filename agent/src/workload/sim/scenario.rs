@@ -102,7 +102,9 @@ impl Cond {
 
 fn settled(sim: &ClusterSim) -> Result<(), String> {
     if let Some(i) = (0..sim.len()).find(|&i| sim.is_up(i) && !sim.holds_written(i)) {
-        return Err(format!("n{i} does not hold the objects as last written yet"));
+        return Err(format!(
+            "n{i} does not hold the objects as last written yet"
+        ));
     }
     if !sim.records_delivered() {
         return Err("pod records are still on their way".into());
@@ -113,10 +115,7 @@ fn settled(sim: &ClusterSim) -> Result<(), String> {
         expected.insert(name.clone(), (*replicas, hash.clone(), Vec::new()));
     }
     for (node, pod) in sim.truth().pods() {
-        let Some((_, hash, ordinals)) = pod
-            .deployment
-            .as_ref()
-            .and_then(|d| expected.get_mut(d))
+        let Some((_, hash, ordinals)) = pod.deployment.as_ref().and_then(|d| expected.get_mut(d))
         else {
             return Err(format!("n{node} runs {} of no deployment", pod.name));
         };

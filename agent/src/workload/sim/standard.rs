@@ -59,6 +59,8 @@ pub(crate) struct WorkloadReport {
     pub(crate) starts: u64,
     /// Starts beyond the minimum (every replica once, plus once per replica lost).
     pub(crate) extra_starts: i64,
+    /// Of those, the starts beyond the minimum until the initial convergence.
+    pub(crate) extra_starts_initial: i64,
     /// Fewest and most serving (ready, not terminating) pods at once after the initial
     /// convergence.
     pub(crate) replicas_min: u64,
@@ -134,6 +136,7 @@ pub(super) fn run_sim(standard: &Standard) -> Result<(WorkloadReport, ClusterSim
     }
     sim.truth.tracking = true;
     sim.truth.track_now();
+    let initial_extra = sim.truth.starts as i64 - sim.truth.minimum_starts() as i64;
     // Kills, spread over the rest of the run.
     let mut victims: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
@@ -163,7 +166,8 @@ pub(super) fn run_sim(standard: &Standard) -> Result<(WorkloadReport, ClusterSim
     // A little more, to see that nothing moves once settled.
     sim.run_for(Duration::from_secs(2));
     settled &= Cond::Settled.check(&sim).is_ok();
-    let report = report(&sim, standard, converge_ms, settled);
+    let mut report = report(&sim, standard, converge_ms, settled);
+    report.extra_starts_initial = initial_extra;
     Ok((report, sim))
 }
 
@@ -223,6 +227,7 @@ fn report(
         replicas_moved: truth.starts - started_once,
         starts: truth.starts,
         extra_starts: truth.starts as i64 - truth.minimum_starts() as i64,
+        extra_starts_initial: 0,
         replicas_min: truth.serving_min.unwrap_or(0),
         replicas_max: truth.serving_max.unwrap_or(0),
         settled,

@@ -23,7 +23,12 @@ pub(super) struct PodFacts {
 
 impl PodFacts {
     fn of(record: &PodRecord) -> PodFacts {
-        let namespace = record.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = record
+            .pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
         PodFacts {
             name: record.pod.metadata.name.clone(),
             replica: record.replica.clone(),

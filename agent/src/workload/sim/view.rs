@@ -174,10 +174,7 @@ impl View {
     pub(super) fn synced(&self, me: &NodeId) -> bool {
         self.members.contains_key(me)
             && (self.members.len() == 1
-                || self
-                    .members
-                    .iter()
-                    .any(|(id, s)| id != me && s.is_live()))
+                || self.members.iter().any(|(id, s)| id != me && s.is_live()))
     }
 }
 
