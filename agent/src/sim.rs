@@ -270,8 +270,14 @@ fn print_workloads(r: &crate::workload::sim::standard::WorkloadReport) {
         r.false_deaths, r.msgs_per_node_per_s, r.bytes_per_node_per_s
     );
     println!(
-        "plans: {} computed, {} shared, {} handed to supervisors ({:.0} ms of planning); {} pod records written",
-        r.plans_computed, r.plans_shared, r.node_plans, r.plan_wall_ms, r.record_writes
+        "plans: {} computed ({} member views, {} board versions), {} shared, {} handed to supervisors ({:.0} ms of planning); {} pod records written",
+        r.plans_computed,
+        r.plan_member_views,
+        r.plan_board_versions,
+        r.plans_shared,
+        r.node_plans,
+        r.plan_wall_ms,
+        r.record_writes
     );
     println!("wall-clock time: {:.0} ms", r.wall_ms);
 }

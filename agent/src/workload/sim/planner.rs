@@ -9,7 +9,7 @@
 //! exact, never an approximation. Entries of board versions that can no longer be read are
 //! dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use shoal_gossip::NodeId;
@@ -33,6 +33,9 @@ pub(super) struct MemberFacts {
     pub(super) addr: String,
     pub(super) info: NodeInfo,
 }
+
+/// Plans kept at most.
+const MAX_ENTRIES: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -60,6 +63,9 @@ pub(super) struct PlanCache {
     pub(super) shared: u64,
     /// Wall-clock time spent planning, in seconds (not part of the deterministic result).
     pub(super) seconds: f64,
+    /// Distinct member views and board versions plans were computed for.
+    pub(super) member_views: BTreeSet<u128>,
+    pub(super) board_versions: BTreeSet<(usize, u64)>,
 }
 
 impl PlanCache {
@@ -75,6 +81,9 @@ impl PlanCache {
     ) -> &Planned {
         let (group, version, records) = board;
         let (members, objects) = view.fingerprints();
+        // The forfeit only leaves out the forfeited node's records: with none on the board it
+        // changes nothing, and a node that just started shares the plan of the others.
+        let forfeit = forfeit.filter(|me| records.records_of(me).next().is_some());
         let key = Key {
             members,
             objects,
@@ -89,10 +98,14 @@ impl PlanCache {
         if hit {
             self.shared += 1;
         } else {
-            // Old board versions are never asked for again.
-            if self.entries.len() >= 64 {
+            // Old board versions are never asked for again; beyond that, the cache is
+            // emptied when full (it only saves work, never changes a result).
+            if self.entries.len() >= MAX_ENTRIES {
                 self.entries
                     .retain(|k, _| k.board.0 != group || k.board.1 >= version);
+                if self.entries.len() >= MAX_ENTRIES {
+                    self.entries.clear();
+                }
             }
             let started = std::time::Instant::now();
             let mut snapshot = records.clone();
@@ -112,6 +125,8 @@ impl PlanCache {
             let plan = plan_cluster(&snapshot, forfeit, now_ms);
             self.seconds += started.elapsed().as_secs_f64();
             self.computed += 1;
+            self.member_views.insert(members);
+            self.board_versions.insert((group, version));
             self.entries.insert(
                 key,
                 Planned {

@@ -74,6 +74,9 @@ pub(crate) struct WorkloadReport {
     /// Plans computed, and plans nodes got from another node's identical inputs.
     pub(crate) plans_computed: u64,
     pub(crate) plans_shared: u64,
+    /// Distinct member views and board versions among the plans computed.
+    pub(crate) plan_member_views: usize,
+    pub(crate) plan_board_versions: usize,
     /// Plans handed to supervisors.
     pub(crate) node_plans: u64,
     /// Pod records published.
@@ -236,6 +239,8 @@ fn report(
         bytes_per_node_per_s: bytes as f64 / per_node_s,
         plans_computed: sim.plans.computed,
         plans_shared: sim.plans.shared,
+        plan_member_views: sim.plans.member_views.len(),
+        plan_board_versions: sim.plans.board_versions.len(),
         node_plans: sim.node_plans,
         record_writes: sim.record_writes,
         plan_wall_ms: sim.plans.seconds * 1000.0,
