@@ -586,6 +586,7 @@ impl ClusterSim {
     }
 
     /// Node `writer` changes a Deployment it holds (scale, new template) and writes it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn change_deployment(
         &mut self,
         writer: usize,
@@ -656,6 +657,7 @@ impl ClusterSim {
 
     /// Node `i`'s machine comes back, empty (its pods did not survive), with the gossip state
     /// it had persisted, and joins through a node that is up.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn restart(&mut self, i: usize) -> Result<(), String> {
         if self.nodes[i].up {
             return Err(format!("n{i} is up"));

@@ -3,13 +3,19 @@
 //! failing step reports itself and the seed; `SHOAL_SIM_SEED` replays a scenario with another
 //! seed ([`shoal_gossip::scenario::seed`]).
 
+#[cfg(test)]
 use std::fmt;
+#[cfg(test)]
 use std::time::Duration;
 
-use super::{ClusterConfig, ClusterSim};
+#[cfg(test)]
+use super::ClusterConfig;
+use super::ClusterSim;
+#[cfg(test)]
 use crate::manifest::EnvVar;
 
 /// One step of a scenario.
+#[cfg(test)]
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
     /// A node applies manifests (YAML).
@@ -51,10 +57,12 @@ pub(crate) enum Cond {
     /// every Deployment has exactly its replicas: one serving pod of the current template per ordinal, nothing else running.
     Settled,
     /// At least this many pods of the Deployment (`default` namespace) serve.
+    #[cfg_attr(not(test), allow(dead_code))]
     Serving(String, u64),
 }
 
 /// Why a scenario failed.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) seed: u64,
@@ -64,6 +72,7 @@ pub(crate) struct Failure {
     pub(crate) at_ms: u64,
 }
 
+#[cfg(test)]
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -74,6 +83,7 @@ impl fmt::Display for Failure {
     }
 }
 
+#[cfg(test)]
 impl std::error::Error for Failure {}
 
 impl Cond {
@@ -139,12 +149,14 @@ fn settled(sim: &ClusterSim) -> Result<(), String> {
 }
 
 /// A scripted run.
+#[cfg(test)]
 #[derive(Clone, Debug)]
 pub(crate) struct Scenario {
     pub(crate) config: ClusterConfig,
     pub(crate) ops: Vec<Op>,
 }
 
+#[cfg(test)]
 impl Scenario {
     /// A scenario on a LAN of `nodes` nodes with this seed (overridden by `SHOAL_SIM_SEED`).
     pub(crate) fn lan(nodes: usize, default_seed: u64, ops: Vec<Op>) -> Scenario {

@@ -105,7 +105,7 @@ pub(crate) fn run(standard: &Standard) -> Result<WorkloadReport, String> {
 /// Runs it; returns the report and the simulation at its end.
 pub(super) fn run_sim(standard: &Standard) -> Result<(WorkloadReport, ClusterSim), String> {
     let seed = standard.cluster.network.seed;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_c1u64);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0fc1_u64);
     let mut sim = ClusterSim::new(standard.cluster.clone());
     let n = sim.len();
     // One manifest of every Deployment, applied on one node (one write, as `shoal apply -f`).

@@ -51,7 +51,6 @@ impl PodFacts {
 /// One killed node and the replicas it ran.
 #[derive(Clone, Debug)]
 pub(super) struct Kill {
-    pub(super) node: usize,
     pub(super) at: Instant,
     /// Replicas it ran that have no serving copy elsewhere yet.
     pub(super) waiting: BTreeSet<ReplicaRef>,
@@ -164,7 +163,6 @@ impl Truth {
             .filter(|r| !self.serving.contains_key(r))
             .collect();
         self.kills.push(Kill {
-            node,
             at: now,
             done: waiting.is_empty().then_some(now),
             waiting,

@@ -264,9 +264,8 @@ fn record_of(pod: &LocalPod, host: &str) -> PodRecord {
         } else {
             PodPhase::Succeeded
         }
-    } else if all_exited && pod.info.is_some() {
-        PodPhase::Running
-    } else if running
+    } else if (all_exited && pod.info.is_some())
+        || running
         || statuses.iter().any(|s| {
             matches!(&s.state, manifest::ContainerState::Waiting { reason: Some(r), .. } if r == "CrashLoopBackOff")
         })
