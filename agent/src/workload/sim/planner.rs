@@ -35,7 +35,7 @@ pub(super) struct MemberFacts {
 }
 
 /// Plans kept at most.
-const MAX_ENTRIES: usize = 64;
+const MAX_ENTRIES: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
