@@ -156,7 +156,8 @@ enum Command {
     /// Print a new random cluster key.
     Keygen,
     /// Simulate a cluster running the real gossip protocol, deterministically, and report
-    /// convergence, failure detection, false positives and traffic.
+    /// convergence, failure detection, false positives and traffic; with --workloads, the
+    /// whole cluster running deployments, and how it reschedules them when nodes die.
     Sim(sim::SimArgs),
 }
 

@@ -1,4 +1,5 @@
-//! `shoal sim`: a capacity-planning simulator running the real protocol.
+//! `shoal sim`: a capacity-planning simulator running the real protocol; with `--workloads`,
+//! the whole cluster (gossip, planner, supervisors on fake runtimes) in virtual time.
 
 use std::time::Duration;
 
@@ -64,6 +65,33 @@ pub(crate) struct SimArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Simulate the workloads too: deployments placed by the real planner and run by one
+    /// supervisor per node on an in-memory runtime; kills after the initial convergence.
+    #[arg(long)]
+    workloads: bool,
+    /// With --workloads: Deployments to apply.
+    #[arg(long, default_value_t = 100, requires = "workloads")]
+    deployments: usize,
+    /// With --workloads: replicas in total, spread evenly over the deployments.
+    #[arg(long, default_value_t = 10_000, requires = "workloads")]
+    replicas: u64,
+    /// With --workloads: how long a pod takes from its start to ready, in milliseconds.
+    #[arg(long, default_value_t = 1000, requires = "workloads")]
+    start_to_ready_ms: u64,
+    /// With --workloads: time between kills, in milliseconds.
+    #[arg(long, default_value_t = 4000, requires = "workloads")]
+    kill_every_ms: u64,
+    /// With --workloads: how long a pod record takes to reach the other nodes, in
+    /// milliseconds (records travel on a shared board, see ARCHITECTURE.md).
+    #[arg(long, default_value_t = 50, requires = "workloads")]
+    record_delay_ms: u64,
+    /// With --workloads: a node plans at most this often, in milliseconds.
+    #[arg(long, default_value_t = 100, requires = "workloads")]
+    plan_interval_ms: u64,
+    /// With --workloads: a node plans this long after the first change it has not planned
+    /// from (a burst of changes is planned from at once), in milliseconds.
+    #[arg(long, default_value_t = 0, requires = "workloads")]
+    plan_delay_ms: u64,
 }
 
 fn parse_latency(s: &str) -> anyhow::Result<(Duration, Duration)> {
@@ -148,6 +176,9 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         config.gossip.suspicion_max_mult = m;
     }
+    if args.workloads {
+        return run_workloads(&args, config, partition);
+    }
     let plan = Plan {
         seconds: Duration::from_secs_f64(args.seconds),
         writes_per_s: args.writes_per_s,
@@ -165,6 +196,90 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+fn run_workloads(
+    args: &SimArgs,
+    network: SimConfig,
+    partition: Option<(Duration, Duration)>,
+) -> anyhow::Result<()> {
+    use crate::workload::sim::{ClusterConfig, standard};
+    if args.slow > 0 || args.writes_per_s != 1.0 || args.clock_skew_ms > 0 {
+        bail!("--slow, --writes-per-s and --clock-skew-ms do not apply with --workloads");
+    }
+    if args.deployments == 0 || args.replicas < args.deployments as u64 {
+        bail!("--workloads needs at least one deployment and one replica per deployment");
+    }
+    if args.plan_interval_ms == 0 {
+        bail!("--plan-interval-ms must be positive");
+    }
+    let mut cluster = ClusterConfig::lan(args.nodes, network.seed);
+    cluster.network = network;
+    cluster.start_to_ready = Duration::from_millis(args.start_to_ready_ms);
+    cluster.record_delay = Duration::from_millis(args.record_delay_ms);
+    cluster.plan_interval = Duration::from_millis(args.plan_interval_ms);
+    cluster.plan_delay = Duration::from_millis(args.plan_delay_ms);
+    let run = standard::Standard {
+        cluster,
+        deployments: args.deployments,
+        replicas: args.replicas,
+        kill: args.kill,
+        kill_every: Duration::from_millis(args.kill_every_ms),
+        converge_timeout: Duration::from_secs(120),
+        settle_timeout: Duration::from_secs(60),
+        partition,
+    };
+    let started = std::time::Instant::now();
+    let mut report = standard::run(&run).map_err(|e| anyhow::anyhow!(e))?;
+    report.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_workloads(&report);
+    }
+    Ok(())
+}
+
+fn print_workloads(r: &crate::workload::sim::standard::WorkloadReport) {
+    println!(
+        "shoal sim --workloads: {} nodes, {} deployments, {} replicas, {:.1} s simulated, seed {}",
+        r.nodes, r.deployments, r.replicas_desired, r.seconds, r.seed
+    );
+    match r.converge_ms {
+        Some(ms) => println!("initial convergence: every replica ready after {ms:.0} ms"),
+        None => println!("initial convergence: not reached"),
+    }
+    println!("{} nodes killed (ms of simulated time):", r.kills);
+    row("death -> its replicas ready elsewhere", &r.reschedule_ms);
+    if r.not_rescheduled > 0 {
+        println!(
+            "  kills whose replicas never all came back: {}",
+            r.not_rescheduled
+        );
+    }
+    println!(
+        "replicas: {} lost, {} moved, {} starts, {} beyond the minimum ({} of them before the initial convergence)",
+        r.replicas_lost, r.replicas_moved, r.starts, r.extra_starts, r.extra_starts_initial
+    );
+    println!(
+        "ready replicas after convergence: min {}, max {} (desired {}); settled at the end: {}",
+        r.replicas_min, r.replicas_max, r.replicas_desired, r.settled
+    );
+    println!(
+        "false deaths: {}; traffic: {:.1} msgs/s and {:.0} bytes/s sent per node",
+        r.false_deaths, r.msgs_per_node_per_s, r.bytes_per_node_per_s
+    );
+    println!(
+        "plans: {} computed ({} member views, {} board versions), {} shared, {} handed to supervisors ({:.0} ms of planning); {} pod records written",
+        r.plans_computed,
+        r.plan_member_views,
+        r.plan_board_versions,
+        r.plans_shared,
+        r.node_plans,
+        r.plan_wall_ms,
+        r.record_writes
+    );
+    println!("wall-clock time: {:.0} ms", r.wall_ms);
 }
 
 fn random_seed() -> u64 {

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::id::NodeId;
 use crate::member::MemberState;
 use crate::node::{Event, Identity, Node};
-use crate::store::{Key, ObjectKey, Version};
+use crate::store::{Entry, Key, ObjectKey, Version};
 use crate::time::{Instant, Now};
 
 /// Wall-clock time of the simulated epoch (milliseconds since the Unix epoch), so HLC stamps
@@ -153,6 +153,40 @@ pub struct Sim {
     write_counter: u64,
     /// State of crashed nodes as they had persisted it.
     persisted: BTreeMap<usize, Vec<crate::message::Update>>,
+    /// Member and object changes seen by nodes, kept for [`Sim::take_observations`] when
+    /// asked for with [`Sim::keep_observations`].
+    observations: Option<Vec<Observation>>,
+}
+
+/// A change one node saw: its membership view or an object in its store changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// When.
+    pub at: Instant,
+    /// The node that saw it.
+    pub node: usize,
+    /// What changed.
+    pub what: Observed,
+}
+
+/// What an [`Observation`] is about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observed {
+    /// The node now sees this member in this state.
+    Member {
+        /// The member.
+        id: NodeId,
+        /// Its state as the node sees it.
+        state: MemberState,
+    },
+    /// An object of the node's store changed; `entry` is what it holds now (`None` once
+    /// collected).
+    Object {
+        /// The object.
+        key: ObjectKey,
+        /// The entry the node holds after the change.
+        entry: Option<Entry>,
+    },
 }
 
 impl Sim {
@@ -185,6 +219,7 @@ impl Sim {
             dropped: 0,
             write_counter: 0,
             persisted: BTreeMap::new(),
+            observations: None,
             rng: ChaCha8Rng::seed_from_u64(rng.random()),
             config,
         };
@@ -435,6 +470,29 @@ impl Sim {
             );
         }
         for event in events {
+            if let Some(log) = self.observations.as_mut() {
+                let what = match &event {
+                    Event::MemberChanged(m) => Some(Observed::Member {
+                        id: m.id,
+                        state: m.state,
+                    }),
+                    Event::EntryChanged(Key::Object(key)) => Some(Observed::Object {
+                        key: key.clone(),
+                        entry: self.nodes[index]
+                            .node
+                            .as_ref()
+                            .and_then(|n| n.store().get(&Key::Object(key.clone())).cloned()),
+                    }),
+                    _ => None,
+                };
+                if let Some(what) = what {
+                    log.push(Observation {
+                        at: self.now,
+                        node: index,
+                        what,
+                    });
+                }
+            }
             self.observe(index, event);
         }
         self.schedule_timer(index);
@@ -735,6 +793,47 @@ impl Sim {
     /// Random number from the simulation's generator (for scenario choices).
     pub fn random_index(&mut self, below: usize) -> usize {
         self.rng.random_range(0..below)
+    }
+
+    /// From now on, keeps every member change and object change each node sees, for
+    /// [`Sim::take_observations`] (a simulator layered on this one follows each node's view).
+    pub fn keep_observations(&mut self) {
+        self.observations.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes seen since the last call, in the order they happened.
+    pub fn take_observations(&mut self) -> Vec<Observation> {
+        self.observations
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Has node `index` write (or with `None`, delete) an object; returns the entry written.
+    pub fn write_object(
+        &mut self,
+        index: usize,
+        key: ObjectKey,
+        value: Option<Vec<u8>>,
+    ) -> Option<Entry> {
+        let now = self.now_for(index);
+        let entry = self.nodes[index]
+            .node
+            .as_mut()
+            .map(|node| node.write_object(key, value, now));
+        self.after_input(index);
+        entry
+    }
+
+    /// Healthy nodes (never crashed nor slowed) that some node marked dead outside a
+    /// partition, so far.
+    pub fn false_positives(&self) -> usize {
+        self.false_dead.len()
+    }
+
+    /// Messages and bytes sent so far, by all nodes.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.msgs, self.bytes)
     }
 
     // ---- the `shoal sim` run ---------------------------------------------------------------

@@ -70,7 +70,8 @@ pub mod testing;
 mod conformance;
 #[cfg(test)]
 mod docker_tests;
-#[cfg(test)]
+// Used by tests and by `shoal sim --workloads`; some of its scripting only by tests.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod fake;
 #[cfg(test)]
 mod process_tests;

@@ -12,6 +12,7 @@ pub(crate) mod probe;
 pub(crate) mod projector;
 pub(crate) mod reconciler;
 pub(crate) mod service;
+pub(crate) mod sim;
 pub(crate) mod snapshot;
 pub(crate) mod stored;
 pub(crate) mod supervisor;

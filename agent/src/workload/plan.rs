@@ -371,7 +371,6 @@ pub(crate) fn asked_replicas(resource: &Resource) -> u32 {
 /// running (a node that just came back, so that replicas already replaced elsewhere stay
 /// there). `now_ms` decides which ready pods are available yet (`minReadySeconds`); the plan
 /// says when that next changes ([`Plan::next_change_ms`]).
-#[cfg(test)]
 pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -> Arc<Plan> {
     Planner::default().plan(snapshot, forfeit, now_ms)
 }
