@@ -3,13 +3,15 @@
 //!
 //!     cargo build --release -p shoal-agent -p shoal-demo
 //!     cargo run --release -p shoal-tests --example load_bench -- \
-//!         [--nodes 3] [--deployments 2000] [--big 2000] [--settle-s 30] [--nowhere]
+//!         [--nodes 3] [--deployments 2000] [--each 1] [--big 2000] [--settle-s 30] [--nowhere] [--delete]
+//!
+//! `--delete` deletes everything at the end and prints what the agents' memory comes back to.
 //!
 //! `--nowhere` gives every pod a node selector no node matches: nothing runs, and the figures
 //! are what unschedulable replicas cost the agents (memory, CPU).
 //!
-//! Applies `--deployments` one-replica Deployments and one Deployment of `--big` replicas in
-//! one `shoal apply`, then prints:
+//! Applies `--deployments` Deployments of `--each` replicas (one by default) and one Deployment
+//! of `--big` replicas in one `shoal apply`, then prints:
 //! - the time from the apply until every pod runs exactly once (each pod's process found
 //!   once, none extra), and the most pod processes seen at once on the way;
 //! - deaths declared and suspicions raised by the agents (there must be no death: every node
@@ -26,7 +28,7 @@ use shoal_tests::{Agent, Cluster};
 /// The marker every pod's command carries, to find pod processes.
 const MARK: &str = "86400.4242";
 
-fn manifest(deployments: usize, big: u32, nowhere: bool) -> String {
+fn manifest(deployments: usize, each: u32, big: u32, nowhere: bool) -> String {
     let mut out = String::new();
     let selector = if nowhere {
         "      nodeSelector: {shoal.io/nowhere: \"true\"}\n"
@@ -43,7 +45,7 @@ fn manifest(deployments: usize, big: u32, nowhere: bool) -> String {
         )
     };
     for i in 0..deployments {
-        out.push_str(&doc(&format!("small-{i:05}"), 1));
+        out.push_str(&doc(&format!("small-{i:05}"), each));
     }
     if big > 0 {
         out.push_str(&doc("big", big));
@@ -147,30 +149,39 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> T {
 fn main() {
     let mut nodes: usize = 3;
     let mut deployments: usize = 2000;
+    let mut each: u32 = 1;
     let mut big: u32 = 2000;
     let mut settle: u64 = 30;
     let mut nowhere = false;
+    let mut delete = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--nowhere" {
             nowhere = true;
             continue;
         }
+        if a == "--delete" {
+            delete = true;
+            continue;
+        }
         let value = args.next().unwrap_or_default();
         match a.as_str() {
             "--nodes" => nodes = number(&a, &value),
             "--deployments" => deployments = number(&a, &value),
+            "--each" => each = number(&a, &value),
             "--big" => big = number(&a, &value),
             "--settle-s" => settle = number(&a, &value),
             other => panic!("unknown argument {other}"),
         }
     }
-    let wanted = deployments + big as usize;
+    let wanted = deployments * each as usize + big as usize;
     kill_leftovers();
     let cluster = Cluster::start_with("lbench", nodes, &["--runtime", "process"]);
     let path = cluster.dir().join("load.yaml");
-    std::fs::write(&path, manifest(deployments, big, nowhere)).expect("writing the manifest");
+    std::fs::write(&path, manifest(deployments, each, big, nowhere)).expect("writing the manifest");
 
+    let pids: Vec<u32> = cluster.agents.iter().filter_map(Agent::pid).collect();
+    let rss_before: Vec<f64> = pids.iter().map(|&p| rss_mb(p)).collect();
     let start = Instant::now();
     let out = cluster.agents[0]
         .cli(&["apply", "-f", path.to_str().expect("utf-8 path")])
@@ -212,7 +223,6 @@ fn main() {
     };
 
     // Once converged: CPU over the settle window.
-    let pids: Vec<u32> = cluster.agents.iter().filter_map(Agent::pid).collect();
     let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(settle));
@@ -237,7 +247,7 @@ fn main() {
         .sum();
 
     println!(
-        "{nodes} agents, {deployments} one-replica deployments + one of {big} replicas \
+        "{nodes} agents, {deployments} deployments of {each} replica(s) + one of {big} replicas \
          ({wanted} pods), process runtime"
     );
     match converged {
@@ -256,7 +266,12 @@ fn main() {
     );
     println!("deaths declared: {deaths}; suspicions raised: {suspicions}");
     for (i, (c, r)) in cpu.iter().zip(&rss).enumerate() {
-        println!("node-{i}: {c:.1}% of a core over {secs:.0} s, RSS {r:.0} MB");
+        println!(
+            "node-{i}: {c:.1}% of a core over {secs:.0} s, RSS {r:.0} MB ({:.0} MB before the \
+             apply: {:.1} KB more per replica)",
+            rss_before[i],
+            (r - rss_before[i]) * 1024.0 / wanted.max(1) as f64
+        );
     }
     // Where each agent's CPU went since it started, by thread.
     for (i, &pid) in pids.iter().enumerate() {
@@ -281,6 +296,26 @@ fn main() {
         })
         .collect();
     println!("gossip sent per agent (MiB): {}", gossip_mb.join(", "));
+    if delete {
+        // Everything deleted: what the agents give back.
+        let start = Instant::now();
+        cluster.agents[0]
+            .cli(&["delete", "-f", path.to_str().expect("utf-8 path")])
+            .expect("delete");
+        while !pod_processes().is_empty() && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let gone = start.elapsed();
+        std::thread::sleep(Duration::from_secs(settle));
+        let rss: Vec<String> = pids.iter().map(|&p| format!("{:.0}", rss_mb(p))).collect();
+        println!(
+            "deleted: every pod process gone {:.1} s after the delete ({} left); RSS {settle} s \
+             later (MB): {}",
+            gone.as_secs_f64(),
+            pod_processes().len(),
+            rss.join(", ")
+        );
+    }
     drop(cluster);
     kill_leftovers();
 }
