@@ -451,6 +451,21 @@ impl Testbed {
         self.sync();
     }
 
+    /// Node `i` gets these labels (as its node info would announce them).
+    pub(crate) fn set_labels(&mut self, i: usize, labels: &[(&str, &str)]) {
+        let id = node_id(i);
+        for m in self.members.iter_mut().filter(|m| m.id == id) {
+            if let Some(info) = &mut m.info {
+                info.labels = labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+            }
+        }
+        self.version += 1;
+        self.sync();
+    }
+
     /// Node `i`'s machine dies: it is dead to the others and does nothing more.
     pub(crate) fn kill(&mut self, i: usize) {
         let id = node_id(i);

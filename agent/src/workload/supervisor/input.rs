@@ -45,7 +45,17 @@ pub(crate) struct NodePlan {
     /// Service-link variables for pods of each namespace that has pods here (they are read
     /// when a pod starts, as Kubernetes does: a new service does not restart pods).
     pub(crate) service_env: Arc<BTreeMap<String, Vec<EnvVar>>>,
+    /// New pods of this plan whose replica the previous plan put on another live node that
+    /// does not report it: that node may be starting it, its report not here yet. Such a pod
+    /// waits a moment before it starts ([`HOLD`]): placement keeps a replica where it is
+    /// reported, so if the other node reports it meanwhile, the next plan takes it back from
+    /// here and nothing was started twice.
+    pub(crate) held: BTreeSet<String>,
 }
+
+/// How long a held pod waits before it starts: long enough for another node's report of the
+/// same replica to arrive (gossip spreads it in tens of milliseconds on a LAN).
+pub(crate) const HOLD: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The records a node reports, read from the snapshot they are in (nothing is copied).
 #[derive(Clone, Debug)]
@@ -151,6 +161,25 @@ impl NodePlan {
                 )
             }
         };
+        // Pods new in this plan whose replica the previous plan put on another node that is
+        // live and does not report it (only new pods are looked at).
+        let mut held = BTreeSet::new();
+        if let Some(previous) = previous.filter(|p| !Arc::ptr_eq(&p.pods, &pods)) {
+            for (uid, pod) in pods.iter() {
+                if previous.pods.contains_key(uid) {
+                    continue;
+                }
+                let Some(other) = previous.from.node_of(&pod.replica).filter(|n| *n != me) else {
+                    continue;
+                };
+                let reported = snapshot
+                    .records_of(other)
+                    .any(|(_, r)| r.replica == pod.replica);
+                if snapshot.is_live(other) && !reported {
+                    held.insert(uid.clone());
+                }
+            }
+        }
         NodePlan {
             from: plan.clone(),
             objects_revision,
@@ -158,6 +187,7 @@ impl NodePlan {
             elsewhere,
             own_records,
             service_env,
+            held,
         }
     }
 }

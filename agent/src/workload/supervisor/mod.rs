@@ -182,6 +182,8 @@ pub(crate) struct Supervisor {
     actions: VecDeque<Action>,
     records: records::Records,
     next_probe_token: u64,
+    /// Held pods whose hold ended (they may start although the plan still says held).
+    released: BTreeSet<String>,
 }
 
 impl Supervisor {
@@ -202,6 +204,7 @@ impl Supervisor {
             pods: BTreeMap::new(),
             strays: BTreeMap::new(),
             busy: BTreeMap::new(),
+            released: BTreeSet::new(),
             stale: BTreeMap::new(),
             listing: Listing::default(),
             timers: TimerTable::default(),
@@ -378,6 +381,9 @@ impl Supervisor {
                 Timer::SyncWait => {}
                 Timer::List => self.request_listing(),
                 Timer::Pod(uid, what) => {
+                    if what == PodTimer::Hold {
+                        self.released.insert(uid.clone());
+                    }
                     if let PodTimer::Probe(container, kind) = &what {
                         if let Some(c) = self
                             .pods
@@ -444,11 +450,25 @@ impl Supervisor {
                     }
                 }
             } else if let Some(want) = want {
+                // A hold lasts its whole time, whatever later plans say (only the plan that
+                // moved the replica here knows it moved).
+                let hold = Timer::Pod(uid.to_owned(), PodTimer::Hold);
+                let holding = self.timers.get(&hold).is_some();
+                if !self.released.contains(uid) && (holding || plan.held.contains(uid)) {
+                    if !holding {
+                        debug!(pod = %want.pod.metadata.name, %uid,
+                            "placed here, moved from a node that may be starting it: waiting");
+                        self.timers.set(hold, now.mono + input::HOLD);
+                    }
+                    return;
+                }
+                self.released.remove(uid);
                 info!(pod = %want.pod.metadata.name,
                     namespace = %want.pod.metadata.namespace.as_deref().unwrap_or("default"),
                     %uid, "pod placed on this node");
                 self.insert_pod(uid, LocalPod::new(want, now.wall_ms));
             } else {
+                self.released.remove(uid);
                 return;
             }
         }

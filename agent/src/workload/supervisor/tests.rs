@@ -847,3 +847,63 @@ fn a_crashing_replica_stays_on_its_node_and_its_pod_stays_running() {
         assert!(restart_times(rig).len() >= 3 * first.iter().filter(|p| p.0 == rig.index).count());
     }
 }
+
+/// One replica of `web` (selector `zone: a`) placed on node 1, whose agent is stopped (live to
+/// the others, but it reports nothing); then node 0 gets the label instead, so the replica
+/// moves to node 0 while node 1 may, for all node 0 knows, be starting it.
+fn moved_while_unreported() -> Testbed {
+    let mut bed = Testbed::new(2);
+    bed.stop_agent(1);
+    bed.set_labels(1, &[("zone", "a")]);
+    bed.apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      nodeSelector: {zone: a}\n      containers:\n      - name: app\n        image: demo:1\n        command: [/bin/app]\n",
+    );
+    bed.run_for(secs(2), |_| {});
+    assert!(bed.pods().is_empty(), "node 1 reports nothing");
+    bed.set_labels(0, &[("zone", "a")]);
+    bed.set_labels(1, &[]);
+    bed
+}
+
+#[test]
+fn a_replica_moved_from_a_live_node_that_does_not_report_it_waits_before_it_starts() {
+    let mut bed = moved_while_unreported();
+    let moved_at = bed.now.mono;
+    bed.run_for(secs(3), |_| {});
+    let starts = issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. }));
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    let waited = starts[0].saturating_since(moved_at);
+    assert!(
+        waited >= super::input::HOLD && waited <= super::input::HOLD + DEFAULT_LATENCY * 5,
+        "started {waited:?} after the move"
+    );
+    assert_eq!(bed.pods().len(), 1);
+}
+
+#[test]
+fn a_held_replica_that_goes_back_within_the_hold_is_never_started() {
+    let mut bed = moved_while_unreported();
+    bed.run_for(super::input::HOLD / 2, |_| {});
+    // The other node turns out to run it: placement takes it back.
+    bed.set_labels(1, &[("zone", "a")]);
+    bed.set_labels(0, &[]);
+    bed.run_for(secs(3), |_| {});
+    assert!(issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. })).is_empty());
+}
+
+#[test]
+fn a_replica_of_a_dead_node_starts_elsewhere_at_once() {
+    let mut bed = Testbed::new(2);
+    bed.apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: app\n        image: demo:1\n        command: [/bin/app]\n",
+    );
+    bed.run_for(secs(2), |_| {});
+    assert_eq!(bed.pods().len(), 2);
+    let before = issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. })).len();
+    let killed_at = bed.now.mono;
+    bed.kill(1);
+    bed.run_for(secs(2), |_| {});
+    let starts = issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. }));
+    assert_eq!(starts.len(), before + 1);
+    assert!(starts[before].saturating_since(killed_at) < super::input::HOLD / 2);
+}

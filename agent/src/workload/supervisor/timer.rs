@@ -26,8 +26,12 @@ pub(crate) enum Timer {
 /// A deadline of one pod.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum PodTimer {
-    /// The back-off after a failed image pull or a failed start ends.
+    /// The back-off after a failed image pull or a failed start ends. (The first variant:
+    /// [`TimerTable::stop_pod`] ranges from it.)
     StartRetry,
+    /// A pod placed here that was placed on another live node a plan ago, which may be
+    /// starting it, may start ([`super::input::NodePlan::held`]).
+    Hold,
     /// The restart back-off of an exited container ends.
     Restart(String),
     /// A container's next probe of one kind is due.
