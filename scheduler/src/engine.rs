@@ -90,8 +90,13 @@ struct Engine<'a> {
     pull_below: u32,
 }
 
-pub(crate) fn place(view: &ClusterView, workloads: &[Workload], options: Options) -> Placement {
-    let (mut engine, duplicates) = Engine::new(view, workloads, options);
+pub(crate) fn place(
+    view: &ClusterView,
+    workloads: &[Workload],
+    options: Options,
+    placer: &mut crate::Placer,
+) -> Placement {
+    let (mut engine, duplicates) = Engine::new(view, workloads, options, placer);
     engine.place_pinned();
     engine.keep_running();
     engine.relieve_over_bound();
@@ -111,6 +116,7 @@ impl<'a> Engine<'a> {
         view: &'a ClusterView,
         workloads: &'a [Workload],
         options: Options,
+        placer: &mut crate::Placer,
     ) -> (Self, Duplicates<'a>) {
         let nodes: Vec<NodeRt<'a>> = view
             .nodes()
@@ -156,15 +162,7 @@ impl<'a> Engine<'a> {
             i = j;
         }
 
-        let mut ring0: Vec<(u64, u32)> = Vec::new();
-        for (i, n) in nodes.iter().enumerate() {
-            if n.accepting {
-                for v in 0..hash::VNODES {
-                    ring0.push((hash::vnode_point(n.hash, v), i as u32));
-                }
-            }
-        }
-        ring0.sort_unstable();
+        let ring0 = placer.ring(nodes.iter().map(|n| (n.hash, n.accepting)).collect());
         let accepting = nodes.iter().filter(|n| n.accepting).count() as u64;
         let holding = nodes.iter().filter(|n| n.holding).count() as u64;
         // Below these, every node's allocatable covers the request, so the

@@ -144,5 +144,47 @@ pub fn place(view: &ClusterView, workloads: &[Workload]) -> Placement {
 /// Places every replica of `workloads` on the nodes of `view`; see the crate
 /// documentation for the rules.
 pub fn place_with(view: &ClusterView, workloads: &[Workload], options: Options) -> Placement {
-    engine::place(view, workloads, options)
+    engine::place(view, workloads, options, &mut Placer::default())
+}
+
+/// Places as [`place_with`] does, keeping for the next call what depends on the nodes only
+/// (the hash ring: 128 points per node, sorted), so that placing again on the same nodes skips
+/// building it. The result is always the one [`place_with`] gives.
+#[derive(Debug, Default)]
+pub struct Placer {
+    /// The ring of every node that accepts replicas, and what it was built from: each node's
+    /// hash and whether it accepts, in the view's order.
+    ring: Option<(Vec<(u64, bool)>, Vec<(u64, u32)>)>,
+}
+
+impl Placer {
+    /// Places every replica of `workloads` on the nodes of `view`.
+    pub fn place(
+        &mut self,
+        view: &ClusterView,
+        workloads: &[Workload],
+        options: Options,
+    ) -> Placement {
+        engine::place(view, workloads, options, self)
+    }
+
+    /// The ring for these nodes (hash, accepting), built or kept.
+    pub(crate) fn ring(&mut self, nodes: Vec<(u64, bool)>) -> Vec<(u64, u32)> {
+        if let Some((key, ring)) = &self.ring {
+            if *key == nodes {
+                return ring.clone();
+            }
+        }
+        let mut ring = Vec::new();
+        for (i, (hash, accepting)) in nodes.iter().enumerate() {
+            if *accepting {
+                for v in 0..hash::VNODES {
+                    ring.push((hash::vnode_point(*hash, v), i as u32));
+                }
+            }
+        }
+        ring.sort_unstable();
+        self.ring = Some((nodes, ring.clone()));
+        ring
+    }
 }

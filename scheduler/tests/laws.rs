@@ -10,7 +10,7 @@ use common::*;
 use proptest::prelude::*;
 use shoal_scheduler::reference::place_reference;
 use shoal_scheduler::{
-    ClusterView, Node, NodeId, NodeStatus, Options, Reason, Resources, place_with,
+    ClusterView, Node, NodeId, NodeStatus, Options, Placer, Reason, Resources, place_with,
 };
 
 const SMALL: Shape = Shape {
@@ -92,6 +92,36 @@ proptest! {
         let fast = place_with(&v, &s.workloads, s.options);
         let naive = place_reference(&v, &s.workloads, s.options);
         prop_assert_eq!(fast, naive);
+    }
+
+    #[test]
+    fn a_placer_that_keeps_its_ring_places_as_a_fresh_one(
+        a in scenario(MEDIUM),
+        b in scenario(MEDIUM),
+    ) {
+        // The same placer through views that share their nodes, then others, then the first
+        // again, with one node's status flipped: each result is the fresh computation's.
+        let mut placer = Placer::default();
+        let (settled, _) = settle(&a.view, &a.workloads, a.options);
+        let mut flipped = settled.clone();
+        let first = flipped.nodes().next().map(|n| n.id.clone());
+        if let Some(id) = first {
+            let n = flipped.node_mut(&id).expect("exists");
+            n.status = match n.status {
+                NodeStatus::Alive => NodeStatus::Dead,
+                _ => NodeStatus::Alive,
+            };
+        }
+        for (view, workloads, options) in [
+            (&a.view, &a.workloads, a.options),
+            (&settled, &a.workloads, a.options),
+            (&b.view, &b.workloads, b.options),
+            (&a.view, &a.workloads, a.options),
+            (&flipped, &a.workloads, a.options),
+        ] {
+            let kept = placer.place(view, workloads, options);
+            prop_assert_eq!(kept, place_with(view, workloads, options));
+        }
     }
 
     #[test]

@@ -371,6 +371,7 @@ pub(crate) fn asked_replicas(resource: &Resource) -> u32 {
 /// running (a node that just came back, so that replicas already replaced elsewhere stay
 /// there). `now_ms` decides which ready pods are available yet (`minReadySeconds`); the plan
 /// says when that next changes ([`Plan::next_change_ms`]).
+#[cfg(test)]
 pub(crate) fn plan(snapshot: &Snapshot, forfeit: Option<&NodeId>, now_ms: u64) -> Arc<Plan> {
     Planner::default().plan(snapshot, forfeit, now_ms)
 }
@@ -393,6 +394,8 @@ pub(crate) struct Planner {
     order: Option<(u64, Workloads)>,
     derived: BTreeMap<ObjectKey, Derived>,
     running: RunningSets,
+    /// The scheduler, keeping its hash ring while the members stay the same.
+    placer: shoal_scheduler::Placer,
     last: Option<Last>,
     /// How many plans, and how many of them ran the scheduler.
     pub(crate) plans: u64,
@@ -519,6 +522,7 @@ impl Planner {
                     forfeit.as_ref(),
                     &templates,
                     &mut self.running,
+                    &mut self.placer,
                 ));
                 self.last = Some(Last {
                     members_revision: revisions.members,
@@ -639,6 +643,7 @@ fn assign(
     forfeit: Option<&NodeId>,
     templates: &[(Arc<Template>, Ordinals)],
     running: &mut RunningSets,
+    placer: &mut shoal_scheduler::Placer,
 ) -> Assignment {
     let mut out = Assignment::default();
     // The cluster as the scheduler sees it. Ids are made once (per member, per template) and
@@ -727,7 +732,7 @@ fn assign(
             w
         })
         .collect();
-    let placement = shoal_scheduler::place(&view, &scheduled);
+    let placement = placer.place(&view, &scheduled, shoal_scheduler::Options::default());
     drop(scheduled);
     let by_sched_id: std::collections::HashMap<&str, NodeId> = sched_ids
         .iter()

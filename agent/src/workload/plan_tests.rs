@@ -486,6 +486,7 @@ fn plan_cost_at_scale() {
     for (nodes, deployments, each, big) in [
         (3u32, 2000u32, 1u32, 2000u32),
         (100, 100, 100, 0),
+        (1000, 100, 100, 0),
         (1000, 100, 1000, 0),
     ] {
         let members: Vec<MemberSnap> = (0..nodes)

@@ -223,6 +223,29 @@ impl Snapshot {
         }
     }
 
+    /// Sets (or with `None` removes) an object already decoded and shared (its identity lets
+    /// readers tell it is the same value).
+    pub(crate) fn set_shared_object(&mut self, key: ObjectKey, object: Option<Arc<Object>>) {
+        self.revisions.objects = next_revision();
+        match object {
+            Some(object) => {
+                self.objects.insert(key, object);
+            }
+            None => {
+                self.objects.remove(&key);
+            }
+        }
+    }
+
+    /// Takes the members and objects of `other`, with their revisions (a snapshot assembled
+    /// from parts kept apart, as a simulation does).
+    pub(crate) fn share_members_and_objects(&mut self, other: &Snapshot) {
+        self.members = other.members.clone();
+        self.objects = other.objects.clone();
+        self.revisions.members = other.revisions.members;
+        self.revisions.objects = other.revisions.objects;
+    }
+
     /// Replaces every object of `kind` with `listed` (a fresh read of the store).
     pub(crate) fn with_objects(
         &self,

@@ -16,18 +16,8 @@ use shoal_gossip::NodeId;
 
 use super::view::View;
 use crate::node_info::NodeInfo;
-use crate::workload::plan::{Plan, plan};
+use crate::workload::plan::{Plan, Planner};
 use crate::workload::snapshot::{MemberSnap, Snapshot};
-
-/// The planner the simulator runs: the agent's own, unchanged. The one place to switch to
-/// another (an incremental one) later.
-pub(super) fn plan_cluster(
-    snapshot: &Snapshot,
-    forfeit: Option<&NodeId>,
-    now_ms: u64,
-) -> Arc<Plan> {
-    plan(snapshot, forfeit, now_ms)
-}
 
 /// What every node knows of every member apart from its state: name, address, node info (the
 /// simulation's nodes never change theirs).
@@ -40,6 +30,8 @@ pub(super) struct MemberFacts {
 
 /// Plans kept at most.
 const MAX_ENTRIES: usize = 256;
+/// Views (members and objects) and planners kept at most.
+const MAX_VIEWS: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -70,6 +62,12 @@ pub(super) struct PlanCache {
     /// Distinct member views and board versions plans were computed for.
     pub(super) member_views: BTreeSet<u128>,
     pub(super) board_versions: BTreeSet<(usize, u64)>,
+    /// The members and objects of each view planned for, as a snapshot built once, so that
+    /// their revisions stay the same from plan to plan.
+    parts: BTreeMap<(u128, u128), (View, Snapshot)>,
+    /// The agent's planner, one per view, board and forfeit: each sees its board's versions
+    /// one after another and redoes only what changed, as an agent's does.
+    planners: BTreeMap<(u128, u128, usize, Option<NodeId>), Planner>,
 }
 
 impl PlanCache {
@@ -112,21 +110,40 @@ impl PlanCache {
                 }
             }
             let started = std::time::Instant::now();
-            let mut snapshot = records.clone();
-            snapshot.set_members(view.members().iter().filter_map(|(id, state)| {
-                let f = facts.get(id)?;
-                Some(MemberSnap {
-                    id: *id,
-                    name: f.name.clone(),
-                    addr: f.addr.clone(),
-                    state: *state,
-                    info: Some(f.info.clone()),
-                })
-            }));
-            for (key, interned) in view.objects() {
-                snapshot.set_object(key.clone(), interned.object.clone());
+            let same =
+                |(v, _): &(View, Snapshot)| v.members() == view.members() && v.same_objects(view);
+            if !self.parts.get(&(members, objects)).is_some_and(same) {
+                if self.parts.len() >= MAX_VIEWS {
+                    self.parts.clear();
+                }
+                let mut parts = Snapshot::default();
+                parts.set_members(view.members().iter().filter_map(|(id, state)| {
+                    let f = facts.get(id)?;
+                    Some(MemberSnap {
+                        id: *id,
+                        name: f.name.clone(),
+                        addr: f.addr.clone(),
+                        state: *state,
+                        info: Some(f.info.clone()),
+                    })
+                }));
+                for (key, interned) in view.objects() {
+                    parts.set_shared_object(key.clone(), interned.object.clone());
+                }
+                self.parts.insert((members, objects), (view.clone(), parts));
             }
-            let plan = plan_cluster(&snapshot, forfeit, now_ms);
+            let mut snapshot = records.clone();
+            if let Some((_, parts)) = self.parts.get(&(members, objects)) {
+                snapshot.share_members_and_objects(parts);
+            }
+            if self.planners.len() >= MAX_VIEWS {
+                self.planners.clear();
+            }
+            let plan = self
+                .planners
+                .entry((members, objects, group, forfeit.copied()))
+                .or_default()
+                .plan(&snapshot, forfeit, now_ms);
             self.seconds += started.elapsed().as_secs_f64();
             self.computed += 1;
             self.member_views.insert(members);

@@ -22,7 +22,7 @@ use crate::workload::stored::StoredObject;
 pub(super) struct Interned {
     pub(super) version: Version,
     /// `None` when the value does not decode (left out of the snapshot, as the projector does).
-    pub(super) object: Option<Object>,
+    pub(super) object: Option<Arc<Object>>,
     fingerprint: u128,
 }
 
@@ -48,7 +48,8 @@ impl Interner {
         }
         let object = StoredObject::decode(bytes)
             .ok()
-            .and_then(|stored| Object::new(stored).ok());
+            .and_then(|stored| Object::new(stored).ok())
+            .map(Arc::new);
         if object.is_none() {
             self.undecodable += 1;
         }
@@ -181,7 +182,7 @@ impl View {
 fn is_timed(interned: &Interned) -> bool {
     interned
         .object
-        .as_ref()
+        .as_deref()
         .and_then(Object::deployment)
         .is_some_and(|(d, _)| d.spec.min_ready_seconds > 0)
 }
