@@ -237,12 +237,16 @@ impl Snapshot {
         }
     }
 
-    /// Takes the members and objects of `other`, with their revisions (a snapshot assembled
-    /// from parts kept apart, as a simulation does).
-    pub(crate) fn share_members_and_objects(&mut self, other: &Snapshot) {
+    /// Takes the members of `other`, with their revision (a snapshot assembled from parts
+    /// kept apart, as a simulation does).
+    pub(crate) fn share_members(&mut self, other: &Snapshot) {
         self.members = other.members.clone();
-        self.objects = other.objects.clone();
         self.revisions.members = other.revisions.members;
+    }
+
+    /// Takes the objects of `other`, with their revision.
+    pub(crate) fn share_objects(&mut self, other: &Snapshot) {
+        self.objects = other.objects.clone();
         self.revisions.objects = other.revisions.objects;
     }
 

@@ -62,12 +62,14 @@ pub(super) struct PlanCache {
     /// Distinct member views and board versions plans were computed for.
     pub(super) member_views: BTreeSet<u128>,
     pub(super) board_versions: BTreeSet<(usize, u64)>,
-    /// The members and objects of each view planned for, as a snapshot built once, so that
-    /// their revisions stay the same from plan to plan.
-    parts: BTreeMap<(u128, u128), (View, Snapshot)>,
-    /// The agent's planner, one per view, board and forfeit: each sees its board's versions
-    /// one after another and redoes only what changed, as an agent's does.
-    planners: BTreeMap<(u128, u128, usize, Option<NodeId>), Planner>,
+    /// The members and the objects of each view planned for, each as a snapshot built once,
+    /// so that their revisions stay the same from plan to plan.
+    member_parts: BTreeMap<u128, (View, Snapshot)>,
+    object_parts: BTreeMap<u128, (View, Snapshot)>,
+    /// The agent's planner, one per member view, board and forfeit: each sees its board's
+    /// versions one after another and redoes only what changed, as an agent's does (objects
+    /// are decoded once and shared, so a planner tells an object it already knows).
+    planners: BTreeMap<(u128, usize, Option<NodeId>), Planner>,
 }
 
 impl PlanCache {
@@ -110,14 +112,16 @@ impl PlanCache {
                 }
             }
             let started = std::time::Instant::now();
-            let same =
-                |(v, _): &(View, Snapshot)| v.members() == view.members() && v.same_objects(view);
-            if !self.parts.get(&(members, objects)).is_some_and(same) {
-                if self.parts.len() >= MAX_VIEWS {
-                    self.parts.clear();
+            if !self
+                .member_parts
+                .get(&members)
+                .is_some_and(|(v, _)| v.members() == view.members())
+            {
+                if self.member_parts.len() >= MAX_VIEWS {
+                    self.member_parts.clear();
                 }
-                let mut parts = Snapshot::default();
-                parts.set_members(view.members().iter().filter_map(|(id, state)| {
+                let mut part = Snapshot::default();
+                part.set_members(view.members().iter().filter_map(|(id, state)| {
                     let f = facts.get(id)?;
                     Some(MemberSnap {
                         id: *id,
@@ -127,21 +131,35 @@ impl PlanCache {
                         info: Some(f.info.clone()),
                     })
                 }));
-                for (key, interned) in view.objects() {
-                    parts.set_shared_object(key.clone(), interned.object.clone());
+                self.member_parts.insert(members, (view.clone(), part));
+            }
+            if !self
+                .object_parts
+                .get(&objects)
+                .is_some_and(|(v, _)| v.same_objects(view))
+            {
+                if self.object_parts.len() >= MAX_VIEWS {
+                    self.object_parts.clear();
                 }
-                self.parts.insert((members, objects), (view.clone(), parts));
+                let mut part = Snapshot::default();
+                for (key, interned) in view.objects() {
+                    part.set_shared_object(key.clone(), interned.object.clone());
+                }
+                self.object_parts.insert(objects, (view.clone(), part));
             }
             let mut snapshot = records.clone();
-            if let Some((_, parts)) = self.parts.get(&(members, objects)) {
-                snapshot.share_members_and_objects(parts);
+            if let Some((_, part)) = self.member_parts.get(&members) {
+                snapshot.share_members(part);
+            }
+            if let Some((_, part)) = self.object_parts.get(&objects) {
+                snapshot.share_objects(part);
             }
             if self.planners.len() >= MAX_VIEWS {
                 self.planners.clear();
             }
             let plan = self
                 .planners
-                .entry((members, objects, group, forfeit.copied()))
+                .entry((members, group, forfeit.copied()))
                 .or_default()
                 .plan(&snapshot, forfeit, now_ms);
             self.seconds += started.elapsed().as_secs_f64();
