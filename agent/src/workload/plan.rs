@@ -37,7 +37,7 @@ use shoal_scheduler::{
     ClusterView, Decision, Node as SchedNode, NodeId as SchedNodeId, NodeStatus, ReplicaId,
     Resources, Workload, WorkloadId,
 };
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+use xxhash_rust::xxh3::{Xxh3, Xxh3DefaultBuilder, xxh3_64};
 
 use super::limits::Limits;
 use super::snapshot::{Object, Snapshot};
@@ -269,15 +269,17 @@ impl Template {
     /// 27-letter alphabet: two replicas of a 2,000-replica template share one about once in
     /// seven, so the planner salts the later one; salt 0 adds nothing).
     fn name_hash(&self, ordinal: u32, node: Option<&NodeId>, salt: u32) -> u64 {
-        let mut seed = self.workload.as_bytes().to_vec();
-        seed.extend_from_slice(&ordinal.to_le_bytes());
+        // Streamed: the same hash as of the parts put end to end, with nothing allocated.
+        let mut hasher = Xxh3::new();
+        hasher.update(self.workload.as_bytes());
+        hasher.update(&ordinal.to_le_bytes());
         if let Some(node) = node {
-            seed.extend_from_slice(node.as_bytes());
+            hasher.update(node.as_bytes());
         }
         if salt > 0 {
-            seed.extend_from_slice(&salt.to_le_bytes());
+            hasher.update(&salt.to_le_bytes());
         }
-        xxh3_64(&seed)
+        hasher.digest()
     }
 
     /// The pod for a replica on a node (`node: None` for a pod that is not placed), and its
@@ -734,11 +736,13 @@ fn assign(
         .collect();
     let placement = placer.place(&view, &scheduled, shoal_scheduler::Options::default());
     drop(scheduled);
-    let by_sched_id: std::collections::HashMap<&str, NodeId> = sched_ids
+    let by_sched_id: std::collections::HashMap<&str, NodeId, Xxh3DefaultBuilder> = sched_ids
         .iter()
         .map(|(id, sched)| (sched.as_str(), *id))
         .collect();
     out.node_names = snapshot.members().map(|m| (m.id, m.name.clone())).collect();
+    let mut by_node: std::collections::HashMap<NodeId, Vec<(usize, u32)>, Xxh3DefaultBuilder> =
+        std::collections::HashMap::default();
     for (template, ordinals) in templates {
         let mut replicas = Vec::new();
         let mut unschedulable: BTreeMap<String, Vec<u32>> = BTreeMap::new();
@@ -784,7 +788,10 @@ fn assign(
         let mut salts = BTreeMap::new();
         if !template.bare {
             const SUFFIXES: u64 = 27u64.pow(5);
-            let mut taken = std::collections::HashSet::with_capacity(replicas.len());
+            let mut taken = std::collections::HashSet::with_capacity_and_hasher(
+                replicas.len(),
+                Xxh3DefaultBuilder,
+            );
             for &(ordinal, node) in &replicas {
                 let mut salt = 0;
                 while !taken.insert(template.name_hash(ordinal, Some(&node), salt) % SUFFIXES) {
@@ -797,7 +804,7 @@ fn assign(
         }
         let i = out.placed.len();
         for &(ordinal, node) in &replicas {
-            out.by_node.entry(node).or_default().push((i, ordinal));
+            by_node.entry(node).or_default().push((i, ordinal));
         }
         out.by_workload.insert(template.workload.clone(), i);
         out.placed.push(Placed {
@@ -806,6 +813,8 @@ fn assign(
             salts,
         });
     }
+    // Each node's replicas were pushed in (template, ordinal) order.
+    out.by_node = by_node.into_iter().collect();
     out
 }
 
