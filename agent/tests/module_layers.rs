@@ -35,9 +35,15 @@ const LAYERS: &[&[&str]] = &[
         "workload/supervisor",
         "workload/view",
     ],
-    // What drives them: the reconciler task, the HTTP API, the service proxy (and the
-    // supervisors' test bed).
-    &["api", "proxy", "workload/reconciler", "workload/testbed"],
+    // What drives them: the reconciler task, the HTTP API, the service proxy, the workload
+    // simulator (and the supervisors' test bed).
+    &[
+        "api",
+        "proxy",
+        "workload/reconciler",
+        "workload/sim",
+        "workload/testbed",
+    ],
     // The commands: the agent that wires everything, the CLI, the simulator.
     &["agent", "cli", "sim"],
 ];
