@@ -547,6 +547,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         crate::api::logs_remote::serve(requests, snapshots.clone(), runtime.clone(), id)
     });
 
+    // Memory freed when workloads go is given back to the system.
+    tokio::spawn(crate::memory::give_back_periodically());
+
     // Signals: the first SIGTERM/SIGINT leaves gracefully.
     tokio::spawn(async move {
         wait_for_signal().await;

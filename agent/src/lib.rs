@@ -9,6 +9,7 @@ mod cli;
 mod clock;
 mod dns;
 mod driver;
+pub mod memory;
 mod net;
 mod node_info;
 mod persist;

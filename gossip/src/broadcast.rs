@@ -57,6 +57,13 @@ impl BroadcastQueue {
         );
     }
 
+    /// Forgets every queued update (there is no one to send them to; anti-entropy brings
+    /// members that come later up to date).
+    pub(crate) fn clear(&mut self) {
+        self.by_key.clear();
+        self.order.clear();
+    }
+
     /// Number of queued updates.
     pub(crate) fn len(&self) -> usize {
         self.by_key.len()

@@ -9,8 +9,8 @@
 //! deterministic simulator.
 //!
 //! # Protocols
-//! - **Membership** (SWIM with Lifeguard): every `probe_interval` (scaled by the local health
-//!   multiplier) one live member, in a shuffled round-robin order, gets a ping; no ack within
+//! - **Membership** (SWIM with Lifeguard): every protocol period (`probe_interval`, shorter
+//!   above 100 members, scaled by the local health multiplier) one live member, in a shuffled round-robin order, gets a ping; no ack within
 //!   `probe_timeout` sends `indirect_probes` ping requests through other members, which answer
 //!   with the relayed ack or a nack. A probe that ends without ack makes the target *suspect*.
 //!   A suspicion becomes *dead* after a timeout that starts at `suspicion_max_mult` times the
@@ -494,7 +494,7 @@ impl<R: Rng> Node<R> {
                             requester_seq: seq,
                             nack_at: now.mono + self.scaled(self.config.probe_timeout).mul_f64(0.8),
                             nacked: false,
-                            expires: now.mono + self.scaled(self.config.probe_interval),
+                            expires: now.mono + self.scaled(self.period()),
                         },
                     );
                     self.send_ping(probe_seq, target, target_addr);
@@ -622,7 +622,7 @@ impl<R: Rng> Node<R> {
         }
         if t >= self.next_probe_at {
             self.finish_probe(now);
-            self.next_probe_at = t + self.scaled(self.config.probe_interval);
+            self.next_probe_at = t + self.scaled(self.period());
             self.start_probe(t);
         }
         // Indirect probes on behalf of others.
@@ -648,7 +648,12 @@ impl<R: Rng> Node<R> {
             self.suspicions.remove(&id);
             self.declare(id, incarnation, MemberState::Dead, now);
         }
-        // Periodic gossip of what is still queued.
+        // Periodic gossip of what is still queued. Alone, a node keeps nothing queued: the
+        // updates are in its store, and whoever joins or comes back later gets them by
+        // anti-entropy (a one-node cluster would otherwise queue every change it ever makes).
+        if self.live.is_empty() && self.join.is_none() {
+            self.queue.clear();
+        }
         if t >= self.next_gossip_at {
             self.next_gossip_at = t + self.config.gossip_interval;
             if !self.queue.is_empty() {
@@ -1015,6 +1020,11 @@ impl<R: Rng> Node<R> {
         let fraction = ((confirmations as f64) + 1.0).ln() / ((k as f64) + 1.0).ln();
         max.saturating_sub((max - min).mul_f64(fraction.min(1.0)))
             .max(min)
+    }
+
+    /// The protocol period for the cluster's size now.
+    fn period(&self) -> Duration {
+        self.config.probe_interval_for(self.live.len() + 1)
     }
 
     fn scaled(&self, d: Duration) -> Duration {

@@ -352,3 +352,30 @@ fn suspicion_is_visible_before_death() {
         ],
     ));
 }
+
+#[test]
+fn a_node_left_alone_keeps_nothing_queued_and_its_writes_reach_later_members() {
+    let mut sim = Sim::new(SimConfig::lan(2, 31));
+    sim.run_for(secs(2));
+    sim.crash(1);
+    sim.run_for(secs(10));
+    for i in 0..500 {
+        sim.write_named(0, &format!("alone-{i}"), Some(vec![7; 200]));
+    }
+    sim.run_for(secs(1));
+    let alone = sim.node(0).expect("up");
+    assert_eq!(alone.queued_updates(), 0, "nobody to send to");
+    assert_eq!(alone.store().len(), 500 + 2, "the writes are kept");
+    // A node that comes back gets every write by anti-entropy.
+    sim.restart(1, None, 0);
+    sim.run_for(secs(20));
+    let back = sim.node(1).expect("up");
+    for i in [0, 250, 499] {
+        let key = shoal_gossip::Key::Object(shoal_gossip::ObjectKey::new(
+            "sim",
+            "default",
+            &format!("alone-{i}"),
+        ));
+        assert!(back.store().get(&key).is_some(), "alone-{i} reached n1");
+    }
+}
