@@ -582,7 +582,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     // The node left the cluster: its replicas are placed elsewhere now, so its pods stop (as a
     // drained Kubernetes node's are evicted) instead of running on as orphans.
-    crate::workload::reconciler::stop_all(&runtime_for_shutdown).await;
+    crate::workload::reconciler::stop_all(
+        runtime_for_shutdown.as_ref(),
+        crate::workload::reconciler::SHUTDOWN_GRACE,
+    )
+    .await;
     let _ = api_done_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     mesh.shutdown().await;
