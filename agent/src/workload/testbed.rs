@@ -169,8 +169,12 @@ impl NodeRig {
         }
     }
 
-    /// The agent restarts (kill -9 and start): a new supervisor, the same runtime and records.
+    /// The agent restarts (kill -9 and start): a new supervisor, the same runtime and records;
+    /// the runtime recovers from interrupted operations first, as the agent's does when it is
+    /// made.
     pub(crate) fn restart_agent(&mut self, now: Now) {
+        self.rt.set_now_ms(now.wall_ms);
+        block_on(self.rt.recover()).expect("the fake runtime recovers");
         self.sup = Supervisor::new(self.config.clone(), now);
         self.pending.clear();
     }
