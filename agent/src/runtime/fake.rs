@@ -399,7 +399,8 @@ impl Runtime for FakeRuntime {
             ip,
             containers: Vec::new(),
         };
-        for (_index, spec) in pod.containers.iter().enumerate() {
+        for index in 0..pod.containers.len() {
+            let spec = &pod.containers[index];
             fake.containers.push(FakeContainer {
                 name: spec.name.clone(),
                 image: spec.image.clone(),
@@ -409,13 +410,10 @@ impl Runtime for FakeRuntime {
                 log: Vec::new(),
             });
             #[cfg(test)]
-            if self
-                .crash
-                .fires(super::CrashPoint::StartAfterCreate(_index))
-            {
+            if self.crash.fires(super::CrashPoint::StartAfterCreate(index)) {
                 state.pods.insert(pod.uid.clone(), fake);
                 return Err(super::simulated_crash(super::CrashPoint::StartAfterCreate(
-                    _index,
+                    index,
                 )));
             }
             let id = state.next_id();
@@ -423,10 +421,10 @@ impl Runtime for FakeRuntime {
                 c.run(id, now);
             }
             #[cfg(test)]
-            if self.crash.fires(super::CrashPoint::StartAfterStart(_index)) {
+            if self.crash.fires(super::CrashPoint::StartAfterStart(index)) {
                 state.pods.insert(pod.uid.clone(), fake);
                 return Err(super::simulated_crash(super::CrashPoint::StartAfterStart(
-                    _index,
+                    index,
                 )));
             }
         }
