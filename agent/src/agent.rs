@@ -405,9 +405,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (cpu_all, memory_all) = machine_capacity();
     let mut labels: std::collections::BTreeMap<String, String> =
         args.labels.iter().cloned().collect();
-    labels.insert("kubernetes.io/hostname".into(), name.clone());
-    labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
-    labels.insert("kubernetes.io/arch".into(), std::env::consts::ARCH.into());
+    labels.extend(crate::node_info::well_known_labels(&name));
     info!(runtime = %runtime_kind, ?labels, "pods run with the {runtime_kind} runtime");
 
     // The service mesh: other members reach the pods this node runs through it.
@@ -449,8 +447,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let info = NodeInfo {
         format: crate::workload::stored::FORMAT,
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        os: std::env::consts::OS.to_owned(),
-        arch: std::env::consts::ARCH.to_owned(),
+        os: crate::node_info::kubernetes_os(),
+        arch: crate::node_info::kubernetes_arch(),
         created_ms,
         started_ms: wall_ms(),
         cpu_millis: args.cpu_millis.unwrap_or(cpu_all),
@@ -587,7 +585,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     // The node left the cluster: its replicas are placed elsewhere now, so its pods stop (as a
     // drained Kubernetes node's are evicted) instead of running on as orphans.
-    crate::workload::reconciler::stop_all(&runtime_for_shutdown).await;
+    crate::workload::reconciler::stop_all(
+        runtime_for_shutdown.as_ref(),
+        crate::workload::reconciler::SHUTDOWN_GRACE,
+    )
+    .await;
     let _ = api_done_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     mesh.shutdown().await;

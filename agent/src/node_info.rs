@@ -60,3 +60,131 @@ impl NodeInfo {
         serde_json::to_vec(self).expect("node info serialises")
     }
 }
+
+/// The label Kubernetes puts the node's name under.
+pub(crate) const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+/// The label of the node's operating system, as Go names it (`GOOS`).
+pub(crate) const LABEL_OS: &str = "kubernetes.io/os";
+/// The label of the node's architecture, as Go names it (`GOARCH`).
+pub(crate) const LABEL_ARCH: &str = "kubernetes.io/arch";
+
+/// The labels every node carries, as a kubelet sets them: its name, and this machine's
+/// operating system and architecture under Go's names, which are what manifests select on
+/// (`kubernetes.io/arch: amd64`, never `x86_64`).
+pub(crate) fn well_known_labels(node_name: &str) -> [(String, String); 3] {
+    [
+        (LABEL_HOSTNAME.to_owned(), node_name.to_owned()),
+        (LABEL_OS.to_owned(), kubernetes_os()),
+        (LABEL_ARCH.to_owned(), kubernetes_arch()),
+    ]
+}
+
+/// This machine's operating system as Kubernetes names it ([`goos`]).
+pub(crate) fn kubernetes_os() -> String {
+    goos(std::env::consts::OS)
+}
+
+/// This machine's architecture as Kubernetes names it ([`goarch`]).
+pub(crate) fn kubernetes_arch() -> String {
+    goarch(std::env::consts::ARCH, cfg!(target_endian = "little"))
+}
+
+/// Go's `GOOS` for Rust's `std::env::consts::OS`: they differ only for macOS (`darwin`);
+/// anything else is passed through.
+pub(crate) fn goos(rust_os: &str) -> String {
+    match rust_os {
+        "macos" => "darwin",
+        other => other,
+    }
+    .to_owned()
+}
+
+/// Go's `GOARCH` for Rust's `std::env::consts::ARCH` (`x86_64` is `amd64`, `aarch64` is
+/// `arm64`, `x86` is `386` ...). Rust names MIPS and 64-bit PowerPC the same in either byte
+/// order and Go does not, hence `little_endian`. An architecture Go does not know is passed
+/// through.
+pub(crate) fn goarch(rust_arch: &str, little_endian: bool) -> String {
+    let le = |big: &'static str, little: &'static str| if little_endian { little } else { big };
+    match rust_arch {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => le("ppc64", "ppc64le"),
+        "mips" => le("mips", "mipsle"),
+        "mips64" => le("mips64", "mips64le"),
+        "loongarch64" => "loong64",
+        "riscv64" => "riscv64",
+        "s390x" => "s390x",
+        "sparc64" => "sparc64",
+        "wasm32" => "wasm",
+        other => other,
+    }
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architectures_have_their_go_names() {
+        for (rust, little_endian, go) in [
+            ("x86_64", true, "amd64"),
+            ("x86", true, "386"),
+            ("aarch64", true, "arm64"),
+            ("arm", true, "arm"),
+            ("powerpc64", true, "ppc64le"),
+            ("powerpc64", false, "ppc64"),
+            ("s390x", false, "s390x"),
+            ("riscv64", true, "riscv64"),
+            ("loongarch64", true, "loong64"),
+            ("mips", true, "mipsle"),
+            ("mips", false, "mips"),
+            ("mips64", true, "mips64le"),
+            ("mips64", false, "mips64"),
+            ("sparc64", false, "sparc64"),
+            ("wasm32", true, "wasm"),
+            ("csky", true, "csky"),
+        ] {
+            assert_eq!(
+                goarch(rust, little_endian),
+                go,
+                "{rust} (little endian: {little_endian})"
+            );
+        }
+    }
+
+    #[test]
+    fn operating_systems_have_their_go_names() {
+        for (rust, go) in [
+            ("linux", "linux"),
+            ("macos", "darwin"),
+            ("windows", "windows"),
+            ("freebsd", "freebsd"),
+            ("illumos", "illumos"),
+        ] {
+            assert_eq!(goos(rust), go);
+        }
+    }
+
+    #[test]
+    fn this_node_is_labelled_with_go_names() {
+        let labels: BTreeMap<String, String> = well_known_labels("laptop-1").into_iter().collect();
+        assert_eq!(labels[LABEL_HOSTNAME], "laptop-1");
+        let known = [
+            "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "loong64",
+        ];
+        assert!(
+            known.contains(&labels[LABEL_ARCH].as_str()),
+            "{} is not a GOARCH name",
+            labels[LABEL_ARCH]
+        );
+        #[cfg(target_os = "linux")]
+        assert_eq!(labels[LABEL_OS], "linux");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(labels[LABEL_ARCH], "amd64");
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(labels[LABEL_ARCH], "arm64");
+    }
+}

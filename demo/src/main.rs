@@ -1,7 +1,7 @@
 //! `shoal-demo-http`: a tiny HTTP/1.1 server, and client, that shoal's tests and demos deploy.
 //!
-//! Standard library only, so it links statically for a `FROM scratch` image (see
-//! `demo/build-image.sh`):
+//! The standard library and `nix` (for signals) only, so it links statically for a
+//! `FROM scratch` image (see `demo/build-image.sh`):
 //!
 //! ```text
 //! RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/demo-static \
@@ -23,6 +23,16 @@
 //!
 //! Every request is logged on stdout, so log capture can be tested.
 //!
+//! **Stopping**: SIGTERM or SIGINT closes the listener (new connections are refused), lets the
+//! requests in progress finish for at most [`DRAIN`], and exits with code 0. It closes at once,
+//! or after `STOP_DELAY_MS` (default 0) of serving on, as a server draining slowly would (to
+//! test grace periods running out). As PID 1
+//! of a container a process gets no default action for these signals (the kernel protects a
+//! namespace's init), so a server that did not handle them would be killed only when
+//! `docker stop` or a pod's grace period runs out. They are blocked in every thread and taken
+//! with `sigwait` by one thread of their own: no handler runs in an arbitrary thread, and a
+//! blocked signal is never discarded, even for PID 1.
+//!
 //! **Client**: `shoal-demo-http --get http://HOST:PORT/PATH [--wait-ms N]` prints the body and
 //! exits 0 on a 2xx answer, 1 otherwise; it retries connecting for up to `--wait-ms` (default
 //! 5000) ms. HOST is an IP address, `localhost`, or a name resolved with `/etc/resolv.conf`
@@ -37,8 +47,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{SigSet, Signal};
+
 const MAX_CONNECTIONS: usize = 64;
 const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// How long requests in progress may take to finish once a stop signal came.
+const DRAIN: Duration = Duration::from_secs(2);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +77,8 @@ struct State {
     connections: AtomicUsize,
     started: Instant,
     ready_after: Duration,
+    /// A stop signal came: the accept loop ends at its next wake-up.
+    stopping: AtomicBool,
 }
 
 fn listen_addr() -> String {
@@ -85,7 +101,65 @@ fn listen_addr() -> String {
     }
 }
 
+/// The signals that stop the server, blocked in the calling thread and every thread it
+/// starts from now on (so that only [`wait_for_stop`] takes them).
+fn block_stop_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    if let Err(err) = signals.thread_block() {
+        eprintln!("shoal-demo-http: cannot block SIGTERM and SIGINT: {err}");
+    }
+    signals
+}
+
+/// Waits for a stop signal, then ends the accept loop: it sets `stopping` and connects to the
+/// listener to wake the loop from `accept`.
+fn wait_for_stop(signals: SigSet, state: Arc<State>, wake: SocketAddr) {
+    let signal = loop {
+        match signals.wait() {
+            Ok(signal) => break signal,
+            // Interrupted: wait again.
+            Err(_) => continue,
+        }
+    };
+    let delay = std::env::var("STOP_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default();
+    if !delay.is_zero() {
+        println!(
+            "{signal} received: closing the listener in {} ms",
+            delay.as_millis()
+        );
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(delay);
+    }
+    println!("{signal} received: closing the listener");
+    let _ = std::io::stdout().flush();
+    state.stopping.store(true, Ordering::SeqCst);
+    if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_err() {
+        // The loop cannot be woken (nothing reaches the address it listens on): stop here.
+        std::process::exit(0);
+    }
+}
+
+/// The address that reaches a listener bound to `local` (its wildcard as loopback).
+fn wake_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), local.port())
+        }
+        _ => local,
+    }
+}
+
 fn serve() {
+    let signals = block_stop_signals();
     let addr = listen_addr();
     let listener = match TcpListener::bind(&addr) {
         Ok(listener) => listener,
@@ -104,13 +178,26 @@ fn serve() {
         connections: AtomicUsize::new(0),
         started: Instant::now(),
         ready_after,
+        stopping: AtomicBool::new(false),
     });
+    let local = listener.local_addr();
     println!(
         "shoal-demo-http {} listening on {}",
         env!("CARGO_PKG_VERSION"),
-        listener.local_addr().map(|a| a.to_string()).unwrap_or(addr)
+        local.as_ref().map(|a| a.to_string()).unwrap_or(addr)
     );
+    let _ = std::io::stdout().flush();
+    match local {
+        Ok(local) => {
+            let state = Arc::clone(&state);
+            std::thread::spawn(move || wait_for_stop(signals, state, wake_addr(local)));
+        }
+        Err(err) => eprintln!("shoal-demo-http: no local address, stop signals kill: {err}"),
+    }
     for stream in listener.incoming() {
+        if state.stopping.load(Ordering::SeqCst) {
+            break;
+        }
         let Ok(mut stream) = stream else { continue };
         if state.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             state.connections.fetch_sub(1, Ordering::SeqCst);
@@ -129,6 +216,15 @@ fn serve() {
             state.connections.fetch_sub(1, Ordering::SeqCst);
         }
     }
+    // Closed: connections are refused from now on. Those in progress get a moment to finish.
+    drop(listener);
+    let deadline = Instant::now() + DRAIN;
+    while state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("stopped");
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
 }
 
 fn handle(mut stream: TcpStream, state: &State) {

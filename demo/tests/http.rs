@@ -125,3 +125,56 @@ fn client_mode_gets_and_reports_status() {
     assert_eq!(out.status.code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Waits for the server to exit, at most `limit`; returns its status and how long it took.
+fn wait_exit(server: &mut Server, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.0.try_wait().expect("waiting for the server") {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the server still runs {limit:?} after the signal"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(server: &Server, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(server.0.id() as i32);
+    nix::sys::signal::kill(pid, signal).expect("signalling the server");
+}
+
+#[test]
+fn sigterm_closes_the_listener_finishes_requests_in_progress_and_exits() {
+    let (mut server, addr) = start(&[("POD_NAME", "web-0")]);
+    // A request in progress: its head is not complete yet when the signal comes.
+    let mut in_progress = TcpStream::connect(&addr).expect("connecting");
+    write!(in_progress, "GET /healthz HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&server, nix::sys::signal::Signal::SIGTERM);
+    // The listener closes at once: new connections are refused.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while TcpStream::connect(&addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The request in progress is answered.
+    write!(in_progress, "Host: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    in_progress.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    let (status, _) = wait_exit(&mut server, Duration::from_secs(3));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigint_stops_an_idle_server_at_once() {
+    let (mut server, addr) = start(&[]);
+    assert_eq!(request(&addr, "GET", "/healthz").0, 200);
+    signal(&server, nix::sys::signal::Signal::SIGINT);
+    let (status, took) = wait_exit(&mut server, Duration::from_secs(3));
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}

@@ -147,6 +147,12 @@ pub fn place_with(view: &ClusterView, workloads: &[Workload], options: Options) 
     engine::place(view, workloads, options, &mut Placer::default())
 }
 
+/// What a ring is built from: each node's hash and whether it accepts replicas, in the view's
+/// order.
+type RingKey = Vec<(u64, bool)>;
+/// A ring: its points, each with the index of its node in the view, sorted.
+type Ring = Vec<(u64, u32)>;
+
 /// Places as [`place_with`] does, keeping for the next call what depends on the nodes only
 /// (the hash ring: 128 points per node, sorted), so that placing again on the same nodes skips
 /// building it. The result is always the one [`place_with`] gives.
@@ -154,7 +160,7 @@ pub fn place_with(view: &ClusterView, workloads: &[Workload], options: Options) 
 pub struct Placer {
     /// The ring of every node that accepts replicas, and what it was built from: each node's
     /// hash and whether it accepts, in the view's order.
-    ring: Option<(Vec<(u64, bool)>, Vec<(u64, u32)>)>,
+    ring: Option<(RingKey, Ring)>,
 }
 
 impl Placer {

@@ -7,7 +7,7 @@ use shoal_gossip::{Entry, MemberState, Version};
 use shoal_model::Timestamp;
 
 use crate::driver::{ClusterView, MemberView};
-use crate::node_info::NodeInfo;
+use crate::node_info::{LABEL_HOSTNAME, NodeInfo};
 use crate::workload::snapshot::Snapshot;
 
 /// The `resourceVersion` of an entry: its hybrid logical clock (`wall_ms.logical`), or the
@@ -62,6 +62,13 @@ fn split_host(addr: &str) -> &str {
 pub(crate) fn node_object(m: &MemberView, info: Option<&NodeInfo>) -> Value {
     let (ready, reason, message) = ready_condition(m.state);
     let created = info.map(|i| i.created_ms).unwrap_or(m.since_ms);
+    // Every label the node carries (what `nodeSelector` matches), the well-known ones included;
+    // a node whose info has not arrived yet shows its name.
+    let mut labels = serde_json::Map::new();
+    labels.insert(LABEL_HOSTNAME.into(), m.name.clone().into());
+    for (key, value) in info.map(|i| &i.labels).into_iter().flatten() {
+        labels.insert(key.clone(), value.clone().into());
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -69,11 +76,7 @@ pub(crate) fn node_object(m: &MemberView, info: Option<&NodeInfo>) -> Value {
             "name": m.name,
             "uid": m.id.to_hex(),
             "creationTimestamp": rfc3339(created),
-            "labels": {
-                "kubernetes.io/hostname": m.name,
-                "kubernetes.io/os": info.map(|i| i.os.as_str()).unwrap_or(""),
-                "kubernetes.io/arch": info.map(|i| i.arch.as_str()).unwrap_or(""),
-            },
+            "labels": labels,
         },
         "status": {
             "addresses": [
@@ -119,6 +122,42 @@ pub(crate) fn node_list(view: &ClusterView, snapshot: &Snapshot, _now_ms: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_shows_every_label_it_carries() {
+        let member = MemberView {
+            id: shoal_gossip::NodeId([7; 32]),
+            name: "laptop-1".into(),
+            addr: "192.168.1.20:7946".into(),
+            incarnation: 1,
+            state: MemberState::Alive,
+            since_ms: 0,
+            local: false,
+        };
+        let mut info = NodeInfo {
+            os: "linux".into(),
+            arch: "amd64".into(),
+            ..Default::default()
+        };
+        info.labels
+            .extend(crate::node_info::well_known_labels("laptop-1"));
+        info.labels.insert("disk".into(), "ssd".into());
+        let node = node_object(&member, Some(&info));
+        let labels = &node["metadata"]["labels"];
+        assert_eq!(labels["kubernetes.io/hostname"], "laptop-1");
+        assert_eq!(
+            labels["kubernetes.io/arch"],
+            crate::node_info::kubernetes_arch().as_str()
+        );
+        assert_eq!(labels["disk"], "ssd");
+        assert_eq!(node["status"]["nodeInfo"]["architecture"], "amd64");
+        // Before its info arrives, a node shows its name.
+        let bare = node_object(&member, None);
+        assert_eq!(
+            bare["metadata"]["labels"],
+            json!({"kubernetes.io/hostname": "laptop-1"})
+        );
+    }
 
     #[test]
     fn names_follow_dns_rules() {

@@ -4,7 +4,10 @@
 //!
 //! A runtime takes part through a [`Fixture`]: the runtime itself and three containers it can
 //! run (one that runs until stopped, one that exits by itself with a known code, one that logs
-//! a known line), since what a container is differs (a program, an image).
+//! a known line), since what a container is differs (a program, an image). For the crash
+//! cases it also says where its operations can be stopped short ([`CrashPoint`]), makes the
+//! runtime again over the same state (an agent restarted after kill -9), and tells what of a
+//! pod runs that no listing shows.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,6 +27,16 @@ pub(super) trait Fixture {
     fn exiting(&self, name: &str) -> (ContainerSpec, i32);
     /// A container that writes a line containing the returned text to its log, then runs on.
     fn logging(&self, name: &str) -> (ContainerSpec, String);
+    /// The points where this runtime's starts and removals can be stopped short.
+    fn crash_points(&self) -> Vec<CrashPoint>;
+    /// Makes the runtime's next operation stop short at `point`, as if the agent were killed
+    /// there.
+    fn crash_at(&self, point: CrashPoint);
+    /// The agent starts again after a crash: a new runtime over the same state (data dir,
+    /// engine, cluster and node), recovered ([`Runtime::recover`]) as the agent does it.
+    fn restart(&mut self) -> impl Future<Output = ()>;
+    /// What of pod `uid` runs, or is held, that no listing shows (processes, containers).
+    fn leftovers(&self, uid: &str) -> impl Future<Output = Vec<String>>;
 }
 
 fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
@@ -261,6 +274,135 @@ pub(super) async fn logs_of_a_container<F: Fixture>(f: &F) {
     rt.remove_pod("conf-logs").await.unwrap();
 }
 
+/// After a restart, pod `uid` is either gone or whole (every container of `spec`, none never
+/// started), and nothing of it runs that the listing does not show; returns whether it is
+/// there.
+async fn gone_or_whole<F: Fixture>(f: &F, spec: &PodSpec, when: &str) -> bool {
+    let pods = f.runtime().list_pods().await.expect("listing pods");
+    let found = find(&pods, &spec.uid).cloned();
+    if let Some(p) = &found {
+        let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+        let want: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, want, "{when}: an incomplete pod is listed: {p:#?}");
+        assert!(
+            p.containers
+                .iter()
+                .all(|c| !matches!(c.state, ContainerState::Created)),
+            "{when}: a container that never started is listed: {p:#?}"
+        );
+    }
+    let leftovers = f.leftovers(&spec.uid).await;
+    assert!(
+        leftovers.is_empty(),
+        "{when}: runs outside what is listed: {leftovers:?}"
+    );
+    found.is_some()
+}
+
+/// Creates the pod again (after removing the whole one a crash left), and removes it.
+async fn create_again<F: Fixture>(f: &F, spec: &PodSpec, whole: bool, when: &str) {
+    let rt = f.runtime();
+    if whole {
+        rt.stop_pod(&spec.uid, Duration::from_secs(1))
+            .await
+            .expect("stopping the whole pod");
+        rt.remove_pod(&spec.uid)
+            .await
+            .expect("removing the whole pod");
+    }
+    let info = rt
+        .start_pod(spec)
+        .await
+        .unwrap_or_else(|e| panic!("{when}: creating the pod again failed: {e}"));
+    assert!(info.all_running(), "{when}: {info:#?}");
+    wait_for(rt, "the pod created again running", |pods| {
+        find(pods, &spec.uid).is_some_and(PodInfo::all_running)
+    })
+    .await;
+    rt.remove_pod(&spec.uid).await.expect("removing");
+    assert!(find(&rt.list_pods().await.unwrap(), &spec.uid).is_none());
+}
+
+/// A start stopped short at any point (the agent killed there) leaves, once the agent starts
+/// again, either nothing of the pod or the whole pod, nothing running outside the listing,
+/// and a pod that can be created again.
+pub(super) async fn an_interrupted_start_is_recovered<F: Fixture>(f: &mut F) {
+    let points: Vec<CrashPoint> = f
+        .crash_points()
+        .into_iter()
+        .filter(|p| !matches!(p, CrashPoint::RemoveMidway))
+        .collect();
+    assert!(!points.is_empty());
+    for (i, point) in points.into_iter().enumerate() {
+        let when = format!("a start stopped at {point:?}");
+        let spec = pod(
+            &format!("conf-crash-{i}"),
+            "crash",
+            vec![f.long_running("one", 0), f.long_running("two", 1)],
+        );
+        f.crash_at(point);
+        let started = f.runtime().start_pod(&spec).await;
+        assert!(started.is_err(), "{when}: the start went on: {started:?}");
+        f.restart().await;
+        let whole = gone_or_whole(f, &spec, &when).await;
+        create_again(f, &spec, whole, &when).await;
+    }
+}
+
+/// `start_pod` of a uid whose start was stopped short replaces what it left, even before any
+/// recovery.
+pub(super) async fn a_start_replaces_an_interrupted_one<F: Fixture>(f: &F) {
+    let spec = pod(
+        "conf-again",
+        "again",
+        vec![f.long_running("one", 0), f.long_running("two", 1)],
+    );
+    f.crash_at(CrashPoint::StartAfterCreate(1));
+    assert!(f.runtime().start_pod(&spec).await.is_err());
+    let info = f
+        .runtime()
+        .start_pod(&spec)
+        .await
+        .expect("a start of the same pod replaces the interrupted one");
+    assert!(info.all_running(), "{info:#?}");
+    let pods = wait_for(f.runtime(), "the pod running", |pods| {
+        find(pods, "conf-again").is_some_and(PodInfo::all_running)
+    })
+    .await;
+    assert_eq!(find(&pods, "conf-again").unwrap().containers.len(), 2);
+    assert!(
+        f.leftovers("conf-again").await.is_empty(),
+        "{:?}",
+        f.leftovers("conf-again").await
+    );
+    assert!(matches!(
+        f.runtime().start_pod(&spec).await,
+        Err(RuntimeError::PodExists { .. })
+    ));
+    f.runtime().remove_pod("conf-again").await.unwrap();
+}
+
+/// A removal stopped short leaves, once the agent starts again, nothing or the whole pod,
+/// which can be removed, and the pod can be created again.
+pub(super) async fn an_interrupted_removal_is_recovered<F: Fixture>(f: &mut F) {
+    let spec = pod(
+        "conf-removal",
+        "removal",
+        vec![f.long_running("one", 0), f.long_running("two", 1)],
+    );
+    f.runtime().start_pod(&spec).await.expect("starting");
+    f.runtime()
+        .stop_pod("conf-removal", Duration::from_secs(1))
+        .await
+        .expect("stopping");
+    f.crash_at(CrashPoint::RemoveMidway);
+    assert!(f.runtime().remove_pod("conf-removal").await.is_err());
+    f.restart().await;
+    let when = "a removal stopped midway";
+    let whole = gone_or_whole(f, &spec, when).await;
+    create_again(f, &spec, whole, when).await;
+}
+
 /// The suite, as one test per check, for a fixture made by `$setup` (`None`: skipped).
 macro_rules! suite {
     ($runtime:ident, $setup:expr) => {
@@ -301,6 +443,27 @@ macro_rules! suite {
                     logs_of_a_container(&f).await;
                 }
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_start_interrupted_anywhere_is_recovered_and_created_again() {
+                if let Some(mut f) = $setup("crash-start").await {
+                    an_interrupted_start_is_recovered(&mut f).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_start_replaces_what_an_interrupted_one_left() {
+                if let Some(f) = $setup("crash-again").await {
+                    a_start_replaces_an_interrupted_one(&f).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_removal_interrupted_midway_is_recovered() {
+                if let Some(mut f) = $setup("crash-removal").await {
+                    an_interrupted_removal_is_recovered(&mut f).await;
+                }
+            }
         }
     };
 }
@@ -336,6 +499,30 @@ impl Fixture for FakeFixture {
         c.env = vec![(super::fake::LOG_ENV.into(), "conformance says hello".into())];
         (c, "conformance says hello".into())
     }
+
+    fn crash_points(&self) -> Vec<CrashPoint> {
+        vec![
+            CrashPoint::StartAfterCreate(0),
+            CrashPoint::StartAfterStart(0),
+            CrashPoint::StartAfterCreate(1),
+            CrashPoint::StartAfterStart(1),
+            CrashPoint::RemoveMidway,
+        ]
+    }
+
+    fn crash_at(&self, point: CrashPoint) {
+        self.0.crash_at(point);
+    }
+
+    async fn restart(&mut self) {
+        // The fake is the engine: its pods outlive the agent.
+        self.0.recover().await.expect("recovering");
+    }
+
+    async fn leftovers(&self, _uid: &str) -> Vec<String> {
+        // Whatever it holds, it lists.
+        Vec::new()
+    }
 }
 
 async fn fake_fixture(_test: &str) -> Option<FakeFixture> {
@@ -349,7 +536,7 @@ suite!(fake, fake_fixture);
 
 struct ProcessFixture {
     runtime: ProcessRuntime,
-    _scratch: super::process_tests::Scratch,
+    scratch: super::process_tests::Scratch,
 }
 
 impl Fixture for ProcessFixture {
@@ -383,15 +570,56 @@ impl Fixture for ProcessFixture {
         ];
         (c, "conformance says hello".into())
     }
+
+    fn crash_points(&self) -> Vec<CrashPoint> {
+        vec![
+            CrashPoint::StartAfterCreate(0),
+            CrashPoint::StartAfterCreate(1),
+            CrashPoint::StartAfterRecord,
+            CrashPoint::RemoveMidway,
+        ]
+    }
+
+    fn crash_at(&self, point: CrashPoint) {
+        self.runtime.crash_at(point);
+    }
+
+    async fn restart(&mut self) {
+        // The old agent is gone: its runtime (and its watch of the children) first.
+        let fresh = ProcessRuntime::new(self.scratch.config()).expect("the process runtime");
+        drop(std::mem::replace(&mut self.runtime, fresh));
+        self.runtime.recover().await.expect("recovering");
+    }
+
+    async fn leftovers(&self, uid: &str) -> Vec<String> {
+        let pods = self.runtime.list_pods().await.expect("listing");
+        let listed: Vec<u32> = find(&pods, uid)
+            .map(|p| {
+                p.containers
+                    .iter()
+                    .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+                    .filter_map(|c| c.runtime_id.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut left: Vec<String> = self
+            .runtime
+            .processes_tied_to(uid)
+            .into_iter()
+            .filter(|pid| !listed.contains(pid))
+            .map(|pid| format!("process {pid}"))
+            .collect();
+        if find(&pods, uid).is_none() && self.runtime.pod_dir(uid).exists() {
+            left.push(format!("{}", self.runtime.pod_dir(uid).display()));
+        }
+        left
+    }
 }
 
 async fn process_fixture(test: &str) -> Option<ProcessFixture> {
     let scratch = super::process_tests::Scratch::new(&format!("conformance-{test}"));
     let runtime = ProcessRuntime::new(scratch.config()).expect("the process runtime");
-    Some(ProcessFixture {
-        runtime,
-        _scratch: scratch,
-    })
+    Some(ProcessFixture { runtime, scratch })
 }
 
 suite!(process, process_fixture);
@@ -401,6 +629,7 @@ suite!(process, process_fixture);
 
 struct DockerFixture {
     runtime: DockerRuntime,
+    cluster: String,
     _cleanup: super::testing::DockerCleanup,
 }
 
@@ -431,6 +660,59 @@ impl Fixture for DockerFixture {
     fn logging(&self, name: &str) -> (ContainerSpec, String) {
         (self.long_running(name, 0), "listening on".into())
     }
+
+    fn crash_points(&self) -> Vec<CrashPoint> {
+        vec![
+            CrashPoint::StartAfterCreate(0),
+            CrashPoint::StartAfterStart(0),
+            CrashPoint::StartAfterCreate(1),
+            CrashPoint::StartAfterStart(1),
+            CrashPoint::RemoveMidway,
+        ]
+    }
+
+    fn crash_at(&self, point: CrashPoint) {
+        self.runtime.crash_at(point);
+    }
+
+    async fn restart(&mut self) {
+        self.runtime =
+            DockerRuntime::new(RuntimeConfig::new(&self.cluster, "node-1", "/nonexistent"))
+                .await
+                .expect("connecting to Docker");
+        self.runtime.recover().await.expect("recovering");
+    }
+
+    async fn leftovers(&self, uid: &str) -> Vec<String> {
+        // Every container with the pod's labels is listed; one never started is a leftover.
+        let filters = std::collections::HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_POD_UID}={uid}")],
+        )]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .runtime
+            .client()
+            .list_containers(Some(options))
+            .await
+            .expect("listing containers");
+        containers
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    Some(
+                        bollard::models::ContainerSummaryStateEnum::CREATED
+                            | bollard::models::ContainerSummaryStateEnum::DEAD
+                    )
+                )
+            })
+            .map(|c| format!("container {:?} in state {:?}", c.names, c.state))
+            .collect()
+    }
 }
 
 async fn docker_fixture(test: &str) -> Option<DockerFixture> {
@@ -449,6 +731,7 @@ async fn docker_fixture(test: &str) -> Option<DockerFixture> {
     let cleanup = super::testing::DockerCleanup::new(&runtime, &cluster);
     Some(DockerFixture {
         runtime,
+        cluster,
         _cleanup: cleanup,
     })
 }

@@ -15,6 +15,15 @@
 //!   hostname is the pod's name. The json-file log driver is capped like the process runtime's
 //!   logs ([`RuntimeConfig::log_max_bytes`] x 2). CPU and memory limits are the engine's
 //!   (`NanoCpus`, `Memory`).
+//! - **Crash safety**: the labels are the record, and the engine writes them atomically with
+//!   the container, so every container that exists is found again. A pod is *whole* when its
+//!   containers carry every index up to [`LABEL_POD_CONTAINERS`] and none is `created` (never
+//!   started), `dead` or `removing`; anything else is what an interrupted start (containers
+//!   created one by one, each then started) or removal (the last first) left.
+//!   [`Runtime::recover`] removes incomplete pods when the runtime is made; `start_pod` of a
+//!   uid that has an incomplete pod removes it first, and when a container name is taken by a
+//!   container of this agent's (one its labels did not show, say one the engine is still
+//!   removing), removes that and creates again, once. A whole pod is `PodExists`.
 //! - **Not done**: `POD_IP` is not in the containers' environment (the IP is allocated when the
 //!   first container starts; a server should bind `0.0.0.0`, the norm in a container); the
 //!   pod's IP may change when its first container restarts; no port is published on the host
@@ -31,8 +40,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
-    HostConfigLogConfig, NetworkCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
+    ContainerSummaryStateEnum, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -45,9 +54,9 @@ use tracing::{debug, info, warn};
 
 use super::{
     ContainerInfo, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LABEL_CLUSTER,
-    LABEL_CONTAINER, LABEL_CONTAINER_INDEX, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
-    LABEL_SPEC_HASH, LogStream, PodInfo, PodSpec, Runtime, RuntimeConfig, RuntimeError,
-    RuntimeKind, validate_spec,
+    LABEL_CONTAINER, LABEL_CONTAINER_INDEX, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD,
+    LABEL_POD_CONTAINERS, LABEL_POD_UID, LABEL_SPEC_HASH, LogStream, PodInfo, PodSpec, Recovery,
+    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, validate_spec,
 };
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -164,6 +173,58 @@ fn split_image(image: &str) -> (String, String) {
     }
 }
 
+/// One container of a pod as a listing shows it, for telling a whole pod from an incomplete
+/// one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Part {
+    /// [`LABEL_CONTAINER_INDEX`].
+    index: Option<usize>,
+    /// [`LABEL_POD_CONTAINERS`] (absent on containers made before it existed).
+    count: Option<usize>,
+    state: Option<ContainerSummaryStateEnum>,
+}
+
+impl Part {
+    fn of(summary: &ContainerSummary) -> Part {
+        let label = |key: &str| {
+            summary
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .and_then(|v| v.parse().ok())
+        };
+        Part {
+            index: label(LABEL_CONTAINER_INDEX),
+            count: label(LABEL_POD_CONTAINERS),
+            state: summary.state,
+        }
+    }
+}
+
+/// Whether the containers found for one pod are the whole pod: each index up to the pod's
+/// container count once, none never started (`created`), `dead` or being removed. Containers
+/// made before the count label are taken as whole when their indices run from 0 without a gap
+/// (a later container missing cannot be seen on them).
+fn is_whole(parts: &[Part]) -> bool {
+    use ContainerSummaryStateEnum as S;
+    if parts.is_empty()
+        || parts
+            .iter()
+            .any(|p| matches!(p.state, Some(S::CREATED | S::DEAD | S::REMOVING)))
+    {
+        return false;
+    }
+    let count = parts.iter().find_map(|p| p.count).unwrap_or(parts.len());
+    let mut indices: Vec<Option<usize>> = parts.iter().map(|p| p.index).collect();
+    indices.sort_unstable();
+    parts.iter().all(|p| p.count.is_none_or(|c| c == count))
+        && indices.len() == count
+        && indices
+            .iter()
+            .enumerate()
+            .all(|(i, index)| *index == Some(i))
+}
+
 /// One of the pod's containers as found by its labels.
 #[derive(Clone, Debug)]
 struct Found {
@@ -179,6 +240,9 @@ pub struct DockerRuntime {
     config: RuntimeConfig,
     network: String,
     network_id: std::sync::Arc<OnceCell<String>>,
+    /// Where the next operation stops short, as if the agent were killed there (tests).
+    #[cfg(test)]
+    crash: super::CrashSwitch,
 }
 
 impl DockerRuntime {
@@ -211,7 +275,15 @@ impl DockerRuntime {
             config,
             network,
             network_id: std::sync::Arc::new(OnceCell::new()),
+            #[cfg(test)]
+            crash: super::CrashSwitch::default(),
         })
+    }
+
+    /// Makes the next operation stop short at `point`, as if the agent were killed there.
+    #[cfg(test)]
+    pub(crate) fn crash_at(&self, point: super::CrashPoint) {
+        self.crash.arm(point);
     }
 
     /// The shoal network's name.
@@ -442,6 +514,10 @@ impl DockerRuntime {
             labels.insert(k.to_string(), v.to_string());
         }
         labels.insert(LABEL_CONTAINER_INDEX.to_string(), index.to_string());
+        labels.insert(
+            LABEL_POD_CONTAINERS.to_string(),
+            pod.containers.len().to_string(),
+        );
 
         // Shoal's variables first; the spec's win (the engine keeps the last of duplicates,
         // but we dedupe so `inspect` shows one value).
@@ -515,14 +591,17 @@ impl DockerRuntime {
         }
     }
 
-    async fn create_and_start(
+    /// Creates container `index` of the pod (not started). A container of that name that
+    /// carries this agent's labels (left by an interrupted operation and missed by the label
+    /// listing, or still being removed by the engine) is removed and the create tried again,
+    /// once; one of another agent's is an error.
+    async fn create_one(
         &self,
         pod: &PodSpec,
         spec: &ContainerSpec,
         index: usize,
         network: &str,
         first_id: Option<&str>,
-        created: &mut Vec<String>,
     ) -> Result<String, RuntimeError> {
         let name = format!(
             "shoal_{}_{}_{}_{}",
@@ -531,31 +610,103 @@ impl DockerRuntime {
             name_part(&spec.name),
             name_part(&pod.uid)
         );
-        let body = self.container_body(pod, spec, index, network, first_id);
-        let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let id = match self.docker.create_container(Some(options), body).await {
-            Ok(response) => response.id,
-            Err(e) if is_not_found(&e) && engine_message(&e).contains("image") => {
+        let mut retried = false;
+        loop {
+            let body = self.container_body(pod, spec, index, network, first_id);
+            let options = CreateContainerOptionsBuilder::new().name(&name).build();
+            let err = match self.docker.create_container(Some(options), body).await {
+                Ok(response) => return Ok(response.id),
+                Err(e) => e,
+            };
+            if is_not_found(&err) && engine_message(&err).contains("image") {
                 return Err(RuntimeError::ImageNotPresent {
                     image: spec.image.clone(),
                 });
             }
-            Err(e) => {
-                return Err(RuntimeError::engine(
-                    format!("creating container {:?} of pod {}", spec.name, pod.uid),
-                    e,
-                ));
+            if status_code(&err) == Some(409) && !retried && self.is_ours(&name).await? {
+                warn!(pod = %pod.uid, container = %spec.name, name = %name,
+                    "a container of this agent holds the name: removing it and creating again");
+                self.remove_one(&name).await?;
+                retried = true;
+                continue;
             }
+            return Err(RuntimeError::engine(
+                format!("creating container {:?} of pod {}", spec.name, pod.uid),
+                err,
+            ));
+        }
+    }
+
+    /// Whether the container `id_or_name` carries this agent's cluster and node labels.
+    async fn is_ours(&self, id_or_name: &str) -> Result<bool, RuntimeError> {
+        let Some(inspect) = self.inspect(id_or_name).await? else {
+            // Gone meanwhile: the name is free again.
+            return Ok(true);
         };
-        created.push(id.clone());
-        self.docker.start_container(&id, None).await.map_err(|e| {
+        let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+        Ok(labels.get(LABEL_CLUSTER) == Some(&self.config.cluster_id)
+            && labels.get(LABEL_NODE) == Some(&self.config.node_id))
+    }
+
+    async fn start_one(
+        &self,
+        pod: &PodSpec,
+        spec: &ContainerSpec,
+        id: &str,
+    ) -> Result<(), RuntimeError> {
+        self.docker.start_container(id, None).await.map_err(|e| {
             RuntimeError::engine(
                 format!("starting container {:?} of pod {}", spec.name, pod.uid),
                 e,
             )
         })?;
         debug!(pod = %pod.uid, container = %spec.name, id = %id, "container started");
-        Ok(id)
+        Ok(())
+    }
+
+    /// Removes the containers a failed start created (the last first); returns its error.
+    async fn undo_start(
+        &self,
+        pod: &PodSpec,
+        spec: &ContainerSpec,
+        created: &[String],
+        err: RuntimeError,
+    ) -> RuntimeError {
+        warn!(pod = %pod.uid, container = %spec.name, error = %err,
+            "starting the pod failed; removing what was created");
+        for id in created.iter().rev() {
+            if let Err(e) = self.remove_one(id).await {
+                warn!(pod = %pod.uid, id = %id, error = %e, "cleanup failed");
+            }
+        }
+        err
+    }
+
+    /// This agent's pods that are not whole ([`is_whole`]), by uid, with their containers'
+    /// ids and whether each runs.
+    fn incomplete(summaries: &[ContainerSummary]) -> BTreeMap<String, Vec<(String, bool)>> {
+        let mut pods: BTreeMap<String, Vec<&ContainerSummary>> = BTreeMap::new();
+        for s in summaries {
+            if let Some(uid) = s.labels.as_ref().and_then(|l| l.get(LABEL_POD_UID)) {
+                pods.entry(uid.clone()).or_default().push(s);
+            }
+        }
+        pods.into_iter()
+            .filter(|(_, containers)| {
+                let parts: Vec<Part> = containers.iter().map(|s| Part::of(s)).collect();
+                !is_whole(&parts)
+            })
+            .map(|(uid, containers)| {
+                let ids = containers
+                    .iter()
+                    .filter_map(|s| {
+                        let running = matches!(s.state, Some(ContainerSummaryStateEnum::RUNNING));
+                        Some((s.id.clone()?, running))
+                    })
+                    .collect();
+                (uid, ids)
+            })
+            .collect()
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
@@ -764,44 +915,63 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn recover(&self) -> Result<Recovery, RuntimeError> {
+        let summaries = self.containers(None).await?;
+        let mut recovery = Recovery::default();
+        for (uid, containers) in Self::incomplete(&summaries) {
+            for (id, running) in containers {
+                self.remove_one(&id).await?;
+                recovery.killed += usize::from(running);
+            }
+            info!(pod = %uid, "removed a pod an interrupted operation left incomplete");
+            recovery.removed.push(uid);
+        }
+        Ok(recovery)
+    }
+
     async fn start_pod(&self, pod: &PodSpec) -> Result<PodInfo, RuntimeError> {
         validate_spec(pod)?;
-        if !self.pod_containers(&pod.uid).await?.is_empty() {
-            return Err(RuntimeError::PodExists {
-                pod_uid: pod.uid.clone(),
-            });
+        let existing = self.containers(Some(&pod.uid)).await?;
+        if !existing.is_empty() {
+            let Some(leftovers) = Self::incomplete(&existing).remove(&pod.uid) else {
+                return Err(RuntimeError::PodExists {
+                    pod_uid: pod.uid.clone(),
+                });
+            };
+            info!(pod = %pod.uid, containers = leftovers.len(),
+                "replacing what an interrupted operation left of the pod");
+            for (id, _) in leftovers {
+                self.remove_one(&id).await?;
+            }
         }
         let network = self.ensure_network().await?;
         let mut created: Vec<String> = Vec::new();
         let mut first_id: Option<String> = None;
         for (index, spec) in pod.containers.iter().enumerate() {
-            match self
-                .create_and_start(
-                    pod,
-                    spec,
-                    index,
-                    &network,
-                    first_id.as_deref(),
-                    &mut created,
-                )
+            let id = match self
+                .create_one(pod, spec, index, &network, first_id.as_deref())
                 .await
             {
-                Ok(id) => {
-                    if first_id.is_none() {
-                        first_id = Some(id);
-                    }
-                }
-                Err(err) => {
-                    warn!(pod = %pod.uid, container = %spec.name, error = %err,
-                        "starting the pod failed; removing what was created");
-                    for id in created.iter().rev() {
-                        if let Err(e) = self.remove_one(id).await {
-                            warn!(pod = %pod.uid, id = %id, error = %e, "cleanup failed");
-                        }
-                    }
-                    return Err(err);
-                }
+                Ok(id) => id,
+                Err(err) => return Err(self.undo_start(pod, spec, &created, err).await),
+            };
+            created.push(id.clone());
+            #[cfg(test)]
+            if self.crash.fires(super::CrashPoint::StartAfterCreate(index)) {
+                return Err(super::simulated_crash(super::CrashPoint::StartAfterCreate(
+                    index,
+                )));
             }
+            if let Err(err) = self.start_one(pod, spec, &id).await {
+                return Err(self.undo_start(pod, spec, &created, err).await);
+            }
+            #[cfg(test)]
+            if self.crash.fires(super::CrashPoint::StartAfterStart(index)) {
+                return Err(super::simulated_crash(super::CrashPoint::StartAfterStart(
+                    index,
+                )));
+            }
+            first_id.get_or_insert(id);
         }
         info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, "pod started");
         let summaries = self.containers(Some(&pod.uid)).await?;
@@ -875,8 +1045,14 @@ impl Runtime for DockerRuntime {
 
     async fn remove_pod(&self, pod_uid: &str) -> Result<(), RuntimeError> {
         let found = self.pod_containers(pod_uid).await?;
+        // The last first, the network namespace's owner last: a crash in between leaves an
+        // incomplete pod, which the next agent's recovery removes.
         for f in found.iter().rev() {
             self.remove_one(&f.id).await?;
+            #[cfg(test)]
+            if self.crash.fires(super::CrashPoint::RemoveMidway) {
+                return Err(super::simulated_crash(super::CrashPoint::RemoveMidway));
+            }
         }
         if !found.is_empty() {
             info!(pod = %pod_uid, "pod removed");
@@ -1027,6 +1203,46 @@ mod tests {
         );
         assert_eq!(hostname("Web_0"), "web-0");
         assert_eq!(name_part("a/b c"), "a-b-c");
+    }
+
+    #[test]
+    fn a_pod_is_whole_with_every_container_started() {
+        use ContainerSummaryStateEnum as S;
+        let part = |index, count, state| Part {
+            index: Some(index),
+            count,
+            state: Some(state),
+        };
+        let two = Some(2);
+        assert!(is_whole(&[
+            part(1, two, S::EXITED),
+            part(0, two, S::RUNNING)
+        ]));
+        // A start interrupted after the first container, or a removal after the last.
+        assert!(!is_whole(&[part(0, two, S::RUNNING)]));
+        // Created, never started.
+        assert!(!is_whole(&[
+            part(0, two, S::RUNNING),
+            part(1, two, S::CREATED)
+        ]));
+        assert!(!is_whole(&[
+            part(0, two, S::RUNNING),
+            part(1, two, S::REMOVING)
+        ]));
+        assert!(!is_whole(&[part(0, two, S::DEAD), part(1, two, S::EXITED)]));
+        // The same index twice is not the pod's other container.
+        assert!(!is_whole(&[
+            part(0, two, S::RUNNING),
+            part(0, two, S::RUNNING)
+        ]));
+        assert!(!is_whole(&[]));
+        // Containers made before the count label: whole when their indices have no gap.
+        assert!(is_whole(&[
+            part(0, None, S::RUNNING),
+            part(1, None, S::RUNNING)
+        ]));
+        assert!(!is_whole(&[part(1, None, S::RUNNING)]));
+        assert!(!is_whole(&[part(0, None, S::CREATED)]));
     }
 }
 

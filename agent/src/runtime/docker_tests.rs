@@ -207,10 +207,25 @@ async fn docker_pods_run_restart_stop_and_are_found_again() {
         .unwrap();
     assert_eq!(wait_for_http(SocketAddr::new(ip1, 8080), "/healthz").0, 200);
 
-    // Stop with a grace period: the demo is PID 1 and ignores SIGTERM, so it is killed after
-    // the grace period.
+    // Stop (docker stop) with Kubernetes' default grace period: the demo, PID 1 of its
+    // container, handles SIGTERM and exits at once, so the stop does not wait the grace out.
     let started = Instant::now();
-    rt.stop_pod("uid-web-0", Duration::from_secs(1))
+    rt.stop_pod("uid-web-0", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the container took {took:?} to stop: SIGTERM was not handled"
+    );
+    // One that drains for longer than its grace period is killed when the period ends.
+    let mut slow = demo_container("web");
+    slow.env.push(("STOP_DELAY_MS".into(), "60000".into()));
+    rt.start_pod(&pod("uid-slow", "slow", vec![slow]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    rt.stop_pod("uid-slow", Duration::from_secs(1))
         .await
         .unwrap();
     let took = started.elapsed();
@@ -225,8 +240,10 @@ async fn docker_pods_run_restart_stop_and_are_found_again() {
         .await
         .unwrap();
     let pods = rt.list_pods().await.unwrap();
-    assert_eq!(pods.len(), 2, "{pods:#?}");
-    let web0 = &pods[0];
+    assert_eq!(pods.len(), 3, "{pods:#?}");
+    let [slow, web0, web1] = &pods[..] else {
+        unreachable!()
+    };
     assert_eq!(
         (web0.uid.as_str(), web0.name.as_str()),
         ("uid-web-0", "web-0")
@@ -235,6 +252,15 @@ async fn docker_pods_run_restart_stop_and_are_found_again() {
     assert_eq!(web0.ip, None, "a stopped pod has no IP");
     match &web0.containers[0].state {
         ContainerState::Exited {
+            exit_code: Some(0),
+            finished_at_ms: Some(_),
+            reason,
+            ..
+        } if reason == "Completed" => {}
+        other => panic!("expected a container that ended by itself, got {other:?}"),
+    }
+    match &slow.containers[0].state {
+        ContainerState::Exited {
             exit_code: Some(137),
             finished_at_ms: Some(_),
             ..
@@ -242,13 +268,13 @@ async fn docker_pods_run_restart_stop_and_are_found_again() {
         other => panic!("expected a SIGKILLed container, got {other:?}"),
     }
     assert_eq!(web0.containers[0].image, DEMO_IMAGE);
-    assert!(pods[1].all_running());
+    assert!(web1.all_running());
     let other = DockerRuntime::new(RuntimeConfig::new(&cluster, "node-2", "/nonexistent"))
         .await
         .unwrap();
     assert!(other.list_pods().await.unwrap().is_empty());
 
-    for uid in ["uid-web-0", "uid-web-1"] {
+    for uid in ["uid-web-0", "uid-web-1", "uid-slow"] {
         rt.remove_pod(uid).await.unwrap();
     }
     rt.remove_network().await.unwrap();

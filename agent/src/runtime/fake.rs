@@ -12,7 +12,10 @@
 //! - [`FakeRuntime::set_probe`] scripts what a probe of a container answers
 //!   ([`FakeRuntime::probe`]), and exec answers are scripted by command;
 //! - timestamps come from [`FakeRuntime::set_now_ms`], the caller's virtual wall clock;
-//! - [`FakeRuntime::calls`] records every call that changes something, in order.
+//! - [`FakeRuntime::calls`] records every call that changes something, in order;
+//! - [`FakeRuntime::crash_at`] makes the next start or removal stop short, leaving a pod with
+//!   some containers created (and not started) or removed, as an agent killed in the middle
+//!   would: [`Runtime::recover`] removes such incomplete pods, and `start_pod` replaces one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,8 +25,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    ContainerInfo, ContainerState, ExecResult, LogStream, PodInfo, PodSpec, Runtime, RuntimeError,
-    RuntimeKind, validate_spec,
+    ContainerInfo, ContainerState, ExecResult, LogStream, PodInfo, PodSpec, Recovery, Runtime,
+    RuntimeError, RuntimeKind, validate_spec,
 };
 use crate::manifest::ProbeKind;
 
@@ -86,6 +89,8 @@ struct State {
 #[derive(Debug, Default)]
 pub(crate) struct FakeRuntime {
     state: Mutex<State>,
+    #[cfg(test)]
+    crash: super::CrashSwitch,
 }
 
 impl FakeContainer {
@@ -121,6 +126,15 @@ impl FakeContainer {
 }
 
 impl FakePod {
+    /// Every container of the spec is there and was started.
+    fn is_whole(&self) -> bool {
+        self.containers.len() == self.spec.containers.len()
+            && self
+                .containers
+                .iter()
+                .all(|c| !matches!(c.state, ContainerState::Created))
+    }
+
     fn info(&self) -> PodInfo {
         PodInfo {
             uid: self.spec.uid.clone(),
@@ -276,6 +290,12 @@ impl FakeRuntime {
         }
     }
 
+    /// Makes the next operation stop short at `point`, as if the agent were killed there.
+    #[cfg(test)]
+    pub(crate) fn crash_at(&self, point: super::CrashPoint) {
+        self.crash.arm(point);
+    }
+
     /// Every call that changed something, in order.
     pub(crate) fn calls(&self) -> Vec<Call> {
         self.state().calls.clone()
@@ -291,6 +311,24 @@ impl Runtime for FakeRuntime {
     fn kind(&self) -> RuntimeKind {
         // It runs no images, as the process runtime; image scripting is for tests that pull.
         RuntimeKind::Process
+    }
+
+    async fn recover(&self) -> Result<Recovery, RuntimeError> {
+        let mut state = self.state();
+        let mut recovery = Recovery::default();
+        state.pods.retain(|uid, pod| {
+            if pod.is_whole() {
+                return true;
+            }
+            recovery.killed += pod
+                .containers
+                .iter()
+                .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+                .count();
+            recovery.removed.push(uid.clone());
+            false
+        });
+        Ok(recovery)
     }
 
     async fn ensure_image(
@@ -323,10 +361,17 @@ impl Runtime for FakeRuntime {
         validate_spec(pod)?;
         let mut state = self.state();
         state.calls.push(Call::Start(pod.uid.clone()));
-        if state.pods.contains_key(&pod.uid) {
-            return Err(RuntimeError::PodExists {
-                pod_uid: pod.uid.clone(),
-            });
+        match state.pods.get(&pod.uid) {
+            Some(existing) if existing.is_whole() => {
+                return Err(RuntimeError::PodExists {
+                    pod_uid: pod.uid.clone(),
+                });
+            }
+            // What an interrupted start or removal left: replaced.
+            Some(_) => {
+                state.pods.remove(&pod.uid);
+            }
+            None => {}
         }
         if let Some(c) = pod
             .containers
@@ -349,25 +394,40 @@ impl Runtime for FakeRuntime {
             Ipv4Addr::new(10, 200, 0, 0).to_bits() + id as u32,
         ));
         let now = state.now_ms;
-        let mut containers = Vec::new();
-        for spec in &pod.containers {
-            let mut c = FakeContainer {
+        let mut fake = FakePod {
+            spec: pod.clone(),
+            ip,
+            containers: Vec::new(),
+        };
+        for index in 0..pod.containers.len() {
+            let spec = &pod.containers[index];
+            fake.containers.push(FakeContainer {
                 name: spec.name.clone(),
                 image: spec.image.clone(),
                 runtime_id: String::new(),
                 state: ContainerState::Created,
                 env: spec.env.clone(),
                 log: Vec::new(),
-            };
+            });
+            #[cfg(test)]
+            if self.crash.fires(super::CrashPoint::StartAfterCreate(index)) {
+                state.pods.insert(pod.uid.clone(), fake);
+                return Err(super::simulated_crash(super::CrashPoint::StartAfterCreate(
+                    index,
+                )));
+            }
             let id = state.next_id();
-            c.run(id, now);
-            containers.push(c);
+            if let Some(c) = fake.containers.last_mut() {
+                c.run(id, now);
+            }
+            #[cfg(test)]
+            if self.crash.fires(super::CrashPoint::StartAfterStart(index)) {
+                state.pods.insert(pod.uid.clone(), fake);
+                return Err(super::simulated_crash(super::CrashPoint::StartAfterStart(
+                    index,
+                )));
+            }
         }
-        let fake = FakePod {
-            spec: pod.clone(),
-            ip,
-            containers,
-        };
         let info = fake.info();
         state.pods.insert(pod.uid.clone(), fake);
         Ok(info)
@@ -409,6 +469,13 @@ impl Runtime for FakeRuntime {
     async fn remove_pod(&self, pod_uid: &str) -> Result<(), RuntimeError> {
         let mut state = self.state();
         state.calls.push(Call::Remove(pod_uid.to_owned()));
+        #[cfg(test)]
+        if let Some(pod) = state.pods.get_mut(pod_uid) {
+            if self.crash.fires(super::CrashPoint::RemoveMidway) {
+                pod.containers.pop();
+                return Err(super::simulated_crash(super::CrashPoint::RemoveMidway));
+            }
+        }
         state.pods.remove(pod_uid);
         Ok(())
     }

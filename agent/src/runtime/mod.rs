@@ -19,7 +19,8 @@
 //!
 //! - **A pod is found again after an agent restart.** Docker containers carry the labels
 //!   [`LABEL_CLUSTER`], [`LABEL_NODE`], [`LABEL_NAMESPACE`], [`LABEL_POD`], [`LABEL_POD_UID`],
-//!   [`LABEL_CONTAINER`], [`LABEL_SPEC_HASH`] (and [`LABEL_CONTAINER_INDEX`]); process pods live
+//!   [`LABEL_CONTAINER`], [`LABEL_SPEC_HASH`] (and [`LABEL_CONTAINER_INDEX`],
+//!   [`LABEL_POD_CONTAINERS`]); process pods live
 //!   in `<data_dir>/pods/<uid>/pod.json`. `list_pods` reports only this agent's pods (same cluster
 //!   id and node id), never another agent's on the same machine.
 //! - **`start_pod` is all or nothing**: when a container cannot be created or started, the ones
@@ -27,6 +28,16 @@
 //! - **`stop_pod` and `remove_pod` are idempotent**: a pod that is not there is already stopped
 //!   and removed (`Ok`). `restart_container`, `logs` and `exec` on a missing pod or container
 //!   are [`RuntimeError::PodNotFound`] / [`RuntimeError::ContainerNotFound`].
+//! - **Every operation is safe to crash at any point** (kill -9 of the agent, or the machine
+//!   going down, in the middle of a start, restart, stop or removal): what it leaves is either a
+//!   *whole* pod (every container of the spec created, none left never started), which the next
+//!   agent lists and the supervisor adopts, or an *incomplete* one, which
+//!   [`Runtime::recover`] removes with everything it runs when the runtime is made again, and
+//!   which `start_pod` of the same uid replaces if it meets one. So a pod interrupted while
+//!   being created can always be created again, and nothing keeps running that no listing
+//!   shows. How each runtime keeps this is in its module (the process runtime: a container's
+//!   program runs only once its pid is durably recorded; Docker: the labels are the record,
+//!   written atomically with each container).
 //! - **Stop is graceful, then forced**: SIGTERM, then SIGKILL after the grace period (Docker's
 //!   stop with a timeout; the whole process group for processes). `remove_pod` of a running pod
 //!   kills it at once: call `stop_pod` first for a graceful end.
@@ -95,6 +106,9 @@ pub const LABEL_CONTAINER: &str = "io.shoal.container";
 pub const LABEL_CONTAINER_INDEX: &str = "io.shoal.container-index";
 /// Label: [`PodSpec::spec_hash`].
 pub const LABEL_SPEC_HASH: &str = "io.shoal.spec-hash";
+/// Label: how many containers the pod has, so that a pod missing some (its start or removal
+/// was interrupted) is told from a whole one.
+pub const LABEL_POD_CONTAINERS: &str = "io.shoal.pod-containers";
 
 /// At most this many bytes of an exec's output are kept (the rest is read and dropped).
 pub const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
@@ -391,7 +405,8 @@ pub enum RuntimeError {
     /// The spec cannot be run as given.
     #[error("invalid pod spec: {0}")]
     InvalidSpec(String),
-    /// A pod with this uid already exists.
+    /// A whole pod with this uid already exists (an incomplete one, left by an interrupted
+    /// operation, is replaced instead).
     #[error("pod {pod_uid} already exists")]
     PodExists {
         /// The pod's uid.
@@ -491,11 +506,81 @@ impl RuntimeError {
     }
 }
 
+/// What [`Runtime::recover`] found left by interrupted operations and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The uids of the incomplete pods removed (a start or a removal was interrupted).
+    pub removed: Vec<String>,
+    /// Processes (process runtime) or containers (Docker) that ran outside any record and
+    /// were killed.
+    pub killed: usize,
+}
+
+/// Where a test makes an operation stop short, as if the agent were killed right there: the
+/// operation returns an error without undoing anything. Each runtime takes the points that
+/// exist in its own sequence of steps (the conformance suite asks each fixture for its
+/// list).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CrashPoint {
+    /// `start_pod`: container `n` was just created, not started (Docker: created; process:
+    /// its process spawned and held at the start gate, the pod not recorded).
+    StartAfterCreate(usize),
+    /// `start_pod`: container `n` was just started, the next ones not created.
+    StartAfterStart(usize),
+    /// `start_pod`: the pod is recorded whole, its containers not released yet (process: the
+    /// children still wait at their gates).
+    StartAfterRecord,
+    /// `remove_pod`: the first step of the removal is done (process: `pod.json` deleted;
+    /// Docker: the last container removed), the rest is not.
+    RemoveMidway,
+}
+
+/// Where the next operation of a runtime stops short ([`CrashPoint`]); shared by the clones
+/// of a runtime.
+#[cfg(test)]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CrashSwitch(std::sync::Arc<std::sync::Mutex<Option<CrashPoint>>>);
+
+#[cfg(test)]
+impl CrashSwitch {
+    /// The next operation that reaches `point` stops there.
+    pub(crate) fn arm(&self, point: CrashPoint) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(point);
+    }
+
+    /// Whether the operation stops at `point` (the switch is then used up).
+    pub(crate) fn fires(&self, point: CrashPoint) -> bool {
+        let mut armed = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if *armed == Some(point) {
+            *armed = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// The error of an operation a test stopped short at `point`.
+#[cfg(test)]
+pub(crate) fn simulated_crash(point: CrashPoint) -> RuntimeError {
+    RuntimeError::io(
+        format!("stopped short at {point:?}"),
+        std::io::Error::other("a simulated crash of the agent"),
+    )
+}
+
 /// A runtime driver. Methods return `Send` futures, so an `Arc<AnyRuntime>` can be used from
 /// any task.
 pub trait Runtime: Send + Sync {
     /// Which runtime this is.
     fn kind(&self) -> RuntimeKind;
+
+    /// Cleans up after operations an earlier agent did not finish (it was killed in the middle
+    /// of a start or a removal): every incomplete pod of this agent is removed, with whatever
+    /// it still runs, so that it is not listed and can be created again. Whole pods are left
+    /// for the supervisor to adopt. Called once when the runtime is made, before the first
+    /// listing ([`AnyRuntime::new`] does).
+    fn recover(&self) -> impl Future<Output = Result<Recovery, RuntimeError>> + Send;
 
     /// Makes sure `image` is on this node: Docker pulls it when missing, telling progress to
     /// `on_progress` (one line per layer and status change); a failed pull is
@@ -568,13 +653,30 @@ pub enum AnyRuntime {
 }
 
 impl AnyRuntime {
-    /// Connects to Docker or sets up the process runtime. Must be called within a tokio
+    /// Connects to Docker or sets up the process runtime, then recovers what an earlier
+    /// agent's interrupted operations left ([`Runtime::recover`]; a failure there is logged:
+    /// `start_pod` replaces an incomplete pod it meets anyway). Must be called within a tokio
     /// runtime (the process runtime starts a log rotation task).
     pub async fn new(kind: RuntimeKind, config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        Ok(match kind {
+        let runtime = match kind {
             RuntimeKind::Docker => AnyRuntime::Docker(DockerRuntime::new(config).await?),
             RuntimeKind::Process => AnyRuntime::Process(ProcessRuntime::new(config)?),
-        })
+        };
+        match runtime.recover().await {
+            Ok(recovery) if recovery == Recovery::default() => {}
+            Ok(recovery) => tracing::info!(
+                runtime = %kind,
+                removed = ?recovery.removed,
+                killed = recovery.killed,
+                "removed what interrupted operations of the last agent left"
+            ),
+            Err(e) => tracing::warn!(
+                runtime = %kind,
+                error = %e,
+                "recovering from the last agent's interrupted operations failed"
+            ),
+        }
+        Ok(runtime)
     }
 
     /// The default for `--runtime`: Docker when an engine answers quickly, else processes.
@@ -592,6 +694,13 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Docker(r) => r.kind(),
             AnyRuntime::Process(r) => r.kind(),
+        }
+    }
+
+    async fn recover(&self) -> Result<Recovery, RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.recover().await,
+            AnyRuntime::Process(r) => r.recover().await,
         }
     }
 

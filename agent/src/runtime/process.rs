@@ -6,13 +6,35 @@
 //! the pod's IP, and per container the pid, the process's start time in clock ticks since boot
 //! from `/proc/<pid>/stat`, which tells a reused pid apart, and the exit once known), one log
 //! `<container>.log` per container and a working directory `containers/<container>/`.
-//! `pod.json` is replaced atomically (write, then rename) and only under one lock, so the
-//! waiters that record exits and the calls that start and stop never lose each other's
-//! changes. The files are the durable copy: they are read once, when the runtime is created,
-//! and the records are kept in memory from then on (every change is written to the file
-//! first), so that listing pods, which the reconciler does every second, reads no file. Only
-//! processes that are not the agent's children (it restarted since they started) are looked up
-//! in `/proc` when listing.
+//! `pod.json` is replaced atomically (written to `pod.json.tmp`, fsynced, renamed over it) and
+//! only under one lock, so the waiters that record exits and the calls that start and stop
+//! never lose each other's changes, and a crash (even of the machine) leaves the old record or
+//! the new one, never a torn one. The files are the durable copy: they are read once, when the
+//! runtime is created, and the records are kept in memory from then on (every change is
+//! written to the file first), so that listing pods, which the reconciler does every second,
+//! reads no file. Only processes that are not the agent's children (it restarted since they
+//! started) are looked up in `/proc` when listing.
+//!
+//! **Crash safety: a container's program runs only once `pod.json` names its pid.** A pid is
+//! known only once the process exists, so a process cannot be recorded before it is made;
+//! instead it is made *held*: `/bin/sh` waits at a start gate, reading a line from a pipe the
+//! agent holds, and only then `exec`s the program (with stdin from `/dev/null`), in the same
+//! process, so the pid recorded is the program's (runc's exec fifo does the same between
+//! `create` and `start`). A start spawns every container held, writes `pod.json` with their
+//! pids, and then opens the gates; a restart of a container does the same for its one
+//! process. If the agent dies before opening a gate, the kernel closes its end of the pipe,
+//! the shell reads end of file and exits without running anything. So after a crash at any
+//! point a pod directory holds either a whole record (its containers running, or ended and
+//! seen as ended), which the next agent adopts, or no record, and then nothing of it runs:
+//! such a directory (an interrupted start, or a removal, which deletes `pod.json` first) is
+//! *incomplete*. [`Runtime::recover`] removes incomplete pods when the runtime is made again,
+//! and `start_pod` of a uid whose directory is incomplete removes it before starting afresh:
+//! both first kill any process still tied to the directory (its working directory or an open
+//! file under it, looked up in `/proc`, process group and all), which covers what agents
+//! before the start gate left (a started child not recorded yet), whatever group or session
+//! it put itself in. The shell is the only difference a container can see: with bash as
+//! `/bin/sh`, it may add `SHLVL` and `_` to the environment (dash adds nothing; `PWD` is
+//! removed, or kept as the spec sets it).
 //!
 //! **Processes.** `command ++ args` runs with a clean environment (the spec's env plus
 //! `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME=<pod name>`, the agent's `PATH` and `HOME`
@@ -47,7 +69,7 @@
 //! **Not enforced**: CPU and memory limits (no cgroups without privileges: recorded, ignored),
 //! filesystem isolation, the image, ports (informational).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;
@@ -69,13 +91,27 @@ use crate::clock::wall_ms;
 
 use super::{
     ContainerInfo, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LogStream, PodInfo, PodSpec,
-    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, validate_spec,
+    Recovery, Runtime, RuntimeConfig, RuntimeError, RuntimeKind, validate_spec,
 };
 
 /// Where pods get their IPs: 127.64.0.0/10 (a service range must stay out of it).
 pub(crate) const POD_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 64, 0, 0), 10);
 const POD_FILE: &str = "pod.json";
 const FORMAT: u32 = 1;
+/// The shell that holds a container's process at its start gate.
+const GATE_SHELL: &str = "/bin/sh";
+/// `$0` of the gate's shell (as `ps` shows it until the program runs).
+const GATE_NAME: &str = "shoal-gate";
+/// The start gate: a line on stdin lets the program run, end of file (the agent died before
+/// it recorded the pid) ends the shell without running it. `PWD`, which the shell exports,
+/// is taken out again.
+const GATE: &str = "IFS= read -r _ || exit 125; unset PWD; exec \"$@\" </dev/null";
+/// The start gate for a spec that sets `PWD` itself: its value comes as the first argument.
+const GATE_WITH_PWD: &str =
+    "IFS= read -r _ || exit 125; PWD=$1; export PWD; shift; exec \"$@\" </dev/null";
+/// Rounds of looking for (and killing) processes tied to an incomplete pod's directory: a
+/// process may fork between a look and the kill, and its child is found in the next round.
+const ORPHAN_ROUNDS: usize = 10;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const POLL: Duration = Duration::from_millis(20);
 const LOG_CHUNK: usize = 64 * 1024;
@@ -144,7 +180,6 @@ fn command(program: &str, env: &[(String, String)]) -> std::io::Result<tokio::pr
 /// The file a command names: itself when it holds a `/`, else the first executable file of
 /// that name in `path` (a `:`-separated list of directories), as a shell would find it.
 fn resolve_program(program: &str, path: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }
@@ -154,10 +189,147 @@ fn resolve_program(program: &str, path: &str) -> Option<PathBuf> {
     path.split(':')
         .filter(|dir| !dir.is_empty())
         .map(|dir| Path::new(dir).join(program))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Whether `path` is a file someone may execute.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The command that runs a container's `program` with `args` behind the start gate
+/// ([`GATE`]), for a container with environment `env` and working directory `workdir`. The
+/// program is looked up here first (in the environment's PATH, or from `workdir` when it holds
+/// a `/`), so that a missing one fails the start at once, as it would without the gate; the
+/// shell then finds the same file, and the program keeps its name as `argv[0]`.
+fn gated_command(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    workdir: &Path,
+) -> std::io::Result<tokio::process::Command> {
+    let var = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let path = var("PATH").unwrap_or(DEFAULT_PATH);
+    let found = if program.contains('/') {
+        is_executable(&workdir.join(program))
+    } else {
+        resolve_program(program, path).is_some()
+    };
+    if !found {
+        let message = if program.contains('/') {
+            format!("{program:?} is not an executable file")
+        } else {
+            format!("{program:?} not found in PATH {path:?}")
+        };
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, message));
+    }
+    let mut command = tokio::process::Command::new(GATE_SHELL);
+    match var("PWD") {
+        Some(pwd) => command.args(["-c", GATE_WITH_PWD, GATE_NAME, pwd]),
+        None => command.args(["-c", GATE, GATE_NAME]),
+    };
+    command.arg(program).args(args);
+    Ok(command)
+}
+
+/// Writes `bytes` to `path` and flushes them to the disk.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// The processes (not this one) tied to one of `dirs`: their working directory or a file they
+/// hold open is under it. Processes of other users, whose links cannot be read, are not seen.
+fn tied_processes(dirs: &[PathBuf]) -> BTreeSet<u32> {
+    let own = std::process::id();
+    let mut tied = BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return tied;
+    };
+    let under = |path: &Path| dirs.iter().any(|dir| path.starts_with(dir));
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let proc_dir = entry.path();
+        let cwd_tied = std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| under(&cwd));
+        let fd_tied = || {
+            std::fs::read_dir(proc_dir.join("fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| under(&target)))
+            })
+        };
+        if cwd_tied || fd_tied() {
+            tied.insert(pid);
+        }
+    }
+    tied
+}
+
+/// The process group of `pid`, from `/proc/<pid>/stat`.
+fn process_group(pid: u32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp ..."
+    text[text.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// SIGKILLs `pid` and, unless it is this process's own, its process group.
+fn kill_with_group(pid: u32) {
+    let own_group = nix::unistd::getpgrp().as_raw();
+    if let Some(group) = process_group(pid).filter(|g| *g > 1 && *g != own_group) {
+        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+    }
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
+
+/// Kills every process tied to one of `dirs` ([`tied_processes`]), with their process groups,
+/// round after round until none is left (a process may fork between a look and the kill);
+/// returns how many were killed.
+async fn kill_tied(dirs: &[PathBuf]) -> usize {
+    // Compared as the kernel shows them: resolved, without symbolic links.
+    let dirs: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    let mut killed = BTreeSet::new();
+    for _ in 0..ORPHAN_ROUNDS {
+        let tied = tied_processes(&dirs);
+        if tied.is_empty() {
+            break;
+        }
+        for pid in &tied {
+            warn!(
+                pid,
+                "killing a process left by an interrupted pod operation"
+            );
+            kill_with_group(*pid);
+        }
+        killed.extend(tied);
+        // The kernel closes a killed process's files as it exits.
+        tokio::time::sleep(POLL).await;
+    }
+    killed.len()
 }
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {
@@ -327,6 +499,25 @@ fn read_span(files: &[(PathBuf, u64)], start: u64, end: u64) -> std::io::Result<
     Ok(out)
 }
 
+/// A container's process held at its start gate ([`GATE`]): opening it lets the program run;
+/// dropping it unopened (or the agent's death, which closes the pipe) ends the process without
+/// running the program.
+struct Gate {
+    pid: u32,
+    release: tokio::process::ChildStdin,
+}
+
+impl Gate {
+    /// Lets the program run: call once the pid is durably recorded.
+    async fn open(mut self) {
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = self.release.write_all(b"\n").await {
+            // The shell is gone already: its waiter records the exit.
+            warn!(pid = self.pid, error = %e, "opening a start gate failed");
+        }
+    }
+}
+
 struct Inner {
     config: RuntimeConfig,
     pods_dir: PathBuf,
@@ -341,6 +532,9 @@ struct Inner {
     /// The machine's bound addresses as last read, and when: a burst of starts reads the
     /// socket tables once, not once per pod (they grow with the pods).
     host_bound: std::sync::Mutex<Option<(std::time::Instant, Arc<HashSet<Ipv4Addr>>)>>,
+    /// Where the next operation stops short, as if the agent were killed there (tests).
+    #[cfg(test)]
+    crash: super::CrashSwitch,
 }
 
 /// The process runtime. Dropping it stops its background tasks (as the agent going away
@@ -381,6 +575,8 @@ impl ProcessRuntime {
             known: std::sync::Mutex::new(BTreeMap::new()),
             owned: std::sync::Mutex::new(HashMap::new()),
             host_bound: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            crash: super::CrashSwitch::default(),
         };
         let known: BTreeMap<String, PodRecord> = inner
             .read_all()
@@ -427,6 +623,20 @@ impl ProcessRuntime {
     /// The container's log file.
     pub fn log_path(&self, pod_uid: &str, container: &str) -> PathBuf {
         self.inner.pod_dir(pod_uid).join(format!("{container}.log"))
+    }
+
+    /// Makes the next operation stop short at `point`, as if the agent were killed there.
+    #[cfg(test)]
+    pub(crate) fn crash_at(&self, point: super::CrashPoint) {
+        self.inner.crash.arm(point);
+    }
+
+    /// The processes tied to the pod's directory (their working directory or an open file is
+    /// under it), whatever the records say.
+    #[cfg(test)]
+    pub(crate) fn processes_tied_to(&self, pod_uid: &str) -> BTreeSet<u32> {
+        let dir = self.pod_dir(pod_uid);
+        tied_processes(&[std::fs::canonicalize(&dir).unwrap_or(dir)])
     }
 }
 
@@ -496,7 +706,10 @@ impl Inner {
         let tmp = dir.join(format!("{POD_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(record)
             .map_err(|e| RuntimeError::io("encoding pod.json", std::io::Error::other(e)))?;
-        std::fs::write(&tmp, json)
+        // Durable before the rename, so that a record is always whole. The rename itself is
+        // not fsynced: lost with the machine, it leaves the previous record, and the
+        // processes it names died with the machine too.
+        write_durably(&tmp, &json)
             .and_then(|()| std::fs::rename(&tmp, dir.join(POD_FILE)))
             .map_err(|e| {
                 RuntimeError::io(format!("writing {}", dir.join(POD_FILE).display()), e)
@@ -630,9 +843,9 @@ impl Inner {
         }
     }
 
-    /// Starts container `index` of the pod, records it and watches it. The caller holds the
-    /// lock and saves the record.
-    fn spawn(self: &Arc<Self>, record: &mut PodRecord, index: usize) -> Result<(), RuntimeError> {
+    /// Makes container `index`'s process, held at its start gate, notes it in the record and
+    /// watches it. The caller holds the lock, saves the record, then opens the gate.
+    fn spawn(self: &Arc<Self>, record: &mut PodRecord, index: usize) -> Result<Gate, RuntimeError> {
         let spec = &record.spec.containers[index];
         let uid = record.spec.uid.clone();
         let Some(program) = spec.command.first() else {
@@ -671,18 +884,23 @@ impl Inner {
                 "cpu and memory limits are not enforced by the process runtime");
         }
         let env = self.env(record, index, &workdir);
-        let mut command = command(program, &env).map_err(|source| RuntimeError::Spawn {
-            container: spec.name.clone(),
-            program: program.clone(),
-            source,
+        let args: Vec<String> = spec.command[1..]
+            .iter()
+            .chain(&spec.args)
+            .cloned()
+            .collect();
+        let mut command = gated_command(program, &args, &env, &workdir).map_err(|source| {
+            RuntimeError::Spawn {
+                container: spec.name.clone(),
+                program: program.clone(),
+                source,
+            }
         })?;
         command
-            .args(&spec.command[1..])
-            .args(&spec.args)
             .env_clear()
             .envs(env)
             .current_dir(&workdir)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)
             .process_group(0)
@@ -692,7 +910,7 @@ impl Inner {
             program: program.clone(),
             source,
         })?;
-        let Some(pid) = child.id() else {
+        let (Some(pid), Some(release)) = (child.id(), child.stdin.take()) else {
             return Err(RuntimeError::Spawn {
                 container: spec.name.clone(),
                 program: program.clone(),
@@ -763,7 +981,70 @@ impl Inner {
             info!(pod = %uid, container = %name, pid, exit_code = ?code, "container exited");
         });
         owned.insert(pid, waiter.abort_handle());
-        Ok(())
+        Ok(Gate { pid, release })
+    }
+
+    /// Ends the watch of these processes without recording anything (as the agent's death
+    /// would).
+    #[cfg(test)]
+    fn abandon(&self, pids: impl IntoIterator<Item = u32>) {
+        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        for pid in pids {
+            if let Some(waiter) = owned.remove(&pid) {
+                waiter.abort();
+            }
+        }
+    }
+
+    /// Whether a test asked the operation to stop short at `point`.
+    #[cfg(test)]
+    fn crash_here(&self, point: super::CrashPoint) -> bool {
+        self.crash.fires(point)
+    }
+
+    /// Whether the pod directory `uid` has leftovers of an interrupted operation and no
+    /// record: `Some(dir)` to clean up, `None` when there is no directory, or it holds a
+    /// record (this agent's, or another's on the same data dir, which is left alone).
+    fn incomplete_dir(&self, uid: &str) -> Option<PathBuf> {
+        let dir = self.pod_dir(uid);
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return None;
+        }
+        match self.read(uid) {
+            Ok(Some(_)) => None,
+            // Another agent's, or nothing there.
+            Ok(None) if dir.join(POD_FILE).exists() => None,
+            Ok(None) => Some(dir),
+            // Torn or garbled (a record written before they were fsynced): no use to anyone.
+            Err(e) => {
+                warn!(pod = %uid, error = %e, "the record of an interrupted operation is unreadable");
+                Some(dir)
+            }
+        }
+    }
+
+    /// Removes incomplete pods' directories, first killing whatever still runs tied to them
+    /// (and the recorded pids, in case they hold nothing there any more); returns how many
+    /// processes were killed. The caller holds the lock.
+    async fn discard(&self, dirs: &[PathBuf], recorded: &[(u32, Option<u64>)]) -> usize {
+        let mut killed_recorded = 0;
+        for (pid, ticks) in recorded {
+            if is_running(*pid, *ticks) {
+                signal_group(*pid, *ticks, Signal::SIGKILL);
+                killed_recorded += 1;
+            }
+        }
+        let killed = kill_tied(dirs).await;
+        for dir in dirs {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => info!(dir = %dir.display(), "removed an incomplete pod"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "removing an incomplete pod failed")
+                }
+            }
+        }
+        killed + killed_recorded
     }
 
     /// Whether the container's process has ended and its end is (or will no more be) recorded
@@ -836,6 +1117,61 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
+    async fn recover(&self) -> Result<Recovery, RuntimeError> {
+        let inner = &self.inner;
+        let _guard = inner.lock.lock().await;
+        let mut recovery = Recovery::default();
+        let mut dirs = Vec::new();
+        let mut recorded = Vec::new();
+        // Records whose containers did not all get a process: written by agents before the
+        // start gate, which recorded each container as it started it.
+        let incomplete: Vec<PodRecord> = inner
+            .known()
+            .values()
+            .filter(|r| {
+                r.containers
+                    .iter()
+                    .any(|c| c.pid.is_none() && c.exit.is_none())
+            })
+            .cloned()
+            .collect();
+        for record in incomplete {
+            inner.forget(&record.spec.uid);
+            recorded.extend(
+                record
+                    .containers
+                    .iter()
+                    .filter_map(|c| c.pid.map(|pid| (pid, c.start_ticks))),
+            );
+            dirs.push(inner.pod_dir(&record.spec.uid));
+            recovery.removed.push(record.spec.uid);
+        }
+        // Directories without a record: a start that did not get as far as writing it, or a
+        // removal that got past deleting it.
+        let entries = std::fs::read_dir(&inner.pods_dir)
+            .map_err(|e| RuntimeError::io(format!("listing {}", inner.pods_dir.display()), e))?;
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            if !super::is_safe_name(&uid, 128) || inner.known().contains_key(&uid) {
+                continue;
+            }
+            if let Some(dir) = inner.incomplete_dir(&uid) {
+                if !recovery.removed.contains(&uid) {
+                    dirs.push(dir);
+                    recovery.removed.push(uid);
+                }
+            }
+        }
+        if dirs.is_empty() {
+            return Ok(recovery);
+        }
+        recovery.removed.sort();
+        recovery.killed = inner.discard(&dirs, &recorded).await;
+        info!(pods = ?recovery.removed, killed = recovery.killed,
+            "removed pods an interrupted operation left incomplete");
+        Ok(recovery)
+    }
+
     async fn start_pod(&self, pod: &PodSpec) -> Result<PodInfo, RuntimeError> {
         validate_spec(pod)?;
         if let Some(c) = pod.containers.iter().find(|c| c.command.is_empty()) {
@@ -846,10 +1182,21 @@ impl Runtime for ProcessRuntime {
         let inner = &self.inner;
         let _guard = inner.lock.lock().await;
         let dir = inner.pod_dir(&pod.uid);
-        if inner.known().contains_key(&pod.uid) || dir.exists() {
+        if inner.known().contains_key(&pod.uid) {
             return Err(RuntimeError::PodExists {
                 pod_uid: pod.uid.clone(),
             });
+        }
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            // Left by an interrupted start or removal of this uid: replaced. A directory with
+            // another agent's record is not ours to touch.
+            let Some(leftover) = inner.incomplete_dir(&pod.uid) else {
+                return Err(RuntimeError::PodExists {
+                    pod_uid: pod.uid.clone(),
+                });
+            };
+            let killed = inner.discard(&[leftover], &[]).await;
+            info!(pod = %pod.uid, killed, "replaced what an interrupted operation left of the pod");
         }
         let bound = inner.host_bound_ips();
         let ours: HashSet<Ipv4Addr> = inner.known().values().map(|r| r.ip).collect();
@@ -873,22 +1220,47 @@ impl Runtime for ProcessRuntime {
                 })
                 .collect(),
         };
-        let started = (0..pod.containers.len()).try_for_each(|index| {
-            inner.spawn(&mut record, index)?;
-            inner.save(&record)
-        });
-        if let Err(err) = started {
-            warn!(pod = %pod.uid, error = %err, "starting the pod failed; removing what was started");
-            for c in &record.containers {
-                if let Some(pid) = c.pid {
-                    signal_group(pid, c.start_ticks, Signal::SIGKILL);
+        // Every process held at its gate, then the record naming them, then the gates open:
+        // a crash anywhere leaves no program running that the record does not name.
+        let mut gates = Vec::with_capacity(pod.containers.len());
+        let mut made = Ok(());
+        for index in 0..pod.containers.len() {
+            match inner.spawn(&mut record, index) {
+                Ok(gate) => gates.push(gate),
+                Err(e) => {
+                    made = Err(e);
+                    break;
                 }
             }
+            #[cfg(test)]
+            if inner.crash_here(super::CrashPoint::StartAfterCreate(index)) {
+                inner.abandon(gates.iter().map(|g| g.pid));
+                return Err(super::simulated_crash(super::CrashPoint::StartAfterCreate(
+                    index,
+                )));
+            }
+        }
+        let saved = made.and_then(|()| inner.save(&record));
+        if let Err(err) = saved {
+            warn!(pod = %pod.uid, error = %err, "starting the pod failed; removing what was started");
+            // Unopened, the gates end their shells; killing the groups makes it prompt.
+            for gate in &gates {
+                signal_group(gate.pid, None, Signal::SIGKILL);
+            }
+            drop(gates);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(pod = %pod.uid, error = %e, "removing the pod directory failed");
             }
             inner.forget(&pod.uid);
             return Err(err);
+        }
+        #[cfg(test)]
+        if inner.crash_here(super::CrashPoint::StartAfterRecord) {
+            inner.abandon(gates.iter().map(|g| g.pid));
+            return Err(super::simulated_crash(super::CrashPoint::StartAfterRecord));
+        }
+        for gate in gates {
+            gate.open().await;
         }
         info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ip = %ip, "pod started");
         Ok(inner.info(&record))
@@ -913,9 +1285,15 @@ impl Runtime for ProcessRuntime {
                 pod_uid: pod_uid.to_string(),
             })?;
         inner.observe(&mut record);
-        inner.spawn(&mut record, index)?;
+        // As a start: held, recorded, released (a crash before the record leaves the old,
+        // ended process recorded and the new one ends at its gate).
+        let gate = inner.spawn(&mut record, index)?;
         record.containers[index].restarts += 1;
-        inner.save(&record)?;
+        if let Err(e) = inner.save(&record) {
+            signal_group(gate.pid, None, Signal::SIGKILL);
+            return Err(e);
+        }
+        gate.open().await;
         info!(pod = %pod_uid, container, "container restarted");
         Ok(())
     }
@@ -946,7 +1324,13 @@ impl Runtime for ProcessRuntime {
             let _guard = inner.lock.lock().await;
             match inner.load(pod_uid)? {
                 Some(record) => record,
-                None => return Ok(()),
+                None => {
+                    // Nothing listed, but perhaps what an interrupted operation left of it.
+                    if let Some(dir) = inner.incomplete_dir(pod_uid) {
+                        inner.discard(&[dir], &[]).await;
+                    }
+                    return Ok(());
+                }
             }
         };
         inner
@@ -954,12 +1338,29 @@ impl Runtime for ProcessRuntime {
             .await;
         let _guard = inner.lock.lock().await;
         let dir = inner.pod_dir(pod_uid);
+        // The record first: from then on the pod is incomplete, and whatever of the directory
+        // a crash leaves is removed by the next agent's recovery.
+        let record_file = dir.join(POD_FILE);
+        match std::fs::remove_file(&record_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(RuntimeError::io(
+                    format!("removing {}", record_file.display()),
+                    e,
+                ));
+            }
+        }
+        inner.forget(pod_uid);
+        #[cfg(test)]
+        if inner.crash_here(super::CrashPoint::RemoveMidway) {
+            return Err(super::simulated_crash(super::CrashPoint::RemoveMidway));
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
         }
-        inner.forget(pod_uid);
         info!(pod = %pod_uid, "pod removed");
         Ok(())
     }

@@ -585,3 +585,218 @@ async fn listing_reads_the_records_kept_in_memory_and_the_files_stay_the_durable
     let rt = ProcessRuntime::new(scratch.config()).unwrap();
     assert!(rt.list_pods().await.unwrap().is_empty());
 }
+
+/// Spawns `script` as an orphan an agent from before the start gate could leave: in a
+/// session of its own (`setsid`), its output in `log`, working in `workdir`; returns its pid.
+fn orphan(script: &str, workdir: &Path, log: &Path) -> i32 {
+    std::fs::create_dir_all(workdir).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = std::process::Command::new("setsid")
+        .args(["sh", "-c", script])
+        .current_dir(workdir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawning an orphan");
+    // Reaped in the background, as init would once its parent is gone.
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    pid
+}
+
+fn wait_dead(pid: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_an_interrupted_start_are_killed_and_removed_when_the_agent_comes_back() {
+    let scratch = Scratch::new("leftovers");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+
+    // What an agent killed between starting a container and writing pod.json left: a pod
+    // directory without a record, its process running on in a session of its own, with a
+    // child that left the session too and writes nowhere (only its working directory ties it
+    // to the pod).
+    let bare = rt.pod_dir("uid-bare");
+    let workdir = bare.join("containers/web");
+    let bare_pid = orphan(
+        "setsid sh -c 'echo $$ > grandchild.pid; exec sleep 1000' >/dev/null 2>&1 </dev/null & \
+         exec sleep 1000",
+        &workdir,
+        &bare.join("web.log"),
+    );
+    let grandchild = read_pid(&workdir.join("grandchild.pid"));
+
+    // What an agent killed between starting a pod's second container and recording it left:
+    // a record with the first container only, and the second one's process unrecorded.
+    let a = container("a", &["sleep", "1000"]);
+    let b = container("b", &["sh", "-c", "echo $$ > b.pid; exec sleep 1000"]);
+    rt.start_pod(&pod("uid-half", "half", vec![a, b]))
+        .await
+        .unwrap();
+    let b_pid = read_pid(&rt.pod_dir("uid-half").join("containers/b/b.pid"));
+    let pods = rt.list_pods().await.unwrap();
+    let a_pid: i32 = pods[0].containers[0].runtime_id.parse().unwrap();
+    drop(rt);
+    let file = scratch.dir.join("pods/uid-half/pod.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    for field in ["pid", "start_ticks", "started_at_ms"] {
+        record["containers"][1][field] = serde_json::Value::Null;
+    }
+    std::fs::write(&file, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    // A removal interrupted after its record went: a directory and nothing running.
+    std::fs::create_dir_all(scratch.dir.join("pods/uid-removed/containers/x")).unwrap();
+    // Not a pod of this agent: another node's record on the same data dir stays.
+    let other =
+        ProcessRuntime::new(RuntimeConfig::new("cluster-1", "node-2", &scratch.dir)).unwrap();
+    other
+        .start_pod(&pod(
+            "uid-other",
+            "other",
+            vec![container("o", &["sleep", "1000"])],
+        ))
+        .await
+        .unwrap();
+
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let recovery = rt.recover().await.unwrap();
+    assert_eq!(
+        recovery.removed,
+        ["uid-bare", "uid-half", "uid-removed"],
+        "{recovery:?}"
+    );
+    for (pid, what) in [
+        (bare_pid, "an orphan in its own session"),
+        (grandchild, "its child in another session"),
+        (a_pid, "a recorded container of an incomplete pod"),
+        (b_pid, "an unrecorded container"),
+    ] {
+        wait_dead(pid, what);
+    }
+    assert!(recovery.killed >= 4, "{recovery:?}");
+    for uid in ["uid-bare", "uid-half", "uid-removed"] {
+        assert!(!rt.pod_dir(uid).exists(), "{uid} is left");
+    }
+    assert!(rt.list_pods().await.unwrap().is_empty());
+    assert_eq!(other.list_pods().await.unwrap().len(), 1);
+    other.remove_pod("uid-other").await.unwrap();
+
+    // And each pod can be created again, under the same uid.
+    for uid in ["uid-bare", "uid-half"] {
+        rt.start_pod(&pod(uid, "again", vec![container("c", &["sleep", "1000"])]))
+            .await
+            .unwrap_or_else(|e| panic!("creating {uid} again: {e}"));
+    }
+    assert_eq!(rt.list_pods().await.unwrap().len(), 2);
+    // Recovering again finds nothing to do.
+    assert_eq!(rt.recover().await.unwrap(), Recovery::default());
+    for uid in ["uid-bare", "uid-half"] {
+        rt.remove_pod(uid).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_never_runs_before_its_pid_is_recorded() {
+    let scratch = Scratch::new("gate");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let marker = scratch.dir.join("ran");
+    let script = format!("touch {}; exec sleep 1000", marker.display());
+    // Killed after making the process, before writing the record: the process ends at its
+    // gate, the program never ran.
+    rt.crash_at(CrashPoint::StartAfterCreate(0));
+    assert!(
+        rt.start_pod(&pod(
+            "uid-gate",
+            "gate",
+            vec![container("c", &["sh", "-c", &script])]
+        ))
+        .await
+        .is_err()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rt.processes_tied_to("uid-gate").is_empty() {
+        assert!(Instant::now() < deadline, "the held process did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!marker.exists(), "the program ran unrecorded");
+    // Released once recorded: the same pod runs.
+    rt.start_pod(&pod(
+        "uid-gate",
+        "gate",
+        vec![container("c", &["sh", "-c", &script])],
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the program never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.remove_pod("uid-gate").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_gate_leaves_the_environment_and_arguments_as_given() {
+    let scratch = Scratch::new("gate-env");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let plain = container("plain", &["env"]);
+    let mut with_pwd = container("pwd", &["env"]);
+    with_pwd.env = vec![("PWD".into(), "/somewhere/else".into())];
+    let args = container(
+        "args",
+        &["sh", "-c", "echo \"$0|$1|$2\"", "zero", "one two"],
+    );
+    rt.start_pod(&pod("uid-env", "env", vec![plain, with_pwd, args]))
+        .await
+        .unwrap();
+    wait_until(&rt, "every container done", |pods| {
+        pods[0]
+            .containers
+            .iter()
+            .all(|c| matches!(c.state, ContainerState::Exited { .. }))
+    })
+    .await;
+    let log = |c: &str| std::fs::read_to_string(rt.log_path("uid-env", c)).unwrap();
+    let env = log("plain");
+    let mut names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        // What bash adds when it is /bin/sh (dash adds nothing).
+        .filter(|k| !matches!(*k, "SHLVL" | "_"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "HOME",
+            "HOSTNAME",
+            "PATH",
+            "POD_IP",
+            "POD_NAME",
+            "POD_NAMESPACE"
+        ],
+        "{env}"
+    );
+    assert!(
+        log("pwd").lines().any(|l| l == "PWD=/somewhere/else"),
+        "{}",
+        log("pwd")
+    );
+    assert_eq!(log("args"), "zero|one two|\n");
+    rt.remove_pod("uid-env").await.unwrap();
+}

@@ -30,7 +30,7 @@ fn member(i: u8, state: MemberState) -> MemberSnap {
             format: FORMAT,
             version: "test".into(),
             os: "linux".into(),
-            arch: "x86_64".into(),
+            arch: "amd64".into(),
             created_ms: 0,
             started_ms: 0,
             cpu_millis: 4000,

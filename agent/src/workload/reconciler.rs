@@ -80,9 +80,13 @@ enum Done {
     },
 }
 
-/// Stops and removes every pod of this node (when the node leaves the cluster), each with at
-/// most its grace period, in parallel.
-pub(crate) async fn stop_all(runtime: &Arc<AnyRuntime>) {
+/// The grace period every pod gets when the agent stops them all on its way out (Kubernetes'
+/// default `terminationGracePeriodSeconds`).
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Stops and removes every pod of this node (when the node leaves the cluster), all at once:
+/// the whole takes at most one `grace` period (and the removals), however many pods there are.
+pub(crate) async fn stop_all<R: Runtime>(runtime: &R, grace: Duration) {
     let pods = match runtime.list_pods().await {
         Ok(pods) => pods,
         Err(e) => {
@@ -94,15 +98,12 @@ pub(crate) async fn stop_all(runtime: &Arc<AnyRuntime>) {
         return;
     }
     info!(pods = pods.len(), "stopping this node's pods");
-    let stops = pods.into_iter().map(|pod| {
-        let runtime = runtime.clone();
-        async move {
-            if let Err(e) = runtime.stop_pod(&pod.uid, Duration::from_secs(30)).await {
-                warn!(pod = %pod.name, error = %e, "stopping a pod failed");
-            }
-            if let Err(e) = runtime.remove_pod(&pod.uid).await {
-                warn!(pod = %pod.name, error = %e, "removing a pod failed");
-            }
+    let stops = pods.into_iter().map(|pod| async move {
+        if let Err(e) = runtime.stop_pod(&pod.uid, grace).await {
+            warn!(pod = %pod.name, error = %e, "stopping a pod failed");
+        }
+        if let Err(e) = runtime.remove_pod(&pod.uid).await {
+            warn!(pod = %pod.name, error = %e, "removing a pod failed");
         }
     });
     futures::future::join_all(stops).await;
@@ -439,4 +440,56 @@ async fn run_probe(
             result,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::runtime::{ContainerSpec, PodSpec, ProcessRuntime, RuntimeConfig};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_every_pod_at_shutdown_takes_one_grace_period_not_one_per_pod() {
+        let dir = std::env::temp_dir().join(format!("shoal-stop-all-{}", std::process::id()));
+        let runtime = ProcessRuntime::new(RuntimeConfig::new("cluster-1", "node-1", &dir))
+            .expect("the process runtime");
+        // Three pods whose processes ignore SIGTERM: each stop takes its whole grace period.
+        for i in 0..3 {
+            let spec = PodSpec {
+                uid: format!("uid-stubborn-{i}"),
+                namespace: "default".into(),
+                name: format!("stubborn-{i}"),
+                spec_hash: "h".into(),
+                containers: vec![ContainerSpec {
+                    name: "c".into(),
+                    command: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "trap '' TERM; touch ready; while true; do sleep 0.05; done".into(),
+                    ],
+                    ..Default::default()
+                }],
+                labels: Default::default(),
+                dns: None,
+            };
+            runtime.start_pod(&spec).await.expect("starting");
+            let ready = runtime.pod_dir(&spec.uid).join("containers/c/ready");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !ready.exists() {
+                assert!(Instant::now() < deadline, "{} never started", spec.name);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let grace = Duration::from_secs(2);
+        let started = Instant::now();
+        stop_all(&runtime, grace).await;
+        let took = started.elapsed();
+        assert!(runtime.list_pods().await.unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            took >= grace && took < grace * 2,
+            "stopping 3 pods with a {grace:?} grace period took {took:?}"
+        );
+    }
 }

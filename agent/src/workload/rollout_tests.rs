@@ -150,3 +150,54 @@ fn the_replicas_of_a_dead_node_start_on_the_others() {
         pods.len() == 4 && pods.iter().all(|p| p.0 == 0 && p.2)
     });
 }
+
+/// The pods of `bed` not of template `hash`, and how many of them are ready.
+fn others_ready(bed: &Testbed, hash: &Option<String>) -> (usize, usize) {
+    let pods: Vec<_> = bed.pods().into_iter().filter(|p| p.3 != *hash).collect();
+    (pods.len(), pods.iter().filter(|p| p.2).count())
+}
+
+#[test]
+fn a_rolling_update_does_not_wait_for_old_pods_to_finish_stopping() {
+    // The default strategy (25% / 25%: a surge of 1, none unavailable for 3 replicas) over
+    // containers that ignore SIGTERM, so each old pod takes its whole 30 s grace period to
+    // stop. Terminating pods count neither toward the surge nor toward availability (as in
+    // Kubernetes), so the rollout takes about (replicas / maxSurge) x start-to-ready (3 s
+    // here), not replicas x grace.
+    let mut bed = cluster(3, 3, "");
+    for rig in &mut bed.rigs {
+        rig.ignore_sigterm = true;
+    }
+    let old = bed.pods()[0].3.clone();
+    bed.apply(&deployment(3, "v2", ""));
+    let mut lowest_ready = u32::MAX;
+    let took = bed.run_until(secs(300), "3 new pods ready", |b| {
+        lowest_ready = lowest_ready.min(b.deployment_status("web").ready_replicas);
+        others_ready(b, &old).1 == 3
+    });
+    assert!(
+        took <= secs(20),
+        "the rollout took {took:?}: it waited for old pods to stop"
+    );
+    assert!(lowest_ready >= 3, "ready dipped to {lowest_ready}");
+    // The old pods finish stopping within their grace period, and nothing else is left.
+    bed.run_until(secs(31), "only the new pods", |b| b.pods().len() == 3);
+    assert_eq!(others_ready(&bed, &old), (3, 3), "{:#?}", bed.pods());
+}
+
+#[test]
+fn deleting_a_deployment_stops_all_its_pods_at_once() {
+    // Two pods per node, each taking its whole 30 s grace period to stop: they stop in
+    // parallel, so the deployment is gone after one grace period, not six.
+    let mut bed = cluster(3, 6, "");
+    for rig in &mut bed.rigs {
+        rig.ignore_sigterm = true;
+    }
+    assert!(bed.rigs.iter().all(|r| r.published.len() == 2));
+    bed.delete("deployment", "web");
+    let took = bed.run_until(secs(400), "every pod gone", |b| b.pods().is_empty());
+    assert!(
+        took >= secs(30) && took <= secs(32),
+        "deleting 6 pods took {took:?}, not one 30 s grace period"
+    );
+}

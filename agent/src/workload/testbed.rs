@@ -58,7 +58,7 @@ pub(crate) fn member(i: usize, state: MemberState) -> MemberSnap {
         info: Some(NodeInfo {
             version: "test".into(),
             os: "linux".into(),
-            arch: "x86_64".into(),
+            arch: "amd64".into(),
             created_ms: 0,
             started_ms: 0,
             cpu_millis: 4000,
@@ -132,6 +132,9 @@ pub(crate) struct NodeRig {
     pub(crate) frozen: bool,
     /// How long each action takes.
     pub(crate) latency: Duration,
+    /// Whether its containers ignore SIGTERM, so that a stop takes the pod's whole grace
+    /// period (as a server that does not handle SIGTERM as PID 1 makes Docker wait).
+    pub(crate) ignore_sigterm: bool,
     pub(crate) history: Vec<Happened>,
     pending: BTreeMap<(Instant, u64), Completion>,
     seq: u64,
@@ -158,6 +161,7 @@ impl NodeRig {
             probe_results: Vec::new(),
             frozen: false,
             latency: DEFAULT_LATENCY,
+            ignore_sigterm: false,
             history: Vec::new(),
             pending: BTreeMap::new(),
             seq: 0,
@@ -165,8 +169,12 @@ impl NodeRig {
         }
     }
 
-    /// The agent restarts (kill -9 and start): a new supervisor, the same runtime and records.
+    /// The agent restarts (kill -9 and start): a new supervisor, the same runtime and records;
+    /// the runtime recovers from interrupted operations first, as the agent's does when it is
+    /// made.
     pub(crate) fn restart_agent(&mut self, now: Now) {
+        self.rt.set_now_ms(now.wall_ms);
+        block_on(self.rt.recover()).expect("the fake runtime recovers");
         self.sup = Supervisor::new(self.config.clone(), now);
         self.pending.clear();
     }
@@ -200,10 +208,13 @@ impl NodeRig {
         while let Some(action) = self.sup.poll_action() {
             self.history
                 .push(Happened::Issued(now.mono, action.clone()));
+            let takes = match &action {
+                Action::StopPod { grace, .. } if self.ignore_sigterm => *grace,
+                _ => self.latency,
+            };
             let done = self.execute(action);
             self.seq += 1;
-            self.pending
-                .insert((now.mono + self.latency, self.seq), done);
+            self.pending.insert((now.mono + takes, self.seq), done);
         }
         while let Some(update) = self.sup.poll_record_update() {
             self.record_writes += 1;

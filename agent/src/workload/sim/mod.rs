@@ -760,7 +760,7 @@ fn member_facts(config: &ClusterConfig, identity: &shoal_gossip::Identity) -> Me
         info: NodeInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             os: "linux".into(),
-            arch: "x86_64".into(),
+            arch: "amd64".into(),
             cpu_millis: config.cpu_millis,
             memory_bytes: config.memory_bytes,
             runtime: "process".into(),

@@ -591,6 +591,30 @@ fn an_agent_restart_adopts_its_pods_with_their_restart_counts() {
 }
 
 #[test]
+fn a_pod_whose_start_the_agents_death_cut_short_runs_after_the_restart() {
+    // kill -9 of the agent in the middle of a start: the runtime holds part of the pod (its
+    // container created, never started) and the agent never hears how the start ended.
+    let mut bed = Testbed::new(1);
+    bed.rigs[0]
+        .rt
+        .crash_at(crate::runtime::CrashPoint::StartAfterCreate(0));
+    bed.apply(&pod("solo", "", ""));
+    bed.run_until(secs(5), "the start", |b| {
+        !issued(&b.rigs[0], |a| matches!(a, Action::StartPod { .. })).is_empty()
+    });
+    bed.stop_agent(0);
+    let uid = bed.rigs[0].rt.pod_uids().pop().expect("part of the pod");
+    // The agent comes back: the runtime, made again, removes what the start left, and the
+    // same pod (same uid) starts and gets ready.
+    bed.start_agent(0);
+    bed.run_for(secs(5), |_| {});
+    let record = record(&bed, "solo");
+    assert!(record.is_ready(), "{record:#?}");
+    assert_eq!(record.pod.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(bed.rigs[0].rt.pod_uids(), [uid]);
+}
+
+#[test]
 fn the_first_pass_stops_what_the_node_no_longer_owns_before_it_starts_anything() {
     let mut bed = Testbed::new(1);
     let web = |replicas: u32| {
