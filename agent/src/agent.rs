@@ -546,7 +546,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     });
 
     // Memory freed when workloads go is given back to the system.
-    tokio::spawn(crate::memory::give_back_periodically());
+    let held = snapshots.clone();
+    tokio::spawn(crate::memory::give_back_when_shrunk(move || {
+        let snapshot = held.borrow();
+        snapshot.objects().count() + snapshot.record_count()
+    }));
 
     // Signals: the first SIGTERM/SIGINT leaves gracefully.
     tokio::spawn(async move {
