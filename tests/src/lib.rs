@@ -375,6 +375,47 @@ impl Agent {
         }
     }
 
+    /// Writes `value` under object key `kind/namespace/name` into the saved state of this
+    /// stopped agent, as an agent of another version (or a broken one) might have written it:
+    /// the agent restores it at its next start and gossips it to the others. The entry is
+    /// stamped now, by a writer id of all ones, so it wins over what the key held.
+    pub fn plant_object(&self, kind: &str, namespace: &str, name: &str, value: &[u8]) {
+        use shoal_gossip::{Entry, Hlc, Key, NodeId, ObjectKey, Version};
+        assert!(self.child.is_none(), "{} must be stopped", self.name);
+        let key = Key::Object(ObjectKey {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let hlc = Hlc {
+            wall_ms,
+            logical: 0,
+        };
+        let entry = Entry {
+            version: Version::Object {
+                hlc,
+                writer: NodeId([0xff; 32]),
+            },
+            written_at: hlc,
+            value: Some(value.to_vec()),
+        };
+        // The agent's `entries` table: postcard of the key to postcard of the entry.
+        let table: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("entries");
+        let db = redb::Database::open(self.dir.join("state.redb")).expect("opening state.redb");
+        let tx = db.begin_write().expect("write transaction");
+        {
+            let mut entries = tx.open_table(table).expect("entries table");
+            let k = postcard::to_stdvec(&key).expect("key encodes");
+            let e = postcard::to_stdvec(&entry).expect("entry encodes");
+            entries.insert(k.as_slice(), e.as_slice()).expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+
     /// The tail of this agent's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();

@@ -14,6 +14,17 @@ fn all(cluster: &Cluster) -> Vec<usize> {
     (0..cluster.agents.len()).collect()
 }
 
+/// A Deployment that runs nothing (replicas 0), carrying `note`: a write to replicate.
+fn note(name: &str, note: &str) -> Vec<u8> {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  annotations: {{note: \
+         {note:?}}}\nspec:\n  replicas: 0\n  selector: {{matchLabels: {{app: {name}}}}}\n  \
+         template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n      \
+         - {{name: a, image: x, command: [/bin/true]}}\n"
+    )
+    .into_bytes()
+}
+
 #[test]
 fn five_agents_form_one_cluster_and_detect_a_kill() {
     let mut cluster = Cluster::start("five", 5);
@@ -59,12 +70,12 @@ fn paused_agent_comes_back_by_itself_and_gets_writes_made_meanwhile() {
     cluster.wait_for("node-2 dead while stopped", secs(15), |c| {
         c.all_see(&others, &["node-2"], "dead")
     });
-    let (status, _) = cluster.agents[0].http(
+    let (status, body) = cluster.agents[0].http(
         "PUT",
-        "/api/v1/objects/configmap/default/during-pause",
-        Some(b"written while node-2 was stopped"),
+        "/api/v1/objects/deployment/default/during-pause",
+        Some(&note("during-pause", "written while node-2 was stopped")),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     // Stay stopped for 30 s in all, well past the suspicion timeout.
     std::thread::sleep(secs(30).saturating_sub(stopped_at.elapsed()));
     cluster.agents[2].signal("CONT");
@@ -74,10 +85,10 @@ fn paused_agent_comes_back_by_itself_and_gets_writes_made_meanwhile() {
     cluster.wait_for("the write reached node-2", secs(10), |c| {
         let (status, body) = c.agents[2].http(
             "GET",
-            "/api/v1/objects/configmap/default/during-pause",
+            "/api/v1/objects/deployment/default/during-pause",
             None,
         );
-        if status == 200 && body == "written while node-2 was stopped" {
+        if status == 200 && body.contains("written while node-2 was stopped") {
             Ok(())
         } else {
             Err(format!("{status} {body}"))
@@ -102,12 +113,12 @@ fn restarted_agent_keeps_identity_and_rejoins_without_join() {
         .map(|(_, _, uid)| uid)
         .unwrap();
     // An acknowledged write on node-2 survives its kill -9.
-    let (status, _) = cluster.agents[2].http(
+    let (status, body) = cluster.agents[2].http(
         "PUT",
-        "/api/v1/objects/configmap/default/acked",
-        Some(b"durable"),
+        "/api/v1/objects/deployment/default/acked",
+        Some(&note("acked", "durable")),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     cluster.agents[2].kill9();
     cluster.wait_for("node-2 dead", secs(10), |c| {
         c.all_see(&[0, 1], &["node-2"], "dead")
@@ -123,8 +134,9 @@ fn restarted_agent_keeps_identity_and_rejoins_without_join() {
     let (_, _, id_after) = nodes.iter().find(|(n, _, _)| n == "node-2").unwrap();
     assert_eq!(*id_after, id_before, "same identity after restart");
     let (status, body) =
-        cluster.agents[2].http("GET", "/api/v1/objects/configmap/default/acked", None);
-    assert_eq!((status, body.as_str()), (200, "durable"));
+        cluster.agents[2].http("GET", "/api/v1/objects/deployment/default/acked", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"note\":\"durable\""), "{body}");
 }
 
 #[test]

@@ -102,6 +102,7 @@ pub(crate) fn apply(
     let options = ParseOptions {
         namespace,
         recursive,
+        ..ParseOptions::default()
     };
     let resources = match manifest::parse_paths(files, &options, &mut std::io::stdin()) {
         Ok(r) => r,
@@ -158,7 +159,7 @@ pub(crate) fn delete(
     if !files.is_empty() {
         let options = ParseOptions {
             namespace: namespace.clone(),
-            recursive: false,
+            ..ParseOptions::default()
         };
         let resources =
             manifest::parse_paths(files, &options, &mut std::io::stdin()).map_err(|errors| {
