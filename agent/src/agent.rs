@@ -233,6 +233,7 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("reading the API token from {}", path.display()))?
         .trim()
         .to_owned();
+    crate::secret_file::warn_if_readable_by_others(path, "API token file");
     if token.len() < 16 {
         bail!(
             "the API token in {} is too short: use at least 16 characters",

@@ -14,6 +14,7 @@ mod node_info;
 mod persist;
 mod proxy;
 pub mod runtime;
+mod secret_file;
 mod sim;
 mod workload;
 

@@ -4,7 +4,7 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use shoal_tests::{Agent, Cluster, shoal_bin};
+use shoal_tests::{Agent, Cluster, Scratch, shoal_bin};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -267,4 +267,43 @@ fn get_nodes_prints_kubernetes_shaped_json_and_yaml() {
         .cli(&["get", "nodes", "-o", "name"])
         .unwrap();
     assert_eq!(names, "node/node-0\nnode/node-1\n");
+}
+
+#[test]
+fn secret_files_other_users_can_read_are_warned_about_alike() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = Scratch::new("secretmodes");
+    let key = std::process::Command::new(shoal_bin())
+        .arg("keygen")
+        .output()
+        .unwrap();
+    let mut warned = Vec::new();
+    for (name, mode) in [("open", 0o644), ("closed", 0o600)] {
+        let key_file = scratch.path().join(format!("{name}.key"));
+        let token_file = scratch.path().join(format!("{name}.token"));
+        std::fs::write(&key_file, &key.stdout).unwrap();
+        std::fs::write(&token_file, "a-token-of-at-least-16-characters\n").unwrap();
+        for file in [&key_file, &token_file] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let mut agent = Agent::new(scratch.path(), name, &key_file);
+        agent.start_with(&[], &["--api-token-file", token_file.to_str().unwrap()]);
+        let log = agent.log_tail(200);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("is readable by other users; chmod 600 it"))
+            .collect();
+        warned.push((name, lines.len(), log.clone()));
+        agent.kill9();
+    }
+    let (_, open, log) = &warned[0];
+    assert_eq!(*open, 2, "the key file and the token file, alike:\n{log}");
+    assert!(
+        log.contains("API token file is readable by other users")
+            && log.contains("cluster key file is readable by other users")
+            && log.contains("mode=644"),
+        "{log}"
+    );
+    let (_, closed, log) = &warned[1];
+    assert_eq!(*closed, 0, "{log}");
 }
