@@ -94,6 +94,12 @@ pub(crate) struct AgentArgs {
     /// Most replicas all workloads of the cluster may ask for together.
     #[arg(long, default_value_t = Limits::DEFAULT_CLUSTER, value_parser = clap::value_parser!(u32).range(1..))]
     max_replicas: u32,
+    /// Largest request body the API takes, in bytes: the objects of one `apply`, written at
+    /// once and held in memory whole (`shoal apply` sends larger sets in parts). One object
+    /// may take at most 1 MiB, and less when this is under 1 MiB + 4 KiB. At least 65536.
+    #[arg(long, default_value_t = crate::api::limits::DEFAULT_MAX_REQUEST as u64,
+          value_parser = clap::value_parser!(u64).range(crate::api::limits::MIN_MAX_REQUEST as u64..))]
+    max_request_bytes: u64,
 }
 
 /// The mesh's default address: the gossip listen IP, port 7948 (gossip 7946 + 2), or an
@@ -569,6 +575,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             service_range,
             dns: dns_counters,
+            limits: crate::api::limits::BodyLimits::new(
+                usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
+            ),
         }),
         async move {
             let _ = api_done_rx.await;

@@ -193,7 +193,7 @@ pub fn run() -> anyhow::Result<()> {
             dry_run,
             ns,
             api,
-        } => cli::workloads::apply(&api, &files, ns.namespace, recursive, dry_run),
+        } => cli::apply::apply(&api, &files, ns.namespace, recursive, dry_run),
         Command::Get {
             resource,
             names,

@@ -207,3 +207,97 @@ fn an_unreadable_value_already_stored_is_counted_listed_and_deleted_by_key() {
         "{stats}"
     );
 }
+
+#[test]
+fn a_set_over_the_request_limit_is_applied_in_parts_and_an_object_over_it_is_refused_by_name() {
+    let cluster = Cluster::start_with(
+        "bigapply",
+        1,
+        &["--runtime", "process", "--max-request-bytes", "262144"],
+    );
+    let a = &cluster.agents[0];
+    let (status, limits) = a.http("GET", "/api/v1/limits", None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&limits)["requestBytes"], 262_144, "{limits}");
+    let object_limit = json(&limits)["objectBytes"].as_u64().unwrap();
+
+    // ~900 KiB in three files: 300 namespaces of 3 KiB, and an idle deployment in the last.
+    let dir = cluster.dir().join("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pad = "x".repeat(3000);
+    for file in 0..3 {
+        let docs: Vec<String> = (0..100)
+            .map(|i| {
+                format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{}\n  annotations: {{pad: {pad}}}\n",
+                    file * 100 + i
+                )
+            })
+            .collect();
+        std::fs::write(dir.join(format!("{file}.yaml")), docs.join("---\n")).unwrap();
+    }
+    std::fs::write(
+        dir.join("3-web.yaml"),
+        idle_deployment("web", "in the last namespace")
+            .replace("name: web\n", "name: web\n  namespace: ns-299\n"),
+    )
+    .unwrap();
+    let out = a
+        .cli(&["apply", "-f", dir.to_str().unwrap()])
+        .expect("a big valid set just works");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 301, "each object once:\n{out}");
+    assert!(lines.contains(&"namespace/ns-0 created"), "{out}");
+    assert!(lines.contains(&"deployment.apps/web created"), "{out}");
+    let namespaces = a.cli(&["get", "namespaces"]).unwrap();
+    assert_eq!(
+        namespaces.lines().count(),
+        1 + 301,
+        "header, default and 300:\n{namespaces}"
+    );
+    // Applied again: every object unchanged, each said once.
+    let again = a.cli(&["apply", "-f", dir.to_str().unwrap()]).unwrap();
+    assert_eq!(again.lines().count(), 301);
+    assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
+
+    // One object over the limit: refused by name with the limit, nothing applied.
+    let env: Vec<String> = (0..400)
+        .map(|i| format!("        - {{name: V{i}, value: {}}}", "v".repeat(700)))
+        .collect();
+    let huge = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: fresh}}\n---\napiVersion: apps/v1\n\
+         kind: Deployment\nmetadata: {{name: huge, namespace: fresh}}\nspec:\n  replicas: 0\n  \
+         selector: {{matchLabels: {{app: huge}}}}\n  template:\n    metadata: {{labels: {{app: \
+         huge}}}}\n    spec:\n      containers:\n      - name: a\n        image: x\n        \
+         command: [/bin/true]\n        env:\n{}\n",
+        env.join("\n")
+    );
+    let err = cluster.apply(0, "huge", &huge).expect_err("refused");
+    assert!(
+        err.contains("deployment.apps/huge: the object takes")
+            && err.contains(&format!("({object_limit} bytes) per object"))
+            && err.contains("nothing was applied"),
+        "{err}"
+    );
+    assert!(
+        a.cli(&["get", "namespace", "fresh"]).is_err(),
+        "nothing applied"
+    );
+
+    // The API itself answers 413 with the limit, as JSON, for any route.
+    let body = vec![b' '; 300_000];
+    let (status, answer) = a.http("POST", "/api/v1/apply", Some(&body));
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        message(&answer)
+            .contains("over this agent's limit of 256.0 KiB (262144 bytes) for POST /api/v1/apply"),
+        "{answer}"
+    );
+    assert_eq!(json(&answer)["details"]["limitBytes"], 262_144);
+    let (status, answer) = a.http("PUT", "/api/v1/objects/deployment/default/x", Some(&body));
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        message(&answer).contains(&format!("({object_limit} bytes)")),
+        "{answer}"
+    );
+}

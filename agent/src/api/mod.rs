@@ -10,6 +10,8 @@
 //!   the path's kind, namespace and name (a manifest, or the stored form `GET` returns),
 //!   validated as `apply` validates it ([`objects`]). Writes are answered once durable here.
 //! - `GET /api/v1/objects/{kind}[?namespace=NS]`: list of `{namespace, name, value}`.
+//! - `GET /api/v1/limits`: the largest request bodies taken (`requestBytes`: an apply,
+//!   `objectBytes`: one object); a larger body is answered 413 with the limit ([`limits`]).
 //! - `GET /api/v1/stats`: counters (gossip, network, persistence, the mesh's per service, the
 //!   cluster DNS).
 //!
@@ -40,6 +42,7 @@ use crate::workload::projector::ProjectorCounters;
 use crate::workload::snapshot::Snapshot;
 
 mod k8s;
+pub(crate) mod limits;
 pub(crate) mod logs_remote;
 mod objects;
 mod workloads;
@@ -60,6 +63,8 @@ pub(crate) struct Api {
     pub(crate) mesh: shoal_mesh::Mesh,
     pub(crate) service_range: crate::workload::service::ServiceRange,
     pub(crate) dns: Arc<crate::dns::DnsCounters>,
+    /// How large request bodies may be.
+    pub(crate) limits: limits::BodyLimits,
 }
 
 impl Api {
@@ -80,12 +85,13 @@ pub(crate) fn router(state: Api) -> Router {
             "/api/v1/objects/{kind}/{namespace}/{name}",
             get(objects::get_object)
                 .put(objects::put_object)
-                .delete(objects::delete_object),
+                .delete(objects::delete_object)
+                .layer(DefaultBodyLimit::max(state.limits.object_bytes)),
         )
         .route("/api/v1/objects/{kind}", get(objects::list_objects))
         .route(
             "/api/v1/apply",
-            post(workloads::apply).layer(DefaultBodyLimit::max(MAX_APPLY)),
+            post(workloads::apply).layer(DefaultBodyLimit::max(state.limits.request_bytes)),
         )
         .route("/api/v1/delete", post(workloads::delete))
         .route("/api/v1/pods", get(workloads::list_pods))
@@ -114,6 +120,11 @@ pub(crate) fn router(state: Api) -> Router {
             get(workloads::get_service),
         )
         .route("/api/v1/endpoints", get(workloads::list_endpoints))
+        .route("/api/v1/limits", get(limits::limits))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_bodies,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -258,7 +269,3 @@ async fn stats(State(api): State<Api>) -> Response {
         Err(e) => gone(e),
     }
 }
-
-/// Largest `apply` request body: every object of an apply in one request, so that it is
-/// written at once (the CLI says so before sending more).
-pub(crate) const MAX_APPLY: usize = 64 << 20;

@@ -17,12 +17,14 @@ use serde::Deserialize;
 use serde_json::json;
 use shoal_gossip::ObjectKey;
 
+use super::limits::human_bytes;
 use super::workloads::{apply_resources, invalid};
 use super::{Api, error, gone, k8s};
 use crate::manifest::{self, Kind, NamespaceFrom, ParseOptions, Resource};
 use crate::workload::stored::{DecodeError, StoredObject};
 
-/// Largest object accepted, in bytes: a `PUT` body, and each object of an `apply`.
+/// Largest object accepted, in bytes: a `PUT` body, and each object of an `apply` (lower when
+/// the agent takes smaller requests: [`super::limits::BodyLimits`]).
 pub(crate) const MAX_OBJECT: usize = 1 << 20;
 
 /// The key a path names, or the 400 to answer. Names follow Kubernetes' DNS subdomain rule.
@@ -140,15 +142,17 @@ pub(super) async fn put_object(
             ),
         );
     }
-    if body.len() > MAX_OBJECT {
+    let limit = api.limits.object_bytes;
+    if body.len() > limit {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestEntityTooLarge",
             &format!(
-                "{} \"{}\": the body takes {} bytes, over the limit of {MAX_OBJECT} bytes per object",
+                "{} \"{}\": the body takes {}, over this agent's limit of {} per object",
                 kind.resource_type(),
                 key.name,
-                body.len()
+                human_bytes(body.len()),
+                human_bytes(limit)
             ),
         );
     }

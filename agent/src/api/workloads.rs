@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::objects::MAX_OBJECT;
+use super::limits::human_bytes;
 use super::{Api, error, gone};
 use crate::clock::wall_ms;
 use crate::manifest::{Kind, Resource};
@@ -120,13 +120,15 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
     };
     let mut resources = Vec::new();
     let mut problems = Vec::new();
+    let limit = api.limits.object_bytes;
     for (i, object) in request.objects.iter().enumerate() {
         let bytes = serde_json::to_vec(object).unwrap_or_default();
         match Resource::from_stored(&bytes) {
-            Ok(r) if bytes.len() > MAX_OBJECT => problems.push(format!(
-                "{}: the object takes {} bytes, over the limit of {MAX_OBJECT} bytes per object",
+            Ok(r) if bytes.len() > limit => problems.push(format!(
+                "{}: the object takes {}, over this agent's limit of {} per object",
                 r.key(),
-                bytes.len()
+                human_bytes(bytes.len()),
+                human_bytes(limit)
             )),
             Ok(r) => resources.push(r),
             Err(e) => problems.push(format!("object {}: {e}", i + 1)),

@@ -12,6 +12,7 @@ use shoal_model::Timestamp;
 use self::table::{format_table, human_duration};
 use crate::clock::wall_ms;
 
+pub(crate) mod apply;
 pub(crate) mod table;
 #[cfg(test)]
 mod table_tests;
@@ -159,11 +160,40 @@ impl Client {
     }
 
     pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let mut request = self.agent.post(self.url(path));
+        let mut request = self
+            .agent
+            .post(self.url(path))
+            .header("Content-Type", "application/json");
         if let Some(token) = &self.token {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
-        self.finish(request.send_json(body))
+        let bytes = serde_json::to_vec(body).context("encoding the request")?;
+        let result = request.send(&bytes[..]);
+        // An agent refuses a body over its limit before reading it, which a sender still
+        // writing sees as a broken connection rather than as the answer.
+        if let Err(ureq::Error::Io(e)) = &result
+            && bytes.len() > 64 << 10
+        {
+            bail!(
+                "the connection to the shoal agent at {} broke while sending {} to {path} ({e}):                  an agent refuses bodies over its limits (GET /api/v1/limits)",
+                self.base,
+                crate::api::limits::human_bytes(bytes.len())
+            );
+        }
+        self.finish(result)
+    }
+
+    /// The agent's request body limits (the defaults for an agent that does not say).
+    pub(crate) fn limits(&self) -> anyhow::Result<crate::api::limits::BodyLimits> {
+        let mut request = self.agent.get(self.url("/api/v1/limits"));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let answer = match request.call() {
+            Ok(r) if r.status() == 404 => None,
+            result => Some(self.finish(result)?),
+        };
+        Ok(apply::limits_or_default(answer))
     }
 }
 
