@@ -249,6 +249,9 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Meta key of the number of starts of this agent.
+const META_RUNS: &str = "runs";
+
 /// Runs the agent until it leaves.
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -348,6 +351,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .and_then(|v| v.try_into().ok())
         .map(u64::from_le_bytes)
         .unwrap_or_else(wall_ms);
+    // This start's number: what its node info and pod records carry, so that readers tell
+    // the records of an earlier run (pods it may no longer run) apart.
+    let run = db
+        .get_meta(META_RUNS)?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+        + 1;
+    db.set_meta(META_RUNS, &run.to_le_bytes())?;
 
     // Whom to join: --join, else the members this node knew (a restart needs no --join).
     let mut seeds = args.join.clone();
@@ -460,6 +472,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         arch: std::env::consts::ARCH.to_owned(),
         created_ms,
         started_ms: wall_ms(),
+        run,
         cpu_millis: args.cpu_millis.unwrap_or(cpu_all),
         memory_bytes: args.memory_bytes.unwrap_or(memory_all),
         labels,
@@ -503,6 +516,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             me: id,
             host_ip: advertise_for_pods,
             service_range,
+            run,
         },
         runtime.clone(),
         handle.clone(),

@@ -62,6 +62,9 @@ pub(crate) struct MemberFacts {
     pub(crate) name: String,
     pub(crate) addr: String,
     pub(crate) state: MemberState,
+    /// Whether this agent has had a message of state from it since it started (always true of
+    /// itself): until then, all it knows of the member was restored from before the restart.
+    pub(crate) heard: bool,
 }
 
 /// One change of the replicated state, as the driver saw it.
@@ -80,6 +83,9 @@ pub(crate) enum Change {
     },
     /// The whole member list (sent when any member changed).
     Members(Vec<MemberFacts>),
+    /// The first message of state (anything but the failure detector's probes) from this
+    /// member since the agent started.
+    Heard(NodeId),
 }
 
 /// Who hears of changes: the entries it wants, with their new bytes, and the member list
@@ -385,6 +391,7 @@ pub(crate) fn start(
         origin: TokioInstant::now(),
     };
     let now = clock.now();
+    let me = setup.identity.id;
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let mut node = Node::new(
@@ -420,6 +427,7 @@ pub(crate) fn start(
         leave_replies: Vec::new(),
         backlog: Default::default(),
         backlog_dropped: 0,
+        heard: BTreeSet::from([me]),
     };
     driver.send_whole_state();
     for (name, value) in setup.own_entries {
@@ -464,6 +472,8 @@ struct Driver {
     backlog: std::collections::VecDeque<(String, Vec<u8>)>,
     /// Backlogged messages dropped because the backlog was full.
     backlog_dropped: u64,
+    /// Members a message of state came from since the agent started, and itself.
+    heard: BTreeSet<NodeId>,
 }
 
 /// Most network events taken at once before the driver looks at its other inputs.
@@ -551,7 +561,7 @@ impl Driver {
     /// ([`Driver::handle_backlog`]).
     fn handle_net_event(&mut self, event: NetEvent) {
         match event {
-            NetEvent::Message { addr, bytes, .. } => {
+            NetEvent::Message { from, addr, bytes } => {
                 if shoal_gossip::message::is_probe(&bytes) {
                     self.node.handle_message(&addr, &bytes, self.clock.now());
                 } else {
@@ -561,6 +571,11 @@ impl Driver {
                         self.backlog_dropped += 1;
                     }
                     self.backlog.push_back((addr, bytes));
+                    // The transport authenticated the sender: it is alive now, whatever the
+                    // state restored from disk said.
+                    if self.heard.insert(from) {
+                        self.pending_changes.push(Change::Heard(from));
+                    }
                 }
             }
             NetEvent::Discovered { addr } => {
@@ -742,6 +757,7 @@ impl Driver {
                     name: m.name.clone(),
                     addr: m.addr.clone(),
                     state: m.state,
+                    heard: self.heard.contains(&m.id),
                 })
                 .collect();
             self.pending_changes.push(Change::Members(members));

@@ -411,10 +411,11 @@ pub(super) async fn list_deployments(
     let snapshot = api.snapshot();
     let plan = api.plans.borrow().clone();
     let now = wall_ms();
+    let counted = snapshot.counted();
     let items = view::deployments(&snapshot, q.namespace.as_deref())
         .map(|(d, stored)| {
             let set_aside = plan.set_aside_reason(&view::deployment_key(d));
-            view::deployment_json(d, stored, &snapshot, now, set_aside)
+            view::deployment_json(d, stored, &snapshot, &counted, now, set_aside)
         })
         .collect();
     Json(view::list(items)).into_response()
@@ -446,6 +447,7 @@ pub(super) async fn get_deployment(
             d,
             stored,
             &snapshot,
+            &snapshot.counted(),
             now,
             plan.set_aside_reason(&view::deployment_key(d)),
         ),

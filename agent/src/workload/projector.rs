@@ -134,6 +134,14 @@ impl Projection {
             Change::Members(members) => {
                 self.members = members;
                 self.rebuild_members();
+                self.snapshot
+                    .set_unheard(self.members.iter().filter(|m| !m.heard).map(|m| m.id));
+            }
+            Change::Heard(id) => {
+                if let Some(member) = self.members.iter_mut().find(|m| m.id == id) {
+                    member.heard = true;
+                }
+                self.snapshot.set_heard(&id);
             }
             Change::Object { key, value } => {
                 let object = match value {
@@ -312,6 +320,7 @@ mod tests {
             template_hash: Some("h".into()),
             ready_since_ms: None,
             events: Vec::new(),
+            run: 0,
         }
         .encode()
     }
@@ -324,6 +333,7 @@ mod tests {
                     name: format!("node-{i}"),
                     addr: String::new(),
                     state: MemberState::Alive,
+                    heard: true,
                 })
                 .collect(),
         )
@@ -431,6 +441,37 @@ mod tests {
         assert_eq!(stats.unreadable_now, 1, "{:?}", stats.unreadable);
         assert_eq!(stats.unreadable, [format!("{}/{NODE_INFO}", node(1))]);
         assert_eq!(stats.undecodable_objects, 2, "counters only grow");
+    }
+
+    #[test]
+    fn records_of_members_not_heard_from_since_the_start_count_once_they_speak() {
+        let mut p = Projection::new(Arc::default());
+        let mut restored = members(&[1, 2]);
+        if let Change::Members(list) = &mut restored {
+            list[1].heard = false;
+        }
+        p.apply(restored);
+        for (n, pod) in [(1, "web-a"), (2, "web-b")] {
+            p.apply(Change::Owned {
+                owner: node(n),
+                name: record_name("default", pod),
+                value: Some(record("web", pod)),
+            });
+        }
+        let counted = |p: &Projection| {
+            let s = p.snapshot();
+            let c = s.counted();
+            s.counted_records(&c).count()
+        };
+        assert_eq!(counted(&p), 1);
+        p.apply(Change::Heard(node(2)));
+        assert_eq!(counted(&p), 2);
+        // A later member list keeps it heard.
+        p.apply(Change::Members(match members(&[1, 2]) {
+            Change::Members(list) => list,
+            _ => unreachable!(),
+        }));
+        assert_eq!(counted(&p), 2);
     }
 
     #[test]
