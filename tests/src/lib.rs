@@ -299,6 +299,23 @@ impl Agent {
         }
     }
 
+    /// Runs a `shoal` CLI command against this agent's API: whether it succeeded, its
+    /// standard output and its standard error.
+    pub fn cli_full(&self, args: &[&str]) -> (bool, String, String) {
+        let api = self.api.as_deref().expect("started");
+        let out = Command::new(shoal_bin())
+            .args(args)
+            .arg("--api")
+            .arg(api)
+            .output()
+            .expect("running shoal");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts a long-running `shoal` CLI command against this agent's API (`logs -f`,
     /// `get -w`): the child, and its standard output line by line as it comes.
     pub fn cli_stream(&self, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {

@@ -307,3 +307,115 @@ fn secret_files_other_users_can_read_are_warned_about_alike() {
     let (_, closed, log) = &warned[1];
     assert_eq!(*closed, 0, "{log}");
 }
+
+#[test]
+fn a_joiner_with_another_key_says_at_once_and_every_time_that_the_peer_refused_it() {
+    let mut cluster = Cluster::start("refusedjoin", 1);
+    let seed = cluster.agents[0].gossip.clone().unwrap();
+    let other_key = cluster.dir().join("other.key");
+    let key = std::process::Command::new(shoal_bin())
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(&other_key, key.stdout).unwrap();
+    let mut intruder = Agent::new(cluster.dir(), "intruder", &other_key);
+    intruder.start(&[seed.clone()]);
+    let refusals = |agent: &Agent| -> Vec<String> {
+        agent
+            .log_tail(1000)
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("cluster key mismatch"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // At once: the refusal, naming the peer, and that the node cannot join.
+    cluster.wait_for("the intruder to say it was refused", secs(3), |_| {
+        let lines = refusals(&intruder);
+        let named = lines
+            .iter()
+            .any(|l| l.contains(&format!("cannot join through {seed}: cluster key mismatch")));
+        let summary = lines.iter().any(|l| {
+            l.contains(&format!(
+                "cannot join the cluster: {seed} refused it: cluster key mismatch"
+            ))
+        });
+        if named && summary {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
+    // Every time: the next attempts (the peer now denies its connections) say so again.
+    cluster.wait_for("the refusal said again", secs(8), |_| {
+        let lines = refusals(&intruder);
+        if lines
+            .iter()
+            .filter(|l| l.contains("cannot join through"))
+            .count()
+            >= 3
+        {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
+    // Its status says so too.
+    let (status, stats) = intruder.http("GET", "/api/v1/stats", None);
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let join = &stats["join"];
+    assert_eq!(join["joining"], true, "{join}");
+    assert_eq!(join["peers"], serde_json::json!([seed]), "{join}");
+    let failure = &join["failures"][0];
+    assert_eq!(
+        (&failure["peer"], &failure["refused"]),
+        (&serde_json::json!(seed), &serde_json::json!(true)),
+        "{join}"
+    );
+    assert!(failure["count"].as_u64() >= Some(3), "{join}");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cluster key mismatch"),
+        "{join}"
+    );
+    assert!(
+        stats["net"]["refused_by_peers"].as_u64() >= Some(3),
+        "{stats}"
+    );
+    let (ok, table, warnings) = intruder.cli_full(&["get", "nodes"]);
+    assert!(ok && table.contains("intruder"), "{table}");
+    assert!(
+        warnings.contains(&format!("warning: {seed} refused this node"))
+            && warnings.contains("cluster key mismatch"),
+        "{warnings}"
+    );
+    let nodes = intruder.cli(&["get", "nodes", "-o", "json"]).unwrap();
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    assert_eq!(
+        nodes["items"][0]["status"]["joinFailures"][0]["peer"],
+        seed.as_str()
+    );
+
+    // With the right key: nothing of the kind.
+    let friend = cluster.add();
+    cluster.wait_for("the friend joined", secs(20), |c| {
+        c.all_see(&[0, friend], &["node-0", "node-1"], "alive")
+    });
+    let friend = &cluster.agents[friend];
+    let log = friend.log_tail(1000);
+    assert!(
+        !log.contains("cluster key mismatch")
+            && !log.contains("refused this node")
+            && !log.contains("cannot join"),
+        "{log}"
+    );
+    let (_, stats) = friend.http("GET", "/api/v1/stats", None);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["join"]["joining"], false, "{stats}");
+    assert_eq!(stats["join"]["failures"], serde_json::json!([]), "{stats}");
+    assert_eq!(stats["net"]["refused_by_peers"], 0, "{stats}");
+    let (ok, _, warnings) = friend.cli_full(&["get", "nodes"]);
+    assert!(ok && !warnings.contains("warning"), "{warnings}");
+}

@@ -175,7 +175,8 @@ impl Client {
             && bytes.len() > 64 << 10
         {
             bail!(
-                "the connection to the shoal agent at {} broke while sending {} to {path} ({e}):                  an agent refuses bodies over its limits (GET /api/v1/limits)",
+                "the connection to the shoal agent at {} broke while sending {} to {path} ({e}): \
+                 an agent refuses bodies over its limits (GET /api/v1/limits)",
                 self.base,
                 crate::api::limits::human_bytes(bytes.len())
             );
@@ -214,6 +215,10 @@ const NODE_WIDE_COLUMNS: [&str; 7] = [
 pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result<()> {
     let client = Client::new(api)?;
     let list = client.get("/api/v1/nodes")?;
+    // The local node's join failures: a node alone because its peers refuse it says why.
+    for warning in join_warnings(&list) {
+        eprintln!("warning: {warning}");
+    }
     let mut out = std::io::stdout().lock();
     match output {
         Some(Output::Json) => writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?,
@@ -283,6 +288,33 @@ pub(crate) fn leave(api: &ApiArgs) -> anyhow::Result<()> {
     client.post("/api/v1/leave", &serde_json::json!({}))?;
     println!("the agent left the cluster and is stopping");
     Ok(())
+}
+
+/// What went wrong joining, from the local node of a `/api/v1/nodes` list.
+pub(crate) fn join_warnings(list: &Value) -> Vec<String> {
+    items(list)
+        .flat_map(|node| {
+            node.pointer("/status/joinFailures")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .map(|f| {
+            let peer = str_at(f, "/peer");
+            let reason = str_at(f, "/reason");
+            let count = f.get("count").and_then(Value::as_u64).unwrap_or(1);
+            let times = if count > 1 {
+                format!(" ({count} times)")
+            } else {
+                String::new()
+            };
+            if f.get("refused").and_then(Value::as_bool) == Some(true) {
+                format!("{peer} refused this node{times}: {reason}")
+            } else {
+                format!("this node cannot reach {peer}{times}: {reason}")
+            }
+        })
+        .collect()
 }
 
 fn items(list: &Value) -> impl Iterator<Item = &Value> {
