@@ -152,10 +152,13 @@ pub fn place_with(view: &ClusterView, workloads: &[Workload], options: Options) 
 /// building it. The result is always the one [`place_with`] gives.
 #[derive(Debug, Default)]
 pub struct Placer {
-    /// The ring of every node that accepts replicas, and what it was built from: each node's
-    /// hash and whether it accepts, in the view's order.
-    ring: Option<(Vec<(u64, bool)>, Vec<(u64, u32)>)>,
+    /// The ring of every node that accepts replicas, and what it was built from.
+    ring: Option<KeptRing>,
 }
+
+/// A ring and what it was built from: each node's hash and whether it accepts, in the view's
+/// order; then the ring's points (point, node index), sorted.
+type KeptRing = (Vec<(u64, bool)>, Vec<(u64, u32)>);
 
 impl Placer {
     /// Places every replica of `workloads` on the nodes of `view`.

@@ -319,7 +319,7 @@ fn a_joiner_with_another_key_says_at_once_and_every_time_that_the_peer_refused_i
         .unwrap();
     std::fs::write(&other_key, key.stdout).unwrap();
     let mut intruder = Agent::new(cluster.dir(), "intruder", &other_key);
-    intruder.start(&[seed.clone()]);
+    intruder.start(std::slice::from_ref(&seed));
     let refusals = |agent: &Agent| -> Vec<String> {
         agent
             .log_tail(1000)

@@ -156,13 +156,12 @@ async fn a_node_refused_for_its_key_hears_why_at_once_and_one_with_the_key_does_
     let (x, mut x_rx) = node(&ClusterKey::generate().unwrap()).await;
     // A join: X knows only A's address.
     x.send(None, &addr_of(&a), b"let me in".to_vec());
-    let deadline = Instant::now() + WAIT;
-    let (peer, addr, reason) = loop {
-        match tokio::time::timeout_at(deadline, x_rx.recv()).await {
-            Ok(Some(NetEvent::RefusedBy { peer, addr, reason })) => break (peer, addr, reason),
-            Ok(Some(other)) => panic!("unexpected {other:?}"),
-            Ok(None) | Err(_) => panic!("no refusal heard within {WAIT:?}"),
-        }
+    let event = tokio::time::timeout(WAIT, x_rx.recv())
+        .await
+        .expect("a refusal heard in time")
+        .expect("the event channel open");
+    let NetEvent::RefusedBy { peer, addr, reason } = event else {
+        panic!("unexpected {event:?}");
     };
     assert_eq!(
         (peer, addr.as_str()),

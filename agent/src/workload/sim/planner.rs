@@ -112,10 +112,10 @@ impl PlanCache {
                 }
             }
             let started = std::time::Instant::now();
-            if !self
+            if self
                 .member_parts
                 .get(&members)
-                .is_some_and(|(v, _)| v.members() == view.members())
+                .is_none_or(|(v, _)| v.members() != view.members())
             {
                 if self.member_parts.len() >= MAX_VIEWS {
                     self.member_parts.clear();
