@@ -13,7 +13,8 @@
 //! - `GET /api/v1/limits`: the largest request bodies taken (`requestBytes`: an apply,
 //!   `objectBytes`: one object); a larger body is answered 413 with the limit ([`limits`]).
 //! - `GET /api/v1/stats`: counters (gossip, network, persistence, the mesh's per service, the
-//!   cluster DNS).
+//!   cluster DNS, the projector with the keys of values it cannot read) and the join status
+//!   (`join`: peers, whether it still joins, who refused it or could not be reached).
 //!
 //! Authentication: when the API listens beyond loopback, every request but `/healthz` needs
 //! `Authorization: Bearer <token>`; the agent refuses to start such a listener without a token.
