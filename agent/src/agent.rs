@@ -94,6 +94,12 @@ pub(crate) struct AgentArgs {
     /// Most replicas all workloads of the cluster may ask for together.
     #[arg(long, default_value_t = Limits::DEFAULT_CLUSTER, value_parser = clap::value_parser!(u32).range(1..))]
     max_replicas: u32,
+    /// Largest request body the API takes, in bytes: the objects of one `apply`, written at
+    /// once and held in memory whole (`shoal apply` sends larger sets in parts). One object
+    /// may take at most 1 MiB, and less when this is under 1 MiB + 4 KiB. At least 65536.
+    #[arg(long, default_value_t = crate::api::limits::DEFAULT_MAX_REQUEST as u64,
+          value_parser = clap::value_parser!(u64).range(crate::api::limits::MIN_MAX_REQUEST as u64..))]
+    max_request_bytes: u64,
 }
 
 /// The mesh's default address: the gossip listen IP, port 7948 (gossip 7946 + 2), or an
@@ -233,6 +239,7 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("reading the API token from {}", path.display()))?
         .trim()
         .to_owned();
+    crate::secret_file::warn_if_readable_by_others(path, "API token file");
     if token.len() < 16 {
         bail!(
             "the API token in {} is too short: use at least 16 characters",
@@ -241,6 +248,9 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     }
     Ok(token)
 }
+
+/// Meta key of the number of starts of this agent.
+const META_RUNS: &str = "runs";
 
 /// Runs the agent until it leaves.
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -341,6 +351,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .and_then(|v| v.try_into().ok())
         .map(u64::from_le_bytes)
         .unwrap_or_else(wall_ms);
+    // This start's number: what its node info and pod records carry, so that readers tell
+    // the records of an earlier run (pods it may no longer run) apart.
+    let run = db
+        .get_meta(META_RUNS)?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+        + 1;
+    db.set_meta(META_RUNS, &run.to_le_bytes())?;
 
     // Whom to join: --join, else the members this node knew (a restart needs no --join).
     let mut seeds = args.join.clone();
@@ -451,6 +470,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         arch: crate::node_info::kubernetes_arch(),
         created_ms,
         started_ms: wall_ms(),
+        run,
         cpu_millis: args.cpu_millis.unwrap_or(cpu_all),
         memory_bytes: args.memory_bytes.unwrap_or(memory_all),
         labels,
@@ -494,6 +514,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             me: id,
             host_ip: advertise_for_pods,
             service_range,
+            run,
         },
         runtime.clone(),
         handle.clone(),
@@ -573,6 +594,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             service_range,
             dns: dns_counters,
+            limits: crate::api::limits::BodyLimits::new(
+                usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
+            ),
         }),
         async move {
             let _ = api_done_rx.await;

@@ -28,7 +28,7 @@ use shoal_gossip::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::{Clock, wall_ms};
 use crate::net::{NetEvent, NetHandle, NetMetrics};
@@ -53,6 +53,37 @@ pub(crate) struct MemberView {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ClusterView {
     pub(crate) members: Vec<MemberView>,
+    /// How joining goes.
+    pub(crate) join: JoinStatus,
+}
+
+/// How this node's joining goes, as the API shows it (`/api/v1/stats` under `join`, and the
+/// local node of `/api/v1/nodes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct JoinStatus {
+    /// The addresses it joins through: `--join`, `shoal join`, or after a restart the members
+    /// it knew.
+    pub(crate) peers: Vec<String>,
+    /// Whether no member has accepted it yet.
+    pub(crate) joining: bool,
+    /// What went wrong since it last joined: peers that refused it (at any time), addresses
+    /// that could not be reached (while joining).
+    pub(crate) failures: Vec<JoinFailure>,
+}
+
+/// A peer that refused this node, or an address it could not reach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct JoinFailure {
+    /// The address (as given), or the peer id.
+    pub(crate) peer: String,
+    /// Whether the peer refused this node (else: unreachable).
+    pub(crate) refused: bool,
+    /// Why, for people (`cluster key mismatch: ...` when the keys differ).
+    pub(crate) reason: String,
+    /// How many times.
+    pub(crate) count: u64,
+    /// The last time, wall ms.
+    pub(crate) last_ms: u64,
 }
 
 /// A member's membership facts, as the driver sends them to its [`Subscriber`].
@@ -62,6 +93,9 @@ pub(crate) struct MemberFacts {
     pub(crate) name: String,
     pub(crate) addr: String,
     pub(crate) state: MemberState,
+    /// Whether this agent has had a message of state from it since it started (always true of
+    /// itself): until then, all it knows of the member was restored from before the restart.
+    pub(crate) heard: bool,
 }
 
 /// One change of the replicated state, as the driver saw it.
@@ -80,6 +114,9 @@ pub(crate) enum Change {
     },
     /// The whole member list (sent when any member changed).
     Members(Vec<MemberFacts>),
+    /// The first message of state (anything but the failure detector's probes) from this
+    /// member since the agent started.
+    Heard(NodeId),
 }
 
 /// Who hears of changes: the entries it wants, with their new bytes, and the member list
@@ -107,6 +144,8 @@ pub(crate) struct AgentStats {
     /// Messages waiting behind the failure detector's, and those dropped when too many waited.
     pub(crate) backlog: usize,
     pub(crate) backlog_dropped: u64,
+    /// How joining goes: the peers, and who refused this node or could not be reached.
+    pub(crate) join: JoinStatus,
 }
 
 /// The core's counters, serialisable.
@@ -385,6 +424,7 @@ pub(crate) fn start(
         origin: TokioInstant::now(),
     };
     let now = clock.now();
+    let me = setup.identity.id;
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let mut node = Node::new(
@@ -420,12 +460,18 @@ pub(crate) fn start(
         leave_replies: Vec::new(),
         backlog: Default::default(),
         backlog_dropped: 0,
+        heard: BTreeSet::from([me]),
+        join: JoinStatus::default(),
+        join_logged: BTreeMap::new(),
+        join_summary_logged: false,
+        join_report_at: None,
     };
     driver.send_whole_state();
     for (name, value) in setup.own_entries {
         driver.node.write_owned(name, Some(value), now);
     }
     if !setup.seeds.is_empty() {
+        driver.start_join(&setup.seeds);
         driver.node.join(setup.seeds, now);
     }
     let handle = DriverHandle {
@@ -464,6 +510,17 @@ struct Driver {
     backlog: std::collections::VecDeque<(String, Vec<u8>)>,
     /// Backlogged messages dropped because the backlog was full.
     backlog_dropped: u64,
+    /// Members a message of state came from since the agent started, and itself.
+    heard: BTreeSet<NodeId>,
+    /// How joining goes.
+    join: JoinStatus,
+    /// When each address's failure was last logged (a refusal is logged at most every
+    /// [`JOIN_LOG_INTERVAL`] per address).
+    join_logged: BTreeMap<String, TokioInstant>,
+    /// Whether this join's "cannot join" summary was logged.
+    join_summary_logged: bool,
+    /// When to say so if the node has not joined by then.
+    join_report_at: Option<TokioInstant>,
 }
 
 /// Most network events taken at once before the driver looks at its other inputs.
@@ -473,6 +530,13 @@ const NET_BATCH: usize = 256;
 const BACKLOG_SLICE: Duration = Duration::from_millis(5);
 /// Most messages the backlog holds (about 10 MB of the largest).
 const BACKLOG_MAX: usize = 8192;
+
+/// Least time between two logs of one address's join failures.
+const JOIN_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after a join starts the agent says that it has not joined, if it has not.
+const JOIN_REPORT_AFTER: Duration = Duration::from_secs(10);
+/// Most failures kept in the join status.
+const MAX_JOIN_FAILURES: usize = 64;
 
 /// How long a leaving node keeps gossiping its departure before it stops.
 const LEAVE_LINGER: Duration = Duration::from_millis(600);
@@ -489,6 +553,9 @@ impl Driver {
                 .unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
             let linger =
                 leave_deadline.unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
+            let join_report = self
+                .join_report_at
+                .unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 event = self.net_events.recv() => {
@@ -519,6 +586,10 @@ impl Driver {
                 }
                 _ = tokio::time::sleep_until(linger), if leave_deadline.is_some() => {
                     break;
+                }
+                _ = tokio::time::sleep_until(join_report), if self.join_report_at.is_some() => {
+                    self.join_report_at = None;
+                    self.report_join("has not joined");
                 }
                 _ = contact_tick.tick() => self.note_contact(),
                 changed = self.shutdown.changed() => {
@@ -551,7 +622,7 @@ impl Driver {
     /// ([`Driver::handle_backlog`]).
     fn handle_net_event(&mut self, event: NetEvent) {
         match event {
-            NetEvent::Message { addr, bytes, .. } => {
+            NetEvent::Message { from, addr, bytes } => {
                 if shoal_gossip::message::is_probe(&bytes) {
                     self.node.handle_message(&addr, &bytes, self.clock.now());
                 } else {
@@ -561,6 +632,11 @@ impl Driver {
                         self.backlog_dropped += 1;
                     }
                     self.backlog.push_back((addr, bytes));
+                    // The transport authenticated the sender: it is alive now, whatever the
+                    // state restored from disk said.
+                    if self.heard.insert(from) {
+                        self.pending_changes.push(Change::Heard(from));
+                    }
                 }
             }
             NetEvent::Discovered { addr } => {
@@ -572,7 +648,117 @@ impl Driver {
             NetEvent::PeerRefused { peer, reason } => {
                 debug!(%peer, reason, "peer refused");
             }
+            NetEvent::RefusedBy { peer, addr, reason } => {
+                if self.note_join_failure(&addr, true, &reason) {
+                    if self.join.joining {
+                        error!(peer = %addr, peer_id = %peer, "cannot join through {addr}: {reason}");
+                    } else {
+                        error!(peer = %addr, peer_id = %peer, "peer {addr} refused this node: {reason}");
+                    }
+                }
+                self.check_join_hopeless();
+            }
+            NetEvent::Unreachable { addr, reason } => {
+                if self.join.joining && self.join.peers.contains(&addr) {
+                    if self.note_join_failure(&addr, false, &reason) {
+                        warn!(peer = %addr, "cannot reach {addr} to join: {reason}");
+                    }
+                    self.check_join_hopeless();
+                }
+            }
         }
+    }
+
+    /// Starts following a join through `peers`.
+    fn start_join(&mut self, peers: &[String]) {
+        let me = self.node.identity().addr.clone();
+        self.join = JoinStatus {
+            peers: peers.iter().filter(|p| **p != me).cloned().collect(),
+            joining: true,
+            failures: Vec::new(),
+        };
+        self.join.joining = !self.join.peers.is_empty();
+        self.join_summary_logged = false;
+        self.join_report_at = self
+            .join
+            .joining
+            .then(|| TokioInstant::now() + JOIN_REPORT_AFTER);
+        self.view_dirty = true;
+    }
+
+    /// Records a failure of `peer` in the join status; true if it should be logged now.
+    fn note_join_failure(&mut self, peer: &str, refused: bool, reason: &str) -> bool {
+        let now_ms = wall_ms();
+        match self.join.failures.iter_mut().find(|f| f.peer == peer) {
+            Some(f) => {
+                f.refused = refused;
+                f.reason = reason.to_owned();
+                f.count += 1;
+                f.last_ms = now_ms;
+            }
+            None => {
+                if self.join.failures.len() >= MAX_JOIN_FAILURES {
+                    self.join.failures.remove(0);
+                }
+                self.join.failures.push(JoinFailure {
+                    peer: peer.to_owned(),
+                    refused,
+                    reason: reason.to_owned(),
+                    count: 1,
+                    last_ms: now_ms,
+                });
+            }
+        }
+        self.view_dirty = true;
+        let now = TokioInstant::now();
+        match self.join_logged.get(peer) {
+            Some(at) if now.duration_since(*at) < JOIN_LOG_INTERVAL => false,
+            _ => {
+                if self.join_logged.len() >= MAX_JOIN_FAILURES {
+                    self.join_logged.clear();
+                }
+                self.join_logged.insert(peer.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    /// Says so, once per join, when every peer it joins through refused it or could not be
+    /// reached.
+    fn check_join_hopeless(&mut self) {
+        if self.join.joining
+            && !self.join_summary_logged
+            && self
+                .join
+                .peers
+                .iter()
+                .all(|p| self.join.failures.iter().any(|f| f.peer == *p))
+        {
+            self.report_join("cannot join the cluster");
+        }
+    }
+
+    /// Logs, if the node still joins, why each peer it joins through has not accepted it.
+    fn report_join(&mut self, what: &str) {
+        if !self.join.joining || self.node.live_count() > 1 {
+            return;
+        }
+        self.join_summary_logged = true;
+        let peers: Vec<String> = self
+            .join
+            .peers
+            .iter()
+            .map(|p| match self.join.failures.iter().find(|f| f.peer == *p) {
+                Some(f) if f.refused => format!("{p} refused it: {}", f.reason),
+                Some(f) => format!("{p} is unreachable: {}", f.reason),
+                None => format!("{p} has not answered"),
+            })
+            .collect();
+        error!(
+            peers = ?self.join.peers,
+            "{what}: {}; this node runs alone until a peer accepts it, and keeps trying",
+            peers.join("; ")
+        );
     }
 
     /// Handles backlogged messages for at most [`BACKLOG_SLICE`], so that the loop comes back
@@ -593,6 +779,7 @@ impl Driver {
         match command {
             Command::Join(peers) => {
                 info!(?peers, "joining");
+                self.start_join(&peers);
                 self.node.join(peers, now);
             }
             Command::Leave(reply) => {
@@ -657,6 +844,7 @@ impl Driver {
                     incarnation: self.node.incarnation(),
                     backlog: self.backlog.len(),
                     backlog_dropped: self.backlog_dropped,
+                    join: self.join.clone(),
                 });
             }
         }
@@ -692,6 +880,10 @@ impl Driver {
                 Event::Joined { via } => {
                     info!(via = %via, "joined the cluster");
                     self.note_contact();
+                    self.join.joining = false;
+                    self.join.failures.clear();
+                    self.join_report_at = None;
+                    self.view_dirty = true;
                 }
                 Event::Synced => {
                     info!("synchronised with the cluster");
@@ -742,6 +934,7 @@ impl Driver {
                     name: m.name.clone(),
                     addr: m.addr.clone(),
                     state: m.state,
+                    heard: self.heard.contains(&m.id),
                 })
                 .collect();
             self.pending_changes.push(Change::Members(members));
@@ -837,7 +1030,10 @@ impl Driver {
                 local: m.id == me,
             })
             .collect();
-        let view = ClusterView { members };
+        let view = ClusterView {
+            members,
+            join: self.join.clone(),
+        };
         self.view.send_replace(Arc::new(view));
     }
 }

@@ -15,6 +15,7 @@ mod node_info;
 mod persist;
 mod proxy;
 pub mod runtime;
+mod secret_file;
 mod sim;
 mod workload;
 
@@ -193,7 +194,7 @@ pub fn run() -> anyhow::Result<()> {
             dry_run,
             ns,
             api,
-        } => cli::workloads::apply(&api, &files, ns.namespace, recursive, dry_run),
+        } => cli::apply::apply(&api, &files, ns.namespace, recursive, dry_run),
         Command::Get {
             resource,
             names,

@@ -27,6 +27,11 @@ pub(crate) struct NodeInfo {
     pub(crate) created_ms: u64,
     /// When the node's agent last started, ms since the Unix epoch.
     pub(crate) started_ms: u64,
+    /// Which start of the node's agent this is: 1 at its first start, one more at each
+    /// (counted in its data dir, so clocks do not matter). Its pod records carry it too; 0
+    /// from an agent that does not number its runs.
+    #[serde(default, skip_serializing_if = "stored::is_zero")]
+    pub(crate) run: u64,
     /// CPU the node offers to pods, in millicores.
     pub(crate) cpu_millis: u64,
     /// Memory the node offers to pods, in bytes.

@@ -16,7 +16,15 @@ use std::path::{Path, PathBuf};
 /// The layers, lowest first. ARCHITECTURE.md shows the same picture.
 const LAYERS: &[&[&str]] = &[
     // What talks to the machine and the network: no shoal state.
-    &["clock", "dns", "memory", "net", "persist", "runtime"],
+    &[
+        "clock",
+        "dns",
+        "memory",
+        "net",
+        "persist",
+        "runtime",
+        "secret_file",
+    ],
     // The gossip driver: the sans-IO core on its runtime, publishing generic changes.
     &["driver"],
     // Values at rest and in the replicated state, and the snapshot decoded from them.

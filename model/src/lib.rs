@@ -143,6 +143,28 @@ pub struct ParseOptions {
     pub namespace: Option<String>,
     /// kubectl's `-R`: read directories' subdirectories too.
     pub recursive: bool,
+    /// Where `namespace` comes from, for the error that names it.
+    pub namespace_from: NamespaceFrom,
+}
+
+/// Where [`ParseOptions::namespace`] comes from: what an error about a different namespace
+/// names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NamespaceFrom {
+    /// kubectl's `-n` flag.
+    #[default]
+    Flag,
+    /// The path of an API request (`/api/v1/objects/{kind}/{namespace}/{name}`).
+    Path,
+}
+
+impl NamespaceFrom {
+    fn describe(self) -> &'static str {
+        match self {
+            NamespaceFrom::Flag => "given with -n",
+            NamespaceFrom::Path => "of the request's path",
+        }
+    }
 }
 
 /// Parses one file's bytes (`source` is its name, or `-` for stdin) with the default options.
@@ -395,7 +417,8 @@ impl<'o> Parser<'o> {
                 path: path.to_owned(),
                 line: d.line_of(path),
                 message: format!(
-                    "the object's namespace {ns:?} does not match the namespace {wanted:?} given with -n"
+                    "the object's namespace {ns:?} does not match the namespace {wanted:?} {}",
+                    self.options.namespace_from.describe()
                 ),
             }),
             (Some(_), _) => {}

@@ -299,6 +299,23 @@ impl Agent {
         }
     }
 
+    /// Runs a `shoal` CLI command against this agent's API: whether it succeeded, its
+    /// standard output and its standard error.
+    pub fn cli_full(&self, args: &[&str]) -> (bool, String, String) {
+        let api = self.api.as_deref().expect("started");
+        let out = Command::new(shoal_bin())
+            .args(args)
+            .arg("--api")
+            .arg(api)
+            .output()
+            .expect("running shoal");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts a long-running `shoal` CLI command against this agent's API (`logs -f`,
     /// `get -w`): the child, and its standard output line by line as it comes.
     pub fn cli_stream(&self, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
@@ -373,6 +390,47 @@ impl Agent {
             ),
             Err(e) => (0, e.to_string()),
         }
+    }
+
+    /// Writes `value` under object key `kind/namespace/name` into the saved state of this
+    /// stopped agent, as an agent of another version (or a broken one) might have written it:
+    /// the agent restores it at its next start and gossips it to the others. The entry is
+    /// stamped now, by a writer id of all ones, so it wins over what the key held.
+    pub fn plant_object(&self, kind: &str, namespace: &str, name: &str, value: &[u8]) {
+        use shoal_gossip::{Entry, Hlc, Key, NodeId, ObjectKey, Version};
+        assert!(self.child.is_none(), "{} must be stopped", self.name);
+        let key = Key::Object(ObjectKey {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let hlc = Hlc {
+            wall_ms,
+            logical: 0,
+        };
+        let entry = Entry {
+            version: Version::Object {
+                hlc,
+                writer: NodeId([0xff; 32]),
+            },
+            written_at: hlc,
+            value: Some(value.to_vec()),
+        };
+        // The agent's `entries` table: postcard of the key to postcard of the entry.
+        let table: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("entries");
+        let db = redb::Database::open(self.dir.join("state.redb")).expect("opening state.redb");
+        let tx = db.begin_write().expect("write transaction");
+        {
+            let mut entries = tx.open_table(table).expect("entries table");
+            let k = postcard::to_stdvec(&key).expect("key encodes");
+            let e = postcard::to_stdvec(&entry).expect("entry encodes");
+            entries.insert(k.as_slice(), e.as_slice()).expect("insert");
+        }
+        tx.commit().expect("commit");
     }
 
     /// The tail of this agent's log.

@@ -4,7 +4,7 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use shoal_tests::{Agent, Cluster, shoal_bin};
+use shoal_tests::{Agent, Cluster, Scratch, shoal_bin};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -12,6 +12,17 @@ fn secs(s: u64) -> Duration {
 
 fn all(cluster: &Cluster) -> Vec<usize> {
     (0..cluster.agents.len()).collect()
+}
+
+/// A Deployment that runs nothing (replicas 0), carrying `note`: a write to replicate.
+fn note(name: &str, note: &str) -> Vec<u8> {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  annotations: {{note: \
+         {note:?}}}\nspec:\n  replicas: 0\n  selector: {{matchLabels: {{app: {name}}}}}\n  \
+         template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n      \
+         - {{name: a, image: x, command: [/bin/true]}}\n"
+    )
+    .into_bytes()
 }
 
 #[test]
@@ -59,12 +70,12 @@ fn paused_agent_comes_back_by_itself_and_gets_writes_made_meanwhile() {
     cluster.wait_for("node-2 dead while stopped", secs(15), |c| {
         c.all_see(&others, &["node-2"], "dead")
     });
-    let (status, _) = cluster.agents[0].http(
+    let (status, body) = cluster.agents[0].http(
         "PUT",
-        "/api/v1/objects/configmap/default/during-pause",
-        Some(b"written while node-2 was stopped"),
+        "/api/v1/objects/deployment/default/during-pause",
+        Some(&note("during-pause", "written while node-2 was stopped")),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     // Stay stopped for 30 s in all, well past the suspicion timeout.
     std::thread::sleep(secs(30).saturating_sub(stopped_at.elapsed()));
     cluster.agents[2].signal("CONT");
@@ -74,10 +85,10 @@ fn paused_agent_comes_back_by_itself_and_gets_writes_made_meanwhile() {
     cluster.wait_for("the write reached node-2", secs(10), |c| {
         let (status, body) = c.agents[2].http(
             "GET",
-            "/api/v1/objects/configmap/default/during-pause",
+            "/api/v1/objects/deployment/default/during-pause",
             None,
         );
-        if status == 200 && body == "written while node-2 was stopped" {
+        if status == 200 && body.contains("written while node-2 was stopped") {
             Ok(())
         } else {
             Err(format!("{status} {body}"))
@@ -102,12 +113,12 @@ fn restarted_agent_keeps_identity_and_rejoins_without_join() {
         .map(|(_, _, uid)| uid)
         .unwrap();
     // An acknowledged write on node-2 survives its kill -9.
-    let (status, _) = cluster.agents[2].http(
+    let (status, body) = cluster.agents[2].http(
         "PUT",
-        "/api/v1/objects/configmap/default/acked",
-        Some(b"durable"),
+        "/api/v1/objects/deployment/default/acked",
+        Some(&note("acked", "durable")),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     cluster.agents[2].kill9();
     cluster.wait_for("node-2 dead", secs(10), |c| {
         c.all_see(&[0, 1], &["node-2"], "dead")
@@ -123,8 +134,9 @@ fn restarted_agent_keeps_identity_and_rejoins_without_join() {
     let (_, _, id_after) = nodes.iter().find(|(n, _, _)| n == "node-2").unwrap();
     assert_eq!(*id_after, id_before, "same identity after restart");
     let (status, body) =
-        cluster.agents[2].http("GET", "/api/v1/objects/configmap/default/acked", None);
-    assert_eq!((status, body.as_str()), (200, "durable"));
+        cluster.agents[2].http("GET", "/api/v1/objects/deployment/default/acked", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"note\":\"durable\""), "{body}");
 }
 
 #[test]
@@ -255,4 +267,155 @@ fn get_nodes_prints_kubernetes_shaped_json_and_yaml() {
         .cli(&["get", "nodes", "-o", "name"])
         .unwrap();
     assert_eq!(names, "node/node-0\nnode/node-1\n");
+}
+
+#[test]
+fn secret_files_other_users_can_read_are_warned_about_alike() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = Scratch::new("secretmodes");
+    let key = std::process::Command::new(shoal_bin())
+        .arg("keygen")
+        .output()
+        .unwrap();
+    let mut warned = Vec::new();
+    for (name, mode) in [("open", 0o644), ("closed", 0o600)] {
+        let key_file = scratch.path().join(format!("{name}.key"));
+        let token_file = scratch.path().join(format!("{name}.token"));
+        std::fs::write(&key_file, &key.stdout).unwrap();
+        std::fs::write(&token_file, "a-token-of-at-least-16-characters\n").unwrap();
+        for file in [&key_file, &token_file] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let mut agent = Agent::new(scratch.path(), name, &key_file);
+        agent.start_with(&[], &["--api-token-file", token_file.to_str().unwrap()]);
+        let log = agent.log_tail(200);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("is readable by other users; chmod 600 it"))
+            .collect();
+        warned.push((name, lines.len(), log.clone()));
+        agent.kill9();
+    }
+    let (_, open, log) = &warned[0];
+    assert_eq!(*open, 2, "the key file and the token file, alike:\n{log}");
+    assert!(
+        log.contains("API token file is readable by other users")
+            && log.contains("cluster key file is readable by other users")
+            && log.contains("mode=644"),
+        "{log}"
+    );
+    let (_, closed, log) = &warned[1];
+    assert_eq!(*closed, 0, "{log}");
+}
+
+#[test]
+fn a_joiner_with_another_key_says_at_once_and_every_time_that_the_peer_refused_it() {
+    let mut cluster = Cluster::start("refusedjoin", 1);
+    let seed = cluster.agents[0].gossip.clone().unwrap();
+    let other_key = cluster.dir().join("other.key");
+    let key = std::process::Command::new(shoal_bin())
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(&other_key, key.stdout).unwrap();
+    let mut intruder = Agent::new(cluster.dir(), "intruder", &other_key);
+    intruder.start(std::slice::from_ref(&seed));
+    let refusals = |agent: &Agent| -> Vec<String> {
+        agent
+            .log_tail(1000)
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("cluster key mismatch"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // At once: the refusal, naming the peer, and that the node cannot join.
+    cluster.wait_for("the intruder to say it was refused", secs(3), |_| {
+        let lines = refusals(&intruder);
+        let named = lines
+            .iter()
+            .any(|l| l.contains(&format!("cannot join through {seed}: cluster key mismatch")));
+        let summary = lines.iter().any(|l| {
+            l.contains(&format!(
+                "cannot join the cluster: {seed} refused it: cluster key mismatch"
+            ))
+        });
+        if named && summary {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
+    // Every time: the next attempts (the peer now denies its connections) say so again.
+    cluster.wait_for("the refusal said again", secs(8), |_| {
+        let lines = refusals(&intruder);
+        if lines
+            .iter()
+            .filter(|l| l.contains("cannot join through"))
+            .count()
+            >= 3
+        {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
+    // Its status says so too.
+    let (status, stats) = intruder.http("GET", "/api/v1/stats", None);
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let join = &stats["join"];
+    assert_eq!(join["joining"], true, "{join}");
+    assert_eq!(join["peers"], serde_json::json!([seed]), "{join}");
+    let failure = &join["failures"][0];
+    assert_eq!(
+        (&failure["peer"], &failure["refused"]),
+        (&serde_json::json!(seed), &serde_json::json!(true)),
+        "{join}"
+    );
+    assert!(failure["count"].as_u64() >= Some(3), "{join}");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cluster key mismatch"),
+        "{join}"
+    );
+    assert!(
+        stats["net"]["refused_by_peers"].as_u64() >= Some(3),
+        "{stats}"
+    );
+    let (ok, table, warnings) = intruder.cli_full(&["get", "nodes"]);
+    assert!(ok && table.contains("intruder"), "{table}");
+    assert!(
+        warnings.contains(&format!("warning: {seed} refused this node"))
+            && warnings.contains("cluster key mismatch"),
+        "{warnings}"
+    );
+    let nodes = intruder.cli(&["get", "nodes", "-o", "json"]).unwrap();
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    assert_eq!(
+        nodes["items"][0]["status"]["joinFailures"][0]["peer"],
+        seed.as_str()
+    );
+
+    // With the right key: nothing of the kind.
+    let friend = cluster.add();
+    cluster.wait_for("the friend joined", secs(20), |c| {
+        c.all_see(&[0, friend], &["node-0", "node-1"], "alive")
+    });
+    let friend = &cluster.agents[friend];
+    let log = friend.log_tail(1000);
+    assert!(
+        !log.contains("cluster key mismatch")
+            && !log.contains("refused this node")
+            && !log.contains("cannot join"),
+        "{log}"
+    );
+    let (_, stats) = friend.http("GET", "/api/v1/stats", None);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["join"]["joining"], false, "{stats}");
+    assert_eq!(stats["join"]["failures"], serde_json::json!([]), "{stats}");
+    assert_eq!(stats["net"]["refused_by_peers"], 0, "{stats}");
+    let (ok, _, warnings) = friend.cli_full(&["get", "nodes"]);
+    assert!(ok && !warnings.contains("warning"), "{warnings}");
 }

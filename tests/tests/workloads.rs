@@ -527,3 +527,62 @@ fn replicas_over_the_limits_are_refused_by_apply_and_scale() {
     cluster.wait_for("2 ready", secs(30), |c| ready_everywhere(c, 0, 2));
     assert_eq!(deployment_counts(&cluster, 0, "web").map(|c| c.1), Some(2));
 }
+
+#[test]
+fn after_a_full_restart_pods_show_ready_only_once_their_node_runs_them_again() {
+    let mut cluster = Cluster::start_with("fullrestart", 3, PROCESS);
+    cluster
+        .apply(0, "web", &deployment("web", 6, "v1", ""))
+        .unwrap();
+    cluster.wait_for("6 ready pods", secs(30), |c| ready_everywhere(c, 0, 6));
+    // Every machine dies, agents and pods; then the first comes back alone.
+    for i in (0..3).rev() {
+        cluster.agents[i].kill_machine();
+    }
+    let range = cluster.service_range();
+    let args = ["--runtime", "process", "--service-range", range.as_str()];
+    cluster.agents[0].start_with(&[], &args);
+    // What it restored says 6 pods were ready on 3 nodes; none runs. Pods of the other nodes
+    // (down, not heard from) never show ready, and the deployment counts no more than what
+    // node-0 itself reports in its new run.
+    let until = Instant::now() + secs(3);
+    let mut polls = 0;
+    while Instant::now() < until {
+        if cluster.agents[0].cli(&["get", "pods"]).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        // The deployment first: node-0's own pods may become ready in between, not the reverse.
+        let deployment = deployment_counts(&cluster, 0, "web");
+        let listed = pods(&cluster, 0);
+        let ready_here: Vec<&String> = listed
+            .iter()
+            .filter(|p| p.2 && p.1 == "node-0")
+            .map(|p| &p.0)
+            .collect();
+        let ready_elsewhere: Vec<(&String, &String)> = listed
+            .iter()
+            .filter(|p| p.2 && p.1 != "node-0")
+            .map(|p| (&p.0, &p.1))
+            .collect();
+        assert!(
+            ready_elsewhere.is_empty(),
+            "ready on nodes that are down: {ready_elsewhere:?}"
+        );
+        if let Some((ready, _, _)) = deployment {
+            assert!(
+                ready as usize <= ready_here.len(),
+                "deployment says {ready} ready, node-0 runs {ready_here:?}"
+            );
+            polls += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(polls > 5, "the agent answered {polls} times");
+    // The others come back: exactly 6 again.
+    cluster.agents[1].start_with(&[], &args);
+    cluster.agents[2].start_with(&[], &args);
+    cluster.wait_for("6 ready pods again", secs(40), |c| {
+        ready_everywhere(c, 1, 6)
+    });
+}

@@ -114,7 +114,17 @@ pub(crate) fn node_list(view: &ClusterView, snapshot: &Snapshot, _now_ms: u64) -
         "metadata": { "resourceVersion": "" },
         "items": members
             .into_iter()
-            .map(|m| node_object(m, snapshot.member(&m.id).and_then(|s| s.info.as_ref())))
+            .map(|m| {
+                let mut node = node_object(m, snapshot.member(&m.id).and_then(|s| s.info.as_ref()));
+                // This node's own: whether it still joins, and who refused it or could not be
+                // reached (`shoal get nodes` warns of them).
+                if m.local {
+                    node["status"]["joining"] = json!(view.join.joining);
+                    node["status"]["joinFailures"] =
+                        serde_json::to_value(&view.join.failures).unwrap_or_default();
+                }
+                node
+            })
             .collect::<Vec<_>>(),
     })
 }

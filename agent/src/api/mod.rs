@@ -5,11 +5,16 @@
 //! - `GET /api/v1/nodes`: the members as a Kubernetes-shaped `List` of `Node`s.
 //! - `POST /api/v1/join` `{"peers": ["host:port", ...]}`: join through these peers.
 //! - `POST /api/v1/leave`: leave the cluster gracefully; the agent then stops.
-//! - `GET|PUT|DELETE /api/v1/objects/{kind}/{namespace}/{name}`: raw replicated objects (the body
-//!   is the object's bytes); a `PUT` or `DELETE` is answered once it is durable on this node.
+//! - `GET|PUT|DELETE /api/v1/objects/{kind}/{namespace}/{name}`: replicated objects by key. `GET`
+//!   and `DELETE` take any value the key holds, readable or not; a `PUT` body is one object of
+//!   the path's kind, namespace and name (a manifest, or the stored form `GET` returns),
+//!   validated as `apply` validates it ([`objects`]). Writes are answered once durable here.
 //! - `GET /api/v1/objects/{kind}[?namespace=NS]`: list of `{namespace, name, value}`.
+//! - `GET /api/v1/limits`: the largest request bodies taken (`requestBytes`: an apply,
+//!   `objectBytes`: one object); a larger body is answered 413 with the limit ([`limits`]).
 //! - `GET /api/v1/stats`: counters (gossip, network, persistence, the mesh's per service, the
-//!   cluster DNS).
+//!   cluster DNS, the projector with the keys of values it cannot read) and the join status
+//!   (`join`: peers, whether it still joins, who refused it or could not be reached).
 //!
 //! Authentication: when the API listens beyond loopback, every request but `/healthz` needs
 //! `Authorization: Bearer <token>`; the agent refuses to start such a listener without a token.
@@ -18,15 +23,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use shoal_gossip::ObjectKey;
 
 use tokio::sync::watch;
 
@@ -39,7 +43,9 @@ use crate::workload::projector::ProjectorCounters;
 use crate::workload::snapshot::Snapshot;
 
 mod k8s;
+pub(crate) mod limits;
 pub(crate) mod logs_remote;
+mod objects;
 mod workloads;
 
 /// What the API serves from: the agent's parts it reads and drives.
@@ -58,6 +64,8 @@ pub(crate) struct Api {
     pub(crate) mesh: shoal_mesh::Mesh,
     pub(crate) service_range: crate::workload::service::ServiceRange,
     pub(crate) dns: Arc<crate::dns::DnsCounters>,
+    /// How large request bodies may be.
+    pub(crate) limits: limits::BodyLimits,
 }
 
 impl Api {
@@ -76,12 +84,15 @@ pub(crate) fn router(state: Api) -> Router {
         .route("/api/v1/stats", get(stats))
         .route(
             "/api/v1/objects/{kind}/{namespace}/{name}",
-            get(get_object).put(put_object).delete(delete_object),
+            get(objects::get_object)
+                .put(objects::put_object)
+                .delete(objects::delete_object)
+                .layer(DefaultBodyLimit::max(state.limits.object_bytes)),
         )
-        .route("/api/v1/objects/{kind}", get(list_objects))
+        .route("/api/v1/objects/{kind}", get(objects::list_objects))
         .route(
             "/api/v1/apply",
-            post(workloads::apply).layer(DefaultBodyLimit::max(MAX_APPLY)),
+            post(workloads::apply).layer(DefaultBodyLimit::max(state.limits.request_bytes)),
         )
         .route("/api/v1/delete", post(workloads::delete))
         .route("/api/v1/pods", get(workloads::list_pods))
@@ -110,6 +121,11 @@ pub(crate) fn router(state: Api) -> Router {
             get(workloads::get_service),
         )
         .route("/api/v1/endpoints", get(workloads::list_endpoints))
+        .route("/api/v1/limits", get(limits::limits))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_bodies,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -250,145 +266,6 @@ async fn stats(State(api): State<Api>) -> Response {
             value["projector"] =
                 serde_json::to_value(api.projector.stats(&api.snapshot())).unwrap_or_default();
             Json(value).into_response()
-        }
-        Err(e) => gone(e),
-    }
-}
-
-fn object_key(kind: String, namespace: String, name: String) -> Result<ObjectKey, Box<Response>> {
-    for (field, value) in [("kind", &kind), ("namespace", &namespace), ("name", &name)] {
-        if !k8s::is_dns_label_ish(value) {
-            return Err(Box::new(error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!(
-                    "{field}: {value:?} must be 1-253 characters of lower-case letters, digits, '-' and '.'"
-                ),
-            )));
-        }
-    }
-    Ok(ObjectKey {
-        kind,
-        namespace,
-        name,
-    })
-}
-
-/// Largest object accepted, in bytes.
-const MAX_OBJECT: usize = 1 << 20;
-
-/// Largest `apply` request body: every object of an apply in one request, so that it is
-/// written at once (the CLI says so before sending more).
-pub(crate) const MAX_APPLY: usize = 64 << 20;
-
-async fn put_object(
-    State(api): State<Api>,
-    Path((kind, namespace, name)): Path<(String, String, String)>,
-    body: Bytes,
-) -> Response {
-    let key = match object_key(kind, namespace, name) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    if body.len() > MAX_OBJECT {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            &format!("objects are limited to {MAX_OBJECT} bytes"),
-        );
-    }
-    write(&api, key, Some(body.to_vec())).await
-}
-
-async fn delete_object(
-    State(api): State<Api>,
-    Path((kind, namespace, name)): Path<(String, String, String)>,
-) -> Response {
-    let key = match object_key(kind, namespace, name) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match api.driver.get(key.clone()).await {
-        Ok(Some(entry)) if entry.value.is_some() => {}
-        Ok(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{key} not found"),
-            );
-        }
-        Err(e) => return gone(e),
-    }
-    write(&api, key, None).await
-}
-
-/// Writes (or deletes) an object and answers with its new resource version once durable.
-async fn write(api: &Api, key: ObjectKey, value: Option<Vec<u8>>) -> Response {
-    match api.driver.write(key, value).await {
-        Ok(entry) => {
-            Json(json!({ "resourceVersion": k8s::resource_version(&entry) })).into_response()
-        }
-        Err(e) => gone(e),
-    }
-}
-
-async fn get_object(
-    State(api): State<Api>,
-    Path((kind, namespace, name)): Path<(String, String, String)>,
-) -> Response {
-    let key = match object_key(kind, namespace, name) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match api.driver.get(key.clone()).await {
-        Ok(Some(entry)) => match &entry.value {
-            Some(value) => {
-                let mut headers = HeaderMap::new();
-                if let Ok(v) = k8s::resource_version(&entry).parse() {
-                    headers.insert("x-resource-version", v);
-                }
-                (headers, value.clone()).into_response()
-            }
-            None => error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{key} not found"),
-            ),
-        },
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("{key} not found"),
-        ),
-        Err(e) => gone(e),
-    }
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    namespace: Option<String>,
-}
-
-async fn list_objects(
-    State(api): State<Api>,
-    Path(kind): Path<String>,
-    Query(query): Query<ListQuery>,
-) -> Response {
-    match api.driver.list(kind, query.namespace).await {
-        Ok(items) => {
-            let items: Vec<_> = items
-                .into_iter()
-                .map(|(key, entry)| {
-                    let value = entry.value.as_deref().unwrap_or_default();
-                    json!({
-                        "namespace": key.namespace,
-                        "name": key.name,
-                        "resourceVersion": k8s::resource_version(&entry),
-                        "value": String::from_utf8_lossy(value),
-                    })
-                })
-                .collect();
-            Json(json!({ "items": items })).into_response()
         }
         Err(e) => gone(e),
     }

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::limits::human_bytes;
 use super::{Api, error, gone};
 use crate::clock::wall_ms;
 use crate::manifest::{Kind, Resource};
@@ -119,17 +120,75 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
     };
     let mut resources = Vec::new();
     let mut problems = Vec::new();
+    let limit = api.limits.object_bytes;
     for (i, object) in request.objects.iter().enumerate() {
         let bytes = serde_json::to_vec(object).unwrap_or_default();
         match Resource::from_stored(&bytes) {
+            Ok(r) if bytes.len() > limit => problems.push(format!(
+                "{}: the object takes {}, over this agent's limit of {} per object",
+                r.key(),
+                human_bytes(bytes.len()),
+                human_bytes(limit)
+            )),
             Ok(r) => resources.push(r),
             Err(e) => problems.push(format!("object {}: {e}", i + 1)),
         }
     }
-    let snapshot = match snapshot_with_services(&api).await {
-        Ok(s) => s,
-        Err(resp) => return resp,
-    };
+    match apply_resources(&api, resources, problems, request.dry_run).await {
+        Ok(applied) => {
+            let results: Vec<Value> = applied.iter().map(Applied::json).collect();
+            Json(json!({ "results": results })).into_response()
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// What applying one resource did.
+pub(super) struct Applied {
+    pub(super) key: crate::manifest::ResourceKey,
+    pub(super) outcome: crate::manifest::Outcome,
+    /// The entry written (`None`: unchanged, or a dry run).
+    pub(super) entry: Option<shoal_gossip::Entry>,
+}
+
+impl Applied {
+    fn json(&self) -> Value {
+        json!({
+            "kind": self.key.kind.as_str(),
+            "resource": self.key.kind.resource_type(),
+            "namespace": self.key.namespace,
+            "name": self.key.name,
+            "outcome": self.outcome.as_str(),
+        })
+    }
+}
+
+/// The answer to a write refused for `problems`: 422 `Invalid`, every problem in the message.
+pub(super) fn invalid(problems: &[String]) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({
+            "apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "reason": "Invalid", "code": 422,
+            "message": format!("nothing was applied: {}", problems.join("; ")),
+            "details": problems,
+        })),
+    )
+        .into_response()
+}
+
+/// Checks parsed resources against the cluster's state as `apply` does (their namespaces
+/// exist, replica limits, services' addresses) and, unless `dry_run`, writes them all at once
+/// (one durable commit), Namespaces first. `problems` are refusals found before (parsing):
+/// with any problem, nothing is written and the error is the answer to send. Every write of
+/// an object through the API goes through here, whatever route it came by.
+pub(super) async fn apply_resources(
+    api: &Api,
+    mut resources: Vec<Resource>,
+    mut problems: Vec<String>,
+    dry_run: bool,
+) -> Result<Vec<Applied>, Response> {
+    let snapshot = snapshot_with_services(api).await?;
     let mut namespaces: std::collections::BTreeSet<String> = snapshot
         .objects_of(Kind::Namespace.key_kind())
         .map(|(k, _)| k.name.clone())
@@ -207,46 +266,36 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
         }
     }
     if !problems.is_empty() {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({
-                "apiVersion": "v1", "kind": "Status", "status": "Failure",
-                "reason": "Invalid", "code": 422,
-                "message": format!("nothing was applied: {}", problems.join("; ")),
-                "details": problems,
-            })),
-        )
-            .into_response();
+        return Err(invalid(&problems));
     }
     resources.sort_by_key(|r| r.kind() != Kind::Namespace);
-    let mut results = Vec::new();
+    let mut applied = Vec::new();
     let mut writes = Vec::new();
     for r in &resources {
         let key = view::key_of(r);
-        let old = match stored(&api, key.clone()).await {
-            Ok(o) => o,
-            Err(resp) => return resp,
-        };
+        let old = stored(api, key.clone()).await?;
         let (outcome, new) = view::apply_one(r, old.as_ref(), now, new_uid);
         if let Some(new) = new {
             writes.push((key, Some(new.encode())));
         }
-        let k = r.key();
-        results.push(json!({
-            "kind": k.kind.as_str(),
-            "resource": k.kind.resource_type(),
-            "namespace": k.namespace,
-            "name": k.name,
-            "outcome": outcome.as_str(),
-        }));
+        applied.push(Applied {
+            key: r.key(),
+            outcome,
+            entry: None,
+        });
     }
     // Everything at once: one durable commit, so an apply is never half written.
-    if !request.dry_run && !writes.is_empty() {
-        if let Err(e) = api.driver.write_many(writes).await {
-            return gone(e);
+    if !dry_run && !writes.is_empty() {
+        let entries = api.driver.write_many(writes).await.map_err(gone)?;
+        let mut entries = entries.into_iter();
+        for a in applied
+            .iter_mut()
+            .filter(|a| a.outcome != crate::manifest::Outcome::Unchanged)
+        {
+            a.entry = entries.next();
         }
     }
-    Json(json!({ "results": results })).into_response()
+    Ok(applied)
 }
 
 #[derive(Deserialize)]
@@ -286,32 +335,36 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
         String::new()
     };
     let key = object_key(kind, &namespace, &request.name);
-    match stored(&api, key.clone()).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+    // Present is enough: a value that does not decode (written by an older or broken agent)
+    // must be deletable like any other.
+    match api.driver.get(key.clone()).await {
+        Ok(Some(entry)) if entry.value.is_some() => {}
+        Ok(_) => {
             return error(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 &format!("{} \"{}\" not found", kind.resource_type(), request.name),
             );
         }
-        Err(resp) => return resp,
+        Err(e) => return gone(e),
     }
     let mut deleted = vec![format!("{}/{}", kind.resource_type(), request.name)];
     if kind == Kind::Namespace {
-        let snapshot = match snapshot_with_services(&api).await {
-            Ok(s) => s,
-            Err(resp) => return resp,
-        };
-        for (k, _) in snapshot
-            .objects()
-            .filter(|(k, _)| k.namespace == request.name)
-        {
-            if let Err(e) = api.driver.write(k.clone(), None).await {
-                return gone(e);
-            }
-            if let Some(kind) = Kind::from_key_kind(&k.kind) {
-                deleted.push(format!("{}/{}", kind.resource_type(), k.name));
+        // Every object in it as the store holds it, readable or not.
+        for inner in Kind::ALL.into_iter().filter(|k| k.is_namespaced()) {
+            let listed = match api
+                .driver
+                .list(inner.key_kind().to_owned(), Some(request.name.clone()))
+                .await
+            {
+                Ok(listed) => listed,
+                Err(e) => return gone(e),
+            };
+            for (k, _) in listed {
+                if let Err(e) = api.driver.write(k.clone(), None).await {
+                    return gone(e);
+                }
+                deleted.push(format!("{}/{}", inner.resource_type(), k.name));
             }
         }
     }
@@ -358,10 +411,11 @@ pub(super) async fn list_deployments(
     let snapshot = api.snapshot();
     let plan = api.plans.borrow().clone();
     let now = wall_ms();
+    let counted = snapshot.counted();
     let items = view::deployments(&snapshot, q.namespace.as_deref())
         .map(|(d, stored)| {
             let set_aside = plan.set_aside_reason(&view::deployment_key(d));
-            view::deployment_json(d, stored, &snapshot, now, set_aside)
+            view::deployment_json(d, stored, &snapshot, &counted, now, set_aside)
         })
         .collect();
     Json(view::list(items)).into_response()
@@ -393,6 +447,7 @@ pub(super) async fn get_deployment(
             d,
             stored,
             &snapshot,
+            &snapshot.counted(),
             now,
             plan.set_aside_reason(&view::deployment_key(d)),
         ),

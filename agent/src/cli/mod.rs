@@ -12,6 +12,7 @@ use shoal_model::Timestamp;
 use self::table::{format_table, human_duration};
 use crate::clock::wall_ms;
 
+pub(crate) mod apply;
 pub(crate) mod table;
 #[cfg(test)]
 mod table_tests;
@@ -159,11 +160,41 @@ impl Client {
     }
 
     pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let mut request = self.agent.post(self.url(path));
+        let mut request = self
+            .agent
+            .post(self.url(path))
+            .header("Content-Type", "application/json");
         if let Some(token) = &self.token {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
-        self.finish(request.send_json(body))
+        let bytes = serde_json::to_vec(body).context("encoding the request")?;
+        let result = request.send(&bytes[..]);
+        // An agent refuses a body over its limit before reading it, which a sender still
+        // writing sees as a broken connection rather than as the answer.
+        if let Err(ureq::Error::Io(e)) = &result
+            && bytes.len() > 64 << 10
+        {
+            bail!(
+                "the connection to the shoal agent at {} broke while sending {} to {path} ({e}): \
+                 an agent refuses bodies over its limits (GET /api/v1/limits)",
+                self.base,
+                crate::api::limits::human_bytes(bytes.len())
+            );
+        }
+        self.finish(result)
+    }
+
+    /// The agent's request body limits (the defaults for an agent that does not say).
+    pub(crate) fn limits(&self) -> anyhow::Result<crate::api::limits::BodyLimits> {
+        let mut request = self.agent.get(self.url("/api/v1/limits"));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let answer = match request.call() {
+            Ok(r) if r.status() == 404 => None,
+            result => Some(self.finish(result)?),
+        };
+        Ok(apply::limits_or_default(answer))
     }
 }
 
@@ -184,6 +215,10 @@ const NODE_WIDE_COLUMNS: [&str; 7] = [
 pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result<()> {
     let client = Client::new(api)?;
     let list = client.get("/api/v1/nodes")?;
+    // The local node's join failures: a node alone because its peers refuse it says why.
+    for warning in join_warnings(&list) {
+        eprintln!("warning: {warning}");
+    }
     let mut out = std::io::stdout().lock();
     match output {
         Some(Output::Json) => writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?,
@@ -253,6 +288,33 @@ pub(crate) fn leave(api: &ApiArgs) -> anyhow::Result<()> {
     client.post("/api/v1/leave", &serde_json::json!({}))?;
     println!("the agent left the cluster and is stopping");
     Ok(())
+}
+
+/// What went wrong joining, from the local node of a `/api/v1/nodes` list.
+pub(crate) fn join_warnings(list: &Value) -> Vec<String> {
+    items(list)
+        .flat_map(|node| {
+            node.pointer("/status/joinFailures")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .map(|f| {
+            let peer = str_at(f, "/peer");
+            let reason = str_at(f, "/reason");
+            let count = f.get("count").and_then(Value::as_u64).unwrap_or(1);
+            let times = if count > 1 {
+                format!(" ({count} times)")
+            } else {
+                String::new()
+            };
+            if f.get("refused").and_then(Value::as_bool) == Some(true) {
+                format!("{peer} refused this node{times}: {reason}")
+            } else {
+                format!("this node cannot reach {peer}{times}: {reason}")
+            }
+        })
+        .collect()
 }
 
 fn items(list: &Value) -> impl Iterator<Item = &Value> {

@@ -91,62 +91,6 @@ pub(crate) fn split_kind_name(text: &str) -> Option<(&str, &str)> {
     text.split_once('/')
 }
 
-/// `shoal apply -f ...`.
-pub(crate) fn apply(
-    api: &ApiArgs,
-    files: &[PathBuf],
-    namespace: Option<String>,
-    recursive: bool,
-    dry_run: bool,
-) -> anyhow::Result<()> {
-    let options = ParseOptions {
-        namespace,
-        recursive,
-    };
-    let resources = match manifest::parse_paths(files, &options, &mut std::io::stdin()) {
-        Ok(r) => r,
-        Err(errors) => {
-            for e in errors.iter() {
-                eprintln!("error: {e}");
-            }
-            bail!("nothing was applied ({})", problems(errors.len()));
-        }
-    };
-    if resources.is_empty() {
-        bail!("no objects passed to apply");
-    }
-    let objects: Vec<Value> = resources
-        .iter()
-        .map(|r| serde_json::from_slice(&r.to_stored()).expect("stored form is JSON"))
-        .collect();
-    // One request, so that the agent writes everything at once or nothing.
-    let size: usize = objects.iter().map(|o| o.to_string().len() + 1).sum();
-    if size > crate::api::MAX_APPLY - 4096 {
-        bail!(
-            "nothing was applied: these {} objects take {:.1} MiB, over the {} MiB one apply may \
-             carry; apply them in parts (several files or directories)",
-            objects.len(),
-            size as f64 / (1 << 20) as f64,
-            crate::api::MAX_APPLY >> 20
-        );
-    }
-    let client = Client::new(api)?;
-    let answer = client.post(
-        "/api/v1/apply",
-        &json!({ "objects": objects, "dryRun": dry_run }),
-    )?;
-    let suffix = if dry_run { " (dry run)" } else { "" };
-    for r in answer["results"].as_array().into_iter().flatten() {
-        println!(
-            "{}/{} {}{suffix}",
-            r["resource"].as_str().unwrap_or(""),
-            r["name"].as_str().unwrap_or(""),
-            r["outcome"].as_str().unwrap_or("")
-        );
-    }
-    Ok(())
-}
-
 /// `shoal delete -f FILE` or `shoal delete KIND NAME`.
 pub(crate) fn delete(
     api: &ApiArgs,
@@ -158,7 +102,7 @@ pub(crate) fn delete(
     if !files.is_empty() {
         let options = ParseOptions {
             namespace: namespace.clone(),
-            recursive: false,
+            ..ParseOptions::default()
         };
         let resources =
             manifest::parse_paths(files, &options, &mut std::io::stdin()).map_err(|errors| {
@@ -809,7 +753,7 @@ pub(crate) fn logs(
 }
 
 /// "1 problem", "3 problems".
-fn problems(n: usize) -> String {
+pub(crate) fn problems(n: usize) -> String {
     if n == 1 {
         "1 problem".to_owned()
     } else {

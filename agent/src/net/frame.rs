@@ -60,7 +60,32 @@ pub(crate) enum Refusal {
     Auth,
 }
 
+/// First payload byte of a notice a reader writes back on a gossip stream whose frame it
+/// refused; the second is the [`Refusal::code`].
+pub(crate) const NOTICE_REFUSED: u8 = 1;
+
 impl Refusal {
+    /// The reason's byte in a refusal notice.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Auth => 1,
+            Self::Version => 2,
+            Self::Truncated => 3,
+            Self::Oversize => 4,
+        }
+    }
+
+    /// The reason of a refusal notice's byte (`None`: a reason this version does not know).
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Auth),
+            2 => Some(Self::Version),
+            3 => Some(Self::Truncated),
+            4 => Some(Self::Oversize),
+            _ => None,
+        }
+    }
+
     /// Short name for logs, metrics and events.
     pub(crate) fn reason(self) -> &'static str {
         match self {

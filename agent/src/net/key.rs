@@ -115,7 +115,7 @@ impl ClusterKey {
             path: path.to_owned(),
             source,
         })?;
-        warn_if_readable_by_others(path);
+        crate::secret_file::warn_if_readable_by_others(path, "cluster key file");
         Self::parse(&text).map_err(|e| KeyError::File {
             path: path.to_owned(),
             source: Box::new(e),
@@ -193,23 +193,6 @@ impl std::str::FromStr for ClusterKey {
         Self::parse(s)
     }
 }
-
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-            "cluster key file is readable by other users; chmod 600 it"
-        );
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {

@@ -71,6 +71,9 @@ counters! {
     refused_version,
     /// Peers disconnected and banned for a while after repeated refused frames.
     peers_refused,
+    /// Refusal notices from peers about this node's frames (and attempts to reach a peer that
+    /// refused it recently and now denies its connections).
+    refused_by_peers,
     /// Connections denied at establishment: banned peer, or a key type other than Ed25519.
     connections_denied,
     /// Connections established (after the TLS or noise handshake).

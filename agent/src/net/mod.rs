@@ -19,6 +19,13 @@
 //! error; each inbound stream has a reader task. Replies go through the existing connection
 //! to the peer id; an address is needed only to dial.
 //!
+//! A gossip stream carries frames one way only, except for **refusal notices**: a reader that
+//! refuses a frame answers, on the same stream, with one frame sealed for the writer whose
+//! payload is `[1, reason]` (1 tag did not verify, 2 unknown version, 3 truncated, 4 oversize).
+//! A writer whose peer has another cluster key cannot open the notice either, and so learns
+//! that the keys differ ([`NetEvent::RefusedBy`]); a peer without the key learns nothing new
+//! from it. Older readers send none, and writers ignore notices of a kind they do not know.
+//!
 //! # Frame format
 //! A stream carries frames back to back:
 //!
@@ -219,6 +226,25 @@ pub(crate) enum NetEvent {
     Discovered {
         /// `host:port` to send a join to.
         addr: String,
+    },
+    /// A peer refused this node's frames and said so on this node's own stream: another
+    /// cluster key (its notice did not open here either), or a frame it could not read. Also
+    /// reported when a peer that refused this node recently now denies its connections.
+    RefusedBy {
+        /// The peer.
+        peer: PeerId,
+        /// The address this node sent to (as given to [`NetHandle::send`]), or the peer id.
+        addr: String,
+        /// Why, for people: starts with `cluster key mismatch` when the keys differ.
+        reason: String,
+    },
+    /// Nothing answered at an address this node sent to without knowing the node there (a
+    /// join).
+    Unreachable {
+        /// The address, as given to [`NetHandle::send`].
+        addr: String,
+        /// Why.
+        reason: String,
     },
     /// A peer was disconnected and banned for a while after sending frames that did not open.
     PeerRefused {

@@ -150,6 +150,40 @@ async fn two_nodes_exchange_messages_both_ways() {
 }
 
 #[tokio::test]
+async fn a_node_refused_for_its_key_hears_why_at_once_and_one_with_the_key_does_not() {
+    let key = ClusterKey::generate().unwrap();
+    let (a, mut a_rx) = node(&key).await;
+    let (x, mut x_rx) = node(&ClusterKey::generate().unwrap()).await;
+    // A join: X knows only A's address.
+    x.send(None, &addr_of(&a), b"let me in".to_vec());
+    let event = tokio::time::timeout(WAIT, x_rx.recv())
+        .await
+        .expect("a refusal heard in time")
+        .expect("the event channel open");
+    let NetEvent::RefusedBy { peer, addr, reason } = event else {
+        panic!("unexpected {event:?}");
+    };
+    assert_eq!(
+        (peer, addr.as_str()),
+        (a.local_peer_id(), addr_of(&a).as_str())
+    );
+    assert!(reason.starts_with("cluster key mismatch"), "{reason}");
+    assert_eq!(x.metrics().refused_by_peers, 1);
+    assert_eq!(a.metrics().refused_auth, 1);
+
+    // The same key: the message arrives, and nobody hears of a refusal.
+    let (b, mut b_rx) = node(&key).await;
+    b.send(None, &addr_of(&a), b"hello".to_vec());
+    assert_eq!(next_message(&mut a_rx).await.2, b"hello");
+    let events = no_message(&mut b_rx, Duration::from_millis(300)).await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(b.metrics().refused_by_peers, 0);
+    for h in [a, b, x] {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn wrong_key_is_refused_both_ways() {
     let (a, mut a_rx) = node_with(&ClusterKey::generate().unwrap(), |c| {
         c.tuning.refuse_after = 3;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, Multiaddr};
@@ -62,6 +63,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_millis(150);
 /// How long shutdown waits for connections to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest a refusal notice may take to write.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Interval of the warnings about refused frames.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Most peers banned at once (the list is only a damper against reconnect loops).
@@ -110,9 +113,32 @@ pub(super) struct Shared {
     pub(super) control: libp2p_stream::Control,
     runtime: tokio::runtime::Handle,
     inbound_permits: Arc<Semaphore>,
+    /// Peers that refused this node's frames, by the address this node sent to: who, why,
+    /// when (to say so again while they deny its connections).
+    rejections: Mutex<HashMap<String, Rejection>>,
     /// Incoming requests: limits and the queue to the application.
     pub(super) inbox: Inbox,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A peer's refusal of this node's frames, as its notice said.
+#[derive(Clone, Debug)]
+struct Rejection {
+    peer: PeerId,
+    reason: String,
+    at: Instant,
+}
+
+/// Most refusals remembered (one per address this node sent to).
+const MAX_REJECTIONS: usize = 1024;
+
+/// The reason given when a peer's refusal notice does not open with this node's key.
+fn key_mismatch(fingerprint: &str) -> String {
+    format!(
+        "cluster key mismatch: the peer refuses this node's frames, and its answer does not \
+         open with this node's key (fingerprint {fingerprint}); start both with the same \
+         cluster key"
+    )
 }
 
 /// Where a queued message goes.
@@ -511,6 +537,7 @@ pub(super) async fn start(
         control,
         runtime: tokio::runtime::Handle::current(),
         inbound_permits: Arc::new(Semaphore::new(tuning.max_inbound_streams.max(1))),
+        rejections: Mutex::new(HashMap::new()),
         inbox: Inbox::new(&tuning),
         tasks: Mutex::new(Vec::new()),
         tuning,
@@ -962,6 +989,67 @@ impl Shared {
         }
     }
 
+    /// A peer refused this node's frames: counted, remembered by the address this node sent
+    /// to, and reported.
+    fn refused_by(&self, peer: PeerId, addr: &str, reason: String) {
+        self.count(&self.counters.refused_by_peers, 1);
+        let addr = if addr.is_empty() {
+            peer.to_string()
+        } else {
+            addr.to_owned()
+        };
+        {
+            let mut rejections = lock(&self.rejections);
+            if rejections.len() >= MAX_REJECTIONS && !rejections.contains_key(&addr) {
+                let oldest = rejections
+                    .iter()
+                    .min_by_key(|(_, r)| r.at)
+                    .map(|(a, _)| a.clone());
+                if let Some(oldest) = oldest {
+                    rejections.remove(&oldest);
+                }
+            }
+            rejections.insert(
+                addr.clone(),
+                Rejection {
+                    peer,
+                    reason: reason.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        self.emit(NetEvent::RefusedBy { peer, addr, reason });
+    }
+
+    /// This node could not reach `addr` (or `peer`); if that peer refused it recently, it is
+    /// most likely denying this node's connections now: reported as still refusing. True if
+    /// it was.
+    fn still_refused(&self, peer: Option<PeerId>, addr: &str) -> bool {
+        let key = match (addr.is_empty(), peer) {
+            (false, _) => addr.to_owned(),
+            (true, Some(peer)) => peer.to_string(),
+            (true, None) => return false,
+        };
+        let recent = lock(&self.rejections)
+            .get(&key)
+            .filter(|r| r.at.elapsed() < self.tuning.refuse_ban.saturating_mul(2))
+            .cloned();
+        let Some(last) = recent else {
+            return false;
+        };
+        self.count(&self.counters.refused_by_peers, 1);
+        self.emit(NetEvent::RefusedBy {
+            peer: last.peer,
+            addr: key,
+            reason: format!(
+                "{} (still: the peer denies this node's connections for a while after refusing \
+                 its frames)",
+                last.reason
+            ),
+        });
+        true
+    }
+
     fn emit(&self, event: NetEvent) {
         if self.events.try_send(event).is_err() {
             self.count(&self.counters.dropped_events, 1);
@@ -1019,7 +1107,9 @@ async fn write_to_peer(shared: Arc<Shared>, peer: PeerId, id: u64, mut rx: Lanes
         &remote,
     );
     let mut control = shared.control.clone();
-    let mut stream: Option<Stream> = None;
+    // The writing half of the stream, and the task that reads its other half for refusal
+    // notices.
+    let mut stream: Option<(WriteHalf<Stream>, JoinHandle<()>)> = None;
     let mut dial_addr = String::new();
     let mut batch: Vec<Outgoing> = Vec::new();
     let mut wire: Vec<u8> = Vec::new();
@@ -1063,7 +1153,17 @@ async fn write_to_peer(shared: Arc<Shared>, peer: PeerId, id: u64, mut rx: Lanes
         for attempt in 0..2 {
             if stream.is_none() {
                 match open_stream(&shared, &mut control, peer, &dial_addr, PROTOCOL).await {
-                    Ok(s) => stream = Some(s),
+                    Ok(s) => {
+                        let (rd, wr) = s.split();
+                        let notices = shared.runtime.spawn(read_notices(
+                            shared.clone(),
+                            peer,
+                            remote,
+                            dial_addr.clone(),
+                            rd,
+                        ));
+                        stream = Some((wr, notices));
+                    }
                     Err(OpenFail::BadAddr) => {
                         shared.count(&c.dropped_bad_addr, n);
                         debug!(%peer, addr = %dial_addr, "not connected and address unusable, dropped");
@@ -1077,11 +1177,12 @@ async fn write_to_peer(shared: Arc<Shared>, peer: PeerId, id: u64, mut rx: Lanes
                     Err(OpenFail::Unreachable(reason)) => {
                         shared.count(&c.dropped_unreachable, n);
                         debug!(%peer, addr = %dial_addr, %reason, dropped = n, "peer unreachable");
+                        shared.still_refused(Some(peer), &dial_addr);
                         break;
                     }
                 }
             }
-            let Some(s) = stream.as_mut() else { break };
+            let Some((s, _)) = stream.as_mut() else { break };
             let written = timeout(WRITE_TIMEOUT, async {
                 s.write_all(&wire).await?;
                 s.flush().await
@@ -1102,15 +1203,83 @@ async fn write_to_peer(shared: Arc<Shared>, peer: PeerId, id: u64, mut rx: Lanes
                     debug!(%peer, attempt, "stream write timed out");
                 }
             }
-            stream = None;
+            if let Some((_, notices)) = stream.take() {
+                notices.abort();
+            }
             if attempt == 1 {
                 shared.count(&c.dropped_unreachable, n);
             }
         }
     }
-    if let Some(mut s) = stream {
+    if let Some((mut s, notices)) = stream {
         let _ = timeout(WRITE_TIMEOUT, s.close()).await;
+        notices.abort();
     }
+}
+
+/// Reads the other half of an outbound gossip stream, where the peer writes only refusal
+/// notices (see the module docs of `net`), until the stream ends or the writer drops it.
+async fn read_notices(
+    shared: Arc<Shared>,
+    peer: PeerId,
+    remote: NodeId,
+    addr: String,
+    mut rd: ReadHalf<Stream>,
+) {
+    let key = FrameKey::derive(
+        &shared.cluster_key,
+        Proto::Gossip,
+        &remote,
+        &shared.local_id,
+    );
+    let mut prefix = [0u8; LEN_PREFIX];
+    loop {
+        if rd.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let Ok(len) = frame::check_len(prefix) else {
+            return;
+        };
+        let mut body = vec![0; len];
+        if !matches!(
+            timeout(FRAME_TIMEOUT, rd.read_exact(&mut body)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        let reason = match key.open(&body) {
+            Ok((_, payload)) => match payload.as_slice() {
+                [frame::NOTICE_REFUSED, code] => format!(
+                    "the peer refuses this node's frames: {}",
+                    Refusal::from_code(*code)
+                        .map_or("a reason this version does not know", Refusal::reason)
+                ),
+                // A notice of a newer kind.
+                _ => continue,
+            },
+            Err(Refusal::Auth) => key_mismatch(&shared.cluster_key.fingerprint()),
+            Err(_) => return,
+        };
+        debug!(%peer, %addr, %reason, "a peer refused this node's frames");
+        shared.refused_by(peer, &addr, reason);
+    }
+}
+
+/// Answers a refused frame on its own stream with a notice sealed for its writer (see the
+/// module docs of `net`). Best effort: a writer that stopped reading is not waited for.
+async fn send_refusal_notice(shared: &Shared, to: &NodeId, stream: &mut Stream, refusal: Refusal) {
+    let key = FrameKey::derive(&shared.cluster_key, Proto::Gossip, &shared.local_id, to);
+    let mut wire = Vec::new();
+    key.seal_into(
+        shared.listen_port(),
+        &[frame::NOTICE_REFUSED, refusal.code()],
+        &mut wire,
+    );
+    let _ = timeout(NOTICE_TIMEOUT, async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    })
+    .await;
 }
 
 /// Connects if needed (dialing `addr`) and opens a `protocol` stream to `peer`.
@@ -1176,6 +1345,12 @@ async fn write_to_addr(shared: Arc<Shared>, addr: String, id: u64, mut rx: Lanes
         Err(e) => {
             shared.count(&shared.counters.dropped_unreachable, items.len() as u64);
             debug!(%addr, reason = %e, dropped = items.len(), "address unreachable");
+            if !shared.still_refused(None, &addr) {
+                shared.emit(NetEvent::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                });
+            }
         }
     }
 }
@@ -1232,6 +1407,7 @@ async fn read_frames(shared: &Shared, peer: PeerId, from: NodeId, stream: &mut S
             Err(refusal) => {
                 // Framing is lost: nothing after this can be trusted to start a frame.
                 shared.refused(peer, refusal);
+                send_refusal_notice(shared, &from, stream, refusal).await;
                 break;
             }
         };
@@ -1262,7 +1438,10 @@ async fn read_frames(shared: &Shared, peer: PeerId, from: NodeId, stream: &mut S
                     break;
                 }
             }
-            Err(refusal) => shared.refused(peer, refusal),
+            Err(refusal) => {
+                shared.refused(peer, refusal);
+                send_refusal_notice(shared, &from, stream, refusal).await;
+            }
         }
     }
 }

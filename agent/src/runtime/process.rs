@@ -61,6 +61,10 @@
 //! the machine is bound to (from `/proc/net/{tcp,udp}`, so two agents on one machine rarely
 //! collide), and persisted in `pod.json`. Replicas that bind `$POD_IP` never collide on ports.
 //!
+//! **Modes.** The pods' directory and each pod's directory are 0700, its log files and
+//! `pod.json` 0600: logs and environments (which may hold secrets) are the agent user's only.
+//! Files and directories an older agent left with wider modes are narrowed when next used.
+//!
 //! **Logs** are capped: a background task copies a log of the pods it knows over
 //! [`RuntimeConfig::log_max_bytes`] to `<container>.log.1` and truncates it (copy-truncate, as
 //! logrotate does, because the child holds the file open; a few bytes written during the copy
@@ -72,6 +76,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -238,14 +243,6 @@ fn gated_command(
     Ok(command)
 }
 
-/// Writes `bytes` to `path` and flushes them to the disk.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 /// The processes (not this one) tied to one of `dirs`: their working directory or a file they
 /// hold open is under it. Processes of other users, whose links cannot be read, are not seen.
 fn tied_processes(dirs: &[PathBuf]) -> BTreeSet<u32> {
@@ -410,6 +407,36 @@ fn allocate_ip(uid: &str, taken: impl Fn(&Ipv4Addr) -> bool) -> Option<Ipv4Addr>
         })
 }
 
+/// Mode of the pods' directories: the agent's user only.
+const PRIVATE_DIR: u32 = 0o700;
+/// Mode of the pods' files (logs, `pod.json`): the agent's user only.
+const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) with mode [`PRIVATE_DIR`], and narrows it to that mode
+/// if it existed.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR))
+}
+
+/// Writes `bytes` to a new (or truncated) file of mode [`PRIVATE_FILE`] and flushes them to
+/// the disk.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 /// Copy-truncate rotation of each of these logs that is over `max` bytes.
 fn rotate_logs(logs: &[PathBuf], max: u64) {
     for path in logs {
@@ -560,7 +587,7 @@ impl ProcessRuntime {
     /// tokio runtime.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let pods_dir = config.data_dir.join("pods");
-        std::fs::create_dir_all(&pods_dir)
+        create_private_dir(&pods_dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", pods_dir.display()), e))?;
         let handle = tokio::runtime::Handle::try_current().map_err(|e| {
             RuntimeError::io(
@@ -709,7 +736,7 @@ impl Inner {
         // Durable before the rename, so that a record is always whole. The rename itself is
         // not fsynced: lost with the machine, it leaves the previous record, and the
         // processes it names died with the machine too.
-        write_durably(&tmp, &json)
+        write_private(&tmp, &json)
             .and_then(|()| std::fs::rename(&tmp, dir.join(POD_FILE)))
             .map_err(|e| {
                 RuntimeError::io(format!("writing {}", dir.join(POD_FILE).display()), e)
@@ -874,7 +901,13 @@ impl Inner {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(PRIVATE_FILE)
             .open(&log_path)
+            .and_then(|log| {
+                // One created by an older agent keeps its mode otherwise.
+                log.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))?;
+                Ok(log)
+            })
             .map_err(|e| RuntimeError::io(format!("opening {}", log_path.display()), e))?;
         let log2 = log
             .try_clone()
@@ -1202,7 +1235,7 @@ impl Runtime for ProcessRuntime {
         let ours: HashSet<Ipv4Addr> = inner.known().values().map(|r| r.ip).collect();
         let ip = allocate_ip(&pod.uid, |ip| bound.contains(ip) || ours.contains(ip))
             .ok_or(RuntimeError::NoFreeIp(POD_RANGE))?;
-        std::fs::create_dir_all(&dir)
+        create_private_dir(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
         let mut record = PodRecord {
             format: FORMAT,

@@ -800,3 +800,44 @@ async fn the_start_gate_leaves_the_environment_and_arguments_as_given() {
     assert_eq!(log("args"), "zero|one two|\n");
     rt.remove_pod("uid-env").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_directories_and_files_are_the_agent_user_s_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = Scratch::new("modes");
+    let mut config = scratch.config();
+    config.log_max_bytes = 1024;
+    // What an older agent left: a world-readable pods directory.
+    std::fs::create_dir_all(scratch.dir.join("pods")).unwrap();
+    std::fs::set_permissions(
+        scratch.dir.join("pods"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let rt = ProcessRuntime::new(config).unwrap();
+    let c = container(
+        "talk",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100 ]; do echo \"line $i of something secret\"; i=$((i+1)); done; exec sleep 1000",
+        ],
+    );
+    rt.start_pod(&pod("uid-modes", "modes", vec![c]))
+        .await
+        .unwrap();
+    let log = rt.log_path("uid-modes", "talk");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.with_extension("log.1").exists() {
+        assert!(Instant::now() < deadline, "the log was never rotated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let pod_dir = log.parent().unwrap().to_path_buf();
+    assert_eq!(mode(&scratch.dir.join("pods")), 0o700, "pods/");
+    assert_eq!(mode(&pod_dir), 0o700, "{}", pod_dir.display());
+    assert_eq!(mode(&log), 0o600, "{}", log.display());
+    assert_eq!(mode(&log.with_extension("log.1")), 0o600, "rotated log");
+    assert_eq!(mode(&pod_dir.join("pod.json")), 0o600, "pod.json");
+    rt.remove_pod("uid-modes").await.unwrap();
+}

@@ -33,6 +33,7 @@ fn member(i: u8, state: MemberState) -> MemberSnap {
             arch: "amd64".into(),
             created_ms: 0,
             started_ms: 0,
+            run: 0,
             cpu_millis: 4000,
             memory_bytes: 8 << 30,
             labels: BTreeMap::new(),
@@ -122,6 +123,7 @@ fn record(pod: &DesiredPod, ready: bool) -> (NodeId, PodRecord) {
             template_hash: pod.template_hash.clone(),
             ready_since_ms: ready.then_some(1_000),
             events: Vec::new(),
+            run: 0,
         },
     )
 }

@@ -9,11 +9,12 @@
 //! decode of that value and O(log n) map updates; nothing is proportional to the whole state.
 //!
 //! A value that fails to decode is left out of the snapshot, counted in [`ProjectorStats`] and
-//! logged once per key until it decodes again.
+//! logged once per key; until it decodes again or is deleted, its key is listed in the stats
+//! (`unreadable`), so that a user can find it and delete it by key.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use shoal_gossip::NodeId;
@@ -47,7 +48,12 @@ pub(crate) struct ProjectorCounters {
     undecodable_records: AtomicU64,
     undecodable_node_info: AtomicU64,
     newer_format: AtomicU64,
+    /// Keys whose current value cannot be read (logged once until they decode again or go).
+    unreadable: Mutex<BTreeSet<String>>,
 }
+
+/// Most unreadable keys the stats list by name (all are counted).
+const MAX_LISTED: usize = 100;
 
 /// The counters, serialisable.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -67,12 +73,22 @@ pub(crate) struct ProjectorStats {
     /// Objects and pod records in the current snapshot.
     pub(crate) objects: usize,
     pub(crate) records: usize,
+    /// Values in the replicated state that cannot be read now (left out of the snapshot).
+    pub(crate) unreadable_now: usize,
+    /// Their keys (the first 100): `kind/namespace/name` for objects (delete them with
+    /// `shoal delete KIND NAME -n NAMESPACE` or `DELETE /api/v1/objects/...`),
+    /// `<node id>/<entry>` for what a node reports about itself.
+    pub(crate) unreadable: Vec<String>,
 }
 
 impl ProjectorCounters {
     /// The counters now, with the sizes of `snapshot`.
     pub(crate) fn stats(&self, snapshot: &Snapshot) -> ProjectorStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let unreadable = self
+            .unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         ProjectorStats {
             changes: get(&self.changes),
             publishes: get(&self.publishes),
@@ -82,6 +98,8 @@ impl ProjectorCounters {
             newer_format: get(&self.newer_format),
             objects: snapshot.objects().count(),
             records: snapshot.record_count(),
+            unreadable_now: unreadable.len(),
+            unreadable: unreadable.iter().take(MAX_LISTED).cloned().collect(),
         }
     }
 }
@@ -93,8 +111,6 @@ pub(crate) struct Projection {
     snapshot: Snapshot,
     members: Vec<MemberFacts>,
     infos: BTreeMap<NodeId, NodeInfo>,
-    /// Keys whose value failed to decode (logged once until they decode again).
-    bad: BTreeSet<String>,
     counters: Arc<ProjectorCounters>,
 }
 
@@ -118,10 +134,21 @@ impl Projection {
             Change::Members(members) => {
                 self.members = members;
                 self.rebuild_members();
+                self.snapshot
+                    .set_unheard(self.members.iter().filter(|m| !m.heard).map(|m| m.id));
+            }
+            Change::Heard(id) => {
+                if let Some(member) = self.members.iter_mut().find(|m| m.id == id) {
+                    member.heard = true;
+                }
+                self.snapshot.set_heard(&id);
             }
             Change::Object { key, value } => {
                 let object = match value {
-                    None => None,
+                    None => {
+                        self.gone(&key.to_string());
+                        None
+                    }
                     Some(bytes) => {
                         let id = key.to_string();
                         let decoded = StoredObject::decode(&bytes).and_then(|stored| {
@@ -134,7 +161,10 @@ impl Projection {
             }
             Change::Owned { owner, name, value } if name == NODE_INFO => {
                 let info = match value {
-                    None => None,
+                    None => {
+                        self.gone(&format!("{owner}/{name}"));
+                        None
+                    }
                     Some(bytes) => {
                         self.decoded(format!("{owner}/{name}"), NodeInfo::decode(&bytes), |c| {
                             &c.undecodable_node_info
@@ -149,7 +179,10 @@ impl Projection {
             }
             Change::Owned { owner, name, value } => {
                 let record = match value {
-                    None => None,
+                    None => {
+                        self.gone(&format!("{owner}/{name}"));
+                        None
+                    }
                     Some(bytes) => {
                         self.decoded(format!("{owner}/{name}"), PodRecord::decode(&bytes), |c| {
                             &c.undecodable_records
@@ -161,6 +194,18 @@ impl Projection {
         }
     }
 
+    /// The entry `id` was deleted: it is no longer unreadable.
+    fn gone(&mut self, id: &str) {
+        self.unreadable().remove(id);
+    }
+
+    fn unreadable(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.counters
+            .unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The value if it decoded; otherwise counts it and logs it once per key.
     fn decoded<T>(
         &mut self,
@@ -170,7 +215,7 @@ impl Projection {
     ) -> Option<T> {
         match result {
             Ok(value) => {
-                self.bad.remove(&id);
+                self.unreadable().remove(&id);
                 Some(value)
             }
             Err(error) => {
@@ -178,8 +223,10 @@ impl Projection {
                 if matches!(error, DecodeError::Newer(_)) {
                     self.counters.newer_format.fetch_add(1, Ordering::Relaxed);
                 }
-                if self.bad.insert(id.clone()) {
-                    warn!(entry = %id, %error, "a replicated value cannot be read; it is ignored");
+                if self.unreadable().insert(id.clone()) {
+                    warn!(entry = %id, %error,
+                        "a replicated value cannot be read; it is ignored (delete it by key to \
+                         remove it from the cluster)");
                 }
                 None
             }
@@ -273,6 +320,7 @@ mod tests {
             template_hash: Some("h".into()),
             ready_since_ms: None,
             events: Vec::new(),
+            run: 0,
         }
         .encode()
     }
@@ -285,6 +333,7 @@ mod tests {
                     name: format!("node-{i}"),
                     addr: String::new(),
                     state: MemberState::Alive,
+                    heard: true,
                 })
                 .collect(),
         )
@@ -364,6 +413,17 @@ mod tests {
         assert_eq!(stats.undecodable_node_info, 1);
         assert_eq!((stats.objects, stats.records), (0, 0));
         assert!(p.snapshot().member(&node(1)).unwrap().info.is_none());
+        // Listed by key until they decode or go.
+        let record_id = format!("{}/{}", node(1), record_name("default", "x"));
+        assert_eq!(stats.unreadable_now, 3);
+        assert!(
+            stats
+                .unreadable
+                .contains(&"deployment/default/evil".to_owned())
+                && stats.unreadable.contains(&record_id),
+            "{:?}",
+            stats.unreadable
+        );
         // Once it decodes, it is there.
         let (_, good) = deployment("evil", 1);
         p.apply(Change::Object {
@@ -371,6 +431,47 @@ mod tests {
             value: Some(good),
         });
         assert_eq!(p.snapshot().objects().count(), 1);
+        // A deleted value is no longer unreadable.
+        p.apply(Change::Owned {
+            owner: node(1),
+            name: record_name("default", "x"),
+            value: None,
+        });
+        let stats = counters.stats(p.snapshot());
+        assert_eq!(stats.unreadable_now, 1, "{:?}", stats.unreadable);
+        assert_eq!(stats.unreadable, [format!("{}/{NODE_INFO}", node(1))]);
+        assert_eq!(stats.undecodable_objects, 2, "counters only grow");
+    }
+
+    #[test]
+    fn records_of_members_not_heard_from_since_the_start_count_once_they_speak() {
+        let mut p = Projection::new(Arc::default());
+        let mut restored = members(&[1, 2]);
+        if let Change::Members(list) = &mut restored {
+            list[1].heard = false;
+        }
+        p.apply(restored);
+        for (n, pod) in [(1, "web-a"), (2, "web-b")] {
+            p.apply(Change::Owned {
+                owner: node(n),
+                name: record_name("default", pod),
+                value: Some(record("web", pod)),
+            });
+        }
+        let counted = |p: &Projection| {
+            let s = p.snapshot();
+            let c = s.counted();
+            s.counted_records(&c).count()
+        };
+        assert_eq!(counted(&p), 1);
+        p.apply(Change::Heard(node(2)));
+        assert_eq!(counted(&p), 2);
+        // A later member list keeps it heard.
+        p.apply(Change::Members(match members(&[1, 2]) {
+            Change::Members(list) => list,
+            _ => unreachable!(),
+        }));
+        assert_eq!(counted(&p), 2);
     }
 
     #[test]

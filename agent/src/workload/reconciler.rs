@@ -46,6 +46,8 @@ pub(crate) struct ReconcilerConfig {
     pub(crate) host_ip: String,
     /// The cluster's service range (for the service-link variables pods start with).
     pub(crate) service_range: ServiceRange,
+    /// This start of the agent (its node info's `run`).
+    pub(crate) run: u64,
 }
 
 /// Results of runtime work done in tasks.
@@ -127,6 +129,7 @@ pub(crate) fn start(
             host_ip: config.host_ip.clone(),
             service_range: config.service_range,
             pull_images: runtime.kind() == RuntimeKind::Docker,
+            run: config.run,
         },
         clock.now(),
     );

@@ -601,6 +601,7 @@ fn pod(
             template_hash: None,
             ready_since_ms: None,
             events: Vec::new(),
+            run: 0,
         },
     )
 }

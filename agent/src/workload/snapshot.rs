@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 use shoal_gossip::{MemberState, NodeId, ObjectKey};
 
 use super::stored::{PodRecord, StoredObject, object_key};
@@ -108,6 +108,33 @@ pub(crate) struct Snapshot {
     running_revisions: OrdMap<NodeId, u64>,
     /// The key is the Deployment's object key.
     by_deployment: OrdMap<ObjectKey, (u64, OrdMap<RecordKey, Arc<PodRecord>>)>,
+    /// Members this agent has not heard from since it started: all it knows of them (their
+    /// state, their records) was restored from before the restart. Empty in snapshots built
+    /// by hand. Not part of any revision: the planner does not look at it.
+    unheard: OrdSet<NodeId>,
+}
+
+/// Which pod records count as pods that run, for what the API shows (`get pods`, a
+/// Deployment's ready counts). A record counts when its node is live (alive or suspect), this
+/// agent has heard from the node since it started (or it is this node), and the record was
+/// written by the node's current run: the highest run its node info or any of its records
+/// carries. So a node's records from before its agent restarted are superseded by anything of
+/// the new run, and what a restarted agent restored of its peers counts only once they speak.
+/// The planner reads every live record (a restored record still says where a replica was
+/// placed); only what is shown as running is held to this rule.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counted {
+    /// The current run of each node that says one.
+    runs: std::collections::BTreeMap<NodeId, u64>,
+}
+
+impl Counted {
+    /// Whether `node`'s record counts as a pod that runs (see [`Counted`]).
+    pub(crate) fn counts(&self, snapshot: &Snapshot, node: &NodeId, record: &PodRecord) -> bool {
+        snapshot.is_live(node)
+            && !snapshot.unheard.contains(node)
+            && record.run >= self.runs.get(node).copied().unwrap_or(0)
+    }
 }
 
 impl Snapshot {
@@ -280,6 +307,40 @@ impl Snapshot {
         self.records.len()
     }
 
+    /// What counts of the records now ([`Counted`]): one pass over the records.
+    pub(crate) fn counted(&self) -> Counted {
+        let mut runs = std::collections::BTreeMap::new();
+        for m in self.members.values() {
+            if let Some(info) = &m.info {
+                runs.insert(m.id, info.run);
+            }
+        }
+        for ((node, _), record) in self.records.iter() {
+            let run = runs.entry(*node).or_insert(0);
+            *run = (*run).max(record.run);
+        }
+        Counted { runs }
+    }
+
+    /// The records that count as pods that run ([`Counted`]), in (node, name) order.
+    pub(crate) fn counted_records<'a>(
+        &'a self,
+        counted: &'a Counted,
+    ) -> impl Iterator<Item = (&'a NodeId, &'a PodRecord)> + 'a {
+        self.records()
+            .filter(move |(n, r)| counted.counts(self, n, r))
+    }
+
+    /// Marks the members this agent has not heard from since it started ([`Counted`]).
+    pub(crate) fn set_unheard(&mut self, ids: impl IntoIterator<Item = NodeId>) {
+        self.unheard = ids.into_iter().collect();
+    }
+
+    /// This agent heard from `id`.
+    pub(crate) fn set_heard(&mut self, id: &NodeId) {
+        self.unheard.remove(id);
+    }
+
     /// Records of live nodes only: what a dead or departed node reported no longer runs.
     pub(crate) fn live_records(&self) -> impl Iterator<Item = (&NodeId, &PodRecord)> {
         self.records().filter(|(n, _)| self.is_live(n))
@@ -372,4 +433,97 @@ fn deployment_of(record: &PodRecord) -> Option<ObjectKey> {
         .as_deref()
         .unwrap_or(crate::manifest::DEFAULT_NAMESPACE);
     Some(object_key(Kind::Deployment, namespace, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::stored::{FORMAT, ReplicaRef, record_name};
+
+    fn node(i: u8) -> NodeId {
+        NodeId([i; 32])
+    }
+
+    fn member(i: u8, state: MemberState, run: Option<u64>) -> MemberSnap {
+        MemberSnap {
+            id: node(i),
+            name: format!("node-{i}"),
+            addr: String::new(),
+            state,
+            info: run.map(|run| NodeInfo {
+                run,
+                ..NodeInfo::default()
+            }),
+        }
+    }
+
+    fn record(pod: &str, run: u64) -> PodRecord {
+        let mut p = crate::manifest::Pod::default();
+        p.metadata.name = pod.into();
+        p.metadata.namespace = Some("default".into());
+        PodRecord {
+            format: FORMAT,
+            pod: p,
+            status: Default::default(),
+            replica: ReplicaRef {
+                workload: "pod/default/x".into(),
+                ordinal: 0,
+            },
+            deployment: None,
+            template_hash: None,
+            ready_since_ms: None,
+            events: Vec::new(),
+            run,
+        }
+    }
+
+    fn counted_names(s: &Snapshot) -> Vec<String> {
+        let counted = s.counted();
+        s.counted_records(&counted)
+            .map(|(_, r)| r.pod.metadata.name.clone())
+            .collect()
+    }
+
+    fn set(s: &mut Snapshot, n: u8, pod: &str, run: u64) {
+        s.set_record(node(n), record_name("default", pod), Some(record(pod, run)));
+    }
+
+    #[test]
+    fn records_of_an_earlier_run_do_not_count_once_anything_of_a_later_one_is_known() {
+        let mut s = Snapshot::default();
+        s.set_members([
+            member(1, MemberState::Alive, Some(2)),
+            member(2, MemberState::Alive, Some(1)),
+            member(3, MemberState::Alive, None),
+            member(4, MemberState::Dead, Some(1)),
+        ]);
+        // Node 1 restarted (run 2): its record of run 1 is from its past life.
+        set(&mut s, 1, "one-old", 1);
+        set(&mut s, 1, "one-new", 2);
+        // Node 2's info still says run 1; an agent that numbers no runs writes 0.
+        set(&mut s, 2, "two-a", 1);
+        set(&mut s, 3, "three", 0);
+        set(&mut s, 4, "four", 1);
+        assert_eq!(counted_names(&s), ["one-new", "two-a", "three"]);
+        // A record of node 2's next run arrives before its new info: the old run is over.
+        set(&mut s, 2, "two-b", 2);
+        assert_eq!(counted_names(&s), ["one-new", "two-b", "three"]);
+        // The planner still reads every live record.
+        assert_eq!(s.live_records().count(), 5);
+    }
+
+    #[test]
+    fn restored_records_of_a_node_not_heard_from_since_the_start_do_not_count() {
+        let mut s = Snapshot::default();
+        s.set_members([
+            member(1, MemberState::Alive, Some(1)),
+            member(2, MemberState::Alive, Some(1)),
+        ]);
+        set(&mut s, 1, "mine", 1);
+        set(&mut s, 2, "theirs", 1);
+        s.set_unheard([node(2)]);
+        assert_eq!(counted_names(&s), ["mine"]);
+        s.set_heard(&node(2));
+        assert_eq!(counted_names(&s), ["mine", "theirs"]);
+    }
 }

@@ -187,6 +187,16 @@ pub(crate) struct PodRecord {
     /// Recent events, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) events: Vec<PodEvent>,
+    /// The run of the node's agent that wrote it (its node info's `run`; 0 from an agent that
+    /// does not number its runs). A record of an earlier run than the node's current one
+    /// speaks of a past life: the API does not count it (see [`super::snapshot::Counted`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) run: u64,
+}
+
+/// Serde's `skip_serializing_if` for numbers whose 0 means "not given".
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PodRecord {

@@ -149,6 +149,7 @@ impl NodeRig {
             host_ip: format!("127.0.0.1:{}", 7000 + index),
             service_range: range,
             pull_images,
+            run: 1,
         };
         NodeRig {
             index,
@@ -650,6 +651,7 @@ impl Testbed {
         let Ok(Resource::Deployment(d)) = stored.resource() else {
             panic!("not a deployment");
         };
-        deployment_status(&d, &self.snapshot(), self.now.wall_ms)
+        let snapshot = self.snapshot();
+        deployment_status(&d, &snapshot, &snapshot.counted(), self.now.wall_ms)
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::plan::{Plan, rollout};
 use super::service::{Allocation, ServiceEndpoints, ServiceEntry, endpoints_resource};
-use super::snapshot::Snapshot;
+use super::snapshot::{Counted, Snapshot};
 use super::stored::{PodRecord, Revision, StoredObject, object_key};
 use crate::manifest::{
     ConditionStatus, ContainerState, ContainerStatus, Deployment, DeploymentCondition,
@@ -40,7 +40,8 @@ pub(crate) fn pods(snapshot: &Snapshot, plan: &Plan, namespace: Option<&str>) ->
             p.metadata.name.clone(),
         )
     };
-    for (node, record) in snapshot.live_records() {
+    let counted = snapshot.counted();
+    for (node, record) in snapshot.counted_records(&counted) {
         if !in_namespace(&record.pod, namespace) {
             continue;
         }
@@ -162,10 +163,12 @@ pub(crate) fn deployments<'a>(
         .filter_map(|(_, object)| Some((object.deployment()?.0, &object.stored)))
 }
 
-/// A Deployment's status from the pods the live nodes report.
+/// A Deployment's status from the pods the live nodes report, of the records that count
+/// (`counted`: [`Snapshot::counted`]).
 pub(crate) fn deployment_status(
     d: &Deployment,
     snapshot: &Snapshot,
+    counted: &Counted,
     now_ms: u64,
 ) -> DeploymentStatus {
     let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
@@ -173,7 +176,10 @@ pub(crate) fn deployment_status(
     let min_ready_ms = u64::from(d.spec.min_ready_seconds) * 1000;
     // Distinct replicas: (template, ordinal) -> (ready, available).
     let mut replicas: BTreeMap<(String, u32), (bool, bool)> = BTreeMap::new();
-    for (_, record) in snapshot.deployment_records(namespace, &d.metadata.name) {
+    for (node, record) in snapshot.deployment_records(namespace, &d.metadata.name) {
+        if !counted.counts(snapshot, node, record) {
+            continue;
+        }
         if record.is_finished() || record.pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -260,6 +266,7 @@ pub(crate) fn deployment_json(
     d: &Deployment,
     stored: &StoredObject,
     snapshot: &Snapshot,
+    counted: &Counted,
     now_ms: u64,
     set_aside: Option<&str>,
 ) -> Value {
@@ -268,7 +275,7 @@ pub(crate) fn deployment_json(
         "deployment.kubernetes.io/revision".into(),
         stored.revision.max(1).to_string(),
     );
-    let mut status = deployment_status(&d, snapshot, now_ms);
+    let mut status = deployment_status(&d, snapshot, counted, now_ms);
     if let Some(reason) = set_aside {
         status.conditions.push(DeploymentCondition {
             kind: DeploymentConditionType::ReplicaFailure,

@@ -856,6 +856,17 @@ fn namespace_option() {
         errs.to_string(),
         "<stdin>: doc 1: metadata.namespace: the object's namespace \"prod\" does not match the namespace \"team\" given with -n (line 5)"
     );
+    // The API's path gives it too.
+    let from_path = ParseOptions {
+        namespace_from: crate::NamespaceFrom::Path,
+        ..options
+    };
+    let errs = parse_with("body", other.as_bytes(), &from_path).unwrap_err();
+    assert!(
+        errs.to_string()
+            .contains("does not match the namespace \"team\" of the request's path"),
+        "{errs}"
+    );
 }
 
 #[test]

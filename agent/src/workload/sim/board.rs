@@ -141,6 +141,7 @@ mod tests {
             template_hash: None,
             ready_since_ms: None,
             events: Vec::new(),
+            run: 0,
         })
     }
 

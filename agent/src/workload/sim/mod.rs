@@ -254,6 +254,7 @@ impl ClusterSim {
             host_ip: identity.addr.clone(),
             service_range: DEFAULT_SERVICE_RANGE,
             pull_images: false,
+            run: 1,
         };
         let view = self
             .gossip

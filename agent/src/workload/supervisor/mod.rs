@@ -88,6 +88,9 @@ pub(crate) struct SupervisorConfig {
     /// Whether the runtime runs images, so they are pulled before a pod starts (Docker); the
     /// process runtime has none.
     pub(crate) pull_images: bool,
+    /// This start of the agent (its node info's `run`), written into every record, so that
+    /// readers tell records of an earlier run apart ([`crate::workload::stored::PodRecord::run`]).
+    pub(crate) run: u64,
 }
 
 /// Runtime work for the driver to do; each has a matching `handle_*` for its result.

@@ -129,7 +129,7 @@ impl Supervisor {
     /// The record this node reports for a local pod.
     pub(super) fn record_of(&self, uid: &str) -> PodRecord {
         let pod = &self.pods[uid];
-        record_of(pod, &self.host)
+        record_of(pod, &self.host, self.config.run)
     }
 
     /// The decoded record of a pod by record name (for tests and the simulator).
@@ -182,7 +182,7 @@ fn runtime_scheme(image: &str) -> &'static str {
 
 /// The record of a pod: its status in Kubernetes' terms from what the runtime reports and
 /// the supervisor's own state (restarts, readiness, back-off).
-fn record_of(pod: &LocalPod, host: &str) -> PodRecord {
+fn record_of(pod: &LocalPod, host: &str, run: u64) -> PodRecord {
     let none = ContainerLocal::default();
     let mut statuses = Vec::new();
     for spec in &pod.desired.pod.spec.containers {
@@ -327,5 +327,6 @@ fn record_of(pod: &LocalPod, host: &str) -> PodRecord {
         template_hash: pod.desired.template_hash.clone(),
         ready_since_ms: ready_since,
         events: pod.events.iter().cloned().collect(),
+        run,
     }
 }
