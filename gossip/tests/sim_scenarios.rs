@@ -374,7 +374,7 @@ fn a_node_left_alone_keeps_nothing_queued_and_its_writes_reach_later_members() {
         let key = shoal_gossip::Key::Object(shoal_gossip::ObjectKey::new(
             "sim",
             "default",
-            &format!("alone-{i}"),
+            format!("alone-{i}"),
         ));
         assert!(back.store().get(&key).is_some(), "alone-{i} reached n1");
     }
