@@ -92,6 +92,15 @@ pub(super) const STREAM_WINDOW: u32 = 512 * 1024;
 /// QUIC receive window of a connection (libp2p's default), raised if needed so that every
 /// response stream one peer may hold open at once can stall with room to spare for gossip.
 const CONNECTION_WINDOW: u32 = 15_000_000;
+/// A new connection with a peer closes the peer's connections established at least this much
+/// earlier. A peer that connects while an older connection exists has restarted (same
+/// identity, same address) or lost that connection without this side noticing: a QUIC
+/// connection to a killed process lives on here until its idle timeout (10 s), writes to it
+/// vanish, and streams would keep being opened on it, so the failure detector would lose
+/// pings and acks to a member that is back. Connections of a simultaneous dial from both
+/// sides are established within a round trip of each other and both stay; since this bound
+/// is well above any round trip, the two sides never close different connections of a pair.
+const SUPERSEDE_AFTER: Duration = Duration::from_secs(1);
 
 /// State shared by the handle and all tasks.
 pub(super) struct Shared {
@@ -243,8 +252,8 @@ pub(super) struct PeerTable {
 
 #[derive(Default)]
 struct PeerInfo {
-    /// Open connections and the remote host of each.
-    conns: Vec<(ConnectionId, Option<String>)>,
+    /// Open connections: the remote host of each, and when it was established.
+    conns: Vec<(ConnectionId, Option<String>, Instant)>,
     /// Keys of `by_addr` that point here.
     addrs: Vec<String>,
     /// Refused frames since the last one that opened.
@@ -279,14 +288,34 @@ impl PeerTable {
     }
 
     fn connected(&mut self, conn: ConnectionId, peer: PeerId, host: Option<String>) {
-        self.peers.entry(peer).or_default().conns.push((conn, host));
+        self.peers
+            .entry(peer)
+            .or_default()
+            .conns
+            .push((conn, host, Instant::now()));
+    }
+
+    /// The connections with `peer` that `conn`, a connection just established with it,
+    /// supersedes: those established at least [`SUPERSEDE_AFTER`] before it.
+    fn superseded(&self, peer: &PeerId, conn: ConnectionId) -> Vec<ConnectionId> {
+        let Some(info) = self.peers.get(peer) else {
+            return Vec::new();
+        };
+        let Some(&(_, _, newest)) = info.conns.iter().find(|(c, _, _)| *c == conn) else {
+            return Vec::new();
+        };
+        info.conns
+            .iter()
+            .filter(|(c, _, at)| *c != conn && *at + SUPERSEDE_AFTER <= newest)
+            .map(|(c, _, _)| *c)
+            .collect()
     }
 
     fn closed(&mut self, conn: ConnectionId, peer: PeerId) {
         let Some(info) = self.peers.get_mut(&peer) else {
             return;
         };
-        info.conns.retain(|(c, _)| *c != conn);
+        info.conns.retain(|(c, _, _)| *c != conn);
         if info.conns.is_empty()
             && let Some(info) = self.peers.remove(&peer)
         {
@@ -305,7 +334,7 @@ impl PeerTable {
             .conns
             .iter()
             .rev()
-            .find_map(|(_, h)| h.clone())
+            .find_map(|(_, h, _)| h.clone())
     }
 
     /// Remembers that `addr` reaches `peer`, while `peer` is connected.
@@ -1678,6 +1707,12 @@ impl Driver {
             } => {
                 shared.count(&c.connections_established, 1);
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let superseded = lock(&shared.peers).superseded(&peer_id, connection_id);
+                for old in superseded {
+                    shared.count(&c.connections_superseded, 1);
+                    debug!(peer = %peer_id, connection = %old, "closing a connection superseded by a new one");
+                    self.swarm.close_connection(old);
+                }
                 let mut finished = Vec::new();
                 if let Some(dial) = self.take_dial(connection_id) {
                     self.learn_transport(&dial, endpoint.get_remote_address());
