@@ -287,28 +287,33 @@ impl PeerTable {
         true
     }
 
-    fn connected(&mut self, conn: ConnectionId, peer: PeerId, host: Option<String>) {
+    fn connected(&mut self, conn: ConnectionId, peer: PeerId, host: Option<String>, at: Instant) {
         self.peers
             .entry(peer)
             .or_default()
             .conns
-            .push((conn, host, Instant::now()));
+            .push((conn, host, at));
     }
 
-    /// The connections with `peer` that `conn`, a connection just established with it,
-    /// supersedes: those established at least [`SUPERSEDE_AFTER`] before it.
-    fn superseded(&self, peer: &PeerId, conn: ConnectionId) -> Vec<ConnectionId> {
-        let Some(info) = self.peers.get(peer) else {
+    /// Takes out the connections with `peer` that `conn`, a connection just established with
+    /// it, supersedes: those established at least [`SUPERSEDE_AFTER`] before it (each is
+    /// taken once, to be closed).
+    fn take_superseded(&mut self, peer: &PeerId, conn: ConnectionId) -> Vec<ConnectionId> {
+        let Some(info) = self.peers.get_mut(peer) else {
             return Vec::new();
         };
         let Some(&(_, _, newest)) = info.conns.iter().find(|(c, _, _)| *c == conn) else {
             return Vec::new();
         };
-        info.conns
-            .iter()
-            .filter(|(c, _, at)| *c != conn && *at + SUPERSEDE_AFTER <= newest)
-            .map(|(c, _, _)| *c)
-            .collect()
+        let mut taken = Vec::new();
+        info.conns.retain(|&(c, _, at)| {
+            let old = c != conn && at + SUPERSEDE_AFTER <= newest;
+            if old {
+                taken.push(c);
+            }
+            !old
+        });
+        taken
     }
 
     fn closed(&mut self, conn: ConnectionId, peer: PeerId) {
@@ -471,7 +476,7 @@ impl Gate {
             debug!(%peer, addr = %remote, reason, "connection denied");
             return Err(ConnectionDenied::new(reason));
         }
-        table.connected(conn, peer, host_of(remote));
+        table.connected(conn, peer, host_of(remote), Instant::now());
         if dialed && let Some(addr) = host_port_of(remote) {
             table.note_addr(peer, addr);
         }
@@ -1707,7 +1712,7 @@ impl Driver {
             } => {
                 shared.count(&c.connections_established, 1);
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                let superseded = lock(&shared.peers).superseded(&peer_id, connection_id);
+                let superseded = lock(&shared.peers).take_superseded(&peer_id, connection_id);
                 for old in superseded {
                     shared.count(&c.connections_superseded, 1);
                     debug!(peer = %peer_id, connection = %old, "closing a connection superseded by a new one");
@@ -1841,5 +1846,39 @@ impl Driver {
                 let _ = waiter.send(Err(DialFail::Failed("network stopped".into())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_table_tests {
+    use super::*;
+
+    fn conn(id: usize) -> ConnectionId {
+        ConnectionId::new_unchecked(id)
+    }
+
+    #[test]
+    fn new_connection_supersedes_older_ones_but_not_a_simultaneous_dial() {
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let other = Keypair::generate_ed25519().public().to_peer_id();
+        let mut table = PeerTable::default();
+        let t0 = Instant::now();
+        table.connected(conn(1), peer, None, t0);
+        table.connected(conn(2), other, None, t0);
+        // The peer's own dial crossing ours: both stay.
+        table.connected(conn(3), peer, None, t0 + Duration::from_millis(300));
+        assert!(table.take_superseded(&peer, conn(3)).is_empty());
+        // The peer connects again long after (it restarted): the old ones go, once.
+        let later = t0 + SUPERSEDE_AFTER + Duration::from_secs(3);
+        table.connected(conn(4), peer, None, later);
+        table.connected(conn(5), peer, None, later + Duration::from_millis(5));
+        assert_eq!(
+            table.take_superseded(&peer, conn(4)),
+            vec![conn(1), conn(3)]
+        );
+        assert!(table.take_superseded(&peer, conn(5)).is_empty());
+        // Another peer's connections are not touched.
+        assert!(table.take_superseded(&other, conn(2)).is_empty());
+        assert_eq!(table.connection_count(), 3);
     }
 }
