@@ -139,6 +139,79 @@ fn restarted_agent_keeps_identity_and_rejoins_without_join() {
     assert!(body.contains("\"note\":\"durable\""), "{body}");
 }
 
+/// `gossip.deaths_declared` of `agent`'s `/api/v1/stats`.
+fn deaths_declared(agent: &Agent) -> Result<u64, String> {
+    let (status, body) = agent.http("GET", "/api/v1/stats", None);
+    if status != 200 {
+        return Err(format!("{status} {body}"));
+    }
+    let stats: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    stats["gossip"]["deaths_declared"]
+        .as_u64()
+        .ok_or_else(|| format!("no gossip.deaths_declared in {body}"))
+}
+
+#[test]
+fn agent_restarted_after_kill_stays_alive_once_back() {
+    let mut cluster = Cluster::start("rejoin", 3);
+    let names = cluster.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let everyone = all(&cluster);
+    let (status, body) = cluster.agents[2].http(
+        "PUT",
+        "/api/v1/objects/deployment/default/last-acked",
+        Some(&note("last-acked", "acknowledged just before the kill")),
+    );
+    assert_eq!(status, 200, "{body}");
+    cluster.agents[2].kill9();
+    cluster.wait_for("node-2 dead", secs(10), |c| {
+        c.all_see(&[0, 1], &["node-2"], "dead")
+    });
+    std::thread::sleep(secs(4));
+
+    cluster.agents[2].start(&[]);
+    cluster.wait_for("node-2 back alive everywhere", secs(15), |c| {
+        c.all_see(&everyone, &names, "alive")
+    });
+    // Once back, nobody suspects it again: every node sees every node alive throughout, and
+    // no node declares anyone dead.
+    let deaths_before: Vec<u64> = cluster
+        .agents
+        .iter()
+        .map(|a| deaths_declared(a).expect("stats"))
+        .collect();
+    let watch_until = std::time::Instant::now() + secs(10);
+    while std::time::Instant::now() < watch_until {
+        if let Err(e) = cluster.all_see(&everyone, &names, "alive") {
+            let logs: Vec<String> = cluster
+                .agents
+                .iter()
+                .map(|a| format!("--- {} ---\n{}", a.name, a.log_tail(40)))
+                .collect();
+            panic!("after node-2 came back: {e}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (agent, before) in cluster.agents.iter().zip(&deaths_before) {
+        let after = deaths_declared(agent).expect("stats");
+        assert_eq!(
+            after, *before,
+            "{} declared a death after node-2 came back",
+            agent.name
+        );
+    }
+    for agent in &cluster.agents {
+        let (status, body) =
+            agent.http("GET", "/api/v1/objects/deployment/default/last-acked", None);
+        assert_eq!(status, 200, "{}: {body}", agent.name);
+        assert!(
+            body.contains("acknowledged just before the kill"),
+            "{}: {body}",
+            agent.name
+        );
+    }
+}
+
 #[test]
 fn agent_with_wrong_key_is_refused_and_appears_nowhere() {
     let cluster = Cluster::start("wrongkey", 2);

@@ -80,6 +80,9 @@ counters! {
     connections_established,
     /// Established connections closed.
     connections_closed,
+    /// Connections closed because the peer connected anew (a restart with the same identity,
+    /// or a connection lost on its side only); included in `connections_closed`.
+    connections_superseded,
     /// Connections open now (established minus closed).
     connections_open,
     /// Inbound connection attempts that failed before establishment (handshake errors,

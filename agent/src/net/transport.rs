@@ -92,6 +92,15 @@ pub(super) const STREAM_WINDOW: u32 = 512 * 1024;
 /// QUIC receive window of a connection (libp2p's default), raised if needed so that every
 /// response stream one peer may hold open at once can stall with room to spare for gossip.
 const CONNECTION_WINDOW: u32 = 15_000_000;
+/// A new connection with a peer closes the peer's connections established at least this much
+/// earlier. A peer that connects while an older connection exists has restarted (same
+/// identity, same address) or lost that connection without this side noticing: a QUIC
+/// connection to a killed process lives on here until its idle timeout (10 s), writes to it
+/// vanish, and streams would keep being opened on it, so the failure detector would lose
+/// pings and acks to a member that is back. Connections of a simultaneous dial from both
+/// sides are established within a round trip of each other and both stay; since this bound
+/// is well above any round trip, the two sides never close different connections of a pair.
+const SUPERSEDE_AFTER: Duration = Duration::from_secs(1);
 
 /// State shared by the handle and all tasks.
 pub(super) struct Shared {
@@ -243,8 +252,8 @@ pub(super) struct PeerTable {
 
 #[derive(Default)]
 struct PeerInfo {
-    /// Open connections and the remote host of each.
-    conns: Vec<(ConnectionId, Option<String>)>,
+    /// Open connections: the remote host of each, and when it was established.
+    conns: Vec<(ConnectionId, Option<String>, Instant)>,
     /// Keys of `by_addr` that point here.
     addrs: Vec<String>,
     /// Refused frames since the last one that opened.
@@ -278,15 +287,40 @@ impl PeerTable {
         true
     }
 
-    fn connected(&mut self, conn: ConnectionId, peer: PeerId, host: Option<String>) {
-        self.peers.entry(peer).or_default().conns.push((conn, host));
+    fn connected(&mut self, conn: ConnectionId, peer: PeerId, host: Option<String>, at: Instant) {
+        self.peers
+            .entry(peer)
+            .or_default()
+            .conns
+            .push((conn, host, at));
+    }
+
+    /// Takes out the connections with `peer` that `conn`, a connection just established with
+    /// it, supersedes: those established at least [`SUPERSEDE_AFTER`] before it (each is
+    /// taken once, to be closed).
+    fn take_superseded(&mut self, peer: &PeerId, conn: ConnectionId) -> Vec<ConnectionId> {
+        let Some(info) = self.peers.get_mut(peer) else {
+            return Vec::new();
+        };
+        let Some(&(_, _, newest)) = info.conns.iter().find(|(c, _, _)| *c == conn) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        info.conns.retain(|&(c, _, at)| {
+            let old = c != conn && at + SUPERSEDE_AFTER <= newest;
+            if old {
+                taken.push(c);
+            }
+            !old
+        });
+        taken
     }
 
     fn closed(&mut self, conn: ConnectionId, peer: PeerId) {
         let Some(info) = self.peers.get_mut(&peer) else {
             return;
         };
-        info.conns.retain(|(c, _)| *c != conn);
+        info.conns.retain(|(c, _, _)| *c != conn);
         if info.conns.is_empty()
             && let Some(info) = self.peers.remove(&peer)
         {
@@ -305,7 +339,7 @@ impl PeerTable {
             .conns
             .iter()
             .rev()
-            .find_map(|(_, h)| h.clone())
+            .find_map(|(_, h, _)| h.clone())
     }
 
     /// Remembers that `addr` reaches `peer`, while `peer` is connected.
@@ -442,7 +476,7 @@ impl Gate {
             debug!(%peer, addr = %remote, reason, "connection denied");
             return Err(ConnectionDenied::new(reason));
         }
-        table.connected(conn, peer, host_of(remote));
+        table.connected(conn, peer, host_of(remote), Instant::now());
         if dialed && let Some(addr) = host_port_of(remote) {
             table.note_addr(peer, addr);
         }
@@ -1678,6 +1712,12 @@ impl Driver {
             } => {
                 shared.count(&c.connections_established, 1);
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let superseded = lock(&shared.peers).take_superseded(&peer_id, connection_id);
+                for old in superseded {
+                    shared.count(&c.connections_superseded, 1);
+                    debug!(peer = %peer_id, connection = %old, "closing a connection superseded by a new one");
+                    self.swarm.close_connection(old);
+                }
                 let mut finished = Vec::new();
                 if let Some(dial) = self.take_dial(connection_id) {
                     self.learn_transport(&dial, endpoint.get_remote_address());
@@ -1806,5 +1846,39 @@ impl Driver {
                 let _ = waiter.send(Err(DialFail::Failed("network stopped".into())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_table_tests {
+    use super::*;
+
+    fn conn(id: usize) -> ConnectionId {
+        ConnectionId::new_unchecked(id)
+    }
+
+    #[test]
+    fn new_connection_supersedes_older_ones_but_not_a_simultaneous_dial() {
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let other = Keypair::generate_ed25519().public().to_peer_id();
+        let mut table = PeerTable::default();
+        let t0 = Instant::now();
+        table.connected(conn(1), peer, None, t0);
+        table.connected(conn(2), other, None, t0);
+        // The peer's own dial crossing ours: both stay.
+        table.connected(conn(3), peer, None, t0 + Duration::from_millis(300));
+        assert!(table.take_superseded(&peer, conn(3)).is_empty());
+        // The peer connects again long after (it restarted): the old ones go, once.
+        let later = t0 + SUPERSEDE_AFTER + Duration::from_secs(3);
+        table.connected(conn(4), peer, None, later);
+        table.connected(conn(5), peer, None, later + Duration::from_millis(5));
+        assert_eq!(
+            table.take_superseded(&peer, conn(4)),
+            vec![conn(1), conn(3)]
+        );
+        assert!(table.take_superseded(&peer, conn(5)).is_empty());
+        // Another peer's connections are not touched.
+        assert!(table.take_superseded(&other, conn(2)).is_empty());
+        assert_eq!(table.connection_count(), 3);
     }
 }
