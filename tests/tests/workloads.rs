@@ -277,12 +277,20 @@ fn rolling_update_with_max_unavailable_zero_never_dips_below_replicas() {
         .cli(&["rollout", "status", "deployment", "web", "--timeout", "60"])
         .unwrap();
     assert!(status.contains("successfully rolled out"), "{status}");
-    let pods = pods(&cluster, 1);
-    assert_eq!(pods.len(), 4);
-    for p in pods {
-        let env = p.4["spec"]["containers"][0]["env"].to_string();
-        assert!(env.contains("v1"), "{env}");
-    }
+    // Another node lists the v2 pods until their stops reach it (as kubectl lists
+    // Terminating pods): soon it lists exactly the four v1 pods.
+    cluster.wait_for("node-1 lists the 4 v1 pods", secs(30), |c| {
+        let pods = pods(c, 1);
+        let envs: Vec<String> = pods
+            .iter()
+            .map(|p| p.4["spec"]["containers"][0]["env"].to_string())
+            .collect();
+        if pods.len() == 4 && envs.iter().all(|e| e.contains("v1")) {
+            Ok(())
+        } else {
+            Err(format!("{} pods: {envs:?}", pods.len()))
+        }
+    });
 }
 
 #[test]

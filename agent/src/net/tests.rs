@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use super::transport::PROTOCOL;
 use super::*;
 
-const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits for what must happen: generous, as a loaded machine can take seconds
+/// for a handshake that takes milliseconds alone (only a failing test waits it out).
+const WAIT: Duration = Duration::from_secs(20);
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
