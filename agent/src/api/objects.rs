@@ -18,7 +18,7 @@ use serde_json::json;
 use shoal_gossip::ObjectKey;
 
 use super::limits::human_bytes;
-use super::workloads::{apply_resources, invalid};
+use super::workloads::{apply_resources, invalid, present};
 use super::{Api, error, gone, k8s};
 use crate::manifest::{self, Kind, NamespaceFrom, ParseOptions, Resource};
 use crate::workload::stored::{DecodeError, StoredObject};
@@ -198,16 +198,8 @@ pub(super) async fn delete_object(
         Ok(k) => k,
         Err(r) => return *r,
     };
-    match api.driver.get(key.clone()).await {
-        Ok(Some(entry)) if entry.value.is_some() => {}
-        Ok(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{key} not found"),
-            );
-        }
-        Err(e) => return gone(e),
+    if let Err(r) = present(&api, &key, || format!("{key} not found")).await {
+        return r;
     }
     match api.driver.write(key, None).await {
         Ok(entry) => {

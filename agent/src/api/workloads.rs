@@ -306,6 +306,20 @@ pub(super) struct DeleteRequest {
     name: String,
 }
 
+/// Answers 404 with `not_found` unless `key` holds a value. Present is enough: a value that
+/// does not decode (written by an older or broken agent) must be deletable like any other.
+pub(super) async fn present(
+    api: &Api,
+    key: &shoal_gossip::ObjectKey,
+    not_found: impl FnOnce() -> String,
+) -> Result<(), Response> {
+    match api.driver.get(key.clone()).await {
+        Ok(Some(entry)) if entry.value.is_some() => Ok(()),
+        Ok(_) => Err(error(StatusCode::NOT_FOUND, "NotFound", &not_found())),
+        Err(e) => Err(gone(e)),
+    }
+}
+
 /// `POST /api/v1/delete` `{kind, namespace, name}`: deletes an object (a namespace with every
 /// object in it).
 pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteRequest>) -> Response {
@@ -335,18 +349,12 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
         String::new()
     };
     let key = object_key(kind, &namespace, &request.name);
-    // Present is enough: a value that does not decode (written by an older or broken agent)
-    // must be deletable like any other.
-    match api.driver.get(key.clone()).await {
-        Ok(Some(entry)) if entry.value.is_some() => {}
-        Ok(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{} \"{}\" not found", kind.resource_type(), request.name),
-            );
-        }
-        Err(e) => return gone(e),
+    if let Err(r) = present(&api, &key, || {
+        format!("{} \"{}\" not found", kind.resource_type(), request.name)
+    })
+    .await
+    {
+        return r;
     }
     let mut deleted = vec![format!("{}/{}", kind.resource_type(), request.name)];
     if kind == Kind::Namespace {
