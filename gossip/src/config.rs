@@ -42,6 +42,12 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Members each periodic gossip round sends to. Default 3.
     pub gossip_fanout: usize,
+    /// Messages a gossip round sends each of those members at most, while queued updates are
+    /// waiting. Each update is still sent a bounded number of times in all (`retransmit_mult`):
+    /// this sets how fast a burst of writes (one `apply` of many objects) drains, not how much
+    /// is sent. With one message per member, a burst spreads at a message's worth of updates
+    /// per round, and the last nodes learn its last objects seconds later. Default 8.
+    pub gossip_round_messages: usize,
     /// Members a fresh update is pushed to at once, by its writer and by every node that learns it
     /// (infect-forward). This is what makes a change reach everyone in a few round trips. Default 4.
     pub eager_fanout: usize,
@@ -90,6 +96,7 @@ impl Config {
             max_local_health: 8,
             gossip_interval: Duration::from_millis(100),
             gossip_fanout: 3,
+            gossip_round_messages: 8,
             eager_fanout: 4,
             retransmit_mult: 3,
             dead_probe_interval: Duration::from_secs(2),

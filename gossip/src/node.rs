@@ -372,7 +372,7 @@ impl<R: Rng> Node<R> {
         // Queued and pushed to twice the usual fanout: the announcement must get out before
         // the process stops.
         self.write_own_record(now, true);
-        self.push_to_random(self.config.eager_fanout, None);
+        self.push_to_random(self.config.eager_fanout, None, 1);
     }
 
     /// Writes (or with `None`, deletes) an object any node may write. The write is stamped
@@ -421,7 +421,7 @@ impl<R: Rng> Node<R> {
             Ok(MergeOutcome::Applied { .. }) => {
                 self.events.push_back(Event::EntryChanged(key.clone()));
                 self.queue_update((key, entry));
-                self.push_to_random(self.config.eager_fanout, None);
+                self.push_to_random(self.config.eager_fanout, None, 1);
             }
             Ok(_) | Err(_) => {
                 // A local write always carries a version above what the store holds (HLC and
@@ -605,7 +605,11 @@ impl<R: Rng> Node<R> {
         if self.leaving {
             if t >= self.next_gossip_at {
                 self.next_gossip_at = t + self.config.gossip_interval;
-                self.push_to_random(self.config.gossip_fanout, None);
+                self.push_to_random(
+                    self.config.gossip_fanout,
+                    None,
+                    self.config.gossip_round_messages,
+                );
             }
             return;
         }
@@ -657,7 +661,11 @@ impl<R: Rng> Node<R> {
         if t >= self.next_gossip_at {
             self.next_gossip_at = t + self.config.gossip_interval;
             if !self.queue.is_empty() {
-                self.push_to_random(self.config.gossip_fanout, None);
+                self.push_to_random(
+                    self.config.gossip_fanout,
+                    None,
+                    self.config.gossip_round_messages,
+                );
             }
         }
         // Dead members are pinged now and then, so partitions heal by themselves.
@@ -873,7 +881,7 @@ impl<R: Rng> Node<R> {
         self.events.push_back(Event::EntryChanged(key.clone()));
         if disseminate {
             self.queue_update((key, entry));
-            self.push_to_random(self.config.eager_fanout, None);
+            self.push_to_random(self.config.eager_fanout, None, 1);
         }
     }
 
@@ -1350,21 +1358,25 @@ impl<R: Rng> Node<R> {
         if fresh.is_empty() {
             return;
         }
-        self.push_to_random(self.config.eager_fanout, from);
+        self.push_to_random(self.config.eager_fanout, from, 1);
     }
 
-    /// Sends queued updates (fewest-sent first) to `fanout` random live members.
-    fn push_to_random(&mut self, fanout: usize, exclude: Option<NodeId>) {
+    /// Sends queued updates (fewest-sent first) to `fanout` random live members, up to
+    /// `messages` messages each. Members take turns message by message, so that each gets
+    /// the updates sent fewest times when the queue runs dry before the last message.
+    fn push_to_random(&mut self, fanout: usize, exclude: Option<NodeId>, messages: usize) {
         let exclude: Vec<NodeId> = exclude.into_iter().collect();
         let peers = self.sample_live(fanout, &exclude);
         let limit = self.config.retransmit_limit(self.live.len() + 1);
         let budget = self.budget(ENVELOPE_OVERHEAD);
-        for peer in peers {
-            let updates = self.queue.take(budget, limit, &[], true);
-            if updates.is_empty() {
-                break;
+        for _ in 0..messages.max(1) {
+            for &peer in &peers {
+                let updates = self.queue.take(budget, limit, &[], true);
+                if updates.is_empty() {
+                    return;
+                }
+                self.send(peer, Body::Gossip { updates });
             }
-            self.send(peer, Body::Gossip { updates });
         }
     }
 

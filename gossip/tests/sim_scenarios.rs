@@ -8,6 +8,7 @@ use std::time::Duration;
 use shoal_gossip::MemberState::{Alive, Dead, Left, Suspect};
 use shoal_gossip::scenario::{Cond, Op, Scenario};
 use shoal_gossip::sim::{Plan, Sim, SimConfig};
+use shoal_gossip::{Key, ObjectKey};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -377,5 +378,45 @@ fn a_node_left_alone_keeps_nothing_queued_and_its_writes_reach_later_members() {
             format!("alone-{i}"),
         ));
         assert!(back.store().get(&key).is_some(), "alone-{i} reached n1");
+    }
+}
+
+#[test]
+fn a_burst_of_writes_reaches_nearly_every_node_at_once() {
+    // One `apply` of many objects: 60 writes of 500 bytes at once, two to a message. A gossip
+    // round that carries one message per member drains such a burst a message per round.
+    let mut sim = Sim::new(SimConfig::lan(200, 41));
+    sim.run_for(secs(2));
+    let names: Vec<String> = (0..60).map(|i| format!("burst-{i}")).collect();
+    for name in &names {
+        sim.write_named(0, name, Some(vec![7; 500]));
+    }
+    let started = sim.now();
+    let holding = |sim: &Sim| {
+        (0..sim.len())
+            .filter(|&i| {
+                let node = sim.node(i).expect("up");
+                names.iter().all(|name| {
+                    let key = ObjectKey::new("sim", "default", name);
+                    node.store().get(&Key::Object(key)).is_some()
+                })
+            })
+            .count()
+    };
+    sim.run_for(Duration::from_millis(300));
+    let early = holding(&sim);
+    // One message per member and round left 180 of the 200 with the whole burst by then.
+    assert!(
+        early >= 190,
+        "{early} of 200 nodes hold the burst after 300 ms"
+    );
+    // The few that every push missed get the rest from anti-entropy.
+    while holding(&sim) < sim.len() {
+        assert!(
+            sim.now().saturating_since(started) < secs(5),
+            "{} of 200 nodes hold the burst after 5 s",
+            holding(&sim)
+        );
+        sim.run_for(Duration::from_millis(20));
     }
 }
