@@ -17,6 +17,7 @@ use super::{Api, error, gone};
 use crate::clock::wall_ms;
 use crate::manifest::{Kind, Resource};
 use crate::runtime::Runtime;
+use crate::workload::batch::Batch;
 use crate::workload::plan;
 use crate::workload::service::{self, ServiceEntry};
 use crate::workload::snapshot::Snapshot;
@@ -270,13 +271,13 @@ pub(super) async fn apply_resources(
     }
     resources.sort_by_key(|r| r.kind() != Kind::Namespace);
     let mut applied = Vec::new();
-    let mut writes = Vec::new();
+    let mut changed = Vec::new();
     for r in &resources {
         let key = view::key_of(r);
         let old = stored(api, key.clone()).await?;
         let (outcome, new) = view::apply_one(r, old.as_ref(), now, new_uid);
         if let Some(new) = new {
-            writes.push((key, Some(new.encode())));
+            changed.push((key, new));
         }
         applied.push(Applied {
             key: r.key(),
@@ -284,6 +285,20 @@ pub(super) async fn apply_resources(
             entry: None,
         });
     }
+    // Objects written together are taken together by every node's view (see
+    // `workload::batch`): no node plans from part of an apply.
+    let batch = (changed.len() > 1).then(|| Batch {
+        id: rand::random(),
+        size: changed.len() as u32,
+        at_ms: now,
+    });
+    let writes: Vec<_> = changed
+        .into_iter()
+        .map(|(key, mut new)| {
+            new.batch = batch;
+            (key, Some(new.encode()))
+        })
+        .collect();
     // Everything at once: one durable commit, so an apply is never half written.
     if !dry_run && !writes.is_empty() {
         let entries = api.driver.write_many(writes).await.map_err(gone)?;

@@ -6,6 +6,7 @@
 //! objects and pod reports are kept in the replicated state. [`service`] gives Services their
 //! virtual IPs, node ports, endpoints and environment variables.
 
+pub(crate) mod batch;
 pub(crate) mod limits;
 pub(crate) mod plan;
 pub(crate) mod probe;

@@ -398,6 +398,8 @@ pub(crate) struct Planner {
     running: RunningSets,
     /// The scheduler, keeping its hash ring while the members stay the same.
     placer: shoal_scheduler::Placer,
+    /// The placement with nothing running, kept while the members and templates stay.
+    fresh: Fresh,
     last: Option<Last>,
     /// How many plans, and how many of them ran the scheduler.
     pub(crate) plans: u64,
@@ -422,6 +424,43 @@ struct Derived {
     templates: Vec<(Arc<Template>, Ordinals)>,
     /// The plan that last saw its workload (what no plan saw any more is dropped).
     seen: u64,
+}
+
+/// The placement of the templates on the members with nothing running: where replicas that
+/// run nowhere yet count as running (see [`assign`]). Placed again only when the members or
+/// the templates change, not when pods start and stop.
+#[derive(Default)]
+struct Fresh {
+    members_revision: u64,
+    templates: Vec<(Arc<Template>, Ordinals)>,
+    placement: Option<Option<shoal_scheduler::Placement>>,
+}
+
+impl Fresh {
+    fn get_or_place(
+        &mut self,
+        members_revision: u64,
+        templates: &[(Arc<Template>, Ordinals)],
+        place: impl FnOnce() -> Option<shoal_scheduler::Placement>,
+    ) -> Option<&shoal_scheduler::Placement> {
+        let same = self.placement.is_some()
+            && self.members_revision == members_revision
+            && same_templates(&self.templates, templates);
+        if !same {
+            self.placement = Some(place());
+            self.members_revision = members_revision;
+            self.templates = templates.to_vec();
+        }
+        self.placement.as_ref().and_then(Option::as_ref)
+    }
+}
+
+/// Whether two lists of templates are the same templates with the same ordinals.
+fn same_templates(a: &[(Arc<Template>, Ordinals)], b: &[(Arc<Template>, Ordinals)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((a, x), (b, y))| Arc::ptr_eq(a, b) && x == y)
 }
 
 /// The inputs of the last placement, and its result.
@@ -508,12 +547,7 @@ impl Planner {
             last.members_revision == revisions.members
                 && last.running_revision == revisions.running
                 && last.forfeit == forfeit
-                && last.templates.len() == templates.len()
-                && last
-                    .templates
-                    .iter()
-                    .zip(&templates)
-                    .all(|((a, x), (b, y))| Arc::ptr_eq(a, b) && x == y)
+                && same_templates(&last.templates, &templates)
         });
         out.assignment = match &self.last {
             Some(last) if unchanged => last.assignment.clone(),
@@ -525,6 +559,7 @@ impl Planner {
                     &templates,
                     &mut self.running,
                     &mut self.placer,
+                    (revisions.members, &mut self.fresh),
                 ));
                 self.last = Some(Last {
                     members_revision: revisions.members,
@@ -646,6 +681,7 @@ fn assign(
     templates: &[(Arc<Template>, Ordinals)],
     running: &mut RunningSets,
     placer: &mut shoal_scheduler::Placer,
+    (members_revision, ideal): (u64, &mut Fresh),
 ) -> Assignment {
     let mut out = Assignment::default();
     // The cluster as the scheduler sees it. Ids are made once (per member, per template) and
@@ -681,39 +717,39 @@ fn assign(
         }
         running.insert(m.id, (revision, set));
     }
-    let nodes = snapshot.members().filter_map(|m| {
-        let info = m.info.as_ref()?;
-        let status = match m.state {
-            MemberState::Alive => NodeStatus::Alive,
-            MemberState::Suspect => NodeStatus::Suspect,
-            MemberState::Dead => NodeStatus::Dead,
-            MemberState::Left => NodeStatus::Left,
-        };
-        let id = sched_ids.get(&m.id)?.clone();
-        let mut node = SchedNode::new(
-            id,
-            Resources {
-                cpu_millis: info.cpu_millis,
-                memory_bytes: info.memory_bytes,
-            },
-        )
-        .with_status(status);
-        for (k, v) in &info.labels {
-            node = node.with_label(k.clone(), v.clone());
-        }
-        // What a dead or departed node reported no longer runs; a node that forfeits its
-        // pods has none running.
-        if m.state.is_live() && Some(&m.id) != forfeit {
-            node.running = running
-                .get(&m.id)
-                .map(|(_, set)| set.clone())
-                .unwrap_or_default();
-        }
-        Some(node)
-    });
-    let Ok(view) = ClusterView::new(nodes) else {
-        return out;
-    };
+    let mut running_on: Vec<Option<&BTreeSet<ReplicaId>>> = Vec::new();
+    let nodes: Vec<SchedNode> = snapshot
+        .members()
+        .filter_map(|m| {
+            let info = m.info.as_ref()?;
+            let status = match m.state {
+                MemberState::Alive => NodeStatus::Alive,
+                MemberState::Suspect => NodeStatus::Suspect,
+                MemberState::Dead => NodeStatus::Dead,
+                MemberState::Left => NodeStatus::Left,
+            };
+            let id = sched_ids.get(&m.id)?.clone();
+            let mut node = SchedNode::new(
+                id,
+                Resources {
+                    cpu_millis: info.cpu_millis,
+                    memory_bytes: info.memory_bytes,
+                },
+            )
+            .with_status(status);
+            for (k, v) in &info.labels {
+                node = node.with_label(k.clone(), v.clone());
+            }
+            // What a dead or departed node reported no longer runs; a node that forfeits its
+            // pods has none running.
+            running_on.push(
+                (m.state.is_live() && Some(&m.id) != forfeit)
+                    .then(|| running.get(&m.id).map(|(_, set)| set))
+                    .flatten(),
+            );
+            Some(node)
+        })
+        .collect();
     let scheduled: Vec<Workload> = templates
         .iter()
         .map(|(t, ordinals)| {
@@ -734,6 +770,55 @@ fn assign(
             w
         })
         .collect();
+    // Replicas that run nowhere yet count as running where the placement from nothing
+    // running puts them. Without this, replicas placed while others of the same plan are
+    // still starting land elsewhere than the plan from scratch put them (the bound on each
+    // node's load is met in another order), and pods start on one node only to move to
+    // another: a placement made while a cluster comes up, or from part of the pods'
+    // records, would not be the one made once they all run. With it, a cluster that starts
+    // what one plan gave it keeps that plan while the starts are reported.
+    let fresh = ideal.get_or_place(members_revision, templates, || {
+        let empty = ClusterView::new(nodes.clone()).ok()?;
+        Some(placer.place(&empty, &scheduled, shoal_scheduler::Options::default()))
+    });
+    let runs_somewhere: std::collections::HashSet<&ReplicaId> = running_on
+        .iter()
+        .flatten()
+        .flat_map(|set| set.iter())
+        .collect();
+    let mut seeded: std::collections::HashMap<&str, Vec<ReplicaId>> =
+        std::collections::HashMap::new();
+    if let Some(fresh) = fresh {
+        for (template, ordinals) in templates {
+            let Some(decisions) = fresh.workload(&template.id) else {
+                continue;
+            };
+            for &ordinal in ordinals.iter() {
+                if let Some(Decision::Run { node, .. }) = decisions.get(&ordinal) {
+                    let replica = template.id.replica(ordinal);
+                    if !runs_somewhere.contains(&replica) {
+                        seeded.entry(node.as_str()).or_default().push(replica);
+                    }
+                }
+            }
+        }
+    }
+    let nodes: Vec<SchedNode> = nodes
+        .into_iter()
+        .zip(&running_on)
+        .map(|(mut node, running)| {
+            let mut set = running.cloned().unwrap_or_default();
+            if let Some(extra) = seeded.remove(node.id.as_str()) {
+                set.extend(extra);
+            }
+            node.running = set;
+            node
+        })
+        .collect();
+    drop(runs_somewhere);
+    let Ok(view) = ClusterView::new(nodes) else {
+        return out;
+    };
     let placement = placer.place(&view, &scheduled, shoal_scheduler::Options::default());
     drop(scheduled);
     let by_sched_id: std::collections::HashMap<&str, NodeId, Xxh3DefaultBuilder> = sched_ids

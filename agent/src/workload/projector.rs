@@ -15,14 +15,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::Serialize;
 use shoal_gossip::NodeId;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
+use super::batch::BatchGate;
 use super::snapshot::{MemberSnap, Object, Snapshot};
 use super::stored::{DecodeError, POD_RECORD_PREFIX, PodRecord, StoredObject};
+use crate::clock::wall_ms;
 use crate::driver::{Change, MemberFacts};
 use crate::node_info::{NODE_INFO, NodeInfo};
 
@@ -48,6 +51,9 @@ pub(crate) struct ProjectorCounters {
     undecodable_records: AtomicU64,
     undecodable_node_info: AtomicU64,
     newer_format: AtomicU64,
+    batches_whole: AtomicU64,
+    batches_late: AtomicU64,
+    objects_held: AtomicU64,
     /// Keys whose current value cannot be read (logged once until they decode again or go).
     unreadable: Mutex<BTreeSet<String>>,
 }
@@ -70,6 +76,12 @@ pub(crate) struct ProjectorStats {
     pub(crate) undecodable_node_info: u64,
     /// Of those, values written in a format newer than this agent's.
     pub(crate) newer_format: u64,
+    /// Applies of several objects taken whole, and taken in part because the rest had not
+    /// come after 5 s (see `workload::batch`).
+    pub(crate) batches_whole: u64,
+    pub(crate) batches_late: u64,
+    /// Objects held back now, waiting for the rest of their apply.
+    pub(crate) objects_held: u64,
     /// Objects and pod records in the current snapshot.
     pub(crate) objects: usize,
     pub(crate) records: usize,
@@ -96,6 +108,9 @@ impl ProjectorCounters {
             undecodable_records: get(&self.undecodable_records),
             undecodable_node_info: get(&self.undecodable_node_info),
             newer_format: get(&self.newer_format),
+            batches_whole: get(&self.batches_whole),
+            batches_late: get(&self.batches_late),
+            objects_held: get(&self.objects_held),
             objects: snapshot.objects().count(),
             records: snapshot.record_count(),
             unreadable_now: unreadable.len(),
@@ -111,6 +126,8 @@ pub(crate) struct Projection {
     snapshot: Snapshot,
     members: Vec<MemberFacts>,
     infos: BTreeMap<NodeId, NodeInfo>,
+    /// New object versions waiting for the rest of the apply they came in.
+    gate: BatchGate<Object>,
     counters: Arc<ProjectorCounters>,
 }
 
@@ -127,8 +144,37 @@ impl Projection {
         &self.snapshot
     }
 
-    /// Applies one change.
+    /// Applies one change, now.
+    #[cfg(test)]
     pub(crate) fn apply(&mut self, change: Change) {
+        self.apply_at(change, crate::clock::wall_ms());
+    }
+
+    /// Takes the objects whose apply did not come whole in time (see [`BatchGate`]).
+    pub(crate) fn expire(&mut self, now_ms: u64) {
+        for (key, object) in self.gate.expire(now_ms) {
+            self.snapshot.set_object(key, object);
+        }
+        self.count_gate();
+    }
+
+    /// When [`Projection::expire`] has something to do next.
+    pub(crate) fn next_deadline_ms(&self) -> Option<u64> {
+        self.gate.next_deadline_ms()
+    }
+
+    fn count_gate(&self) {
+        let c = &self.counters;
+        c.batches_whole
+            .store(self.gate.released_whole, Ordering::Relaxed);
+        c.batches_late
+            .store(self.gate.released_late, Ordering::Relaxed);
+        c.objects_held
+            .store(self.gate.held() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies one change that arrived at `now_ms` (ms since the Unix epoch).
+    pub(crate) fn apply_at(&mut self, change: Change, now_ms: u64) {
         self.counters.changes.fetch_add(1, Ordering::Relaxed);
         match change {
             Change::Members(members) => {
@@ -157,7 +203,11 @@ impl Projection {
                         self.decoded(id, decoded, |c| &c.undecodable_objects)
                     }
                 };
-                self.snapshot.set_object(key, object);
+                let batch = object.as_ref().and_then(|o| o.stored.batch);
+                for (key, object) in self.gate.offer(key, batch, object, now_ms) {
+                    self.snapshot.set_object(key, object);
+                }
+                self.count_gate();
             }
             Change::Owned { owner, name, value } if name == NODE_INFO => {
                 let info = match value {
@@ -255,15 +305,31 @@ pub(crate) fn start(
     let task = tokio::spawn(async move {
         let mut projection = Projection::new(counters.clone());
         let mut version = 0;
-        while let Some(first) = changes.recv().await {
+        loop {
+            // Changes, or the time up of an apply that has not come whole.
+            let wait = projection
+                .next_deadline_ms()
+                .map(|at| Duration::from_millis(at.saturating_sub(wall_ms())));
+            let first = match wait {
+                Some(wait) => match tokio::time::timeout(wait, changes.recv()).await {
+                    Ok(first) => first,
+                    Err(_) => Some(Vec::new()),
+                },
+                None => changes.recv().await,
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let now = wall_ms();
             for change in first {
-                projection.apply(change);
+                projection.apply_at(change, now);
             }
             while let Ok(more) = changes.try_recv() {
                 for change in more {
-                    projection.apply(change);
+                    projection.apply_at(change, now);
                 }
             }
+            projection.expire(now);
             version += 1;
             let mut snapshot = projection.snapshot().clone();
             snapshot.version = version;
@@ -337,6 +403,51 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn the_objects_of_one_apply_are_seen_together_or_after_the_hold() {
+        let counters = Arc::new(ProjectorCounters::default());
+        let mut p = Projection::new(counters.clone());
+        p.apply_at(members(&[1, 2]), 10_000);
+        let batch = |id| crate::workload::batch::Batch {
+            id,
+            size: 2,
+            at_ms: 10_000,
+        };
+        let batched = |name: &str, id| {
+            let (key, bytes) = deployment(name, 1);
+            let mut stored = StoredObject::decode(&bytes).unwrap();
+            stored.batch = Some(batch(id));
+            Change::Object {
+                key,
+                value: Some(stored.encode()),
+            }
+        };
+        p.apply_at(batched("a", 1), 10_010);
+        assert_eq!(
+            p.snapshot().objects().count(),
+            0,
+            "half an apply is not seen"
+        );
+        assert_eq!(counters.stats(p.snapshot()).objects_held, 1);
+        p.apply_at(batched("b", 1), 10_020);
+        assert_eq!(p.snapshot().objects().count(), 2, "the whole apply is");
+        // One whose other half never comes is seen once its time is up.
+        p.apply_at(batched("c", 2), 10_030);
+        assert_eq!(
+            p.next_deadline_ms(),
+            Some(10_030 + crate::workload::batch::HOLD_MS)
+        );
+        p.expire(10_029 + crate::workload::batch::HOLD_MS);
+        assert_eq!(p.snapshot().objects().count(), 2);
+        p.expire(10_030 + crate::workload::batch::HOLD_MS);
+        assert_eq!(p.snapshot().objects().count(), 3);
+        let stats = counters.stats(p.snapshot());
+        assert_eq!(
+            (stats.batches_whole, stats.batches_late, stats.objects_held),
+            (1, 1, 0)
+        );
     }
 
     #[test]

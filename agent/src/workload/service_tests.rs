@@ -1089,6 +1089,7 @@ fn stored_objects_read_back_as_entries() {
         revision: 0,
         history: Vec::new(),
         object,
+        batch: None,
     };
     let snapshot = Snapshot::new(
         Vec::new(),

@@ -78,6 +78,10 @@ pub(crate) struct StoredObject {
     pub(crate) history: Vec<Revision>,
     /// The manifest's canonical stored form ([`Resource::to_stored`]), as JSON.
     pub(crate) object: Value,
+    /// The objects written together with this version of it, when a request wrote several
+    /// (see [`super::batch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) batch: Option<super::batch::Batch>,
 }
 
 /// A Deployment template that ran before.

@@ -380,6 +380,7 @@ pub(crate) fn apply_one(
         revision: old.map(|o| o.revision).unwrap_or(0),
         history: old.map(|o| o.history.clone()).unwrap_or_default(),
         object,
+        batch: None,
     };
     if let Resource::Deployment(d) = resource {
         let old_template = old.and_then(|o| o.resource().ok()).and_then(|r| match r {

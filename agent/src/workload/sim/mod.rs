@@ -60,6 +60,7 @@ use crate::manifest::{ProbeHandler, Resource};
 use crate::node_info::NodeInfo;
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{PodInfo, Runtime, RuntimeError};
+use crate::workload::batch::{Batch, BatchGate};
 use crate::workload::probe;
 use crate::workload::service::DEFAULT_SERVICE_RANGE;
 use crate::workload::stored::{PodRecord, ReplicaRef, StoredObject};
@@ -146,6 +147,8 @@ enum Due {
     Plan { node: usize, life: u64 },
     /// A node's plan may change with the time alone (`minReadySeconds`).
     Replan { node: usize, life: u64 },
+    /// An apply a node holds part of may be due to be taken in part.
+    BatchExpiry { node: usize, life: u64 },
     /// A pod record reaches the board of its writer's side.
     Record {
         writer: usize,
@@ -167,6 +170,10 @@ struct SimNode {
     sup: Supervisor,
     rt: FakeRuntime,
     view: View,
+    /// Objects of an apply held back from the view until the apply is whole.
+    gate: BatchGate<Arc<view::Interned>>,
+    /// A `BatchExpiry` is queued for then.
+    gate_at: Option<Instant>,
     /// The replica of each pod its last plan gave it, by uid.
     desired: BTreeMap<String, ReplicaRef>,
     /// Its view changed since it last planned.
@@ -269,6 +276,8 @@ impl ClusterSim {
             config,
             rt: FakeRuntime::new(),
             view,
+            gate: BatchGate::default(),
+            gate_at: None,
             desired: BTreeMap::new(),
             dirty: true,
             plan_at: None,
@@ -350,6 +359,14 @@ impl ClusterSim {
                     self.plan_node(node);
                 }
             }
+            Due::BatchExpiry { node, life } => {
+                if self.is_life(node, life) {
+                    self.nodes[node].gate_at = None;
+                    let now_ms = now_of(self.now).wall_ms;
+                    let released = self.nodes[node].gate.expire(now_ms);
+                    self.take_objects(node, released);
+                }
+            }
             Due::Replan { node, life } => {
                 if self.is_life(node, life) {
                     self.nodes[node].dirty = true;
@@ -386,16 +403,47 @@ impl ClusterSim {
         if !self.nodes[i].up {
             return;
         }
-        let changed = match o.what {
-            Observed::Member { id, state } => self.nodes[i].view.set_member(id, state),
+        match o.what {
+            Observed::Member { id, state } => {
+                if self.nodes[i].view.set_member(id, state) {
+                    self.nodes[i].dirty = true;
+                    self.request_plan(i);
+                }
+            }
             Observed::Object { key, entry } => {
                 let value = entry.and_then(|e| self.interner.get(&key, &e));
-                self.nodes[i].view.set_object(key, value)
+                let batch = value
+                    .as_ref()
+                    .and_then(|v| v.object.as_ref())
+                    .and_then(|o| o.stored.batch);
+                let now_ms = now_of(self.now).wall_ms;
+                let released = self.nodes[i].gate.offer(key, batch, value, now_ms);
+                self.take_objects(i, released);
             }
-        };
+        }
+    }
+
+    /// Node `i`'s view takes these object versions (from its batch gate); its next batch
+    /// expiry is queued.
+    fn take_objects(&mut self, i: usize, objects: Vec<(ObjectKey, Option<Arc<view::Interned>>)>) {
+        let mut changed = false;
+        for (key, value) in objects {
+            changed |= self.nodes[i].view.set_object(key, value);
+        }
         if changed {
             self.nodes[i].dirty = true;
             self.request_plan(i);
+        }
+        let next = self.nodes[i]
+            .gate
+            .next_deadline_ms()
+            .map(|ms| Instant(ms.saturating_sub(EPOCH_MS) * 1000));
+        if let Some(at) = next {
+            if self.nodes[i].gate_at.is_none_or(|queued| at < queued) {
+                let life = self.nodes[i].life;
+                self.nodes[i].gate_at = Some(at);
+                self.push(at, Due::BatchExpiry { node: i, life });
+            }
         }
     }
 
@@ -587,8 +635,20 @@ impl ClusterSim {
     pub(crate) fn apply(&mut self, writer: usize, yaml: &str) -> Result<(), String> {
         let resources =
             crate::manifest::parse("sim.yaml", yaml.as_bytes()).map_err(|e| e.to_string())?;
+        let mut changed = Vec::new();
         for resource in resources {
-            self.write_resource(writer, resource)?;
+            changed.extend(self.changed_object(writer, resource)?);
+        }
+        // Written together, as the agent's apply does: one batch.
+        let now_ms = now_of(self.now).wall_ms;
+        let batch = (changed.len() > 1).then(|| Batch {
+            id: xxh3_64(format!("{yaml}/{now_ms}").as_bytes()),
+            size: changed.len() as u32,
+            at_ms: now_ms,
+        });
+        for (key, mut new) in changed {
+            new.batch = batch;
+            self.write_stored(writer, key, new);
         }
         Ok(())
     }
@@ -620,6 +680,19 @@ impl ClusterSim {
     }
 
     fn write_resource(&mut self, writer: usize, resource: Resource) -> Result<(), String> {
+        if let Some((key, new)) = self.changed_object(writer, resource)? {
+            self.write_stored(writer, key, new);
+        }
+        Ok(())
+    }
+
+    /// What node `writer` would write to apply `resource` over what its store holds; `None`
+    /// when that is unchanged.
+    fn changed_object(
+        &self,
+        writer: usize,
+        resource: Resource,
+    ) -> Result<Option<(ObjectKey, StoredObject)>, String> {
         if !self.nodes[writer].up {
             return Err(format!("n{writer} is down"));
         }
@@ -628,16 +701,17 @@ impl ClusterSim {
         let now_ms = now_of(self.now).wall_ms;
         let uid = || format!("{:016x}", xxh3_64(format!("{key}/{now_ms}").as_bytes()));
         let (_, new) = apply_one(&resource, old.as_ref(), now_ms, uid);
-        if let Some(new) = new {
-            if let Some(entry) = self
-                .gossip
-                .write_object(writer, key.clone(), Some(new.encode()))
-            {
-                let interned = self.interner.get(&key, &entry);
-                self.written.insert(key, interned);
-            }
+        Ok(new.map(|new| (key, new)))
+    }
+
+    fn write_stored(&mut self, writer: usize, key: ObjectKey, new: StoredObject) {
+        if let Some(entry) = self
+            .gossip
+            .write_object(writer, key.clone(), Some(new.encode()))
+        {
+            let interned = self.interner.get(&key, &entry);
+            self.written.insert(key, interned);
         }
-        Ok(())
     }
 
     /// Node `i`'s machine dies: its agent and its pods are gone; the others learn it from
@@ -658,6 +732,8 @@ impl ClusterSim {
         node.up = false;
         node.life += 1;
         node.rt = FakeRuntime::new();
+        node.gate = BatchGate::default();
+        node.gate_at = None;
         node.plan_at = None;
         node.deadline = None;
         self.truth.kill(i, lost, self.now);
