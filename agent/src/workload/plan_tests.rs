@@ -585,3 +585,36 @@ fn pods_of_a_big_deployment_all_have_names_of_their_own() {
     let uids: BTreeSet<String> = plan.pods().map(|p| p.uid).collect();
     assert_eq!(uids.len(), 10_000);
 }
+
+#[test]
+fn a_cluster_starting_what_the_plan_gave_it_keeps_that_plan() {
+    // Nodes learn of an apply and start their pods at different moments; each plans again as
+    // the others' records arrive. Every one of those plans must be the plan from scratch, or
+    // pods start on one node and move to another before the cluster has converged.
+    let members: Vec<MemberSnap> = (1..=30).map(|i| member(i, MemberState::Alive)).collect();
+    let objects: Vec<(ObjectKey, StoredObject)> = (0..12)
+        .map(|i| named(&format!("d{i}"), 3 + 7 * i, 1_000 + u64::from(i)))
+        .collect();
+    let mut state = snapshot(members, objects);
+    let from_scratch = state.plan();
+    let pods: Vec<DesiredPod> = from_scratch.pods().collect();
+    let where_ = |plan: &Plan| -> BTreeSet<(String, NodeId)> {
+        plan.pods()
+            .map(|p| (p.pod.metadata.name.clone(), p.node))
+            .collect()
+    };
+    let expected = where_(&from_scratch);
+    // Some nodes report their pods (started, not ready yet), the others have not started.
+    for reporting in [1u8, 2, 3, 5, 7, 11] {
+        state.records = pods
+            .iter()
+            .filter(|p| p.node.0[0] % reporting == 0)
+            .map(|p| record(p, false))
+            .collect();
+        assert_eq!(
+            where_(&state.plan()),
+            expected,
+            "with the records of the nodes whose number divides by {reporting}"
+        );
+    }
+}
