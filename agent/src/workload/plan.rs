@@ -770,13 +770,15 @@ fn assign(
             w
         })
         .collect();
-    // Replicas that run nowhere yet count as running where the placement from nothing
-    // running puts them. Without this, replicas placed while others of the same plan are
-    // still starting land elsewhere than the plan from scratch put them (the bound on each
-    // node's load is met in another order), and pods start on one node only to move to
-    // another: a placement made while a cluster comes up, or from part of the pods'
-    // records, would not be the one made once they all run. With it, a cluster that starts
-    // what one plan gave it keeps that plan while the starts are reported.
+    // While everything that runs is where the placement from nothing running puts it,
+    // replicas that run nowhere yet count as running there too. Without this, replicas placed
+    // while others of the same plan are still starting land elsewhere than the plan from
+    // scratch put them (the bound on each node's load is met in another order), and pods
+    // start on one node only to move to another: a placement made while a cluster comes up,
+    // or from part of the pods' records, would not be the one made once they all run. With
+    // it, a cluster that starts what one plan gave it keeps that plan while the starts are
+    // reported. Once something runs elsewhere (after a failure), the placement from scratch
+    // is no longer what runs, and replicas are placed around what does.
     let fresh = ideal.get_or_place(members_revision, templates, || {
         let empty = ClusterView::new(nodes.clone()).ok()?;
         Some(placer.place(&empty, &scheduled, shoal_scheduler::Options::default()))
@@ -788,6 +790,14 @@ fn assign(
         .collect();
     let mut seeded: std::collections::HashMap<&str, Vec<ReplicaId>> =
         std::collections::HashMap::new();
+    let fresh = fresh.filter(|fresh| {
+        nodes.iter().zip(&running_on).all(|(node, running)| {
+            running
+                .iter()
+                .flat_map(|set| set.iter())
+                .all(|replica| fresh.node_of(replica) == Some(&node.id))
+        })
+    });
     if let Some(fresh) = fresh {
         for (template, ordinals) in templates {
             let Some(decisions) = fresh.workload(&template.id) else {
