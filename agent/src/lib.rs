@@ -180,6 +180,10 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => {
+            // A daemon that runs for months keeps only the code it runs resident, and its
+            // threads share two allocator arenas.
+            memory::map_own_code_sparsely();
+            memory::limit_arenas();
             init_logging();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

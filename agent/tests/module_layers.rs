@@ -30,6 +30,7 @@ const LAYERS: &[&[&str]] = &[
     // Values at rest and in the replicated state, and the snapshot decoded from them.
     &[
         "node_info",
+        "workload/batch",
         "workload/limits",
         "workload/projector",
         "workload/snapshot",
