@@ -100,6 +100,15 @@ pub(crate) struct AgentArgs {
     #[arg(long, default_value_t = crate::api::limits::DEFAULT_MAX_REQUEST as u64,
           value_parser = clap::value_parser!(u64).range(crate::api::limits::MIN_MAX_REQUEST as u64..))]
     max_request_bytes: u64,
+    /// How far this node's clock may be from most members' (in milliseconds) before it
+    /// refuses writes: a write stamped by a clock that is ahead could undo later writes made
+    /// elsewhere. Keep clocks in sync with NTP; give every agent the same value.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    max_clock_offset_ms: u64,
+    /// Moves the wall clock the gossip core reads by this many milliseconds. For fault tests
+    /// of the clock rule; never needed otherwise.
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    clock_offset_ms: i64,
 }
 
 /// The mesh's default address: the gossip listen IP, port 7948 (gossip 7946 + 2), or an
@@ -323,7 +332,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // State, with the stale-node rule: a node out of contact for longer than the tombstone grace
     // period may hold deletions the cluster has forgotten; it starts over from the cluster's state.
-    let config = Config::lan(16);
+    let mut config = Config::lan(16);
+    config.max_clock_offset = Duration::from_millis(args.max_clock_offset_ms);
     let (mut restored, report) = db.load().context("loading the saved state")?;
     if report.skipped > 0 {
         warn!(skipped = report.skipped, "skipped unreadable saved entries");
@@ -498,6 +508,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             synced,
             seeds,
             own_entries: vec![(NODE_INFO.to_owned(), info.encode())],
+            clock_offset_ms: args.clock_offset_ms,
         },
         Subscriber {
             wants: projector_wants,

@@ -11,13 +11,15 @@ use tokio::time::Instant as TokioInstant;
 #[derive(Clone, Copy)]
 pub(crate) struct Clock {
     pub(crate) origin: TokioInstant,
+    /// Added to the wall clock (fault tests move a node's clock with it; 0 otherwise).
+    pub(crate) offset_ms: i64,
 }
 
 impl Clock {
     pub(crate) fn now(&self) -> Now {
         Now::new(
             shoal_gossip::Instant(self.origin.elapsed().as_micros() as u64),
-            wall_ms(),
+            wall_ms().saturating_add_signed(self.offset_ms),
         )
     }
 

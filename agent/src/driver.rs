@@ -24,7 +24,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
 use serde::Serialize;
 use shoal_gossip::{
-    Config, Entry, Event, Identity, Key, MemberState, Node, NodeId, ObjectKey, Stats,
+    ClockRefusal, ClockStatus, ClockVerdict, Config, Entry, Event, Identity, Key, MemberState,
+    Node, NodeId, ObjectKey, Stats,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
@@ -165,6 +166,7 @@ pub(crate) struct GossipStats {
     pub(crate) suspicions_raised: u64,
     pub(crate) deaths_declared: u64,
     pub(crate) clock_skew_warnings: u64,
+    pub(crate) writes_refused_clock: u64,
 }
 
 impl From<&Stats> for GossipStats {
@@ -184,6 +186,7 @@ impl From<&Stats> for GossipStats {
             suspicions_raised: s.suspicions_raised,
             deaths_declared: s.deaths_declared,
             clock_skew_warnings: s.clock_skew_warnings,
+            writes_refused_clock: s.writes_refused_clock,
         }
     }
 }
@@ -194,16 +197,17 @@ pub(crate) enum Command {
     Join(Vec<String>),
     /// Leave gracefully; the reply comes once the announcement had time to spread.
     Leave(oneshot::Sender<()>),
-    /// Write (or with `None` delete) an object; the reply comes once it is durable.
+    /// Write (or with `None` delete) an object; the reply comes once it is durable, or at
+    /// once if this node's clock rule refuses it.
     Write {
         key: ObjectKey,
         value: Option<Vec<u8>>,
-        reply: oneshot::Sender<Entry>,
+        reply: oneshot::Sender<Result<Entry, ClockRefusal>>,
     },
-    /// Write (or delete) several objects at once: one durable commit, one reply.
+    /// Write (or delete) several objects at once, all or none: one durable commit, one reply.
     WriteMany {
         writes: Vec<(ObjectKey, Option<Vec<u8>>)>,
-        reply: oneshot::Sender<Vec<Entry>>,
+        reply: oneshot::Sender<Result<Vec<Entry>, ClockRefusal>>,
     },
     /// Read one object.
     Get {
@@ -237,12 +241,40 @@ pub(crate) enum Command {
 pub(crate) struct DriverHandle {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<ClusterView>>,
+    clock: watch::Receiver<Arc<ClockView>>,
 }
+
+/// This node's clock against its members', as the API shows it (refreshed every second).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClockView {
+    /// The most a clock may be off (`--max-clock-offset-ms`).
+    pub(crate) max_offset_ms: u64,
+    /// Whether this node may stamp writes; `None` before the first refresh.
+    pub(crate) status: Option<ClockStatus>,
+    /// Each measured member's clock minus this node's, in milliseconds, with the round trip
+    /// it was measured over.
+    pub(crate) offsets: BTreeMap<NodeId, (i64, u64)>,
+}
+
+/// How often the clock view is refreshed (and a clock that went off is logged again).
+const CLOCK_REFRESH: Duration = Duration::from_secs(1);
+/// How often a node whose clock is off says so again.
+const CLOCK_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The driver is gone (the agent is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the agent is shutting down")]
 pub(crate) struct Gone;
+
+/// Why an object write was not made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    #[error(transparent)]
+    Gone(#[from] Gone),
+    /// This node's clock disagrees with its members' (nothing was written).
+    #[error(transparent)]
+    Clock(#[from] ClockRefusal),
+}
 
 impl DriverHandle {
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {
@@ -262,22 +294,26 @@ impl DriverHandle {
         self.call(Command::Leave).await
     }
 
+    /// Writes (or with `None` deletes) an object; returns once it is durable.
     pub(crate) async fn write(
         &self,
         key: ObjectKey,
         value: Option<Vec<u8>>,
-    ) -> Result<Entry, Gone> {
-        self.call(|reply| Command::Write { key, value, reply })
-            .await
+    ) -> Result<Entry, WriteError> {
+        Ok(self
+            .call(|reply| Command::Write { key, value, reply })
+            .await??)
     }
 
-    /// Writes several objects: in the store at once, durable in one commit, acknowledged once.
+    /// Writes several objects, all or none: in the store at once, durable in one commit,
+    /// acknowledged once.
     pub(crate) async fn write_many(
         &self,
         writes: Vec<(ObjectKey, Option<Vec<u8>>)>,
-    ) -> Result<Vec<Entry>, Gone> {
-        self.call(|reply| Command::WriteMany { writes, reply })
-            .await
+    ) -> Result<Vec<Entry>, WriteError> {
+        Ok(self
+            .call(|reply| Command::WriteMany { writes, reply })
+            .await??)
     }
 
     pub(crate) async fn get(&self, key: ObjectKey) -> Result<Option<Entry>, Gone> {
@@ -330,6 +366,11 @@ impl DriverHandle {
     pub(crate) fn view(&self) -> Arc<ClusterView> {
         self.view.borrow().clone()
     }
+
+    /// This node's clock against its members', as of the last refresh.
+    pub(crate) fn clock(&self) -> Arc<ClockView> {
+        self.clock.borrow().clone()
+    }
 }
 
 /// A batch for the persistence thread: changes to write, then acks to send once durable.
@@ -341,18 +382,25 @@ struct Batch {
 
 /// A reply to send once a write is durable.
 enum Ack {
-    One(oneshot::Sender<Entry>, Entry),
-    Many(oneshot::Sender<Vec<Entry>>, Vec<Entry>),
+    Object(oneshot::Sender<Result<Entry, ClockRefusal>>, Entry),
+    Objects(
+        oneshot::Sender<Result<Vec<Entry>, ClockRefusal>>,
+        Vec<Entry>,
+    ),
+    Owned(oneshot::Sender<Entry>, Entry),
 }
 
 impl Ack {
     fn send(self) {
         match self {
-            Ack::One(reply, entry) => {
-                let _ = reply.send(entry);
+            Ack::Object(reply, entry) => {
+                let _ = reply.send(Ok(entry));
             }
-            Ack::Many(reply, entries) => {
-                let _ = reply.send(entries);
+            Ack::Objects(reply, entries) => {
+                let _ = reply.send(Ok(entries));
+            }
+            Ack::Owned(reply, entry) => {
+                let _ = reply.send(entry);
             }
         }
     }
@@ -411,6 +459,8 @@ pub(crate) struct DriverSetup {
     pub(crate) seeds: Vec<String>,
     /// Entries this node writes about itself at start (name, value), such as its node info.
     pub(crate) own_entries: Vec<(String, Vec<u8>)>,
+    /// How far the wall clock the gossip core reads is moved (fault tests; 0 otherwise).
+    pub(crate) clock_offset_ms: i64,
 }
 
 /// Starts the driver task. Returns a handle and a future that completes when the driver stopped
@@ -422,6 +472,7 @@ pub(crate) fn start(
 ) -> (DriverHandle, tokio::task::JoinHandle<()>) {
     let clock = Clock {
         origin: TokioInstant::now(),
+        offset_ms: setup.clock_offset_ms,
     };
     let now = clock.now();
     let me = setup.identity.id;
@@ -436,6 +487,7 @@ pub(crate) fn start(
     node.restore(setup.restored, setup.synced, now);
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+    let (clock_tx, clock_rx) = watch::channel(Arc::new(ClockView::default()));
     let (persist_tx, persist_thread) = start_persistence(setup.db);
     let mut driver = Driver {
         node,
@@ -444,6 +496,9 @@ pub(crate) fn start(
         net_events: setup.net_events,
         commands: commands_rx,
         view: view_tx,
+        clock_view: clock_tx,
+        clock_logged: None,
+        clock_warned: BTreeSet::new(),
         subscriber,
         pending_changes: Vec::new(),
         members_changed: true,
@@ -477,6 +532,7 @@ pub(crate) fn start(
     let handle = DriverHandle {
         commands: commands_tx,
         view: view_rx,
+        clock: clock_rx,
     };
     let task = tokio::spawn(async move { driver.run().await });
     (handle, task)
@@ -489,6 +545,11 @@ struct Driver {
     net_events: mpsc::Receiver<NetEvent>,
     commands: mpsc::Receiver<Command>,
     view: watch::Sender<Arc<ClusterView>>,
+    clock_view: watch::Sender<Arc<ClockView>>,
+    /// When a clock that is off was last logged (`None`: it agrees).
+    clock_logged: Option<TokioInstant>,
+    /// Members whose clocks were logged as far from ours (until they come back).
+    clock_warned: BTreeSet<NodeId>,
     /// Who hears of changes (the projector, which decodes them off this task).
     subscriber: Subscriber,
     pending_changes: Vec<Change>,
@@ -545,6 +606,8 @@ impl Driver {
     async fn run(&mut self) {
         let mut leave_deadline: Option<TokioInstant> = None;
         let mut contact_tick = tokio::time::interval(Duration::from_secs(30));
+        let mut clock_tick = tokio::time::interval(CLOCK_REFRESH);
+        clock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let timer = self
                 .node
@@ -592,6 +655,7 @@ impl Driver {
                     self.report_join("has not joined");
                 }
                 _ = contact_tick.tick() => self.note_contact(),
+                _ = clock_tick.tick() => self.refresh_clock(),
                 changed = self.shutdown.changed() => {
                     if (changed.is_err() || *self.shutdown.borrow()) && leave_deadline.is_none() {
                         info!("leaving the cluster");
@@ -790,17 +854,18 @@ impl Driver {
                     return Some(TokioInstant::now() + LEAVE_LINGER);
                 }
             }
-            Command::Write { key, value, reply } => {
-                let entry = self.node.write_object(key, value, now);
-                self.pending_acks.push(Ack::One(reply, entry));
-            }
-            Command::WriteMany { writes, reply } => {
-                let entries = writes
-                    .into_iter()
-                    .map(|(key, value)| self.node.write_object(key, value, now))
-                    .collect();
-                self.pending_acks.push(Ack::Many(reply, entries));
-            }
+            Command::Write { key, value, reply } => match self.node.write_object(key, value, now) {
+                Ok(entry) => self.pending_acks.push(Ack::Object(reply, entry)),
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
+                }
+            },
+            Command::WriteMany { writes, reply } => match self.node.write_objects(writes, now) {
+                Ok(entries) => self.pending_acks.push(Ack::Objects(reply, entries)),
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
+                }
+            },
             Command::Get { key, reply } => {
                 let entry = self.node.store().get(&Key::Object(key)).cloned();
                 let _ = reply.send(entry);
@@ -821,7 +886,7 @@ impl Driver {
             }
             Command::WriteOwned { name, value, reply } => {
                 let entry = self.node.write_owned(name, value, now);
-                self.pending_acks.push(Ack::One(reply, entry));
+                self.pending_acks.push(Ack::Owned(reply, entry));
             }
             Command::WriteOwnedMany { writes, reply } => {
                 // Every write is flushed with the ack below, so one ack covers them all.
@@ -830,7 +895,7 @@ impl Driver {
                     .map(|(name, value)| self.node.write_owned(name, value, now))
                     .last();
                 if let Some(entry) = last {
-                    self.pending_acks.push(Ack::One(reply, entry));
+                    self.pending_acks.push(Ack::Owned(reply, entry));
                 }
             }
             Command::Stats(reply) => {
@@ -1007,6 +1072,75 @@ impl Driver {
             .is_err()
         {
             warn!("persistence thread is gone; changes are not saved");
+        }
+    }
+
+    /// Refreshes the clock view and says when this node's clock, or a member's, is off:
+    /// O(members), once a second.
+    fn refresh_clock(&mut self) {
+        let now = self.clock.now();
+        let status = self.node.clock_status(now);
+        let max_offset_ms = self.node.config().max_clock_offset.as_millis() as u64;
+        let mut offsets = BTreeMap::new();
+        for member in self.node.members() {
+            if let Some(offset) = self.node.clock_offset_of(&member.id, now) {
+                offsets.insert(member.id, offset);
+            }
+        }
+        match &status.verdict {
+            ClockVerdict::Off {
+                skew_ms,
+                agree,
+                measured,
+            } => {
+                let due = self
+                    .clock_logged
+                    .is_none_or(|at| at.elapsed() >= CLOCK_LOG_INTERVAL);
+                if due {
+                    self.clock_logged = Some(TokioInstant::now());
+                    error!(
+                        skew_ms,
+                        agree,
+                        members = measured + 1,
+                        max_offset_ms,
+                        "this node's clock is off from the cluster's: writes through it are \
+                         refused until it agrees again (fix its time, e.g. with NTP)"
+                    );
+                }
+            }
+            ClockVerdict::Agrees | ClockVerdict::NotCompared => {
+                if self.clock_logged.take().is_some() {
+                    info!("this node's clock agrees with the cluster's again: writes accepted");
+                }
+            }
+        }
+        // A member far from us (half the maximum) is worth a warning once, whoever is wrong.
+        for (id, (offset, _)) in &offsets {
+            let far = offset.unsigned_abs() > max_offset_ms / 2;
+            if far && self.clock_warned.insert(*id) {
+                let name = self
+                    .node
+                    .member(id)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                warn!(
+                    member = %name,
+                    offset_ms = offset,
+                    max_offset_ms,
+                    "a member's clock is far from this node's"
+                );
+            } else if !far {
+                self.clock_warned.remove(id);
+            }
+        }
+        self.clock_warned.retain(|id| offsets.contains_key(id));
+        let view = ClockView {
+            max_offset_ms,
+            status: Some(status),
+            offsets,
+        };
+        if **self.clock_view.borrow() != view {
+            self.clock_view.send_replace(Arc::new(view));
         }
     }
 

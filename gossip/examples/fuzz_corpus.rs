@@ -47,8 +47,10 @@ fn main() -> std::io::Result<()> {
                 namespace: "default".into(),
                 name: "web".into(),
             };
-            node.write_object(key.clone(), Some(vec![b'x'; 3000]), now(t));
-            node.write_object(key, None, now(t + 1));
+            node.write_object(key.clone(), Some(vec![b'x'; 3000]), now(t))
+                .expect("the clocks agree");
+            node.write_object(key, None, now(t + 1))
+                .expect("the clocks agree");
         }
         let mut in_flight = Vec::new();
         for (addr, node) in nodes.iter_mut() {

@@ -75,6 +75,9 @@ pub struct Config {
     /// A bulk catch-up request unanswered this long is retried (with another member if one is
     /// known). Default 1 s.
     pub bulk_request_timeout: Duration,
+    /// How far this node's wall clock may be from most of its members' before it refuses to
+    /// stamp object writes (see [`crate::clock`]). Default 500 ms.
+    pub max_clock_offset: Duration,
     /// Incomplete fragmented messages are dropped after this long. Default 5 s.
     pub fragment_timeout: Duration,
     /// Largest reassembled message accepted, in bytes. Default 4 MiB.
@@ -107,6 +110,7 @@ impl Config {
             join_retry_min: Duration::from_millis(500),
             join_retry_max: Duration::from_secs(30),
             bulk_request_timeout: Duration::from_secs(1),
+            max_clock_offset: Duration::from_millis(500),
             fragment_timeout: Duration::from_secs(5),
             max_reassembled_size: 4 << 20,
         }

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod broadcast;
+pub mod clock;
 pub mod config;
 pub mod hlc;
 pub mod id;
@@ -21,6 +22,7 @@ pub mod sim;
 pub mod store;
 pub mod time;
 
+pub use clock::{ClockRefusal, ClockStatus, ClockVerdict};
 pub use config::Config;
 pub use hlc::{Hlc, HlcClock};
 pub use id::NodeId;

@@ -16,7 +16,7 @@ use crate::id::NodeId;
 use crate::store::{Entry, Key};
 
 /// The protocol version this build speaks. Messages with another version are rejected.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// One replicated state change: a key and its new entry.
 pub type Update = (Key, Entry);
@@ -49,6 +49,9 @@ pub enum Body {
     Ack {
         /// The sequence number of the ping (or ping request) being answered.
         seq: u32,
+        /// The sender's wall clock when it answered, in milliseconds since the Unix epoch:
+        /// the prober measures the sender's clock offset from it.
+        wall_ms: u64,
         /// Piggybacked updates.
         updates: Vec<Update>,
     },
@@ -83,9 +86,14 @@ pub enum Body {
     Join {
         /// The joiner's membership record (a `Key::Member` update).
         me: Update,
+        /// The joiner's wall clock when it sent this, in milliseconds since the Unix epoch.
+        wall_ms: u64,
     },
     /// The join was accepted; the joiner now pulls the state in bulk from the sender.
-    JoinAck,
+    JoinAck {
+        /// The sender's wall clock when it answered, in milliseconds since the Unix epoch.
+        wall_ms: u64,
+    },
     /// Bulk catch-up: send me entries in key order after `after` (from the start if `None`).
     BulkRequest {
         /// Request id, echoed in the chunk.
@@ -151,7 +159,7 @@ impl Body {
             Body::Gossip { .. } => "gossip",
             Body::Correction { .. } => "correction",
             Body::Join { .. } => "join",
-            Body::JoinAck => "join-ack",
+            Body::JoinAck { .. } => "join-ack",
             Body::BulkRequest { .. } => "bulk-request",
             Body::BulkChunk { .. } => "bulk-chunk",
             Body::SyncRoot { .. } => "sync-root",
@@ -246,6 +254,7 @@ mod tests {
             },
             Body::Ack {
                 seq: 1,
+                wall_ms: 1_800_000_000_000,
                 updates: Vec::new(),
             },
             Body::PingReq {
@@ -264,7 +273,9 @@ mod tests {
             Body::Gossip {
                 updates: Vec::new(),
             },
-            Body::JoinAck,
+            Body::JoinAck {
+                wall_ms: 1_800_000_000_000,
+            },
             Body::SyncRoot {
                 fingerprints: vec![1, 2],
             },
@@ -340,7 +351,13 @@ mod tests {
                 target,
                 updates
             }),
-            (any::<u32>(), updates()).prop_map(|(seq, updates)| Body::Ack { seq, updates }),
+            (any::<u32>(), any::<u64>(), updates()).prop_map(|(seq, wall_ms, updates)| {
+                Body::Ack {
+                    seq,
+                    wall_ms,
+                    updates,
+                }
+            }),
             (any::<u32>(), node_id(), ".{0,20}", updates()).prop_map(
                 |(seq, target, target_addr, updates)| Body::PingReq {
                     seq,
@@ -352,8 +369,11 @@ mod tests {
             any::<u32>().prop_map(|seq| Body::Nack { seq }),
             updates().prop_map(|updates| Body::Gossip { updates }),
             updates().prop_map(|updates| Body::Correction { updates }),
-            (key(), entry()).prop_map(|me| Body::Join { me }),
-            Just(Body::JoinAck),
+            (key(), entry(), any::<u64>()).prop_map(|(k, e, wall_ms)| Body::Join {
+                me: (k, e),
+                wall_ms
+            }),
+            any::<u64>().prop_map(|wall_ms| Body::JoinAck { wall_ms }),
             (any::<u32>(), proptest::option::of(key()))
                 .prop_map(|(id, after)| Body::BulkRequest { id, after }),
             (any::<u32>(), updates(), any::<bool>())
@@ -427,7 +447,7 @@ mod tests {
     fn other_versions_and_trailing_bytes_are_rejected() {
         let mut bytes = encode(&Envelope {
             from: NodeId([3; 32]),
-            body: Body::JoinAck,
+            body: Body::JoinAck { wall_ms: 0 },
         });
         assert_eq!(decode(&[]), Err(DecodeError::Empty));
         bytes.push(0);

@@ -36,6 +36,7 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::{Rng, RngExt};
 
+use crate::clock::{ClockOffsets, ClockRefusal, ClockStatus, ClockVerdict};
 use crate::config::Config;
 use crate::hlc::{Hlc, HlcClock};
 use crate::id::NodeId;
@@ -123,6 +124,8 @@ pub struct Stats {
     pub deaths_declared: u64,
     /// Remote timestamps more than the allowed skew ahead of the local wall clock.
     pub clock_skew_warnings: u64,
+    /// Object writes refused because this node's clock disagreed with its members'.
+    pub writes_refused_clock: u64,
 }
 
 /// What merging one update did.
@@ -151,6 +154,8 @@ struct Probe {
     expected_nacks: u32,
     nacks: u32,
     acked: bool,
+    /// When the ping left: its ack measures the target's clock.
+    sent: Instant,
 }
 
 #[derive(Debug)]
@@ -176,6 +181,8 @@ struct JoinAttempt {
     seeds: Vec<String>,
     delay: Duration,
     next_at: Instant,
+    /// When the last join was sent: the ack measures the answering seed's clock.
+    sent_at: Instant,
 }
 
 #[derive(Debug)]
@@ -202,6 +209,8 @@ pub struct Node<R> {
     rng: R,
     store: Store,
     hlc: HlcClock,
+    /// The members' clocks against ours, from the acks of direct probes.
+    clocks: ClockOffsets,
     incarnation: u64,
     leaving: bool,
     members: BTreeMap<NodeId, Member>,
@@ -248,6 +257,7 @@ impl<R: Rng> Node<R> {
             rng,
             store: Store::new(),
             hlc: HlcClock::new(),
+            clocks: ClockOffsets::default(),
             incarnation: 0,
             leaving: false,
             members: BTreeMap::new(),
@@ -355,6 +365,7 @@ impl<R: Rng> Node<R> {
             seeds,
             delay: self.config.join_retry_min,
             next_at: now.mono,
+            sent_at: now.mono,
         });
         self.handle_timeout(now);
     }
@@ -377,8 +388,44 @@ impl<R: Rng> Node<R> {
 
     /// Writes (or with `None`, deletes) an object any node may write. The write is stamped
     /// with this node's hybrid logical clock, applied locally and pushed to the cluster at
-    /// once. Returns the entry as stored.
-    pub fn write_object(&mut self, key: ObjectKey, value: Option<Vec<u8>>, now: Now) -> Entry {
+    /// once. Returns the entry as stored. Refused, with nothing written, while this node's
+    /// clock disagrees with its members' or has not been compared with its live peers yet
+    /// (see [`crate::clock`]): a write stamped by a clock that is off could undo later ones.
+    pub fn write_object(
+        &mut self,
+        key: ObjectKey,
+        value: Option<Vec<u8>>,
+        now: Now,
+    ) -> Result<Entry, ClockRefusal> {
+        self.clock_allows_writes(now)?;
+        Ok(self.stamp_object(key, value, now))
+    }
+
+    /// Writes several objects, all or none (see [`Node::write_object`]).
+    pub fn write_objects(
+        &mut self,
+        writes: Vec<(ObjectKey, Option<Vec<u8>>)>,
+        now: Now,
+    ) -> Result<Vec<Entry>, ClockRefusal> {
+        self.clock_allows_writes(now)?;
+        Ok(writes
+            .into_iter()
+            .map(|(key, value)| self.stamp_object(key, value, now))
+            .collect())
+    }
+
+    fn clock_allows_writes(&mut self, now: Now) -> Result<(), ClockRefusal> {
+        let status = self.clock_status(now);
+        match status.verdict {
+            ClockVerdict::Agrees => Ok(()),
+            ClockVerdict::NotCompared | ClockVerdict::Off { .. } => {
+                self.stats.writes_refused_clock += 1;
+                Err(ClockRefusal(status))
+            }
+        }
+    }
+
+    fn stamp_object(&mut self, key: ObjectKey, value: Option<Vec<u8>>, now: Now) -> Entry {
         let hlc = self.hlc.now(now.wall_ms);
         let entry = Entry {
             version: Version::Object {
@@ -390,6 +437,19 @@ impl<R: Rng> Node<R> {
         };
         self.write_local(Key::Object(key), entry.clone(), now);
         entry
+    }
+
+    /// This node's clock against its members' (see [`crate::clock`]): whether it may stamp
+    /// object writes now.
+    pub fn clock_status(&self, now: Now) -> ClockStatus {
+        let max_offset = self.config.max_clock_offset.as_millis() as u64;
+        self.clocks.status(now, max_offset, !self.live.is_empty())
+    }
+
+    /// A member's clock minus ours, in milliseconds, and the round trip it was measured over;
+    /// `None` if this node has not probed it since it started.
+    pub fn clock_offset_of(&self, id: &NodeId, now: Now) -> Option<(i64, u64)> {
+        self.clocks.offset_of(*id, now)
     }
 
     /// Writes (or with `None`, deletes) an entry this node owns, under `name`. Versioned by
@@ -467,14 +527,35 @@ impl<R: Rng> Node<R> {
                 // The ack carries our verdict on the sender first, then whatever fits.
                 let prefix: Vec<Update> = self.verdict_for(from).into_iter().collect();
                 let updates = self.piggyback(prefix, ENVELOPE_OVERHEAD + 8);
-                self.send_to(Some(from), src_addr.to_owned(), Body::Ack { seq, updates });
+                self.send_to(
+                    Some(from),
+                    src_addr.to_owned(),
+                    Body::Ack {
+                        seq,
+                        wall_ms: now.wall_ms,
+                        updates,
+                    },
+                );
                 self.send_packed(from, src_addr, merged.newer, |updates| Body::Correction {
                     updates,
                 });
                 self.eager_push(merged.fresh, Some(from));
             }
-            Body::Ack { seq, updates } => {
-                self.handle_ack(seq);
+            Body::Ack {
+                seq,
+                wall_ms,
+                updates,
+            } => {
+                // Only the target's own answer to our ping measures its clock (a relayed ack
+                // carries the relay's).
+                if let Some(probe) = self
+                    .probe
+                    .as_ref()
+                    .filter(|p| p.seq == seq && p.target == from)
+                {
+                    self.clocks.record(from, wall_ms, probe.sent, now);
+                }
+                self.handle_ack(seq, now);
                 self.absorb(from, src_addr, updates, now);
             }
             Body::PingReq {
@@ -509,17 +590,29 @@ impl<R: Rng> Node<R> {
                 self.absorb(from, src_addr, updates, now);
                 self.tell_verdict(from, src_addr);
             }
-            Body::Join { me: (key, entry) } => {
+            Body::Join {
+                me: (key, entry),
+                wall_ms,
+            } => {
                 if key != Key::Member(from) {
                     self.stats.invalid_updates += 1;
                     return;
                 }
                 let merged = self.apply_updates(vec![(key, entry)], now, true);
-                self.send_to(Some(from), src_addr.to_owned(), Body::JoinAck);
+                // The joiner's clock, within the one-way delay; its probes refine it.
+                self.clocks.record(from, wall_ms, now.mono, now);
+                self.send_to(
+                    Some(from),
+                    src_addr.to_owned(),
+                    Body::JoinAck {
+                        wall_ms: now.wall_ms,
+                    },
+                );
                 self.eager_push(merged.fresh, Some(from));
             }
-            Body::JoinAck => {
-                if self.join.take().is_some() {
+            Body::JoinAck { wall_ms } => {
+                if let Some(join) = self.join.take() {
+                    self.clocks.record(from, wall_ms, join.sent_at, now);
                     self.events.push_back(Event::Joined { via: from });
                     self.request_bulk(from, src_addr.to_owned(), None, now);
                 }
@@ -596,10 +689,18 @@ impl<R: Rng> Node<R> {
         if let Some(join) = self.join.as_mut().filter(|j| j.next_at <= t) {
             join.next_at = t + join.delay;
             join.delay = (join.delay * 2).min(self.config.join_retry_max);
+            join.sent_at = t;
             let seeds = join.seeds.clone();
             let me = (Key::Member(self.me.id), self.own_entry());
             for seed in seeds {
-                self.send_to(None, seed, Body::Join { me: me.clone() });
+                self.send_to(
+                    None,
+                    seed,
+                    Body::Join {
+                        me: me.clone(),
+                        wall_ms: now.wall_ms,
+                    },
+                );
             }
         }
         if self.leaving {
@@ -1059,6 +1160,7 @@ impl<R: Rng> Node<R> {
             expected_nacks: 0,
             nacks: 0,
             acked: false,
+            sent: now,
         });
     }
 
@@ -1119,7 +1221,7 @@ impl<R: Rng> Node<R> {
         }
     }
 
-    fn handle_ack(&mut self, seq: u32) {
+    fn handle_ack(&mut self, seq: u32, now: Now) {
         if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
             if !probe.acked {
                 probe.acked = true;
@@ -1133,6 +1235,7 @@ impl<R: Rng> Node<R> {
                 relay.requester_addr,
                 Body::Ack {
                     seq: relay.requester_seq,
+                    wall_ms: now.wall_ms,
                     updates: Vec::new(),
                 },
             );
@@ -1319,6 +1422,10 @@ impl<R: Rng> Node<R> {
                 } else if let Some(by) = by {
                     self.confirm_suspicion(id, incarnation, by);
                 }
+            }
+            Some(MemberState::Left) => {
+                self.suspicions.remove(&id);
+                self.clocks.forget(id);
             }
             _ => {
                 self.suspicions.remove(&id);
@@ -1574,6 +1681,7 @@ impl<R: Rng> Node<R> {
             if let Key::Member(id) = &key {
                 self.members.remove(id);
                 self.suspicions.remove(id);
+                self.clocks.forget(*id);
             }
             self.events.push_back(Event::EntryChanged(key));
         }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::clock::{ClockRefusal, ClockVerdict};
 use crate::member::MemberState;
 use crate::sim::{Sim, SimConfig};
 use crate::store::{Key, ObjectKey};
@@ -49,6 +50,20 @@ pub enum Op {
     },
     /// Has a node delete object `sim/default/NAME`.
     Delete {
+        /// The writer.
+        node: usize,
+        /// Object name.
+        name: String,
+    },
+    /// Sets a node's wall clock this many milliseconds off true time.
+    Clock {
+        /// The node.
+        node: usize,
+        /// Its clock's offset from true time.
+        offset_ms: i64,
+    },
+    /// Expects a node to refuse to write object `sim/default/NAME` because its clock is off.
+    WriteRefused {
         /// The writer.
         node: usize,
         /// Object name.
@@ -309,10 +324,28 @@ impl Scenario {
                 Op::Heal => sim.heal(),
                 Op::Leave(n) => sim.leave(*n),
                 Op::Write { node, name, len } => {
-                    sim.write_named(*node, name, Some(vec![0x5a; *len]));
+                    if let Err(refused) = write(&mut sim, *node, name, Some(vec![0x5a; *len])) {
+                        return Err(fail(&sim, format!("n{node} refused the write: {refused}")));
+                    }
                 }
                 Op::Delete { node, name } => {
-                    sim.write_named(*node, name, None);
+                    if let Err(refused) = write(&mut sim, *node, name, None) {
+                        return Err(fail(&sim, format!("n{node} refused the write: {refused}")));
+                    }
+                }
+                Op::Clock { node, offset_ms } => sim.set_clock_offset(*node, *offset_ms),
+                Op::WriteRefused { node, name } => {
+                    match write(&mut sim, *node, name, Some(vec![0x5a; 10])) {
+                        Err(ClockRefusal(status))
+                            if matches!(status.verdict, ClockVerdict::Off { .. }) => {}
+                        Err(refused) => {
+                            return Err(fail(
+                                &sim,
+                                format!("n{node} refused otherwise: {refused}"),
+                            ));
+                        }
+                        Ok(()) => return Err(fail(&sim, format!("n{node} wrote {name}"))),
+                    }
                 }
                 Op::Wait(d) => sim.run_for(*d),
                 Op::Expect(cond, within) => {
@@ -339,5 +372,26 @@ impl Scenario {
             }
         }
         Ok(sim)
+    }
+}
+
+/// A client's write through node `node`: like the CLI, it retries for up to 5 s while the
+/// node has not compared its clock with its peers yet (a probe round after it starts).
+fn write(
+    sim: &mut Sim,
+    node: usize,
+    name: &str,
+    value: Option<Vec<u8>>,
+) -> Result<(), ClockRefusal> {
+    let deadline = sim.now() + Duration::from_secs(5);
+    loop {
+        match sim.write_named(node, name, value.clone()) {
+            Err(ClockRefusal(status))
+                if status.verdict == ClockVerdict::NotCompared && sim.now() < deadline =>
+            {
+                sim.run_for(Duration::from_millis(100));
+            }
+            result => return result,
+        }
     }
 }

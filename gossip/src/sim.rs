@@ -23,6 +23,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::clock::ClockRefusal;
 use crate::config::Config;
 use crate::id::NodeId;
 use crate::member::MemberState;
@@ -151,6 +152,7 @@ pub struct Sim {
     max_message: usize,
     dropped: u64,
     write_counter: u64,
+    writes_refused: u64,
     /// State of crashed nodes as they had persisted it.
     persisted: BTreeMap<usize, Vec<crate::message::Update>>,
     /// Member and object changes seen by nodes, kept for [`Sim::take_observations`] when
@@ -218,6 +220,7 @@ impl Sim {
             max_message: 0,
             dropped: 0,
             write_counter: 0,
+            writes_refused: 0,
             persisted: BTreeMap::new(),
             observations: None,
             rng: ChaCha8Rng::seed_from_u64(rng.random()),
@@ -303,6 +306,21 @@ impl Sim {
     fn now_for(&self, index: usize) -> Now {
         let wall = (EPOCH_MS + self.now.0 / 1000) as i64 + self.nodes[index].skew_ms;
         Now::new(self.now, wall.max(0) as u64)
+    }
+
+    /// Node `index`'s clock against its members' (whether it may write); `None` if it is down.
+    pub fn clock_status(&self, index: usize) -> Option<crate::clock::ClockStatus> {
+        let now = self.now_for(index);
+        self.nodes[index]
+            .node
+            .as_ref()
+            .map(|node| node.clock_status(now))
+    }
+
+    /// Sets how far node `index`'s wall clock is off from true time, in milliseconds (a step
+    /// of its clock: NTP, `date -s`, a laptop waking up).
+    pub fn set_clock_offset(&mut self, index: usize, offset_ms: i64) {
+        self.nodes[index].skew_ms = offset_ms;
     }
 
     /// Current virtual time.
@@ -704,7 +722,12 @@ impl Sim {
         let Some(node) = self.nodes[index].node.as_mut() else {
             return key;
         };
-        let entry = node.write_object(key.clone(), Some(value), now);
+        let Ok(entry) = node.write_object(key.clone(), Some(value), now) else {
+            // The node's clock disagrees with its members': nothing was written.
+            self.writes_refused += 1;
+            self.after_input(index);
+            return key;
+        };
         let mut reached = vec![None; self.nodes.len()];
         reached[index] = Some(self.now);
         self.write_index.insert(key.clone(), self.writes.len());
@@ -719,18 +742,29 @@ impl Sim {
     }
 
     /// Has node `index` write (or with `None`, delete) object `sim/default/NAME`. Not tracked
-    /// for convergence statistics.
-    pub fn write_named(&mut self, index: usize, name: &str, value: Option<Vec<u8>>) {
+    /// for convergence statistics. Nothing happens if the node is down; an error if its clock
+    /// rule refused the write.
+    pub fn write_named(
+        &mut self,
+        index: usize,
+        name: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ClockRefusal> {
         let key = ObjectKey {
             kind: "sim".into(),
             namespace: "default".into(),
             name: name.into(),
         };
         let now = self.now_for(index);
+        let mut result = Ok(());
         if let Some(node) = self.nodes[index].node.as_mut() {
-            node.write_object(key, value, now);
+            result = node.write_object(key, value, now).map(|_| ());
+            if result.is_err() {
+                self.writes_refused += 1;
+            }
         }
         self.after_input(index);
+        result
     }
 
     /// What a crashed node had persisted when it crashed.
@@ -809,7 +843,8 @@ impl Sim {
             .unwrap_or_default()
     }
 
-    /// Has node `index` write (or with `None`, delete) an object; returns the entry written.
+    /// Has node `index` write (or with `None`, delete) an object; returns the entry written,
+    /// `None` if the node is down or its clock rule refused the write.
     pub fn write_object(
         &mut self,
         index: usize,
@@ -822,7 +857,14 @@ impl Sim {
             .as_mut()
             .map(|node| node.write_object(key, value, now));
         self.after_input(index);
-        entry
+        match entry {
+            Some(Ok(entry)) => Some(entry),
+            Some(Err(_)) => {
+                self.writes_refused += 1;
+                None
+            }
+            None => None,
+        }
     }
 
     /// Healthy nodes (never crashed nor slowed) that some node marked dead outside a
@@ -1000,6 +1042,7 @@ impl Sim {
             seed: self.config.seed,
             loss: self.config.loss,
             writes: self.writes.len(),
+            writes_refused: self.writes_refused,
             converge_ms: Percentiles::of(&mut deliveries),
             converge_to_50_ms: Percentiles::of(&mut to_half),
             converge_to_99_ms: Percentiles::of(&mut to_99),
@@ -1095,6 +1138,8 @@ pub struct Report {
     pub loss: f64,
     /// Writes made.
     pub writes: usize,
+    /// Writes their node refused because its clock disagreed with its members' (not made).
+    pub writes_refused: u64,
     /// Delay until a live node holds a write, pooled over every (write, live node) pair: the
     /// time by which 50% and 99% of deliveries had happened, and the slowest one. The
     /// headline convergence figure.

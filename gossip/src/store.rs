@@ -138,6 +138,8 @@ pub enum StoreError {
 /// same horizon it passes to `gc` or a later one, once it has completed its first full sync;
 /// `None` before, since a node that has not yet synced legitimately lacks old entries.
 ///
+/// A member's record of life (alive, suspect) is never refused: see `claims_life`.
+///
 /// Caveats, all inherent to collecting tombstones after a grace period:
 /// - A live entry written before the horizon that never reached this node (a partition longer
 ///   than the grace period) is refused too. Writers whose entries must survive such partitions
@@ -258,6 +260,18 @@ impl fmt::Debug for DebugEntries<'_> {
 }
 
 /// Whether `gc` may ever collect this entry (independently of its age).
+/// A member's record saying it is alive or suspect: exempt from the resurrection guard. Its
+/// `written_at` comes from the member's own clock, which may be far behind (the member is then
+/// told so, and refuses writes, but must still be a member to hear it). Should it be a stale
+/// copy of a departed member's record, the member is probed, declared dead again and collected
+/// in time: a record of death is collectable, one of life never is.
+fn claims_life(key: &Key, entry: &Entry) -> bool {
+    matches!(
+        (key, entry.version),
+        (Key::Member(_), Version::Member { rank, .. }) if rank < Version::DEAD
+    )
+}
+
 fn is_collectable(key: &Key, entry: &Entry) -> bool {
     match (key, entry.version) {
         (Key::Member(_), Version::Member { rank, .. }) => rank >= Version::DEAD,
@@ -434,7 +448,7 @@ impl Store {
         value_hash: u64,
         guard: MergeGuard,
     ) -> MergeOutcome {
-        if guard.horizon.is_some_and(|h| entry.written_at < h) {
+        if guard.horizon.is_some_and(|h| entry.written_at < h) && !claims_life(&key, &entry) {
             return MergeOutcome::RefusedResurrection;
         }
         let (key_hash, item_hash) = hashes(&key, &entry, value_hash);

@@ -361,7 +361,8 @@ fn a_node_left_alone_keeps_nothing_queued_and_its_writes_reach_later_members() {
     sim.crash(1);
     sim.run_for(secs(10));
     for i in 0..500 {
-        sim.write_named(0, &format!("alone-{i}"), Some(vec![7; 200]));
+        sim.write_named(0, &format!("alone-{i}"), Some(vec![7; 200]))
+            .expect("its clock agrees with the one member it measured");
     }
     sim.run_for(secs(1));
     let alone = sim.node(0).expect("up");
@@ -389,7 +390,8 @@ fn a_burst_of_writes_reaches_nearly_every_node_at_once() {
     sim.run_for(secs(2));
     let names: Vec<String> = (0..60).map(|i| format!("burst-{i}")).collect();
     for name in &names {
-        sim.write_named(0, name, Some(vec![7; 500]));
+        sim.write_named(0, name, Some(vec![7; 500]))
+            .expect("the clocks were compared in 2 s");
     }
     let started = sim.now();
     let holding = |sim: &Sim| {
@@ -419,4 +421,122 @@ fn a_burst_of_writes_reaches_nearly_every_node_at_once() {
         );
         sim.run_for(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_node_whose_clock_is_off_refuses_writes_and_no_later_write_is_undone() {
+    const MINUTES_5: i64 = 5 * 60_000;
+    const HOURS_26: i64 = 26 * 3_600_000;
+    let sim = run(Scenario::lan(
+        5,
+        51,
+        vec![
+            // Started 5 minutes ahead: its peers' clocks disagree with it from the first
+            // probes, and it refuses to stamp a write that would beat later ones.
+            Op::Clock {
+                node: 4,
+                offset_ms: MINUTES_5,
+            },
+            Op::Wait(secs(3)),
+            Op::WriteRefused {
+                node: 4,
+                name: "ahead".into(),
+            },
+            Op::Write {
+                node: 0,
+                name: "fine".into(),
+                len: 10,
+            },
+            Op::Expect(Cond::HasObject("fine".into()), secs(5)),
+            // 26 hours behind: its writes would be taken for resurrections everywhere.
+            Op::Clock {
+                node: 3,
+                offset_ms: -HOURS_26,
+            },
+            Op::WriteRefused {
+                node: 3,
+                name: "behind".into(),
+            },
+            // Back on time, it writes again once a probe round has measured it.
+            Op::Clock {
+                node: 3,
+                offset_ms: 0,
+            },
+            Op::Wait(secs(5)),
+            Op::Write {
+                node: 3,
+                name: "on-time".into(),
+                len: 10,
+            },
+            Op::Expect(Cond::HasObject("on-time".into()), secs(5)),
+            // Alone in a partition, a node whose clock is then stepped 5 minutes ahead knows
+            // it without hearing from anyone: its own jump counts against every measurement.
+            Op::Partition(vec![vec![0, 1, 2, 3], vec![4]]),
+            Op::Clock {
+                node: 2,
+                offset_ms: 0,
+            },
+            Op::Wait(secs(10)),
+            Op::Partition(vec![vec![0, 1, 3, 4], vec![2]]),
+            Op::Wait(secs(1)),
+            Op::Clock {
+                node: 2,
+                offset_ms: MINUTES_5,
+            },
+            Op::WriteRefused {
+                node: 2,
+                name: "scale-to-3".into(),
+            },
+            Op::Write {
+                node: 0,
+                name: "scale-to-9".into(),
+                len: 9,
+            },
+            Op::Heal,
+            Op::Expect(Cond::HasObject("scale-to-9".into()), secs(10)),
+            Op::Expect(Cond::NoObject("scale-to-3".into()), secs(1)),
+        ],
+    ));
+    let refused = sim.node(4).expect("up").stats().writes_refused_clock;
+    assert!(refused >= 1, "the node ahead counted its refusals");
+}
+
+#[test]
+fn two_nodes_whose_clocks_differ_both_refuse_writes() {
+    // With two members there is no majority to say whose clock is right.
+    run(Scenario::lan(
+        2,
+        52,
+        vec![
+            Op::Clock {
+                node: 1,
+                offset_ms: 60_000,
+            },
+            Op::Wait(secs(3)),
+            Op::WriteRefused {
+                node: 0,
+                name: "a".into(),
+            },
+            Op::WriteRefused {
+                node: 1,
+                name: "b".into(),
+            },
+            Op::Clock {
+                node: 1,
+                offset_ms: 100,
+            },
+            Op::Wait(secs(3)),
+            Op::Write {
+                node: 0,
+                name: "a".into(),
+                len: 1,
+            },
+            Op::Write {
+                node: 1,
+                name: "b".into(),
+                len: 1,
+            },
+            Op::Expect(Cond::HasObject("b".into()), secs(5)),
+        ],
+    ));
 }

@@ -492,3 +492,98 @@ fn a_joiner_with_another_key_says_at_once_and_every_time_that_the_peer_refused_i
     let (ok, _, warnings) = friend.cli_full(&["get", "nodes"]);
     assert!(ok && !warnings.contains("warning"), "{warnings}");
 }
+
+#[test]
+fn agents_whose_clocks_are_off_refuse_writes_and_say_why() {
+    // Writes are ordered by hybrid logical clocks: a node 5 minutes ahead would stamp writes
+    // that beat every write made after them elsewhere for 5 minutes, and a node 26 hours
+    // behind stamps new objects its peers take for resurrections of deleted ones.
+    let mut cluster = Cluster::start("clock", 3);
+    let join = vec![cluster.agents[0].gossip.clone().unwrap()];
+    let range = cluster.service_range();
+    for (name, offset) in [("ahead", "300000"), ("behind", "-93600000")] {
+        let mut agent = Agent::new(cluster.dir(), name, &cluster.key_file);
+        agent.start_with(
+            &join,
+            &["--clock-offset-ms", offset, "--service-range", &range],
+        );
+        cluster.agents.push(agent);
+    }
+    let everyone = all(&cluster);
+    let names = ["node-0", "node-1", "node-2", "ahead", "behind"];
+    cluster.wait_for("all five alive", secs(30), |c| {
+        c.all_see(&everyone, &names, "alive")
+    });
+    let manifest = |name: &str| String::from_utf8(note(name, "x")).unwrap();
+    // Both refuse, and say by how much and what to do.
+    cluster.wait_for("the clocks measured", secs(20), |c| {
+        match c.apply(3, "from-ahead", &manifest("from-ahead")) {
+            Err(e) if e.contains("5m0s ahead of the cluster's") => Ok(()),
+            other => Err(format!("apply through ahead: {other:?}")),
+        }
+    });
+    let refused = cluster
+        .apply(4, "from-behind", &manifest("from-behind"))
+        .expect_err("the node 26 hours behind refuses");
+    assert!(
+        refused.contains("26h0m behind the cluster's") && refused.contains("NTP"),
+        "{refused}"
+    );
+    // Nothing of either was written.
+    for agent in &cluster.agents {
+        let listed = agent.cli(&["get", "deploy"]).unwrap_or_default();
+        assert!(!listed.contains("from-"), "{}: {listed}", agent.name);
+    }
+    // A node whose clock agrees writes, and every node sees it, the skewed ones included.
+    cluster
+        .apply(1, "on-time", &manifest("on-time"))
+        .expect("a node in sync writes");
+    cluster.wait_for("every node sees on-time", secs(20), |c| {
+        for agent in &c.agents {
+            let listed = agent.cli(&["get", "deploy"])?;
+            if !listed.contains("on-time") {
+                return Err(format!("{} lists {listed}", agent.name));
+            }
+        }
+        Ok(())
+    });
+    // `get nodes` says so: the skewed node of itself, a node in sync of the skewed ones (the
+    // clock view is refreshed every second).
+    cluster.wait_for("ahead to warn of itself", secs(10), |c| {
+        let (ok, _, warnings) = c.agents[3].cli_full(&["get", "nodes"]);
+        match ok && warnings.contains("node ahead: this node's clock is 5m0s ahead") {
+            true => Ok(()),
+            false => Err(warnings),
+        }
+    });
+    cluster.wait_for("node-0 to show the clocks", secs(10), |c| {
+        let (ok, wide, warnings) = c.agents[0].cli_full(&["get", "nodes", "-o", "wide"]);
+        let row = |name: &str| {
+            wide.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_default()
+                .trim_end()
+                .to_owned()
+        };
+        if ok
+            && warnings.contains("node behind: its clock is 26h0m behind")
+            && row("ahead").ends_with("+5m0s")
+            && row("behind").ends_with("-26h0m")
+            && row("node-1").ends_with("ms")
+        {
+            Ok(())
+        } else {
+            Err(format!("{wide}{warnings}"))
+        }
+    });
+    // The refusals are counted.
+    let (_, stats) = cluster.agents[3].http("GET", "/api/v1/stats", None);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(
+        stats["gossip"]["writes_refused_clock"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{stats}"
+    );
+}

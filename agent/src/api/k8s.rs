@@ -3,10 +3,11 @@
 //! objects.
 
 use serde_json::{Value, json};
-use shoal_gossip::{Entry, MemberState, Version};
+use shoal_gossip::clock::human_ms;
+use shoal_gossip::{ClockRefusal, ClockVerdict, Entry, MemberState, Version};
 use shoal_model::Timestamp;
 
-use crate::driver::{ClusterView, MemberView};
+use crate::driver::{ClockView, ClusterView, MemberView};
 use crate::node_info::{LABEL_HOSTNAME, NodeInfo};
 use crate::workload::snapshot::Snapshot;
 
@@ -105,7 +106,12 @@ pub(crate) fn node_object(m: &MemberView, info: Option<&NodeInfo>) -> Value {
 
 /// All members as a Kubernetes `List`, ordered by name, with the node info the workload
 /// snapshot holds for each.
-pub(crate) fn node_list(view: &ClusterView, snapshot: &Snapshot, _now_ms: u64) -> Value {
+pub(crate) fn node_list(
+    view: &ClusterView,
+    clock: &ClockView,
+    snapshot: &Snapshot,
+    _now_ms: u64,
+) -> Value {
     let mut members: Vec<&MemberView> = view.members.iter().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     json!({
@@ -123,10 +129,94 @@ pub(crate) fn node_list(view: &ClusterView, snapshot: &Snapshot, _now_ms: u64) -
                     node["status"]["joinFailures"] =
                         serde_json::to_value(&view.join.failures).unwrap_or_default();
                 }
+                let (condition, offset) = clock_condition(m, clock);
+                if let Some(conditions) = node["status"]["conditions"].as_array_mut() {
+                    conditions.push(condition);
+                }
+                node["status"]["clockOffsetMs"] = json!(offset);
                 node
             })
             .collect::<Vec<_>>(),
     })
+}
+
+/// The `ClockSkew` condition of a member as the serving node sees it, and its clock's offset
+/// from the serving node's (ms, `None` if not measured; 0 for itself). The serving node's own
+/// condition is its verdict: whether it refuses writes because its clock is off from most
+/// members'. Another member's is whether its clock is more than the maximum offset from the
+/// serving node's, whichever of the two is wrong.
+fn clock_condition(m: &MemberView, clock: &ClockView) -> (Value, Option<i64>) {
+    let max = human_ms(clock.max_offset_ms);
+    let (status, reason, message, offset) = if m.local {
+        match &clock.status {
+            None => (
+                "Unknown",
+                "NotCompared",
+                "not compared yet".to_owned(),
+                Some(0),
+            ),
+            Some(status) => match status.verdict {
+                ClockVerdict::Agrees if status.measured == 0 => (
+                    "False",
+                    "Alone",
+                    "no member to compare with".to_owned(),
+                    Some(0),
+                ),
+                ClockVerdict::Agrees => (
+                    "False",
+                    "ClockInSync",
+                    format!(
+                        "within {max} of most of the {} members measured",
+                        status.measured
+                    ),
+                    Some(0),
+                ),
+                ClockVerdict::NotCompared => (
+                    "Unknown",
+                    "NotCompared",
+                    "not compared with its peers yet".to_owned(),
+                    Some(0),
+                ),
+                ClockVerdict::Off { .. } => (
+                    "True",
+                    "ClockOff",
+                    ClockRefusal(status.clone()).to_string(),
+                    Some(0),
+                ),
+            },
+        }
+    } else {
+        match clock.offsets.get(&m.id) {
+            None => (
+                "Unknown",
+                "NotMeasured",
+                "this node has not measured its clock".to_owned(),
+                None,
+            ),
+            Some(&(offset, _)) => {
+                let off = offset.unsigned_abs() > clock.max_offset_ms;
+                let side = if offset >= 0 { "ahead of" } else { "behind" };
+                let message = format!(
+                    "its clock is {} {side} this node's (most allowed: {max})",
+                    human_ms(offset.unsigned_abs())
+                );
+                if off {
+                    ("True", "ClockOffset", message, Some(offset))
+                } else {
+                    ("False", "ClockInSync", message, Some(offset))
+                }
+            }
+        }
+    };
+    (
+        json!({
+            "type": "ClockSkew",
+            "status": status,
+            "reason": reason,
+            "message": message,
+        }),
+        offset,
+    )
 }
 
 #[cfg(test)]

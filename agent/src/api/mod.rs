@@ -31,11 +31,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use shoal_gossip::ClockVerdict;
 
 use tokio::sync::watch;
 
 use crate::clock::wall_ms;
-use crate::driver::{DriverHandle, Gone};
+use crate::driver::{DriverHandle, Gone, WriteError};
 use crate::net::NetHandle;
 use crate::runtime::AnyRuntime;
 use crate::workload::plan::Plan;
@@ -201,9 +202,32 @@ pub(crate) fn gone(_: Gone) -> Response {
     )
 }
 
+/// An object write that was not made: the agent is stopping, or this node's clock disagrees
+/// with its members' (503 either way: another node can take the write). A node that has not
+/// compared its clock yet says when to retry.
+pub(crate) fn not_written(e: WriteError) -> Response {
+    match e {
+        WriteError::Gone(gone_) => gone(gone_),
+        WriteError::Clock(refused) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &refused.to_string(),
+            );
+            if refused.0.verdict == ClockVerdict::NotCompared {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}
+
 async fn nodes(State(api): State<Api>) -> Response {
     let view = api.driver.view();
-    Json(k8s::node_list(&view, &api.snapshot(), wall_ms())).into_response()
+    let clock = api.driver.clock();
+    Json(k8s::node_list(&view, &clock, &api.snapshot(), wall_ms())).into_response()
 }
 
 #[derive(Deserialize)]

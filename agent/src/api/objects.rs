@@ -19,7 +19,7 @@ use shoal_gossip::ObjectKey;
 
 use super::limits::human_bytes;
 use super::workloads::{apply_resources, invalid, present};
-use super::{Api, error, gone, k8s};
+use super::{Api, error, gone, k8s, not_written};
 use crate::manifest::{self, Kind, NamespaceFrom, ParseOptions, Resource};
 use crate::workload::stored::{DecodeError, StoredObject};
 
@@ -205,7 +205,7 @@ pub(super) async fn delete_object(
         Ok(entry) => {
             Json(json!({ "resourceVersion": k8s::resource_version(&entry) })).into_response()
         }
-        Err(e) => gone(e),
+        Err(e) => not_written(e),
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::limits::human_bytes;
-use super::{Api, error, gone};
+use super::{Api, error, gone, not_written};
 use crate::clock::wall_ms;
 use crate::manifest::{Kind, Resource};
 use crate::runtime::Runtime;
@@ -301,7 +301,7 @@ pub(super) async fn apply_resources(
         .collect();
     // Everything at once: one durable commit, so an apply is never half written.
     if !dry_run && !writes.is_empty() {
-        let entries = api.driver.write_many(writes).await.map_err(gone)?;
+        let entries = api.driver.write_many(writes).await.map_err(not_written)?;
         let mut entries = entries.into_iter();
         for a in applied
             .iter_mut()
@@ -372,6 +372,7 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
         return r;
     }
     let mut deleted = vec![format!("{}/{}", kind.resource_type(), request.name)];
+    let mut deletes = Vec::new();
     if kind == Kind::Namespace {
         // Every object in it as the store holds it, readable or not.
         for inner in Kind::ALL.into_iter().filter(|k| k.is_namespaced()) {
@@ -384,15 +385,15 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
                 Err(e) => return gone(e),
             };
             for (k, _) in listed {
-                if let Err(e) = api.driver.write(k.clone(), None).await {
-                    return gone(e);
-                }
                 deleted.push(format!("{}/{}", inner.resource_type(), k.name));
+                deletes.push((k, None));
             }
         }
     }
-    if let Err(e) = api.driver.write(key, None).await {
-        return gone(e);
+    deletes.push((key, None));
+    // All at once: a namespace and what it holds go together, or nothing does.
+    if let Err(e) = api.driver.write_many(deletes).await {
+        return not_written(e);
     }
     Json(json!({ "deleted": deleted })).into_response()
 }
@@ -585,7 +586,7 @@ pub(super) async fn scale(
     match view::scale(&old, request.replicas) {
         Ok(new) => match api.driver.write(key, Some(new.encode())).await {
             Ok(_) => Json(json!({ "scaled": true })).into_response(),
-            Err(e) => gone(e),
+            Err(e) => not_written(e),
         },
         Err(message) => error(StatusCode::BAD_REQUEST, "BadRequest", &message),
     }
@@ -613,7 +614,7 @@ pub(super) async fn undo(
             let revision = new.revision;
             match api.driver.write(key, Some(new.encode())).await {
                 Ok(_) => Json(json!({ "rolledBack": true, "revision": revision })).into_response(),
-                Err(e) => gone(e),
+                Err(e) => not_written(e),
             }
         }
         Err(message) => error(StatusCode::BAD_REQUEST, "BadRequest", &message),

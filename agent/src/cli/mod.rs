@@ -160,15 +160,37 @@ impl Client {
     }
 
     pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let mut request = self
-            .agent
-            .post(self.url(path))
-            .header("Content-Type", "application/json");
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
+        let request = || {
+            let mut request = self
+                .agent
+                .post(self.url(path))
+                .header("Content-Type", "application/json");
+            if let Some(token) = &self.token {
+                request = request.header("Authorization", format!("Bearer {token}"));
+            }
+            request
+        };
         let bytes = serde_json::to_vec(body).context("encoding the request")?;
-        let result = request.send(&bytes[..]);
+        // An agent that cannot take a write yet (it has not compared its clock with its peers
+        // since it started) says when to retry: for up to 10 s, the CLI does.
+        let deadline = std::time::Instant::now() + RETRY_FOR;
+        let result = loop {
+            let result = request().send(&bytes[..]);
+            let retry_after = match &result {
+                Ok(response) if response.status() == 503 => response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok()),
+                _ => None,
+            };
+            match retry_after {
+                Some(secs) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_secs(secs.clamp(1, 2)));
+                }
+                _ => break result,
+            }
+        };
         // An agent refuses a body over its limit before reading it, which a sender still
         // writing sees as a broken connection rather than as the answer.
         if let Err(ureq::Error::Io(e)) = &result
@@ -198,10 +220,13 @@ impl Client {
     }
 }
 
+/// How long a write the agent asks to retry later is retried.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
 /// `get nodes` columns.
 const NODE_COLUMNS: [&str; 4] = ["NAME", "STATUS", "ADDRESS", "AGE"];
 /// `get nodes -o wide` columns.
-const NODE_WIDE_COLUMNS: [&str; 7] = [
+const NODE_WIDE_COLUMNS: [&str; 8] = [
     "NAME",
     "STATUS",
     "ADDRESS",
@@ -209,6 +234,7 @@ const NODE_WIDE_COLUMNS: [&str; 7] = [
     "ID",
     "INCARNATION",
     "VERSION",
+    "CLOCK",
 ];
 
 /// `shoal get nodes`.
@@ -216,7 +242,10 @@ pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result
     let client = Client::new(api)?;
     let list = client.get("/api/v1/nodes")?;
     // The local node's join failures: a node alone because its peers refuse it says why.
-    for warning in join_warnings(&list) {
+    for warning in join_warnings(&list)
+        .into_iter()
+        .chain(clock_warnings(&list))
+    {
         eprintln!("warning: {warning}");
     }
     let mut out = std::io::stdout().lock();
@@ -264,6 +293,20 @@ pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result
                             version
                         }
                         .to_owned(),
+                    );
+                    // The node's clock against the serving node's.
+                    row.push(
+                        match item
+                            .pointer("/status/clockOffsetMs")
+                            .and_then(Value::as_i64)
+                        {
+                            Some(ms) => format!(
+                                "{}{}",
+                                if ms < 0 { "-" } else { "+" },
+                                shoal_gossip::clock::human_ms(ms.unsigned_abs())
+                            ),
+                            None => "<unknown>".to_owned(),
+                        },
                     );
                 }
                 rows.push(row);
@@ -313,6 +356,25 @@ pub(crate) fn join_warnings(list: &Value) -> Vec<String> {
             } else {
                 format!("this node cannot reach {peer}{times}: {reason}")
             }
+        })
+        .collect()
+}
+
+/// Nodes whose `ClockSkew` condition holds: the serving node refusing writes because its
+/// clock is off, or a member's clock far from the serving node's.
+pub(crate) fn clock_warnings(list: &Value) -> Vec<String> {
+    items(list)
+        .filter_map(|node| {
+            let condition = node
+                .pointer("/status/conditions")?
+                .as_array()?
+                .iter()
+                .find(|c| str_at(c, "/type") == "ClockSkew" && str_at(c, "/status") == "True")?;
+            Some(format!(
+                "node {}: {}",
+                str_at(node, "/metadata/name"),
+                str_at(condition, "/message")
+            ))
         })
         .collect()
 }

@@ -122,6 +122,7 @@ pub(crate) fn start(
     let (done_tx, done_rx) = mpsc::channel(DONE_QUEUE);
     let clock = Clock {
         origin: TokioInstant::now(),
+        offset_ms: 0,
     };
     let supervisor = Supervisor::new(
         SupervisorConfig {

@@ -217,6 +217,22 @@ fn resurrection_guard() {
             .unwrap()
             .is_applied()
     );
+    // A new member's record of life written long ago (its clock is behind) is taken; a
+    // record of its death is not.
+    let late = Key::Member(n(5));
+    assert_eq!(
+        s.merge(
+            late.clone(),
+            Entry::member(1, Version::DEAD, t(50, 0), None),
+            guard
+        ),
+        Ok(MergeOutcome::RefusedResurrection)
+    );
+    assert!(
+        s.merge(late, Entry::member(1, 0, t(50, 0), None), guard)
+            .unwrap()
+            .is_applied()
+    );
     // No guard: anything goes.
     assert!(
         Store::new()

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use futures::executor::block_on;
 use shoal_gossip::sim::{Observation, Observed, Sim, SimConfig};
-use shoal_gossip::{Instant, NodeId, Now, ObjectKey};
+use shoal_gossip::{ClockRefusal, ClockVerdict, Instant, NodeId, Now, ObjectKey};
 use xxhash_rust::xxh3::xxh3_64;
 
 use self::board::Boards;
@@ -635,6 +635,7 @@ impl ClusterSim {
     pub(crate) fn apply(&mut self, writer: usize, yaml: &str) -> Result<(), String> {
         let resources =
             crate::manifest::parse("sim.yaml", yaml.as_bytes()).map_err(|e| e.to_string())?;
+        self.until_writable(writer)?;
         let mut changed = Vec::new();
         for resource in resources {
             changed.extend(self.changed_object(writer, resource)?);
@@ -679,7 +680,26 @@ impl ClusterSim {
         StoredObject::decode(entry.value.as_ref()?).ok()
     }
 
+    /// Waits, as the CLI does, while node `writer` has not compared its clock with its peers
+    /// yet (a probe round after the start); an error if it refuses writes for another reason.
+    fn until_writable(&mut self, writer: usize) -> Result<(), String> {
+        let deadline = self.now + Duration::from_secs(5);
+        loop {
+            let Some(status) = self.gossip.clock_status(writer) else {
+                return Err(format!("n{writer} is down"));
+            };
+            match status.verdict {
+                ClockVerdict::Agrees => return Ok(()),
+                ClockVerdict::NotCompared if self.now < deadline => {
+                    self.run_for(Duration::from_millis(50));
+                }
+                _ => return Err(format!("n{writer}: {}", ClockRefusal(status))),
+            }
+        }
+    }
+
     fn write_resource(&mut self, writer: usize, resource: Resource) -> Result<(), String> {
+        self.until_writable(writer)?;
         if let Some((key, new)) = self.changed_object(writer, resource)? {
             self.write_stored(writer, key, new);
         }
