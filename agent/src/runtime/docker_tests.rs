@@ -146,8 +146,16 @@ async fn docker_pods_run_restart_stop_and_are_found_again() {
         assert!(body.contains(&format!("\"ip\":\"{ip}\"")), "{body}");
     }
 
-    // Logs and exec.
-    let logs = read_all(rt.logs("uid-web-0", "web", false, None).await.unwrap()).await;
+    // Logs and exec. The server logs a request once it has answered it, and the engine
+    // collects container output asynchronously: wait for the line.
+    let started = Instant::now();
+    let logs = loop {
+        let logs = read_all(rt.logs("uid-web-0", "web", false, None).await.unwrap()).await;
+        if logs.contains("GET /") || started.elapsed() > Duration::from_secs(10) {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(logs.contains("listening on 0.0.0.0:8080"), "{logs}");
     assert!(logs.contains("GET /"), "{logs}");
     let tail = read_all(rt.logs("uid-web-0", "web", false, Some(1)).await.unwrap()).await;
