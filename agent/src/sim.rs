@@ -43,7 +43,9 @@ pub(crate) struct SimArgs {
     /// Size of each written value in bytes.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
-    /// Each node's wall clock is skewed by up to this many milliseconds (HLC input).
+    /// Each node's wall clock is skewed by up to this many milliseconds (HLC input). Nodes
+    /// whose clocks disagree with most members' by more than 500 ms refuse writes: the report
+    /// counts them as `writes_refused`.
     #[arg(long, default_value_t = 0)]
     clock_skew_ms: u64,
     /// Protocol period up to 100 nodes: how often each node probes one member, in
@@ -308,6 +310,12 @@ fn print_table(r: &Report) {
         r.seed
     );
     println!("convergence of {} writes (ms of simulated time):", r.writes);
+    if r.writes_refused > 0 {
+        println!(
+            "  refused by their node, its clock off from most members': {}",
+            r.writes_refused
+        );
+    }
     row("delivery to a live node", &r.converge_ms);
     row("write reaches 50% of live nodes", &r.converge_to_50_ms);
     row("write reaches 99% of live nodes", &r.converge_to_99_ms);
