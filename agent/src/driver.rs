@@ -1081,12 +1081,7 @@ impl Driver {
         let now = self.clock.now();
         let status = self.node.clock_status(now);
         let max_offset_ms = self.node.config().max_clock_offset.as_millis() as u64;
-        let mut offsets = BTreeMap::new();
-        for member in self.node.members() {
-            if let Some(offset) = self.node.clock_offset_of(&member.id, now) {
-                offsets.insert(member.id, offset);
-            }
-        }
+        let offsets: BTreeMap<NodeId, (i64, u64)> = self.node.clock_offsets(now).collect();
         match &status.verdict {
             ClockVerdict::Off {
                 skew_ms,
@@ -1134,14 +1129,12 @@ impl Driver {
             }
         }
         self.clock_warned.retain(|id| offsets.contains_key(id));
-        let view = ClockView {
+        // Offsets move by a millisecond or two between refreshes: always a new view.
+        self.clock_view.send_replace(Arc::new(ClockView {
             max_offset_ms,
             status: Some(status),
             offsets,
-        };
-        if **self.clock_view.borrow() != view {
-            self.clock_view.send_replace(Arc::new(view));
-        }
+        }));
     }
 
     fn publish(&mut self, stopped: bool) {

@@ -83,8 +83,6 @@ pub struct ClockStatus {
     pub skew_ms: Option<i64>,
     /// How many members' offsets are known.
     pub measured: usize,
-    /// The largest measured offset from one member, in absolute value (ours minus theirs).
-    pub widest_ms: Option<i64>,
 }
 
 /// An object write this node refused to stamp, with its clock's status.
@@ -159,9 +157,13 @@ impl ClockOffsets {
     /// The peer's clock minus ours now, in milliseconds, with the round trip it was measured
     /// over; `None` if it was never measured.
     pub fn offset_of(&self, peer: NodeId, now: Now) -> Option<(i64, u64)> {
-        self.samples
-            .get(&peer)
-            .map(|s| (s.offset_ms - jumped_since(s, now), s.rtt_ms))
+        self.samples.get(&peer).map(|s| s.now(now))
+    }
+
+    /// Every measured member's clock minus ours now, in milliseconds, with the round trip it
+    /// was measured over.
+    pub fn offsets(&self, now: Now) -> impl Iterator<Item = (NodeId, (i64, u64))> + '_ {
+        self.samples.iter().map(move |(id, s)| (*id, s.now(now)))
     }
 
     /// How many members have been measured.
@@ -177,25 +179,20 @@ impl ClockOffsets {
     /// This node's clock against its peers: see the [module docs](self) for the rule.
     /// `live_peers` is whether some other member is believed alive.
     pub fn status(&self, now: Now, max_offset_ms: u64, live_peers: bool) -> ClockStatus {
-        // Ours minus each member's.
-        let mut skews: Vec<i64> = self
-            .samples
-            .values()
-            .map(|sample| jumped_since(sample, now) - sample.offset_ms)
-            .collect();
+        // Ours minus each member's. Half the round trip is how uncertain an offset is; it
+        // counts in the node's favour.
+        let mut skews: Vec<i64> = Vec::with_capacity(self.samples.len());
+        let mut agree = 1;
+        for sample in self.samples.values() {
+            let (offset, rtt_ms) = sample.now(now);
+            skews.push(-offset);
+            if offset.unsigned_abs() <= max_offset_ms + rtt_ms / 2 {
+                agree += 1;
+            }
+        }
         let measured = skews.len();
-        // Half the round trip is how uncertain an offset is; it counts in the node's favour.
-        let agree = 1 + self
-            .samples
-            .values()
-            .filter(|s| {
-                let skew = jumped_since(s, now) - s.offset_ms;
-                skew.unsigned_abs() <= max_offset_ms + s.rtt_ms / 2
-            })
-            .count();
         skews.sort_unstable();
         let skew_ms = (measured > 0).then(|| skews[measured / 2]);
-        let widest_ms = skews.iter().copied().max_by_key(|s| s.unsigned_abs());
         let verdict = if measured == 0 {
             if live_peers {
                 ClockVerdict::NotCompared
@@ -215,17 +212,19 @@ impl ClockOffsets {
             verdict,
             skew_ms,
             measured,
-            widest_ms,
         }
     }
 }
 
-/// How far our wall clock moved beyond our monotonic clock since `sample` was taken: a step
-/// of our wall clock (positive: it jumped ahead).
-fn jumped_since(sample: &Sample, now: Now) -> i64 {
-    let wall = now.wall_ms as i64 - sample.wall_ms as i64;
-    let mono = now.mono.saturating_since(sample.mono).as_millis() as i64;
-    wall - mono
+impl Sample {
+    /// The peer's clock minus ours at `now`, and the round trip it was measured over: the
+    /// measured offset less how far our wall clock moved beyond our monotonic clock since
+    /// (a step of our own clock, positive when it jumped ahead).
+    fn now(&self, now: Now) -> (i64, u64) {
+        let wall = now.wall_ms as i64 - self.wall_ms as i64;
+        let mono = now.mono.saturating_since(self.mono).as_millis() as i64;
+        (self.offset_ms - (wall - mono), self.rtt_ms)
+    }
 }
 
 #[cfg(test)]
@@ -288,7 +287,7 @@ mod tests {
         let status = good.status(now, 500, true);
         assert_eq!(status.verdict, ClockVerdict::Agrees);
         assert_eq!(status.measured, 4);
-        assert_eq!(status.widest_ms, Some(-300_000));
+        assert_eq!(good.offset_of(id(4), now), Some((300_000, 10)));
         // The one 5 minutes ahead sees everyone 5 minutes behind.
         let mut ahead = ClockOffsets::default();
         for peer in 1..=4 {

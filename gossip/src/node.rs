@@ -446,10 +446,10 @@ impl<R: Rng> Node<R> {
         self.clocks.status(now, max_offset, !self.live.is_empty())
     }
 
-    /// A member's clock minus ours, in milliseconds, and the round trip it was measured over;
-    /// `None` if this node has not probed it since it started.
-    pub fn clock_offset_of(&self, id: &NodeId, now: Now) -> Option<(i64, u64)> {
-        self.clocks.offset_of(*id, now)
+    /// Every member's clock this node measured since it started: its clock minus ours, in
+    /// milliseconds, and the round trip it was measured over.
+    pub fn clock_offsets(&self, now: Now) -> impl Iterator<Item = (NodeId, (i64, u64))> + '_ {
+        self.clocks.offsets(now)
     }
 
     /// Writes (or with `None`, deletes) an entry this node owns, under `name`. Versioned by

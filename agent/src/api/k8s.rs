@@ -147,64 +147,49 @@ pub(crate) fn node_list(
 /// serving node's, whichever of the two is wrong.
 fn clock_condition(m: &MemberView, clock: &ClockView) -> (Value, Option<i64>) {
     let max = human_ms(clock.max_offset_ms);
-    let (status, reason, message, offset) = if m.local {
-        match &clock.status {
-            None => (
+    let offset = if m.local {
+        Some(0)
+    } else {
+        clock.offsets.get(&m.id).map(|&(offset, _)| offset)
+    };
+    let (status, reason, message) = match (m.local, &clock.status, offset) {
+        (true, None, _) => ("Unknown", "NotCompared", "not compared yet".to_owned()),
+        (true, Some(status), _) => match status.verdict {
+            ClockVerdict::Agrees if status.measured == 0 => {
+                ("False", "Alone", "no member to compare with".to_owned())
+            }
+            ClockVerdict::Agrees => (
+                "False",
+                "ClockInSync",
+                format!(
+                    "within {max} of most of the {} members measured",
+                    status.measured
+                ),
+            ),
+            ClockVerdict::NotCompared => (
                 "Unknown",
                 "NotCompared",
-                "not compared yet".to_owned(),
-                Some(0),
+                "not compared with its peers yet".to_owned(),
             ),
-            Some(status) => match status.verdict {
-                ClockVerdict::Agrees if status.measured == 0 => (
-                    "False",
-                    "Alone",
-                    "no member to compare with".to_owned(),
-                    Some(0),
-                ),
-                ClockVerdict::Agrees => (
-                    "False",
-                    "ClockInSync",
-                    format!(
-                        "within {max} of most of the {} members measured",
-                        status.measured
-                    ),
-                    Some(0),
-                ),
-                ClockVerdict::NotCompared => (
-                    "Unknown",
-                    "NotCompared",
-                    "not compared with its peers yet".to_owned(),
-                    Some(0),
-                ),
-                ClockVerdict::Off { .. } => (
-                    "True",
-                    "ClockOff",
-                    ClockRefusal(status.clone()).to_string(),
-                    Some(0),
-                ),
-            },
-        }
-    } else {
-        match clock.offsets.get(&m.id) {
-            None => (
-                "Unknown",
-                "NotMeasured",
-                "this node has not measured its clock".to_owned(),
-                None,
-            ),
-            Some(&(offset, _)) => {
-                let off = offset.unsigned_abs() > clock.max_offset_ms;
-                let side = if offset >= 0 { "ahead of" } else { "behind" };
-                let message = format!(
-                    "its clock is {} {side} this node's (most allowed: {max})",
-                    human_ms(offset.unsigned_abs())
-                );
-                if off {
-                    ("True", "ClockOffset", message, Some(offset))
-                } else {
-                    ("False", "ClockInSync", message, Some(offset))
-                }
+            ClockVerdict::Off { .. } => {
+                ("True", "ClockOff", ClockRefusal(status.clone()).to_string())
+            }
+        },
+        (false, _, None) => (
+            "Unknown",
+            "NotMeasured",
+            "this node has not measured its clock".to_owned(),
+        ),
+        (false, _, Some(offset)) => {
+            let side = if offset >= 0 { "ahead of" } else { "behind" };
+            let message = format!(
+                "its clock is {} {side} this node's (most allowed: {max})",
+                human_ms(offset.unsigned_abs())
+            );
+            if offset.unsigned_abs() > clock.max_offset_ms {
+                ("True", "ClockOffset", message)
+            } else {
+                ("False", "ClockInSync", message)
             }
         }
     };
