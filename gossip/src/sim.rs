@@ -755,16 +755,8 @@ impl Sim {
             namespace: "default".into(),
             name: name.into(),
         };
-        let now = self.now_for(index);
-        let mut result = Ok(());
-        if let Some(node) = self.nodes[index].node.as_mut() {
-            result = node.write_object(key, value, now).map(|_| ());
-            if result.is_err() {
-                self.writes_refused += 1;
-            }
-        }
-        self.after_input(index);
-        result
+        self.write_through(index, key, value)
+            .map_or(Ok(()), |written| written.map(|_| ()))
     }
 
     /// What a crashed node had persisted when it crashed.
@@ -851,20 +843,26 @@ impl Sim {
         key: ObjectKey,
         value: Option<Vec<u8>>,
     ) -> Option<Entry> {
+        self.write_through(index, key, value)?.ok()
+    }
+
+    /// Node `index` writes an object: `None` if it is down; refusals are counted.
+    fn write_through(
+        &mut self,
+        index: usize,
+        key: ObjectKey,
+        value: Option<Vec<u8>>,
+    ) -> Option<Result<Entry, ClockRefusal>> {
         let now = self.now_for(index);
-        let entry = self.nodes[index]
+        let written = self.nodes[index]
             .node
             .as_mut()
             .map(|node| node.write_object(key, value, now));
-        self.after_input(index);
-        match entry {
-            Some(Ok(entry)) => Some(entry),
-            Some(Err(_)) => {
-                self.writes_refused += 1;
-                None
-            }
-            None => None,
+        if matches!(written, Some(Err(_))) {
+            self.writes_refused += 1;
         }
+        self.after_input(index);
+        written
     }
 
     /// Healthy nodes (never crashed nor slowed) that some node marked dead outside a
