@@ -105,6 +105,11 @@ pub(crate) struct AgentArgs {
     /// elsewhere. Keep clocks in sync with NTP; give every agent the same value.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     max_clock_offset_ms: u64,
+    /// Free space (MiB) the node keeps on its data dir's disk: below it, the node refuses
+    /// object writes (507) until space is freed, while what it writes about itself and
+    /// receives from its peers still goes in. 0 refuses only once a write fails.
+    #[arg(long, default_value_t = crate::disk::DEFAULT_RESERVE_MB)]
+    disk_reserve_mb: u64,
     /// Moves the wall clock the gossip core reads by this many milliseconds. For fault tests
     /// of the clock rule; never needed otherwise.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
@@ -491,6 +496,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             per_workload: args.max_replicas_per_workload,
             cluster: args.max_replicas,
         }),
+        disk_pressure: None,
+        events: Vec::new(),
     };
     let membership_guard = membership.enter();
     let (handle, driver_task) = driver::start(
@@ -509,6 +516,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             seeds,
             own_entries: vec![(NODE_INFO.to_owned(), info.encode())],
             clock_offset_ms: args.clock_offset_ms,
+            disk_reserve: args.disk_reserve_mb.saturating_mul(1 << 20),
         },
         Subscriber {
             wants: projector_wants,
@@ -517,6 +525,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         shutdown_rx,
     );
     drop(membership_guard);
+    // The node says on itself (node info: a condition and an event) when its disk refuses
+    // writes, and when it takes them again.
+    tokio::spawn(crate::node_info::report_disk(handle.clone(), info));
     let (plan_tx, plan_rx) = watch::channel(Arc::new(Plan::default()));
     let runtime = Arc::new(runtime);
     let runtime_for_shutdown = runtime.clone();

@@ -32,8 +32,14 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::{Clock, wall_ms};
+use crate::disk::{DiskRefusal, DiskStatus};
 use crate::net::{NetEvent, NetHandle, NetMetrics};
 use crate::persist::{Db, META_LAST_CONTACT, META_SYNCED};
+
+mod persistence;
+
+pub(crate) use persistence::Saved;
+use persistence::{Ack, Batch};
 
 /// A member as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +153,10 @@ pub(crate) struct AgentStats {
     pub(crate) backlog_dropped: u64,
     /// How joining goes: the peers, and who refused this node or could not be reached.
     pub(crate) join: JoinStatus,
+    /// Object writes refused because the disk was full or failing.
+    pub(crate) writes_refused_disk: u64,
+    /// The data dir's disk.
+    pub(crate) disk: DiskStatus,
 }
 
 /// The core's counters, serialisable.
@@ -202,12 +212,12 @@ pub(crate) enum Command {
     Write {
         key: ObjectKey,
         value: Option<Vec<u8>>,
-        reply: oneshot::Sender<Result<Entry, ClockRefusal>>,
+        reply: oneshot::Sender<Result<(Entry, Saved), WriteError>>,
     },
     /// Write (or delete) several objects at once, all or none: one durable commit, one reply.
     WriteMany {
         writes: Vec<(ObjectKey, Option<Vec<u8>>)>,
-        reply: oneshot::Sender<Result<Vec<Entry>, ClockRefusal>>,
+        reply: oneshot::Sender<Result<(Vec<Entry>, Saved), WriteError>>,
     },
     /// Read one object.
     Get {
@@ -242,6 +252,7 @@ pub(crate) struct DriverHandle {
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<Arc<ClusterView>>,
     clock: watch::Receiver<Arc<ClockView>>,
+    disk: watch::Receiver<Arc<DiskStatus>>,
 }
 
 /// This node's clock against its members', as the API shows it (refreshed every second).
@@ -274,6 +285,16 @@ pub(crate) enum WriteError {
     /// This node's clock disagrees with its members' (nothing was written).
     #[error(transparent)]
     Clock(#[from] ClockRefusal),
+    /// This node's disk is full or failing (nothing was written).
+    #[error(transparent)]
+    Disk(#[from] DiskRefusal),
+}
+
+/// An object write that was made, and whether it is on this node's disk yet.
+#[derive(Debug)]
+pub(crate) struct Written<T> {
+    pub(crate) value: T,
+    pub(crate) saved: Saved,
 }
 
 impl DriverHandle {
@@ -294,15 +315,17 @@ impl DriverHandle {
         self.call(Command::Leave).await
     }
 
-    /// Writes (or with `None` deletes) an object; returns once it is durable.
+    /// Writes (or with `None` deletes) an object; returns once it is durable, or once this
+    /// node knows it cannot save it yet ([`Saved::No`]: made all the same).
     pub(crate) async fn write(
         &self,
         key: ObjectKey,
         value: Option<Vec<u8>>,
-    ) -> Result<Entry, WriteError> {
-        Ok(self
+    ) -> Result<Written<Entry>, WriteError> {
+        let (value, saved) = self
             .call(|reply| Command::Write { key, value, reply })
-            .await??)
+            .await??;
+        Ok(Written { value, saved })
     }
 
     /// Writes several objects, all or none: in the store at once, durable in one commit,
@@ -310,10 +333,11 @@ impl DriverHandle {
     pub(crate) async fn write_many(
         &self,
         writes: Vec<(ObjectKey, Option<Vec<u8>>)>,
-    ) -> Result<Vec<Entry>, WriteError> {
-        Ok(self
+    ) -> Result<Written<Vec<Entry>>, WriteError> {
+        let (value, saved) = self
             .call(|reply| Command::WriteMany { writes, reply })
-            .await??)
+            .await??;
+        Ok(Written { value, saved })
     }
 
     pub(crate) async fn get(&self, key: ObjectKey) -> Result<Option<Entry>, Gone> {
@@ -337,8 +361,8 @@ impl DriverHandle {
         self.call(Command::Stats).await
     }
 
-    // The reconciler batches its writes (`write_owned_many`); single writes stay available.
-    #[allow(dead_code)]
+    /// Writes (or with `None` deletes) an entry this node owns; returns once it is durable,
+    /// or once this node knows it cannot save it yet (it is made all the same).
     pub(crate) async fn write_owned(
         &self,
         name: String,
@@ -371,80 +395,11 @@ impl DriverHandle {
     pub(crate) fn clock(&self) -> Arc<ClockView> {
         self.clock.borrow().clone()
     }
-}
 
-/// A batch for the persistence thread: changes to write, then acks to send once durable.
-struct Batch {
-    changes: Vec<(Key, Option<Entry>)>,
-    meta: Vec<(&'static str, Vec<u8>)>,
-    acks: Vec<Ack>,
-}
-
-/// A reply to send once a write is durable.
-enum Ack {
-    Object(oneshot::Sender<Result<Entry, ClockRefusal>>, Entry),
-    Objects(
-        oneshot::Sender<Result<Vec<Entry>, ClockRefusal>>,
-        Vec<Entry>,
-    ),
-    Owned(oneshot::Sender<Entry>, Entry),
-}
-
-impl Ack {
-    fn send(self) {
-        match self {
-            Ack::Object(reply, entry) => {
-                let _ = reply.send(Ok(entry));
-            }
-            Ack::Objects(reply, entries) => {
-                let _ = reply.send(Ok(entries));
-            }
-            Ack::Owned(reply, entry) => {
-                let _ = reply.send(entry);
-            }
-        }
+    /// The data dir's disk, as the persistence thread last saw it.
+    pub(crate) fn disk(&self) -> watch::Receiver<Arc<DiskStatus>> {
+        self.disk.clone()
     }
-}
-
-/// Starts the persistence thread. It commits batches in groups and acknowledges writes after
-/// their commit. It ends when the sender is dropped, after writing what was queued.
-fn start_persistence(mut db: Db) -> (mpsc::UnboundedSender<Batch>, std::thread::JoinHandle<Db>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
-    let handle = std::thread::Builder::new()
-        .name("shoal-persist".into())
-        .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let mut changes: BTreeMap<Key, Option<Entry>> = BTreeMap::new();
-                let mut meta = Vec::new();
-                let mut acks = Vec::new();
-                let mut take = |b: Batch| {
-                    changes.extend(b.changes);
-                    meta.extend(b.meta);
-                    acks.extend(b.acks);
-                };
-                take(first);
-                while let Ok(more) = rx.try_recv() {
-                    take(more);
-                }
-                let result =
-                    db.apply_with_meta(changes, meta.iter().map(|(k, v)| (*k, v.as_slice())));
-                match result {
-                    Ok(()) => {
-                        for ack in acks {
-                            ack.send();
-                        }
-                    }
-                    Err(error) => {
-                        // The writes stay in memory and in the cluster, but we cannot promise
-                        // durability: the acks are dropped, so the API answers with an error.
-                        warn!(%error, "persisting state failed");
-                    }
-                }
-            }
-            db
-        })
-        .expect("spawning the persistence thread");
-    (tx, handle)
 }
 
 /// What the driver needs to start.
@@ -461,6 +416,8 @@ pub(crate) struct DriverSetup {
     pub(crate) own_entries: Vec<(String, Vec<u8>)>,
     /// How far the wall clock the gossip core reads is moved (fault tests; 0 otherwise).
     pub(crate) clock_offset_ms: i64,
+    /// Free space (bytes) under which the node refuses object writes.
+    pub(crate) disk_reserve: u64,
 }
 
 /// Starts the driver task. Returns a handle and a future that completes when the driver stopped
@@ -488,7 +445,8 @@ pub(crate) fn start(
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let (clock_tx, clock_rx) = watch::channel(Arc::new(ClockView::default()));
-    let (persist_tx, persist_thread) = start_persistence(setup.db);
+    let persistence = persistence::start(setup.db, setup.disk_reserve);
+    let disk = persistence.status.clone();
     let mut driver = Driver {
         node,
         clock,
@@ -502,14 +460,16 @@ pub(crate) fn start(
         subscriber,
         pending_changes: Vec::new(),
         members_changed: true,
-        persist: persist_tx,
-        persist_thread: Some(persist_thread),
+        persist: persistence.batches,
+        persist_thread: Some(persistence.thread),
+        disk: persistence.status,
         since: BTreeMap::new(),
         started_ms: wall_ms(),
         dirty: BTreeSet::new(),
         pending_acks: Vec::new(),
         view_dirty: true,
         persisted_batches: 0,
+        writes_refused_disk: 0,
         last_contact_saved: 0,
         shutdown,
         leave_replies: Vec::new(),
@@ -533,6 +493,7 @@ pub(crate) fn start(
         commands: commands_tx,
         view: view_rx,
         clock: clock_rx,
+        disk,
     };
     let task = tokio::spawn(async move { driver.run().await });
     (handle, task)
@@ -554,8 +515,10 @@ struct Driver {
     subscriber: Subscriber,
     pending_changes: Vec<Change>,
     members_changed: bool,
-    persist: mpsc::UnboundedSender<Batch>,
-    persist_thread: Option<std::thread::JoinHandle<Db>>,
+    persist: std::sync::mpsc::Sender<Batch>,
+    persist_thread: Option<std::thread::JoinHandle<()>>,
+    /// The data dir's disk, as the persistence thread last saw it.
+    disk: watch::Receiver<Arc<DiskStatus>>,
     /// Wall time each member was last seen changing state.
     since: BTreeMap<NodeId, u64>,
     started_ms: u64,
@@ -563,6 +526,7 @@ struct Driver {
     pending_acks: Vec<Ack>,
     view_dirty: bool,
     persisted_batches: u64,
+    writes_refused_disk: u64,
     last_contact_saved: u64,
     shutdown: watch::Receiver<bool>,
     leave_replies: Vec<oneshot::Sender<()>>,
@@ -674,7 +638,7 @@ impl Driver {
             let _ = reply.send(());
         }
         // Close the persistence channel and wait for the last commit.
-        let (dead_tx, _) = mpsc::unbounded_channel();
+        let (dead_tx, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.persist, dead_tx));
         if let Some(thread) = self.persist_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -854,18 +818,28 @@ impl Driver {
                     return Some(TokioInstant::now() + LEAVE_LINGER);
                 }
             }
-            Command::Write { key, value, reply } => match self.node.write_object(key, value, now) {
-                Ok(entry) => self.pending_acks.push(Ack::Object(reply, entry)),
-                Err(refused) => {
-                    let _ = reply.send(Err(refused));
+            Command::Write { key, value, reply } => {
+                match self
+                    .disk_allows()
+                    .and_then(|()| Ok(self.node.write_object(key, value, now)?))
+                {
+                    Ok(entry) => self.pending_acks.push(Ack::Object(reply, entry)),
+                    Err(refused) => {
+                        let _ = reply.send(Err(refused));
+                    }
                 }
-            },
-            Command::WriteMany { writes, reply } => match self.node.write_objects(writes, now) {
-                Ok(entries) => self.pending_acks.push(Ack::Objects(reply, entries)),
-                Err(refused) => {
-                    let _ = reply.send(Err(refused));
+            }
+            Command::WriteMany { writes, reply } => {
+                match self
+                    .disk_allows()
+                    .and_then(|()| Ok(self.node.write_objects(writes, now)?))
+                {
+                    Ok(entries) => self.pending_acks.push(Ack::Objects(reply, entries)),
+                    Err(refused) => {
+                        let _ = reply.send(Err(refused));
+                    }
                 }
-            },
+            }
             Command::Get { key, reply } => {
                 let entry = self.node.store().get(&Key::Object(key)).cloned();
                 let _ = reply.send(entry);
@@ -910,6 +884,8 @@ impl Driver {
                     backlog: self.backlog.len(),
                     backlog_dropped: self.backlog_dropped,
                     join: self.join.clone(),
+                    writes_refused_disk: self.writes_refused_disk,
+                    disk: DiskStatus::clone(&self.disk.borrow()),
                 });
             }
         }
@@ -1043,6 +1019,18 @@ impl Driver {
             if now.saturating_sub(self.last_contact_saved) >= 10_000 {
                 self.last_contact_saved = now;
                 self.queue_meta(META_LAST_CONTACT, now.to_le_bytes().to_vec());
+            }
+        }
+    }
+
+    /// Whether the disk takes object writes (checked before a write is made, so that a write
+    /// refused for the disk is not made at all).
+    fn disk_allows(&mut self) -> Result<(), WriteError> {
+        match self.disk.borrow().refusal() {
+            None => Ok(()),
+            Some(refused) => {
+                self.writes_refused_disk += 1;
+                Err(WriteError::Disk(refused))
             }
         }
     }

@@ -7,6 +7,7 @@ mod agent;
 mod api;
 mod cli;
 mod clock;
+mod disk;
 mod dns;
 mod driver;
 pub mod memory;
@@ -72,9 +73,9 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
-    /// Show a pod, deployment or service in detail, with recent events.
+    /// Show a node, pod, deployment or service in detail, with recent events.
     Describe {
-        /// pod, deployment or service.
+        /// node, pod, deployment or service.
         resource: String,
         /// Its name.
         name: String,
@@ -227,10 +228,13 @@ pub fn run() -> anyhow::Result<()> {
             name,
             ns,
             api,
-        } => {
-            let kind = cli::workloads::resource_kind(&resource)?;
-            cli::workloads::describe(&api, kind, &name, ns.namespace)
-        }
+        } => match resource.as_str() {
+            "nodes" | "node" | "no" => cli::describe_node(&api, &name),
+            other => {
+                let kind = cli::workloads::resource_kind(other)?;
+                cli::workloads::describe(&api, kind, &name, ns.namespace)
+            }
+        },
         Command::Delete {
             files,
             target,

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::wall_ms;
+use crate::disk::DiskStatus;
+use crate::driver::DriverHandle;
 use crate::workload::stored::{self, DecodeError};
 
 /// Name of the owned entry where each node publishes facts about itself.
@@ -50,6 +53,105 @@ pub(crate) struct NodeInfo {
     /// live member announces, so that every member plans alike).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) limits: Option<crate::workload::limits::Limits>,
+    /// While the node refuses writes for its disk (full, or failing): since when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) disk_pressure: Option<DiskPressure>,
+    /// What happened to the node lately (its disk filling up, space coming back), oldest
+    /// first, at most [`MAX_EVENTS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) events: Vec<NodeEvent>,
+}
+
+/// Most events a node keeps on itself.
+pub(crate) const MAX_EVENTS: usize = 10;
+
+/// A node refusing writes for its disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct DiskPressure {
+    /// Since when (wall ms).
+    pub(crate) since_ms: u64,
+    /// `DiskFull`, or `DiskFailing` for other I/O errors.
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+/// Something that happened to a node, as `describe node` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct NodeEvent {
+    /// When (wall ms).
+    pub(crate) at_ms: u64,
+    /// `Normal` or `Warning`, as Kubernetes types events.
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+impl NodeInfo {
+    /// Records the disk's state: its pressure and, when that changes, an event. Returns
+    /// whether anything changed.
+    pub(crate) fn note_disk(&mut self, status: &DiskStatus, now_ms: u64) -> bool {
+        let pressure = status.refusal().map(|_| DiskPressure {
+            since_ms: status.pressure_since_ms.unwrap_or(now_ms),
+            reason: if status.full() {
+                "DiskFull"
+            } else {
+                "DiskFailing"
+            }
+            .to_owned(),
+            message: status.describe(),
+        });
+        let event = match (&self.disk_pressure, &pressure) {
+            (None, None) => return false,
+            (Some(old), Some(new)) if old.reason == new.reason => return false,
+            (_, Some(new)) => NodeEvent {
+                at_ms: now_ms,
+                kind: "Warning".into(),
+                reason: new.reason.clone(),
+                message: format!("{}; object writes are refused", new.message),
+            },
+            (Some(_), None) => NodeEvent {
+                at_ms: now_ms,
+                kind: "Normal".into(),
+                reason: "DiskHasRoom".into(),
+                message: format!("{}; writes are taken again", status.describe()),
+            },
+        };
+        self.disk_pressure = pressure;
+        self.events.push(event);
+        if self.events.len() > MAX_EVENTS {
+            self.events.remove(0);
+        }
+        true
+    }
+}
+
+/// Keeps the node's info (its owned entry) saying how its disk is: rewritten when the node
+/// starts or stops refusing writes for its disk, never more often (a change of free space
+/// alone is not news). Runs until the driver stops.
+pub(crate) async fn report_disk(driver: DriverHandle, mut info: NodeInfo) {
+    let mut disk = driver.disk();
+    loop {
+        let status = disk.borrow_and_update().clone();
+        if info.note_disk(&status, wall_ms()) {
+            if let Some(event) = info.events.last() {
+                tracing::info!(reason = %event.reason, "{}", event.message);
+            }
+            // Made in memory and sent to the peers at once, even while the disk refuses it.
+            if driver
+                .write_owned(NODE_INFO.to_owned(), Some(info.encode()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if disk.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl NodeInfo {
@@ -131,6 +233,61 @@ pub(crate) fn goarch(rust_arch: &str, little_endian: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::{Failure, Space};
+
+    fn disk(free: u64, failing: bool) -> DiskStatus {
+        DiskStatus {
+            dir: "/data".into(),
+            space: Some(Space {
+                free,
+                total: 100 << 20,
+            }),
+            reserve: 10 << 20,
+            failing: failing.then(|| Failure {
+                error: "Input/output error (os error 5)".into(),
+                no_space: false,
+            }),
+            unsaved: 0,
+            pressure_since_ms: Some(1_000),
+        }
+    }
+
+    #[test]
+    fn the_disk_is_reported_when_its_pressure_starts_changes_or_ends() {
+        let mut info = NodeInfo::default();
+        assert!(!info.note_disk(&disk(50 << 20, false), 0), "no news");
+        assert!(info.note_disk(&disk(1 << 20, false), 5_000));
+        let pressure = info.disk_pressure.clone().expect("pressure");
+        assert_eq!(
+            (pressure.reason.as_str(), pressure.since_ms),
+            ("DiskFull", 1_000)
+        );
+        assert_eq!(info.events.last().map(|e| e.kind.as_str()), Some("Warning"));
+        // Less room still, same reason: not news (the node info is not rewritten).
+        assert!(!info.note_disk(&disk(1 << 10, false), 6_000));
+        // Another reason is.
+        assert!(info.note_disk(&disk(50 << 20, true), 7_000));
+        assert_eq!(info.disk_pressure.as_ref().unwrap().reason, "DiskFailing");
+        assert!(info.note_disk(&disk(50 << 20, false), 8_000));
+        assert_eq!(info.disk_pressure, None);
+        let last = info.events.last().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.reason.as_str()),
+            ("Normal", "DiskHasRoom")
+        );
+        // A flapping disk keeps the newest events only.
+        for i in 0..30 {
+            info.note_disk(
+                &disk(if i % 2 == 0 { 1 } else { 50 << 20 }, false),
+                9_000 + i,
+            );
+        }
+        assert_eq!(info.events.len(), MAX_EVENTS);
+        assert_eq!(info.events.last().unwrap().at_ms, 9_029);
+        // Old agents' info (without the fields) still decodes, and the fields round-trip.
+        let decoded = NodeInfo::decode(&info.encode()).unwrap();
+        assert_eq!(decoded, info);
+    }
 
     #[test]
     fn architectures_have_their_go_names() {

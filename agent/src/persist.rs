@@ -150,6 +150,7 @@ const CACHE_BYTES: usize = 32 << 20;
 
 /// One change to persist: the entry now held for the key, or `None` when the key left the store
 /// (collected by `Store::gc`).
+#[cfg(test)]
 pub(crate) type Change = (Key, Option<Entry>);
 
 /// What failed, with the database file it concerns.
@@ -212,6 +213,26 @@ pub(crate) enum PersistError {
     /// A caller tried to write a meta name this module owns (`format_version`).
     #[error("meta {0:?} is reserved")]
     ReservedMeta(String),
+}
+
+impl PersistError {
+    /// The operating system's error under this one, if an I/O call failed (a full disk, ...).
+    pub(crate) fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            PersistError::CreateDir { source, .. } | PersistError::Io { source, .. } => {
+                Some(source)
+            }
+            PersistError::Storage { source, .. } => match source.as_ref() {
+                redb::Error::Io(e) => Some(e),
+                _ => None,
+            },
+            PersistError::Open { source, .. } => match source.as_ref() {
+                DatabaseError::Storage(StorageError::Io(e)) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// What [`Db::load`] skipped, beside the entries it returns.
@@ -299,9 +320,13 @@ impl Db {
     }
 
     /// The node id: the keypair's public key.
-    #[cfg(test)]
     pub(crate) fn node_id(&self) -> NodeId {
         self.identity.node_id
+    }
+
+    /// The data dir the database lives in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// `true` if this open created the keypair (the first start with this data dir).
@@ -344,15 +369,17 @@ impl Db {
         &mut self,
         changes: impl IntoIterator<Item = Change>,
     ) -> Result<(), PersistError> {
-        self.apply_with_meta(changes, [])
+        let changes: Vec<Change> = changes.into_iter().collect();
+        self.apply_with_meta(changes.iter().map(|(k, e)| (k, e.as_ref())), [])
     }
 
     /// [`Db::apply`] and [`Db::set_meta`] of each `(name, value)` in `meta`, in one transaction
-    /// (one fsync): what a persistence thread commits for a group of batches. Nothing is written
-    /// if a meta name is reserved.
-    pub(crate) fn apply_with_meta<'m>(
+    /// (one fsync): what a persistence thread commits for a group of batches. Borrows what it
+    /// writes, so that a caller keeps it when the commit fails. Nothing is written if a meta
+    /// name is reserved.
+    pub(crate) fn apply_with_meta<'c, 'm>(
         &mut self,
-        changes: impl IntoIterator<Item = Change>,
+        changes: impl IntoIterator<Item = (&'c Key, Option<&'c Entry>)>,
         meta: impl IntoIterator<Item = (&'m str, &'m [u8])>,
     ) -> Result<(), PersistError> {
         let mut changes = changes.into_iter().peekable();
@@ -370,14 +397,14 @@ impl Db {
             for (key, entry) in changes {
                 key_buf.clear();
                 key_buf =
-                    postcard::to_extend(&key, key_buf).map_err(|source| PersistError::Encode {
+                    postcard::to_extend(key, key_buf).map_err(|source| PersistError::Encode {
                         what: "a key",
                         source,
                     })?;
                 match entry {
                     Some(entry) => {
                         entry_buf.clear();
-                        entry_buf = postcard::to_extend(&entry, entry_buf).map_err(|source| {
+                        entry_buf = postcard::to_extend(entry, entry_buf).map_err(|source| {
                             PersistError::Encode {
                                 what: "an entry",
                                 source,

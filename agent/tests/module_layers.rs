@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     // What talks to the machine and the network: no shoal state.
     &[
         "clock",
+        "disk",
         "dns",
         "memory",
         "net",

@@ -50,6 +50,93 @@ pub fn demo_bin() -> PathBuf {
     bin
 }
 
+/// A tmpfs of a given size mounted for a test (a disk that fills up), unmounted when dropped.
+/// Mounting needs root (CAP_SYS_ADMIN).
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` at `path` (created if needed).
+    pub fn mount(path: &Path, bytes: u64) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            path: path.to_owned(),
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fills the filesystem: writes `filler` until the disk is full, then gives back `leave`
+    /// bytes of it. Returns the filler's size.
+    pub fn fill(&self, leave: u64) -> u64 {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut file = std::fs::File::create(&path).expect("creating the filler");
+        let chunk = vec![0u8; 64 << 10];
+        let mut written = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n as u64,
+            }
+        }
+        let _ = file.sync_all();
+        let size = written.saturating_sub(leave);
+        file.set_len(size).expect("shrinking the filler");
+        size
+    }
+
+    /// Frees what [`Tmpfs::fill`] took.
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(self.path.join("filler"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a process still using it (an agent being killed) must not keep it mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Whether a test that needs root may run: `true` as root; otherwise it prints why it is
+/// skipped and returns `false`, or panics when `SHOAL_REQUIRE_ROOT=1` (CI sets it).
+pub fn running_as_root(test: &str, why: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        return true;
+    }
+    if std::env::var("SHOAL_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+        panic!("{test}: needs root ({why}), and SHOAL_REQUIRE_ROOT=1");
+    }
+    eprintln!("{test}: skipped: needs root ({why}); set SHOAL_REQUIRE_ROOT=1 to fail instead");
+    false
+}
+
 /// A per-test scratch directory, removed when dropped unless the test failed.
 pub struct Scratch {
     path: PathBuf,
@@ -88,6 +175,9 @@ pub struct Agent {
     pub name: String,
     /// Its data dir.
     pub dir: PathBuf,
+    /// Where its `agent.log` goes: the data dir, unless a test moves the data dir onto a
+    /// filesystem of its own (see [`Tmpfs`]).
+    pub log_dir: PathBuf,
     /// Gossip address (`127.0.0.1:port`), known once started.
     pub gossip: Option<String>,
     /// API address, known once started.
@@ -112,6 +202,7 @@ impl Agent {
         Agent {
             name: name.to_owned(),
             dir: root.join(name),
+            log_dir: root.join(name),
             gossip: None,
             api: None,
             key_file: key_file.to_owned(),
@@ -128,7 +219,8 @@ impl Agent {
     pub fn start_with(&mut self, join: &[String], extra: &[&str]) {
         assert!(self.child.is_none(), "{} already runs", self.name);
         std::fs::create_dir_all(&self.dir).expect("data dir");
-        let log_path = self.dir.join("agent.log");
+        std::fs::create_dir_all(&self.log_dir).expect("log dir");
+        let log_path = self.log_dir.join("agent.log");
         // Keep earlier runs' logs: restarts append.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -435,7 +527,7 @@ impl Agent {
 
     /// The tail of this agent's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.log_dir.join("agent.log")).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -588,7 +680,7 @@ impl Cluster {
 
     /// The cluster key's fingerprint (what the runtimes label pods and name networks with).
     pub fn key_fingerprint(&self) -> Option<String> {
-        let log = std::fs::read_to_string(self.agents.first()?.dir.join("agent.log")).ok()?;
+        let log = std::fs::read_to_string(self.agents.first()?.log_dir.join("agent.log")).ok()?;
         let line = log.lines().find(|l| l.contains("shoal agent starting"))?;
         field(line, "cluster_key")
     }

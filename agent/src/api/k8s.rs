@@ -90,7 +90,7 @@ pub(crate) fn node_object(m: &MemberView, info: Option<&NodeInfo>) -> Value {
                 "reason": reason,
                 "message": message,
                 "lastTransitionTime": rfc3339(m.since_ms),
-            }],
+            }, disk_condition(info)],
             "membership": m.state.as_str(),
             "incarnation": m.incarnation,
             "gossipAddress": m.addr,
@@ -102,6 +102,41 @@ pub(crate) fn node_object(m: &MemberView, info: Option<&NodeInfo>) -> Value {
             },
         },
     })
+}
+
+/// The `DiskPressure` condition: whether the node refuses writes because its data dir's disk
+/// is full or failing, as its node info says (`Unknown` before that arrives).
+fn disk_condition(info: Option<&NodeInfo>) -> Value {
+    match info {
+        None => json!({
+            "type": "DiskPressure",
+            "status": "Unknown",
+            "reason": "NodeInfoMissing",
+            "message": "this node's info has not arrived",
+        }),
+        Some(NodeInfo {
+            disk_pressure: Some(p),
+            ..
+        }) => json!({
+            "type": "DiskPressure",
+            "status": "True",
+            "reason": p.reason,
+            "message": p.message,
+            "lastTransitionTime": rfc3339(p.since_ms),
+        }),
+        Some(_) => json!({
+            "type": "DiskPressure",
+            "status": "False",
+            "reason": "DiskHasRoom",
+            "message": "the node's disk takes writes",
+        }),
+    }
+}
+
+/// A node's events (from its node info), in the shape of a pod's (`describe` prints both).
+pub(crate) fn node_events(info: Option<&NodeInfo>) -> Value {
+    info.map(|i| serde_json::to_value(&i.events).unwrap_or_default())
+        .unwrap_or_else(|| json!([]))
 }
 
 /// All members as a Kubernetes `List`, ordered by name, with the node info the workload

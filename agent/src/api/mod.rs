@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,7 @@ use shoal_gossip::ClockVerdict;
 use tokio::sync::watch;
 
 use crate::clock::wall_ms;
-use crate::driver::{DriverHandle, Gone, WriteError};
+use crate::driver::{DriverHandle, Gone, Saved, WriteError};
 use crate::net::NetHandle;
 use crate::runtime::AnyRuntime;
 use crate::workload::plan::Plan;
@@ -80,6 +80,7 @@ impl Api {
 pub(crate) fn router(state: Api) -> Router {
     let v1 = Router::new()
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/nodes/{name}", get(node))
         .route("/api/v1/join", post(join))
         .route("/api/v1/leave", post(leave))
         .route("/api/v1/stats", get(stats))
@@ -203,11 +204,21 @@ pub(crate) fn gone(_: Gone) -> Response {
 }
 
 /// An object write that was not made: the agent is stopping, or this node's clock disagrees
-/// with its members' (503 either way: another node can take the write). A node that has not
-/// compared its clock yet says when to retry.
+/// with its members' (503 either way: another node can take the write), or its disk is full
+/// (507) or failing (503). A node that has not compared its clock yet says when to retry.
 pub(crate) fn not_written(e: WriteError) -> Response {
     match e {
         WriteError::Gone(gone_) => gone(gone_),
+        WriteError::Disk(refused) if refused.0.full() => error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "InsufficientStorage",
+            &refused.to_string(),
+        ),
+        WriteError::Disk(refused) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &refused.to_string(),
+        ),
         WriteError::Clock(refused) => {
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -224,10 +235,60 @@ pub(crate) fn not_written(e: WriteError) -> Response {
     }
 }
 
+/// The answer to a write that was made: `response` once the write is on this node's disk. While
+/// it is not yet (the disk is full or failing), `202 Accepted` with a `Warning` header that says
+/// so: never an error, since the write is made and spreads to every node; this node saves it
+/// once its disk takes writes again.
+pub(crate) fn written(mut response: Response, saved: &Saved) -> Response {
+    if let Saved::No(why) = saved {
+        *response.status_mut() = StatusCode::ACCEPTED;
+        // Header values are visible ASCII: anything else (a path's) becomes '?'.
+        let text: String = format!("made, but not saved on this node's disk yet: {why}")
+            .chars()
+            .map(|c| match c {
+                '"' => '\'',
+                ' '..='~' => c,
+                _ => '?',
+            })
+            .collect();
+        if let Ok(value) = header::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
 async fn nodes(State(api): State<Api>) -> Response {
     let view = api.driver.view();
     let clock = api.driver.clock();
     Json(k8s::node_list(&view, &clock, &api.snapshot(), wall_ms())).into_response()
+}
+
+/// `GET /api/v1/nodes/{name}`: one node and its events (for `describe node`).
+async fn node(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let view = api.driver.view();
+    let clock = api.driver.clock();
+    let snapshot = api.snapshot();
+    let list = k8s::node_list(&view, &clock, &snapshot, wall_ms());
+    let found = list["items"].as_array().and_then(|items| {
+        items
+            .iter()
+            .find(|n| n["metadata"]["name"] == name.as_str())
+    });
+    let Some(object) = found else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("nodes \"{name}\" not found"),
+        );
+    };
+    let info = view
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .and_then(|m| snapshot.member(&m.id))
+        .and_then(|s| s.info.as_ref());
+    Json(json!({ "object": object, "events": k8s::node_events(info) })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -19,7 +19,7 @@ use shoal_gossip::ObjectKey;
 
 use super::limits::human_bytes;
 use super::workloads::{apply_resources, invalid, present};
-use super::{Api, error, gone, k8s, not_written};
+use super::{Api, error, gone, k8s, not_written, written};
 use crate::manifest::{self, Kind, NamespaceFrom, ParseOptions, Resource};
 use crate::workload::stored::{DecodeError, StoredObject};
 
@@ -166,8 +166,8 @@ pub(super) async fn put_object(
             return invalid(&problems);
         }
     };
-    let applied = match apply_resources(&api, vec![resource], Vec::new(), false).await {
-        Ok(applied) => applied,
+    let (applied, saved) = match apply_resources(&api, vec![resource], Vec::new(), false).await {
+        Ok(done) => done,
         Err(refusal) => return refusal,
     };
     let Some(one) = applied.into_iter().next() else {
@@ -181,11 +181,12 @@ pub(super) async fn put_object(
             Err(e) => return gone(e),
         },
     };
-    Json(json!({
+    let response = Json(json!({
         "outcome": one.outcome.as_str(),
         "resourceVersion": entry.as_ref().map(k8s::resource_version),
     }))
-    .into_response()
+    .into_response();
+    written(response, &saved)
 }
 
 /// `DELETE /api/v1/objects/{kind}/{namespace}/{name}`: deletes whatever the key holds,
@@ -202,9 +203,10 @@ pub(super) async fn delete_object(
         return r;
     }
     match api.driver.write(key, None).await {
-        Ok(entry) => {
-            Json(json!({ "resourceVersion": k8s::resource_version(&entry) })).into_response()
-        }
+        Ok(made) => written(
+            Json(json!({ "resourceVersion": k8s::resource_version(&made.value) })).into_response(),
+            &made.saved,
+        ),
         Err(e) => not_written(e),
     }
 }

@@ -13,8 +13,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::limits::human_bytes;
-use super::{Api, error, gone, not_written};
+use super::{Api, error, gone, not_written, written};
 use crate::clock::wall_ms;
+use crate::driver::Saved;
 use crate::manifest::{Kind, Resource};
 use crate::runtime::Runtime;
 use crate::workload::batch::Batch;
@@ -136,9 +137,9 @@ pub(super) async fn apply(State(api): State<Api>, body: Bytes) -> Response {
         }
     }
     match apply_resources(&api, resources, problems, request.dry_run).await {
-        Ok(applied) => {
+        Ok((applied, saved)) => {
             let results: Vec<Value> = applied.iter().map(Applied::json).collect();
-            Json(json!({ "results": results })).into_response()
+            written(Json(json!({ "results": results })).into_response(), &saved)
         }
         Err(refusal) => refusal,
     }
@@ -182,13 +183,14 @@ pub(super) fn invalid(problems: &[String]) -> Response {
 /// exist, replica limits, services' addresses) and, unless `dry_run`, writes them all at once
 /// (one durable commit), Namespaces first. `problems` are refusals found before (parsing):
 /// with any problem, nothing is written and the error is the answer to send. Every write of
-/// an object through the API goes through here, whatever route it came by.
+/// an object through the API goes through here, whatever route it came by. Also says whether
+/// what it wrote is on this node's disk yet (see [`written`]).
 pub(super) async fn apply_resources(
     api: &Api,
     mut resources: Vec<Resource>,
     mut problems: Vec<String>,
     dry_run: bool,
-) -> Result<Vec<Applied>, Response> {
+) -> Result<(Vec<Applied>, Saved), Response> {
     let snapshot = snapshot_with_services(api).await?;
     let mut namespaces: std::collections::BTreeSet<String> = snapshot
         .objects_of(Kind::Namespace.key_kind())
@@ -300,9 +302,11 @@ pub(super) async fn apply_resources(
         })
         .collect();
     // Everything at once: one durable commit, so an apply is never half written.
+    let mut saved = Saved::Yes;
     if !dry_run && !writes.is_empty() {
-        let entries = api.driver.write_many(writes).await.map_err(not_written)?;
-        let mut entries = entries.into_iter();
+        let made = api.driver.write_many(writes).await.map_err(not_written)?;
+        saved = made.saved;
+        let mut entries = made.value.into_iter();
         for a in applied
             .iter_mut()
             .filter(|a| a.outcome != crate::manifest::Outcome::Unchanged)
@@ -310,7 +314,7 @@ pub(super) async fn apply_resources(
             a.entry = entries.next();
         }
     }
-    Ok(applied)
+    Ok((applied, saved))
 }
 
 #[derive(Deserialize)]
@@ -392,10 +396,13 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
     }
     deletes.push((key, None));
     // All at once: a namespace and what it holds go together, or nothing does.
-    if let Err(e) = api.driver.write_many(deletes).await {
-        return not_written(e);
+    match api.driver.write_many(deletes).await {
+        Ok(made) => written(
+            Json(json!({ "deleted": deleted })).into_response(),
+            &made.saved,
+        ),
+        Err(e) => not_written(e),
     }
-    Json(json!({ "deleted": deleted })).into_response()
 }
 
 /// `GET /api/v1/pods[?namespace=NS]`: every pod of the cluster, as a `List`.
@@ -585,7 +592,7 @@ pub(super) async fn scale(
     }
     match view::scale(&old, request.replicas) {
         Ok(new) => match api.driver.write(key, Some(new.encode())).await {
-            Ok(_) => Json(json!({ "scaled": true })).into_response(),
+            Ok(made) => written(Json(json!({ "scaled": true })).into_response(), &made.saved),
             Err(e) => not_written(e),
         },
         Err(message) => error(StatusCode::BAD_REQUEST, "BadRequest", &message),
@@ -613,7 +620,10 @@ pub(super) async fn undo(
         Ok(new) => {
             let revision = new.revision;
             match api.driver.write(key, Some(new.encode())).await {
-                Ok(_) => Json(json!({ "rolledBack": true, "revision": revision })).into_response(),
+                Ok(made) => written(
+                    Json(json!({ "rolledBack": true, "revision": revision })).into_response(),
+                    &made.saved,
+                ),
                 Err(e) => not_written(e),
             }
         }

@@ -104,6 +104,12 @@ impl Client {
             )
         })?;
         let status = response.status();
+        // Warnings (`299 - "text"`), printed as kubectl prints them.
+        for warning in response.headers().get_all("warning") {
+            if let Ok(value) = warning.to_str() {
+                eprintln!("Warning: {}", warning_text(value));
+            }
+        }
         let text = response
             .body_mut()
             .read_to_string()
@@ -220,6 +226,21 @@ impl Client {
     }
 }
 
+/// The text of a `Warning` header (`299 - "text"`, RFC 7234), or the whole value if it is not
+/// in that shape.
+fn warning_text(value: &str) -> &str {
+    let mut parts = value.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(code), Some(_agent), Some(text)) if code.len() == 3 => {
+            let text = text.trim();
+            text.strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(text)
+        }
+        _ => value,
+    }
+}
+
 /// How long a write the agent asks to retry later is retried.
 const RETRY_FOR: Duration = Duration::from_secs(10);
 
@@ -244,7 +265,7 @@ pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result
     // The local node's join failures: a node alone because its peers refuse it says why.
     for warning in join_warnings(&list)
         .into_iter()
-        .chain(clock_warnings(&list))
+        .chain(condition_warnings(&list))
     {
         eprintln!("warning: {warning}");
     }
@@ -317,6 +338,102 @@ pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result
     Ok(())
 }
 
+/// `shoal describe node NAME`: its labels, conditions, addresses, system info and events, as
+/// kubectl prints a node.
+pub(crate) fn describe_node(api: &ApiArgs, name: &str) -> anyhow::Result<()> {
+    let client = Client::new(api)?;
+    let answer = client.get(&format!("/api/v1/nodes/{name}"))?;
+    print!("{}", node_text(&answer["object"], &answer["events"]));
+    Ok(())
+}
+
+/// The text of `describe node`.
+fn node_text(node: &Value, events: &Value) -> String {
+    let mut text = String::new();
+    text.push_str(&format!(
+        "Name:               {}\n",
+        str_at(node, "/metadata/name")
+    ));
+    let labels: Vec<String> = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    text.push_str(&format!(
+        "Labels:             {}\n",
+        if labels.is_empty() {
+            "<none>".to_owned()
+        } else {
+            labels.join("\n                    ")
+        }
+    ));
+    text.push_str(&format!(
+        "CreationTimestamp:  {}\n",
+        str_at(node, "/metadata/creationTimestamp")
+    ));
+    text.push_str(&format!(
+        "Membership:         {} (incarnation {})\n",
+        str_at(node, "/status/membership"),
+        node.pointer("/status/incarnation")
+            .map(Value::to_string)
+            .unwrap_or_default()
+    ));
+    text.push_str("Conditions:\n");
+    let rows: Vec<Vec<String>> = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let since = str_at(c, "/lastTransitionTime");
+            vec![
+                str_at(c, "/type").to_owned(),
+                str_at(c, "/status").to_owned(),
+                if since.is_empty() { "-" } else { since }.to_owned(),
+                str_at(c, "/reason").to_owned(),
+                str_at(c, "/message").to_owned(),
+            ]
+        })
+        .collect();
+    let table = format_table(
+        &["Type", "Status", "LastTransitionTime", "Reason", "Message"],
+        &rows,
+    );
+    for line in table.lines() {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text.push_str("Addresses:\n");
+    for a in node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        text.push_str(&format!(
+            "  {}:  {}\n",
+            str_at(a, "/type"),
+            str_at(a, "/address")
+        ));
+    }
+    text.push_str("System Info:\n");
+    for (label, pointer) in [
+        ("Shoal Version", "/status/nodeInfo/shoalVersion"),
+        ("Operating System", "/status/nodeInfo/operatingSystem"),
+        ("Architecture", "/status/nodeInfo/architecture"),
+        ("Started At", "/status/nodeInfo/startedAt"),
+    ] {
+        text.push_str(&format!(
+            "  {:<18} {}\n",
+            format!("{label}:"),
+            str_at(node, pointer)
+        ));
+    }
+    workloads::events(&mut text, events);
+    text
+}
+
 /// `shoal join PEER...`.
 pub(crate) fn join(api: &ApiArgs, peers: Vec<String>) -> anyhow::Result<()> {
     let client = Client::new(api)?;
@@ -360,21 +477,27 @@ pub(crate) fn join_warnings(list: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Nodes whose `ClockSkew` condition holds: the serving node refusing writes because its
-/// clock is off, or a member's clock far from the serving node's.
-pub(crate) fn clock_warnings(list: &Value) -> Vec<String> {
+/// Nodes with a condition that holds and should not: the serving node refusing writes because
+/// its clock is off, a member's clock far from the serving node's (`ClockSkew`), a node whose
+/// disk is full or failing (`DiskPressure`).
+pub(crate) fn condition_warnings(list: &Value) -> Vec<String> {
     items(list)
-        .filter_map(|node| {
-            let condition = node
-                .pointer("/status/conditions")?
-                .as_array()?
-                .iter()
-                .find(|c| str_at(c, "/type") == "ClockSkew" && str_at(c, "/status") == "True")?;
-            Some(format!(
-                "node {}: {}",
-                str_at(node, "/metadata/name"),
-                str_at(condition, "/message")
-            ))
+        .flat_map(|node| {
+            node.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| {
+                    matches!(str_at(c, "/type"), "ClockSkew" | "DiskPressure")
+                        && str_at(c, "/status") == "True"
+                })
+                .map(move |c| {
+                    format!(
+                        "node {}: {}",
+                        str_at(node, "/metadata/name"),
+                        str_at(c, "/message")
+                    )
+                })
         })
         .collect()
 }
@@ -393,4 +516,44 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 /// YAML of a JSON value.
 pub(crate) fn to_yaml(value: &Value) -> anyhow::Result<String> {
     serde_saphyr::to_string(value).context("rendering YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_read_as_kubectl_prints_them() {
+        assert_eq!(warning_text("299 - \"not saved yet\""), "not saved yet");
+        assert_eq!(warning_text("299 shoal \"a b c\""), "a b c");
+        assert_eq!(warning_text("odd"), "odd");
+    }
+
+    #[test]
+    fn describe_node_lists_conditions_and_events() {
+        let node = serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"a": "1", "b": "2"}},
+            "status": {
+                "membership": "alive", "incarnation": 3,
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "MemberAlive", "message": "ok"},
+                    {"type": "DiskPressure", "status": "True", "reason": "DiskFull",
+                     "message": "disk full", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                ],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+            },
+        });
+        let events = serde_json::json!([
+            {"type": "Warning", "reason": "DiskFull", "message": "disk full", "atMs": 0},
+        ]);
+        let text = node_text(&node, &events);
+        assert!(
+            text.contains("Labels:             a=1\n                    b=2\n"),
+            "{text}"
+        );
+        let row = text.lines().find(|l| l.contains("DiskPressure")).unwrap();
+        assert!(row.contains("True") && row.contains("DiskFull") && row.ends_with("disk full"));
+        assert!(text.contains("InternalIP:  10.0.0.1"), "{text}");
+        assert!(text.contains("Warning") && text.lines().last().unwrap().ends_with("disk full"));
+    }
 }

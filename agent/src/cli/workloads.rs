@@ -608,28 +608,33 @@ fn state_text(state: &manifest::ContainerState) -> String {
     }
 }
 
-fn events(text: &mut String, events: &Value) {
+pub(crate) fn events(text: &mut String, events: &Value) {
     let list = events.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         text.push_str("Events:       <none>\n");
         return;
     }
-    text.push_str("Events:\n  Type     Reason     Age    Message\n");
-    for e in list {
-        let count = e["count"].as_u64().unwrap_or(1);
-        let age = when(e["atMs"].as_u64().unwrap_or(0));
-        let age = if count > 1 {
-            format!("{age} (x{count})")
-        } else {
-            age
-        };
-        text.push_str(&format!(
-            "  {:<8} {:<10} {:<6} {}\n",
-            e["type"].as_str().unwrap_or(""),
-            e["reason"].as_str().unwrap_or(""),
-            age,
-            e["message"].as_str().unwrap_or("")
-        ));
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            let count = e["count"].as_u64().unwrap_or(1);
+            let age = when(e["atMs"].as_u64().unwrap_or(0));
+            let age = if count > 1 {
+                format!("{age} (x{count})")
+            } else {
+                age
+            };
+            vec![
+                e["type"].as_str().unwrap_or("").to_owned(),
+                e["reason"].as_str().unwrap_or("").to_owned(),
+                age,
+                e["message"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    text.push_str("Events:\n");
+    for line in format_table(&["Type", "Reason", "Age", "Message"], &rows).lines() {
+        text.push_str(&format!("  {line}\n"));
     }
 }
 

@@ -143,7 +143,7 @@ fn apply_and_load_round_trip() {
         // Empty batches commit nothing.
         let commits = db.commits();
         db.apply(Vec::new()).unwrap();
-        db.apply_with_meta(Vec::new(), []).unwrap();
+        db.apply_with_meta([], []).unwrap();
         assert_eq!(db.commits(), commits);
         // A newer web, db collected, in one batch; the later change of a key wins.
         let (web, web2) = object("web", 20, b"v2");
@@ -190,8 +190,9 @@ fn meta_and_peers() {
         db.set_meta("cluster", b"prod").unwrap();
         // Entries and meta in one transaction.
         let commits = db.commits();
+        let batch = upsert([object("web", 10, b"v1")]);
         db.apply_with_meta(
-            upsert([object("web", 10, b"v1")]),
+            batch.iter().map(|(k, e)| (k, e.as_ref())),
             [
                 (META_LAST_CONTACT, &1_700_000_000_000u64.to_le_bytes()[..]),
                 ("other", &b"x"[..]),
@@ -234,9 +235,10 @@ fn meta_and_peers() {
         db.set_meta("format_version", b"x"),
         Err(PersistError::ReservedMeta(_))
     ));
+    let batch = upsert([object("db", 10, b"v1")]);
     assert!(matches!(
         db.apply_with_meta(
-            upsert([object("db", 10, b"v1")]),
+            batch.iter().map(|(k, e)| (k, e.as_ref())),
             [("format_version", &b"x"[..])]
         ),
         Err(PersistError::ReservedMeta(_))

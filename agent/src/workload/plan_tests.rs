@@ -41,6 +41,7 @@ fn member(i: u8, state: MemberState) -> MemberSnap {
             mesh: None,
             service_range: None,
             limits: None,
+            ..NodeInfo::default()
         }),
     }
 }
