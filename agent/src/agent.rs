@@ -27,6 +27,7 @@ use crate::workload::limits::Limits;
 use crate::workload::plan::Plan;
 use crate::workload::projector::{self, ProjectorCounters};
 use crate::workload::reconciler::ReconcilerConfig;
+use crate::workload::service::{DEFAULT_SERVICE_RANGE, DOCKER_SERVICE_RANGE, ServiceRange};
 
 /// Options of `shoal agent`.
 #[derive(Args, Debug)]
@@ -82,11 +83,12 @@ pub(crate) struct AgentArgs {
     #[arg(long)]
     mesh_listen: Option<SocketAddr>,
     /// The cluster's service range: cluster IPs come from it, and the cluster DNS answers on
-    /// its first address. Give every agent of a cluster the same one. The loopback default
-    /// needs no privileges but Docker pods cannot reach it; any other range needs
-    /// CAP_NET_ADMIN (the agent routes it to this host).
-    #[arg(long, default_value_t = crate::workload::service::DEFAULT_SERVICE_RANGE)]
-    service_range: crate::workload::service::ServiceRange,
+    /// its first address. Give every agent of a cluster the same one. Default: 10.200.0.0/16
+    /// with the Docker runtime (Docker pods reach it through their bridge; the agent routes
+    /// it to this host, which needs CAP_NET_ADMIN), 127.200.0.0/16 with the process runtime
+    /// (loopback: no privileges, but Docker pods cannot reach it).
+    #[arg(long)]
+    service_range: Option<crate::workload::service::ServiceRange>,
     /// Most replicas one workload may ask for; `apply` and `scale` refuse more. Give every
     /// agent the same value (the cluster plans with the lowest any member announces).
     #[arg(long, default_value_t = Limits::DEFAULT_PER_WORKLOAD, value_parser = clap::value_parser!(u32).range(1..))]
@@ -306,7 +308,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let keypair = db.identity().clone();
     let keypair_for_mesh = keypair.clone();
-    let service_range = args.service_range;
     let (key, created_key) = cluster_key(&args, &data_dir)?;
     let mut net_config = NetConfig::new(args.listen, keypair, key.clone());
     net_config.mdns = args.mdns;
@@ -430,6 +431,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(kind) => kind,
         None => AnyRuntime::default_kind().await,
     };
+    // Before the runtime sets anything up: an agent that refuses to start leaves nothing behind.
+    let service_range = service_range_for(args.service_range, runtime_kind)?;
     let runtime = AnyRuntime::new(
         runtime_kind,
         RuntimeConfig::new(key.fingerprint(), id.to_hex(), data_dir.clone()),
@@ -544,11 +547,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         plan_tx,
     );
 
-    // A range outside loopback reaches this host only through a route (Docker pods send to it
-    // through their bridge); loopback needs none.
-    if !service_range.is_loopback() {
-        ensure_local_route(service_range);
-    }
     // The cluster DNS, on the range's first address.
     let (zone_tx, zone_rx) = watch::channel(Arc::new(crate::dns::Zone::default()));
     let dns_addr = SocketAddr::new(service_range.dns_address().into(), 53);
@@ -681,31 +679,72 @@ impl Drop for OwnRuntime {
     }
 }
 
-/// Routes `range` to this host (`ip route add local RANGE dev lo`), so that its addresses can
-/// be bound here and reached from containers. Needs CAP_NET_ADMIN; an existing route (another
-/// agent of this machine added it) is fine. The route stays when the agent stops: other agents
-/// of the machine may use it.
-fn ensure_local_route(range: crate::workload::service::ServiceRange) {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-4",
-            "route",
-            "add",
-            "local",
-            &range.to_string(),
-            "dev",
-            "lo",
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => info!(%range, "routed the service range to this host"),
-        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("File exists") => {}
-        Ok(o) => warn!(%range, error = %String::from_utf8_lossy(&o.stderr).trim(),
-            "cannot route the service range to this host (needs CAP_NET_ADMIN); its cluster IPs \
-             will not be reachable here"),
-        Err(e) => warn!(%range, error = %e,
-            "cannot run `ip` to route the service range to this host; its cluster IPs will not \
-             be reachable here"),
+/// The service range this agent serves: `--service-range`, else the default that the pods of
+/// its runtime can reach. A range outside loopback reaches this host only through a route
+/// (Docker pods send to it through their bridge), which the agent adds; it refuses to start
+/// when it cannot, with the ways out, rather than run a node whose pods cannot reach services.
+fn service_range_for(
+    given: Option<ServiceRange>,
+    runtime: RuntimeKind,
+) -> anyhow::Result<ServiceRange> {
+    let range = match (given, runtime) {
+        (Some(range), _) => range,
+        (None, RuntimeKind::Docker) => DOCKER_SERVICE_RANGE,
+        (None, _) => DEFAULT_SERVICE_RANGE,
+    };
+    if range.is_loopback() {
+        if runtime == RuntimeKind::Docker {
+            warn!(%range,
+                "Docker pods cannot reach a loopback service range: they reach services only \
+                 through node ports (not by name, cluster IP or NAME_SERVICE_HOST). Give every \
+                 agent a range outside loopback, e.g. --service-range {DOCKER_SERVICE_RANGE}");
+        }
+        return Ok(range);
+    }
+    route_to_host(range).map_err(|why| {
+        anyhow::anyhow!(
+            "cannot route the service range {range} to this host: {why}. Pods reach services \
+             (by name, cluster IP and NAME_SERVICE_HOST) through `ip route add local {range} dev \
+             lo`, which needs CAP_NET_ADMIN, as kube-proxy does. Either run the agent as root \
+             (or grant it: sudo setcap cap_net_admin,cap_net_bind_service+ep $(command -v \
+             shoal)), or add the route once yourself (sudo ip route add local {range} dev lo), \
+             or start every agent of the cluster with --service-range {DEFAULT_SERVICE_RANGE} \
+             (loopback, no privileges; Docker pods then reach services only through node \
+             ports), or run pods with --runtime process{}",
+            if given.is_none() {
+                " (its default range is loopback)"
+            } else {
+                ""
+            }
+        )
+    })?;
+    Ok(range)
+}
+
+/// Makes every address of `range` local to this host (`ip route add local RANGE dev lo`),
+/// unless it already is. Returns why not, when it cannot.
+fn route_to_host(range: ServiceRange) -> Result<(), String> {
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run `ip` ({e})"))
+    };
+    let cidr = range.to_string();
+    // Routed already (by an earlier agent, or by hand): nothing to do, and no privilege needed.
+    let shown = ip(&["-4", "route", "show", "table", "local", &cidr])?;
+    if String::from_utf8_lossy(&shown.stdout).contains(&format!("local {cidr}")) {
+        return Ok(());
+    }
+    let added = ip(&["-4", "route", "add", "local", &cidr, "dev", "lo"])?;
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    if added.status.success() {
+        info!(%range, "routed the service range to this host");
+        Ok(())
+    } else if stderr.contains("File exists") {
+        Ok(())
+    } else {
+        Err(format!("`ip route add` says: {}", stderr.trim()))
     }
 }
 

@@ -626,7 +626,18 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start`], every agent with extra arguments (kept for [`Cluster::add`]).
+    /// Unless they name one, the cluster gets a service range of its own.
     pub fn start_with(test: &str, n: usize, extra: &[&str]) -> Self {
+        Self::start_inner(test, n, extra, true)
+    }
+
+    /// Like [`Cluster::start_with`], leaving the service range to the agents' default (only
+    /// one such cluster may run at a time on a machine).
+    pub fn start_with_default_range(test: &str, n: usize, extra: &[&str]) -> Self {
+        Self::start_inner(test, n, extra, false)
+    }
+
+    fn start_inner(test: &str, n: usize, extra: &[&str], own_range: bool) -> Self {
         let scratch = Scratch::new(test);
         let key_file = scratch.path().join("cluster.key");
         let key = Command::new(shoal_bin())
@@ -636,7 +647,7 @@ impl Cluster {
         assert!(key.status.success(), "shoal keygen failed");
         std::fs::write(&key_file, &key.stdout).expect("writing the key");
         let mut extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        if !extra.iter().any(|a| a == "--service-range") {
+        if own_range && !extra.iter().any(|a| a == "--service-range") {
             // Agents of one machine share service addresses (SO_REUSEPORT): clusters of tests
             // running at once would take each other's connections in one range.
             extra.push("--service-range".into());

@@ -215,22 +215,23 @@ impl Drop for RouteGuard {
     }
 }
 
-/// A Docker pod on one node reaches a service whose pod runs on another node by its DNS name:
-/// the cluster DNS answers the name with the cluster IP, and the mesh carries the connection.
-/// Docker pods cannot reach a loopback service range, so this cluster uses 10.201.0.0/16,
-/// which the agents route to the host (this needs CAP_NET_ADMIN, as CI has).
+/// Tests that use the Docker runtime's default service range (10.200.0.0/16) and its route,
+/// one at a time.
+static DEFAULT_RANGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+const DEFAULT_RANGE_CIDR: &str = "10.200.0.0/16";
+
+/// With default flags (the Docker runtime, its default service range), a Docker pod on one
+/// node reaches a service whose pod runs on another node by its DNS name: the agents route the
+/// range to the host (this needs CAP_NET_ADMIN, as CI has), the cluster DNS answers the name
+/// with the cluster IP, and the mesh carries the connection.
 #[test]
-fn docker_pod_reaches_a_service_by_name_across_nodes() {
-    if !docker_ready("docker_pod_reaches_a_service_by_name_across_nodes") {
+fn docker_pod_reaches_a_service_by_name_across_nodes_with_default_flags() {
+    if !docker_ready("docker_pod_reaches_a_service_by_name_across_nodes_with_default_flags") {
         return;
     }
-    const RANGE: &str = "10.201.0.0/16";
-    let _route = RouteGuard(RANGE);
-    let cluster = Cluster::start_with(
-        "dockerdns",
-        2,
-        &["--runtime", "docker", "--service-range", RANGE],
-    );
+    let _one_at_a_time = DEFAULT_RANGE.lock().unwrap_or_else(|e| e.into_inner());
+    let _route = RouteGuard(DEFAULT_RANGE_CIDR);
+    let cluster = Cluster::start_with_default_range("dockerdns", 2, &[]);
     let web = r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -308,4 +309,58 @@ spec:
         logs.contains("\"pod\":\"web-"),
         "the web pod's JSON: {logs}"
     );
+    // The service got its address from the default range.
+    let svc = cluster.agents[1].cli(&["get", "svc", "web"]).unwrap();
+    assert!(svc.contains("10.200."), "{svc}");
+}
+
+/// An agent whose pods run in Docker that cannot route its service range (no CAP_NET_ADMIN)
+/// refuses to start, and says every way out, rather than run pods that cannot reach services.
+#[test]
+fn an_agent_that_cannot_route_its_service_range_refuses_to_start_and_says_why() {
+    const TEST: &str = "an_agent_that_cannot_route_its_service_range_refuses_to_start_and_says_why";
+    if !shoal_tests::running_as_root(TEST, "it drops CAP_NET_ADMIN with setpriv") {
+        return;
+    }
+    let _one_at_a_time = DEFAULT_RANGE.lock().unwrap_or_else(|e| e.into_inner());
+    // Not routed yet (an earlier test's agents leave their route).
+    let _ = std::process::Command::new("ip")
+        .args([
+            "-4",
+            "route",
+            "del",
+            "local",
+            DEFAULT_RANGE_CIDR,
+            "dev",
+            "lo",
+        ])
+        .output();
+    let scratch = shoal_tests::Scratch::new("noroute");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+            "--",
+        ])
+        .arg(shoal_tests::shoal_bin())
+        .args(["agent", "--runtime", "docker", "--listen", "127.0.0.1:0"])
+        .args(["--api", "127.0.0.1:0", "--data-dir"])
+        .arg(scratch.path().join("data"))
+        .env_remove("SHOAL_CLUSTER_KEY")
+        .output()
+        .expect("running setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    for says in [
+        "cannot route the service range 10.200.0.0/16 to this host",
+        "Operation not permitted",
+        "CAP_NET_ADMIN",
+        "sudo ip route add local 10.200.0.0/16 dev lo",
+        "--service-range 127.200.0.0/16",
+        "--runtime process",
+    ] {
+        assert!(stderr.contains(says), "does not say {says:?}: {stderr}");
+    }
 }

@@ -92,6 +92,7 @@ pub(crate) fn node_object(m: &MemberView, info: Option<&NodeInfo>) -> Value {
                 "lastTransitionTime": rfc3339(m.since_ms),
             }, disk_condition(info)],
             "membership": m.state.as_str(),
+            "serviceRange": info.and_then(|i| i.service_range.as_deref()),
             "incarnation": m.incarnation,
             "gossipAddress": m.addr,
             "nodeInfo": {

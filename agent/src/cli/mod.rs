@@ -266,6 +266,7 @@ pub(crate) fn get_nodes(api: &ApiArgs, output: Option<Output>) -> anyhow::Result
     for warning in join_warnings(&list)
         .into_iter()
         .chain(condition_warnings(&list))
+        .chain(range_warning(&list))
     {
         eprintln!("warning: {warning}");
     }
@@ -502,6 +503,32 @@ pub(crate) fn condition_warnings(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Members that serve different service ranges (each serves and hands out its own addresses,
+/// so services break between them): one warning naming each range and its nodes.
+pub(crate) fn range_warning(list: &Value) -> Option<String> {
+    let mut ranges: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for node in items(list) {
+        let range = str_at(node, "/status/serviceRange");
+        if !range.is_empty() && str_at(node, "/status/membership") == "alive" {
+            ranges
+                .entry(range)
+                .or_default()
+                .push(str_at(node, "/metadata/name"));
+        }
+    }
+    (ranges.len() > 1).then(|| {
+        let each: Vec<String> = ranges
+            .iter()
+            .map(|(range, nodes)| format!("{range} on {}", nodes.join(", ")))
+            .collect();
+        format!(
+            "the nodes serve different service ranges ({}); services work only between nodes \
+             of one range: start every agent with the same --service-range",
+            each.join("; ")
+        )
+    })
+}
+
 fn items(list: &Value) -> impl Iterator<Item = &Value> {
     list.get("items")
         .and_then(Value::as_array)
@@ -521,6 +548,31 @@ pub(crate) fn to_yaml(value: &Value) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_serving_different_service_ranges_are_warned_about() {
+        let node = |name: &str, range: &str, state: &str| {
+            serde_json::json!({"metadata": {"name": name},
+                "status": {"serviceRange": range, "membership": state}})
+        };
+        let list = |nodes: Vec<Value>| serde_json::json!({ "items": nodes });
+        let same = list(vec![
+            node("a", "10.200.0.0/16", "alive"),
+            node("b", "10.200.0.0/16", "alive"),
+            node("c", "127.200.0.0/16", "dead"),
+        ]);
+        assert_eq!(range_warning(&same), None);
+        let mixed = list(vec![
+            node("a", "10.200.0.0/16", "alive"),
+            node("b", "127.200.0.0/16", "alive"),
+            node("c", "10.200.0.0/16", "alive"),
+        ]);
+        let warning = range_warning(&mixed).expect("a warning");
+        assert!(
+            warning.contains("10.200.0.0/16 on a, c; 127.200.0.0/16 on b"),
+            "{warning}"
+        );
+    }
 
     #[test]
     fn warnings_read_as_kubectl_prints_them() {

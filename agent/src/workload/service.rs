@@ -57,7 +57,7 @@ use crate::manifest::{
 };
 use crate::runtime::process::POD_RANGE;
 
-/// The cluster's default service range, `127.200.0.0/16`.
+/// The default service range of agents whose pods run as processes, `127.200.0.0/16`.
 ///
 /// Why there: on Linux all of 127.0.0.0/8 is local to every host without privileges, so host
 /// processes and process-runtime pods reach a virtual IP with no root and no routes to set up,
@@ -66,6 +66,15 @@ use crate::runtime::process::POD_RANGE;
 /// `localhost` and what users run on it live. A /16 holds 65,533 services.
 pub(crate) const DEFAULT_SERVICE_RANGE: ServiceRange =
     ServiceRange(Ipv4Net::new_assert(Ipv4Addr::new(127, 200, 0, 0), 16));
+
+/// The default service range of agents whose pods run in Docker: containers have loopbacks of
+/// their own, so they reach the host's service listeners only through an address that leaves
+/// the container (through its bridge's gateway). The agent routes the range to the host
+/// (`ip route add local RANGE dev lo`), which needs CAP_NET_ADMIN, as kube-proxy does. Inside
+/// the private 10.0.0.0/8, away from Docker's own default pools (172.17.0.0/16 and up,
+/// 192.168.0.0/16) and from Kubernetes' default service range (10.96.0.0/12).
+pub(crate) const DOCKER_SERVICE_RANGE: ServiceRange =
+    ServiceRange(Ipv4Net::new_assert(Ipv4Addr::new(10, 200, 0, 0), 16));
 
 /// The addresses a cluster gives services: an IPv4 network, `base/prefix`, with a prefix length
 /// of 12 to 28 (a million to 13 usable addresses), outside the process runtime's pod
