@@ -185,7 +185,12 @@ pub(crate) enum PersistError {
         supported: u32,
     },
     /// The file, or a value the agent cannot do without (identity, format version), is damaged.
-    #[error("{} is corrupt: {what}", path.display())]
+    #[error(
+        "{} is corrupt: {what}. The agent does not serve damaged state: restore the data dir \
+         from a backup, or move it aside to start as a new node (which takes its state from \
+         its peers; give it --join)",
+        path.display()
+    )]
     Corrupt { path: PathBuf, what: String },
     /// A transaction failed (I/O error, disk full, ...).
     #[error("{}: {op} failed: {source}", path.display())]

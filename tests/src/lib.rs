@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod nemesis;
+
 /// Path of the `shoal` binary under test.
 pub fn shoal_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("SHOAL_BIN") {
@@ -48,6 +50,56 @@ pub fn demo_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A command that runs `program` in network namespace `netns` (`ip netns exec`, which execs
+/// it: the child's pid is the program's), or in the test's own.
+pub fn in_netns(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// An HTTP request made with curl in network namespace `ns`: the status (0 if none came) and
+/// the body.
+fn curl_in(
+    ns: &str,
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    token: Option<&str>,
+) -> (u16, String) {
+    use std::io::Write;
+    let mut command = in_netns(Some(ns), "curl");
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    command
+        .args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}"])
+        .arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if body.is_some() {
+        command.args(["--data-binary", "@-"]);
+    }
+    let Ok(mut child) = command.spawn() else {
+        return (0, "cannot run curl".into());
+    };
+    if let (Some(mut stdin), Some(body)) = (child.stdin.take(), body) {
+        let _ = stdin.write_all(body);
+    }
+    let out = child
+        .wait_with_output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// A tmpfs of a given size mounted for a test (a disk that fills up), unmounted when dropped.
@@ -182,6 +234,12 @@ pub struct Agent {
     pub gossip: Option<String>,
     /// API address, known once started.
     pub api: Option<String>,
+    /// The network namespace the agent runs in (`None`: the test's own).
+    pub netns: Option<String>,
+    /// The network namespace CLI commands and requests to its API run in.
+    pub client_netns: Option<String>,
+    /// The API token CLI commands and requests send (an API beyond loopback requires one).
+    pub api_token: Option<String>,
     key_file: PathBuf,
     child: Option<Child>,
 }
@@ -203,6 +261,9 @@ impl Agent {
             name: name.to_owned(),
             dir: root.join(name),
             log_dir: root.join(name),
+            netns: None,
+            client_netns: None,
+            api_token: None,
             gossip: None,
             api: None,
             key_file: key_file.to_owned(),
@@ -217,6 +278,14 @@ impl Agent {
 
     /// Like [`Agent::start`] with extra command-line arguments.
     pub fn start_with(&mut self, join: &[String], extra: &[&str]) {
+        if let Err(e) = self.try_start_with(join, extra) {
+            panic!("{e}");
+        }
+    }
+
+    /// Like [`Agent::start_with`], returning what went wrong instead of panicking: an agent
+    /// that exits at start, with what it said.
+    pub fn try_start_with(&mut self, join: &[String], extra: &[&str]) -> Result<(), String> {
         assert!(self.child.is_none(), "{} already runs", self.name);
         std::fs::create_dir_all(&self.dir).expect("data dir");
         std::fs::create_dir_all(&self.log_dir).expect("log dir");
@@ -230,7 +299,7 @@ impl Agent {
         let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let listen = self.gossip.clone().unwrap_or_else(|| "127.0.0.1:0".into());
         let api = self.api.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let mut command = Command::new(shoal_bin());
+        let mut command = in_netns(self.netns.as_deref(), shoal_bin());
         command
             .arg("agent")
             .arg("--name")
@@ -261,14 +330,15 @@ impl Agent {
             if let Some(line) = text.lines().find(|l| l.contains("shoal agent starting")) {
                 self.gossip = field(line, "listen");
                 self.api = field(line, "api");
-                break;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("{} exited at start ({status}):\n{text}", self.name);
+                self.child = None;
+                return Err(format!("{} exited at start ({status}):\n{text}", self.name));
             }
             assert!(
                 Instant::now() < deadline,
@@ -276,6 +346,23 @@ impl Agent {
                 self.name
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A handle on the same agent for CLI commands and requests only (it cannot start or
+    /// stop it): for threads that talk to it while the test controls it.
+    pub fn client_of(&self) -> Agent {
+        Agent {
+            name: self.name.clone(),
+            dir: self.dir.clone(),
+            log_dir: self.log_dir.clone(),
+            gossip: self.gossip.clone(),
+            api: self.api.clone(),
+            netns: self.netns.clone(),
+            client_netns: self.client_netns.clone(),
+            api_token: self.api_token.clone(),
+            key_file: self.key_file.clone(),
+            child: None,
         }
     }
 
@@ -375,10 +462,22 @@ impl Agent {
         false
     }
 
+    /// A `shoal` command for CLI use against this agent: in its client namespace, with its
+    /// token.
+    fn client(&self) -> Command {
+        let mut command = in_netns(self.client_netns.as_deref(), shoal_bin());
+        match &self.api_token {
+            Some(token) => command.env("SHOAL_API_TOKEN", token),
+            None => command.env_remove("SHOAL_API_TOKEN"),
+        };
+        command
+    }
+
     /// Runs a `shoal` CLI command against this agent's API.
     pub fn cli(&self, args: &[&str]) -> Result<String, String> {
         let api = self.api.as_deref().expect("started");
-        let out = Command::new(shoal_bin())
+        let out = self
+            .client()
             .args(args)
             .arg("--api")
             .arg(api)
@@ -395,7 +494,8 @@ impl Agent {
     /// standard output and its standard error.
     pub fn cli_full(&self, args: &[&str]) -> (bool, String, String) {
         let api = self.api.as_deref().expect("started");
-        let out = Command::new(shoal_bin())
+        let out = self
+            .client()
             .args(args)
             .arg("--api")
             .arg(api)
@@ -463,6 +563,9 @@ impl Agent {
     /// HTTP request to this agent's API; returns (status, body).
     pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
         let url = format!("http://{}{path}", self.api.as_deref().expect("started"));
+        if let Some(ns) = &self.client_netns {
+            return curl_in(ns, method, &url, body, self.api_token.as_deref());
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
