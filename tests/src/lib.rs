@@ -52,6 +52,33 @@ pub fn demo_bin() -> PathBuf {
     bin
 }
 
+/// Polls `check` every 50 ms until it returns `Ok`, or panics after `timeout` with the last
+/// error and the tails of `agents`' logs. Returns the time it took.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    agents: &[Agent],
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return start.elapsed(),
+            Err(e) if start.elapsed() > timeout => {
+                let logs: Vec<String> = agents
+                    .iter()
+                    .map(|a| format!("--- {} ---\n{}", a.name, a.log_tail(25)))
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}: {e}\n{}",
+                    logs.join("\n")
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// A command that runs `program` in network namespace `netns` (`ip netns exec`, which execs
 /// it: the child's pid is the program's), or in the test's own.
 pub fn in_netns(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -848,24 +875,7 @@ impl Cluster {
         timeout: Duration,
         mut check: impl FnMut(&Cluster) -> Result<(), String>,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            match check(self) {
-                Ok(()) => return start.elapsed(),
-                Err(e) if start.elapsed() > timeout => {
-                    let logs: Vec<String> = self
-                        .agents
-                        .iter()
-                        .map(|a| format!("--- {} ---\n{}", a.name, a.log_tail(25)))
-                        .collect();
-                    panic!(
-                        "timed out after {timeout:?} waiting for {what}: {e}\n{}",
-                        logs.join("\n")
-                    );
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+        wait_until(what, timeout, &self.agents, || check(self))
     }
 
     /// Checks that every agent in `observers` sees every name in `names` in `state`.

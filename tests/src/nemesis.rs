@@ -396,24 +396,7 @@ impl Bed {
         timeout: Duration,
         mut check: impl FnMut(&Bed) -> Result<(), String>,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            match check(self) {
-                Ok(()) => return start.elapsed(),
-                Err(e) if start.elapsed() > timeout => {
-                    let logs: Vec<String> = self
-                        .agents
-                        .iter()
-                        .map(|a| format!("--- {} ---\n{}", a.name, a.log_tail(30)))
-                        .collect();
-                    panic!(
-                        "timed out after {timeout:?} waiting for {what}: {e}\n{}",
-                        logs.join("\n")
-                    );
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        crate::wait_until(what, timeout, &self.agents, || check(self))
     }
 
     /// The agents meant to run.
@@ -836,7 +819,7 @@ pub fn random_fault(rng: &mut Rng, n: usize, can_delay: bool) -> Fault {
         let start = rng.below(n);
         (0..(n - 1) / 2).map(|k| (start + k) % n).collect()
     };
-    match rng.below(13) {
+    match rng.below(15) {
         0 => Fault::Kill(vec![node]),
         1 => Fault::Kill(minority),
         2 => Fault::Kill((0..n).collect()),
@@ -853,7 +836,9 @@ pub fn random_fault(rng: &mut Rng, n: usize, can_delay: bool) -> Fault {
         9 => Fault::Loss(10),
         10 => Fault::ClockBump(node, if rng.below(2) == 0 { 2_000 } else { -2_000 }),
         11 => Fault::DiskFull(node),
-        _ => Fault::KillDuringRuntimeOps(node),
+        12 => Fault::KillDuringRuntimeOps(node),
+        13 => Fault::TruncateState(node, 50),
+        _ => Fault::FlipState(node),
     }
 }
 
