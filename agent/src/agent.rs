@@ -116,6 +116,10 @@ pub(crate) struct AgentArgs {
     /// of the clock rule; never needed otherwise.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     clock_offset_ms: i64,
+    /// Makes the wall clock the gossip core reads drift by this many parts per million from
+    /// the start (100000: 100 ms a second). For fault tests of the clock rule.
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    clock_drift_ppm: i64,
 }
 
 /// The mesh's default address: the gossip listen IP, port 7948 (gossip 7946 + 2), or an
@@ -519,6 +523,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             seeds,
             own_entries: vec![(NODE_INFO.to_owned(), info.encode())],
             clock_offset_ms: args.clock_offset_ms,
+            clock_drift_ppm: args.clock_drift_ppm,
             disk_reserve: args.disk_reserve_mb.saturating_mul(1 << 20),
         },
         Subscriber {

@@ -430,6 +430,8 @@ pub(crate) struct DriverSetup {
     pub(crate) own_entries: Vec<(String, Vec<u8>)>,
     /// How far the wall clock the gossip core reads is moved (fault tests; 0 otherwise).
     pub(crate) clock_offset_ms: i64,
+    /// How fast that wall clock drifts, in parts per million (fault tests; 0 otherwise).
+    pub(crate) clock_drift_ppm: i64,
     /// Free space (bytes) under which the node refuses object writes.
     pub(crate) disk_reserve: u64,
 }
@@ -444,6 +446,7 @@ pub(crate) fn start(
     let clock = Clock {
         origin: TokioInstant::now(),
         offset_ms: setup.clock_offset_ms,
+        drift_ppm: setup.clock_drift_ppm,
     };
     let now = clock.now();
     let me = setup.identity.id;

@@ -14,8 +14,8 @@
 //! suspicion timeout); partitions made with iptables in the agents' namespaces (one node
 //! alone, majority against minority, a ring of overlapping majorities); packet loss and
 //! duplication (iptables `statistic` and `TEE`; delay needs netem, which this kernel may lack:
-//! then it is skipped and said so); a clock bump (the agent restarted with a test-only clock
-//! offset); a full disk (the data dir on a small tmpfs); a truncated or bit-flipped state file
+//! then it is skipped and said so); a clock bump or drift (the agent restarted with a
+//! test-only clock offset, or drift); a full disk (the data dir on a small tmpfs); a truncated or bit-flipped state file
 //! (the agent must refuse to start with a clear message, or recover; the operator's fix is to
 //! move the data dir aside); kill -9 while the agent starts and stops pods.
 //!
@@ -238,6 +238,9 @@ pub enum Fault {
     Delay(u32),
     /// The agent restarted with its clock this many ms off, and back at the heal.
     ClockBump(usize, i64),
+    /// The agent restarted with its clock drifting by this many parts per million (it
+    /// starts on time and drifts off), and back at the heal.
+    ClockDrift(usize, i64),
     /// The agent's data dir's disk filled up.
     DiskFull(usize),
     /// The agent killed, its state file cut to this share of its length (percent), and
@@ -262,6 +265,9 @@ impl Fault {
             Fault::Duplicate => "every packet twice".into(),
             Fault::Delay(ms) => format!("{ms} ms delay"),
             Fault::ClockBump(i, ms) => format!("clock of node-{i} {ms:+} ms"),
+            Fault::ClockDrift(i, ppm) => {
+                format!("clock of node-{i} drifting {:+} ms/s", ppm / 1000)
+            }
             Fault::DiskFull(i) => format!("disk of node-{i} full"),
             Fault::TruncateState(i, p) => format!("state of node-{i} truncated to {p}%"),
             Fault::FlipState(i) => format!("a byte of node-{i}'s state flipped"),
@@ -611,8 +617,12 @@ impl Bed {
             Fault::Delay(ms) => self.net.delay(*ms).map(|()| Heal::Network),
             Fault::ClockBump(i, ms) => {
                 self.kill(*i);
-                let offset = ms.to_string();
-                self.restart(*i, &["--clock-offset-ms", &offset]);
+                self.restart(*i, &["--clock-offset-ms", &ms.to_string()]);
+                Ok(Heal::Restart(vec![*i], vec!["kill".into()]))
+            }
+            Fault::ClockDrift(i, ppm) => {
+                self.kill(*i);
+                self.restart(*i, &["--clock-drift-ppm", &ppm.to_string()]);
                 Ok(Heal::Restart(vec![*i], vec!["kill".into()]))
             }
             Fault::DiskFull(i) => {
@@ -819,7 +829,7 @@ pub fn random_fault(rng: &mut Rng, n: usize, can_delay: bool) -> Fault {
         let start = rng.below(n);
         (0..(n - 1) / 2).map(|k| (start + k) % n).collect()
     };
-    match rng.below(15) {
+    match rng.below(16) {
         0 => Fault::Kill(vec![node]),
         1 => Fault::Kill(minority),
         2 => Fault::Kill((0..n).collect()),
@@ -838,6 +848,7 @@ pub fn random_fault(rng: &mut Rng, n: usize, can_delay: bool) -> Fault {
         11 => Fault::DiskFull(node),
         12 => Fault::KillDuringRuntimeOps(node),
         13 => Fault::TruncateState(node, 50),
+        14 => Fault::ClockDrift(node, if rng.below(2) == 0 { 200_000 } else { -200_000 }),
         _ => Fault::FlipState(node),
     }
 }

@@ -120,10 +120,7 @@ pub(crate) fn start(
     plans: watch::Sender<Arc<Plan>>,
 ) -> tokio::task::JoinHandle<()> {
     let (done_tx, done_rx) = mpsc::channel(DONE_QUEUE);
-    let clock = Clock {
-        origin: TokioInstant::now(),
-        offset_ms: 0,
-    };
+    let clock = Clock::real();
     let supervisor = Supervisor::new(
         SupervisorConfig {
             me: config.me,
