@@ -725,10 +725,12 @@ fn unique_service_range() -> String {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let docker = self
+        // Docker runs the pods unless the agents were told otherwise (it is the default where
+        // an engine answers).
+        let docker = !self
             .extra
             .windows(2)
-            .any(|w| w[0] == "--runtime" && w[1] == "docker");
+            .any(|w| w[0] == "--runtime" && w[1] != "docker");
         // Agents are killed (kill -9) as they drop; their Docker containers would outlive them.
         for agent in &mut self.agents {
             agent.kill9();
