@@ -162,7 +162,7 @@ fn machine_capacity() -> (u64, u64) {
     (cpus * 1000, memory)
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME").filter(|_| !is_root()) {
         let base = std::env::var_os("XDG_DATA_HOME")
             .map(PathBuf::from)

@@ -18,6 +18,7 @@ mod proxy;
 pub mod runtime;
 mod secret_file;
 mod sim;
+mod up;
 mod workload;
 
 /// The Kubernetes object model (the `shoal-model` crate), under the name the agent's code uses
@@ -158,6 +159,16 @@ enum Command {
     },
     /// Print a new random cluster key.
     Keygen,
+    /// Start a local cluster of agents on this machine (process runtime: no privileges, no
+    /// Docker), run a sample application on it, and print what to try; Ctrl-C stops it.
+    Up(up::UpArgs),
+    /// A tiny HTTP server (what the sample application runs), or with --get URL a client.
+    #[command(name = "demo-http", disable_help_flag = true)]
+    DemoHttp {
+        /// Nothing to serve on $LISTEN or $POD_IP:$PORT (8080); --get URL [--wait-ms N].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Simulate a cluster running the real gossip protocol, deterministically, and report
     /// convergence, failure detection, false positives and traffic; with --workloads, the
     /// whole cluster running deployments, and how it reschedules them when nodes die.
@@ -273,6 +284,11 @@ pub fn run() -> anyhow::Result<()> {
         Command::Join { peers, api } => cli::join(&api, peers),
         Command::Leave { api } => cli::leave(&api),
         Command::Keygen => agent::keygen(),
+        Command::Up(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(up::up(args)),
+        Command::DemoHttp { args } => shoal_demo::run(args),
         Command::Sim(args) => sim::run(args),
     }
 }

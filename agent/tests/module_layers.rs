@@ -55,7 +55,7 @@ const LAYERS: &[&[&str]] = &[
         "workload/testbed",
     ],
     // The commands: the agent that wires everything, the CLI, the simulator.
-    &["agent", "cli", "sim"],
+    &["agent", "cli", "sim", "up"],
 ];
 
 #[test]

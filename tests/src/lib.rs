@@ -731,9 +731,13 @@ impl Drop for Cluster {
             .extra
             .windows(2)
             .any(|w| w[0] == "--runtime" && w[1] != "docker");
-        // Agents are killed (kill -9) as they drop; their Docker containers would outlive them.
+        // Agents are killed (kill -9) as they drop, with their pods: process pods and Docker
+        // containers would outlive them.
         for agent in &mut self.agents {
             agent.kill9();
+            for pid in agent.pod_pids() {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
         }
         if docker {
             self.docker_cleanup();

@@ -35,6 +35,16 @@ pub(crate) struct ApiArgs {
     token_file: Option<std::path::PathBuf>,
 }
 
+impl ApiArgs {
+    /// The API at `api`, with no token file (the token, if any, from `SHOAL_API_TOKEN`).
+    pub(crate) fn at(api: String) -> ApiArgs {
+        ApiArgs {
+            api,
+            token_file: None,
+        }
+    }
+}
+
 /// kubectl's `-n`.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct NamespaceArgs {

@@ -102,6 +102,8 @@ use super::{
 /// Where pods get their IPs: 127.64.0.0/10 (a service range must stay out of it).
 pub(crate) const POD_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 64, 0, 0), 10);
 const POD_FILE: &str = "pod.json";
+/// The pods' directories live here, in the agent's data dir.
+const PODS_DIR: &str = "pods";
 const FORMAT: u32 = 1;
 /// The shell that holds a container's process at its start gate.
 const GATE_SHELL: &str = "/bin/sh";
@@ -298,6 +300,15 @@ fn kill_with_group(pid: u32) {
     if let Ok(raw) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
     }
+}
+
+/// Kills whatever pods the process runtime of an agent with data dir `data_dir` left running
+/// (an agent killed with SIGKILL leaves its pods, which a restarted agent would adopt): every
+/// process tied to its pods' directories, with their process groups. For when that agent will
+/// not come back (`shoal up` stopping a cluster one of whose agents was killed). Returns how
+/// many processes were killed.
+pub(crate) async fn kill_pods_left_in(data_dir: &Path) -> usize {
+    kill_tied(&[data_dir.join(PODS_DIR)]).await
 }
 
 /// Kills every process tied to one of `dirs` ([`tied_processes`]), with their process groups,
@@ -586,7 +597,7 @@ impl ProcessRuntime {
     /// Sets up `<data_dir>/pods/` and starts the log rotation task. Must be called within a
     /// tokio runtime.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let pods_dir = config.data_dir.join("pods");
+        let pods_dir = config.data_dir.join(PODS_DIR);
         create_private_dir(&pods_dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", pods_dir.display()), e))?;
         let handle = tokio::runtime::Handle::try_current().map_err(|e| {
