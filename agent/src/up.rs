@@ -332,10 +332,7 @@ fn print_next_steps(client: &Client, nodes: &[Node], exe: &Path, app: bool) {
     }
     let shoal = shoal_command(exe);
     println!("\nThe cluster:");
-    println!(
-        "    {:<8} {:<8} {:<18} {:<18}",
-        "AGENT", "PID", "API", "GOSSIP"
-    );
+    println!("    {:<8} {:<8} {:<18} GOSSIP", "AGENT", "PID", "API");
     for node in nodes {
         let pid = node
             .child
@@ -343,40 +340,54 @@ fn print_next_steps(client: &Client, nodes: &[Node], exe: &Path, app: bool) {
             .and_then(Child::id)
             .map_or_else(|| "-".to_owned(), |p| p.to_string());
         println!(
-            "    {:<8} {:<8} {:<18} {:<18}",
+            "    {:<8} {:<8} {:<18} {}",
             node.name,
             pid,
             node.api.to_string(),
-            node.gossip.to_string()
+            node.gossip
         );
     }
-    println!("\nTry:");
-    println!("    {shoal} get nodes");
-    println!("    {shoal} get pods -o wide                 # which agent runs which pod");
+    let mut tries: Vec<(String, &str)> = vec![
+        (format!("{shoal} get nodes"), ""),
+        (
+            format!("{shoal} get pods -o wide"),
+            "which agent runs which pod",
+        ),
+    ];
     if app {
         let service = client.get("/api/v1/services/default/hello").ok();
-        let cluster_ip = service
-            .as_ref()
-            .and_then(|s| s["object"]["spec"]["clusterIP"].as_str().map(str::to_owned));
-        let node_port = service
-            .as_ref()
-            .and_then(|s| s["object"]["spec"]["ports"][0]["nodePort"].as_u64());
-        if let Some(ip) = cluster_ip {
-            println!("    curl http://{ip}/                  # the service's cluster IP");
+        let spec = service.as_ref().map(|s| &s["object"]["spec"]);
+        if let Some(ip) = spec.and_then(|s| s["clusterIP"].as_str()) {
+            tries.push((format!("curl http://{ip}/"), "the service's cluster IP"));
         }
-        if let Some(port) = node_port {
-            println!(
-                "    curl http://127.0.0.1:{port}/            # its node port, on every agent"
-            );
+        if let Some(port) = spec.and_then(|s| s["ports"][0]["nodePort"].as_u64()) {
+            tries.push((
+                format!("curl http://127.0.0.1:{port}/"),
+                "its node port, on every agent",
+            ));
         }
         if let Some(victim) = nodes.get(1).and_then(|n| n.child.as_ref()?.id()) {
-            println!(
-                "    kill -9 {victim}                       # {} dies; watch its pods move:",
-                nodes[1].name
-            );
-            println!("    {shoal} get pods -o wide -w");
+            tries.push((
+                format!("kill -9 {victim}"),
+                "an agent dies: watch its pods move",
+            ));
+            tries.push((format!("{shoal} get pods -o wide -w"), ""));
         }
-        println!("    {shoal} scale deployment hello --replicas 6");
+        tries.push((format!("{shoal} scale deployment hello --replicas 6"), ""));
+    }
+    let width = tries
+        .iter()
+        .filter(|(_, comment)| !comment.is_empty())
+        .map(|(command, _)| command.len())
+        .max()
+        .unwrap_or(0);
+    println!("\nTry:");
+    for (command, comment) in tries {
+        if comment.is_empty() {
+            println!("    {command}");
+        } else {
+            println!("    {command:<width$}   # {comment}");
+        }
     }
     println!("\nCtrl-C stops the cluster.");
 }

@@ -26,7 +26,9 @@ fn compose_ready() -> bool {
     if std::env::var("SHOAL_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
         panic!("the Compose demo needs a Docker engine and Compose, and SHOAL_REQUIRE_DOCKER=1");
     }
-    eprintln!("compose demo: skipped: no Docker engine or Compose (SHOAL_REQUIRE_DOCKER=1 fails instead)");
+    eprintln!(
+        "compose demo: skipped: no Docker engine or Compose (SHOAL_REQUIRE_DOCKER=1 fails instead)"
+    );
     false
 }
 

@@ -364,3 +364,66 @@ fn an_agent_that_cannot_route_its_service_range_refuses_to_start_and_says_why() 
         assert!(stderr.contains(says), "does not say {says:?}: {stderr}");
     }
 }
+
+/// The README's Docker example: `demo/manifests/web.yaml` and `web-svc.yaml` run three pods of
+/// the locally built image and a service that answers on its cluster IP.
+#[test]
+fn the_readmes_docker_manifests_run_and_answer() {
+    if !docker_ready("the_readmes_docker_manifests_run_and_answer") {
+        return;
+    }
+    let cluster = Cluster::start_with("readme-web", 2, DOCKER);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/manifests");
+    for file in ["web.yaml", "web-svc.yaml"] {
+        let path = dir.join(file);
+        cluster.agents[0]
+            .cli(&["apply", "-f", path.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("applying {file}: {e}"));
+    }
+    cluster.wait_for("3 ready web pods", Duration::from_secs(60), |c| {
+        let ready = pod_list(c)
+            .iter()
+            .filter(|p| {
+                is_ready(p)
+                    && p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("web-")
+            })
+            .count();
+        if ready == 3 {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
+    });
+    let svc: Value = serde_json::from_str(
+        &cluster.agents[1]
+            .cli(&["get", "svc", "web", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let ip = svc["spec"]["clusterIP"]
+        .as_str()
+        .expect("a cluster IP")
+        .to_owned();
+    cluster.wait_for("the service to answer", Duration::from_secs(20), |_| {
+        let mut stream =
+            std::net::TcpStream::connect((ip.as_str(), 80)).map_err(|e| e.to_string())?;
+        use std::io::{Read, Write};
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        if text.contains("\"pod\":\"web-") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+}
