@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::process::{Child, Command};
+use tokio::signal::unix::Signal;
 
 use crate::cli::{ApiArgs, Client};
 use crate::net::ClusterKey;
@@ -65,6 +66,10 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
     ClusterKey::load_or_create(&key_file)
         .with_context(|| format!("the cluster key {}", key_file.display()))?;
     let exe = std::env::current_exe().context("finding the shoal binary")?;
+    // Taken from the start: Ctrl-C at any moment stops the agents rather than orphan them.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut nodes = plan_nodes(&dir, usize::from(args.nodes))?;
     println!(
         "shoal up: starting {} agents (data and logs in {})",
@@ -77,22 +82,35 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
         node.child = Some(spawn(&exe, node, &key_file, join)?);
     }
     let client = Client::new(&ApiArgs::at(nodes[0].api.to_string()))?;
-    let result = async {
+    let startup = async {
         wait_formed(&client, &mut nodes).await?;
         if !args.no_app {
             apply_sample_app(&nodes[0], &dir).await?;
             wait_ready(&client, &mut nodes).await?;
         }
         Ok::<(), anyhow::Error>(())
-    }
-    .await;
-    if let Err(e) = result {
-        eprintln!("shoal up: {e:#}; stopping the cluster");
-        stop(&mut nodes, None).await;
-        return Err(e);
+    };
+    // Ctrl-C while it starts stops what was started.
+    let started = tokio::select! {
+        result = startup => Some(result),
+        _ = interrupt.recv() => None,
+        _ = term.recv() => None,
+    };
+    match started {
+        None => {
+            println!("\nshoal up: stopping the cluster (Ctrl-C again kills it)");
+            stop(&mut nodes, &mut interrupt).await;
+            return Ok(());
+        }
+        Some(Err(e)) => {
+            eprintln!("shoal up: {e:#}; stopping the cluster");
+            stop(&mut nodes, &mut interrupt).await;
+            return Err(e);
+        }
+        Some(Ok(())) => {}
     }
     print_next_steps(&client, &nodes, &exe, !args.no_app);
-    watch(&mut nodes, &exe, &key_file).await;
+    watch(&mut nodes, &exe, &key_file, &mut interrupt, &mut term).await;
     Ok(())
 }
 
@@ -404,18 +422,13 @@ fn shoal_command(exe: &Path) -> String {
 }
 
 /// Runs until Ctrl-C (or SIGTERM), reporting agents that die meanwhile; then stops the rest.
-async fn watch(nodes: &mut [Node], exe: &Path, key_file: &Path) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut interrupt, mut term) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(interrupt), Ok(term)) => (interrupt, term),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("shoal up: cannot wait for signals ({e}); stopping the cluster");
-            return stop(nodes, None).await;
-        }
-    };
+async fn watch(
+    nodes: &mut [Node],
+    exe: &Path,
+    key_file: &Path,
+    interrupt: &mut Signal,
+    term: &mut Signal,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -425,7 +438,7 @@ async fn watch(nodes: &mut [Node], exe: &Path, key_file: &Path) {
         }
     }
     println!("\nshoal up: stopping the cluster (Ctrl-C again kills it)");
-    stop(nodes, Some(&mut interrupt)).await;
+    stop(nodes, interrupt).await;
 }
 
 /// Says which agents exited since the last look, and how to start them again.
@@ -459,7 +472,7 @@ fn report_exits(nodes: &mut [Node], exe: &Path, key_file: &Path) {
 /// Stops every agent: SIGTERM (they leave and stop their pods), then waits; a second Ctrl-C,
 /// or [`STOP_WAIT`], kills what is left. The pods of agents that did not stop cleanly (killed
 /// along the way, or now) are killed too, as when a machine goes down.
-async fn stop(nodes: &mut [Node], mut interrupt: Option<&mut tokio::signal::unix::Signal>) {
+async fn stop(nodes: &mut [Node], interrupt: &mut Signal) {
     for node in nodes.iter() {
         if let Some(pid) = node.child.as_ref().and_then(Child::id) {
             let _ = nix::sys::signal::kill(
@@ -478,12 +491,7 @@ async fn stop(nodes: &mut [Node], mut interrupt: Option<&mut tokio::signal::unix
     };
     tokio::select! {
         () = all_exit => println!("shoal up: stopped"),
-        Some(_) = async {
-            match interrupt.as_mut() {
-                Some(interrupt) => interrupt.recv().await,
-                None => std::future::pending().await,
-            }
-        } => println!("shoal up: killing the agents"),
+        _ = interrupt.recv() => println!("shoal up: killing the agents"),
         () = tokio::time::sleep(STOP_WAIT) => println!(
             "shoal up: agents still running after {}s; killing them",
             STOP_WAIT.as_secs()
