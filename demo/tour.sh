@@ -85,9 +85,10 @@ first_answer=$(since "$begin")
 
 say "The service on localhost:$port answers from pods on every node (60 requests, 12 at a time)"
 # Connections go to a pod on the node that takes them unless it is busier than another.
-seq 60 | xargs -P 12 -I{} curl -s --max-time 5 "localhost:$port/" \
-    | grep -o '"pod":"[^"]*"' | sort | uniq -c
-answered=$(seq 60 | xargs -P 12 -I{} curl -s --max-time 5 "localhost:$port/" | grep -o '"pod":"[^"]*"' | sort -u | wc -l)
+counts=$(seq 60 | xargs -P 12 -I{} curl -s --max-time 5 "localhost:$port/" \
+    | grep -o '"pod":"[^"]*"' | sort | uniq -c)
+echo "$counts"
+answered=$(echo "$counts" | grep -c pod || true)
 [ "$answered" -ge 2 ] || fail "only $answered pod answered"
 
 victim=$(busy_node)

@@ -4,7 +4,7 @@
 //! process runtime: no privileges, no Docker), each with its own data dir under one directory
 //! and ports that are free, joins them, applies the sample application
 //! (`demo/manifests/hello.yaml`, built into the binary: a Deployment of `shoal demo-http` and a
-//! NodePort Service), waits until it answers, and prints what to try next. Ctrl-C stops the
+//! NodePort Service), waits until its pods are ready, and prints what to try next. Ctrl-C stops the
 //! whole cluster cleanly (each agent leaves and stops its pods); a second Ctrl-C kills it.
 //!
 //! The agents log to `<dir>/<name>/agent.log`. Run again, it restarts the same nodes (same
@@ -239,9 +239,9 @@ fn check_running(nodes: &mut [Node]) -> anyhow::Result<()> {
             .and_then(|c| c.try_wait().ok().flatten())
         {
             let log = std::fs::read_to_string(node.data_dir.join("agent.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("{} exited ({status}):\n{}", node.name, tail.join("\n"));
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+            bail!("{} exited ({status}):\n{tail}", node.name);
         }
     }
     Ok(())

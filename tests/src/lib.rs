@@ -52,6 +52,21 @@ pub fn demo_bin() -> PathBuf {
     bin
 }
 
+/// A new cluster key (`shoal keygen`) in `dir/cluster.key`, mode 0600; its path.
+pub fn new_key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let key = Command::new(shoal_bin())
+        .arg("keygen")
+        .output()
+        .expect("shoal keygen");
+    assert!(key.status.success(), "shoal keygen failed");
+    let path = dir.join("cluster.key");
+    std::fs::write(&path, &key.stdout).expect("writing the key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("securing the key");
+    path
+}
+
 /// Polls `check` every 50 ms until it returns `Ok`, or panics after `timeout` with the last
 /// error and the tails of `agents`' logs. Returns the time it took.
 pub fn wait_until(
@@ -775,13 +790,7 @@ impl Cluster {
 
     fn start_inner(test: &str, n: usize, extra: &[&str], own_range: bool) -> Self {
         let scratch = Scratch::new(test);
-        let key_file = scratch.path().join("cluster.key");
-        let key = Command::new(shoal_bin())
-            .arg("keygen")
-            .output()
-            .expect("shoal keygen");
-        assert!(key.status.success(), "shoal keygen failed");
-        std::fs::write(&key_file, &key.stdout).expect("writing the key");
+        let key_file = new_key_file(scratch.path());
         let mut extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         if own_range && !extra.iter().any(|a| a == "--service-range") {
             // Agents of one machine share service addresses (SO_REUSEPORT): clusters of tests

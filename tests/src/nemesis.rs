@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{Agent, Scratch, Tmpfs, shoal_bin};
+use crate::{Agent, Scratch, Tmpfs};
 
 /// Replica counts of the Deployments that run pods.
 pub const WORKLOADS: [(&str, usize); 2] = [("rep-a", 3), ("rep-b", 5)];
@@ -313,19 +313,13 @@ impl Bed {
     pub fn start(test: &str, n: usize) -> Bed {
         let net = Net::create(n).expect("making the network namespaces");
         let scratch = Scratch::new(test);
-        let key_file = scratch.path().join("cluster.key");
-        let key = Command::new(shoal_bin())
-            .arg("keygen")
-            .output()
-            .expect("shoal keygen");
-        std::fs::write(&key_file, &key.stdout).expect("writing the key");
+        let key_file = crate::new_key_file(scratch.path());
         let marker = format!("86400.{}", std::process::id());
         // The APIs listen on the namespaces' addresses, beyond loopback: they need a token.
         let token = format!("nemesis-token-{:016x}", std::process::id());
         let token_file = scratch.path().join("api.token");
         std::fs::write(&token_file, &token).expect("writing the API token");
         set_private(&token_file);
-        set_private(&key_file);
         let token_arg = token_file.to_str().expect("UTF-8 path").to_owned();
         let mut agents = Vec::new();
         let mut disks = Vec::new();
