@@ -237,9 +237,39 @@ fn cluster_key(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<(ClusterKey,
     Ok((key, created))
 }
 
+/// Makes a write at start unless the disk is full: `Ok(true)` if it went through, `Ok(false)`
+/// (with a warning) if the disk is full or was found full by an earlier write, the error
+/// otherwise. After a full disk the database is reopened (redb fails every call after an I/O
+/// error until then).
+fn written_unless_disk_full(
+    db: &mut Db,
+    disk_full: &mut bool,
+    what: &str,
+    write: impl FnOnce(&mut Db) -> Result<(), crate::persist::PersistError>,
+) -> anyhow::Result<bool> {
+    if *disk_full {
+        warn!("disk full at start: not saving {what} now");
+        return Ok(false);
+    }
+    match write(db) {
+        Ok(()) => Ok(true),
+        Err(e) if e.io_error().is_some_and(crate::disk::is_no_space) => {
+            warn!(error = %e, "disk full at start: not saving {what} now");
+            *disk_full = true;
+            db.reopen()?;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Writes the key where the agent finds it after a restart (mode 0600).
 fn save_key(key: &ClusterKey, path: &Path) -> std::io::Result<()> {
     use std::io::Write;
+    // Already there: nothing to write (a start on a full disk must not fail here).
+    if std::fs::read_to_string(path).is_ok_and(|saved| saved.trim() == key.to_string()) {
+        return Ok(());
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -379,15 +409,27 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .map(u64::from_le_bytes)
         .unwrap_or(0)
         + 1;
-    db.set_meta(META_RUNS, &run.to_le_bytes())?;
+    // On a full disk the agent still starts (it serves reads and membership, and refuses
+    // writes until space returns): this start's number then waits in the persistence thread's
+    // queue, and what only saves work (remembered peers) is skipped.
+    let mut deferred_meta = Vec::new();
+    let mut disk_full = false;
+    if !written_unless_disk_full(&mut db, &mut disk_full, "this start's number", |db| {
+        db.set_meta(META_RUNS, &run.to_le_bytes())
+    })? {
+        deferred_meta.push((META_RUNS, run.to_le_bytes().to_vec()));
+    }
 
     // Whom to join: --join, else the members this node knew (a restart needs no --join).
     let mut seeds = args.join.clone();
-    for peer in &args.join {
-        db.remember_peer(peer, wall_ms())?;
-    }
+    written_unless_disk_full(&mut db, &mut disk_full, "the --join peers", |db| {
+        db.remember_peers(args.join.iter().map(|peer| (peer.as_str(), wall_ms())))
+    })?;
     // Addresses unheard of for longer than the grace period are not worth retrying.
-    db.forget_peers_before(wall_ms().saturating_sub(grace))?;
+    written_unless_disk_full(&mut db, &mut disk_full, "forgetting old peers", |db| {
+        db.forget_peers_before(wall_ms().saturating_sub(grace))
+            .map(|_| ())
+    })?;
     if seeds.is_empty() {
         let mut known: Vec<String> = restored
             .iter()
@@ -524,6 +566,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             own_entries: vec![(NODE_INFO.to_owned(), info.encode())],
             clock_offset_ms: args.clock_offset_ms,
             clock_drift_ppm: args.clock_drift_ppm,
+            deferred_meta,
             disk_reserve: args.disk_reserve_mb.saturating_mul(1 << 20),
         },
         Subscriber {

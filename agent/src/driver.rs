@@ -434,6 +434,8 @@ pub(crate) struct DriverSetup {
     pub(crate) clock_drift_ppm: i64,
     /// Free space (bytes) under which the node refuses object writes.
     pub(crate) disk_reserve: u64,
+    /// Meta values the agent could not write at start (a full disk): written first.
+    pub(crate) deferred_meta: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// Starts the driver task. Returns a handle and a future that completes when the driver stopped
@@ -462,7 +464,7 @@ pub(crate) fn start(
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let (clock_tx, clock_rx) = watch::channel(Arc::new(ClockView::default()));
-    let persistence = persistence::start(setup.db, setup.disk_reserve);
+    let persistence = persistence::start(setup.db, setup.disk_reserve, setup.deferred_meta);
     let disk = persistence.status.clone();
     let mut driver = Driver {
         node,

@@ -157,8 +157,8 @@ pub(crate) type Change = (Key, Option<Entry>);
 #[derive(Debug, Error)]
 pub(crate) enum PersistError {
     /// The data dir could not be created or secured.
-    #[error("cannot create data dir {}: {source}", path.display())]
-    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot create data dir {}: {cause}", path.display())]
+    CreateDir { path: PathBuf, cause: io::Error },
     /// Another process (or another `Db` in this one) has the database open.
     #[error(
         "data dir {} is in use by another shoal agent ({} is locked); stop that agent or use \
@@ -168,10 +168,10 @@ pub(crate) enum PersistError {
     )]
     InUse { dir: PathBuf, path: PathBuf },
     /// redb refused to open the file for another reason.
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}: {cause}", path.display())]
     Open {
         path: PathBuf,
-        source: Box<DatabaseError>,
+        cause: Box<DatabaseError>,
     },
     /// The file was written by a newer shoal.
     #[error(
@@ -193,27 +193,27 @@ pub(crate) enum PersistError {
     )]
     Corrupt { path: PathBuf, what: String },
     /// A transaction failed (I/O error, disk full, ...).
-    #[error("{}: {op} failed: {source}", path.display())]
+    #[error("{}: {op} failed: {cause}", path.display())]
     Storage {
         path: PathBuf,
         op: &'static str,
         // Boxed, like the other large sources: redb's errors are over 100 bytes and every
         // `Result` of this module would carry them.
-        source: Box<redb::Error>,
+        cause: Box<redb::Error>,
     },
     /// A filesystem operation around the database failed.
-    #[error("{}: {op} failed: {source}", path.display())]
+    #[error("{}: {op} failed: {cause}", path.display())]
     Io {
         path: PathBuf,
         op: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     /// A value could not be encoded (does not happen for the store's types; kept as an error
     /// rather than a panic).
-    #[error("cannot encode {what}: {source}")]
+    #[error("cannot encode {what}: {cause}")]
     Encode {
         what: &'static str,
-        source: postcard::Error,
+        cause: postcard::Error,
     },
     /// A caller tried to write a meta name this module owns (`format_version`).
     #[error("meta {0:?} is reserved")]
@@ -224,14 +224,12 @@ impl PersistError {
     /// The operating system's error under this one, if an I/O call failed (a full disk, ...).
     pub(crate) fn io_error(&self) -> Option<&io::Error> {
         match self {
-            PersistError::CreateDir { source, .. } | PersistError::Io { source, .. } => {
-                Some(source)
-            }
-            PersistError::Storage { source, .. } => match source.as_ref() {
+            PersistError::CreateDir { cause, .. } | PersistError::Io { cause, .. } => Some(cause),
+            PersistError::Storage { cause, .. } => match cause.as_ref() {
                 redb::Error::Io(e) => Some(e),
                 _ => None,
             },
-            PersistError::Open { source, .. } => match source.as_ref() {
+            PersistError::Open { cause, .. } => match cause.as_ref() {
                 DatabaseError::Storage(StorageError::Io(e)) => Some(e),
                 _ => None,
             },
@@ -292,10 +290,10 @@ impl Db {
         if created_file {
             // The file's directory entry must be durable too, or a power loss right after
             // the first start could lose the identity along with the file.
-            sync_dir(&dir).map_err(|source| PersistError::Io {
+            sync_dir(&dir).map_err(|cause| PersistError::Io {
                 path: dir.clone(),
                 op: "fsync the data dir",
-                source,
+                cause,
             })?;
         }
         let db = Database::builder()
@@ -319,12 +317,43 @@ impl Db {
         })
     }
 
+    /// Closes and opens the file again: what redb needs after an I/O error (it fails every
+    /// later call with "Previous I/O error" until then). The file must still hold this node's
+    /// identity.
+    pub(crate) fn reopen(&mut self) -> Result<(), PersistError> {
+        let dir = self.dir().to_path_buf();
+        // redb locks the file: the old handle must be gone before the new one opens it. An
+        // empty in-memory database holds the place meanwhile.
+        let placeholder = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| open_error(&dir, &self.path, e))?;
+        drop(std::mem::replace(&mut self.db, placeholder));
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .create(&self.path)
+            .map_err(|e| open_error(&dir, &self.path, e))?;
+        let identity = init(&db, &self.path)?;
+        if identity.node_id != self.identity.node_id {
+            return Err(PersistError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "reopened as node {}, not {}: the file was replaced while the agent ran",
+                    identity.node_id, self.identity.node_id
+                ),
+            });
+        }
+        self.db = db;
+        Ok(())
+    }
+
     /// The node's Ed25519 keypair (libp2p); its public key is the node's [`NodeId`] and `PeerId`.
     pub(crate) fn identity(&self) -> &Keypair {
         &self.identity.keypair
     }
 
     /// The node id: the keypair's public key.
+    #[cfg(test)]
     pub(crate) fn node_id(&self) -> NodeId {
         self.identity.node_id
     }
@@ -402,17 +431,17 @@ impl Db {
             for (key, entry) in changes {
                 key_buf.clear();
                 key_buf =
-                    postcard::to_extend(key, key_buf).map_err(|source| PersistError::Encode {
+                    postcard::to_extend(key, key_buf).map_err(|cause| PersistError::Encode {
                         what: "a key",
-                        source,
+                        cause,
                     })?;
                 match entry {
                     Some(entry) => {
                         entry_buf.clear();
-                        entry_buf = postcard::to_extend(entry, entry_buf).map_err(|source| {
+                        entry_buf = postcard::to_extend(entry, entry_buf).map_err(|cause| {
                             PersistError::Encode {
                                 what: "an entry",
-                                source,
+                                cause,
                             }
                         })?;
                         table
@@ -527,6 +556,7 @@ impl Db {
 
     /// Records that `addr` was heard from at `wall_ms` (`0` to record an address not yet heard
     /// from). Never moves a peer's last-seen time back (wall clocks step).
+    #[cfg(test)]
     pub(crate) fn remember_peer(&mut self, addr: &str, wall_ms: u64) -> Result<(), PersistError> {
         self.remember_peers([(addr, wall_ms)])
     }
@@ -690,6 +720,11 @@ impl Db {
 /// Checks or writes the format version, migrates, creates every table and reads or creates the
 /// keypair, in one transaction.
 fn init(db: &Database, path: &Path) -> Result<Identity, PersistError> {
+    // A database already at this format, with its identity, needs no write: it opens even on
+    // a full disk.
+    if let Some(identity) = read_identity(db, path)? {
+        return Ok(identity);
+    }
     let corrupt = |what: String| PersistError::Corrupt {
         path: path.to_path_buf(),
         what,
@@ -769,6 +804,51 @@ fn init(db: &Database, path: &Path) -> Result<Identity, PersistError> {
     Ok(identity)
 }
 
+/// The identity of a database that needs nothing from [`init`]: every table there, this
+/// format, a keypair that decodes. `None` otherwise ([`init`] then writes what is missing, or
+/// says what is wrong).
+fn read_identity(db: &Database, path: &Path) -> Result<Option<Identity>, PersistError> {
+    let txn = db.begin_read().map_err(storage(path, "begin init"))?;
+    for table in ALL_TABLES {
+        match txn.open_table(table) {
+            Ok(_) => {}
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(path, "open a table")(e)),
+        }
+    }
+    let meta = txn.open_table(META).map_err(storage(path, "open meta"))?;
+    let version = meta
+        .get(META_FORMAT_VERSION.as_bytes())
+        .map_err(storage(path, "read the format version"))?
+        .and_then(|v| decode_u32(v.value()));
+    if version != Some(FORMAT_VERSION) {
+        return Ok(None);
+    }
+    let ids = txn
+        .open_table(IDENTITY)
+        .map_err(storage(path, "open identity"))?;
+    let Some(keypair) = ids
+        .get(IDENTITY_KEYPAIR)
+        .map_err(storage(path, "read the identity"))?
+        .and_then(|v| Keypair::from_protobuf_encoding(v.value()).ok())
+    else {
+        return Ok(None);
+    };
+    let Some(node_id) = node_id_of(&keypair) else {
+        return Ok(None);
+    };
+    let name = ids
+        .get(IDENTITY_NAME)
+        .map_err(storage(path, "read the identity"))?
+        .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    Ok(Some(Identity {
+        keypair,
+        node_id,
+        name,
+        created: false,
+    }))
+}
+
 /// Runs the migrations from format `from` to [`FORMAT_VERSION`] in `txn`.
 fn migrate(txn: &WriteTransaction, path: &Path, from: u32) -> Result<(), PersistError> {
     for version in from..FORMAT_VERSION {
@@ -799,10 +879,10 @@ fn storage<E: Into<redb::Error>>(path: &Path, op: &'static str) -> impl FnOnce(E
             path: path.to_path_buf(),
             what,
         },
-        source => PersistError::Storage {
+        cause => PersistError::Storage {
             path: path.to_path_buf(),
             op,
-            source: Box::new(source),
+            cause: Box::new(cause),
         },
     }
 }
@@ -837,9 +917,9 @@ fn open_error(dir: &Path, path: &Path, e: DatabaseError) -> PersistError {
                 what: format!("not a shoal state database ({io})"),
             }
         }
-        source => PersistError::Open {
+        cause => PersistError::Open {
             path: path.to_path_buf(),
-            source: Box::new(source),
+            cause: Box::new(cause),
         },
     }
 }
@@ -853,9 +933,9 @@ fn create_dir(dir: &Path) -> Result<(), PersistError> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .map_err(|source| PersistError::CreateDir {
+        .map_err(|cause| PersistError::CreateDir {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })
 }
 
@@ -864,10 +944,10 @@ fn create_dir(dir: &Path) -> Result<(), PersistError> {
 /// existing file that others can read. Returns `true` if it created the file.
 fn create_private_file(path: &Path) -> Result<bool, PersistError> {
     let io_err = |op| {
-        move |source| PersistError::Io {
+        move |cause| PersistError::Io {
             path: path.to_path_buf(),
             op,
-            source,
+            cause,
         }
     };
     let mut options = fs::OpenOptions::new();

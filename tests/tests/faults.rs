@@ -204,6 +204,22 @@ fn a_full_disk_refuses_writes_truthfully_and_recovers_by_itself() {
     );
     assert!(stats["disk"]["failing"]["noSpace"] == true, "{stats}");
 
+    // Restarted while its disk is still full, the agent starts: it serves reads, rejoins, and
+    // still refuses writes.
+    cluster.agents[3].kill9();
+    cluster.agents[3].start_with(&[], &["--disk-reserve-mb", "0", "--service-range", &range]);
+    cluster.wait_for("tight back, on its full disk", secs(15), |c| {
+        let listed = deployments(&c.agents[3])?;
+        if !made.iter().all(|n| listed.contains(n.as_str())) {
+            return Err(format!("tight lists {listed}"));
+        }
+        c.all_see(&[0, 1, 3], &["tight"], "alive")
+    });
+    let refused_again = cluster
+        .apply(3, "after-restart", &manifest("after-restart"))
+        .expect_err("still full");
+    assert!(refused_again.contains("disk full"), "{refused_again}");
+
     // Space comes back: both take writes again by themselves, and say so.
     let freed = Instant::now();
     disks[0].free();

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use shoal_gossip::{Entry, Key, NodeId};
+use shoal_gossip::{Entry, Key};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -102,9 +102,9 @@ pub(super) struct Persistence {
     pub(super) thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts the thread. It ends when every sender is dropped, after one last attempt to write
-/// what is queued.
-pub(super) fn start(db: Db, reserve: u64) -> Persistence {
+/// Starts the thread, with `meta` queued (values the agent could not write at start). It ends
+/// when every sender is dropped, after one last attempt to write what is queued.
+pub(super) fn start(db: Db, reserve: u64, meta: Vec<(&'static str, Vec<u8>)>) -> Persistence {
     let (tx, rx) = mpsc::channel::<Batch>();
     let dir = db.dir().to_path_buf();
     let initial = DiskStatus {
@@ -115,11 +115,11 @@ pub(super) fn start(db: Db, reserve: u64) -> Persistence {
     };
     let (status_tx, status_rx) = watch::channel(Arc::new(initial.clone()));
     let mut writer = Writer {
-        node: db.node_id(),
-        db: Some(db),
+        db,
+        reopen: false,
         dir,
         changes: BTreeMap::new(),
-        meta: BTreeMap::new(),
+        meta: meta.into_iter().collect(),
         acks: Vec::new(),
         status: initial,
         status_tx,
@@ -140,10 +140,9 @@ pub(super) fn start(db: Db, reserve: u64) -> Persistence {
 }
 
 struct Writer {
-    /// The node the database belongs to (a reopened database must still be this node's).
-    node: NodeId,
-    /// `None` after a failed commit, until reopened.
-    db: Option<Db>,
+    db: Db,
+    /// A commit failed: the database must be reopened before the next one.
+    reopen: bool,
     dir: PathBuf,
     /// Queued changes, the newest per key.
     changes: BTreeMap<Key, Option<Entry>>,
@@ -238,8 +237,13 @@ impl Writer {
     /// Writes everything queued in one transaction; on failure keeps it queued (see the
     /// module docs).
     fn commit(&mut self) {
-        let result = open(&mut self.db, &self.dir, self.node).and_then(|db| {
-            db.apply_with_meta(
+        let reopened = match self.reopen {
+            true => self.db.reopen(),
+            false => Ok(()),
+        };
+        let result = reopened.and_then(|()| {
+            self.reopen = false;
+            self.db.apply_with_meta(
                 self.changes.iter().map(|(k, e)| (k, e.as_ref())),
                 self.meta.iter().map(|(k, v)| (*k, v.as_slice())),
             )
@@ -269,8 +273,8 @@ impl Writer {
     }
 
     fn failed(&mut self, e: &PersistError) {
-        // redb fails every later call after an I/O error: close, and reopen next time.
-        self.db = None;
+        // redb fails every later call after an I/O error: reopen before the next attempt.
+        self.reopen = true;
         self.status.unsaved = self.changes.len() + self.meta.len();
         let first = self.status.failing.is_none();
         self.status.failing = Some(Failure {
@@ -343,26 +347,4 @@ impl Writer {
             self.status_tx.send_replace(Arc::new(self.status.clone()));
         }
     }
-}
-
-/// The database, reopened if a failure closed it.
-fn open<'d>(
-    db: &'d mut Option<Db>,
-    dir: &std::path::Path,
-    node: NodeId,
-) -> Result<&'d mut Db, PersistError> {
-    if db.is_none() {
-        let opened = Db::open(dir)?;
-        if opened.node_id() != node {
-            return Err(PersistError::Corrupt {
-                path: dir.join(crate::persist::DB_FILE),
-                what: format!(
-                    "reopened as node {}, not {node}: the file was replaced while the agent ran",
-                    opened.node_id()
-                ),
-            });
-        }
-        *db = Some(opened);
-    }
-    Ok(db.as_mut().expect("opened above"))
 }

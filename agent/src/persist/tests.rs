@@ -116,6 +116,27 @@ fn identity_is_created_once() {
 }
 
 #[test]
+fn a_reopened_database_is_the_same_node_with_the_same_state() {
+    let dir = TempDir::new("reopen");
+    let mut db = Db::open(dir.path()).unwrap();
+    let node = db.node_id();
+    db.apply(upsert([object("web", 10, b"v1")])).unwrap();
+    db.reopen().unwrap();
+    assert_eq!(db.node_id(), node);
+    assert_eq!(db.load().unwrap().0.len(), 1);
+    // It writes as before, and another handle is still refused while it is open.
+    db.apply(upsert([object("db", 11, b"v1")])).unwrap();
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(PersistError::InUse { .. })
+    ));
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(db.node_id(), node);
+    assert_eq!(db.load().unwrap().0.len(), 2);
+}
+
+#[test]
 fn apply_and_load_round_trip() {
     let dir = TempDir::new("roundtrip");
     let me = id(1);
