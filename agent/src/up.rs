@@ -33,8 +33,8 @@ pub(crate) struct UpArgs {
     /// How many agents to start.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
     nodes: u16,
-    /// Where the agents keep their data dirs and the cluster key (default: `up` in the
-    /// agent's default data dir).
+    /// Where the agents keep their data dirs and the cluster key (default:
+    /// ~/.local/share/shoal-up, or /var/lib/shoal-up for root).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Start the cluster without the sample application.
@@ -59,7 +59,8 @@ const STOP_WAIT: Duration = Duration::from_secs(45);
 pub(crate) async fn up(args: UpArgs) -> anyhow::Result<()> {
     let dir = match args.dir {
         Some(dir) => dir,
-        None => crate::agent::default_data_dir().join("up"),
+        // Beside an agent's default data dir, not in it.
+        None => crate::agent::default_data_dir().with_file_name("shoal-up"),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let key_file = dir.join("cluster.key");
