@@ -17,11 +17,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::Signal;
 
-use crate::cli::{ApiArgs, Client};
+use crate::cli::{ApiArgs, Client, items};
 use crate::net::ClusterKey;
 
 /// The sample application `shoal up` applies.
@@ -336,10 +335,6 @@ async fn wait_ready(client: &Client, nodes: &mut [Node]) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn items(list: &Value) -> impl Iterator<Item = &Value> {
-    list["items"].as_array().into_iter().flatten()
 }
 
 /// What to try now.

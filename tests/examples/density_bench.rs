@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::{Agent, Cluster};
+use shoal_tests::{Agent, Cluster, rss_and_cpu};
 
 fn manifest(replicas: u32) -> String {
     format!(
@@ -47,25 +47,6 @@ fn ready(via: &Agent) -> u64 {
         .ok()
         .and_then(|d| d["object"]["status"]["readyReplicas"].as_u64())
         .unwrap_or(0)
-}
-
-/// Resident memory (kB) and cumulative CPU time (clock ticks) of a process.
-fn rss_and_cpu(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((rss, utime + stime))
 }
 
 fn main() {

@@ -52,6 +52,34 @@ pub fn demo_bin() -> PathBuf {
     bin
 }
 
+/// `shoal apply -f` of `yaml`, written to `<dir>/<name>.yaml`, through `agent`: its output, or
+/// its error output.
+pub fn apply_manifest(agent: &Agent, dir: &Path, name: &str, yaml: &str) -> Result<String, String> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    agent.cli(&["apply", "-f", path.to_str().expect("UTF-8 path")])
+}
+
+/// Resident memory (kB) and cumulative CPU time (clock ticks, 100 a second on Linux) of a
+/// process, from `/proc`.
+pub fn rss_and_cpu(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((rss, utime + stime))
+}
+
 /// A new cluster key (`shoal keygen`) in `dir/cluster.key`, mode 0600; its path.
 pub fn new_key_file(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -863,9 +891,7 @@ impl Cluster {
     /// `shoal apply -f` of `yaml` (written to `<name>.yaml` in the scratch directory) through
     /// agent `via`: its output, or its error output.
     pub fn apply(&self, via: usize, name: &str, yaml: &str) -> Result<String, String> {
-        let path = self.dir().join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).expect("writing a manifest");
-        self.agents[via].cli(&["apply", "-f", path.to_str().expect("UTF-8 path")])
+        apply_manifest(&self.agents[via], self.dir(), name, yaml)
     }
 
     /// The cluster's service range (`--service-range`).

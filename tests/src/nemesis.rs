@@ -386,7 +386,7 @@ impl Bed {
 
     /// `shoal apply -f` of `yaml` through agent `via`.
     pub fn apply(&self, via: usize, name: &str, yaml: &str) -> Result<String, String> {
-        apply_through(&self.agents[via], self.scratch.path(), name, yaml)
+        crate::apply_manifest(&self.agents[via], self.scratch.path(), name, yaml)
     }
 
     /// Polls `check` until it holds or `timeout` passes; panics then, with the agents' logs.
@@ -452,7 +452,7 @@ impl Bed {
                          template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      \
                          containers:\n      - {{name: a, image: x, command: [/bin/true]}}\n"
                     );
-                    let answer = apply_through(&clients[via], &dir, &name, &yaml);
+                    let answer = crate::apply_manifest(&clients[via], &dir, &name, &yaml);
                     let mut ledger = ledger.lock().unwrap();
                     match answer {
                         Ok(_) => ledger.acked.insert(name),
@@ -757,13 +757,6 @@ pub enum Heal {
 fn set_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-}
-
-/// `shoal apply -f` of `yaml` (written under `dir`) through `agent`.
-fn apply_through(agent: &Agent, dir: &Path, name: &str, yaml: &str) -> Result<String, String> {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).map_err(|e| e.to_string())?;
-    agent.cli(&["apply", "-f", path.to_str().expect("UTF-8 path")])
 }
 
 /// Processes whose command line contains `marker`.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Agent, Cluster, Tmpfs, running_as_root};
+use shoal_tests::{Agent, Cluster, Tmpfs, rss_and_cpu, running_as_root};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -25,15 +25,9 @@ fn deployments(agent: &Agent) -> Result<String, String> {
     agent.cli(&["get", "deploy"])
 }
 
-/// CPU seconds the agent used so far (user + system, from /proc).
+/// CPU seconds the agent used so far (user + system).
 fn cpu_seconds(agent: &Agent) -> f64 {
-    let pid = agent.pid().expect("running");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-    // The fields after the command's closing parenthesis; utime and stime are the 12th and
-    // 13th of them, in clock ticks (100 a second on Linux).
-    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let (_, ticks) = rss_and_cpu(agent.pid().expect("running")).expect("/proc");
     ticks as f64 / 100.0
 }
 

@@ -539,7 +539,8 @@ pub(crate) fn range_warning(list: &Value) -> Option<String> {
     })
 }
 
-fn items(list: &Value) -> impl Iterator<Item = &Value> {
+/// The items of a Kubernetes-shaped `List`.
+pub(crate) fn items(list: &Value) -> impl Iterator<Item = &Value> {
     list.get("items")
         .and_then(Value::as_array)
         .into_iter()
