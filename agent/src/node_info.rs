@@ -130,15 +130,13 @@ impl NodeInfo {
 
 /// Keeps the node's info (its owned entry) saying how its disk is: rewritten when the node
 /// starts or stops refusing writes for its disk, never more often (a change of free space
-/// alone is not news). Runs until the driver stops.
+/// alone is not news). The persistence thread logs the same transitions. Runs until the driver
+/// stops.
 pub(crate) async fn report_disk(driver: DriverHandle, mut info: NodeInfo) {
     let mut disk = driver.disk();
     loop {
         let status = disk.borrow_and_update().clone();
         if info.note_disk(&status, wall_ms()) {
-            if let Some(event) = info.events.last() {
-                tracing::info!(reason = %event.reason, "{}", event.message);
-            }
             // Made in memory and sent to the peers at once, even while the disk refuses it.
             if driver
                 .write_owned(NODE_INFO.to_owned(), Some(info.encode()))

@@ -242,6 +242,14 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Whether the docker CLI reaches an engine (`docker info`).
+pub fn docker_engine_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Whether a test that needs root may run: `true` as root; otherwise it prints why it is
 /// skipped and returns `false`, or panics when `SHOAL_REQUIRE_ROOT=1` (CI sets it).
 pub fn running_as_root(test: &str, why: &str) -> bool {

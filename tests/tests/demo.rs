@@ -8,10 +8,7 @@ use std::process::Command;
 use shoal_tests::shoal_bin;
 
 fn compose_ready() -> bool {
-    let docker = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let docker = shoal_tests::docker_engine_answers();
     let compose = Command::new("docker-compose")
         .arg("version")
         .output()
@@ -23,7 +20,7 @@ fn compose_ready() -> bool {
     if docker && compose {
         return true;
     }
-    if std::env::var("SHOAL_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+    if shoal_agent::runtime::testing::docker_required() {
         panic!("the Compose demo needs a Docker engine and Compose, and SHOAL_REQUIRE_DOCKER=1");
     }
     eprintln!(

@@ -10,15 +10,11 @@ use shoal_tests::Cluster;
 const DOCKER: &[&str] = &["--runtime", "docker"];
 
 fn docker_ready(test: &str) -> bool {
-    let ok = std::process::Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
+    if shoal_tests::docker_engine_answers() {
         shoal_agent::runtime::testing::build_demo_image().expect("building shoal-demo:dev");
         return true;
     }
-    if std::env::var("SHOAL_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+    if shoal_agent::runtime::testing::docker_required() {
         panic!("{test}: no Docker engine is reachable, and SHOAL_REQUIRE_DOCKER=1");
     }
     eprintln!(
