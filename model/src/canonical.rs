@@ -19,7 +19,9 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::model::{Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Service};
+use crate::model::{
+    ConfigMap, Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Secret, Service,
+};
 use crate::validate::validate;
 
 /// Why stored bytes are not a valid object.
@@ -52,6 +54,15 @@ struct Stored {
     metadata: ObjectMeta,
     #[serde(default)]
     spec: Option<serde_json::Value>,
+    // A ConfigMap's and a Secret's fields, which have no spec.
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+    #[serde(default)]
+    binary_data: Option<serde_json::Value>,
+    #[serde(default)]
+    immutable: bool,
+    #[serde(default, rename = "type")]
+    secret_type: Option<String>,
 }
 
 impl Resource {
@@ -74,6 +85,16 @@ impl Resource {
                 kind: stored.kind.clone(),
             })?;
         let metadata = stored.metadata;
+        if !matches!(kind, Kind::ConfigMap | Kind::Secret)
+            && (stored.data.is_some()
+                || stored.binary_data.is_some()
+                || stored.immutable
+                || stored.secret_type.is_some())
+        {
+            return Err(StoredError::Invalid(format!(
+                "a {kind} has no data, binaryData, immutable or type"
+            )));
+        }
         let mut resource = match kind {
             Kind::Namespace => {
                 if stored.spec.is_some() {
@@ -100,6 +121,33 @@ impl Resource {
                 Resource::Service(Service {
                     metadata,
                     spec: serde_json::from_value(spec)?,
+                })
+            }
+            Kind::ConfigMap | Kind::Secret if stored.spec.is_some() => {
+                return Err(StoredError::Invalid(format!("a {kind} has no spec")));
+            }
+            Kind::ConfigMap => {
+                if stored.secret_type.is_some() {
+                    return Err(StoredError::Invalid("a ConfigMap has no type".into()));
+                }
+                Resource::ConfigMap(ConfigMap {
+                    metadata,
+                    data: optional_value(stored.data)?,
+                    binary_data: optional_value(stored.binary_data)?,
+                    immutable: stored.immutable,
+                })
+            }
+            Kind::Secret => {
+                if stored.binary_data.is_some() {
+                    return Err(StoredError::Invalid("a Secret has no binaryData".into()));
+                }
+                Resource::Secret(Secret {
+                    metadata,
+                    data: optional_value(stored.data)?,
+                    secret_type: stored
+                        .secret_type
+                        .ok_or_else(|| StoredError::Invalid("a Secret needs a type".into()))?,
+                    immutable: stored.immutable,
                 })
             }
         };
@@ -138,9 +186,25 @@ impl Resource {
             }
             Resource::Deployment(d) => serde_json::to_vec(&d.spec).unwrap_or_default(),
             Resource::Service(svc) => serde_json::to_vec(&svc.spec).unwrap_or_default(),
+            // Their content is what they are: every change of it counts, as a spec's would.
+            Resource::ConfigMap(_) | Resource::Secret(_) => {
+                let mut canonical = self.clone();
+                *canonical.metadata_mut() = ObjectMeta::default();
+                serde_json::to_vec(&canonical).unwrap_or_default()
+            }
         };
         xxh3_64(&bytes)
     }
+}
+
+/// A map field that may be absent (an empty map).
+fn optional_value<T: serde::de::DeserializeOwned + Default>(
+    value: Option<serde_json::Value>,
+) -> Result<T, StoredError> {
+    Ok(match value {
+        Some(v) => serde_json::from_value(v)?,
+        None => T::default(),
+    })
 }
 
 /// Characters of a pod-template-hash: Kubernetes' "safe" alphabet, without vowels (no words)
@@ -222,6 +286,47 @@ pub fn apply_outcome(old: Option<&[u8]>, new: &Resource) -> Outcome {
         Ok(stored) if stored == new => Outcome::Unchanged,
         _ => Outcome::Configured,
     }
+}
+
+/// Why applying `new` over the stored `old` is refused, as the API server refuses it: the data
+/// of an immutable ConfigMap or Secret, and its `immutable` flag, cannot change (only deleting
+/// and creating it again can), and a Secret's `type` never changes. `None` when the change is
+/// allowed (and for every other kind). The message names the fields, Kubernetes' way:
+/// ``data: field is immutable when `immutable` is set``.
+pub fn immutable_change(old: &Resource, new: &Resource) -> Option<String> {
+    const FROZEN: &str = "field is immutable when `immutable` is set";
+    let mut problems = Vec::new();
+    match (old, new) {
+        (Resource::ConfigMap(old), Resource::ConfigMap(new)) if old.immutable => {
+            if !new.immutable {
+                problems.push(format!("immutable: {FROZEN}"));
+            }
+            if old.data != new.data {
+                problems.push(format!("data: {FROZEN}"));
+            }
+            if old.binary_data != new.binary_data {
+                problems.push(format!("binaryData: {FROZEN}"));
+            }
+        }
+        (Resource::Secret(old), Resource::Secret(new)) => {
+            if old.secret_type != new.secret_type {
+                problems.push(format!(
+                    "type: field is immutable (it is {:?}; delete the secret to change it)",
+                    old.secret_type
+                ));
+            }
+            if old.immutable {
+                if !new.immutable {
+                    problems.push(format!("immutable: {FROZEN}"));
+                }
+                if old.data != new.data {
+                    problems.push(format!("data: {FROZEN}"));
+                }
+            }
+        }
+        _ => {}
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// The `metadata.generation` to store with `new`, Kubernetes' rule: 1 on creation, +1 when the

@@ -12,11 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::model::{
-    ClusterIp, Container, ContainerPort, Deployment, DeploymentSpec, DeploymentStrategy, EnvVar,
-    ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind, LabelSelector, Namespace,
-    ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, Protocol, PullPolicy,
-    Resource, ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Service,
-    ServicePort, ServiceSpec, ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
+    ByteData, ClusterIp, ConfigMap, ConfigMapVolume, Container, ContainerPort, DEFAULT_VOLUME_MODE,
+    Deployment, DeploymentSpec, DeploymentStrategy, DownwardApiFile, DownwardApiProjection,
+    DownwardApiVolume, EnvFromRef, EnvFromSource, EnvVar, EnvVarSource, ExecAction, HttpGetAction,
+    HttpHeader, IntOrPercent, KeyProjection, KeySelector, KeyToPath, Kind, LabelSelector,
+    Namespace, ObjectFieldSelector, ObjectMeta, ObjectRef, Pod, PodSpec, PodTemplateSpec, PortRef,
+    Probe, ProbeHandler, ProjectedVolume, ProjectionSource, Protocol, PullPolicy, Resource,
+    ResourceFieldSelector, ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate,
+    Scheme, Secret, SecretVolume, Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity,
+    TcpSocketAction, TemplateMeta, Volume, VolumeMount, VolumeSource,
 };
 use crate::quantity::{Cpu, Memory};
 use crate::yaml::{Key, Node, Value};
@@ -38,8 +42,7 @@ pub(crate) struct Decoder {
 }
 
 /// What the supported kinds are, for messages.
-pub(crate) const SUPPORTED_KINDS: &str =
-    "v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, and a v1 List of them";
+pub(crate) const SUPPORTED_KINDS: &str = "v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, v1 ConfigMap, v1 Secret, and a v1 List of them";
 
 /// Read-only metadata kubectl round-trips; accepted and ignored.
 const READ_ONLY_META: &[&str] = &[
@@ -90,7 +93,6 @@ const UNSUPPORTED_POD_SPEC: &[&str] = &[
     "subdomain",
     "tolerations",
     "topologySpreadConstraints",
-    "volumes",
 ];
 /// Pod fields whose Kubernetes default changes nothing here, as `kubectl get -o yaml` writes
 /// them.
@@ -108,7 +110,6 @@ const DEFAULT_POD_SPEC: &[(&str, &str)] = &[
     ("preemptionPolicy", "PreemptLowerPriority"),
 ];
 const UNSUPPORTED_CONTAINER: &[&str] = &[
-    "envFrom",
     "lifecycle",
     "resizePolicy",
     "restartPolicy",
@@ -119,7 +120,6 @@ const UNSUPPORTED_CONTAINER: &[&str] = &[
     "terminationMessagePolicy",
     "tty",
     "volumeDevices",
-    "volumeMounts",
 ];
 const DEFAULT_CONTAINER: &[(&str, &str)] = &[
     ("terminationMessagePath", "/dev/termination-log"),
@@ -159,7 +159,7 @@ fn hint(field: &str) -> Option<&'static str> {
     Some(match field {
         "nodeName" => "shoal places pods itself; steer placement with nodeSelector",
         "generateName" => "apply needs a fixed metadata.name",
-        "valueFrom" => "give the value directly with value",
+        "subPathExpr" => "use subPath",
         "matchExpressions" => "use matchLabels",
         "hostIP" => "host ports bind on every address",
         "host" => "probes connect to the pod's own address",
@@ -453,6 +453,19 @@ impl Decoder {
         &mut self,
         node: &'n Node,
         path: &str,
+        f: impl FnMut(&mut Decoder, &'n Node, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        self.list_or(node, path, T::default, f)
+    }
+
+    /// [`Decoder::list`] for items with no `Default`: `placeholder` stands in for an item that
+    /// does not decode (and must break no rule, so that only the decoding problem is reported;
+    /// it is never returned, since a problem means no resource is).
+    fn list_or<'n, T>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        placeholder: impl Fn() -> T,
         mut f: impl FnMut(&mut Decoder, &'n Node, &str) -> Option<T>,
     ) -> Option<Vec<T>> {
         let Value::Seq(items) = &node.value else {
@@ -465,10 +478,10 @@ impl Decoder {
             self.record(&ipath, item.line);
             if matches!(item.value, Value::Null) {
                 self.error(ipath, Some(item.line), "must not be null");
-                out.push(T::default());
+                out.push(placeholder());
                 continue;
             }
-            out.push(f(self, item, &ipath).unwrap_or_default());
+            out.push(f(self, item, &ipath).unwrap_or_else(&placeholder));
         }
         Some(out)
     }
@@ -622,6 +635,8 @@ fn object(d: &mut Decoder, node: &Node, path: &str, top: bool, out: &mut Vec<(St
                 .unwrap_or_default();
             Resource::Service(Service { metadata, spec })
         }
+        Kind::ConfigMap => Resource::ConfigMap(config_map(d, &mut f, metadata)),
+        Kind::Secret => Resource::Secret(secret(d, &mut f, path, metadata)),
     };
     f.finish(d, &[], &[]);
     out.push((path.to_owned(), resource));
@@ -712,6 +727,11 @@ fn pod_spec(d: &mut Decoder, node: &Node, path: &str) -> PodSpec {
     }) {
         spec.termination_grace_period_seconds = u64::try_from(s).unwrap_or(0);
     }
+    spec.volumes = f
+        .opt(d, "volumes", |d, n, p| {
+            d.list_or(n, p, placeholder_volume, volume)
+        })
+        .unwrap_or_default();
     f.finish(d, UNSUPPORTED_POD_SPEC, DEFAULT_POD_SPEC);
     spec
 }
@@ -728,6 +748,11 @@ fn container(d: &mut Decoder, node: &Node, path: &str) -> Option<Container> {
         .unwrap_or_default();
     c.args = f.opt(d, "args", Decoder::string_list).unwrap_or_default();
     c.working_dir = f.opt(d, "workingDir", Decoder::string);
+    c.env_from = f
+        .opt(d, "envFrom", |d, n, p| {
+            d.list_or(n, p, placeholder_env_from, env_from_source)
+        })
+        .unwrap_or_default();
     c.env = f
         .opt(d, "env", |d, n, p| d.list(n, p, env_var))
         .unwrap_or_default();
@@ -751,6 +776,9 @@ fn container(d: &mut Decoder, node: &Node, path: &str) -> Option<Container> {
             )
         })
         .unwrap_or_else(|| PullPolicy::default_for(&c.image));
+    c.volume_mounts = f
+        .opt(d, "volumeMounts", |d, n, p| d.list(n, p, volume_mount))
+        .unwrap_or_default();
     f.finish(d, UNSUPPORTED_CONTAINER, DEFAULT_CONTAINER);
     Some(c)
 }
@@ -759,8 +787,218 @@ fn env_var(d: &mut Decoder, node: &Node, path: &str) -> Option<EnvVar> {
     let mut f = d.fields(node, path)?;
     let name = f.req(d, "name", Decoder::string).unwrap_or_default();
     let value = f.opt(d, "value", Decoder::string).unwrap_or_default();
-    f.finish(d, &["valueFrom"], &[]);
-    Some(EnvVar { name, value })
+    let value_from = f.opt(d, "valueFrom", env_var_source);
+    f.finish(d, &[], &[]);
+    Some(EnvVar {
+        name,
+        value,
+        value_from,
+    })
+}
+
+/// `a, b or c`.
+pub(crate) fn or_list(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// Whether exactly one of the alternatives `options` is given (`given`); reports it otherwise
+/// at `path`, naming them as `what` ("source", "volume type").
+fn exactly_one(
+    d: &mut Decoder,
+    path: &str,
+    line: u32,
+    given: &[&str],
+    what: &str,
+    options: &[&str],
+) -> bool {
+    match given.len() {
+        1 => true,
+        0 => {
+            let message = format!("needs exactly one {what}: {}", or_list(options));
+            d.error(path.to_owned(), Some(line), message);
+            false
+        }
+        n => {
+            let message = format!("has {n} {what}s ({}): give exactly one", given.join(", "));
+            d.error(path.to_owned(), Some(line), message);
+            false
+        }
+    }
+}
+
+const ENV_SOURCES: [&str; 4] = [
+    "configMapKeyRef",
+    "secretKeyRef",
+    "fieldRef",
+    "resourceFieldRef",
+];
+
+fn env_var_source(d: &mut Decoder, node: &Node, path: &str) -> Option<EnvVarSource> {
+    let mut f = d.fields(node, path)?;
+    let line = f.line;
+    let mut found = Vec::new();
+    if let Some(s) = f.opt(d, "configMapKeyRef", key_selector) {
+        found.push(EnvVarSource::ConfigMapKeyRef(s));
+    }
+    if let Some(s) = f.opt(d, "secretKeyRef", key_selector) {
+        found.push(EnvVarSource::SecretKeyRef(s));
+    }
+    if let Some(s) = f.opt(d, "fieldRef", object_field_selector) {
+        found.push(EnvVarSource::FieldRef(s));
+    }
+    if let Some(s) = f.opt(d, "resourceFieldRef", resource_field_selector) {
+        found.push(EnvVarSource::ResourceFieldRef(s));
+    }
+    let given: Vec<&str> = ENV_SOURCES.into_iter().filter(|s| f.has(s)).collect();
+    f.finish(d, &[], &[]);
+    if !exactly_one(d, path, line, &given, "source", &ENV_SOURCES) {
+        return None;
+    }
+    // A source that failed to decode was reported.
+    found.pop()
+}
+
+fn key_selector(d: &mut Decoder, node: &Node, path: &str) -> Option<KeySelector> {
+    let mut f = d.fields(node, path)?;
+    let selector = KeySelector {
+        name: f.req(d, "name", Decoder::string).unwrap_or_default(),
+        key: f.req(d, "key", Decoder::string).unwrap_or_default(),
+        optional: f.opt(d, "optional", Decoder::bool).unwrap_or(false),
+    };
+    f.finish(d, &[], &[]);
+    Some(selector)
+}
+
+fn object_field_selector(d: &mut Decoder, node: &Node, path: &str) -> Option<ObjectFieldSelector> {
+    let mut f = d.fields(node, path)?;
+    let field_path = f.req(d, "fieldPath", Decoder::string).unwrap_or_default();
+    // The version of the pod's schema the path is in: only v1 (Kubernetes' default).
+    f.opt(d, "apiVersion", |d, n, p| {
+        let version = d.string(n, p)?;
+        if !version.is_empty() && version != "v1" {
+            let message = format!("{version:?} is not supported: use v1");
+            d.error(p.to_owned(), Some(n.line), message);
+        }
+        Some(())
+    });
+    f.finish(d, &[], &[]);
+    Some(ObjectFieldSelector { field_path })
+}
+
+fn resource_field_selector(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+) -> Option<ResourceFieldSelector> {
+    let mut f = d.fields(node, path)?;
+    let container_name = f
+        .opt(d, "containerName", Decoder::string)
+        .filter(|n| !n.is_empty());
+    let resource = f.req(d, "resource", Decoder::string).unwrap_or_default();
+    let divisor = f.opt(d, "divisor", |d, n, p| divisor(d, n, p, &resource));
+    f.finish(d, &[], &[]);
+    Some(ResourceFieldSelector {
+        container_name,
+        resource,
+        divisor: divisor.flatten(),
+    })
+}
+
+/// A resource field's divisor in its canonical text (`1m`, `1Mi`, `1k`), or `None` for the
+/// default `1` (and for `0`, which `kubectl get -o yaml` writes for an unset divisor). Whether
+/// the value is one Kubernetes allows is a rule (`validate`).
+fn divisor(d: &mut Decoder, node: &Node, path: &str, resource: &str) -> Option<Option<String>> {
+    let text = match &node.value {
+        Value::Str(s) => s.clone(),
+        Value::Int(_) | Value::Float(_) => node.value.scalar_text().unwrap_or_default(),
+        _ => {
+            d.expected(node, path, "a quantity (such as 1m or 1Mi)");
+            return None;
+        }
+    };
+    let canonical = match resource.rsplit('.').next() {
+        Some("cpu") => Cpu::parse(&text).map(|q| (q.0 == 0 || q.0 == 1000, q.to_string())),
+        Some("memory") => Memory::parse(&text).map(|q| (q.0 <= 1, q.to_string())),
+        // The resource is reported; keep the text.
+        _ => return Some(Some(text)),
+    };
+    match canonical {
+        Ok((true, _)) => Some(None),
+        Ok((false, text)) => Some(Some(text)),
+        Err(e) => {
+            d.error(path.to_owned(), Some(node.line), e.to_string());
+            None
+        }
+    }
+}
+
+fn env_from_source(d: &mut Decoder, node: &Node, path: &str) -> Option<EnvFromSource> {
+    let mut f = d.fields(node, path)?;
+    let line = f.line;
+    let prefix = f.opt(d, "prefix", Decoder::string).unwrap_or_default();
+    let mut found = Vec::new();
+    if let Some(r) = f.opt(d, "configMapRef", object_ref) {
+        found.push(EnvFromRef::ConfigMapRef(r));
+    }
+    if let Some(r) = f.opt(d, "secretRef", object_ref) {
+        found.push(EnvFromRef::SecretRef(r));
+    }
+    let options = ["configMapRef", "secretRef"];
+    let given: Vec<&str> = options.into_iter().filter(|s| f.has(s)).collect();
+    f.finish(d, &[], &[]);
+    if !exactly_one(d, path, line, &given, "source", &options) {
+        return None;
+    }
+    Some(EnvFromSource {
+        prefix,
+        source: found.pop()?,
+    })
+}
+
+fn placeholder_env_from() -> EnvFromSource {
+    EnvFromSource {
+        prefix: String::new(),
+        source: EnvFromRef::ConfigMapRef(ObjectRef {
+            name: "placeholder".into(),
+            optional: false,
+        }),
+    }
+}
+
+fn object_ref(d: &mut Decoder, node: &Node, path: &str) -> Option<ObjectRef> {
+    let mut f = d.fields(node, path)?;
+    let r = ObjectRef {
+        name: f.req(d, "name", Decoder::string).unwrap_or_default(),
+        optional: f.opt(d, "optional", Decoder::bool).unwrap_or(false),
+    };
+    f.finish(d, &[], &[]);
+    Some(r)
+}
+
+fn volume_mount(d: &mut Decoder, node: &Node, path: &str) -> Option<VolumeMount> {
+    let mut f = d.fields(node, path)?;
+    let mount = VolumeMount {
+        name: f.req(d, "name", Decoder::string).unwrap_or_default(),
+        mount_path: f.req(d, "mountPath", Decoder::string).unwrap_or_default(),
+        read_only: f.opt(d, "readOnly", Decoder::bool).unwrap_or(false),
+        // Kubernetes reads "" as no subPath.
+        sub_path: f
+            .opt(d, "subPath", Decoder::string)
+            .filter(|p| !p.is_empty()),
+    };
+    f.finish(
+        d,
+        &["subPathExpr", "mountPropagation", "recursiveReadOnly"],
+        &[
+            ("mountPropagation", "None"),
+            ("recursiveReadOnly", "Disabled"),
+        ],
+    );
+    Some(mount)
 }
 
 fn container_port(d: &mut Decoder, node: &Node, path: &str) -> Option<ContainerPort> {
@@ -1242,6 +1480,468 @@ fn service_port(d: &mut Decoder, node: &Node, path: &str) -> Option<ServicePort>
         target_port: target_port.unwrap_or(PortRef::Number(port)),
         node_port,
     })
+}
+
+/// The volume types shoal supports.
+const VOLUME_SOURCES: [&str; 4] = ["configMap", "secret", "downwardAPI", "projected"];
+
+/// Kubernetes' other volume types: each is "not supported yet" by name.
+const UNSUPPORTED_VOLUME_SOURCES: &[&str] = &[
+    "emptyDir",
+    "hostPath",
+    "persistentVolumeClaim",
+    "ephemeral",
+    "image",
+    "nfs",
+    "csi",
+    "iscsi",
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "gitRepo",
+    "glusterfs",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "storageos",
+    "vsphereVolume",
+];
+
+/// Stands in for a volume whose source did not decode (the problem is reported): a valid
+/// source, so that only that problem is.
+fn placeholder_source() -> VolumeSource {
+    VolumeSource::ConfigMap(ConfigMapVolume {
+        name: "placeholder".into(),
+        items: Vec::new(),
+        default_mode: DEFAULT_VOLUME_MODE,
+        optional: false,
+    })
+}
+
+fn placeholder_volume() -> Volume {
+    Volume {
+        name: "placeholder".into(),
+        source: placeholder_source(),
+    }
+}
+
+fn volume(d: &mut Decoder, node: &Node, path: &str) -> Option<Volume> {
+    let mut f = d.fields(node, path)?;
+    let line = f.line;
+    let name = f.req(d, "name", Decoder::string).unwrap_or_default();
+    let mut found = Vec::new();
+    if let Some(v) = f.opt(d, "configMap", config_map_volume) {
+        found.push(VolumeSource::ConfigMap(v));
+    }
+    if let Some(v) = f.opt(d, "secret", secret_volume) {
+        found.push(VolumeSource::Secret(v));
+    }
+    if let Some(v) = f.opt(d, "downwardAPI", downward_api_volume) {
+        found.push(VolumeSource::DownwardApi(v));
+    }
+    if let Some(v) = f.opt(d, "projected", projected_volume) {
+        found.push(VolumeSource::Projected(v));
+    }
+    let mut given: Vec<&str> = VOLUME_SOURCES.into_iter().filter(|s| f.has(s)).collect();
+    let mut unsupported = false;
+    for &kind in UNSUPPORTED_VOLUME_SOURCES {
+        // Not through `finish`: `emptyDir: {}` is the usual way to write one, not a default.
+        if let Some((n, p)) = f.take(d, kind) {
+            let message = format!(
+                "{kind} volumes are not supported yet (supported volume types: {})",
+                VOLUME_SOURCES.join(", ")
+            );
+            d.error(p, Some(n.line), message);
+            given.push(kind);
+            unsupported = true;
+        }
+    }
+    f.finish(d, &[], &[]);
+    // Several types, one of them unsupported: that one is reported, and is enough.
+    let one = if unsupported {
+        false
+    } else {
+        exactly_one(d, path, line, &given, "volume type", &VOLUME_SOURCES)
+    };
+    let source = match found.pop() {
+        Some(source) if one => source,
+        _ => placeholder_source(),
+    };
+    // Kept, even with a broken source, so that the mounts of the volume still find it.
+    Some(Volume { name, source })
+}
+
+/// A file mode: 0 to 0777. YAML reads `0644` as octal (as Kubernetes does); `644` is a
+/// decimal number, a common slip, which the message points out.
+fn mode(d: &mut Decoder, node: &Node, path: &str) -> Option<u32> {
+    match &node.value {
+        Value::Int(i) if (0..=0o777).contains(i) => u32::try_from(*i).ok(),
+        Value::Int(i) => {
+            let digits = i.to_string();
+            let hint =
+                if (0..=777).contains(i) && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                    format!(" (did you mean 0{digits}? a leading 0 makes it octal)")
+                } else {
+                    String::new()
+                };
+            let message = format!(
+                "must be a file mode between 0 and 0777 (octal; 511 in decimal), got {i}{hint}"
+            );
+            d.error(path.to_owned(), Some(node.line), message);
+            None
+        }
+        Value::Str(s) if !s.is_empty() && s.bytes().all(|b| (b'0'..=b'7').contains(&b)) => {
+            let message =
+                format!("expected integer, got string {s:?} (write the mode without quotes: {s})");
+            d.error(path.to_owned(), Some(node.line), message);
+            None
+        }
+        _ => {
+            d.expected(node, path, "a file mode (such as 0644 or 0400)");
+            None
+        }
+    }
+}
+
+fn items(d: &mut Decoder, f: &mut Fields<'_>) -> Vec<KeyToPath> {
+    f.opt(d, "items", |d, n, p| d.list(n, p, key_to_path))
+        .unwrap_or_default()
+}
+
+fn default_mode(d: &mut Decoder, f: &mut Fields<'_>) -> u32 {
+    f.opt(d, "defaultMode", mode).unwrap_or(DEFAULT_VOLUME_MODE)
+}
+
+fn optional(d: &mut Decoder, f: &mut Fields<'_>) -> bool {
+    f.opt(d, "optional", Decoder::bool).unwrap_or(false)
+}
+
+fn config_map_volume(d: &mut Decoder, node: &Node, path: &str) -> Option<ConfigMapVolume> {
+    let mut f = d.fields(node, path)?;
+    let v = ConfigMapVolume {
+        name: f.req(d, "name", Decoder::string).unwrap_or_default(),
+        items: items(d, &mut f),
+        default_mode: default_mode(d, &mut f),
+        optional: optional(d, &mut f),
+    };
+    f.finish(d, &[], &[]);
+    Some(v)
+}
+
+fn secret_volume(d: &mut Decoder, node: &Node, path: &str) -> Option<SecretVolume> {
+    let mut f = d.fields(node, path)?;
+    let v = SecretVolume {
+        secret_name: f.req(d, "secretName", Decoder::string).unwrap_or_default(),
+        items: items(d, &mut f),
+        default_mode: default_mode(d, &mut f),
+        optional: optional(d, &mut f),
+    };
+    f.finish(d, &[], &[]);
+    Some(v)
+}
+
+fn key_to_path(d: &mut Decoder, node: &Node, path: &str) -> Option<KeyToPath> {
+    let mut f = d.fields(node, path)?;
+    let item = KeyToPath {
+        key: f.req(d, "key", Decoder::string).unwrap_or_default(),
+        path: f.req(d, "path", Decoder::string).unwrap_or_default(),
+        mode: f.opt(d, "mode", mode),
+    };
+    f.finish(d, &[], &[]);
+    Some(item)
+}
+
+fn downward_api_volume(d: &mut Decoder, node: &Node, path: &str) -> Option<DownwardApiVolume> {
+    let mut f = d.fields(node, path)?;
+    let v = DownwardApiVolume {
+        items: downward_api_items(d, &mut f),
+        default_mode: default_mode(d, &mut f),
+    };
+    f.finish(d, &[], &[]);
+    Some(v)
+}
+
+fn downward_api_items(d: &mut Decoder, f: &mut Fields<'_>) -> Vec<DownwardApiFile> {
+    f.opt(d, "items", |d, n, p| d.list(n, p, downward_api_file))
+        .unwrap_or_default()
+}
+
+/// One file; that it has exactly one of `fieldRef` and `resourceFieldRef` is a rule
+/// (`validate`), since the type can hold both.
+fn downward_api_file(d: &mut Decoder, node: &Node, path: &str) -> Option<DownwardApiFile> {
+    let mut f = d.fields(node, path)?;
+    let file = DownwardApiFile {
+        path: f.req(d, "path", Decoder::string).unwrap_or_default(),
+        field_ref: f.opt(d, "fieldRef", object_field_selector),
+        resource_field_ref: f.opt(d, "resourceFieldRef", resource_field_selector),
+        mode: f.opt(d, "mode", mode),
+    };
+    f.finish(d, &[], &[]);
+    Some(file)
+}
+
+const PROJECTION_SOURCES: [&str; 3] = ["configMap", "secret", "downwardAPI"];
+
+fn projected_volume(d: &mut Decoder, node: &Node, path: &str) -> Option<ProjectedVolume> {
+    let mut f = d.fields(node, path)?;
+    let v = ProjectedVolume {
+        sources: f
+            .opt(d, "sources", |d, n, p| {
+                d.list_or(n, p, placeholder_projection, projection_source)
+            })
+            .unwrap_or_default(),
+        default_mode: default_mode(d, &mut f),
+    };
+    f.finish(d, &[], &[]);
+    Some(v)
+}
+
+fn placeholder_projection() -> ProjectionSource {
+    ProjectionSource::ConfigMap(KeyProjection {
+        name: "placeholder".into(),
+        ..KeyProjection::default()
+    })
+}
+
+fn projection_source(d: &mut Decoder, node: &Node, path: &str) -> Option<ProjectionSource> {
+    let mut f = d.fields(node, path)?;
+    let line = f.line;
+    let mut found = Vec::new();
+    if let Some(p) = f.opt(d, "configMap", key_projection) {
+        found.push(ProjectionSource::ConfigMap(p));
+    }
+    if let Some(p) = f.opt(d, "secret", key_projection) {
+        found.push(ProjectionSource::Secret(p));
+    }
+    if let Some(p) = f.opt(d, "downwardAPI", |d, n, p| {
+        let mut f = d.fields(n, p)?;
+        let items = downward_api_items(d, &mut f);
+        f.finish(d, &[], &[]);
+        Some(DownwardApiProjection { items })
+    }) {
+        found.push(ProjectionSource::DownwardApi(p));
+    }
+    let given: Vec<&str> = PROJECTION_SOURCES
+        .into_iter()
+        .filter(|s| f.has(s))
+        .collect();
+    let mut unsupported = false;
+    for kind in [
+        "serviceAccountToken",
+        "clusterTrustBundle",
+        "podCertificate",
+    ] {
+        // Not through `finish`, which would let an empty one pass as if absent.
+        if let Some((n, p)) = f.take(d, kind) {
+            let message = format!(
+                "{kind} projections are not supported yet (supported sources: {})",
+                PROJECTION_SOURCES.join(", ")
+            );
+            d.error(p, Some(n.line), message);
+            unsupported = true;
+        }
+    }
+    f.finish(d, &[], &[]);
+    if unsupported || !exactly_one(d, path, line, &given, "source", &PROJECTION_SOURCES) {
+        return None;
+    }
+    found.pop()
+}
+
+fn key_projection(d: &mut Decoder, node: &Node, path: &str) -> Option<KeyProjection> {
+    let mut f = d.fields(node, path)?;
+    let p = KeyProjection {
+        name: f.req(d, "name", Decoder::string).unwrap_or_default(),
+        items: items(d, &mut f),
+        optional: optional(d, &mut f),
+    };
+    f.finish(d, &[], &[]);
+    Some(p)
+}
+
+/// A ConfigMap's fields (it has no spec), read from the object's own mapping.
+fn config_map(d: &mut Decoder, f: &mut Fields<'_>, metadata: ObjectMeta) -> ConfigMap {
+    ConfigMap {
+        metadata,
+        data: f.opt(d, "data", Decoder::string_map).unwrap_or_default(),
+        binary_data: f
+            .opt(d, "binaryData", |d, n, p| {
+                base64_map(d, n, p, "binaryData values are base64; give text in data")
+            })
+            .unwrap_or_default(),
+        immutable: f.opt(d, "immutable", Decoder::bool).unwrap_or(false),
+    }
+}
+
+/// The type of a Secret that names none.
+pub(crate) const OPAQUE: &str = "Opaque";
+
+/// A Secret's fields. `stringData` is merged into `data`, its keys winning, as the API server
+/// does on write. No message quotes a value.
+fn secret(d: &mut Decoder, f: &mut Fields<'_>, path: &str, metadata: ObjectMeta) -> Secret {
+    let mut data = f
+        .opt(d, "data", |d, n, p| {
+            base64_map(
+                d,
+                n,
+                p,
+                "data values are base64; give plain text in stringData",
+            )
+        })
+        .unwrap_or_default();
+    let string_data = f
+        .opt(d, "stringData", secret_string_map)
+        .unwrap_or_default();
+    let secret_type = f
+        .opt(d, "type", Decoder::string)
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| OPAQUE.to_owned());
+    let immutable = f.opt(d, "immutable", Decoder::bool).unwrap_or(false);
+    // The rules speak of `data[key]` (as Kubernetes does): place a key that came from
+    // stringData on its line there, and `data` itself where the keys are given.
+    let data_path = join(path, "data");
+    let string_data_path = join(path, "stringData");
+    for (key, value) in string_data {
+        if let Some(line) = d.lines.get(&format!("{string_data_path}[{key}]")).copied() {
+            d.record(&format!("{data_path}[{key}]"), line);
+        }
+        data.insert(key, ByteData(value.into_bytes()));
+    }
+    if !d.lines.contains_key(&data_path) {
+        let line = [string_data_path, join(path, "type")]
+            .iter()
+            .find_map(|p| d.lines.get(p).copied());
+        if let Some(line) = line {
+            d.record(&data_path, line);
+        }
+    }
+    Secret {
+        metadata,
+        data,
+        secret_type,
+        immutable,
+    }
+}
+
+/// What a value is, without its content (for secrets).
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Str(_) => "a string",
+        Value::Seq(_) => "a list",
+        Value::Map(_) => "a mapping",
+    }
+}
+
+/// A mapping of keys to base64 text, decoded as the API server does (standard alphabet with
+/// padding; line breaks ignored). `hint` follows an error. No message quotes a value.
+fn base64_map(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+    hint: &str,
+) -> Option<BTreeMap<String, ByteData>> {
+    let Value::Map(entries) = &node.value else {
+        let message = format!(
+            "expected a mapping of keys to base64 text, got {}",
+            type_name(&node.value)
+        );
+        d.error(path.to_owned(), Some(node.line), message);
+        return None;
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in entries {
+        let vpath = format!("{path}[{}]", key.name);
+        d.record(&vpath, key.line);
+        let text = match &value.value {
+            Value::Null => "",
+            Value::Str(s) => s.as_str(),
+            other => {
+                let message = format!("expected base64 text, got {}", type_name(other));
+                d.error(vpath, Some(value.line), message);
+                continue;
+            }
+        };
+        match decode_base64(text) {
+            Ok(bytes) => {
+                out.insert(key.name.clone(), ByteData(bytes));
+            }
+            Err(e) => d.error(vpath, Some(value.line), format!("{e} ({hint})")),
+        }
+    }
+    Some(out)
+}
+
+/// Base64 as Go's `encoding/json` reads `[]byte`: the standard alphabet, padding required,
+/// line breaks ignored. The error says where, never what.
+pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    let compact: String;
+    let text = if text.contains(['\n', '\r']) {
+        compact = text.chars().filter(|c| !matches!(c, '\n' | '\r')).collect();
+        compact.as_str()
+    } else {
+        text
+    };
+    ENGINE.decode(text).map_err(|e| match e {
+        base64::DecodeError::InvalidByte(offset, _)
+        | base64::DecodeError::InvalidLastSymbol(offset, _) => {
+            format!("not valid base64: unexpected character at offset {offset}")
+        }
+        base64::DecodeError::InvalidLength(_) => {
+            "not valid base64: the length is not a multiple of 4 (with = padding)".to_owned()
+        }
+        base64::DecodeError::InvalidPadding => {
+            "not valid base64: missing or wrong = padding".to_owned()
+        }
+    })
+}
+
+/// `stringData`: a mapping of keys to text. Like [`Decoder::string_map`], but no message
+/// quotes a value.
+fn secret_string_map(d: &mut Decoder, node: &Node, path: &str) -> Option<BTreeMap<String, String>> {
+    let Value::Map(entries) = &node.value else {
+        let message = format!(
+            "expected a mapping of keys to text, got {}",
+            type_name(&node.value)
+        );
+        d.error(path.to_owned(), Some(node.line), message);
+        return None;
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in entries {
+        let vpath = format!("{path}[{}]", key.name);
+        d.record(&vpath, key.line);
+        match &value.value {
+            Value::Null => {
+                out.insert(key.name.clone(), String::new());
+            }
+            Value::Str(s) => {
+                out.insert(key.name.clone(), s.clone());
+            }
+            other => {
+                let message = format!("expected string, got {} (quote it)", type_name(other));
+                d.error(vpath, Some(value.line), message);
+            }
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -8,12 +8,29 @@
 //!
 //! # Supported
 //!
-//! - `v1 Namespace`; `v1 Pod`; `apps/v1 Deployment`; `v1 Service`; a `v1 List` (or `PodList`
-//!   ...) of them.
-//! - Pods: containers (name, image, command, args, workingDir, env `name`/`value`, ports with
+//! - `v1 Namespace`; `v1 Pod`; `apps/v1 Deployment`; `v1 Service`; `v1 ConfigMap`; `v1
+//!   Secret`; a `v1 List` (or `PodList` ...) of them.
+//! - Pods: containers (name, image, command, args, workingDir, env with `value` or
+//!   `valueFrom` (configMapKeyRef, secretKeyRef, fieldRef of metadata.name|namespace|uid,
+//!   metadata.labels['k'], metadata.annotations['k'], spec.nodeName, status.podIP|hostIP,
+//!   resourceFieldRef of requests|limits.cpu|memory with a divisor), envFrom (configMapRef or
+//!   secretRef, with a prefix), volumeMounts (mountPath, readOnly, subPath), ports with
 //!   containerPort/name/protocol TCP|UDP/hostPort, resources requests/limits of cpu and memory,
 //!   liveness/readiness/startup probes with httpGet, tcpSocket or exec, imagePullPolicy),
-//!   restartPolicy, nodeSelector, terminationGracePeriodSeconds.
+//!   restartPolicy, nodeSelector, terminationGracePeriodSeconds, volumes of type configMap,
+//!   secret (items, defaultMode, optional), downwardAPI and projected (configMap, secret and
+//!   downwardAPI sources). Kubernetes' rules: one source per variable and per volume, volume
+//!   names unique, every mount names a volume of the pod, no mount path twice in a container,
+//!   file paths relative and without `..`, no file path twice in a volume, modes 0-0777.
+//! - ConfigMaps: data, binaryData (base64), immutable. Secrets: data (base64), stringData
+//!   (merged into data, as the API server does), immutable, and type: Opaque (the default),
+//!   kubernetes.io/tls, kubernetes.io/basic-auth, kubernetes.io/dockerconfigjson and
+//!   kubernetes.io/ssh-auth with Kubernetes' rules (their keys), or a type of the user's own
+//!   with a domain (`example.com/token`). Keys are Kubernetes' (`[-._a-zA-Z0-9]+`, not `.`, `..`
+//!   or starting with `..`); keys and values together are at most 1 MiB
+//!   ([`MAX_CONFIG_BYTES`]). No message and no `Debug` output shows a secret's value. The data
+//!   of an immutable one cannot change, nor a secret's type ([`immutable_change`], which
+//!   `apply` asks).
 //! - Deployments: replicas, selector.matchLabels, template, strategy RollingUpdate
 //!   (maxSurge/maxUnavailable, counts or percentages) or Recreate, minReadySeconds,
 //!   revisionHistoryLimit, progressDeadlineSeconds, paused.
@@ -31,13 +48,15 @@
 //!   yaml` adds) are accepted.
 //! - Input: multi-document YAML 1.2 (`---`), JSON, concatenated JSON objects; files,
 //!   directories (`*.yaml`, `*.yml`, `*.json`, sorted; recursive on request, like kubectl's
-//!   `-R`) and stdin (`-`).
+//!   `-R`) and stdin (`-`). As in the YAML 1.1 Kubernetes reads, an integer with a leading zero
+//!   is octal: `defaultMode: 0644` is 420 (rw-r--r--), as in Kubernetes' examples.
 //!
 //! Everything else is an error that names it: unknown fields ("unknown field", with the closest
-//! known name), Kubernetes fields shoal does not implement ("not supported yet": volumes,
-//! valueFrom, matchExpressions, initContainers, affinity, LoadBalancer and ExternalName
-//! services, UDP and SCTP service ports, ClientIP session affinity, externalIPs ...), other
-//! kinds and apiVersions. A
+//! known name), Kubernetes fields shoal does not implement ("not supported yet": emptyDir,
+//! hostPath, persistentVolumeClaim and the other volume types, serviceAccountToken
+//! projections, subPathExpr, matchExpressions, initContainers, affinity, LoadBalancer and
+//! ExternalName services, UDP and SCTP service ports, ClientIP session affinity, externalIPs
+//! ...), other kinds and apiVersions. A
 //! not-supported field given an empty value or its Kubernetes default (`dnsPolicy:
 //! ClusterFirst`, `terminationMessagePolicy: File`) is accepted, since it means the same as
 //! leaving it out, so manifests exported with `kubectl get -o yaml` apply. Read-only metadata
@@ -57,7 +76,8 @@
 //! # Invariants
 //!
 //! - A parsed [`Resource`] has every default filled in (namespace `default`, replicas 1,
-//!   RollingUpdate 25%/25%, probe timings, imagePullPolicy, a service port's targetPort ...)
+//!   RollingUpdate 25%/25%, probe timings, imagePullPolicy, a service port's targetPort, a
+//!   volume's defaultMode 0644, a secret's type Opaque ...)
 //!   and satisfies every rule (names, labels, unique container and port names, selector
 //!   matching the template ...). A Service's cluster IP and node ports may still be unassigned
 //!   (the applying agent assigns them).
@@ -74,6 +94,7 @@
 //! resources = parse_paths(files, &options, &mut stdin)?      // all or nothing
 //! for r in resources (Namespaces first):
 //!     key = r.key(); old = store.get(key)
+//!     if let Some(why) = immutable_change(&old, &r): refuse r    // an immutable ConfigMap ...
 //!     if r is a Service: r = service::prepare(range, services, r)  // assign or keep its IP
 //!     outcome = apply_outcome(old.bytes, &r)                   // created | configured | unchanged
 //!     if outcome != Unchanged:
@@ -84,8 +105,9 @@
 //! get: r = Resource::from_stored(bytes)?; set r's read-only metadata (uid, resourceVersion,
 //!      generation, creationTimestamp) and a pod's spec.node_name (a service's effective
 //!      cluster IP and node ports); then pod_object(&pod, &status) / service_object(&svc) /
-//!      endpoints_object(&ep) / list_object(items) for -o json|yaml (the CLI reads them back
-//!      with pod_from_object ... and prints kubectl's tables)
+//!      configmap_object(&cm) / secret_object(&s) / endpoints_object(&ep) /
+//!      list_object(items) for -o json|yaml (the CLI reads them back with pod_from_object ...
+//!      and prints kubectl's tables)
 //! ```
 
 #![warn(missing_docs)]
@@ -108,24 +130,31 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use canonical::{Outcome, StoredError, apply_outcome, next_generation, safe_chars};
+pub use canonical::{
+    Outcome, StoredError, apply_outcome, immutable_change, next_generation, safe_chars,
+};
 pub use error::{ManifestError, ManifestErrors};
 pub use model::{
-    ClusterIp, Container, ContainerPort, DEFAULT_NAMESPACE, Deployment, DeploymentSpec,
-    DeploymentStrategy, EnvVar, ExecAction, HttpGetAction, HttpHeader, IntOrPercent, Kind,
-    LabelSelector, Namespace, ObjectMeta, Pod, PodSpec, PodTemplateSpec, PortRef, Probe,
-    ProbeHandler, ProbeKind, Protocol, PullPolicy, Resource, ResourceKey, ResourceList,
-    ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Service, ServicePort, ServiceSpec,
-    ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
+    ByteData, ClusterIp, ConfigMap, ConfigMapVolume, Container, ContainerPort, DEFAULT_NAMESPACE,
+    DEFAULT_VOLUME_MODE, Deployment, DeploymentSpec, DeploymentStrategy, DownwardApiFile,
+    DownwardApiProjection, DownwardApiVolume, EnvFromRef, EnvFromSource, EnvVar, EnvVarSource,
+    ExecAction, HttpGetAction, HttpHeader, IntOrPercent, KeyProjection, KeySelector, KeyToPath,
+    Kind, LabelSelector, MAX_CONFIG_BYTES, Namespace, ObjectFieldSelector, ObjectMeta, ObjectRef,
+    Pod, PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, ProbeKind, ProjectedVolume,
+    ProjectionSource, Protocol, PullPolicy, Resource, ResourceFieldSelector, ResourceKey,
+    ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Secret, SecretVolume,
+    Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
+    Volume, VolumeMount, VolumeSource,
 };
 pub use quantity::{Cpu, Memory, QuantityError};
 pub use status::{
     ConditionStatus, ContainerState, ContainerStatus, DeploymentCondition, DeploymentConditionType,
     DeploymentStatus, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, NamespacePhase,
     NamespaceStatus, ObjectReference, PodCondition, PodConditionType, PodPhase, PodStatus,
-    deployment_from_object, deployment_object, endpoints_from_object, endpoints_object,
-    list_object, namespace_from_object, namespace_object, pod_from_object, pod_object,
-    protocol_name, qos_class, service_from_object, service_object,
+    configmap_from_object, configmap_object, deployment_from_object, deployment_object,
+    endpoints_from_object, endpoints_object, list_object, namespace_from_object, namespace_object,
+    pod_from_object, pod_object, protocol_name, qos_class, secret_from_object, secret_object,
+    service_from_object, service_object,
 };
 pub use timestamp::Timestamp;
 pub use validate::{NODE_PORT_RANGE, format_labels};

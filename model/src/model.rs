@@ -1,5 +1,5 @@
-//! The typed model: the subset of Kubernetes' `v1 Namespace`, `v1 Pod`, `apps/v1 Deployment` and
-//! `v1 Service` that shoal runs, with every default filled in.
+//! The typed model: the subset of Kubernetes' `v1 Namespace`, `v1 Pod`, `apps/v1 Deployment`,
+//! `v1 Service`, `v1 ConfigMap` and `v1 Secret` that shoal runs, with every default filled in.
 //!
 //! The serde shapes are Kubernetes' own (camelCase, `{"httpGet": {...}}`, `{"type":
 //! "RollingUpdate", "rollingUpdate": {...}}`, quantities as strings), so serializing a
@@ -33,16 +33,27 @@ pub enum Kind {
     Deployment,
     /// `v1 Service`.
     Service,
+    /// `v1 ConfigMap`.
+    ConfigMap,
+    /// `v1 Secret`.
+    Secret,
 }
 
 impl Kind {
     /// Every supported kind.
-    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::Deployment, Kind::Service];
+    pub const ALL: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Deployment,
+        Kind::Service,
+        Kind::ConfigMap,
+        Kind::Secret,
+    ];
 
     /// The `apiVersion` objects of this kind carry.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::ConfigMap | Kind::Secret => "v1",
             Kind::Deployment => "apps/v1",
         }
     }
@@ -54,6 +65,8 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Deployment => "Deployment",
             Kind::Service => "Service",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -65,6 +78,8 @@ impl Kind {
             Kind::Pod => "pod",
             Kind::Deployment => "deployment",
             Kind::Service => "service",
+            Kind::ConfigMap => "configmap",
+            Kind::Secret => "secret",
         }
     }
 
@@ -80,6 +95,8 @@ impl Kind {
             Kind::Pod => "pod",
             Kind::Deployment => "deployment.apps",
             Kind::Service => "service",
+            Kind::ConfigMap => "configmap",
+            Kind::Secret => "secret",
         }
     }
 
@@ -204,6 +221,9 @@ pub struct PodSpec {
     pub node_selector: BTreeMap<String, String>,
     /// Seconds between SIGTERM and SIGKILL when the pod stops; default 30.
     pub termination_grace_period_seconds: u64,
+    /// Volumes the containers can mount (names unique).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
     /// Read-only: the node the pod was placed on. Users cannot set it (placement is shoal's,
     /// steer it with `nodeSelector`); the stored form leaves it out; the caller sets it before
     /// rendering a pod.
@@ -218,6 +238,7 @@ impl Default for PodSpec {
             restart_policy: RestartPolicy::Always,
             node_selector: BTreeMap::new(),
             termination_grace_period_seconds: 30,
+            volumes: Vec::new(),
             node_name: None,
         }
     }
@@ -252,6 +273,9 @@ pub struct Container {
     /// Working directory; the image's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Variables from whole config maps and secrets, in order, before `env` (which wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     /// Environment variables, in order (a later duplicate wins, as in Kubernetes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
@@ -274,6 +298,9 @@ pub struct Container {
     /// When to pull the image; defaults as Kubernetes does: `Always` for `:latest` or no tag,
     /// `IfNotPresent` otherwise.
     pub image_pull_policy: PullPolicy,
+    /// Where the pod's volumes appear in this container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 /// When to pull a container image.
@@ -304,15 +331,364 @@ impl PullPolicy {
     }
 }
 
-/// An environment variable with a literal value.
+/// An environment variable: a literal value, or one taken from a config map, a secret, the
+/// pod's own fields or its resources.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     /// Name.
     pub name: String,
-    /// Value (empty when absent).
+    /// Value (empty when absent). `$(VAR)` references are not expanded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
+    /// Where the value comes from instead of `value` (never both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Where an environment variable's value comes from (exactly one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvVarSource {
+    /// A key of a config map.
+    ConfigMapKeyRef(KeySelector),
+    /// A key of a secret.
+    SecretKeyRef(KeySelector),
+    /// A field of the pod.
+    FieldRef(ObjectFieldSelector),
+    /// A container's resource request or limit.
+    ResourceFieldRef(ResourceFieldSelector),
+}
+
+/// A key of a config map or secret in the pod's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySelector {
+    /// The object's name.
+    pub name: String,
+    /// The key.
+    pub key: String,
+    /// Whether the pod starts without it (the variable is then left out).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+}
+
+/// A field of the pod: `metadata.name`, `metadata.namespace`, `metadata.uid`,
+/// `metadata.labels['k']`, `metadata.annotations['k']`, `spec.nodeName`, `status.podIP`,
+/// `status.hostIP` (`metadata.labels` and `metadata.annotations` whole in downward API
+/// files only).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectFieldSelector {
+    /// The field's path, as Kubernetes writes it.
+    pub field_path: String,
+}
+
+/// A container's resource request or limit, divided by `divisor` and rounded up.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceFieldSelector {
+    /// The container; required in downward API volumes, the variable's own container when
+    /// absent in `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// `requests.cpu`, `limits.cpu`, `requests.memory` or `limits.memory`.
+    pub resource: String,
+    /// The unit the value is given in, a quantity (`1m`, `1Mi`); default `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<String>,
+}
+
+/// All keys of a config map or secret as variables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    /// Put before every key's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// The object (exactly one of `configMapRef`, `secretRef`).
+    #[serde(flatten)]
+    pub source: EnvFromRef,
+}
+
+/// The object an [`EnvFromSource`] reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvFromRef {
+    /// A config map.
+    ConfigMapRef(ObjectRef),
+    /// A secret.
+    SecretRef(ObjectRef),
+}
+
+/// A config map or secret in the pod's namespace, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    /// The object's name.
+    pub name: String,
+    /// Whether the pod starts without it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+}
+
+/// Where a volume appears in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The pod's volume.
+    pub name: String,
+    /// An absolute path in the container (no `:`).
+    pub mount_path: String,
+    /// Mounted read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// A relative path in the volume to mount instead of its root (not updated live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+/// A pod's volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its name, unique in the pod (a DNS-1123 label).
+    pub name: String,
+    /// What it holds (exactly one source).
+    #[serde(flatten)]
+    pub source: VolumeSource,
+}
+
+/// What a volume holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VolumeSource {
+    /// The keys of a config map as files.
+    ConfigMap(ConfigMapVolume),
+    /// The keys of a secret as files (RAM-backed, never on a disk).
+    Secret(SecretVolume),
+    /// Fields of the pod as files.
+    #[serde(rename = "downwardAPI")]
+    DownwardApi(DownwardApiVolume),
+    /// Config maps, secrets and downward API files in one directory.
+    Projected(ProjectedVolume),
+}
+
+/// A `configMap` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapVolume {
+    /// The config map.
+    pub name: String,
+    /// The keys to project and where (every key, as a file of its name, when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    /// The files' mode; default 0644.
+    pub default_mode: u32,
+    /// Whether the pod starts without the config map (or a key of `items`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+}
+
+/// A `secret` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretVolume {
+    /// The secret.
+    pub secret_name: String,
+    /// The keys to project and where (every key when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    /// The files' mode; default 0644.
+    pub default_mode: u32,
+    /// Whether the pod starts without the secret (or a key of `items`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+}
+
+/// A key projected to a file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyToPath {
+    /// The key.
+    pub key: String,
+    /// The file's relative path (no `..`).
+    pub path: String,
+    /// The file's mode; the volume's `defaultMode` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// A `downwardAPI` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownwardApiVolume {
+    /// The files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<DownwardApiFile>,
+    /// The files' mode; default 0644.
+    pub default_mode: u32,
+}
+
+/// One downward API file (exactly one of `fieldRef`, `resourceFieldRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownwardApiFile {
+    /// The file's relative path.
+    pub path: String,
+    /// A field of the pod (`metadata.labels` and `metadata.annotations` whole, one
+    /// `key="value"` per line, are allowed here; `status.podIP` and `spec.nodeName` are not,
+    /// as in Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    /// A resource of a container (`containerName` required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+    /// The file's mode; the volume's `defaultMode` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// A `projected` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProjectedVolume {
+    /// The sources, in order (no file path twice).
+    pub sources: Vec<ProjectionSource>,
+    /// The files' mode; default 0644.
+    pub default_mode: u32,
+}
+
+/// One source of a projected volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProjectionSource {
+    /// Keys of a config map.
+    ConfigMap(KeyProjection),
+    /// Keys of a secret.
+    Secret(KeyProjection),
+    /// Downward API files.
+    #[serde(rename = "downwardAPI")]
+    DownwardApi(DownwardApiProjection),
+}
+
+/// Keys of a config map or secret in a projected volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyProjection {
+    /// The object.
+    pub name: String,
+    /// The keys to project and where (every key when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    /// Whether the pod starts without it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+}
+
+/// Downward API files in a projected volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownwardApiProjection {
+    /// The files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<DownwardApiFile>,
+}
+
+/// The default mode of volume files, as in Kubernetes (0644).
+pub const DEFAULT_VOLUME_MODE: u32 = 0o644;
+
+/// Largest config map or secret, in bytes of its keys and values (Kubernetes' 1 MiB).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// A `v1 ConfigMap`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMap {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// UTF-8 values by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Binary values by key (base64 in manifests); no key in both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, ByteData>,
+    /// Whether changes are refused (only deleting and creating again changes it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub immutable: bool,
+}
+
+impl ConfigMap {
+    /// Every key with its bytes, `data` and `binaryData` together.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain(self.binary_data.iter().map(|(k, v)| (k.as_str(), &v.0[..])))
+    }
+}
+
+/// A `v1 Secret`. `stringData` is merged into `data` when parsed (as Kubernetes does on
+/// write), so a parsed secret holds only `data`.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Secret {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// The values by key (base64 in manifests and in `-o yaml`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, ByteData>,
+    /// `Opaque` (the default), `kubernetes.io/tls`, `kubernetes.io/basic-auth`,
+    /// `kubernetes.io/dockerconfigjson`, `kubernetes.io/ssh-auth`, or a type of the user's own
+    /// with a domain (`example.com/token`).
+    #[serde(rename = "type")]
+    pub secret_type: String,
+    /// Whether changes are refused.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub immutable: bool,
+}
+
+impl fmt::Debug for Secret {
+    /// Keys and sizes only, never a value (logs must not hold secrets).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.secret_type)
+            .field("data", &self.data)
+            .field("immutable", &self.immutable)
+            .finish()
+    }
+}
+
+/// Bytes written as base64 in manifests and objects. `Debug` prints the size only.
+#[derive(Clone, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct ByteData(pub Vec<u8>);
+
+impl fmt::Debug for ByteData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl Serialize for ByteData {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(ByteData)
+            .map_err(de::Error::custom)
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A port a container listens on.
@@ -928,6 +1304,10 @@ pub enum Resource {
     Deployment(Deployment),
     /// A Service.
     Service(Service),
+    /// A ConfigMap.
+    ConfigMap(ConfigMap),
+    /// A Secret.
+    Secret(Secret),
 }
 
 impl Resource {
@@ -938,6 +1318,8 @@ impl Resource {
             Resource::Pod(_) => Kind::Pod,
             Resource::Deployment(_) => Kind::Deployment,
             Resource::Service(_) => Kind::Service,
+            Resource::ConfigMap(_) => Kind::ConfigMap,
+            Resource::Secret(_) => Kind::Secret,
         }
     }
 
@@ -948,6 +1330,8 @@ impl Resource {
             Resource::Pod(o) => &o.metadata,
             Resource::Deployment(o) => &o.metadata,
             Resource::Service(o) => &o.metadata,
+            Resource::ConfigMap(o) => &o.metadata,
+            Resource::Secret(o) => &o.metadata,
         }
     }
 
@@ -958,6 +1342,8 @@ impl Resource {
             Resource::Pod(o) => &mut o.metadata,
             Resource::Deployment(o) => &mut o.metadata,
             Resource::Service(o) => &mut o.metadata,
+            Resource::ConfigMap(o) => &mut o.metadata,
+            Resource::Secret(o) => &mut o.metadata,
         }
     }
 
@@ -986,11 +1372,12 @@ impl Resource {
 }
 
 impl Serialize for Resource {
-    /// The Kubernetes object: `apiVersion`, `kind`, `metadata`, `spec` (none for a Namespace).
+    /// The Kubernetes object: `apiVersion`, `kind`, `metadata`, `spec` (none for a Namespace);
+    /// a ConfigMap's `immutable`, `data` and `binaryData`, a Secret's `immutable`, `data` and
+    /// `type` instead of a spec.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let kind = self.kind();
-        let fields = if kind == Kind::Namespace { 3 } else { 4 };
-        let mut st = s.serialize_struct("Resource", fields)?;
+        let mut st = s.serialize_struct("Resource", 6)?;
         st.serialize_field("apiVersion", kind.api_version())?;
         st.serialize_field("kind", kind.as_str())?;
         st.serialize_field("metadata", self.metadata())?;
@@ -999,6 +1386,26 @@ impl Serialize for Resource {
             Resource::Pod(p) => st.serialize_field("spec", &p.spec)?,
             Resource::Deployment(d) => st.serialize_field("spec", &d.spec)?,
             Resource::Service(svc) => st.serialize_field("spec", &svc.spec)?,
+            Resource::ConfigMap(cm) => {
+                if cm.immutable {
+                    st.serialize_field("immutable", &true)?;
+                }
+                if !cm.data.is_empty() {
+                    st.serialize_field("data", &cm.data)?;
+                }
+                if !cm.binary_data.is_empty() {
+                    st.serialize_field("binaryData", &cm.binary_data)?;
+                }
+            }
+            Resource::Secret(secret) => {
+                if secret.immutable {
+                    st.serialize_field("immutable", &true)?;
+                }
+                if !secret.data.is_empty() {
+                    st.serialize_field("data", &secret.data)?;
+                }
+                st.serialize_field("type", &secret.secret_type)?;
+            }
         }
         st.end()
     }

@@ -6,14 +6,17 @@
 //! `deletionTimestamp`; a pod's `spec.nodeName`) plus a status. The JSON shapes and field names
 //! are Kubernetes', so `jq '.items[].status.podIP'` and `-o jsonpath` scripts keep working; the
 //! same JSON reads back with [`pod_from_object`] and friends (for a CLI that gets objects from
-//! the API and prints a table).
+//! the API and prints a table). ConfigMaps and Secrets have no status; their objects are their
+//! stored form ([`configmap_object`], [`secret_object`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::collections::BTreeMap;
+
 use crate::model::{
-    ClusterIp, Deployment, Kind, Namespace, ObjectMeta, Pod, PodSpec, Protocol, Service,
-    ServiceSpec, ServiceType,
+    ByteData, ClusterIp, ConfigMap, Deployment, Kind, Namespace, ObjectMeta, Pod, PodSpec,
+    Protocol, Secret, Service, ServiceSpec, ServiceType,
 };
 use crate::timestamp::Timestamp;
 
@@ -561,6 +564,90 @@ pub fn namespace_from_object(
         },
         ns.status,
     ))
+}
+
+/// A ConfigMap as `kubectl get configmap -o json` prints it: `data`, `binaryData` (base64) and
+/// `immutable`, each left out when empty or false, as Kubernetes does.
+pub fn configmap_object(config_map: &ConfigMap) -> Value {
+    let mut value = json!({
+        "apiVersion": Kind::ConfigMap.api_version(),
+        "kind": Kind::ConfigMap.as_str(),
+        "metadata": config_map.metadata,
+    });
+    if config_map.immutable {
+        value["immutable"] = Value::Bool(true);
+    }
+    if !config_map.data.is_empty() {
+        value["data"] = json!(config_map.data);
+    }
+    if !config_map.binary_data.is_empty() {
+        value["binaryData"] = json!(config_map.binary_data);
+    }
+    value
+}
+
+/// A ConfigMap back from [`configmap_object`]'s JSON.
+pub fn configmap_from_object(value: &Value) -> Result<ConfigMap, serde_json::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Cm {
+        metadata: ObjectMeta,
+        #[serde(default)]
+        data: BTreeMap<String, String>,
+        #[serde(default)]
+        binary_data: BTreeMap<String, ByteData>,
+        #[serde(default)]
+        immutable: bool,
+    }
+    let cm: Cm = serde_json::from_value(value.clone())?;
+    Ok(ConfigMap {
+        metadata: cm.metadata,
+        data: cm.data,
+        binary_data: cm.binary_data,
+        immutable: cm.immutable,
+    })
+}
+
+/// A Secret as `kubectl get secret -o json` prints it: `data` in base64 (never decoded),
+/// `type`, and `immutable` when set.
+pub fn secret_object(secret: &Secret) -> Value {
+    let mut value = json!({
+        "apiVersion": Kind::Secret.api_version(),
+        "kind": Kind::Secret.as_str(),
+        "metadata": secret.metadata,
+        "type": secret.secret_type,
+    });
+    if secret.immutable {
+        value["immutable"] = Value::Bool(true);
+    }
+    if !secret.data.is_empty() {
+        value["data"] = json!(secret.data);
+    }
+    value
+}
+
+/// A Secret back from [`secret_object`]'s JSON (`type` `Opaque` when absent).
+pub fn secret_from_object(value: &Value) -> Result<Secret, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct S {
+        metadata: ObjectMeta,
+        #[serde(default)]
+        data: BTreeMap<String, ByteData>,
+        #[serde(default, rename = "type")]
+        secret_type: Option<String>,
+        #[serde(default)]
+        immutable: bool,
+    }
+    let s: S = serde_json::from_value(value.clone())?;
+    Ok(Secret {
+        metadata: s.metadata,
+        data: s.data,
+        secret_type: s
+            .secret_type
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| crate::decode::OPAQUE.to_owned()),
+        immutable: s.immutable,
+    })
 }
 
 /// Kubernetes' quality-of-service class: `Guaranteed` when every container has CPU and memory

@@ -14,8 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    ClusterIp, Container, Deployment, DeploymentStrategy, IntOrPercent, Kind, ObjectMeta, PodSpec,
-    PortRef, Probe, ProbeHandler, Protocol, Resource, RestartPolicy, Service, ServiceType,
+    ClusterIp, ConfigMap, Container, Deployment, DeploymentStrategy, DownwardApiFile, EnvFromRef,
+    EnvVarSource, IntOrPercent, KeySelector, KeyToPath, Kind, MAX_CONFIG_BYTES, ObjectMeta,
+    PodSpec, PortRef, Probe, ProbeHandler, ProjectionSource, Protocol, Resource,
+    ResourceFieldSelector, RestartPolicy, Secret, Service, ServiceType, VolumeSource,
 };
 
 /// The node ports a NodePort service may use (Kubernetes' default `--service-node-port-range`).
@@ -38,6 +40,8 @@ pub(crate) fn validate(resource: &Resource) -> Vec<Issue> {
         Resource::Pod(pod) => v.pod_spec(&pod.spec, "spec", false),
         Resource::Deployment(d) => v.deployment(d),
         Resource::Service(svc) => v.service(svc),
+        Resource::ConfigMap(cm) => v.config_map(cm),
+        Resource::Secret(secret) => v.secret(secret),
     }
     v.issues
 }
@@ -61,7 +65,9 @@ impl Validator {
         let name_rule = match kind {
             Kind::Namespace => dns1123_label(&meta.name),
             Kind::Service => dns1035_label(&meta.name),
-            Kind::Pod | Kind::Deployment => dns1123_subdomain(&meta.name),
+            Kind::Pod | Kind::Deployment | Kind::ConfigMap | Kind::Secret => {
+                dns1123_subdomain(&meta.name)
+            }
         };
         if let Err(e) = name_rule {
             self.push("metadata.name", e);
@@ -302,11 +308,325 @@ impl Validator {
                     ),
                 );
             }
-            self.container(c, &cpath);
+        }
+        let pod = PodNames {
+            containers: names.into_keys().collect(),
+            volumes: self.volumes(spec, path),
+        };
+        for (i, c) in spec.containers.iter().enumerate() {
+            self.container(c, &format!("{path}.containers[{i}]"), &pod);
         }
     }
 
-    fn container(&mut self, c: &Container, path: &str) {
+    /// The volumes' rules; returns their names.
+    fn volumes<'s>(&mut self, spec: &'s PodSpec, path: &str) -> BTreeSet<&'s str> {
+        let containers: BTreeSet<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        let mut names = BTreeMap::new();
+        for (i, volume) in spec.volumes.iter().enumerate() {
+            let vpath = format!("{path}.volumes[{i}]");
+            if let Err(e) = dns1123_label(&volume.name) {
+                self.push(format!("{vpath}.name"), e);
+            }
+            if let Some(first) = names.insert(volume.name.as_str(), i) {
+                self.push(
+                    format!("{vpath}.name"),
+                    format!(
+                        "duplicate volume name {:?} (also volumes[{first}])",
+                        volume.name
+                    ),
+                );
+            }
+            let mut files = Files::default();
+            match &volume.source {
+                VolumeSource::ConfigMap(v) => {
+                    let p = format!("{vpath}.configMap");
+                    self.object_name(&v.name, &format!("{p}.name"));
+                    self.key_items(&v.items, &p, "", &mut files);
+                    self.mode(v.default_mode, &format!("{p}.defaultMode"));
+                }
+                VolumeSource::Secret(v) => {
+                    let p = format!("{vpath}.secret");
+                    self.object_name(&v.secret_name, &format!("{p}.secretName"));
+                    self.key_items(&v.items, &p, "", &mut files);
+                    self.mode(v.default_mode, &format!("{p}.defaultMode"));
+                }
+                VolumeSource::DownwardApi(v) => {
+                    let p = format!("{vpath}.downwardAPI");
+                    self.downward_items(&v.items, &p, "", &mut files, &containers);
+                    self.mode(v.default_mode, &format!("{p}.defaultMode"));
+                }
+                VolumeSource::Projected(v) => {
+                    let p = format!("{vpath}.projected");
+                    for (j, source) in v.sources.iter().enumerate() {
+                        let field = match source {
+                            ProjectionSource::ConfigMap(_) => "configMap",
+                            ProjectionSource::Secret(_) => "secret",
+                            ProjectionSource::DownwardApi(_) => "downwardAPI",
+                        };
+                        let within = format!("sources[{j}].{field}.");
+                        let sp = format!("{p}.sources[{j}].{field}");
+                        match source {
+                            ProjectionSource::ConfigMap(k) | ProjectionSource::Secret(k) => {
+                                self.object_name(&k.name, &format!("{sp}.name"));
+                                self.key_items(&k.items, &sp, &within, &mut files);
+                            }
+                            ProjectionSource::DownwardApi(dp) => {
+                                self.downward_items(
+                                    &dp.items,
+                                    &sp,
+                                    &within,
+                                    &mut files,
+                                    &containers,
+                                );
+                            }
+                        }
+                    }
+                    self.mode(v.default_mode, &format!("{p}.defaultMode"));
+                }
+            }
+        }
+        names.into_keys().collect()
+    }
+
+    /// A config map's or secret's name, where a pod refers to one.
+    fn object_name(&mut self, name: &str, path: &str) {
+        if let Err(e) = dns1123_subdomain(name) {
+            self.push(path, e);
+        }
+    }
+
+    fn mode(&mut self, mode: u32, path: &str) {
+        if mode > 0o777 {
+            self.push(
+                path,
+                format!("must be a file mode between 0 and 0777 (octal), got 0{mode:o}"),
+            );
+        }
+    }
+
+    /// Items of a config map or secret volume (or projection) at `path`; `within` is their
+    /// place in the volume (`sources[1].secret.`), for the messages about paths taken twice.
+    fn key_items(&mut self, items: &[KeyToPath], path: &str, within: &str, files: &mut Files) {
+        for (j, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.items[{j}]");
+            if let Err(e) = config_key(&item.key) {
+                self.push(format!("{ipath}.key"), e);
+            }
+            let at = format!("{ipath}.path");
+            self.file(&item.path, &at, &format!("{within}items[{j}]"), files);
+            if let Some(mode) = item.mode {
+                self.mode(mode, &format!("{ipath}.mode"));
+            }
+        }
+    }
+
+    fn downward_items(
+        &mut self,
+        items: &[DownwardApiFile],
+        path: &str,
+        within: &str,
+        files: &mut Files,
+        containers: &BTreeSet<&str>,
+    ) {
+        for (j, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.items[{j}]");
+            let at = format!("{ipath}.path");
+            self.file(&item.path, &at, &format!("{within}items[{j}]"), files);
+            match (&item.field_ref, &item.resource_field_ref) {
+                (Some(f), None) => {
+                    if let Err(e) = field_path(&f.field_path, true) {
+                        self.push(format!("{ipath}.fieldRef.fieldPath"), e);
+                    }
+                }
+                (None, Some(r)) => {
+                    let rpath = format!("{ipath}.resourceFieldRef");
+                    self.resource_field(r, &rpath, true, containers);
+                }
+                (None, None) => {
+                    self.push(&ipath, "needs exactly one of fieldRef or resourceFieldRef");
+                }
+                (Some(_), Some(_)) => self.push(
+                    &ipath,
+                    "has both fieldRef and resourceFieldRef: give exactly one",
+                ),
+            }
+            if let Some(mode) = item.mode {
+                self.mode(mode, &format!("{ipath}.mode"));
+            }
+        }
+    }
+
+    /// A file of a volume: a relative path below the volume, not taken by another file.
+    fn file(&mut self, file: &str, path: &str, item: &str, files: &mut Files) {
+        if let Err(e) = volume_file_path(file) {
+            self.push(path, e);
+            return;
+        }
+        if let Some(message) = files.add(file, item) {
+            self.push(path, message);
+        }
+    }
+
+    /// `resourceFieldRef` in env (`in_volume` false) or in a downward API file.
+    fn resource_field(
+        &mut self,
+        r: &ResourceFieldSelector,
+        path: &str,
+        in_volume: bool,
+        containers: &BTreeSet<&str>,
+    ) {
+        match &r.container_name {
+            None if in_volume => self.push(
+                format!("{path}.containerName"),
+                "required in a downwardAPI volume (the container whose resource to give)",
+            ),
+            Some(name) if !containers.contains(name.as_str()) => self.push(
+                format!("{path}.containerName"),
+                format!("no container named {name:?} in this pod"),
+            ),
+            _ => {}
+        }
+        const SUPPORTED: &str = "requests.cpu, limits.cpu, requests.memory, limits.memory";
+        let resource = r.resource.as_str();
+        let divisors: &[&str] = match resource {
+            "requests.cpu" | "limits.cpu" => &["1m", "1"],
+            "requests.memory" | "limits.memory" => &[
+                "1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei",
+            ],
+            "" => {
+                self.push(format!("{path}.resource"), "must not be empty");
+                return;
+            }
+            _ => {
+                let name = resource
+                    .strip_prefix("requests.")
+                    .or_else(|| resource.strip_prefix("limits."));
+                let message = match name {
+                    Some(name) if name == "ephemeral-storage" || name.starts_with("hugepages-") => {
+                        format!("{name} is not supported yet (supported values: {SUPPORTED})")
+                    }
+                    _ => {
+                        format!("unsupported value {resource:?}: supported values are {SUPPORTED}")
+                    }
+                };
+                self.push(format!("{path}.resource"), message);
+                return;
+            }
+        };
+        if let Some(divisor) = &r.divisor
+            && !divisors.contains(&divisor.as_str())
+        {
+            let unit = resource.rsplit('.').next().unwrap_or_default();
+            self.push(
+                format!("{path}.divisor"),
+                format!(
+                    "{divisor} is not supported for {unit}: use {} (Kubernetes' rule)",
+                    crate::decode::or_list(divisors)
+                ),
+            );
+        }
+    }
+
+    fn key_selector(&mut self, k: &KeySelector, path: &str) {
+        self.object_name(&k.name, &format!("{path}.name"));
+        if let Err(e) = config_key(&k.key) {
+            self.push(format!("{path}.key"), e);
+        }
+    }
+
+    fn config_map(&mut self, cm: &ConfigMap) {
+        for key in cm.data.keys() {
+            let path = format!("data[{key}]");
+            if let Err(e) = config_key(key) {
+                self.push(&path, format!("invalid key: {e}"));
+            }
+            if cm.binary_data.contains_key(key) {
+                self.push(
+                    path,
+                    "also a key of binaryData: a key may be in data or in binaryData, not both",
+                );
+            }
+        }
+        for key in cm.binary_data.keys() {
+            if let Err(e) = config_key(key) {
+                self.push(format!("binaryData[{key}]"), format!("invalid key: {e}"));
+            }
+        }
+        let size: usize = cm.entries().map(|(k, v)| k.len() + v.len()).sum();
+        if size > MAX_CONFIG_BYTES {
+            let path = if cm.data.is_empty() {
+                "binaryData"
+            } else {
+                "data"
+            };
+            self.push(path, too_large("config map", size));
+        }
+    }
+
+    fn secret(&mut self, secret: &Secret) {
+        for key in secret.data.keys() {
+            if let Err(e) = config_key(key) {
+                self.push(format!("data[{key}]"), format!("invalid key: {e}"));
+            }
+        }
+        let size: usize = secret.data.iter().map(|(k, v)| k.len() + v.0.len()).sum();
+        if size > MAX_CONFIG_BYTES {
+            self.push("data", too_large("secret", size));
+        }
+        let kind = secret.secret_type.as_str();
+        let has = |key: &str| secret.data.contains_key(key);
+        match kind {
+            "Opaque" => {}
+            "kubernetes.io/tls" => {
+                for key in ["tls.crt", "tls.key"] {
+                    if !has(key) {
+                        self.push(format!("data[{key}]"), format!("required for type {kind}"));
+                    }
+                }
+            }
+            "kubernetes.io/basic-auth" => {
+                if !has("username") && !has("password") {
+                    self.push(
+                        "data",
+                        format!("needs a username or a password key (or both) for type {kind}"),
+                    );
+                }
+            }
+            "kubernetes.io/ssh-auth" => {
+                if secret
+                    .data
+                    .get("ssh-privatekey")
+                    .is_none_or(|v| v.0.is_empty())
+                {
+                    self.push(
+                        "data[ssh-privatekey]",
+                        format!("required, and not empty, for type {kind}"),
+                    );
+                }
+            }
+            "kubernetes.io/dockerconfigjson" => {
+                const KEY: &str = "data[.dockerconfigjson]";
+                const WHAT: &str = "must be a JSON object (the content of a Docker config.json)";
+                match secret.data.get(".dockerconfigjson") {
+                    None => self.push(KEY, format!("required for type {kind}")),
+                    // Never the content in the message: parse errors say where, not what.
+                    Some(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes.0) {
+                        Ok(serde_json::Value::Object(_)) => {}
+                        Ok(_) => self.push(KEY, WHAT),
+                        Err(e) => self.push(KEY, format!("{WHAT}: {e}")),
+                    },
+                }
+            }
+            "" => self.push("type", "must not be empty"),
+            _ => {
+                if let Err(e) = secret_type(kind) {
+                    self.push("type", e);
+                }
+            }
+        }
+    }
+
+    fn container(&mut self, c: &Container, path: &str, pod: &PodNames<'_>) {
         if let Err(e) = dns1123_label(&c.name) {
             self.push(format!("{path}.name"), e);
         }
@@ -319,10 +639,83 @@ impl Validator {
             );
         }
         for (i, e) in c.env.iter().enumerate() {
+            let epath = format!("{path}.env[{i}]");
             if let Err(msg) = env_name(&e.name) {
-                self.push(format!("{path}.env[{i}].name"), msg);
+                self.push(format!("{epath}.name"), msg);
+            }
+            let Some(source) = &e.value_from else {
+                continue;
+            };
+            let spath = format!("{epath}.valueFrom");
+            if !e.value.is_empty() {
+                self.push(&spath, "may not be given when value is not empty");
+            }
+            match source {
+                EnvVarSource::ConfigMapKeyRef(k) => {
+                    self.key_selector(k, &format!("{spath}.configMapKeyRef"));
+                }
+                EnvVarSource::SecretKeyRef(k) => {
+                    self.key_selector(k, &format!("{spath}.secretKeyRef"));
+                }
+                EnvVarSource::FieldRef(f) => {
+                    if let Err(e) = field_path(&f.field_path, false) {
+                        self.push(format!("{spath}.fieldRef.fieldPath"), e);
+                    }
+                }
+                EnvVarSource::ResourceFieldRef(r) => {
+                    let rpath = format!("{spath}.resourceFieldRef");
+                    self.resource_field(r, &rpath, false, &pod.containers);
+                }
             }
         }
+        for (i, e) in c.env_from.iter().enumerate() {
+            let epath = format!("{path}.envFrom[{i}]");
+            if !e.prefix.is_empty()
+                && let Err(msg) = env_name(&e.prefix)
+            {
+                self.push(format!("{epath}.prefix"), msg);
+            }
+            match &e.source {
+                EnvFromRef::ConfigMapRef(r) => {
+                    self.object_name(&r.name, &format!("{epath}.configMapRef.name"));
+                }
+                EnvFromRef::SecretRef(r) => {
+                    self.object_name(&r.name, &format!("{epath}.secretRef.name"));
+                }
+            }
+        }
+        let mut mount_paths = BTreeMap::new();
+        for (i, m) in c.volume_mounts.iter().enumerate() {
+            let mpath = format!("{path}.volumeMounts[{i}]");
+            if m.name.is_empty() {
+                self.push(format!("{mpath}.name"), "must not be empty");
+            } else if !pod.volumes.contains(m.name.as_str()) {
+                self.push(
+                    format!("{mpath}.name"),
+                    format!("no volume named {:?} in this pod's volumes", m.name),
+                );
+            }
+            let mount_path = m.mount_path.as_str();
+            let at = format!("{mpath}.mountPath");
+            if mount_path.is_empty() {
+                self.push(at, "must not be empty");
+            } else if !mount_path.starts_with('/') {
+                self.push(at, format!("{mount_path:?} must be an absolute path"));
+            } else if mount_path.contains(':') {
+                self.push(at, format!("{mount_path:?} must not contain ':'"));
+            } else if let Some(first) = mount_paths.insert(mount_path, i) {
+                self.push(
+                    at,
+                    format!("duplicate mount path {mount_path:?} (also volumeMounts[{first}])"),
+                );
+            }
+            if let Some(sub_path) = &m.sub_path
+                && let Err(e) = descending_path(sub_path)
+            {
+                self.push(format!("{mpath}.subPath"), e);
+            }
+        }
+
         let mut port_names = BTreeMap::new();
         for (i, p) in c.ports.iter().enumerate() {
             let ppath = format!("{path}.ports[{i}]");
@@ -428,6 +821,190 @@ impl Validator {
             }
         }
     }
+}
+
+/// The names in a pod that its containers refer to.
+struct PodNames<'s> {
+    containers: BTreeSet<&'s str>,
+    volumes: BTreeSet<&'s str>,
+}
+
+/// The files of one volume, to find a path given twice (or a file where another wants a
+/// directory), across the sources of a projected volume too.
+#[derive(Default)]
+struct Files(Vec<(String, String)>);
+
+impl Files {
+    /// Adds the file `path` of item `item`; a message if it clashes with an earlier one.
+    fn add(&mut self, path: &str, item: &str) -> Option<String> {
+        let clash = self.0.iter().find_map(|(other, other_item)| {
+            if other == path {
+                Some(format!("duplicate path {path:?} (also {other_item})"))
+            } else if is_below(path, other) || is_below(other, path) {
+                Some(format!(
+                    "{path:?} and {other:?} ({other_item}) cannot both be files: one is in the other's directory"
+                ))
+            } else {
+                None
+            }
+        });
+        self.0.push((path.to_owned(), item.to_owned()));
+        clash
+    }
+}
+
+/// Whether path `a` is inside directory `b`.
+fn is_below(a: &str, b: &str) -> bool {
+    a.strip_prefix(b).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `the config map is 1048700 bytes ...`.
+fn too_large(what: &str, size: usize) -> String {
+    format!(
+        "the {what} is {size} bytes (keys and values), over the limit of {MAX_CONFIG_BYTES} bytes (1 MiB)"
+    )
+}
+
+/// A key of a config map or secret (Kubernetes' `IsConfigMapKey`): 1-253 of `[-._a-zA-Z0-9]`,
+/// not `.` or `..`, not starting with `..` (the names the kubelet uses in volumes).
+pub(crate) fn config_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if key.len() > 253 {
+        return Err(format!(
+            "must be no more than 253 characters (it has {})",
+            key.len()
+        ));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "{key:?} must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name', 'KEY_NAME' or 'key-name')"
+        ));
+    }
+    match key {
+        "." | ".." => Err(format!("{key:?} is not a valid key")),
+        _ if key.starts_with("..") => Err(format!("{key:?} must not start with '..'")),
+        _ => Ok(()),
+    }
+}
+
+/// A relative path that stays below its directory: not absolute, no `..` element.
+fn descending_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err(format!("{path:?} must be a relative path"));
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err(format!("{path:?} must not contain '..'"));
+    }
+    Ok(())
+}
+
+/// The path of a file in a volume: not empty, relative, no `..` element, not starting with
+/// `..` (the kubelet's own names in the volume's directory).
+fn volume_file_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    descending_path(path)?;
+    if path.starts_with("..") {
+        return Err(format!("{path:?} must not start with '..'"));
+    }
+    Ok(())
+}
+
+/// A pod field path of `fieldRef`, in env (`in_volume` false) or in a downward API volume:
+/// Kubernetes' rules, less what shoal does not provide yet.
+pub(crate) fn field_path(path: &str, in_volume: bool) -> Result<(), String> {
+    const BOTH: [&str; 3] = ["metadata.name", "metadata.namespace", "metadata.uid"];
+    const ENV_ONLY: [&str; 3] = ["spec.nodeName", "status.podIP", "status.hostIP"];
+    const VOLUME_ONLY: [&str; 2] = ["metadata.labels", "metadata.annotations"];
+    const NOT_YET: [&str; 3] = ["spec.serviceAccountName", "status.podIPs", "status.hostIPs"];
+    for map in VOLUME_ONLY {
+        if let Some(rest) = path.strip_prefix(map)
+            && rest.starts_with('[')
+        {
+            let Some(key) = rest.strip_prefix("['").and_then(|k| k.strip_suffix("']")) else {
+                return Err(format!(
+                    "{path:?} is not a valid subscript: write {map}['<key>'] (in single quotes)"
+                ));
+            };
+            // Kubernetes checks the key lower-cased.
+            return label_key(&key.to_ascii_lowercase()).map_err(|e| format!("invalid key: {e}"));
+        }
+    }
+    let own = if in_volume {
+        &VOLUME_ONLY[..]
+    } else {
+        &ENV_ONLY[..]
+    };
+    if BOTH.contains(&path) || own.contains(&path) {
+        return Ok(());
+    }
+    let supported = if in_volume {
+        format!(
+            "{}, {}, metadata.labels['<key>'] or metadata.annotations['<key>']",
+            BOTH.join(", "),
+            VOLUME_ONLY.join(", ")
+        )
+    } else {
+        format!(
+            "{}, metadata.labels['<key>'], metadata.annotations['<key>'], {}",
+            BOTH.join(", "),
+            ENV_ONLY.join(", ")
+        )
+    };
+    Err(if path.is_empty() {
+        "must not be empty".to_owned()
+    } else if in_volume && ENV_ONLY.contains(&path) {
+        format!(
+            "{path} is not available in a downwardAPI volume (Kubernetes' rule; give it in an environment variable); supported here: {supported}"
+        )
+    } else if !in_volume && VOLUME_ONLY.contains(&path) {
+        format!(
+            "{path} as a whole is only available in a downwardAPI volume; in env, name one key: {path}['<key>']"
+        )
+    } else if NOT_YET.contains(&path) {
+        format!("{path} is not supported yet; supported: {supported}")
+    } else {
+        format!("unsupported field path {path:?}: supported values are {supported}")
+    })
+}
+
+/// The Secret types whose rules shoal checks, as Kubernetes does.
+pub(crate) const SECRET_TYPES: [&str; 5] = [
+    "Opaque",
+    "kubernetes.io/tls",
+    "kubernetes.io/basic-auth",
+    "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/ssh-auth",
+];
+
+/// A Secret type other than those: a type of the user's own with a domain
+/// (`example.com/token`), not one of Kubernetes' (of the domain `kubernetes.io` or `k8s.io`,
+/// or a subdomain of them).
+fn secret_type(kind: &str) -> Result<(), String> {
+    let supported = format!(
+        "supported types: {}, or a type of your own with a domain (example.com/token)",
+        SECRET_TYPES.join(", ")
+    );
+    let Some((domain, _)) = kind.split_once('/') else {
+        let hint = match crate::decode::suggest(kind, SECRET_TYPES.into_iter()) {
+            Some(s) => format!(" (did you mean {s:?}?)"),
+            None => String::new(),
+        };
+        return Err(format!("unsupported type {kind:?}{hint}; {supported}"));
+    };
+    let reserved = ["kubernetes.io", "k8s.io"]
+        .iter()
+        .any(|d| domain == *d || domain.ends_with(&format!(".{d}")));
+    if reserved {
+        return Err(format!("type {kind:?} is not supported yet; {supported}"));
+    }
+    label_key(kind).map_err(|e| format!("{kind:?} is not a valid type of your own: {e}"))
 }
 
 /// `a=1,b=2`, as kubectl prints selectors.

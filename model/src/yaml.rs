@@ -14,6 +14,10 @@
 //! Each document is parsed into a [`Node`] tree with serde-saphyr's `Spanned`, which records
 //! the line of every value and key. Aliases, merge keys (`<<`) and tags are resolved by the
 //! parser; duplicate keys and budget overruns (nesting deeper than 32, alias bombs) are errors.
+//!
+//! Scalars follow YAML 1.2 (`yes` is a string), except that integers with a leading zero are
+//! octal (`0644` is 420), as in the YAML 1.1 Kubernetes reads, so that the file modes of
+//! Kubernetes' examples mean what they mean there.
 
 use std::fmt;
 
@@ -253,6 +257,10 @@ pub(crate) fn parse_document(doc: &Document<'_>) -> Result<Option<Node>, SyntaxE
     let options = serde_saphyr::options! {
         // YAML 1.2: `yes`/`no`/`on`/`off` are strings, not booleans.
         strict_booleans: true,
+        // But an integer with a leading zero is octal, as in the YAML 1.1 Kubernetes reads:
+        // `defaultMode: 0644` is 420 (rw-r--r--) there, and must mean the same here (YAML 1.2
+        // would read it as 644, another mode, or worse, a valid one: 0400 would be 400).
+        legacy_octal_numbers: true,
         // Tags shoal does not know would otherwise be dropped silently.
         reject_unsupported_tags: true,
         with_snippet: false,
@@ -534,6 +542,28 @@ mod tests {
         let dup = parse_document(&split_documents("a: 1\na: 2\n")[0]).unwrap_err();
         assert!(dup.message.contains("duplicate"), "{dup}");
         assert_eq!(dup.line, Some(2));
+    }
+
+    #[test]
+    fn leading_zero_integers_are_octal() {
+        let value = |text: &str| {
+            let node = parse_document(&split_documents(&format!("a: {text}\n"))[0])
+                .unwrap()
+                .unwrap();
+            let Value::Map(entries) = node.value else {
+                panic!()
+            };
+            entries[0].1.value.clone()
+        };
+        assert_eq!(value("0644"), Value::Int(0o644));
+        assert_eq!(value("0400"), Value::Int(0o400));
+        assert_eq!(value("0o644"), Value::Int(0o644));
+        assert_eq!(value("420"), Value::Int(420));
+        assert_eq!(value("0"), Value::Int(0));
+        assert_eq!(value("'0644'"), Value::Str("0644".into()));
+        // Not octal digits: a number, as YAML 1.1 reads it too.
+        assert_eq!(value("08"), Value::Float(8.0));
+        assert_eq!(value("0.5"), Value::Float(0.5));
     }
 
     #[test]

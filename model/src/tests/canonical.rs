@@ -67,8 +67,28 @@ fn from_stored_rejects_what_is_not_a_valid_object() {
     for (bytes, want) in [
         (&b"not json"[..], "does not decode"),
         (
-            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"}}"#,
-            "unsupported apiVersion/kind v1/ConfigMap",
+            br#"{"apiVersion":"v1","kind":"Endpoints","metadata":{"name":"s"}}"#,
+            "unsupported apiVersion/kind v1/Endpoints",
+        ),
+        (
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","namespace":"default"},"data":{"a b":"x"}}"#,
+            "data[a b]: invalid key",
+        ),
+        (
+            br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s","namespace":"default"},"data":{"k":"not base64!"},"type":"Opaque"}"#,
+            "does not decode",
+        ),
+        (
+            br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s","namespace":"default"},"type":"kubernetes.io/tls"}"#,
+            "data[tls.crt]: required",
+        ),
+        (
+            br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s","namespace":"default"},"data":{}}"#,
+            "a Secret needs a type",
+        ),
+        (
+            br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default"},"data":{}}"#,
+            "a Pod has no data",
         ),
         (
             br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default"}}"#,

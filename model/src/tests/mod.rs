@@ -1,6 +1,7 @@
 //! Tests of the manifest layer: parsing and its errors, canonical form, output, and properties.
 
 mod canonical;
+mod config;
 mod output;
 mod parse;
 mod props;
@@ -61,3 +62,4 @@ const WORKER: &str = include_str!("../testdata/worker.yaml");
 const MULTI: &str = include_str!("../testdata/multi.yaml");
 const EXPORTED: &str = include_str!("../testdata/exported.yaml");
 const EXPORTED_SERVICE: &str = include_str!("../testdata/exported-service.yaml");
+const TUTORIAL: &str = include_str!("../testdata/tutorial.yaml");

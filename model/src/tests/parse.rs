@@ -354,13 +354,14 @@ fn unknown_fields_are_named_with_suggestions() {
 #[test]
 fn unsupported_fields_are_named() {
     let errs = errors(&with_container(
-        "env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s, key: k}\nvolumeMounts:\n- {name: data, mountPath: /data}",
+        "env:\n- name: A\n  valueFrom:\n    fieldRef: {fieldPath: spec.serviceAccountName}\nvolumeDevices:\n- {name: data, devicePath: /dev/xvda}\nlifecycle:\n  preStop:\n    exec: {command: [sleep, '5']}",
     ));
     assert_eq!(
         errs,
         [
-            "deploy.yaml: doc 1: spec.template.spec.containers[0].env[0].valueFrom: not supported yet (give the value directly with value) (line 19)",
-            "deploy.yaml: doc 1: spec.template.spec.containers[0].volumeMounts: not supported yet (line 21)",
+            "deploy.yaml: doc 1: spec.template.spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: spec.serviceAccountName is not supported yet; supported: metadata.name, metadata.namespace, metadata.uid, metadata.labels['<key>'], metadata.annotations['<key>'], spec.nodeName, status.podIP, status.hostIP (line 20)",
+            "deploy.yaml: doc 1: spec.template.spec.containers[0].volumeDevices: not supported yet (line 21)",
+            "deploy.yaml: doc 1: spec.template.spec.containers[0].lifecycle: not supported yet (line 23)",
         ]
     );
     let text = with_container("").replace(
@@ -412,11 +413,22 @@ fn unsupported_fields_are_named() {
 
 #[test]
 fn unsupported_kinds_and_api_versions() {
-    let errs = errors("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata: {}\n");
+    let errs = errors("apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: web\nspec: {}\n");
     assert_eq!(
         errs,
         [
-            "deploy.yaml: doc 1: kind: kind \"ConfigMap\" is not supported yet; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, and a v1 List of them (line 2)"
+            "deploy.yaml: doc 1: kind: kind \"StatefulSet\" is not supported yet; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, v1 ConfigMap, v1 Secret, and a v1 List of them (line 2)"
+        ]
+    );
+    let errs = errors("apiVersion: v1\nkind: Secrets\nmetadata:\n  name: web\n");
+    assert!(
+        errs[0].contains("unknown kind \"Secrets\" (did you mean \"Secret\"?)"),
+        "{errs:#?}"
+    );
+    assert_eq!(
+        errors("apiVersion: apps/v1\nkind: ConfigMap\nmetadata:\n  name: web\n"),
+        [
+            "deploy.yaml: doc 1: apiVersion: \"apps/v1\" is not supported for ConfigMap: use v1 (line 1)"
         ]
     );
     let errs = errors("apiVersion: apps/v1\nkind: Deploymnet\nmetadata:\n  name: web\n");
@@ -438,7 +450,7 @@ fn unsupported_kinds_and_api_versions() {
     assert_eq!(
         errors("apiVersion: v1\nmetadata:\n  name: p\n"),
         [
-            "deploy.yaml: doc 1: kind: required; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, and a v1 List of them (line 1)"
+            "deploy.yaml: doc 1: kind: required; supported kinds: v1 Namespace, v1 Pod, apps/v1 Deployment, v1 Service, v1 ConfigMap, v1 Secret, and a v1 List of them (line 1)"
         ]
     );
     assert_eq!(

@@ -185,6 +185,281 @@ fn ports() -> impl Strategy<Value = Vec<ContainerPort>> {
     })
 }
 
+/// A config map or secret key.
+fn config_key() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_-][-._A-Za-z0-9]{0,10}"
+}
+
+fn key_selector() -> impl Strategy<Value = KeySelector> {
+    (dns_label(), config_key(), any::<bool>()).prop_map(|(name, key, optional)| KeySelector {
+        name,
+        key,
+        optional,
+    })
+}
+
+/// Stands for the name of the pod's first container, filled in by [`name_containers`].
+const FIRST_CONTAINER: &str = "@first";
+
+/// A resource field; in a volume, of a container of the pod.
+fn resource_field(in_volume: bool) -> impl Strategy<Value = ResourceFieldSelector> {
+    let divisors = prop_oneof![
+        Just(None),
+        Just(Some("1m")),
+        Just(Some("1Mi")),
+        Just(Some("1k")),
+        Just(Some("1Gi")),
+    ];
+    (
+        prop_oneof![
+            Just("requests.cpu"),
+            Just("limits.cpu"),
+            Just("requests.memory"),
+            Just("limits.memory"),
+        ],
+        divisors,
+        any::<bool>(),
+    )
+        .prop_map(move |(resource, divisor, named)| {
+            let cpu = resource.ends_with("cpu");
+            // A divisor of the resource's kind.
+            let divisor = divisor.filter(|d| (*d == "1m") == cpu);
+            ResourceFieldSelector {
+                container_name: (in_volume || named).then(|| FIRST_CONTAINER.to_owned()),
+                resource: resource.to_owned(),
+                divisor: divisor.map(str::to_owned),
+            }
+        })
+}
+
+/// A pod field, as env (`in_volume` false) or a downward API file allows.
+fn field_ref(in_volume: bool) -> impl Strategy<Value = ObjectFieldSelector> {
+    let plain: Vec<&str> = if in_volume {
+        vec![
+            "metadata.name",
+            "metadata.namespace",
+            "metadata.uid",
+            "metadata.labels",
+            "metadata.annotations",
+        ]
+    } else {
+        vec![
+            "metadata.name",
+            "metadata.namespace",
+            "metadata.uid",
+            "spec.nodeName",
+            "status.podIP",
+            "status.hostIP",
+        ]
+    };
+    prop_oneof![
+        proptest::sample::select(plain).prop_map(str::to_owned),
+        (
+            prop_oneof![Just("labels"), Just("annotations")],
+            label_key()
+        )
+            .prop_map(|(map, key)| format!("metadata.{map}['{key}']")),
+    ]
+    .prop_map(|field_path| ObjectFieldSelector { field_path })
+}
+
+fn env_source() -> impl Strategy<Value = EnvVarSource> {
+    prop_oneof![
+        key_selector().prop_map(EnvVarSource::ConfigMapKeyRef),
+        key_selector().prop_map(EnvVarSource::SecretKeyRef),
+        field_ref(false).prop_map(EnvVarSource::FieldRef),
+        resource_field(false).prop_map(EnvVarSource::ResourceFieldRef),
+    ]
+}
+
+fn env_from() -> impl Strategy<Value = EnvFromSource> {
+    (
+        prop_oneof![Just(String::new()), "[A-Z_]{1,5}"],
+        any::<bool>(),
+        dns_label(),
+        any::<bool>(),
+    )
+        .prop_map(|(prefix, secret, name, optional)| {
+            let r = ObjectRef { name, optional };
+            EnvFromSource {
+                prefix,
+                source: if secret {
+                    EnvFromRef::SecretRef(r)
+                } else {
+                    EnvFromRef::ConfigMapRef(r)
+                },
+            }
+        })
+}
+
+/// A file path in a volume; `dir/` prefixes all of a source's files.
+fn file_path() -> impl Strategy<Value = String> {
+    "[a-z]{1,6}(/[a-z]{1,6})?"
+}
+
+fn file_mode() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(DEFAULT_VOLUME_MODE), Just(0o400), 0u32..=0o777]
+}
+
+/// Items with unique paths (every path ends with `-<index>`, which no directory name has).
+fn key_items(dir: String) -> impl Strategy<Value = Vec<KeyToPath>> {
+    vec((config_key(), file_path(), option::of(file_mode())), 0..3).prop_map(move |items| {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, path, mode))| KeyToPath {
+                key,
+                path: format!("{dir}{path}-{i}"),
+                mode,
+            })
+            .collect()
+    })
+}
+
+fn downward_items(dir: String) -> impl Strategy<Value = Vec<DownwardApiFile>> {
+    vec(
+        (
+            file_path(),
+            prop_oneof![
+                field_ref(true).prop_map(|f| (Some(f), None)),
+                resource_field(true).prop_map(|r| (None, Some(r))),
+            ],
+            option::of(file_mode()),
+        ),
+        0..3,
+    )
+    .prop_map(move |items| {
+        items
+            .into_iter()
+            .enumerate()
+            .map(
+                |(i, (path, (field_ref, resource_field_ref), mode))| DownwardApiFile {
+                    path: format!("{dir}{path}-{i}"),
+                    field_ref,
+                    resource_field_ref,
+                    mode,
+                },
+            )
+            .collect()
+    })
+}
+
+fn projection(index: usize) -> impl Strategy<Value = ProjectionSource> {
+    // Each source in its own directory, so that no two write the same file.
+    let dir = format!("s{index}/");
+    let keys = |dir: String| {
+        (dns_label(), key_items(dir), any::<bool>()).prop_map(|(name, items, optional)| {
+            KeyProjection {
+                name,
+                items,
+                optional,
+            }
+        })
+    };
+    prop_oneof![
+        keys(dir.clone()).prop_map(ProjectionSource::ConfigMap),
+        keys(dir.clone()).prop_map(ProjectionSource::Secret),
+        downward_items(dir)
+            .prop_map(|items| ProjectionSource::DownwardApi(DownwardApiProjection { items })),
+    ]
+}
+
+fn volume_source() -> impl Strategy<Value = VolumeSource> {
+    prop_oneof![
+        (
+            dns_label(),
+            key_items(String::new()),
+            file_mode(),
+            any::<bool>()
+        )
+            .prop_map(|(name, items, default_mode, optional)| {
+                VolumeSource::ConfigMap(ConfigMapVolume {
+                    name,
+                    items,
+                    default_mode,
+                    optional,
+                })
+            }),
+        (
+            dns_label(),
+            key_items(String::new()),
+            file_mode(),
+            any::<bool>()
+        )
+            .prop_map(|(secret_name, items, default_mode, optional)| {
+                VolumeSource::Secret(SecretVolume {
+                    secret_name,
+                    items,
+                    default_mode,
+                    optional,
+                })
+            }),
+        (downward_items(String::new()), file_mode()).prop_map(|(items, default_mode)| {
+            VolumeSource::DownwardApi(DownwardApiVolume {
+                items,
+                default_mode,
+            })
+        }),
+        (
+            (0usize..3).prop_flat_map(|n| (0..n).map(projection).collect::<Vec<_>>()),
+            file_mode()
+        )
+            .prop_map(|(sources, default_mode)| {
+                VolumeSource::Projected(ProjectedVolume {
+                    sources,
+                    default_mode,
+                })
+            }),
+    ]
+}
+
+/// A mount: which volume (of those the pod has), where, read-only, sub path.
+fn mount() -> impl Strategy<Value = (proptest::sample::Index, String, bool, Option<String>)> {
+    (
+        any::<proptest::sample::Index>(),
+        "/[a-z]{1,8}(/[a-z]{1,4})?",
+        any::<bool>(),
+        option::of("[a-z]{1,5}(/[a-z][a-z.]{0,4})?"),
+    )
+}
+
+/// Points the resource fields that name [`FIRST_CONTAINER`] to the pod's first container.
+fn name_containers(spec: &mut PodSpec) {
+    let first = spec.containers[0].name.clone();
+    let fix = |r: &mut ResourceFieldSelector| {
+        if r.container_name.as_deref() == Some(FIRST_CONTAINER) {
+            r.container_name = Some(first.clone());
+        }
+    };
+    let fix_files = |items: &mut Vec<DownwardApiFile>| {
+        for item in items {
+            if let Some(r) = &mut item.resource_field_ref {
+                fix(r);
+            }
+        }
+    };
+    for c in &mut spec.containers {
+        for e in &mut c.env {
+            if let Some(EnvVarSource::ResourceFieldRef(r)) = &mut e.value_from {
+                fix(r);
+            }
+        }
+    }
+    for v in &mut spec.volumes {
+        match &mut v.source {
+            VolumeSource::DownwardApi(d) => fix_files(&mut d.items),
+            VolumeSource::Projected(p) => {
+                for s in &mut p.sources {
+                    if let ProjectionSource::DownwardApi(d) = s {
+                        fix_files(&mut d.items);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn container(index: usize) -> impl Strategy<Value = Container> {
     (
         (
@@ -193,7 +468,14 @@ fn container(index: usize) -> impl Strategy<Value = Container> {
             vec(text(), 0..3),
             vec(text(), 0..3),
             option::of("/[a-z/]{0,10}"),
-            vec(("[A-Za-z_][A-Za-z0-9_.-]{0,10}", text()), 0..3),
+            vec(
+                (
+                    "[A-Za-z_][A-Za-z0-9_.-]{0,10}",
+                    text(),
+                    option::of(env_source()),
+                ),
+                0..3,
+            ),
         ),
         ports(),
         resources(),
@@ -202,9 +484,16 @@ fn container(index: usize) -> impl Strategy<Value = Container> {
             Just(PullPolicy::IfNotPresent),
             Just(PullPolicy::Never)
         ]),
+        vec(env_from(), 0..3),
     )
         .prop_flat_map(
-            move |((name, image, command, args, working_dir, env), ports, resources, pull)| {
+            move |(
+                (name, image, command, args, working_dir, env),
+                ports,
+                resources,
+                pull,
+                env_from,
+            )| {
                 let names: Vec<String> = ports.iter().filter_map(|p| p.name.clone()).collect();
                 let pull = pull.unwrap_or_else(|| PullPolicy::default_for(&image));
                 let base = Container {
@@ -214,9 +503,19 @@ fn container(index: usize) -> impl Strategy<Value = Container> {
                     command,
                     args,
                     working_dir,
+                    env_from,
                     env: env
                         .into_iter()
-                        .map(|(name, value)| EnvVar { name, value })
+                        .map(|(name, value, value_from)| EnvVar {
+                            name,
+                            // Never both.
+                            value: if value_from.is_some() {
+                                String::new()
+                            } else {
+                                value
+                            },
+                            value_from,
+                        })
                         .collect(),
                     ports,
                     resources,
@@ -224,6 +523,7 @@ fn container(index: usize) -> impl Strategy<Value = Container> {
                     readiness_probe: None,
                     startup_probe: None,
                     image_pull_policy: pull,
+                    volume_mounts: Vec::new(),
                 };
                 (
                     Just(base),
@@ -251,18 +551,51 @@ fn pod_spec(deployment: bool) -> impl Strategy<Value = PodSpec> {
         ],
         labels(3),
         prop_oneof![0u64..100, any::<i64>().prop_map(|v| v.unsigned_abs() >> 1)],
+        vec((dns_label(), volume_source()), 0..3),
+        vec(vec(mount(), 0..3), 3),
     )
-        .prop_map(move |(containers, restart, node_selector, grace)| PodSpec {
-            containers,
-            restart_policy: if deployment {
-                RestartPolicy::Always
-            } else {
-                restart
+        .prop_map(
+            move |(mut containers, restart, node_selector, grace, volumes, mounts)| {
+                let volumes: Vec<Volume> = volumes
+                    .into_iter()
+                    .enumerate()
+                    // Unique names.
+                    .map(|(i, (name, source))| Volume {
+                        name: format!("{name}-{i}"),
+                        source,
+                    })
+                    .collect();
+                if !volumes.is_empty() {
+                    for (c, mounts) in containers.iter_mut().zip(mounts) {
+                        c.volume_mounts = mounts
+                            .into_iter()
+                            .enumerate()
+                            .map(|(j, (volume, path, read_only, sub_path))| VolumeMount {
+                                name: volumes[volume.index(volumes.len())].name.clone(),
+                                // Unique in the container.
+                                mount_path: format!("{path}{j}"),
+                                read_only,
+                                sub_path,
+                            })
+                            .collect();
+                    }
+                }
+                let mut spec = PodSpec {
+                    containers,
+                    restart_policy: if deployment {
+                        RestartPolicy::Always
+                    } else {
+                        restart
+                    },
+                    node_selector,
+                    termination_grace_period_seconds: grace,
+                    volumes,
+                    node_name: None,
+                };
+                name_containers(&mut spec);
+                spec
             },
-            node_selector,
-            termination_grace_period_seconds: grace,
-            node_name: None,
-        })
+        )
 }
 
 fn meta(namespaced: bool) -> impl Strategy<Value = ObjectMeta> {
@@ -412,8 +745,66 @@ fn service_spec() -> impl Strategy<Value = ServiceSpec> {
         })
 }
 
+fn config_map() -> impl Strategy<Value = ConfigMap> {
+    (
+        meta(true),
+        btree_map(config_key(), text(), 0..4),
+        btree_map(config_key(), vec(any::<u8>(), 0..24), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(metadata, data, mut binary, immutable)| {
+            // No key in both.
+            binary.retain(|k, _| !data.contains_key(k));
+            ConfigMap {
+                metadata,
+                data,
+                binary_data: binary.into_iter().map(|(k, v)| (k, ByteData(v))).collect(),
+                immutable,
+            }
+        })
+}
+
+fn secret() -> impl Strategy<Value = Secret> {
+    (
+        meta(true),
+        btree_map(config_key(), vec(any::<u8>(), 0..24), 0..4),
+        prop_oneof![
+            Just("Opaque"),
+            Just("kubernetes.io/tls"),
+            Just("kubernetes.io/basic-auth"),
+            Just("kubernetes.io/ssh-auth"),
+            Just("kubernetes.io/dockerconfigjson"),
+            Just("example.com/token"),
+        ],
+        any::<bool>(),
+    )
+        .prop_map(|(metadata, data, kind, immutable)| {
+            let mut data: BTreeMap<String, ByteData> =
+                data.into_iter().map(|(k, v)| (k, ByteData(v))).collect();
+            // The keys the type requires.
+            let required: &[(&str, &[u8])] = match kind {
+                "kubernetes.io/tls" => &[("tls.crt", b"cert"), ("tls.key", b"key")],
+                "kubernetes.io/basic-auth" => &[("username", b"admin")],
+                "kubernetes.io/ssh-auth" => &[("ssh-privatekey", b"key")],
+                "kubernetes.io/dockerconfigjson" => &[(".dockerconfigjson", b"{\"auths\": {}}")],
+                _ => &[],
+            };
+            for (k, v) in required {
+                data.insert((*k).to_owned(), ByteData(v.to_vec()));
+            }
+            Secret {
+                metadata,
+                data,
+                secret_type: kind.to_owned(),
+                immutable,
+            }
+        })
+}
+
 fn resource() -> impl Strategy<Value = Resource> {
     prop_oneof![
+        config_map().prop_map(Resource::ConfigMap),
+        secret().prop_map(Resource::Secret),
         meta(false).prop_map(|metadata| Resource::Namespace(Namespace { metadata })),
         (meta(true), pod_spec(false))
             .prop_map(|(metadata, spec)| Resource::Pod(Pod { metadata, spec })),
@@ -472,7 +863,7 @@ proptest! {
     fn mangled_manifests_never_panic(
         cut in 0usize..2000,
         insert in prop_oneof![Just("\n---\n"), Just(": "), Just("- "), Just("{"), Just("]"), Just("&a "), Just("*a"), Just("<<: "), Just("\t"), Just("'"), Just("\"")],
-        doc in prop_oneof![Just(NGINX), Just(WORKER), Just(MULTI), Just(EXPORTED), Just(EXPORTED_SERVICE)],
+        doc in prop_oneof![Just(NGINX), Just(WORKER), Just(MULTI), Just(EXPORTED), Just(EXPORTED_SERVICE), Just(TUTORIAL)],
     ) {
         let at = doc.char_indices().map(|(i, _)| i).nth(cut % doc.chars().count()).unwrap_or(0);
         let mangled = format!("{}{}{}", &doc[..at], insert, &doc[at..]);
