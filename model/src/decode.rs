@@ -345,7 +345,7 @@ impl Decoder {
     }
 
     fn expected(&mut self, node: &Node, path: &str, what: &str) {
-        let message = format!("expected {what}, got {}", node.value.describe());
+        let message = format!("expected {what}, got {}", node.describe());
         self.error(path.to_owned(), Some(node.line), message);
     }
 
@@ -373,10 +373,10 @@ impl Decoder {
             // values and label values); say how to fix it, and keep the text so that the
             // other rules see what was meant.
             Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-                let text = node.value.scalar_text().unwrap_or_default();
+                let text = node.text().unwrap_or_default();
                 let message = format!(
                     "expected string, got {} (quote it: \"{text}\")",
-                    node.value.describe()
+                    node.describe()
                 );
                 self.error(path.to_owned(), Some(node.line), message);
                 Some(text)
@@ -1586,14 +1586,18 @@ fn mode(d: &mut Decoder, node: &Node, path: &str) -> Option<u32> {
         Value::Int(i) if (0..=0o777).contains(i) => u32::try_from(*i).ok(),
         Value::Int(i) => {
             let digits = i.to_string();
-            let hint =
-                if (0..=777).contains(i) && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-                    format!(" (did you mean 0{digits}? a leading 0 makes it octal)")
-                } else {
-                    String::new()
-                };
+            let written = node.text().unwrap_or_else(|| digits.clone());
+            // A decimal number whose digits would make a mode if read as octal.
+            let hint = if written == digits
+                && (0..=777).contains(i)
+                && digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            {
+                format!(" (did you mean 0{digits}? a leading 0 makes it octal)")
+            } else {
+                String::new()
+            };
             let message = format!(
-                "must be a file mode between 0 and 0777 (octal; 511 in decimal), got {i}{hint}"
+                "must be a file mode between 0 and 0777 (octal; 511 in decimal), got {written}{hint}"
             );
             d.error(path.to_owned(), Some(node.line), message);
             None

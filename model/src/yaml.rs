@@ -44,6 +44,30 @@ pub(crate) struct Document<'a> {
 pub(crate) struct Node {
     pub(crate) line: u32,
     pub(crate) value: Value,
+    /// A number's text as written, when that is not how the number prints (`010`, `1.10`,
+    /// `0x1F`): what messages quote, so that "quote it" suggests what the user meant.
+    written: Option<Box<str>>,
+    /// Where a number's text is in the document, until `written` is filled in.
+    number_span: Option<(usize, usize)>,
+}
+
+impl Node {
+    /// The scalar's text as written (numbers as the user wrote them).
+    pub(crate) fn text(&self) -> Option<String> {
+        match &self.written {
+            Some(w) => Some(w.to_string()),
+            None => self.value.scalar_text(),
+        }
+    }
+
+    /// What the value is, for "expected X, got Y" messages, numbers as written.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.written, &self.value) {
+            (Some(w), Value::Int(_)) => format!("integer {w}"),
+            (Some(w), Value::Float(_)) => format!("number {w}"),
+            _ => self.value.describe(),
+        }
+    }
 }
 
 /// A mapping key: its text and line. Non-string scalar keys (`80: x`) become their text, as
@@ -280,6 +304,7 @@ pub(crate) fn parse_document(doc: &Document<'_>) -> Result<Option<Node>, SyntaxE
                 return Ok(None);
             }
             shift_lines(&mut node, offset);
+            fill_written(&mut node, doc.text);
             Ok(Some(node))
         }
         Err(e) => {
@@ -324,14 +349,50 @@ fn shift_lines(node: &mut Node, offset: u32) {
     }
 }
 
+/// Sets the numbers' `written` text from the document, where it differs from how they print.
+fn fill_written(node: &mut Node, text: &str) {
+    if let Some((start, len)) = node.number_span.take() {
+        let written = text
+            .get(start..start.saturating_add(len))
+            .map(str::trim)
+            // Only a plain number (not an alias, a tag, or a span that is not the value's).
+            .filter(|w| {
+                w.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '.'))
+                    && !w.contains(char::is_whitespace)
+            });
+        if let Some(w) = written
+            && Some(w) != node.value.scalar_text().as_deref()
+        {
+            node.written = Some(w.into());
+        }
+    }
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|n| fill_written(n, text)),
+        Value::Map(entries) => entries.iter_mut().for_each(|(_, n)| fill_written(n, text)),
+        _ => {}
+    }
+}
+
 fn line_of<T>(s: &Spanned<T>) -> u32 {
     u32::try_from(s.referenced.line()).unwrap_or(u32::MAX)
 }
 
 fn to_node(s: Spanned<Value>) -> Node {
+    let number_span = match s.value {
+        Value::Int(_) | Value::Float(_) => {
+            // Where the number is defined (an alias refers to it from elsewhere).
+            let span = s.defined.span();
+            span.byte_offset()
+                .zip(span.byte_len())
+                .and_then(|(o, l)| Some((usize::try_from(o).ok()?, usize::try_from(l).ok()?)))
+        }
+        _ => None,
+    };
     Node {
         line: line_of(&s),
         value: s.value,
+        written: None,
+        number_span,
     }
 }
 
@@ -564,6 +625,34 @@ mod tests {
         // Not octal digits: a number, as YAML 1.1 reads it too.
         assert_eq!(value("08"), Value::Float(8.0));
         assert_eq!(value("0.5"), Value::Float(0.5));
+    }
+
+    #[test]
+    fn numbers_keep_their_text() {
+        let node = parse_document(&split_documents("a: [010, 1.10, 0x1F, 5, 1.5, &n 07, *n]\n")[0])
+            .unwrap()
+            .unwrap();
+        let Value::Map(entries) = node.value else {
+            panic!()
+        };
+        let Value::Seq(items) = &entries[0].1.value else {
+            panic!()
+        };
+        let described: Vec<String> = items.iter().map(Node::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "integer 010",
+                "number 1.10",
+                "integer 0x1F",
+                "integer 5",
+                "number 1.5",
+                "integer 07",
+                "integer 07",
+            ]
+        );
+        assert_eq!(items[0].text().as_deref(), Some("010"));
+        assert_eq!(items[3].text().as_deref(), Some("5"));
     }
 
     #[test]

@@ -95,6 +95,14 @@ fn config_map_rules() {
             "deploy.yaml: doc 1: spec: unknown field (line 17)",
         ]
     );
+    // Numbers YAML reads into something else are quoted back as written.
+    assert_eq!(
+        errors(&format!("{CM}data:\n  zip: 01234\n  version: 1.10\n")),
+        [
+            "deploy.yaml: doc 1: data[zip]: expected string, got integer 01234 (quote it: \"01234\") (line 6)",
+            "deploy.yaml: doc 1: data[version]: expected string, got number 1.10 (quote it: \"1.10\") (line 7)",
+        ]
+    );
     // A config map's name is a DNS subdomain.
     ok("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web.config-1\n");
     let errs = errors("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Web\n");
@@ -896,10 +904,10 @@ fn file_modes_mean_what_they_mean_in_kubernetes() {
                 "{v}[1].secret.defaultMode: expected integer, got string \"0644\" (write the mode without quotes: 0644) (line 21)"
             ),
             format!(
-                "{v}[2].secret.defaultMode: expected a file mode (such as 0644 or 0400), got number 999.0 (line 23)"
+                "{v}[2].secret.defaultMode: expected a file mode (such as 0644 or 0400), got number 0999 (line 23)"
             ),
             format!(
-                "{v}[3].secret.defaultMode: must be a file mode between 0 and 0777 (octal; 511 in decimal), got 512 (did you mean 0512? a leading 0 makes it octal) (line 27)"
+                "{v}[3].secret.defaultMode: must be a file mode between 0 and 0777 (octal; 511 in decimal), got 01000 (line 27)"
             ),
             format!(
                 "{v}[3].secret.items[0].mode: must be a file mode between 0 and 0777 (octal; 511 in decimal), got -1 (line 28)"
