@@ -1,7 +1,10 @@
 //! Semantic rules on the typed model, Kubernetes' where Kubernetes has one: names (DNS-1123
 //! labels and subdomains, DNS-1035 labels for services), label keys and values, unique container
 //! and port names, port ranges, probes, requests within limits, the Deployment's selector
-//! against its template, a Service's ports, node ports and type.
+//! against its template, a Service's ports, node ports and type, the keys and size of a
+//! ConfigMap or Secret and a Secret's type, and a pod's env sources (the object names and keys
+//! they refer to, the pod fields and resources they read), volumes (names, file paths and
+//! modes) and mounts (of a volume of the pod, at distinct absolute paths).
 //!
 //! Rules that need the cluster's state (a cluster IP inside the cluster's service range and not
 //! held by another service, node ports not held by another service) are checked when the

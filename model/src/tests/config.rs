@@ -184,6 +184,37 @@ fn secrets() {
 }
 
 #[test]
+fn what_kubectl_create_writes_applies() {
+    // `kubectl create secret generic ... --dry-run=client -o yaml` and the config map
+    // equivalent.
+    let resources = ok("apiVersion: v1
+data:
+  password: cGFzcw==
+kind: Secret
+metadata:
+  creationTimestamp: null
+  name: creds
+---
+apiVersion: v1
+data:
+  app.properties: |
+    color=blue
+kind: ConfigMap
+metadata:
+  creationTimestamp: null
+  name: app
+");
+    let [Resource::Secret(s), Resource::ConfigMap(cm)] = resources.as_slice() else {
+        panic!("{resources:#?}")
+    };
+    assert_eq!(
+        (s.secret_type.as_str(), &s.data["password"].0[..]),
+        ("Opaque", &b"pass"[..])
+    );
+    assert_eq!(cm.data["app.properties"], "color=blue\n");
+}
+
+#[test]
 fn secret_values_never_appear_in_errors() {
     let text = format!(
         "{SECRET}data:\n  a: c2VjcmV0LXZhbHVl!\n  b: 12345\nstringData:\n  c: 67890\n  d: [hunter2]\n"
