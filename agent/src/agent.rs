@@ -343,6 +343,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let keypair = db.identity().clone();
     let keypair_for_mesh = keypair.clone();
     let (key, created_key) = cluster_key(&args, &data_dir)?;
+    let secret_box = crate::secret_box::SecretBox::new(&key);
     let mut net_config = NetConfig::new(args.listen, keypair, key.clone());
     net_config.mdns = args.mdns;
     net_config.quic = !args.tcp_only;
@@ -588,6 +589,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             host_ip: advertise_for_pods,
             service_range,
             run,
+            secret_box: secret_box.clone(),
         },
         runtime.clone(),
         handle.clone(),
@@ -662,6 +664,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             service_range,
             dns: dns_counters,
+            secret_box,
             limits: crate::api::limits::BodyLimits::new(
                 usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
             ),

@@ -16,6 +16,7 @@ mod node_info;
 mod persist;
 mod proxy;
 pub mod runtime;
+mod secret_box;
 mod secret_file;
 mod sim;
 mod up;

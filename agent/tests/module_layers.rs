@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "net",
         "persist",
         "runtime",
+        "secret_box",
         "secret_file",
     ],
     // The gossip driver: the sans-IO core on its runtime, publishing generic changes.
@@ -40,6 +41,7 @@ const LAYERS: &[&[&str]] = &[
     // Pure planning, services, probes, the sans-IO pod supervisor, the API's views.
     &[
         "workload/plan",
+        "workload/pod_config",
         "workload/probe",
         "workload/service",
         "workload/supervisor",

@@ -65,6 +65,8 @@ pub(crate) struct Api {
     pub(crate) mesh: shoal_mesh::Mesh,
     pub(crate) service_range: crate::workload::service::ServiceRange,
     pub(crate) dns: Arc<crate::dns::DnsCounters>,
+    /// Seals secrets' values before they are written, opens them for authorised reads.
+    pub(crate) secret_box: crate::secret_box::SecretBox,
     /// How large request bodies may be.
     pub(crate) limits: limits::BodyLimits,
 }

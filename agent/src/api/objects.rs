@@ -24,8 +24,11 @@ use crate::manifest::{self, Kind, NamespaceFrom, ParseOptions, Resource};
 use crate::workload::stored::{DecodeError, StoredObject};
 
 /// Largest object accepted, in bytes: a `PUT` body, and each object of an `apply` (lower when
-/// the agent takes smaller requests: [`super::limits::BodyLimits`]).
-pub(crate) const MAX_OBJECT: usize = 1 << 20;
+/// the agent takes smaller requests: [`super::limits::BodyLimits`]). Twice Kubernetes' 1 MiB
+/// limit of a config map's or secret's data ([`crate::manifest::MAX_CONFIG_BYTES`], which the
+/// model enforces with its own message), so that the largest one fits in its manifest form
+/// (base64 takes a third more).
+pub(crate) const MAX_OBJECT: usize = 2 << 20;
 
 /// The key a path names, or the 400 to answer. Names follow Kubernetes' DNS subdomain rule.
 fn object_key(kind: String, namespace: String, name: String) -> Result<ObjectKey, Box<Response>> {

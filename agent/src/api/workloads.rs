@@ -271,14 +271,41 @@ pub(super) async fn apply_resources(
     if !problems.is_empty() {
         return Err(invalid(&problems));
     }
+    // Deployments that roll when the config they read changes carry its digest.
+    let secret_box = api.secret_box.clone();
+    view::stamp_config_digests(&mut resources, &snapshot, |key, r| {
+        let (_, new) = view::apply_one(r, None, now, String::new);
+        let mut new = new.expect("a new object is created");
+        new.seal(key, &secret_box);
+        new
+    });
     resources.sort_by_key(|r| r.kind() != Kind::Namespace);
     let mut applied = Vec::new();
     let mut changed = Vec::new();
     for r in &resources {
         let key = view::key_of(r);
-        let old = stored(api, key.clone()).await?;
+        // A secret is compared with what it holds, opened here only.
+        let old = match stored(api, key.clone()).await? {
+            Some(old) if old.sealed.is_some() => {
+                Some(old.unsealed(&key, &api.secret_box).unwrap_or(old))
+            }
+            old => old,
+        };
+        if let Some(why) = old
+            .as_ref()
+            .and_then(|o| o.resource().ok())
+            .and_then(|o| crate::manifest::immutable_change(&o, r))
+        {
+            problems.push(format!(
+                "{} {:?} is invalid: {why}",
+                r.kind(),
+                r.name()
+            ));
+            continue;
+        }
         let (outcome, new) = view::apply_one(r, old.as_ref(), now, new_uid);
-        if let Some(new) = new {
+        if let Some(mut new) = new {
+            new.seal(&key, &api.secret_box);
             changed.push((key, new));
         }
         applied.push(Applied {
@@ -286,6 +313,9 @@ pub(super) async fn apply_resources(
             outcome,
             entry: None,
         });
+    }
+    if !problems.is_empty() {
+        return Err(invalid(&problems));
     }
     // Objects written together are taken together by every node's view (see
     // `workload::batch`): no node plans from part of an apply.

@@ -120,6 +120,12 @@ pub(crate) const SERVICE_WIDE_COLUMNS: [&str; 7] = [
 /// `get endpoints` columns.
 pub(crate) const ENDPOINTS_COLUMNS: [&str; 3] = ["NAME", "ENDPOINTS", "AGE"];
 
+/// `get configmaps`, as kubectl prints it.
+pub(crate) const CONFIG_MAP_COLUMNS: [&str; 3] = ["NAME", "DATA", "AGE"];
+
+/// `get secrets`, as kubectl prints it.
+pub(crate) const SECRET_COLUMNS: [&str; 4] = ["NAME", "TYPE", "DATA", "AGE"];
+
 /// kubectl's AGE: the time since `since`, or `<unknown>`.
 fn age(since: Option<Timestamp>, now_ms: u64) -> String {
     match since {
@@ -306,6 +312,41 @@ pub(crate) fn service_ports_text(ports: &[ServicePort]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// How many keys an object's `data` and `binaryData` hold (kubectl's `DATA`).
+fn data_count(object: &serde_json::Value) -> usize {
+    ["data", "binaryData"]
+        .iter()
+        .filter_map(|field| object[field].as_object())
+        .map(serde_json::Map::len)
+        .sum()
+}
+
+/// When an object's `metadata.creationTimestamp` says it was made.
+fn created(object: &serde_json::Value) -> Option<Timestamp> {
+    object["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(Timestamp::parse)
+}
+
+/// A `get configmaps` row ([`CONFIG_MAP_COLUMNS`]) from the Kubernetes object.
+pub(crate) fn config_map_row(object: &serde_json::Value, now_ms: u64) -> Vec<String> {
+    vec![
+        object["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+        data_count(object).to_string(),
+        age(created(object), now_ms),
+    ]
+}
+
+/// A `get secrets` row ([`SECRET_COLUMNS`]) from the Kubernetes object.
+pub(crate) fn secret_row(object: &serde_json::Value, now_ms: u64) -> Vec<String> {
+    vec![
+        object["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+        object["type"].as_str().unwrap_or("Opaque").to_owned(),
+        data_count(object).to_string(),
+        age(created(object), now_ms),
+    ]
 }
 
 /// A `get endpoints` row ([`ENDPOINTS_COLUMNS`]).

@@ -10,9 +10,10 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::table::{
-    DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS, ENDPOINTS_COLUMNS, NAMESPACE_COLUMNS, POD_COLUMNS,
-    POD_WIDE_COLUMNS, SERVICE_COLUMNS, SERVICE_WIDE_COLUMNS, deployment_row, endpoints_row,
-    format_endpoints, format_table, human_duration, namespace_row, pod_row, service_row,
+    CONFIG_MAP_COLUMNS, DEPLOYMENT_COLUMNS, DEPLOYMENT_WIDE_COLUMNS, ENDPOINTS_COLUMNS,
+    NAMESPACE_COLUMNS, POD_COLUMNS, POD_WIDE_COLUMNS, SECRET_COLUMNS, SERVICE_COLUMNS,
+    SERVICE_WIDE_COLUMNS, config_map_row, deployment_row, endpoints_row, format_endpoints,
+    format_table, human_duration, namespace_row, pod_row, secret_row, service_row,
 };
 use super::{ApiArgs, Client, Output, to_yaml};
 use crate::clock::wall_ms;
@@ -69,9 +70,11 @@ pub(crate) fn resource_kind(text: &str) -> anyhow::Result<ResourceType> {
         }
         "namespace" | "namespaces" | "ns" => Kind::Namespace,
         "service" | "services" | "svc" => Kind::Service,
+        "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
+        "secret" | "secrets" => Kind::Secret,
         "endpoints" | "endpoint" | "ep" => return Ok(ResourceType::Endpoints),
         _ => bail!(
-            "the server doesn't have a resource type {text:?} (this version knows: pods, deployments, services, endpoints, namespaces, nodes)"
+            "the server doesn't have a resource type {text:?} (this version knows: pods, deployments, services, endpoints, configmaps, secrets, namespaces, nodes)"
         ),
     }))
 }
@@ -155,6 +158,8 @@ fn list_path(kind: ResourceType, namespace: Option<&str>) -> String {
         ResourceType::Object(Kind::Deployment) => "/api/v1/deployments",
         ResourceType::Object(Kind::Namespace) => "/api/v1/namespaces",
         ResourceType::Object(Kind::Service) => "/api/v1/services",
+        ResourceType::Object(Kind::ConfigMap) => "/api/v1/configmaps",
+        ResourceType::Object(Kind::Secret) => "/api/v1/secrets",
         ResourceType::Endpoints => "/api/v1/endpoints",
     };
     match namespace {
@@ -199,6 +204,8 @@ fn rows(
                 Ok(ep) => endpoints_row(&ep, now),
                 Err(_) => continue,
             },
+            ResourceType::Object(Kind::ConfigMap) => config_map_row(item, now),
+            ResourceType::Object(Kind::Secret) => secret_row(item, now),
         };
         if all_namespaces && kind.is_namespaced() {
             row.insert(0, ns.clone());
@@ -218,6 +225,8 @@ fn columns(kind: ResourceType, wide: bool, all_namespaces: bool) -> Vec<&'static
         (ResourceType::Object(Kind::Service), false) => SERVICE_COLUMNS.to_vec(),
         (ResourceType::Object(Kind::Service), true) => SERVICE_WIDE_COLUMNS.to_vec(),
         (ResourceType::Endpoints, _) => ENDPOINTS_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::ConfigMap), _) => CONFIG_MAP_COLUMNS.to_vec(),
+        (ResourceType::Object(Kind::Secret), _) => SECRET_COLUMNS.to_vec(),
     };
     if all_namespaces && kind.is_namespaced() {
         c.insert(0, "NAMESPACE");
@@ -522,10 +531,71 @@ pub(crate) fn describe(
             text.push_str(&describe_service(&svc, &endpoints));
             events(&mut text, &answer["events"]);
         }
-        Kind::Namespace => bail!("describe supports pods, deployments and services"),
+        Kind::ConfigMap => {
+            let answer = client.get(&format!("/api/v1/configmaps/{ns}/{name}"))?;
+            text.push_str(&describe_config_map(&answer["object"]));
+        }
+        Kind::Secret => {
+            let answer = client.get(&format!("/api/v1/secrets/{ns}/{name}"))?;
+            text.push_str(&describe_secret(&answer["object"]));
+        }
+        Kind::Namespace => bail!(
+            "describe supports pods, deployments, services, configmaps, secrets and nodes"
+        ),
     }
     print!("{text}");
     Ok(())
+}
+
+/// The metadata lines every `describe` starts with.
+fn describe_meta(object: &Value) -> String {
+    let meta = &object["metadata"];
+    let map = |field: &str| -> BTreeMap<String, String> {
+        serde_json::from_value(meta[field].clone()).unwrap_or_default()
+    };
+    format!(
+        "Name:         {}\nNamespace:    {}\nLabels:       {}\nAnnotations:  {}\n",
+        meta["name"].as_str().unwrap_or(""),
+        meta["namespace"].as_str().unwrap_or(""),
+        labels(&map("labels")),
+        labels(&map("annotations")),
+    )
+}
+
+/// `describe configmap`, as kubectl prints it: every value in full (they are not secret).
+fn describe_config_map(object: &Value) -> String {
+    let mut text = describe_meta(object);
+    text.push_str("\nData\n====\n");
+    for (key, value) in object["data"].as_object().into_iter().flatten() {
+        text.push_str(&format!("{key}:\n----\n{}\n\n", value.as_str().unwrap_or("")));
+    }
+    text.push_str("\nBinaryData\n====\n");
+    for (key, value) in object["binaryData"].as_object().into_iter().flatten() {
+        let size = base64_len(value.as_str().unwrap_or(""));
+        text.push_str(&format!("{key}: {size} bytes\n"));
+    }
+    text.push_str("\nEvents:  <none>\n");
+    text
+}
+
+/// `describe secret`, as kubectl prints it: keys and sizes, never a value.
+fn describe_secret(object: &Value) -> String {
+    let mut text = describe_meta(object);
+    text.push_str(&format!(
+        "\nType:  {}\n\nData\n====\n",
+        object["type"].as_str().unwrap_or("Opaque")
+    ));
+    for (key, value) in object["data"].as_object().into_iter().flatten() {
+        let size = base64_len(value.as_str().unwrap_or(""));
+        text.push_str(&format!("{key}:  {size} bytes\n"));
+    }
+    text
+}
+
+/// The length of what base64 text decodes to.
+fn base64_len(text: &str) -> usize {
+    let padding = text.bytes().rev().take_while(|b| *b == b'=').count();
+    (text.len() / 4 * 3).saturating_sub(padding)
 }
 
 /// `describe service` up to the events, as kubectl prints it: one block per port.
@@ -783,7 +853,15 @@ mod tests {
         ] {
             assert_eq!(resource_kind(text).unwrap(), want, "{text}");
         }
-        assert!(resource_kind("configmaps").is_err());
+        assert_eq!(
+            resource_kind("cm").unwrap(),
+            ResourceType::Object(Kind::ConfigMap)
+        );
+        assert_eq!(
+            resource_kind("secrets").unwrap(),
+            ResourceType::Object(Kind::Secret)
+        );
+        assert!(resource_kind("persistentvolumeclaims").is_err());
         assert_eq!(object_kind("svc").unwrap(), Kind::Service);
         let err = object_kind("ep").unwrap_err().to_string();
         assert!(err.contains("delete the service"), "{err}");

@@ -165,7 +165,7 @@ impl ClusterKey {
     }
 
     /// HKDF-SHA256 expansion of the key: `info` parts concatenated, `out.len()` bytes.
-    pub(super) fn expand(&self, info: &[&[u8]], out: &mut [u8]) {
+    pub(crate) fn expand(&self, info: &[&[u8]], out: &mut [u8]) {
         let hk = Hkdf::<Sha256>::new(Some(KDF_SALT), &self.0);
         // Only fails for outputs longer than 255 hash lengths; callers ask for at most 32 bytes.
         hk.expand_multi_info(info, out)

@@ -9,6 +9,7 @@
 pub(crate) mod batch;
 pub(crate) mod limits;
 pub(crate) mod plan;
+pub(crate) mod pod_config;
 pub(crate) mod probe;
 pub(crate) mod projector;
 pub(crate) mod reconciler;

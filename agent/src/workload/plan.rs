@@ -365,7 +365,10 @@ pub(crate) fn asked_replicas(resource: &Resource) -> u32 {
     match resource {
         Resource::Deployment(d) => d.spec.replicas,
         Resource::Pod(_) => 1,
-        Resource::Namespace(_) | Resource::Service(_) => 0,
+        Resource::Namespace(_)
+        | Resource::Service(_)
+        | Resource::ConfigMap(_)
+        | Resource::Secret(_) => 0,
     }
 }
 

@@ -29,8 +29,16 @@ use crate::clock::wall_ms;
 use crate::driver::{Change, MemberFacts};
 use crate::node_info::{NODE_INFO, NodeInfo};
 
-/// Object kinds the workload snapshot carries.
-pub(crate) const WORKLOAD_KINDS: [&str; 4] = ["namespace", "pod", "deployment", "service"];
+/// Object kinds the workload snapshot carries (config maps and secrets are what pods read;
+/// a secret's values stay sealed in it).
+pub(crate) const WORKLOAD_KINDS: [&str; 6] = [
+    "namespace",
+    "pod",
+    "deployment",
+    "service",
+    "configmap",
+    "secret",
+];
 
 /// Whether the projector wants changes of an owned entry with this name.
 pub(crate) fn wants_owned(name: &str) -> bool {

@@ -11,6 +11,7 @@
 //! completions that arrive together are handled together, and the runtime is listed on the
 //! supervisor's timer (every second, and after restarts), not on every input.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,8 @@ use super::supervisor::{Action, NodePlan, Supervisor, SupervisorConfig, snapshot
 use crate::clock::Clock;
 use crate::driver::DriverHandle;
 use crate::manifest::{self, Probe, ProbeKind};
-use crate::runtime::{AnyRuntime, PodInfo, Runtime, RuntimeError, RuntimeKind};
+use crate::secret_box::SecretBox;
+use crate::runtime::{AnyRuntime, PodInfo, Runtime, RuntimeError, RuntimeKind, VolumeSpec};
 
 /// At most this many completions wait to be handled; runtime tasks wait beyond it.
 const DONE_QUEUE: usize = 4096;
@@ -48,6 +50,8 @@ pub(crate) struct ReconcilerConfig {
     pub(crate) service_range: ServiceRange,
     /// This start of the agent (its node info's `run`).
     pub(crate) run: u64,
+    /// Opens the secrets this node's pods use.
+    pub(crate) secret_box: SecretBox,
 }
 
 /// Results of runtime work done in tasks.
@@ -80,6 +84,55 @@ enum Done {
         token: u64,
         result: Result<(), String>,
     },
+    VolumeUpdated {
+        uid: String,
+        volume: String,
+        result: Result<(), RuntimeError>,
+    },
+}
+
+/// Volume rewrites waiting for the writer task: the newest content per pod and volume, so
+/// that many changes in a row cost one write each, and what waits is bounded by the pods'
+/// volumes however fast their objects change.
+#[derive(Default)]
+struct VolumeQueue {
+    pending: std::sync::Mutex<BTreeMap<(String, String), VolumeSpec>>,
+    wake: tokio::sync::Notify,
+}
+
+impl VolumeQueue {
+    fn push(&self, uid: String, volume: VolumeSpec) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((uid, volume.name.clone()), volume);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Option<((String, String), VolumeSpec)> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_first()
+    }
+}
+
+/// Writes queued volume rewrites one at a time (two writes of one volume never race).
+async fn write_volumes(queue: Arc<VolumeQueue>, runtime: Arc<AnyRuntime>, done: mpsc::Sender<Done>) {
+    loop {
+        while let Some(((uid, name), volume)) = queue.take() {
+            let result = runtime.update_volume(&uid, &volume).await;
+            let done_msg = Done::VolumeUpdated {
+                uid,
+                volume: name,
+                result,
+            };
+            if done.send(done_msg).await.is_err() {
+                return;
+            }
+        }
+        queue.wake.notified().await;
+    }
 }
 
 /// The grace period every pod gets when the agent stops them all on its way out (Kubernetes'
@@ -120,6 +173,12 @@ pub(crate) fn start(
     plans: watch::Sender<Arc<Plan>>,
 ) -> tokio::task::JoinHandle<()> {
     let (done_tx, done_rx) = mpsc::channel(DONE_QUEUE);
+    let volumes = Arc::new(VolumeQueue::default());
+    tokio::spawn(write_volumes(
+        volumes.clone(),
+        runtime.clone(),
+        done_tx.clone(),
+    ));
     let clock = Clock::real();
     let supervisor = Supervisor::new(
         SupervisorConfig {
@@ -128,6 +187,7 @@ pub(crate) fn start(
             service_range: config.service_range,
             pull_images: runtime.kind() == RuntimeKind::Docker,
             run: config.run,
+            secret_box: Some(config.secret_box.clone()),
         },
         clock.now(),
     );
@@ -139,6 +199,7 @@ pub(crate) fn start(
         plans,
         done_tx,
         done_rx,
+        volumes,
         supervisor,
         planner: Planner::default(),
         clock,
@@ -159,6 +220,8 @@ struct Reconciler {
     plans: watch::Sender<Arc<Plan>>,
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
+    /// Volume rewrites for the writer task.
+    volumes: Arc<VolumeQueue>,
     supervisor: Supervisor,
     planner: Planner,
     clock: Clock,
@@ -284,6 +347,11 @@ impl Reconciler {
                 token,
                 result,
             } => sup.handle_probe_result(&uid, &container, kind, token, result, now),
+            Done::VolumeUpdated {
+                uid,
+                volume,
+                result,
+            } => sup.handle_volume_updated(&uid, &volume, result, now),
         }
     }
 
@@ -349,6 +417,7 @@ impl Reconciler {
                         runtime, done, uid, container, kind, probe, ip, token,
                     ));
                 }
+                Action::UpdateVolume { uid, volume } => self.volumes.push(uid, volume),
             }
         }
     }
@@ -473,6 +542,7 @@ mod tests {
                 }],
                 labels: Default::default(),
                 dns: None,
+                volumes: Vec::new(),
             };
             runtime.start_pod(&spec).await.expect("starting");
             let ready = runtime.pod_dir(&spec.uid).join("containers/c/ready");

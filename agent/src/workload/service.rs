@@ -952,7 +952,11 @@ pub(crate) fn service_env(
             continue;
         };
         let prefix = env_name(&entry.name);
-        let var = |name: String, value: String| EnvVar { name, value };
+        let var = |name: String, value: String| EnvVar {
+            name,
+            value,
+            value_from: None,
+        };
         out.push(var(format!("{prefix}_SERVICE_HOST"), ip.to_string()));
         out.push(var(
             format!("{prefix}_SERVICE_PORT"),

@@ -1090,6 +1090,7 @@ fn stored_objects_read_back_as_entries() {
         history: Vec::new(),
         object,
         batch: None,
+        sealed: None,
     };
     let snapshot = Snapshot::new(
         Vec::new(),

@@ -220,6 +220,11 @@ impl Snapshot {
         self.objects.iter()
     }
 
+    /// The applied object at `key`, if any.
+    pub(crate) fn object(&self, key: &ObjectKey) -> Option<&Arc<Object>> {
+        self.objects.get(key)
+    }
+
     /// The applied objects of one kind (its store name: `deployment`, `service` ...), in key
     /// order.
     pub(crate) fn objects_of<'a>(

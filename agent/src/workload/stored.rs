@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_gossip::ObjectKey;
 
+use base64::Engine as _;
+
 use crate::manifest::{Kind, Pod, PodStatus, Resource, StoredError};
+use crate::secret_box::{OpenError, SecretBox};
 
 /// The newest value format this build reads and writes.
 pub(crate) const FORMAT: u32 = 1;
@@ -82,6 +85,25 @@ pub(crate) struct StoredObject {
     /// (see [`super::batch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) batch: Option<super::batch::Batch>,
+    /// A Secret's `data`, sealed with the cluster's secret box ([`SecretBox`]), in base64:
+    /// `object` then has no `data`, so neither the replicated state nor any disk holds the
+    /// values. Opened only by [`StoredObject::unsealed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sealed: Option<String>,
+}
+
+/// Why a sealed secret could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UnsealError {
+    /// The sealed text is not base64.
+    #[error("sealed data is not base64")]
+    Base64,
+    /// It did not open.
+    #[error("sealed data {0}")]
+    Open(#[from] OpenError),
+    /// It opened to something that is not a map of base64 values.
+    #[error("sealed data is not a secret's data: {0}")]
+    Malformed(String),
 }
 
 /// A Deployment template that ran before.
@@ -116,6 +138,52 @@ impl StoredObject {
         meta.generation = Some(self.generation);
         meta.creation_timestamp = Some(crate::manifest::Timestamp(self.created_ms));
         Ok(resource)
+    }
+
+    /// What a Secret's sealed data is bound to: its key, so that it opens nowhere else.
+    fn seal_context(key: &ObjectKey) -> Vec<u8> {
+        format!("secret/{}/{}", key.namespace, key.name).into_bytes()
+    }
+
+    /// Seals a Secret's `data` (nothing to do for other kinds, or a secret sealed already).
+    /// Deterministic: the same data seals to the same bytes ([`SecretBox`]).
+    pub(crate) fn seal(&mut self, key: &ObjectKey, secret_box: &SecretBox) {
+        if key.kind != Kind::Secret.key_kind() || self.sealed.is_some() {
+            return;
+        }
+        let data = self
+            .object
+            .as_object_mut()
+            .and_then(|o| o.remove("data"))
+            .unwrap_or(Value::Object(serde_json::Map::new()));
+        let plain = serde_json::to_vec(&data).unwrap_or_default();
+        let sealed = secret_box.seal(&Self::seal_context(key), &plain);
+        self.sealed = Some(base64::engine::general_purpose::STANDARD.encode(sealed));
+    }
+
+    /// A copy with a Secret's `data` opened and back in `object` (itself when not sealed).
+    pub(crate) fn unsealed(
+        &self,
+        key: &ObjectKey,
+        secret_box: &SecretBox,
+    ) -> Result<StoredObject, UnsealError> {
+        let Some(sealed) = &self.sealed else {
+            return Ok(self.clone());
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| UnsealError::Base64)?;
+        let plain = secret_box.open(&Self::seal_context(key), &bytes)?;
+        let data: serde_json::Map<String, Value> = serde_json::from_slice(&plain)
+            .map_err(|e| UnsealError::Malformed(e.to_string()))?;
+        let mut open = self.clone();
+        open.sealed = None;
+        if !data.is_empty() {
+            if let Some(object) = open.object.as_object_mut() {
+                object.insert("data".into(), Value::Object(data));
+            }
+        }
+        Ok(open)
     }
 
     /// The canonical stored bytes of the resource (what `apply` compares).

@@ -102,6 +102,7 @@ pub(crate) enum Completion {
         token: u64,
         result: Result<(), String>,
     },
+    VolumeUpdated(String, String, Result<(), RuntimeError>),
 }
 
 /// What happened on a rig, in order, for tests that check sequences.
@@ -150,6 +151,7 @@ impl NodeRig {
             service_range: range,
             pull_images,
             run: 1,
+            secret_box: None,
         };
         NodeRig {
             index,
@@ -290,6 +292,10 @@ impl NodeRig {
                     token,
                 }
             }
+            Action::UpdateVolume { uid, volume } => {
+                let result = block_on(rt.update_volume(&uid, &volume));
+                Completion::VolumeUpdated(uid, volume.name, result)
+            }
         }
     }
 
@@ -354,6 +360,9 @@ impl NodeRig {
                 self.probe_results
                     .push((now.mono, uid.clone(), kind, result.is_ok()));
                 sup.handle_probe_result(&uid, &container, kind, token, result, now)
+            }
+            Completion::VolumeUpdated(uid, volume, result) => {
+                sup.handle_volume_updated(&uid, &volume, result, now)
             }
         }
     }

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
+use shoal_gossip::ObjectKey;
 
 use super::plan::{Plan, rollout};
 use super::service::{Allocation, ServiceEndpoints, ServiceEntry, endpoints_resource};
@@ -381,6 +382,7 @@ pub(crate) fn apply_one(
         history: old.map(|o| o.history.clone()).unwrap_or_default(),
         object,
         batch: None,
+        sealed: None,
     };
     if let Resource::Deployment(d) = resource {
         let old_template = old.and_then(|o| o.resource().ok()).and_then(|r| match r {
@@ -490,4 +492,88 @@ pub(crate) fn pods_of<'a>(
 /// Whether a record is this pod's (namespace and name).
 pub(crate) fn is_pod(record: &PodRecord, namespace: &str, name: &str) -> bool {
     record.pod.metadata.name == name && record.pod.metadata.namespace.as_deref() == Some(namespace)
+}
+
+/// What a config map's or secret's stored form contributes to a config digest: its object and
+/// its sealed data (never plaintext).
+fn digest_bytes(stored: &StoredObject) -> Vec<u8> {
+    let mut bytes = stored.stored_bytes();
+    if let Some(sealed) = &stored.sealed {
+        bytes.extend_from_slice(sealed.as_bytes());
+    }
+    bytes
+}
+
+/// `shoal.io/restart-on-config-change`: stamps the pod template of each Deployment with that
+/// annotation with the digest of the config maps and secrets its pods read
+/// ([`pod_config::CONFIG_HASH`]), so that a change of one rolls the Deployment, following its
+/// strategy, in the same write as the change.
+///
+/// `resources` is an apply (parsed and checked); Deployments of the apply are stamped, and
+/// stored Deployments that read a config map or secret the apply changes are added to it,
+/// stamped. `snapshot` holds the stored objects; `seal` gives the stored form of a new
+/// config map or secret (sealed, as it will be written). Cost: the Deployments of the
+/// namespaces the apply changes config in, and the objects their pods read.
+pub(crate) fn stamp_config_digests(
+    resources: &mut Vec<Resource>,
+    snapshot: &Snapshot,
+    seal: impl Fn(&ObjectKey, &Resource) -> StoredObject,
+) {
+    use crate::workload::pod_config::{self, CONFIG_HASH, RESTART_ON_CONFIG_CHANGE};
+    let wants = |d: &Deployment| {
+        d.metadata
+            .annotations
+            .get(RESTART_ON_CONFIG_CHANGE)
+            .is_some_and(|v| v == "true")
+    };
+    // The config maps and secrets of this apply, in the form they will be stored.
+    let mut applied: BTreeMap<ObjectKey, Vec<u8>> = BTreeMap::new();
+    for r in resources.iter() {
+        if matches!(r, Resource::ConfigMap(_) | Resource::Secret(_)) {
+            let key = key_of(r);
+            let stored = seal(&key, r);
+            applied.insert(key, digest_bytes(&stored));
+        }
+    }
+    let in_apply: BTreeSet<ObjectKey> = resources.iter().map(key_of).collect();
+    // Stored Deployments that read what this apply changes.
+    let namespaces: BTreeSet<&str> = applied.keys().map(|k| k.namespace.as_str()).collect();
+    let mut added = Vec::new();
+    for (key, object) in snapshot.objects_of(Kind::Deployment.key_kind()) {
+        if !namespaces.contains(key.namespace.as_str()) || in_apply.contains(key) {
+            continue;
+        }
+        let Some((d, _)) = object.deployment() else {
+            continue;
+        };
+        if !wants(d) {
+            continue;
+        }
+        let reads = pod_config::reference_keys(&key.namespace, &d.spec.template.spec);
+        if reads.iter().any(|k| applied.contains_key(k)) {
+            added.push(Resource::Deployment(d.clone()));
+        }
+    }
+    resources.extend(added);
+    let stored = |key: &ObjectKey| -> Option<Vec<u8>> {
+        if let Some(bytes) = applied.get(key) {
+            return Some(bytes.clone());
+        }
+        snapshot.object(key).map(|o| digest_bytes(&o.stored))
+    };
+    for r in resources.iter_mut() {
+        let Resource::Deployment(d) = r else {
+            continue;
+        };
+        if !wants(d) {
+            continue;
+        }
+        let namespace = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let digest = pod_config::config_digest(&namespace, &d.spec.template.spec, &stored);
+        d.spec
+            .template
+            .metadata
+            .annotations
+            .insert(CONFIG_HASH.to_owned(), digest);
+    }
 }

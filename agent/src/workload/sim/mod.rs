@@ -128,6 +128,7 @@ enum Completion {
         token: u64,
         result: Result<(), String>,
     },
+    VolumeUpdated(String, String, Result<(), RuntimeError>),
 }
 
 /// Something due at a moment of virtual time.
@@ -262,6 +263,7 @@ impl ClusterSim {
             service_range: DEFAULT_SERVICE_RANGE,
             pull_images: false,
             run: 1,
+            secret_box: None,
         };
         let view = self
             .gossip
@@ -625,6 +627,9 @@ impl ClusterSim {
                 token,
                 result,
             } => sup.handle_probe_result(&uid, &container, kind, token, result, now),
+            Completion::VolumeUpdated(uid, volume, result) => {
+                sup.handle_volume_updated(&uid, &volume, result, now)
+            }
         }
     }
 
@@ -913,6 +918,10 @@ fn execute(rt: &FakeRuntime, action: Action) -> Completion {
                 token,
                 result,
             }
+        }
+        Action::UpdateVolume { uid, volume } => {
+            let result = block_on(rt.update_volume(&uid, &volume));
+            Completion::VolumeUpdated(uid, volume.name, result)
         }
     }
 }

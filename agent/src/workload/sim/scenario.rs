@@ -209,6 +209,7 @@ impl Scenario {
                         c.env.push(EnvVar {
                             name: "REVISION".into(),
                             value: revision.clone(),
+                            value_from: None,
                         });
                     }
                 }),

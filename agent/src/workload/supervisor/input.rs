@@ -7,13 +7,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use shoal_gossip::NodeId;
+use shoal_gossip::{NodeId, ObjectKey};
 
-use crate::manifest::EnvVar;
+
+use crate::manifest::{ConfigMap, EnvVar, Kind, Resource, Secret};
+use crate::secret_box::SecretBox;
+use crate::workload::pod_config;
 use crate::workload::plan::{DesiredPod, Plan};
 use crate::workload::service::{self, ServiceRange};
-use crate::workload::snapshot::Snapshot;
-use crate::workload::stored::{PodRecord, ReplicaRef};
+use crate::workload::snapshot::{Object, Snapshot};
+use crate::workload::stored::{PodRecord, ReplicaRef, object_key};
 
 /// Where a replica is placed when it is not on this node, as hand-off needs to know it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub(crate) struct NodePlan {
     /// Service-link variables for pods of each namespace that has pods here (they are read
     /// when a pod starts, as Kubernetes does: a new service does not restart pods).
     pub(crate) service_env: Arc<BTreeMap<String, Vec<EnvVar>>>,
+    /// The config maps and secrets pods read, and this node's facts (the downward API).
+    pub(crate) configs: ConfigObjects,
     /// New pods of this plan whose replica the previous plan put on another live node that
     /// does not report it: that node may be starting it, its report not here yet. Such a pod
     /// waits a moment before it starts ([`HOLD`]): placement keeps a replica where it is
@@ -56,6 +61,79 @@ pub(crate) struct NodePlan {
 /// How long a held pod waits before it starts: long enough for another node's report of the
 /// same replica to arrive (gossip spreads it in tens of milliseconds on a LAN).
 pub(crate) const HOLD: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The config maps and secrets of the snapshot a plan was made from (nothing is copied; a
+/// secret is opened only when a pod asks for it).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConfigObjects {
+    snapshot: Arc<Snapshot>,
+    me: Option<NodeId>,
+}
+
+impl ConfigObjects {
+    /// The objects of `snapshot`, for pods of node `me`.
+    pub(crate) fn new(snapshot: Arc<Snapshot>, me: NodeId) -> Self {
+        ConfigObjects {
+            snapshot,
+            me: Some(me),
+        }
+    }
+
+    /// The object at `key`, shared (its identity changes when it changes).
+    pub(crate) fn object(&self, key: &ObjectKey) -> Option<&Arc<Object>> {
+        self.snapshot.object(key)
+    }
+
+    /// This node's CPU (millicores) and memory (bytes), from its node info.
+    pub(crate) fn allocatable(&self) -> (u64, u64) {
+        self.me
+            .and_then(|me| self.snapshot.member(&me))
+            .and_then(|m| m.info.as_ref())
+            .map_or((0, 0), |i| (i.cpu_millis, i.memory_bytes))
+    }
+
+    /// The objects, with secrets opened by `secret_box` (`None`: they do not open).
+    pub(crate) fn with_box<'a>(&'a self, secret_box: Option<&'a SecretBox>) -> OpenObjects<'a> {
+        OpenObjects {
+            objects: self,
+            secret_box,
+        }
+    }
+}
+
+/// [`ConfigObjects`] with the key that opens secrets: what [`pod_config::resolve`] reads.
+pub(crate) struct OpenObjects<'a> {
+    objects: &'a ConfigObjects,
+    secret_box: Option<&'a SecretBox>,
+}
+
+impl pod_config::Objects for OpenObjects<'_> {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        let key = object_key(Kind::ConfigMap, namespace, name);
+        match &self.objects.object(&key)?.resource {
+            Resource::ConfigMap(cm) => Some(cm.clone()),
+            _ => None,
+        }
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Result<Secret, String>> {
+        let key = object_key(Kind::Secret, namespace, name);
+        let object = self.objects.object(&key)?;
+        let Some(secret_box) = self.secret_box else {
+            return Some(Err("this node has no key to open secrets".into()));
+        };
+        let opened = object
+            .stored
+            .unsealed(&key, secret_box)
+            .map_err(|e| e.to_string())
+            .and_then(|stored| stored.resource().map_err(|e| e.to_string()));
+        Some(match opened {
+            Ok(Resource::Secret(secret)) => Ok(secret),
+            Ok(_) => Err("not a secret".into()),
+            Err(e) => Err(e),
+        })
+    }
+}
 
 /// The records a node reports, read from the snapshot they are in (nothing is copied).
 #[derive(Clone, Debug)]
@@ -91,6 +169,11 @@ impl OwnRecords {
 }
 
 impl NodePlan {
+    /// The objects' revision of the snapshot this plan was made from.
+    pub(crate) fn objects_revision(&self) -> u64 {
+        self.objects_revision
+    }
+
     /// The plan for `me` from the cluster plan and the snapshot it was computed from.
     /// `previous` (the node plan before this one) lends what did not change: this node's pods
     /// when the plan's assignment is the same, the service variables when no object changed.
@@ -182,6 +265,7 @@ impl NodePlan {
         }
         NodePlan {
             from: plan.clone(),
+            configs: ConfigObjects::new(snapshot.clone(), *me),
             objects_revision,
             pods,
             elsewhere,

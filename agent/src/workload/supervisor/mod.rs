@@ -40,6 +40,7 @@
 //! - Work is proportional to what changed: a listing, a plan, a completion or a deadline
 //!   reconciles only the pods it concerns.
 
+mod config;
 mod handoff;
 mod input;
 mod pod;
@@ -91,6 +92,9 @@ pub(crate) struct SupervisorConfig {
     /// This start of the agent (its node info's `run`), written into every record, so that
     /// readers tell records of an earlier run apart ([`crate::workload::stored::PodRecord::run`]).
     pub(crate) run: u64,
+    /// Opens the secrets pods use (`None`: secrets stay sealed, and pods that use one wait
+    /// with `CreateContainerConfigError`; tests that need none).
+    pub(crate) secret_box: Option<crate::secret_box::SecretBox>,
 }
 
 /// Runtime work for the driver to do; each has a matching `handle_*` for its result.
@@ -111,6 +115,12 @@ pub(crate) enum Action {
         uid: String,
         container: String,
         grace: Duration,
+    },
+    /// Rewrite a started pod's volume with this content:
+    /// [`Supervisor::handle_volume_updated`].
+    UpdateVolume {
+        uid: String,
+        volume: runtime::VolumeSpec,
     },
     /// Run one probe: [`Supervisor::handle_probe_result`] with the same `token`.
     RunProbe {
@@ -251,6 +261,9 @@ impl Supervisor {
             return;
         }
         let new = self.plan.as_ref().expect("just set");
+        let objects_changed = old
+            .as_ref()
+            .is_none_or(|o| o.objects_revision() != new.objects_revision());
         let mut touched: BTreeSet<String> = BTreeSet::new();
         // Pods shared with the old plan are the same pods: nothing to compare.
         let same_pods = old
@@ -284,6 +297,9 @@ impl Supervisor {
         self.sweep_records();
         for uid in touched {
             self.reconcile(&uid, now);
+        }
+        if objects_changed {
+            self.handle_config_changes(now);
         }
     }
 
@@ -511,6 +527,8 @@ impl Supervisor {
                     }
                     self.touch(uid);
                 }
+            } else if self.pods.get(uid).is_some_and(|p| p.config_wait) {
+                // Waits for what it reads to change (`handle_config_changes`).
             } else if matches!(self.phase, Phase::Running) {
                 self.start(uid, now);
             }

@@ -5,14 +5,16 @@
 //! what a deadline is for (a restart waits for its back-off while `restart_pending`).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_gossip::Instant;
+use shoal_gossip::{Instant, ObjectKey};
 
 use crate::manifest;
 use crate::manifest::ProbeKind;
 use crate::runtime::PodInfo;
 use crate::workload::plan::DesiredPod;
+use crate::workload::snapshot::Object;
 use crate::workload::stored::{PodEvent, PodRecord, record_name};
 
 /// Events kept per pod.
@@ -96,6 +98,14 @@ pub(super) struct LocalPod {
     pub(super) ready_since_ms: Option<u64>,
     /// When its stop was requested (it is no longer desired here): shown as Terminating.
     pub(super) terminating_since_ms: Option<u64>,
+    /// The config maps and secrets it read when last resolved, as they were (`None`: absent),
+    /// so that a change of one is seen by identity.
+    pub(super) config_refs: Vec<(ObjectKey, Option<Arc<Object>>)>,
+    /// A digest of each volume's content as last written, by volume name.
+    pub(super) volume_digests: BTreeMap<String, u64>,
+    /// It waits for a config map, secret or key that is missing
+    /// (`CreateContainerConfigError`): it starts when one of `config_refs` changes.
+    pub(super) config_wait: bool,
 }
 
 impl LocalPod {
@@ -125,6 +135,9 @@ impl LocalPod {
             start_backoff: Duration::ZERO,
             ready_since_ms: None,
             terminating_since_ms: None,
+            config_refs: Vec::new(),
+            volume_digests: BTreeMap::new(),
+            config_wait: false,
         }
     }
 

@@ -16,6 +16,7 @@ use super::{Action, Busy, Supervisor};
 use crate::manifest;
 use crate::runtime::{self, ContainerSpec, PodInfo, RuntimeError};
 use crate::workload::plan::DesiredPod;
+use crate::workload::pod_config::PodConfig;
 use crate::workload::service::ServiceRange;
 
 impl Supervisor {
@@ -57,17 +58,40 @@ impl Supervisor {
         }
     }
 
-    fn push_start(&mut self, uid: &str, _now: Now) {
-        let Some(pod) = self.pods.get(uid) else {
+    fn push_start(&mut self, uid: &str, now: Now) {
+        let config = match self.resolve_config(uid) {
+            Some(Ok(config)) => config,
+            Some(Err(missing)) => {
+                self.config_missing(uid, missing, now);
+                return;
+            }
+            None => return,
+        };
+        let Some(pod) = self.pods.get_mut(uid) else {
             return;
         };
+        for warning in &config.warnings {
+            pod.event(
+                now.wall_ms,
+                "Warning",
+                "InvalidEnvironmentVariableNames",
+                warning.clone(),
+            );
+        }
+        pod.config_wait = false;
+        pod.volume_digests = config
+            .volumes
+            .iter()
+            .map(|v| (v.name.clone(), volume_digest(v)))
+            .collect();
+        let pod = &self.pods[uid];
         let links = self
             .plan
             .as_ref()
             .and_then(|p| p.service_env.get(pod.namespace()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let spec = runtime_spec(&pod.desired, links, self.config.service_range);
+        let spec = runtime_spec(&pod.desired, links, self.config.service_range, config);
         info!(pod = %pod.name(), namespace = %pod.namespace(), %uid, "starting pod");
         self.busy.insert(uid.to_owned(), Busy::Starting);
         self.actions.push_back(Action::StartPod {
@@ -170,11 +194,26 @@ impl Supervisor {
     }
 }
 
-/// The runtime's input for a desired pod, with the service links it starts with.
+/// A digest of a volume's content, to tell whether an update changes it.
+pub(super) fn volume_digest(volume: &runtime::VolumeSpec) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for file in &volume.files {
+        hasher.update(&(file.path.len() as u64).to_le_bytes());
+        hasher.update(file.path.as_bytes());
+        hasher.update(&file.mode.to_le_bytes());
+        hasher.update(&(file.data.len() as u64).to_le_bytes());
+        hasher.update(&file.data);
+    }
+    hasher.digest()
+}
+
+/// The runtime's input for a desired pod, with the service links it starts with and what it
+/// reads from config maps, secrets and the downward API.
 pub(super) fn runtime_spec(
     desired: &DesiredPod,
     links: &[manifest::EnvVar],
     service_range: ServiceRange,
+    config: PodConfig,
 ) -> runtime::PodSpec {
     let pod = &desired.pod;
     let namespace = pod
@@ -187,21 +226,27 @@ pub(super) fn runtime_spec(
         namespace: namespace.clone(),
         name: pod.metadata.name.clone(),
         spec_hash: desired.spec_hash.clone(),
+        volumes: config.volumes,
         containers: pod
             .spec
             .containers
             .iter()
-            .map(|c| {
+            .zip(config.containers)
+            .map(|(c, resolved)| {
                 // The container's own variables win over service links of the same name.
                 let mut env: Vec<(String, String)> = links
                     .iter()
-                    .filter(|l| !c.env.iter().any(|e| e.name == l.name))
+                    .filter(|l| {
+                        !resolved.env.iter().any(|(n, _)| *n == l.name)
+                            && !resolved.pod_ip_env.contains(&l.name)
+                    })
                     .map(|l| (l.name.clone(), l.value.clone()))
                     .collect();
-                for e in &c.env {
-                    env.push((e.name.clone(), e.value.clone()));
-                }
+                env.extend(resolved.env);
                 ContainerSpec {
+                    mounts: resolved.mounts,
+                    sensitive_env: resolved.sensitive_env,
+                    pod_ip_env: resolved.pod_ip_env,
                     name: c.name.clone(),
                     image: c.image.clone(),
                     command: c.command.clone(),
