@@ -51,6 +51,7 @@ fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
             ("tier".to_string(), "test".to_string()),
         ]),
         dns: None,
+        volumes: Vec::new(),
     }
 }
 

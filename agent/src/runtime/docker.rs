@@ -9,12 +9,49 @@
 //!   others join its network namespace (`network_mode: container:<first>`), as Kubernetes'
 //!   pause container does, so they reach each other on `localhost`. The network is never
 //!   removed by the runtime (tests remove theirs: [`DockerRuntime::remove_network`]).
+//! - **Pod IPs** are chosen by the runtime, so that the containers' environment can hold them:
+//!   the network is created with a subnet of its own (one of Docker's default pools,
+//!   172.17-31.0.0/16 and 192.168.0.0/16 in /20s, that no network of the engine and no route
+//!   of the host overlaps, looked for from a place derived from the network's name; told in
+//!   [`LABEL_SUBNET`]), because the engine takes an explicit IP only on a network created with
+//!   a subnet. With none free, or all taken by networks made at the same moment ten times in
+//!   a row, the engine picks the subnet, as for an older agent's network (below). A start picks an address of it derived from the
+//!   pod's uid, skipping the gateway, the addresses of the network's containers, running or
+//!   not (a stopped one takes its address again when it restarts), and those starts in
+//!   progress in this agent hold (an in-process reservation); the first container asks for
+//!   it in its endpoint's IPAM config. Another agent on the engine may pick the same address
+//!   at the same moment: the start that loses gets the engine's `Address already in use` and
+//!   tries another (three times). Every container of the pod gets it under each name of its
+//!   `pod_ip_env` (Kubernetes' `fieldRef: status.podIP`, so `POD_IP` when the manifest asks
+//!   for it under that name), and a pod keeps it when its first container restarts. `POD_IP`
+//!   is not set unasked, unlike under the process runtime: a server that binds `$POD_IP` (the
+//!   demo does) would no longer answer on `localhost`, which a pod's containers share here.
+//!   On a network an older agent made without such a subnet the engine picks addresses, and a
+//!   pod with `pod_ip_env` fails to start, saying so (removing that network when no container
+//!   uses it lets the next start make it anew).
 //! - **Containers** are named `shoal_<namespace>_<pod>_<container>_<uid>` and carry the labels
-//!   of the [module](super) plus the user's; `command` and `args` replace the image's
-//!   entrypoint and cmd; `POD_NAME` and `POD_NAMESPACE` are set, and the first container's
-//!   hostname is the pod's name. The json-file log driver is capped like the process runtime's
-//!   logs ([`RuntimeConfig::log_max_bytes`] x 2). CPU and memory limits are the engine's
+//!   of the [module](super) plus the user's (and [`LABEL_VOLUMES`]); `command` and `args`
+//!   replace the image's entrypoint and cmd; `POD_NAME` and `POD_NAMESPACE` are set (and the
+//!   `pod_ip_env` names), and the first container's hostname is the pod's name. The values of `sensitive_env` go
+//!   into the container's config like the others: the engine keeps them in its own state (as
+//!   Kubernetes' Docker runtime did), nothing of them is written to the agent's data dir. The
+//!   json-file log driver is capped like the process runtime's logs
+//!   ([`RuntimeConfig::log_max_bytes`] x 2). CPU and memory limits are the engine's
 //!   (`NanoCpus`, `Memory`).
+//! - **Volumes** are written before the first container is created (see [`super::volume`]):
+//!   without secrets in `<data_dir>/docker/pods/<uid>/volumes/<name>/`, sensitive ones only in
+//!   RAM-backed storage (`<tmpfs>/shoal-<id>/pods/<uid>/volumes/<name>/`, so secrets are on the
+//!   host's tmpfs and never on its disk; no RAM-backed storage, no start). Each mount is a bind
+//!   mount of the volume's directory at `mount_path` (read-only when `read_only`); the links
+//!   inside it are relative, so the container sees [`Runtime::update_volume`]'s atomic
+//!   updates at once. A `sub_path` mount binds a copy of what it names made of hard links
+//!   (`<pod dir>/subpaths/<container>/<n>`): the file as it was at the start, not updated live
+//!   (as in Kubernetes), at a path that stays when an update removes the old data, so that a
+//!   restarted container mounts it again. The directories go with the pod (`remove_pod`, a
+//!   failed start, recovery of incomplete pods), and at [`Runtime::recover`] those of pods
+//!   that no longer exist are removed. The engine must see the agent's paths as they are (an
+//!   agent in a container needs its data dir and the RAM-backed directory mounted at the same
+//!   paths).
 //! - **Crash safety**: the labels are the record, and the engine writes them atomically with
 //!   the container, so every container that exists is found again. A pod is *whole* when its
 //!   containers carry every index up to [`LABEL_POD_CONTAINERS`] and none is `created` (never
@@ -24,15 +61,17 @@
 //!   uid that has an incomplete pod removes it first, and when a container name is taken by a
 //!   container of this agent's (one its labels did not show, say one the engine is still
 //!   removing), removes that and creates again, once. A whole pod is `PodExists`.
-//! - **Not done**: `POD_IP` is not in the containers' environment (the IP is allocated when the
-//!   first container starts; a server should bind `0.0.0.0`, the norm in a container); the
-//!   pod's IP may change when its first container restarts; no port is published on the host
-//!   (pods are reached at their IP on the shoal network); a timed-out exec's process is left
-//!   running (the engine cannot kill an exec).
+//! - **Not done**: `POD_IP` is set only when the manifest asks for it (`pod_ip_env`); on a shoal
+//!   network an older agent made (no [`LABEL_SUBNET`]) the pod's IP cannot be in the
+//!   environment and may change when its first container restarts; no port is published on the host (pods are reached at their IP on the shoal
+//!   network); a timed-out exec's process is left running (the engine cannot kill an exec).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -41,7 +80,9 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
-    ContainerSummaryStateEnum, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
+    ContainerSummaryStateEnum, EndpointIpamConfig, EndpointSettings, HostConfig,
+    HostConfigLogConfig, Ipam, IpamConfig, Mount as DockerMount, MountType, NetworkCreateRequest,
+    NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -49,17 +90,28 @@ use bollard::query_parameters::{
     RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
+use ipnet::Ipv4Net;
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
+use super::volume::{VolumeStore, resolve_sub_path, snapshot};
 use super::{
     ContainerInfo, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LABEL_CLUSTER,
     LABEL_CONTAINER, LABEL_CONTAINER_INDEX, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD,
     LABEL_POD_CONTAINERS, LABEL_POD_UID, LABEL_SPEC_HASH, LogStream, PodInfo, PodSpec, Recovery,
-    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, validate_spec,
+    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, VolumeSpec, validate_spec,
 };
 
+/// Label of the first container: the pod's volumes, `name=disk` or `name=ram` separated by
+/// commas (so that listings tell [`PodInfo::volume_dirs`] without reading anything).
+pub const LABEL_VOLUMES: &str = "io.shoal.volumes";
+/// Label of the shoal network: the subnet shoal gave it, from which pods get explicit IPs.
+/// A network without it (made by an older agent) lets the engine choose pods' IPs.
+pub const LABEL_SUBNET: &str = "io.shoal.subnet";
+
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// Looks for a free subnet when creating the shoal network (see `create_network`).
+const NETWORK_TRIES: u32 = 10;
 /// Timeout of ordinary requests (the engine answers them in milliseconds).
 const REQUEST_TIMEOUT_S: u64 = 120;
 
@@ -173,6 +225,141 @@ fn split_image(image: &str) -> (String, String) {
     }
 }
 
+/// A subnet of Docker's default pools (172.17-31.0.0/16, then 192.168.0.0/16 in /20s) that
+/// overlaps none of `taken`: the first free one from a place derived from `name`, so that
+/// engines' networks of other names made at the same moment rarely want the same one (and
+/// agents making the same network want the same one).
+fn free_subnet(name: &str, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    let pools: Vec<Ipv4Net> = (17..=31)
+        .map(|b| Ipv4Net::new_assert(Ipv4Addr::new(172, b, 0, 0), 16))
+        .chain((0..16).map(|i| Ipv4Net::new_assert(Ipv4Addr::new(192, 168, i * 16, 0), 20)))
+        .collect();
+    let start = (super::process::fnv1a(name.as_bytes()) % pools.len() as u64) as usize;
+    (0..pools.len())
+        .map(|i| pools[(start + i) % pools.len()])
+        .find(|candidate| !taken.iter().any(|t| overlaps(candidate, t)))
+}
+
+/// The destinations of the host's IPv4 routes but the default one (`/proc/net/route`).
+fn host_routes() -> Vec<Ipv4Net> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // The kernel prints network-order addresses as host-order integers.
+            let hex = |i: usize| {
+                u32::from_str_radix(fields.get(i)?, 16)
+                    .ok()
+                    .map(|raw| Ipv4Addr::from(raw.to_ne_bytes()))
+            };
+            let (dest, mask) = (hex(1)?, hex(7)?);
+            let prefix = u8::try_from(mask.to_bits().leading_ones()).ok()?;
+            (prefix > 0).then(|| Ipv4Net::new(dest, prefix).ok().map(|n| n.trunc()))?
+        })
+        .collect()
+}
+
+/// The pod's IP in `subnet`: derived from the uid (so that agents sharing the network rarely
+/// pick the same one at the same moment), the first that is not `taken` from there on; never
+/// the subnet's first or last address.
+fn pick_ip(uid: &str, subnet: Ipv4Net, taken: impl Fn(&Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+    let base = subnet.network().to_bits();
+    let size = 1u64 << (32 - u32::from(subnet.prefix_len()));
+    if size < 4 {
+        return None;
+    }
+    // Hosts are base+1 ..= base+size-2.
+    let hosts = size - 2;
+    let start = super::process::fnv1a(uid.as_bytes()) % hosts;
+    (0..hosts)
+        .map(|probe| Ipv4Addr::from_bits(base + 1 + ((start + probe) % hosts) as u32))
+        .find(|ip| !taken(ip))
+}
+
+/// Whether a start failed because the IP asked for is taken (another agent gave it meanwhile).
+fn is_address_taken(err: &RuntimeError) -> bool {
+    matches!(err, RuntimeError::Engine { source, .. }
+        if engine_message(source).contains("Address already in use"))
+}
+
+/// `name=disk,name=ram`: the pod's volumes as [`LABEL_VOLUMES`] tells them.
+fn volumes_label(pod: &PodSpec) -> String {
+    pod.volumes
+        .iter()
+        .map(|v| format!("{}={}", v.name, if v.sensitive { "ram" } else { "disk" }))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The volumes a [`LABEL_VOLUMES`] tells: (name, sensitive).
+fn parse_volumes_label(label: &str) -> Vec<(&str, bool)> {
+    label
+        .split(',')
+        .filter_map(|part| {
+            let (name, kind) = part.split_once('=')?;
+            Some((name, kind == "ram"))
+        })
+        .collect()
+}
+
+/// Writes the pod's volumes afresh (what an earlier incarnation of the uid left is removed
+/// first) and makes each container's bind mounts: a volume's directory, or for a `sub_path`
+/// a copy of what it names made of hard links (`<pod dir>/subpaths/<container>/<n>`: the files
+/// as they are now, not updated live, as in Kubernetes, at a path that outlives the update
+/// removing their data directory, so that a restarted container mounts it again).
+fn prepare_volumes(
+    store: &VolumeStore,
+    pod: &PodSpec,
+) -> Result<Vec<Vec<DockerMount>>, RuntimeError> {
+    store.remove_disk(&pod.uid)?;
+    store.remove_ram(&pod.uid)?;
+    store.write_pod(pod)?;
+    pod.containers
+        .iter()
+        .map(|c| {
+            c.mounts
+                .iter()
+                .enumerate()
+                .map(|(index, m)| {
+                    let sensitive = pod
+                        .volumes
+                        .iter()
+                        .any(|v| v.name == m.volume && v.sensitive);
+                    let missing = || {
+                        RuntimeError::InvalidSpec(format!(
+                            "container {:?} mounts volume {:?}, which was not written",
+                            c.name, m.volume
+                        ))
+                    };
+                    let dir = store
+                        .volume_dir(&pod.uid, &m.volume, sensitive)
+                        .ok_or_else(missing)?;
+                    let source = match &m.sub_path {
+                        None => dir,
+                        Some(sub) => {
+                            let real = resolve_sub_path(&dir, sub)?;
+                            let dest = store.sub_path_dir(&pod.uid, sensitive, &c.name, index)?;
+                            snapshot(&real, &dest)?;
+                            dest
+                        }
+                    };
+                    Ok(DockerMount {
+                        target: Some(m.mount_path.clone()),
+                        source: Some(source.display().to_string()),
+                        typ: Some(MountType::BIND),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One container of a pod as a listing shows it, for telling a whole pod from an incomplete
 /// one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,13 +420,59 @@ struct Found {
     name: String,
 }
 
+/// The shoal network as this runtime uses it.
+#[derive(Clone, Debug)]
+struct Network {
+    /// Its id (or name, when it was not listed yet).
+    id: String,
+    /// The subnet shoal gave it ([`LABEL_SUBNET`]), and its gateway: pods get explicit IPs.
+    /// `None` for a network an older agent made (the engine picks IPs).
+    subnet: Option<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+/// IPs being given to pods by starts in progress: taken out of the free ones until the start
+/// is over (the engine shows them from then on). Released when dropped.
+struct Reservation {
+    set: Arc<Mutex<HashSet<Ipv4Addr>>>,
+    ips: Vec<Ipv4Addr>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        for ip in &self.ips {
+            set.remove(ip);
+        }
+    }
+}
+
+/// How container `index` of a pod is made.
+#[derive(Clone, Copy)]
+struct Making<'a> {
+    index: usize,
+    /// The shoal network's id.
+    network: &'a str,
+    /// The first container's id, for the others (they join its network namespace).
+    first_id: Option<&'a str>,
+    /// The pod's IP, when the network gives explicit ones.
+    ip: Option<Ipv4Addr>,
+    /// The container's bind mounts.
+    mounts: &'a [DockerMount],
+}
+
 /// The Docker runtime. Cheap to clone.
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
-    config: RuntimeConfig,
+    config: Arc<RuntimeConfig>,
     network: String,
-    network_id: std::sync::Arc<OnceCell<String>>,
+    network_id: Arc<OnceCell<Network>>,
+    /// Where the pods' volumes live (`<data_dir>/docker/pods/`, and RAM-backed storage).
+    volumes: Arc<VolumeStore>,
+    /// Serialises the updates of volumes.
+    volume_lock: Arc<tokio::sync::Mutex<()>>,
+    /// IPs given to pods whose start is in progress ([`Reservation`]).
+    reserved_ips: Arc<Mutex<HashSet<Ipv4Addr>>>,
     /// Where the next operation stops short, as if the agent were killed there (tests).
     #[cfg(test)]
     crash: super::CrashSwitch,
@@ -270,11 +503,19 @@ impl DockerRuntime {
             if short.is_empty() { "default" } else { &short }
         );
         info!(network = %network, api = %docker.client_version(), "docker runtime ready");
+        let volumes = VolumeStore::new(
+            &config,
+            RuntimeKind::Docker,
+            config.data_dir.join("docker").join("pods"),
+        );
         Ok(DockerRuntime {
             docker,
-            config,
+            config: Arc::new(config),
             network,
-            network_id: std::sync::Arc::new(OnceCell::new()),
+            network_id: Arc::new(OnceCell::new()),
+            volumes: Arc::new(volumes),
+            volume_lock: Arc::new(tokio::sync::Mutex::new(())),
+            reserved_ips: Arc::new(Mutex::new(HashSet::new())),
             #[cfg(test)]
             crash: super::CrashSwitch::default(),
         })
@@ -308,41 +549,25 @@ impl DockerRuntime {
         }
     }
 
-    /// The shoal network's id, creating the network if there is none. Agents sharing an
-    /// engine may create it at the same moment, and Docker (before API 1.44) accepts two
-    /// networks of one name: then every agent takes the oldest (creation time, then id), and
-    /// removes the others when nothing is attached to them. A network created after an agent
-    /// looked is younger than the one it chose, so all agents choose the same one.
-    async fn ensure_network(&self) -> Result<String, RuntimeError> {
+    /// The shoal network, creating it if there is none. Agents sharing an engine may create
+    /// it at the same moment, and Docker (before API 1.44) accepts two networks of one name:
+    /// then every agent takes the oldest (creation time, then id), and removes the others when
+    /// nothing is attached to them. A network created after an agent looked is younger than
+    /// the one it chose, so all agents choose the same one.
+    async fn ensure_network(&self) -> Result<Network, RuntimeError> {
         self.network_id
             .get_or_try_init(|| async {
                 if self.shoal_networks().await?.is_empty() {
-                    let request = NetworkCreateRequest {
-                        name: self.network.clone(),
-                        driver: Some("bridge".to_string()),
-                        labels: Some(HashMap::from([(
-                            LABEL_CLUSTER.to_string(),
-                            self.config.cluster_id.clone(),
-                        )])),
-                        ..Default::default()
-                    };
-                    match self.docker.create_network(request).await {
-                        Ok(_) => info!(network = %self.network, "created the shoal network"),
-                        // Another agent created it meanwhile (engines that refuse duplicates).
-                        Err(e) if status_code(&e) == Some(409) => {}
-                        Err(e) => {
-                            return Err(RuntimeError::engine(
-                                format!("creating network {}", self.network),
-                                e,
-                            ));
-                        }
-                    }
+                    self.create_network().await?;
                 }
                 let mut networks = self.shoal_networks().await?;
                 networks.sort();
                 let Some((_, winner)) = networks.first().cloned() else {
                     // Not listed (yet): the name is what there is to go by.
-                    return Ok(self.network.clone());
+                    return Ok(Network {
+                        id: self.network.clone(),
+                        subnet: None,
+                    });
                 };
                 for (_, loser) in &networks[1..] {
                     match self.docker.remove_network(loser).await {
@@ -352,10 +577,186 @@ impl DockerRuntime {
                             "a duplicate of the shoal network stays (in use?)"),
                     }
                 }
-                Ok(winner)
+                self.network_info(&winner).await
             })
             .await
             .cloned()
+    }
+
+    /// Creates the shoal network with a subnet of its own ([`free_subnet`], told in
+    /// [`LABEL_SUBNET`]): the engine gives explicit IPs only on networks created with a subnet.
+    /// Another network may take the subnet between the look and the creation: then it looks
+    /// again; after [`NETWORK_TRIES`] looks (or with no subnet free), the engine picks one and
+    /// pods get no explicit IP.
+    async fn create_network(&self) -> Result<(), RuntimeError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let taken = self.taken_subnets().await?;
+            let subnet = free_subnet(&self.network, &taken).filter(|_| attempt < NETWORK_TRIES);
+            let mut labels =
+                HashMap::from([(LABEL_CLUSTER.to_string(), self.config.cluster_id.clone())]);
+            let ipam = subnet.map(|subnet| {
+                labels.insert(LABEL_SUBNET.to_string(), subnet.to_string());
+                Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet.to_string()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }
+            });
+            if subnet.is_none() {
+                warn!(network = %self.network,
+                    "no free subnet for the shoal network: the engine picks one, and pods cannot have their IP in their environment");
+            }
+            let request = NetworkCreateRequest {
+                name: self.network.clone(),
+                driver: Some("bridge".to_string()),
+                labels: Some(labels),
+                ipam,
+                ..Default::default()
+            };
+            match self.docker.create_network(request).await {
+                Ok(_) => {
+                    info!(network = %self.network, subnet = ?subnet, "created the shoal network");
+                    return Ok(());
+                }
+                // Another agent created it meanwhile (engines that refuse duplicates).
+                Err(e) if status_code(&e) == Some(409) => return Ok(()),
+                // The subnet was taken meanwhile, perhaps by another agent's shoal network.
+                Err(e) if subnet.is_some() && engine_message(&e).contains("overlaps") => {
+                    if !self.shoal_networks().await?.is_empty() {
+                        return Ok(());
+                    }
+                    debug!(network = %self.network, subnet = ?subnet, "the subnet was taken meanwhile");
+                    // Others are creating networks too: let them finish.
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    return Err(RuntimeError::engine(
+                        format!("creating network {}", self.network),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The IPv4 subnets of the engine's networks and of the host's routes.
+    async fn taken_subnets(&self) -> Result<Vec<Ipv4Net>, RuntimeError> {
+        let networks = self
+            .docker
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .map_err(|e| RuntimeError::engine("listing networks", e))?;
+        let mut taken: Vec<Ipv4Net> = networks
+            .iter()
+            .filter_map(|n| n.ipam.as_ref()?.config.as_ref())
+            .flatten()
+            .filter_map(|c| c.subnet.as_deref()?.parse().ok())
+            .collect();
+        taken.extend(host_routes());
+        Ok(taken)
+    }
+
+    /// What the network is ([`Network`]).
+    async fn network_info(&self, id: &str) -> Result<Network, RuntimeError> {
+        let inspect =
+            self.docker.inspect_network(id, None).await.map_err(|e| {
+                RuntimeError::engine(format!("inspecting network {}", self.network), e)
+            })?;
+        let subnet: Option<Ipv4Net> = inspect
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SUBNET))
+            .and_then(|s| s.parse().ok());
+        let gateway = |subnet: Ipv4Net| {
+            inspect
+                .ipam
+                .as_ref()?
+                .config
+                .as_ref()?
+                .iter()
+                .filter(|c| c.subnet.as_deref().and_then(|s| s.parse().ok()) == Some(subnet))
+                .find_map(|c| c.gateway.as_deref()?.parse().ok())
+        };
+        Ok(Network {
+            id: id.to_string(),
+            subnet: subnet.map(|s| (s, gateway(s))),
+        })
+    }
+
+    /// The IPs of the network's containers, running or not (a stopped container keeps the IP
+    /// it was given, and takes it again when it restarts).
+    async fn used_ips(&self, network: &str) -> Result<HashSet<Ipv4Addr>, RuntimeError> {
+        let filters = HashMap::from([("network".to_string(), vec![network.to_string()])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| RuntimeError::engine("listing the network's containers", e))?;
+        let mut used: HashSet<Ipv4Addr> = containers
+            .iter()
+            .filter_map(|c| c.network_settings.as_ref()?.networks.as_ref())
+            .flat_map(|n| n.values())
+            .flat_map(|e| {
+                [
+                    e.ipam_config.as_ref().and_then(|c| c.ipv4_address.clone()),
+                    e.ip_address.clone(),
+                ]
+            })
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let inspect = self
+            .docker
+            .inspect_network(network, None)
+            .await
+            .map_err(|e| RuntimeError::engine(format!("inspecting network {}", self.network), e))?;
+        used.extend(inspect.containers.iter().flatten().filter_map(|(_, e)| {
+            e.ipv4_address
+                .as_deref()?
+                .split('/')
+                .next()?
+                .parse::<Ipv4Addr>()
+                .ok()
+        }));
+        Ok(used)
+    }
+
+    /// Gives the pod an IP of the network's subnet that no container has or is being given
+    /// (nor one of `avoid`), kept in the reservation until the start is over. `Ok(None)` on a
+    /// network without a subnet of shoal's.
+    async fn reserve_ip(
+        &self,
+        network: &Network,
+        uid: &str,
+        reservation: &mut Option<Reservation>,
+        avoid: &HashSet<Ipv4Addr>,
+    ) -> Result<Option<Ipv4Addr>, RuntimeError> {
+        let Some((subnet, gateway)) = network.subnet else {
+            return Ok(None);
+        };
+        let used = self.used_ips(&network.id).await?;
+        let mut reserved = self.reserved_ips.lock().unwrap_or_else(|e| e.into_inner());
+        let ip = pick_ip(uid, subnet, |ip| {
+            used.contains(ip) || reserved.contains(ip) || avoid.contains(ip) || Some(*ip) == gateway
+        })
+        .ok_or(RuntimeError::NoFreeIp(subnet))?;
+        reserved.insert(ip);
+        reservation
+            .get_or_insert_with(|| Reservation {
+                set: self.reserved_ips.clone(),
+                ips: Vec::new(),
+            })
+            .ips
+            .push(ip);
+        Ok(Some(ip))
     }
 
     /// Networks named exactly like the shoal network, as (creation time in ns, id).
@@ -492,10 +893,15 @@ impl DockerRuntime {
         &self,
         pod: &PodSpec,
         spec: &ContainerSpec,
-        index: usize,
-        network: &str,
-        first_id: Option<&str>,
+        made: &Making<'_>,
     ) -> ContainerCreateBody {
+        let Making {
+            index,
+            network,
+            first_id,
+            ip,
+            mounts,
+        } = *made;
         let mut labels: HashMap<String, String> = pod
             .labels
             .iter()
@@ -518,9 +924,15 @@ impl DockerRuntime {
             LABEL_POD_CONTAINERS.to_string(),
             pod.containers.len().to_string(),
         );
+        if !pod.volumes.is_empty() {
+            labels.insert(LABEL_VOLUMES.to_string(), volumes_label(pod));
+        }
 
         // Shoal's variables first; the spec's win (the engine keeps the last of duplicates,
-        // but we dedupe so `inspect` shows one value).
+        // but we dedupe so `inspect` shows one value); then the pod IP's. Sensitive values go
+        // into the container's config like the others: the engine keeps them in its state.
+        // `POD_IP` is not set unasked (as in Kubernetes): a server that binds `$POD_IP` would
+        // no longer answer on `localhost`, which the pod's containers share here.
         let mut env: Vec<(String, String)> = vec![
             ("POD_NAME".to_string(), pod.name.clone()),
             ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
@@ -528,6 +940,12 @@ impl DockerRuntime {
         for (k, v) in &spec.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
+        }
+        if let Some(ip) = ip {
+            for name in &spec.pod_ip_env {
+                env.retain(|(ek, _)| ek != name);
+                env.push((name.clone(), ip.to_string()));
+            }
         }
 
         let log_max = self.config.log_max_bytes.max(1024);
@@ -565,8 +983,24 @@ impl DockerRuntime {
                     ("max-file".to_string(), "2".to_string()),
                 ])),
             }),
+            mounts: (!mounts.is_empty()).then(|| mounts.to_vec()),
             ..Default::default()
         };
+        // The pod's IP, asked for on the network the first container owns.
+        let networking_config = ip
+            .filter(|_| first_id.is_none())
+            .map(|ip| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network.to_string(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(ip.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            });
         ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
@@ -587,6 +1021,7 @@ impl DockerRuntime {
             }),
             labels: Some(labels),
             host_config: Some(host_config),
+            networking_config,
             ..Default::default()
         }
     }
@@ -599,9 +1034,7 @@ impl DockerRuntime {
         &self,
         pod: &PodSpec,
         spec: &ContainerSpec,
-        index: usize,
-        network: &str,
-        first_id: Option<&str>,
+        made: &Making<'_>,
     ) -> Result<String, RuntimeError> {
         let name = format!(
             "shoal_{}_{}_{}_{}",
@@ -612,7 +1045,7 @@ impl DockerRuntime {
         );
         let mut retried = false;
         loop {
-            let body = self.container_body(pod, spec, index, network, first_id);
+            let body = self.container_body(pod, spec, made);
             let options = CreateContainerOptionsBuilder::new().name(&name).build();
             let err = match self.docker.create_container(Some(options), body).await {
                 Ok(response) => return Ok(response.id),
@@ -679,7 +1112,28 @@ impl DockerRuntime {
                 warn!(pod = %pod.uid, id = %id, error = %e, "cleanup failed");
             }
         }
+        self.remove_pod_dirs(&pod.uid).await;
         err
+    }
+
+    /// Removes the pod's volumes (on disk and in RAM-backed storage); failures are logged.
+    async fn remove_pod_dirs(&self, uid: &str) {
+        let (store, uid) = (self.volumes.clone(), uid.to_string());
+        let removed = tokio::task::spawn_blocking(move || {
+            let disk = store.remove_disk(&uid);
+            let ram = store.remove_ram(&uid);
+            disk.and(ram).map_err(|e| (uid, e))
+        })
+        .await;
+        if let Ok(Err((uid, e))) = removed {
+            warn!(pod = %uid, error = %e, "removing the pod's volumes failed");
+        }
+    }
+
+    /// The directory of the pod's volume `name` (where a listing says it is), for tests.
+    #[cfg(test)]
+    pub(crate) fn volume_dir(&self, uid: &str, name: &str, sensitive: bool) -> Option<PathBuf> {
+        self.volumes.volume_dir(uid, name, sensitive)
     }
 
     /// This agent's pods that are not whole ([`is_whole`]), by uid, with their containers'
@@ -811,6 +1265,13 @@ impl DockerRuntime {
                             .collect(),
                         ip: None,
                         containers: Vec::new(),
+                        volume_dirs: self.volumes.volume_dirs(
+                            uid,
+                            labels
+                                .get(LABEL_VOLUMES)
+                                .map(|l| parse_volumes_label(l))
+                                .unwrap_or_default(),
+                        ),
                     },
                     Vec::new(),
                 )
@@ -923,8 +1384,25 @@ impl Runtime for DockerRuntime {
                 self.remove_one(&id).await?;
                 recovery.killed += usize::from(running);
             }
+            self.remove_pod_dirs(&uid).await;
             info!(pod = %uid, "removed a pod an interrupted operation left incomplete");
             recovery.removed.push(uid);
+        }
+        // Volumes of pods that are gone: removed while the agent was down, or an interrupted
+        // start that had not created a container yet.
+        let whole: HashSet<&str> = summaries
+            .iter()
+            .filter_map(|s| s.labels.as_ref()?.get(LABEL_POD_UID))
+            .map(String::as_str)
+            .filter(|uid| !recovery.removed.iter().any(|r| r == uid))
+            .collect();
+        let mut gone: Vec<String> = self.volumes.disk_uids();
+        gone.extend(self.volumes.ram_uids());
+        gone.sort();
+        gone.dedup();
+        for uid in gone.iter().filter(|uid| !whole.contains(uid.as_str())) {
+            info!(pod = %uid, "removing the volumes of a pod that is gone");
+            self.remove_pod_dirs(uid).await;
         }
         Ok(recovery)
     }
@@ -945,26 +1423,90 @@ impl Runtime for DockerRuntime {
             }
         }
         let network = self.ensure_network().await?;
+        if network.subnet.is_none() {
+            if let Some(c) = pod.containers.iter().find(|c| !c.pod_ip_env.is_empty()) {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "container {:?} of pod {}/{} takes the pod's IP in its environment, which the shoal network {} cannot give before the pod starts: an older agent made it without a subnet of shoal's; remove the network once no container uses it, and it is made again",
+                    c.name, pod.namespace, pod.name, self.network
+                )));
+            }
+        }
+        // Volumes before any container: what a crash leaves of them the next recovery
+        // removes.
+        let prepared = {
+            let (store, spec) = (self.volumes.clone(), pod.clone());
+            tokio::task::spawn_blocking(move || prepare_volumes(&store, &spec))
+                .await
+                .map_err(|e| RuntimeError::io("writing volumes", std::io::Error::other(e)))
+                .and_then(|r| r)
+        };
+        let mounts = match prepared {
+            Ok(mounts) => mounts,
+            Err(err) => {
+                self.remove_pod_dirs(&pod.uid).await;
+                return Err(err);
+            }
+        };
+        let mut reservation = None;
+        let mut avoid = HashSet::new();
+        let mut ip = match self
+            .reserve_ip(&network, &pod.uid, &mut reservation, &avoid)
+            .await
+        {
+            Ok(ip) => ip,
+            Err(err) => {
+                self.remove_pod_dirs(&pod.uid).await;
+                return Err(err);
+            }
+        };
         let mut created: Vec<String> = Vec::new();
         let mut first_id: Option<String> = None;
         for (index, spec) in pod.containers.iter().enumerate() {
-            let id = match self
-                .create_one(pod, spec, index, &network, first_id.as_deref())
-                .await
-            {
-                Ok(id) => id,
-                Err(err) => return Err(self.undo_start(pod, spec, &created, err).await),
-            };
-            created.push(id.clone());
-            #[cfg(test)]
-            if self.crash.fires(super::CrashPoint::StartAfterCreate(index)) {
-                return Err(super::simulated_crash(super::CrashPoint::StartAfterCreate(
+            let mut tries = 0;
+            let id = loop {
+                let made = Making {
                     index,
-                )));
-            }
-            if let Err(err) = self.start_one(pod, spec, &id).await {
-                return Err(self.undo_start(pod, spec, &created, err).await);
-            }
+                    network: &network.id,
+                    first_id: first_id.as_deref(),
+                    ip,
+                    mounts: &mounts[index],
+                };
+                let id = match self.create_one(pod, spec, &made).await {
+                    Ok(id) => id,
+                    Err(err) => return Err(self.undo_start(pod, spec, &created, err).await),
+                };
+                created.push(id.clone());
+                #[cfg(test)]
+                if self.crash.fires(super::CrashPoint::StartAfterCreate(index)) {
+                    return Err(super::simulated_crash(super::CrashPoint::StartAfterCreate(
+                        index,
+                    )));
+                }
+                match self.start_one(pod, spec, &id).await {
+                    Ok(()) => break id,
+                    // Another agent on this engine gave the IP meanwhile: another one.
+                    Err(err)
+                        if index == 0 && ip.is_some() && is_address_taken(&err) && tries < 3 =>
+                    {
+                        warn!(pod = %pod.uid, ip = ?ip, "the pod's IP was taken meanwhile; taking another");
+                        tries += 1;
+                        created.pop();
+                        let next = match self.remove_one(&id).await {
+                            Ok(()) => {
+                                avoid.extend(ip);
+                                self.reserve_ip(&network, &pod.uid, &mut reservation, &avoid)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        match next {
+                            Ok(next) => ip = next,
+                            Err(e) => return Err(self.undo_start(pod, spec, &created, e).await),
+                        }
+                    }
+                    Err(err) => return Err(self.undo_start(pod, spec, &created, err).await),
+                }
+            };
             #[cfg(test)]
             if self.crash.fires(super::CrashPoint::StartAfterStart(index)) {
                 return Err(super::simulated_crash(super::CrashPoint::StartAfterStart(
@@ -973,7 +1515,8 @@ impl Runtime for DockerRuntime {
             }
             first_id.get_or_insert(id);
         }
-        info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, "pod started");
+        info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ip = ?ip, "pod started");
+        drop(reservation);
         let summaries = self.containers(Some(&pod.uid)).await?;
         self.collect_pods(summaries)
             .await?
@@ -1054,6 +1597,10 @@ impl Runtime for DockerRuntime {
                 return Err(super::simulated_crash(super::CrashPoint::RemoveMidway));
             }
         }
+        let (store, uid) = (self.volumes.clone(), pod_uid.to_string());
+        tokio::task::spawn_blocking(move || store.remove_disk(&uid).and(store.remove_ram(&uid)))
+            .await
+            .map_err(|e| RuntimeError::io("removing volumes", std::io::Error::other(e)))??;
         if !found.is_empty() {
             info!(pod = %pod_uid, "pod removed");
         }
@@ -1063,6 +1610,23 @@ impl Runtime for DockerRuntime {
     async fn list_pods(&self) -> Result<Vec<PodInfo>, RuntimeError> {
         let summaries = self.containers(None).await?;
         self.collect_pods(summaries).await
+    }
+
+    async fn update_volume(&self, pod_uid: &str, volume: &VolumeSpec) -> Result<(), RuntimeError> {
+        let _updating = self.volume_lock.lock().await;
+        if self.pod_containers(pod_uid).await?.is_empty() {
+            return Err(RuntimeError::PodNotFound {
+                pod_uid: pod_uid.to_string(),
+            });
+        }
+        let (store, uid, spec) = (self.volumes.clone(), pod_uid.to_string(), volume.clone());
+        let changed = tokio::task::spawn_blocking(move || store.update(&uid, &spec))
+            .await
+            .map_err(|e| RuntimeError::io("updating a volume", std::io::Error::other(e)))??;
+        if changed {
+            info!(pod = %pod_uid, volume = %volume.name, "volume updated");
+        }
+        Ok(())
     }
 
     async fn logs(
@@ -1203,6 +1767,72 @@ mod tests {
         );
         assert_eq!(hostname("Web_0"), "web-0");
         assert_eq!(name_part("a/b c"), "a-b-c");
+    }
+
+    #[test]
+    fn subnets_and_ips_are_chosen_clear_of_what_is_taken() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let first = free_subnet("shoal-a", &[]).unwrap();
+        assert_eq!(free_subnet("shoal-a", &[]), Some(first), "deterministic");
+        // Taken ones are skipped: a network inside one, a route covering it and the next.
+        for taken in [
+            vec![first],
+            vec![net(&format!("{}/24", first.network()))],
+            vec![
+                Ipv4Net::new(first.network(), first.prefix_len() - 1)
+                    .unwrap()
+                    .trunc(),
+            ],
+        ] {
+            let next = free_subnet("shoal-a", &taken).unwrap();
+            assert!(
+                !taken
+                    .iter()
+                    .any(|t| t.contains(&next.network()) || next.contains(&t.network())),
+                "{next} overlaps {taken:?}"
+            );
+        }
+        // Only the pools are taken from.
+        let all: Vec<Ipv4Net> = vec![net("172.16.0.0/12"), net("192.168.0.0/17")];
+        let left = free_subnet("shoal-a", &all).unwrap();
+        assert!(net("192.168.128.0/17").contains(&left.network()), "{left}");
+        assert_eq!(left.prefix_len(), 20);
+        assert_eq!(
+            free_subnet("shoal-a", &[net("0.0.0.0/1"), net("128.0.0.0/1")]),
+            None
+        );
+        // Other names start elsewhere.
+        let starts: std::collections::BTreeSet<Ipv4Net> = (0..8)
+            .filter_map(|i| free_subnet(&format!("shoal-{i}"), &[]))
+            .collect();
+        assert!(starts.len() > 1, "{starts:?}");
+
+        let subnet = net("172.30.0.0/24");
+        let a = pick_ip("pod-a", subnet, |_| false).unwrap();
+        assert_eq!(
+            pick_ip("pod-a", subnet, |_| false),
+            Some(a),
+            "deterministic"
+        );
+        assert!(subnet.contains(&a));
+        let b = pick_ip("pod-a", subnet, |ip| *ip == a).unwrap();
+        assert_ne!(a, b);
+        // Never the network's first or last address; none left when all are taken.
+        let small = net("10.0.0.0/30");
+        let only: Vec<Ipv4Addr> = (0..8)
+            .filter_map(|i| pick_ip(&format!("p{i}"), small, |_| false))
+            .collect();
+        assert!(
+            only.iter()
+                .all(|ip| *ip == Ipv4Addr::new(10, 0, 0, 1) || *ip == Ipv4Addr::new(10, 0, 0, 2)),
+            "{only:?}"
+        );
+        assert_eq!(pick_ip("p", small, |_| true), None);
+        assert_eq!(pick_ip("p", net("10.0.0.0/31"), |_| false), None);
+        assert_eq!(
+            parse_volumes_label("config=disk,token=ram"),
+            vec![("config", false), ("token", true)]
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
         containers,
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
         dns: None,
+        volumes: Vec::new(),
     }
 }
 
@@ -402,5 +403,296 @@ async fn docker_pull_of_an_unreachable_image_fails_clearly() {
         .unwrap_err();
     assert!(matches!(err, RuntimeError::ImageNotPresent { .. }), "{err}");
     assert!(rt.list_pods().await.unwrap().is_empty());
+    rt.remove_network().await.unwrap();
+}
+
+/// Runs `script` with `sh -c` in the container; (exit code, output).
+async fn sh(rt: &DockerRuntime, uid: &str, container: &str, script: &str) -> (i32, String) {
+    let result = rt
+        .exec(
+            uid,
+            container,
+            &["sh".into(), "-c".into(), script.into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    (
+        result.exit_code,
+        String::from_utf8_lossy(&result.output).into_owned(),
+    )
+}
+
+/// Polls `script` in the container until it prints `expect`.
+async fn wait_for_output(
+    rt: &DockerRuntime,
+    uid: &str,
+    container: &str,
+    script: &str,
+    expect: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out) = sh(rt, uid, container, script).await;
+        if out == expect {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{script:?} printed {out:?}, not {expect:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The files under `dir` (links not followed) whose content holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            found.extend(files_holding(&entry.path(), needle));
+        } else if kind.is_file()
+            && std::fs::read(entry.path())
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        {
+            found.push(entry.path());
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_volumes_are_mounted_updated_live_and_secrets_stay_in_ram() {
+    let test = "docker_volumes";
+    if !docker_or_skip(test).await {
+        return;
+    }
+    tokio::task::spawn_blocking(super::testing::build_shell_image)
+        .await
+        .unwrap()
+        .expect("building the shell image");
+    let Some(ram_base) = ["/dev/shm"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|b| volume::is_ram_backed(b).is_ok())
+    else {
+        eprintln!("skipping {test}: /dev/shm is not RAM-backed");
+        return;
+    };
+    let cluster = unique_cluster_id(test);
+    let data_dir = std::env::temp_dir().join(format!("shoal-{cluster}"));
+    let ram_dir = ram_base.join(format!("shoal-test-{cluster}"));
+    std::fs::create_dir_all(&ram_dir).unwrap();
+    struct Remove(Vec<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    let _remove = Remove(vec![data_dir.clone(), ram_dir.clone()]);
+    let mut config = RuntimeConfig::new(&cluster, "node-1", &data_dir);
+    config.ram_dir = Some(ram_dir.clone());
+    let rt = DockerRuntime::new(config)
+        .await
+        .expect("connecting to Docker");
+    let _cleanup = DockerCleanup::new(&rt, &cluster);
+
+    let mount = |volume: &str, path: &str, read_only: bool, sub_path: Option<&str>| Mount {
+        volume: volume.into(),
+        mount_path: path.into(),
+        read_only,
+        sub_path: sub_path.map(Into::into),
+    };
+    let file = |path: &str, data: &str, mode: u32| VolumeFile {
+        path: path.into(),
+        data: data.as_bytes().to_vec(),
+        mode,
+    };
+    let main = ContainerSpec {
+        name: "main".into(),
+        image: super::testing::SHELL_IMAGE.into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
+        ],
+        env: vec![
+            ("TOKEN".into(), "s3cr3t-docker-env".into()),
+            ("MY_IP".into(), String::new()),
+        ],
+        sensitive_env: vec!["TOKEN".into()],
+        pod_ip_env: vec!["MY_IP".into()],
+        mounts: vec![
+            mount("config", "/etc/config", true, None),
+            mount("config", "/etc/app.conf", true, Some("app.conf")),
+            mount("token", "/var/run/token", false, None),
+        ],
+        ..Default::default()
+    };
+    let mut spec = pod("uid-vol", "vol", vec![main]);
+    spec.volumes = vec![
+        VolumeSpec {
+            name: "config".into(),
+            sensitive: false,
+            files: vec![file("app.conf", "v1", 0o644), file("dir/key", "k1", 0o600)],
+        },
+        VolumeSpec {
+            name: "token".into(),
+            sensitive: true,
+            files: vec![file("token", "s3cr3t-docker-volume", 0o400)],
+        },
+    ];
+    let info = rt.start_pod(&spec).await.unwrap();
+    let ip = info.ip.expect("a pod IP").to_string();
+
+    // The files at their mount paths, with their modes; a sub path; read-only.
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "cat /etc/config/app.conf").await,
+        (0, "v1".into())
+    );
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "cat /etc/config/dir/key").await,
+        (0, "k1".into())
+    );
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "cat /etc/app.conf").await,
+        (0, "v1".into())
+    );
+    assert_eq!(
+        sh(
+            &rt,
+            "uid-vol",
+            "main",
+            "stat -L -c %a /etc/config/dir/key /var/run/token/token"
+        )
+        .await,
+        (0, "600\n400\n".into())
+    );
+    let (code, _) = sh(&rt, "uid-vol", "main", "echo x > /etc/config/new").await;
+    assert_ne!(code, 0, "a read-only mount took a write");
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "cat /var/run/token/token").await,
+        (0, "s3cr3t-docker-volume".into())
+    );
+    // The environment: the pod's IP where asked for (`POD_IP` is not set unasked), and the
+    // secret.
+    assert_eq!(
+        sh(
+            &rt,
+            "uid-vol",
+            "main",
+            "printf '%s/%s/%s' \"$POD_IP\" \"$MY_IP\" \"$TOKEN\""
+        )
+        .await,
+        (0, format!("/{ip}/s3cr3t-docker-env"))
+    );
+
+    // Where the files are on the host: the secret on tmpfs, nothing secret under the data dir.
+    let config_dir = std::path::PathBuf::from(&info.volume_dirs["config"]);
+    let token_dir = std::path::PathBuf::from(&info.volume_dirs["token"]);
+    assert!(
+        config_dir.starts_with(&data_dir),
+        "{}",
+        config_dir.display()
+    );
+    assert!(token_dir.starts_with(&ram_dir), "{}", token_dir.display());
+    volume::is_ram_backed(&token_dir).unwrap();
+    assert_eq!(rt.volume_dir("uid-vol", "token", true).unwrap(), token_dir);
+    for secret in [&b"s3cr3t-docker-volume"[..], b"s3cr3t-docker-env"] {
+        let leaks = files_holding(&data_dir, secret);
+        assert!(leaks.is_empty(), "a secret is on disk in {leaks:?}");
+    }
+    let listed = rt.list_pods().await.unwrap();
+    assert_eq!(listed[0].volume_dirs, info.volume_dirs);
+
+    // An update is seen inside at once; the sub path keeps what it had (as in Kubernetes).
+    let mut update = spec.volumes[0].clone();
+    update.files[0] = file("app.conf", "v2", 0o644);
+    rt.update_volume("uid-vol", &update).await.unwrap();
+    wait_for_output(&rt, "uid-vol", "main", "cat /etc/config/app.conf", "v2").await;
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "cat /etc/app.conf").await,
+        (0, "v1".into())
+    );
+    let err = rt.update_volume("uid-none", &update).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+
+    // A restart mounts everything again (the sub path's copy outlived the old data) and the
+    // pod keeps its IP.
+    rt.restart_container("uid-vol", "main", Duration::from_secs(2))
+        .await
+        .unwrap();
+    wait_until(&rt, "the restart", |pods| {
+        pods[0].all_running() && pods[0].ip.is_some()
+    })
+    .await;
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "cat /etc/config/app.conf").await,
+        (0, "v2".into())
+    );
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "cat /etc/app.conf").await,
+        (0, "v1".into())
+    );
+    assert_eq!(
+        sh(&rt, "uid-vol", "main", "printf %s \"$MY_IP\"").await,
+        (0, ip.clone())
+    );
+    assert_eq!(rt.list_pods().await.unwrap()[0].ip, info.ip);
+
+    // Another pod gets another IP, under the names it asks for.
+    let mut other = ContainerSpec {
+        name: "other".into(),
+        image: super::testing::SHELL_IMAGE.into(),
+        command: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    other.pod_ip_env = vec!["POD_IP".into(), "ADDR".into()];
+    let info2 = rt
+        .start_pod(&pod("uid-other", "other", vec![other]))
+        .await
+        .unwrap();
+    let ip2 = info2.ip.unwrap().to_string();
+    assert_ne!(ip2, ip);
+    assert_eq!(
+        sh(
+            &rt,
+            "uid-other",
+            "other",
+            "printf '%s %s' \"$POD_IP\" \"$ADDR\""
+        )
+        .await,
+        (0, format!("{ip2} {ip2}"))
+    );
+
+    // Removal takes the volumes with the pod, on disk and in RAM.
+    rt.remove_pod("uid-vol").await.unwrap();
+    rt.remove_pod("uid-other").await.unwrap();
+    assert!(!config_dir.exists());
+    assert!(!token_dir.exists());
+
+    // Volumes of pods that are gone (say, an interrupted start that made no container) are
+    // removed by the recovery when the agent starts.
+    let ghosts = [
+        rt.volume_dir("uid-ghost", "x", false).unwrap(),
+        rt.volume_dir("uid-ghost", "x", true).unwrap(),
+    ];
+    for ghost in &ghosts {
+        std::fs::create_dir_all(ghost).unwrap();
+    }
+    rt.recover().await.unwrap();
+    for ghost in &ghosts {
+        assert!(!ghost.exists(), "{}", ghost.display());
+    }
     rt.remove_network().await.unwrap();
 }

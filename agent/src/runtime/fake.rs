@@ -12,7 +12,8 @@
 //! - [`FakeRuntime::set_probe`] scripts what a probe of a container answers
 //!   ([`FakeRuntime::probe`]), and exec answers are scripted by command;
 //! - timestamps come from [`FakeRuntime::set_now_ms`], the caller's virtual wall clock;
-//! - [`FakeRuntime::calls`] records every call that changes something, in order;
+//! - [`FakeRuntime::calls`] records every call that changes something, in order, volume
+//!   updates included ([`FakeRuntime::volume`] shows a pod's volume as last written);
 //! - [`FakeRuntime::crash_at`] makes the next start or removal stop short, leaving a pod with
 //!   some containers created (and not started) or removed, as an agent killed in the middle
 //!   would: [`Runtime::recover`] removes such incomplete pods, and `start_pod` replaces one.
@@ -26,7 +27,7 @@ use bytes::Bytes;
 
 use super::{
     ContainerInfo, ContainerState, ExecResult, LogStream, PodInfo, PodSpec, Recovery, Runtime,
-    RuntimeError, RuntimeKind, validate_spec,
+    RuntimeError, RuntimeKind, VolumeSpec, validate_spec,
 };
 use crate::manifest::ProbeKind;
 
@@ -43,6 +44,8 @@ pub(crate) enum Call {
     Restart(String, String),
     Stop(String),
     Remove(String),
+    /// A volume update: the pod's uid and the volume's name.
+    UpdateVolume(String, String),
 }
 
 /// What a scripted probe answers.
@@ -143,6 +146,12 @@ impl FakePod {
             spec_hash: self.spec.spec_hash.clone(),
             labels: self.spec.labels.clone(),
             ip: Some(self.ip),
+            volume_dirs: self
+                .spec
+                .volumes
+                .iter()
+                .map(|v| (v.name.clone(), format!("fake:{}/{}", self.spec.uid, v.name)))
+                .collect(),
             containers: self
                 .containers
                 .iter()
@@ -299,6 +308,18 @@ impl FakeRuntime {
     /// Every call that changed something, in order.
     pub(crate) fn calls(&self) -> Vec<Call> {
         self.state().calls.clone()
+    }
+
+    /// The pod's volume `name` as last written (by its start or an update).
+    pub(crate) fn volume(&self, uid: &str, name: &str) -> Option<VolumeSpec> {
+        self.state()
+            .pods
+            .get(uid)?
+            .spec
+            .volumes
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
     }
 
     /// The uids of the pods it holds.
@@ -484,6 +505,31 @@ impl Runtime for FakeRuntime {
         Ok(self.state().pods.values().map(FakePod::info).collect())
     }
 
+    async fn update_volume(&self, pod_uid: &str, volume: &VolumeSpec) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        state
+            .calls
+            .push(Call::UpdateVolume(pod_uid.to_owned(), volume.name.clone()));
+        super::volume::validate_files(&volume.name, &volume.files)?;
+        let pod = state.pod_mut(pod_uid)?;
+        match pod
+            .spec
+            .volumes
+            .iter_mut()
+            .find(|v| v.name == volume.name && v.sensitive == volume.sensitive)
+        {
+            Some(v) => {
+                v.files = volume.files.clone();
+                Ok(())
+            }
+            None => Err(RuntimeError::InvalidSpec(format!(
+                "pod {pod_uid} has no {}volume named {:?}",
+                if volume.sensitive { "sensitive " } else { "" },
+                volume.name
+            ))),
+        }
+    }
+
     async fn logs(
         &self,
         pod_uid: &str,
@@ -535,5 +581,56 @@ impl Runtime for FakeRuntime {
             output,
             truncated: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::VolumeFile;
+    use super::*;
+
+    #[tokio::test]
+    async fn volume_updates_are_recorded_and_kept() {
+        let rt = FakeRuntime::new();
+        let volume = VolumeSpec {
+            name: "config".into(),
+            sensitive: false,
+            files: vec![VolumeFile {
+                path: "a".into(),
+                data: b"1".to_vec(),
+                mode: 0o644,
+            }],
+        };
+        let pod = PodSpec {
+            uid: "u1".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            spec_hash: "h".into(),
+            containers: vec![super::super::ContainerSpec {
+                name: "c".into(),
+                ..Default::default()
+            }],
+            labels: BTreeMap::new(),
+            dns: None,
+            volumes: vec![volume.clone()],
+        };
+        let info = rt.start_pod(&pod).await.unwrap();
+        assert_eq!(info.volume_dirs["config"], "fake:u1/config");
+        let mut update = volume.clone();
+        update.files[0].data = b"2".to_vec();
+        rt.update_volume("u1", &update).await.unwrap();
+        assert_eq!(rt.volume("u1", "config"), Some(update.clone()));
+        assert_eq!(
+            rt.calls().last(),
+            Some(&Call::UpdateVolume("u1".into(), "config".into()))
+        );
+        update.sensitive = true;
+        assert!(rt.update_volume("u1", &update).await.is_err());
+        assert!(
+            rt.update_volume("u2", &volume)
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 }

@@ -43,7 +43,14 @@
 //!   kills it at once: call `stop_pod` first for a graceful end.
 //! - **Bounded memory**: logs are streamed in chunks through bounded channels, exec output is
 //!   capped at [`EXEC_OUTPUT_LIMIT`], container logs on disk are capped and rotated
-//!   ([`RuntimeConfig::log_max_bytes`] x 2, for both runtimes).
+//!   ([`RuntimeConfig::log_max_bytes`] x 2, for both runtimes), volumes are capped
+//!   ([`volume::MAX_VOLUME_BYTES`], [`volume::MAX_POD_VOLUME_BYTES`]).
+//! - **Volumes are written atomically** ([`volume`]): a reader sees a whole version of a
+//!   volume, never a mix of two, and an unchanged volume is not written at all.
+//! - **Secret data never reaches the host's disk**: sensitive volumes and (process runtime)
+//!   the values of `sensitive_env` live in RAM-backed storage only, or the pod does not start
+//!   ([`RuntimeError::Secret`]); `Debug` of a spec shows neither file data nor sensitive
+//!   values.
 //!
 //! # What each runtime enforces, and what it does not
 //!
@@ -52,8 +59,10 @@
 //! | image | pulled when missing ([`Runtime::ensure_image`]), run | ignored: `command` is required ([`RuntimeError::MissingCommand`]) |
 //! | `command` / `args` | replace the image's entrypoint / cmd (Kubernetes' meaning) | `command ++ args` is executed |
 //! | network | a shoal bridge network `shoal-<cluster>`; the first container owns the pod's network namespace and IP, the others join it (`container:<first>`), so they reach each other on `localhost` | no isolation; the pod gets its own loopback address from 127.64.0.0/10 as `POD_IP`, and a process that binds `$POD_IP` never collides with another pod's ports |
-//! | pod IP | the first container's address on the shoal network (it may change when the first container restarts) | fixed for the pod's life, persisted |
-//! | env | spec env, plus `POD_NAME`, `POD_NAMESPACE`; hostname = pod name | spec env, plus `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME`, `PATH` (the agent's), `HOME` (the container's dir); nothing else of the agent's environment leaks in |
+//! | pod IP | the first container's address on the shoal network, chosen by the runtime from the network's subnet and kept across restarts (engine-chosen, and liable to change, on a network an older agent made) | fixed for the pod's life, persisted |
+//! | env | spec env, plus each `pod_ip_env` name (`POD_IP` only when asked for so: a server binding `$POD_IP` would not answer on the `localhost` the pod's containers share), `POD_NAME`, `POD_NAMESPACE`; hostname = pod name. `sensitive_env` values are in the container's config (the engine's state), not in the agent's data dir | spec env, plus `POD_IP` (and each `pod_ip_env` name), `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME`, `PATH` (the agent's), `HOME` (the container's dir), `SHOAL_VOLUME_<NAME>` per mount; nothing else of the agent's environment leaks in. `sensitive_env` values are kept in RAM-backed storage, never in `pod.json` |
+//! | volumes ([`PodSpec::volumes`]) | bind mounts of the volume's directory at `mount_path`, read-only when asked; updates seen live (not through a `sub_path`, bound to a copy of the file as it was at the start) | not mounted (no privileges): `SHOAL_VOLUME_<NAME>` = the volume's directory (joined with the `sub_path`); `mount_path` and `read_only` are ignored |
+//! | volume files | `<data_dir>/docker/pods/<uid>/volumes/<name>/`; sensitive ones in RAM-backed storage only (`$XDG_RUNTIME_DIR`, `/dev/shm` or `/run` when tmpfs/ramfs: `shoal-<id>/pods/<uid>/volumes/<name>/`), else the pod does not start | `<data_dir>/pods/<uid>/volumes/<name>/`; sensitive ones as under Docker |
 //! | cpu / memory limits | enforced by the engine (`NanoCpus`, `Memory`); an OOM kill is reported as reason `OOMKilled` | **not enforced** (no cgroups without privileges): recorded and ignored |
 //! | filesystem | the image's | none: the working dir defaults to `<data_dir>/pods/<uid>/<container>/`; a relative `working_dir` is taken under it, an absolute one as is |
 //! | exit codes | the engine's | the real code while the agent is the parent; a process that ended while the agent was down (after a restart the agent is no longer its parent) is `Exited` with `exit_code: None` and reason `Unknown` |
@@ -76,6 +85,7 @@ use serde::{Deserialize, Serialize};
 pub mod docker;
 pub mod process;
 pub mod testing;
+pub mod volume;
 
 #[cfg(test)]
 mod conformance;
@@ -135,6 +145,63 @@ pub struct PodSpec {
     /// The process runtime has no resolver of its own to set (its pods use the host's).
     #[serde(default)]
     pub dns: Option<PodDns>,
+    /// Volumes of files the agent writes for the pod (config maps, secrets, the downward API),
+    /// which [`ContainerSpec::mounts`] name. Where each lives is in [`PodInfo::volume_dirs`].
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A volume of files the agent writes for a pod: a config map, a secret, the downward API or a
+/// projection of them.
+///
+/// Written atomically ([`volume`]: a reader never sees a mix of two versions), at most
+/// [`volume::MAX_VOLUME_FILES`] files and [`volume::MAX_VOLUME_BYTES`] of data, and rewritten
+/// live by [`Runtime::update_volume`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The pod's name for the volume (a DNS-1123 label).
+    pub name: String,
+    /// Holds secret data: kept in RAM-backed storage only, never on the host's disk.
+    pub sensitive: bool,
+    /// The volume's whole content.
+    pub files: Vec<VolumeFile>,
+}
+
+/// One file of a [`VolumeSpec`]. Its `Debug` shows the path, size and mode, never the data.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeFile {
+    /// Relative path inside the volume (`app.conf`, `dir/key`); never absolute, no `..`, no
+    /// empty parts, does not start with `..`.
+    pub path: String,
+    /// The content.
+    pub data: Vec<u8>,
+    /// Permission bits (0o644 by default in Kubernetes; 0o400 etc.); at most 0o777.
+    pub mode: u32,
+}
+
+impl fmt::Debug for VolumeFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VolumeFile")
+            .field("path", &self.path)
+            .field("size", &self.data.len())
+            .field("mode", &format_args!("{:#o}", self.mode))
+            .finish()
+    }
+}
+
+/// A volume mounted into a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The volume's name (one of [`PodSpec::volumes`]).
+    pub volume: String,
+    /// Absolute path in the container (Docker; the process runtime tells the volume's
+    /// directory in `SHOAL_VOLUME_<NAME>` instead, see [`process::volume_env_name`]).
+    pub mount_path: String,
+    /// Mounted read-only (Docker).
+    pub read_only: bool,
+    /// A path inside the volume to mount instead of its root (a file or dir); not updated
+    /// live (as in Kubernetes).
+    pub sub_path: Option<String>,
 }
 
 /// A pod's resolver configuration, as Kubernetes writes it into `resolv.conf`.
@@ -148,8 +215,9 @@ pub struct PodDns {
     pub options: Vec<String>,
 }
 
-/// One container of a [`PodSpec`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One container of a [`PodSpec`]. Its `Debug` shows `<redacted>` for the values of the
+/// variables named in [`ContainerSpec::sensitive_env`].
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     /// Name, unique within the pod (letters, digits, `.`, `_`, `-`; at most 63 bytes).
     pub name: String,
@@ -170,6 +238,51 @@ pub struct ContainerSpec {
     pub cpu_millis_limit: Option<u64>,
     /// Memory limit in bytes (Docker only).
     pub memory_limit_bytes: Option<u64>,
+    /// Volumes of the pod mounted into this container.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Names in `env` whose values come from secrets: never written to the agent's disk (the
+    /// process runtime keeps them in RAM-backed storage; Docker in the container's config, in
+    /// the engine's own state, as Kubernetes with Docker) and never in `Debug` output.
+    #[serde(default)]
+    pub sensitive_env: Vec<String>,
+    /// Names set to the pod's IP (Kubernetes' `fieldRef: status.podIP`); they win over an
+    /// entry of the same name in `env`.
+    #[serde(default)]
+    pub pod_ip_env: Vec<String>,
+}
+
+impl fmt::Debug for ContainerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Env<'a>(&'a ContainerSpec);
+        impl fmt::Debug for Env<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_list()
+                    .entries(self.0.env.iter().map(|(k, v)| {
+                        if self.0.sensitive_env.contains(k) {
+                            (k.as_str(), "<redacted>")
+                        } else {
+                            (k.as_str(), v.as_str())
+                        }
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("ContainerSpec")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &Env(self))
+            .field("working_dir", &self.working_dir)
+            .field("ports", &self.ports)
+            .field("cpu_millis_limit", &self.cpu_millis_limit)
+            .field("memory_limit_bytes", &self.memory_limit_bytes)
+            .field("mounts", &self.mounts)
+            .field("sensitive_env", &self.sensitive_env)
+            .field("pod_ip_env", &self.pod_ip_env)
+            .finish()
+    }
 }
 
 /// A port's protocol.
@@ -214,6 +327,10 @@ pub struct PodInfo {
     pub ip: Option<IpAddr>,
     /// The containers, in the spec's order.
     pub containers: Vec<ContainerInfo>,
+    /// Volume name -> the host directory holding its files ([`PodSpec::volumes`]): under the
+    /// agent's data dir, or under RAM-backed storage for sensitive ones.
+    #[serde(default)]
+    pub volume_dirs: BTreeMap<String, String>,
 }
 
 impl PodInfo {
@@ -359,6 +476,11 @@ pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// Size at which a container's log file is rotated; one rotated file is kept.
     pub log_max_bytes: u64,
+    /// The RAM-backed directory (tmpfs or ramfs) under which secret data is kept
+    /// (`shoal-<this agent>/pods/<uid>/`). `None` (the default) takes the first RAM-backed one
+    /// of `$XDG_RUNTIME_DIR`, `/dev/shm` and `/run`. A directory given here must be RAM-backed
+    /// too: secret data never falls back to disk (tests point it at a directory of their own).
+    pub ram_dir: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -373,6 +495,7 @@ impl RuntimeConfig {
             node_id: node_id.into(),
             data_dir: data_dir.into(),
             log_max_bytes: 10 * 1024 * 1024,
+            ram_dir: None,
         }
     }
 }
@@ -453,7 +576,13 @@ pub enum RuntimeError {
         /// The timeout.
         timeout: Duration,
     },
-    /// No pod IP left to give (the process runtime's 127.64.0.0/10 is full).
+    /// Secret data (a sensitive volume or sensitive environment) cannot be kept as it must be:
+    /// there is no RAM-backed storage, or what was kept there is gone. Never falls back to
+    /// disk.
+    #[error("{0}")]
+    Secret(String),
+    /// No pod IP left to give (the process runtime's 127.64.0.0/10, or the Docker network's
+    /// subnet, is full).
     #[error("no free pod IP in {0}")]
     NoFreeIp(ipnet::Ipv4Net),
     /// No Docker engine can be reached.
@@ -624,6 +753,18 @@ pub trait Runtime: Send + Sync {
     /// This agent's pods (same cluster and node), exited containers included.
     fn list_pods(&self) -> impl Future<Output = Result<Vec<PodInfo>, RuntimeError>> + Send;
 
+    /// Rewrites a volume of a started pod with `volume`'s content, atomically (a reader sees
+    /// the old files or the new ones, never a mix; see [`volume`]); nothing is written when
+    /// the content is unchanged. Containers see it at once (mounts of a `sub_path` excepted,
+    /// as in Kubernetes). [`RuntimeError::PodNotFound`] for a missing pod,
+    /// [`RuntimeError::InvalidSpec`] when the pod has no such volume, its `sensitive` differs
+    /// from the pod's, or the content is not a valid volume.
+    fn update_volume(
+        &self,
+        pod_uid: &str,
+        volume: &VolumeSpec,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
     /// A container's log (stdout and stderr): the last `tail` lines (all when `None`), then,
     /// with `follow`, what it writes until it ends.
     fn logs(
@@ -755,6 +896,13 @@ impl Runtime for AnyRuntime {
         }
     }
 
+    async fn update_volume(&self, pod_uid: &str, volume: &VolumeSpec) -> Result<(), RuntimeError> {
+        match self {
+            AnyRuntime::Docker(r) => r.update_volume(pod_uid, volume).await,
+            AnyRuntime::Process(r) => r.update_volume(pod_uid, volume).await,
+        }
+    }
+
     async fn logs(
         &self,
         pod_uid: &str,
@@ -783,7 +931,8 @@ impl Runtime for AnyRuntime {
 }
 
 /// Checks what both runtimes need of a spec: a safe uid, at least one container, unique and
-/// safe container names.
+/// safe container names, and valid volumes, mounts and env names
+/// ([`volume::validate_pod_volumes`]).
 pub(crate) fn validate_spec(pod: &PodSpec) -> Result<(), RuntimeError> {
     if !is_safe_name(&pod.uid, 128) {
         return Err(RuntimeError::InvalidSpec(format!(
@@ -818,7 +967,7 @@ pub(crate) fn validate_spec(pod: &PodSpec) -> Result<(), RuntimeError> {
             )));
         }
     }
-    Ok(())
+    volume::validate_pod_volumes(pod)
 }
 
 /// Letters, digits, `.`, `_`, `-`; not empty, not starting with `.`, at most `max` bytes.
@@ -847,6 +996,7 @@ mod tests {
             }],
             labels: BTreeMap::new(),
             dns: None,
+            volumes: Vec::new(),
         };
         validate_spec(&pod).unwrap();
         pod.uid = "../x".into();

@@ -38,7 +38,9 @@
 //!
 //! **Processes.** `command ++ args` runs with a clean environment (the spec's env plus
 //! `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME=<pod name>`, the agent's `PATH` and `HOME`
-//! = the container's working directory; nothing else of the agent's, so no cluster key leaks),
+//! = the container's working directory, `SHOAL_VOLUME_<NAME>` per mounted volume, and the
+//! pod's IP under each name of `pod_ip_env`; nothing else of the agent's, so no cluster key
+//! leaks),
 //! stdin from `/dev/null`, stdout and stderr appended to its log, in its own process group
 //! (`process_group(0)`). Stop sends SIGTERM to the group, waits for the main process up to the
 //! grace period, then SIGKILLs the group. When the main process ends by itself, what it left in
@@ -62,8 +64,29 @@
 //! collide), and persisted in `pod.json`. Replicas that bind `$POD_IP` never collide on ports.
 //!
 //! **Modes.** The pods' directory and each pod's directory are 0700, its log files and
-//! `pod.json` 0600: logs and environments (which may hold secrets) are the agent user's only.
-//! Files and directories an older agent left with wider modes are narrowed when next used.
+//! `pod.json` 0600: logs and environments are the agent user's only. Files and directories an
+//! older agent left with wider modes are narrowed when next used.
+//!
+//! **Volumes.** A process cannot mount anything at a `mount_path` without privileges, so it is
+//! told where its volumes are instead: for each mount, `SHOAL_VOLUME_<NAME>` ([`volume_env_name`]:
+//! the volume's name upper-cased, `-` and `.` as `_`) is the volume's directory on the host,
+//! joined with the mount's `sub_path` when it has one (through the volume's links, so that
+//! one follows updates too; a volume mounted twice with different sub paths gets its root).
+//! `mount_path` and `read_only` mean nothing here. A volume without secrets lives in
+//! `<data_dir>/pods/<uid>/volumes/<name>/`; a sensitive one in RAM-backed storage only
+//! (`<tmpfs>/shoal-<id>/pods/<uid>/volumes/<name>/`, see [`super::volume`]), and
+//! [`PodInfo::volume_dirs`] tells both. They are written before any process starts and
+//! rewritten atomically by [`Runtime::update_volume`], which a running process sees at once;
+//! `pod.json` keeps the volumes' names, never their files.
+//!
+//! **Secrets in the environment.** The values of the variables named in `sensitive_env` are
+//! never written to `pod.json` (it keeps the names with empty values) nor anywhere else on
+//! disk: they go to the pod's RAM-backed directory (`env.json`, 0600), from which a restarted
+//! agent takes them to restart a container. When it is gone (the machine rebooted, which
+//! ended the processes too), restarting a container fails with [`RuntimeError::Secret`]; so
+//! does starting a pod with secret data on a node without RAM-backed storage. The RAM-backed
+//! directories go with their pods (`remove_pod`, the removal of incomplete pods), and at
+//! [`Runtime::recover`] those of pods that no longer exist are removed.
 //!
 //! **Logs** are capped: a background task copies a log of the pods it knows over
 //! [`RuntimeConfig::log_max_bytes`] to `<container>.log.1` and truncates it (copy-truncate, as
@@ -71,7 +94,8 @@
 //! can be lost, and a log can exceed the cap by what is written in the 2 s between checks).
 //!
 //! **Not enforced**: CPU and memory limits (no cgroups without privileges: recorded, ignored),
-//! filesystem isolation, the image, ports (informational).
+//! filesystem isolation (volumes are not mounted, and not read-only), the image, ports
+//! (informational).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -94,9 +118,10 @@ use tracing::{debug, info, warn};
 
 use crate::clock::wall_ms;
 
+use super::volume::VolumeStore;
 use super::{
     ContainerInfo, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LogStream, PodInfo, PodSpec,
-    Recovery, Runtime, RuntimeConfig, RuntimeError, RuntimeKind, validate_spec,
+    Recovery, Runtime, RuntimeConfig, RuntimeError, RuntimeKind, VolumeSpec, validate_spec,
 };
 
 /// Where pods get their IPs: 127.64.0.0/10 (a service range must stay out of it).
@@ -105,6 +130,10 @@ const POD_FILE: &str = "pod.json";
 /// The pods' directories live here, in the agent's data dir.
 const PODS_DIR: &str = "pods";
 const FORMAT: u32 = 1;
+/// The values of a pod's sensitive variables, in its RAM-backed directory.
+const SECRET_ENV_FILE: &str = "env.json";
+/// The prefix of the variables that tell a container where its volumes are.
+pub const VOLUME_ENV_PREFIX: &str = "SHOAL_VOLUME_";
 /// The shell that holds a container's process at its start gate.
 const GATE_SHELL: &str = "/bin/sh";
 /// `$0` of the gate's shell (as `ps` shows it until the program runs).
@@ -305,10 +334,13 @@ fn kill_with_group(pid: u32) {
 /// Kills whatever pods the process runtime of an agent with data dir `data_dir` left running
 /// (an agent killed with SIGKILL leaves its pods, which a restarted agent would adopt): every
 /// process tied to its pods' directories, with their process groups. For when that agent will
-/// not come back (`shoal up` stopping a cluster one of whose agents was killed). Returns how
-/// many processes were killed.
+/// not come back (`shoal up` stopping a cluster one of whose agents was killed), and removes
+/// its RAM-backed directories (secret data) from the default places. Returns how many
+/// processes were killed.
 pub(crate) async fn kill_pods_left_in(data_dir: &Path) -> usize {
-    kill_tied(&[data_dir.join(PODS_DIR)]).await
+    let killed = kill_tied(&[data_dir.join(PODS_DIR)]).await;
+    super::volume::remove_ram_dirs_of(data_dir);
+    killed
 }
 
 /// Kills every process tied to one of `dirs` ([`tied_processes`]), with their process groups,
@@ -398,7 +430,7 @@ fn host_bound_ips() -> HashSet<Ipv4Addr> {
     ips
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -416,6 +448,57 @@ fn allocate_ip(uid: &str, taken: impl Fn(&Ipv4Addr) -> bool) -> Option<Ipv4Addr>
             let last = ip.octets()[3];
             last != 0 && last != 255 && !taken(ip)
         })
+}
+
+/// The variable that tells a process where volume `volume` is: `SHOAL_VOLUME_<NAME>`, the name
+/// upper-cased with `-` and `.` as `_` (`app-config` -> `SHOAL_VOLUME_APP_CONFIG`).
+pub fn volume_env_name(volume: &str) -> String {
+    let name: String = volume
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("{VOLUME_ENV_PREFIX}{name}")
+}
+
+/// The values of a pod's sensitive variables: container -> its `(name, value)` entries of
+/// `env` named in `sensitive_env`, in order.
+type SecretEnv = BTreeMap<String, Vec<(String, String)>>;
+
+/// The pod's sensitive variables, taken out of its spec.
+fn secret_env(pod: &PodSpec) -> SecretEnv {
+    pod.containers
+        .iter()
+        .filter(|c| !c.sensitive_env.is_empty())
+        .map(|c| {
+            let entries = c
+                .env
+                .iter()
+                .filter(|(k, _)| c.sensitive_env.contains(k))
+                .cloned()
+                .collect();
+            (c.name.clone(), entries)
+        })
+        .collect()
+}
+
+/// The spec as `pod.json` keeps it: no file data of volumes (they live in the volumes'
+/// directories) and no value of a sensitive variable (kept in RAM-backed storage only).
+fn recorded_spec(pod: &PodSpec) -> PodSpec {
+    let mut spec = pod.clone();
+    for v in &mut spec.volumes {
+        v.files.clear();
+    }
+    for c in &mut spec.containers {
+        for (k, v) in &mut c.env {
+            if c.sensitive_env.contains(k) {
+                v.clear();
+            }
+        }
+    }
+    spec
 }
 
 /// Mode of the pods' directories: the agent's user only.
@@ -559,6 +642,13 @@ impl Gate {
 struct Inner {
     config: RuntimeConfig,
     pods_dir: PathBuf,
+    /// Where the pods' volumes and their RAM-backed directories are.
+    volumes: VolumeStore,
+    /// The values of the pods' sensitive variables, read from their RAM-backed directories
+    /// (once after an agent restart).
+    secrets: std::sync::Mutex<HashMap<String, Arc<SecretEnv>>>,
+    /// Serialises the updates of volumes.
+    volume_lock: tokio::sync::Mutex<()>,
     /// Serialises every read-modify-write of a pod's record and IP allocation.
     lock: tokio::sync::Mutex<()>,
     /// This agent's pods, by uid: what their `pod.json` files hold (read once at start, then
@@ -606,9 +696,13 @@ impl ProcessRuntime {
                 std::io::Error::other(e),
             )
         })?;
+        let volumes = VolumeStore::new(&config, RuntimeKind::Process, pods_dir.clone());
         let mut inner = Inner {
             config,
             pods_dir,
+            volumes,
+            secrets: std::sync::Mutex::new(HashMap::new()),
+            volume_lock: tokio::sync::Mutex::new(()),
             lock: tokio::sync::Mutex::new(()),
             known: std::sync::Mutex::new(BTreeMap::new()),
             owned: std::sync::Mutex::new(HashMap::new()),
@@ -661,6 +755,12 @@ impl ProcessRuntime {
     /// The container's log file.
     pub fn log_path(&self, pod_uid: &str, container: &str) -> PathBuf {
         self.inner.pod_dir(pod_uid).join(format!("{container}.log"))
+    }
+
+    /// The pod's RAM-backed directory (sensitive volumes, the values of sensitive variables),
+    /// when this node has RAM-backed storage; it exists only for pods with secret data.
+    pub fn ram_pod_dir(&self, pod_uid: &str) -> Option<PathBuf> {
+        self.inner.volumes.ram_pod_dir(pod_uid)
     }
 
     /// Makes the next operation stop short at `point`, as if the agent were killed there.
@@ -759,6 +859,92 @@ impl Inner {
     /// Forgets a pod whose directory is gone.
     fn forget(&self, uid: &str) {
         self.known().remove(uid);
+        self.secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    /// The values of the pod's sensitive variables: kept since the start, or read from its
+    /// RAM-backed directory after an agent restart.
+    fn secret_env(&self, uid: &str) -> Result<Arc<SecretEnv>, RuntimeError> {
+        if let Some(kept) = self
+            .secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+        {
+            return Ok(kept.clone());
+        }
+        let path = self
+            .volumes
+            .ram_pod_dir(uid)
+            .map(|dir| dir.join(SECRET_ENV_FILE));
+        let lost = |why: String| {
+            RuntimeError::Secret(format!(
+                "the values of the sensitive variables of pod {uid} are gone from RAM-backed storage ({why}): the machine restarted or they were removed; the pod must be created again"
+            ))
+        };
+        let Some(path) = path else {
+            return Err(lost("this node has no RAM-backed storage now".to_string()));
+        };
+        let bytes = std::fs::read(&path).map_err(|e| lost(format!("{}: {e}", path.display())))?;
+        let env: SecretEnv =
+            serde_json::from_slice(&bytes).map_err(|e| lost(format!("{}: {e}", path.display())))?;
+        let env = Arc::new(env);
+        self.secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_string(), env.clone());
+        Ok(env)
+    }
+
+    /// Writes the volumes of a pod being started, and the values of its sensitive variables
+    /// to its RAM-backed directory (kept in memory too); checks its mounts' sub paths.
+    fn write_pod_data(&self, pod: &PodSpec) -> Result<(), RuntimeError> {
+        self.volumes.write_pod(pod)?;
+        for c in &pod.containers {
+            for m in &c.mounts {
+                if let Some(sub) = &m.sub_path {
+                    let dir = self.volume_dir(pod, &m.volume);
+                    super::volume::resolve_sub_path(&dir, sub)?;
+                }
+            }
+        }
+        let secrets = secret_env(pod);
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let dir = self
+            .volumes
+            .make_ram_pod_dir(pod, "sensitive environment variables")?;
+        let path = dir.join(SECRET_ENV_FILE);
+        let json = serde_json::to_vec(&secrets).map_err(|e| {
+            RuntimeError::io("encoding the secret environment", std::io::Error::other(e))
+        })?;
+        write_private(&path, &json)
+            .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))?;
+        self.secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pod.uid.clone(), Arc::new(secrets));
+        Ok(())
+    }
+
+    /// Where the pod's volume `name` is (its RAM-backed directory, for a sensitive one, is
+    /// there: the pod could not have started without it).
+    fn volume_dir(&self, pod: &PodSpec, name: &str) -> PathBuf {
+        let sensitive = pod.volumes.iter().any(|v| v.name == name && v.sensitive);
+        self.volumes
+            .volume_dir(&pod.uid, name, sensitive)
+            .unwrap_or_else(|| self.pod_dir(&pod.uid).join("volumes").join(name))
+    }
+
+    /// Removes the pod's RAM-backed directory, if any.
+    fn remove_ram(&self, uid: &str) {
+        if let Err(e) = self.volumes.remove_ram(uid) {
+            warn!(pod = %uid, error = %e, "removing the pod's RAM-backed directory failed");
+        }
     }
 
     /// Every pod of this agent from the pod directories; unreadable ones are logged and
@@ -826,6 +1012,14 @@ impl Inner {
             spec_hash: record.spec.spec_hash.clone(),
             labels: record.spec.labels.clone(),
             ip: Some(IpAddr::V4(record.ip)),
+            volume_dirs: self.volumes.volume_dirs(
+                &record.spec.uid,
+                record
+                    .spec
+                    .volumes
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.sensitive)),
+            ),
             containers: record
                 .containers
                 .iter()
@@ -850,22 +1044,72 @@ impl Inner {
         }
     }
 
-    fn env(&self, record: &PodRecord, index: usize, workdir: &Path) -> Vec<(String, String)> {
+    /// Container `index`'s environment: shoal's variables (with `SHOAL_VOLUME_<NAME>` per
+    /// mounted volume), then the spec's (sensitive values from the RAM-backed copy), then the
+    /// pod IP's.
+    fn env(
+        &self,
+        record: &PodRecord,
+        index: usize,
+        workdir: &Path,
+    ) -> Result<Vec<(String, String)>, RuntimeError> {
         let spec = &record.spec;
+        let c = &spec.containers[index];
         let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string());
+        let ip = record.ip.to_string();
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), path),
             ("HOME".into(), workdir.display().to_string()),
-            ("POD_IP".into(), record.ip.to_string()),
+            ("POD_IP".into(), ip.clone()),
             ("POD_NAME".into(), spec.name.clone()),
             ("POD_NAMESPACE".into(), spec.namespace.clone()),
             ("HOSTNAME".into(), spec.name.clone()),
         ];
-        for (k, v) in &spec.containers[index].env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
+        for m in &c.mounts {
+            let root = self.volume_dir(spec, &m.volume);
+            let dir = match &m.sub_path {
+                Some(sub) => root.join(sub),
+                None => root.clone(),
+            };
+            let name = volume_env_name(&m.volume);
+            let dir = match env.iter().find(|(k, _)| *k == name) {
+                // Mounted twice with different sub paths: the volume's root holds both.
+                Some((_, earlier)) if *earlier != dir.display().to_string() => root,
+                _ => dir,
+            };
+            env.retain(|(k, _)| *k != name);
+            env.push((name, dir.display().to_string()));
         }
-        env
+        let secrets = if c.sensitive_env.is_empty() {
+            None
+        } else {
+            Some(self.secret_env(&spec.uid)?)
+        };
+        let mut kept: Vec<&(String, String)> = secrets
+            .as_deref()
+            .and_then(|s| s.get(&c.name))
+            .map(|entries| entries.iter().collect())
+            .unwrap_or_default();
+        for (k, v) in &c.env {
+            let v = if c.sensitive_env.contains(k) {
+                let Some(at) = kept.iter().position(|(name, _)| name == k) else {
+                    return Err(RuntimeError::Secret(format!(
+                        "the value of sensitive variable {k:?} of container {:?} of pod {} is not in its RAM-backed copy",
+                        c.name, spec.uid
+                    )));
+                };
+                kept.remove(at).1.clone()
+            } else {
+                v.clone()
+            };
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v));
+        }
+        for name in &c.pod_ip_env {
+            env.retain(|(k, _)| k != name);
+            env.push((name.clone(), ip.clone()));
+        }
+        Ok(env)
     }
 
     fn workdir(&self, record: &PodRecord, index: usize) -> PathBuf {
@@ -927,7 +1171,7 @@ impl Inner {
             debug!(pod = %uid, container = %spec.name,
                 "cpu and memory limits are not enforced by the process runtime");
         }
-        let env = self.env(record, index, &workdir);
+        let env = self.env(record, index, &workdir)?;
         let args: Vec<String> = spec.command[1..]
             .iter()
             .chain(&spec.args)
@@ -1078,7 +1322,22 @@ impl Inner {
                 killed_recorded += 1;
             }
         }
-        let killed = kill_tied(dirs).await;
+        // With their RAM-backed directories (sensitive volumes).
+        let uids: Vec<String> = dirs
+            .iter()
+            .filter_map(|d| Some(d.file_name()?.to_str()?.to_string()))
+            .collect();
+        let mut tied: Vec<PathBuf> = dirs.to_vec();
+        tied.extend(
+            uids.iter()
+                .filter_map(|uid| self.volumes.ram_pod_dir(uid))
+                .filter(|d| d.exists()),
+        );
+        let killed = kill_tied(&tied).await;
+        for uid in &uids {
+            self.forget(uid);
+            self.remove_ram(uid);
+        }
         for dir in dirs {
             match std::fs::remove_dir_all(dir) {
                 Ok(()) => info!(dir = %dir.display(), "removed an incomplete pod"),
@@ -1206,13 +1465,20 @@ impl Runtime for ProcessRuntime {
                 }
             }
         }
-        if dirs.is_empty() {
-            return Ok(recovery);
+        if !dirs.is_empty() {
+            recovery.removed.sort();
+            recovery.killed = inner.discard(&dirs, &recorded).await;
+            info!(pods = ?recovery.removed, killed = recovery.killed,
+                "removed pods an interrupted operation left incomplete");
         }
-        recovery.removed.sort();
-        recovery.killed = inner.discard(&dirs, &recorded).await;
-        info!(pods = ?recovery.removed, killed = recovery.killed,
-            "removed pods an interrupted operation left incomplete");
+        // RAM-backed directories of pods that are gone (removed while the agent was down,
+        // or a removal interrupted after `pod.json` and the pod's directory went).
+        for uid in inner.volumes.ram_uids() {
+            if !inner.known().contains_key(&uid) {
+                info!(pod = %uid, "removing the RAM-backed directory of a pod that is gone");
+                inner.remove_ram(&uid);
+            }
+        }
         Ok(recovery)
     }
 
@@ -1248,11 +1514,22 @@ impl Runtime for ProcessRuntime {
             .ok_or(RuntimeError::NoFreeIp(POD_RANGE))?;
         create_private_dir(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+        // Volumes and secret values before any process: a crash from here on leaves an
+        // incomplete pod, removed with its RAM-backed directory by the next recovery.
+        if let Err(err) = inner.write_pod_data(pod) {
+            warn!(pod = %pod.uid, error = %err, "writing the pod's volumes failed");
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(pod = %pod.uid, error = %e, "removing the pod directory failed");
+            }
+            inner.forget(&pod.uid);
+            inner.remove_ram(&pod.uid);
+            return Err(err);
+        }
         let mut record = PodRecord {
             format: FORMAT,
             cluster_id: inner.config.cluster_id.clone(),
             node_id: inner.config.node_id.clone(),
-            spec: pod.clone(),
+            spec: recorded_spec(pod),
             ip,
             created_at_ms: wall_ms(),
             containers: pod
@@ -1296,6 +1573,7 @@ impl Runtime for ProcessRuntime {
                 warn!(pod = %pod.uid, error = %e, "removing the pod directory failed");
             }
             inner.forget(&pod.uid);
+            inner.remove_ram(&pod.uid);
             return Err(err);
         }
         #[cfg(test)]
@@ -1405,6 +1683,7 @@ impl Runtime for ProcessRuntime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
         }
+        inner.volumes.remove_ram(pod_uid)?;
         info!(pod = %pod_uid, "pod removed");
         Ok(())
     }
@@ -1431,6 +1710,36 @@ impl Runtime for ProcessRuntime {
             inner.save(&record)?;
         }
         Ok(pods)
+    }
+
+    async fn update_volume(&self, pod_uid: &str, volume: &VolumeSpec) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        let _updating = inner.volume_lock.lock().await;
+        let record = inner.record_or_not_found(pod_uid).await?;
+        match record.spec.volumes.iter().find(|v| v.name == volume.name) {
+            Some(v) if v.sensitive == volume.sensitive => {}
+            Some(v) => {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "volume {:?} of pod {pod_uid} is {}sensitive: an update cannot change that",
+                    v.name,
+                    if v.sensitive { "" } else { "not " }
+                )));
+            }
+            None => {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "pod {pod_uid} has no volume named {:?}",
+                    volume.name
+                )));
+            }
+        }
+        let (store, uid, volume) = (inner.volumes.clone(), pod_uid.to_string(), volume.clone());
+        let changed = tokio::task::spawn_blocking(move || store.update(&uid, &volume))
+            .await
+            .map_err(|e| RuntimeError::io("updating a volume", std::io::Error::other(e)))??;
+        if changed {
+            info!(pod = %pod_uid, "volume updated");
+        }
+        Ok(())
     }
 
     async fn logs(
@@ -1567,7 +1876,7 @@ impl Runtime for ProcessRuntime {
             )));
         };
         let workdir = inner.workdir(&record, index);
-        let env = inner.env(&record, index, &workdir);
+        let env = inner.env(&record, index, &workdir)?;
         let mut child = self::command(program, &env)
             .map_err(|e| RuntimeError::io(format!("exec of {program:?}"), e))?
             .args(&command[1..])

@@ -17,6 +17,8 @@ use super::*;
 /// note, when the test failed).
 pub(super) struct Scratch {
     dir: PathBuf,
+    /// A RAM-backed directory of the test's own, for secret data ([`Scratch::with_ram`]).
+    ram: Option<PathBuf>,
 }
 
 impl Scratch {
@@ -28,11 +30,34 @@ impl Scratch {
         let dir =
             std::env::temp_dir().join(format!("shoal-rt-{test}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        Scratch { dir }
+        Scratch { dir, ram: None }
+    }
+
+    /// A scratch data dir and a RAM-backed directory of its own (under `/dev/shm` or
+    /// `$XDG_RUNTIME_DIR`, whichever is tmpfs or ramfs); `None`, saying why, when the machine
+    /// has none.
+    pub(super) fn with_ram(test: &str) -> Option<Self> {
+        let mut scratch = Scratch::new(test);
+        let name = scratch.dir.file_name().unwrap().to_owned();
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([PathBuf::from("/dev/shm")])
+            .find(|b| volume::is_ram_backed(b).is_ok());
+        let Some(base) = base else {
+            eprintln!("skipping {test}: no RAM-backed directory (tmpfs or ramfs) on this machine");
+            return None;
+        };
+        let ram = base.join(name);
+        std::fs::create_dir_all(&ram).unwrap();
+        scratch.ram = Some(ram);
+        Some(scratch)
     }
 
     pub(super) fn config(&self) -> RuntimeConfig {
-        RuntimeConfig::new("cluster-1", "node-1", &self.dir)
+        let mut config = RuntimeConfig::new("cluster-1", "node-1", &self.dir);
+        config.ram_dir = self.ram.clone();
+        config
     }
 }
 
@@ -62,6 +87,10 @@ impl Drop for Scratch {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+        // Secret data does not stay behind, even when the test failed.
+        if let Some(ram) = &self.ram {
+            let _ = std::fs::remove_dir_all(ram);
+        }
     }
 }
 
@@ -83,6 +112,7 @@ fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
         containers,
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
         dns: None,
+        volumes: Vec::new(),
     }
 }
 
@@ -840,4 +870,360 @@ async fn pod_directories_and_files_are_the_agent_user_s_only() {
     assert_eq!(mode(&log.with_extension("log.1")), 0o600, "rotated log");
     assert_eq!(mode(&pod_dir.join("pod.json")), 0o600, "pod.json");
     rt.remove_pod("uid-modes").await.unwrap();
+}
+
+fn file(path: &str, data: &str, mode: u32) -> VolumeFile {
+    VolumeFile {
+        path: path.to_string(),
+        data: data.as_bytes().to_vec(),
+        mode,
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// The environment of a running process, from `/proc/<pid>/environ`.
+fn environ_of(pid: &str) -> BTreeMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The files under `dir` (links not followed) whose content holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if kind.is_file() {
+            let data = std::fs::read(&path).unwrap_or_default();
+            if data.windows(needle.len()).any(|w| w == needle) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Waits until the file holds `expect`.
+async fn wait_for_content(path: &Path, expect: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now == expect {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} holds {now:?}, not {expect:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_written_told_in_variables_updated_live_and_removed() {
+    let Some(scratch) = Scratch::with_ram("volumes") else {
+        return;
+    };
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    // The main container copies what it reads through its variable, again and again.
+    let mut main = container(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "while true; do cat \"$SHOAL_VOLUME_APP_CONFIG/app.conf\" > seen.tmp && mv seen.tmp seen; sleep 0.02; done",
+        ],
+    );
+    main.mounts = vec![
+        Mount {
+            volume: "app-config".into(),
+            mount_path: "/etc/app".into(),
+            read_only: true,
+            sub_path: None,
+        },
+        Mount {
+            volume: "token".into(),
+            mount_path: "/etc/token".into(),
+            read_only: true,
+            sub_path: None,
+        },
+    ];
+    let mut side = container("side", &["sleep", "1000"]);
+    side.mounts = vec![Mount {
+        volume: "app-config".into(),
+        mount_path: "/etc/key".into(),
+        read_only: false,
+        sub_path: Some("dir/key".into()),
+    }];
+    let mut spec = pod("uid-vol", "vol", vec![main, side]);
+    spec.volumes = vec![
+        VolumeSpec {
+            name: "app-config".into(),
+            sensitive: false,
+            files: vec![file("app.conf", "v1", 0o644), file("dir/key", "k1", 0o600)],
+        },
+        VolumeSpec {
+            name: "token".into(),
+            sensitive: true,
+            files: vec![file("token", "s3cr3t-volume", 0o400)],
+        },
+    ];
+    let info = rt.start_pod(&spec).await.unwrap();
+
+    // Where they are: on disk in the pod's directory, the secret in RAM-backed storage.
+    let config_dir = PathBuf::from(&info.volume_dirs["app-config"]);
+    let token_dir = PathBuf::from(&info.volume_dirs["token"]);
+    assert_eq!(info.volume_dirs.len(), 2);
+    assert_eq!(config_dir, rt.pod_dir("uid-vol").join("volumes/app-config"));
+    let ram_pod = rt.ram_pod_dir("uid-vol").unwrap();
+    assert!(ram_pod.starts_with(scratch.ram.as_ref().unwrap()));
+    assert_eq!(token_dir, ram_pod.join("volumes/token"));
+    volume::is_ram_backed(&token_dir).unwrap();
+    assert!(files_holding(&scratch.dir, b"s3cr3t-volume").is_empty());
+    // The files, with their modes; the directories above the secret are the agent's only.
+    assert_eq!(
+        std::fs::read_to_string(config_dir.join("app.conf")).unwrap(),
+        "v1"
+    );
+    assert_eq!(mode_of(&config_dir.join("app.conf")), 0o644);
+    assert_eq!(mode_of(&config_dir.join("dir/key")), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(token_dir.join("token")).unwrap(),
+        "s3cr3t-volume"
+    );
+    assert_eq!(mode_of(&token_dir.join("token")), 0o400);
+    for dir in [
+        ram_pod.parent().unwrap().parent().unwrap(),
+        ram_pod.as_path(),
+        &ram_pod.join("volumes"),
+    ] {
+        assert_eq!(mode_of(dir), 0o700, "{}", dir.display());
+    }
+    // pod.json keeps the volumes' names, not their files.
+    let record = std::fs::read_to_string(rt.pod_dir("uid-vol").join("pod.json")).unwrap();
+    assert!(record.contains("app-config") && !record.contains("\"app.conf\""));
+
+    // The variables, as the processes have them.
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(pods[0].volume_dirs, info.volume_dirs);
+    let main_env = environ_of(&pods[0].containers[0].runtime_id);
+    assert_eq!(
+        main_env["SHOAL_VOLUME_APP_CONFIG"],
+        config_dir.display().to_string()
+    );
+    assert_eq!(
+        main_env["SHOAL_VOLUME_TOKEN"],
+        token_dir.display().to_string()
+    );
+    let side_env = environ_of(&pods[0].containers[1].runtime_id);
+    assert_eq!(
+        side_env["SHOAL_VOLUME_APP_CONFIG"],
+        config_dir.join("dir/key").display().to_string()
+    );
+    assert!(!side_env.contains_key("SHOAL_VOLUME_TOKEN"));
+    assert_eq!(process::volume_env_name("a-b.c"), "SHOAL_VOLUME_A_B_C");
+    let seen = rt.pod_dir("uid-vol").join("containers/main/seen");
+    wait_for_content(&seen, "v1").await;
+
+    // An update: the running process reads the new content.
+    let mut update = spec.volumes[0].clone();
+    update.files[0] = file("app.conf", "v2", 0o644);
+    rt.update_volume("uid-vol", &update).await.unwrap();
+    wait_for_content(&seen, "v2").await;
+    assert_eq!(
+        std::fs::read_to_string(config_dir.join("dir/key")).unwrap(),
+        "k1"
+    );
+    // Unchanged: nothing written.
+    let data = std::fs::read_link(config_dir.join("..data")).unwrap();
+    rt.update_volume("uid-vol", &update).await.unwrap();
+    assert_eq!(std::fs::read_link(config_dir.join("..data")).unwrap(), data);
+    // The secret one too, in RAM-backed storage.
+    let mut token = spec.volumes[1].clone();
+    token.files[0] = file("token", "s3cr3t-rotated", 0o400);
+    rt.update_volume("uid-vol", &token).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(token_dir.join("token")).unwrap(),
+        "s3cr3t-rotated"
+    );
+    assert!(files_holding(&scratch.dir, b"s3cr3t-rotated").is_empty());
+    // What cannot be updated.
+    let mut flipped = update.clone();
+    flipped.sensitive = true;
+    let err = rt.update_volume("uid-vol", &flipped).await.unwrap_err();
+    assert!(err.to_string().contains("is not sensitive"), "{err}");
+    let mut unknown = update.clone();
+    unknown.name = "other".into();
+    let err = rt.update_volume("uid-vol", &unknown).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no volume named \"other\""),
+        "{err}"
+    );
+    let err = rt.update_volume("uid-none", &update).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    let mut bad = update.clone();
+    bad.files.push(file("../escape", "x", 0o644));
+    let err = rt.update_volume("uid-vol", &bad).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidSpec(_)), "{err}");
+
+    // A sub path that is not in the volume: the pod does not start, nothing is left.
+    let mut missing = spec.clone();
+    missing.uid = "uid-missing".into();
+    missing.containers[1].mounts[0].sub_path = Some("nope".into());
+    let err = rt.start_pod(&missing).await.unwrap_err();
+    assert!(err.to_string().contains("not in volume"), "{err}");
+    assert!(!rt.pod_dir("uid-missing").exists());
+    assert!(!rt.ram_pod_dir("uid-missing").unwrap().exists());
+
+    // Removal takes the volumes, on disk and in RAM.
+    rt.stop_pod("uid-vol", Duration::ZERO).await.unwrap();
+    rt.remove_pod("uid-vol").await.unwrap();
+    assert!(!config_dir.exists());
+    assert!(!ram_pod.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_variables_never_reach_the_disk_and_survive_an_agent_restart() {
+    let Some(scratch) = Scratch::with_ram("secret-env") else {
+        return;
+    };
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let mut c = container("app", &["sleep", "1000"]);
+    c.env = vec![
+        ("PLAIN".into(), "visible".into()),
+        ("TOKEN".into(), "s3cr3t-env-value".into()),
+        ("MY_IP".into(), String::new()),
+    ];
+    c.sensitive_env = vec!["TOKEN".into()];
+    c.pod_ip_env = vec!["MY_IP".into()];
+    let spec = pod("uid-env", "env", vec![c]);
+    assert!(!format!("{spec:?}").contains("s3cr3t-env-value"));
+    let info = rt.start_pod(&spec).await.unwrap();
+    let ip = info.ip.unwrap().to_string();
+    let env = environ_of(&info.containers[0].runtime_id);
+    assert_eq!(env["TOKEN"], "s3cr3t-env-value");
+    assert_eq!(env["PLAIN"], "visible");
+    assert_eq!(
+        (env["MY_IP"].as_str(), env["POD_IP"].as_str()),
+        (ip.as_str(), ip.as_str())
+    );
+    // An exec has it too.
+    let out = rt
+        .exec(
+            "uid-env",
+            "app",
+            &["sh".into(), "-c".into(), "printf %s \"$TOKEN\"".into()],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output, b"s3cr3t-env-value");
+
+    // Not in pod.json, nowhere under the data dir; in the pod's RAM-backed directory only.
+    let record = std::fs::read_to_string(rt.pod_dir("uid-env").join("pod.json")).unwrap();
+    assert!(
+        record.contains("\"TOKEN\"") && record.contains("visible"),
+        "{record}"
+    );
+    let leaks = files_holding(&scratch.dir, b"s3cr3t-env-value");
+    assert!(leaks.is_empty(), "the secret is on disk in {leaks:?}");
+    let kept = rt.ram_pod_dir("uid-env").unwrap().join("env.json");
+    assert_eq!(mode_of(&kept), 0o600);
+    assert!(
+        std::fs::read_to_string(&kept)
+            .unwrap()
+            .contains("s3cr3t-env-value")
+    );
+
+    // An agent restart: the container restarts with its secret.
+    drop(rt);
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    rt.recover().await.unwrap();
+    rt.restart_container("uid-env", "app", Duration::ZERO)
+        .await
+        .unwrap();
+    let pods = rt.list_pods().await.unwrap();
+    let env = environ_of(&pods[0].containers[0].runtime_id);
+    assert_eq!(env["TOKEN"], "s3cr3t-env-value");
+
+    // Lost from RAM (the machine rebooted): a restart after an agent restart says why.
+    drop(rt);
+    std::fs::remove_file(&kept).unwrap();
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let err = rt
+        .restart_container("uid-env", "app", Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Secret(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("gone from RAM-backed storage"),
+        "{err}"
+    );
+    rt.stop_pod("uid-env", Duration::ZERO).await.unwrap();
+
+    // The RAM-backed directory of a pod that is gone is removed when the agent starts.
+    let ghost = rt.ram_pod_dir("uid-ghost").unwrap().join("volumes/x");
+    std::fs::create_dir_all(&ghost).unwrap();
+    rt.remove_pod("uid-env").await.unwrap();
+    assert!(!rt.ram_pod_dir("uid-env").unwrap().exists());
+    drop(rt);
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    rt.recover().await.unwrap();
+    assert!(!rt.ram_pod_dir("uid-ghost").unwrap().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_data_never_falls_back_to_disk() {
+    let scratch = Scratch::new("no-ram");
+    let mut config = scratch.config();
+    // A directory on disk, named as the RAM-backed one: refused.
+    config.ram_dir = Some(scratch.dir.join("not-ram"));
+    std::fs::create_dir_all(scratch.dir.join("not-ram")).unwrap();
+    if volume::is_ram_backed(&scratch.dir).is_ok() {
+        eprintln!("skipping: the temporary directory is RAM-backed");
+        return;
+    }
+    let rt = ProcessRuntime::new(config).unwrap();
+    let mut c = container("app", &["sleep", "1000"]);
+    c.env = vec![("TOKEN".into(), "s3cr3t-nowhere".into())];
+    c.sensitive_env = vec!["TOKEN".into()];
+    let err = rt
+        .start_pod(&pod("uid-env", "env", vec![c.clone()]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Secret(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("sensitive environment variables") && text.contains("not tmpfs or ramfs"),
+        "{text}"
+    );
+    let mut with_volume = pod("uid-vol", "vol", vec![container("app", &["sleep", "1000"])]);
+    with_volume.volumes = vec![VolumeSpec {
+        name: "token".into(),
+        sensitive: true,
+        files: vec![file("token", "s3cr3t-nowhere", 0o400)],
+    }];
+    let err = rt.start_pod(&with_volume).await.unwrap_err();
+    assert!(err.to_string().contains("volume \"token\""), "{err}");
+    assert!(rt.list_pods().await.unwrap().is_empty());
+    assert!(files_holding(&scratch.dir, b"s3cr3t-nowhere").is_empty());
+    assert!(!rt.pod_dir("uid-env").exists() && !rt.pod_dir("uid-vol").exists());
 }

@@ -7,6 +7,9 @@
 //!   both runtimes.
 //! - [`build_demo_image`] builds `shoal-demo:dev` from `demo/Dockerfile` and that binary with
 //!   the docker CLI (what `demo/build-image.sh` does). No registry is needed.
+//! - [`build_shell_image`] builds `shoal-shell:dev`: this machine's `/bin/sh`, a few tools
+//!   (`cat`, `sleep`, `stat`, `df`, `ls`) and their shared libraries, for tests that look
+//!   inside a container.
 //! - [`docker_or_skip`]: Docker tests skip, saying why, when no engine is reachable, unless
 //!   `SHOAL_REQUIRE_DOCKER=1` (CI), where they fail.
 //! - [`DockerCleanup`] removes, on drop (even when the test panics), every container of a test
@@ -110,6 +113,84 @@ pub fn build_demo_image() -> Result<(), String> {
         } else {
             Err(format!(
                 "docker build of {DEMO_IMAGE} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    })();
+    *built = Some(result.clone());
+    result
+}
+
+/// The shell image's tag.
+pub const SHELL_IMAGE: &str = "shoal-shell:dev";
+
+/// Builds `shoal-shell:dev` (once per test process): `FROM scratch` with this machine's
+/// `/bin/sh`, `cat`, `sleep`, `stat`, `df` and `ls` in `/bin`, and the shared libraries they
+/// need at the paths the loader looks for them (as `demo/node-image.sh` does).
+pub fn build_shell_image() -> Result<(), String> {
+    static BUILT: Mutex<Option<Result<(), String>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(result) = built.as_ref() {
+        return result.clone();
+    }
+    let result = (|| {
+        let ctx = std::env::temp_dir().join(format!("shoal-shell-image-{}", std::process::id()));
+        let rootfs = ctx.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin"))
+            .map_err(|e| format!("creating {}: {e}", ctx.display()))?;
+        let mut libs = std::collections::BTreeSet::new();
+        for tool in ["sh", "cat", "sleep", "stat", "df", "ls"] {
+            let path = ["/bin", "/usr/bin"]
+                .iter()
+                .map(|dir| Path::new(dir).join(tool))
+                .find(|p| p.exists())
+                .ok_or_else(|| format!("{tool} is not in /bin or /usr/bin"))?;
+            let real = std::fs::canonicalize(&path).map_err(|e| format!("{tool}: {e}"))?;
+            std::fs::copy(&real, rootfs.join("bin").join(tool))
+                .map_err(|e| format!("copying {}: {e}", real.display()))?;
+            let ldd = Command::new("ldd")
+                .arg(&real)
+                .output()
+                .map_err(|e| format!("running ldd: {e}"))?;
+            libs.extend(
+                String::from_utf8_lossy(&ldd.stdout)
+                    .split_whitespace()
+                    .filter(|word| word.starts_with('/'))
+                    .map(PathBuf::from),
+            );
+        }
+        for lib in libs {
+            let dest = rootfs.join(lib.strip_prefix("/").unwrap_or(&lib));
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("{e}"))?;
+            }
+            std::fs::copy(&lib, &dest).map_err(|e| format!("copying {}: {e}", lib.display()))?;
+        }
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\n",
+        )
+        .map_err(|e| format!("writing the Dockerfile: {e}"))?;
+        let output = Command::new("docker")
+            .args([
+                "build",
+                "--quiet",
+                "--label",
+                "io.shoal.demo=1",
+                "-t",
+                SHELL_IMAGE,
+            ])
+            .arg(&ctx)
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .map_err(|e| format!("running docker build: {e}"));
+        let _ = std::fs::remove_dir_all(&ctx);
+        let output = output?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "docker build of {SHELL_IMAGE} failed:\n{}",
                 String::from_utf8_lossy(&output.stderr)
             ))
         }
