@@ -42,7 +42,10 @@
 //!   without secrets in `<data_dir>/docker/pods/<uid>/volumes/<name>/`, sensitive ones only in
 //!   RAM-backed storage (`<tmpfs>/shoal-<id>/pods/<uid>/volumes/<name>/`, so secrets are on the
 //!   host's tmpfs and never on its disk; no RAM-backed storage, no start). Each mount is a bind
-//!   mount of the volume's directory at `mount_path` (read-only when `read_only`); the links
+//!   mount of the volume's directory at `mount_path`, always read-only, whatever `read_only`
+//!   says (as Kubernetes mounts config map, secret, downward API and projected volumes since
+//!   1.10: a container that could write there could plant links that the agent's writer,
+//!   running as the agent's user, would follow out of the volume); the links
 //!   inside it are relative, so the container sees [`Runtime::update_volume`]'s atomic
 //!   updates at once. A `sub_path` mount binds a copy of what it names made of hard links
 //!   (`<pod dir>/subpaths/<container>/<n>`): the file as it was at the start, not updated live
@@ -351,7 +354,8 @@ fn prepare_volumes(
                         target: Some(m.mount_path.clone()),
                         source: Some(source.display().to_string()),
                         typ: Some(MountType::BIND),
-                        read_only: Some(m.read_only),
+                        // Always: see the module docs.
+                        read_only: Some(true),
                         ..Default::default()
                     })
                 })

@@ -61,7 +61,7 @@
 //! | network | a shoal bridge network `shoal-<cluster>`; the first container owns the pod's network namespace and IP, the others join it (`container:<first>`), so they reach each other on `localhost` | no isolation; the pod gets its own loopback address from 127.64.0.0/10 as `POD_IP`, and a process that binds `$POD_IP` never collides with another pod's ports |
 //! | pod IP | the first container's address on the shoal network, chosen by the runtime from the network's subnet and kept across restarts (engine-chosen, and liable to change, on a network an older agent made) | fixed for the pod's life, persisted |
 //! | env | spec env, plus each `pod_ip_env` name (`POD_IP` only when asked for so: a server binding `$POD_IP` would not answer on the `localhost` the pod's containers share), `POD_NAME`, `POD_NAMESPACE`; hostname = pod name. `sensitive_env` values are in the container's config (the engine's state), not in the agent's data dir | spec env, plus `POD_IP` (and each `pod_ip_env` name), `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME`, `PATH` (the agent's), `HOME` (the container's dir), `SHOAL_VOLUME_<NAME>` per mount; nothing else of the agent's environment leaks in. `sensitive_env` values are kept in RAM-backed storage, never in `pod.json` |
-//! | volumes ([`PodSpec::volumes`]) | bind mounts of the volume's directory at `mount_path`, read-only when asked; updates seen live (not through a `sub_path`, bound to a copy of the file as it was at the start) | not mounted (no privileges): `SHOAL_VOLUME_<NAME>` = the volume's directory (joined with the `sub_path`); `mount_path` and `read_only` are ignored |
+//! | volumes ([`PodSpec::volumes`]) | bind mounts of the volume's directory at `mount_path`, always read-only (as Kubernetes' config map and secret volumes); updates seen live (not through a `sub_path`, bound to a copy of the file as it was at the start) | not mounted (no privileges): `SHOAL_VOLUME_<NAME>` = the volume's directory (joined with the `sub_path`); `mount_path` and `read_only` are ignored |
 //! | volume files | `<data_dir>/docker/pods/<uid>/volumes/<name>/`; sensitive ones in RAM-backed storage only (`$XDG_RUNTIME_DIR`, `/dev/shm` or `/run` when tmpfs/ramfs: `shoal-<id>/pods/<uid>/volumes/<name>/`), else the pod does not start | `<data_dir>/pods/<uid>/volumes/<name>/`; sensitive ones as under Docker |
 //! | cpu / memory limits | enforced by the engine (`NanoCpus`, `Memory`); an OOM kill is reported as reason `OOMKilled` | **not enforced** (no cgroups without privileges): recorded and ignored |
 //! | filesystem | the image's | none: the working dir defaults to `<data_dir>/pods/<uid>/<container>/`; a relative `working_dir` is taken under it, an absolute one as is |
@@ -197,7 +197,9 @@ pub struct Mount {
     /// Absolute path in the container (Docker; the process runtime tells the volume's
     /// directory in `SHOAL_VOLUME_<NAME>` instead, see [`process::volume_env_name`]).
     pub mount_path: String,
-    /// Mounted read-only (Docker).
+    /// Mounted read-only. Docker mounts every volume read-only anyway (as Kubernetes does
+    /// config map, secret, downward API and projected volumes): a container that could write
+    /// to a volume could plant links the agent's writer would follow.
     pub read_only: bool,
     /// A path inside the volume to mount instead of its root (a file or dir); not updated
     /// live (as in Kubernetes).

@@ -80,7 +80,8 @@
 //! `pod.json` keeps the volumes' names, never their files.
 //!
 //! **Secrets in the environment.** The values of the variables named in `sensitive_env` are
-//! never written to `pod.json` (it keeps the names with empty values) nor anywhere else on
+//! never written to `pod.json` (it keeps the names with empty values, and of each name only
+//! the entry that wins, so that a shadowed value is not kept either) nor anywhere else on
 //! disk: they go to the pod's RAM-backed directory (`env.json`, 0600), from which a restarted
 //! agent takes them to restart a container. When it is gone (the machine rebooted, which
 //! ended the processes too), restarting a container fails with [`RuntimeError::Secret`]; so
@@ -467,17 +468,26 @@ pub fn volume_env_name(volume: &str) -> String {
 /// `env` named in `sensitive_env`, in order.
 type SecretEnv = BTreeMap<String, Vec<(String, String)>>;
 
+/// The variables a process gets of `env`: the last entry of each name (a later one wins), in
+/// the order of those entries. What an entry shadows is never used, so it is not kept either.
+fn effective_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        out.retain(|(ek, _)| ek != k);
+        out.push((k.clone(), v.clone()));
+    }
+    out
+}
+
 /// The pod's sensitive variables, taken out of its spec.
 fn secret_env(pod: &PodSpec) -> SecretEnv {
     pod.containers
         .iter()
         .filter(|c| !c.sensitive_env.is_empty())
         .map(|c| {
-            let entries = c
-                .env
-                .iter()
+            let entries = effective_env(&c.env)
+                .into_iter()
                 .filter(|(k, _)| c.sensitive_env.contains(k))
-                .cloned()
                 .collect();
             (c.name.clone(), entries)
         })
@@ -485,13 +495,16 @@ fn secret_env(pod: &PodSpec) -> SecretEnv {
 }
 
 /// The spec as `pod.json` keeps it: no file data of volumes (they live in the volumes'
-/// directories) and no value of a sensitive variable (kept in RAM-backed storage only).
+/// directories), no value of a sensitive variable (kept in RAM-backed storage only), and no
+/// variable a later one of the same name shadows (a secret's value shadowed by a plain one
+/// is still a secret).
 fn recorded_spec(pod: &PodSpec) -> PodSpec {
     let mut spec = pod.clone();
     for v in &mut spec.volumes {
         v.files.clear();
     }
     for c in &mut spec.containers {
+        c.env = effective_env(&c.env);
         for (k, v) in &mut c.env {
             if c.sensitive_env.contains(k) {
                 v.clear();

@@ -1108,6 +1108,8 @@ async fn sensitive_variables_never_reach_the_disk_and_survive_an_agent_restart()
     let rt = ProcessRuntime::new(scratch.config()).unwrap();
     let mut c = container("app", &["sleep", "1000"]);
     c.env = vec![
+        // Shadowed by the later entry: never used, so not kept anywhere either.
+        ("PLAIN".into(), "s3cr3t-shadowed".into()),
         ("PLAIN".into(), "visible".into()),
         ("TOKEN".into(), "s3cr3t-env-value".into()),
         ("MY_IP".into(), String::new()),
@@ -1143,8 +1145,10 @@ async fn sensitive_variables_never_reach_the_disk_and_survive_an_agent_restart()
         record.contains("\"TOKEN\"") && record.contains("visible"),
         "{record}"
     );
-    let leaks = files_holding(&scratch.dir, b"s3cr3t-env-value");
-    assert!(leaks.is_empty(), "the secret is on disk in {leaks:?}");
+    for secret in [&b"s3cr3t-env-value"[..], b"s3cr3t-shadowed"] {
+        let leaks = files_holding(&scratch.dir, secret);
+        assert!(leaks.is_empty(), "a secret is on disk in {leaks:?}");
+    }
     let kept = rt.ram_pod_dir("uid-env").unwrap().join("env.json");
     assert_eq!(mode_of(&kept), 0o600);
     assert!(
