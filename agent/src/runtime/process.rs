@@ -1654,6 +1654,10 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn remove_pod(&self, pod_uid: &str) -> Result<(), RuntimeError> {
+        if !super::is_safe_name(pod_uid, 128) {
+            // No pod has such a uid, and it must not name a directory to remove.
+            return Ok(());
+        }
         let inner = &self.inner;
         let record = {
             let _guard = inner.lock.lock().await;

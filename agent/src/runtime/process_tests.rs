@@ -1093,6 +1093,11 @@ async fn volumes_are_written_told_in_variables_updated_live_and_removed() {
     assert!(!rt.pod_dir("uid-missing").exists());
     assert!(!rt.ram_pod_dir("uid-missing").unwrap().exists());
 
+    // A uid no pod can have names nothing to remove.
+    std::fs::create_dir_all(scratch.dir.join("outside")).unwrap();
+    rt.remove_pod("../outside").await.unwrap();
+    assert!(scratch.dir.join("outside").exists());
+
     // Removal takes the volumes, on disk and in RAM.
     rt.stop_pod("uid-vol", Duration::ZERO).await.unwrap();
     rt.remove_pod("uid-vol").await.unwrap();

@@ -23,7 +23,7 @@
 //! several files from there gets them all of one version. Writes of one volume are serialised
 //! by the runtime (one writer at a time).
 //!
-//! **Checks** ([`validate_pod_volumes`], run by `start_pod` through `validate_spec`, and again
+//! **Checks** (`validate_pod_volumes`, run by `start_pod` through `validate_spec`, and again
 //! by the writer): volume names are DNS-1123 labels, unique in the pod; a file's path is
 //! relative, not empty, has no empty, `.` or `..` part, does not start with `..` (which would
 //! meet `..data`), at most [`MAX_PATH_BYTES`] bytes with parts of at most 255; no path is
@@ -35,7 +35,7 @@
 //! with no `.` or `..` part and unique in its container, its `sub_path` follows the rules of
 //! a file's path; `sensitive_env` names variables `env` sets.
 //!
-//! **Where volumes live** ([`VolumeStore`]). Volumes without secrets under the runtime's pod
+//! **Where volumes live** (`VolumeStore`). Volumes without secrets under the runtime's pod
 //! directories in the agent's data dir (process: `<data_dir>/pods/<uid>/volumes/<name>/`;
 //! Docker: `<data_dir>/docker/pods/<uid>/volumes/<name>/`). Sensitive ones only in RAM-backed
 //! storage: the first of `$XDG_RUNTIME_DIR`, `/dev/shm` and `/run` that `statfs` says is tmpfs
@@ -46,7 +46,9 @@
 //! volumes are 0700, so only the agent's user reaches the files from the host. Inside a
 //! volume, directories are 0755 and files have their modes, so that a container's user reads
 //! them through its bind mount as in Kubernetes. With no RAM-backed storage a pod with secret
-//! data fails to start ([`RuntimeError::Secret`]): secrets never fall back to disk.
+//! data fails to start ([`RuntimeError::Secret`]): secrets never fall back to disk. `shoal-<id>`
+//! holds a file `data-dir` naming the agent's data dir, so that what an agent that will not
+//! come back left in RAM can be found and removed (`shoal up` stopping a cluster does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -906,7 +908,7 @@ impl VolumeStore {
                 volume.name
             ))
         };
-        if !is_dns_label(&volume.name) {
+        if !is_dns_label(&volume.name) || !super::is_safe_name(uid, 128) {
             return Err(missing());
         }
         let dir = self
@@ -918,16 +920,20 @@ impl VolumeStore {
         write_volume(&dir, &volume.files, !volume.sensitive)
     }
 
-    /// Removes the pod's RAM-backed directory (volumes, kept environment).
+    /// Removes the pod's RAM-backed directory (volumes, kept environment). A uid no pod can
+    /// have (`..`, a `/`) names nothing to remove.
     pub(crate) fn remove_ram(&self, uid: &str) -> Result<(), RuntimeError> {
         match self.ram_pod_dir(uid) {
-            Some(dir) => remove_all(&dir),
-            None => Ok(()),
+            Some(dir) if super::is_safe_name(uid, 128) => remove_all(&dir),
+            _ => Ok(()),
         }
     }
 
-    /// Removes the pod's directory on disk.
+    /// Removes the pod's directory on disk (nothing for a uid no pod can have).
     pub(crate) fn remove_disk(&self, uid: &str) -> Result<(), RuntimeError> {
+        if !super::is_safe_name(uid, 128) {
+            return Ok(());
+        }
         remove_all(&self.disk_pod_dir(uid))
     }
 
