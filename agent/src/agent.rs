@@ -204,6 +204,14 @@ fn format_addr(ip: IpAddr, port: u16) -> String {
 /// Loads the cluster key: from --cluster-key-file or SHOAL_CLUSTER_KEY (then saved in the data
 /// dir for restarts), else the one in the data dir, else a new one when this node starts a
 /// cluster. Returns the key and whether it was created now.
+/// Largest gossip message before fragmenting. The agent's transport carries messages on QUIC
+/// or TCP streams in frames of up to 64 KiB, so it need not keep to one datagram (the gossip
+/// core's default, 1,200 bytes): at 16 KiB a burst of object writes (an apply of a thousand
+/// config maps) leaves in tens of messages rather than thousands, and the largest object
+/// (1 MiB and its encoding) in about a hundred fragments, within a peer's send queue.
+const GOSSIP_MESSAGE_SIZE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16 * 1024)
+    .expect("non-zero");
+
 fn cluster_key(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<(ClusterKey, bool)> {
     let stored = data_dir.join("cluster.key");
     let given = match (&args.cluster_key_file, std::env::var("SHOAL_CLUSTER_KEY")) {
@@ -375,6 +383,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // period may hold deletions the cluster has forgotten; it starts over from the cluster's state.
     let mut config = Config::lan(16);
     config.max_clock_offset = Duration::from_millis(args.max_clock_offset_ms);
+    config.max_message_size = GOSSIP_MESSAGE_SIZE;
     let (mut restored, report) = db.load().context("loading the saved state")?;
     if report.skipped > 0 {
         warn!(skipped = report.skipped, "skipped unreadable saved entries");

@@ -952,3 +952,83 @@ impl Cluster {
         self.agents.iter().map(|a| a.name.clone()).collect()
     }
 }
+
+/// Every packet of every interface of the test's network namespace (loopback, where the
+/// agents talk), read with a raw packet socket while it runs, searched for byte strings.
+/// Needs root (`CAP_NET_RAW`).
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<CaptureReport>>,
+}
+
+/// What a [`Capture`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct CaptureReport {
+    /// Packets read.
+    pub packets: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Packets holding one of the needles, by needle index.
+    pub found: Vec<u64>,
+}
+
+impl Capture {
+    /// Starts capturing, looking for each of `needles`.
+    pub fn start(needles: Vec<Vec<u8>>) -> Result<Capture, String> {
+        use std::io::Read as _;
+        use std::sync::atomic::Ordering;
+        const ETH_P_ALL: u16 = 0x0003;
+        let socket = socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(i32::from(ETH_P_ALL.to_be()))),
+        )
+        .map_err(|e| format!("opening a packet socket (root needed): {e}"))?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| e.to_string())?;
+        let _ = socket.set_recv_buffer_size(16 << 20);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut report = CaptureReport {
+                found: vec![0; needles.len()],
+                ..CaptureReport::default()
+            };
+            let mut buf = vec![0u8; 1 << 16];
+            let mut reader = &socket;
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok(n) = reader.read(&mut buf) else {
+                    continue;
+                };
+                report.packets += 1;
+                report.bytes += n as u64;
+                for (i, needle) in needles.iter().enumerate() {
+                    if buf[..n].windows(needle.len()).any(|w| w == needle.as_slice()) {
+                        report.found[i] += 1;
+                    }
+                }
+            }
+            report
+        });
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and says what it saw.
+    pub fn finish(mut self) -> CaptureReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

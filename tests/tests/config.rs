@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::{Cluster, wait_until};
+use shoal_tests::{Capture, Cluster, running_as_root, wait_until};
 
 const PROCESS: &[&str] = &["--runtime", "process"];
 
@@ -202,6 +202,14 @@ fn printed_env(cluster: &Cluster, pod: &str) -> Result<Vec<String>, String> {
 #[test]
 fn pods_read_config_maps_secrets_and_the_downward_api_and_follow_changes() {
     let cluster = Cluster::start_with("config", 2, PROCESS);
+    // Every packet on the machine's interfaces while the secret exists: gossip, mesh and API.
+    let capture = running_as_root(
+        "pods_read_config_maps_secrets_and_the_downward_api_and_follow_changes",
+        "capturing traffic with a packet socket",
+    )
+    .then(|| Capture::start(vec![b"s3cr3t-UNIQUE-7f1c".to_vec(), b"color=blue".to_vec()]))
+    .transpose()
+    .unwrap();
     // A pod that reads what does not exist yet waits, and says what it waits for.
     cluster.apply(0, "app", &app("app", 1, "")).unwrap();
     cluster.wait_for("CreateContainerConfigError", secs(30), |c| {
@@ -317,6 +325,17 @@ fn pods_read_config_maps_secrets_and_the_downward_api_and_follow_changes() {
         applied.elapsed()
     );
 
+    // No packet held the secret's value; the capture saw the config map's (in the API request
+    // that applied it: config maps are not secret), so it was looking.
+    if let Some(capture) = capture {
+        let report = capture.finish();
+        println!(
+            "captured {} packets ({} bytes): the secret's value in {}, the config map's in {}",
+            report.packets, report.bytes, report.found[0], report.found[1]
+        );
+        assert_eq!(report.found[0], 0, "a packet held the secret's value");
+        assert!(report.found[1] > 0, "the capture saw nothing: {report:?}");
+    }
     // No secret value in any agent's data dir or log.
     for agent in &cluster.agents {
         for dir in [&agent.dir, &agent.log_dir] {

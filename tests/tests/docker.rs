@@ -423,3 +423,134 @@ fn the_readmes_docker_manifests_run_and_answer() {
         }
     });
 }
+
+/// Config maps, secrets and the downward API inside a container: variables, files at their
+/// mount paths with their modes, the secret's files on tmpfs on the host and nowhere in the
+/// agent's data dir, and a change of the config map seen inside the running container.
+#[test]
+fn docker_pods_read_config_maps_and_secrets_as_env_and_mounted_files() {
+    if !docker_ready("docker_pods_read_config_maps_and_secrets_as_env_and_mounted_files") {
+        return;
+    }
+    shoal_agent::runtime::testing::build_shell_image().expect("building shoal-shell:dev");
+    let cluster = Cluster::start_with("docker-config", 1, DOCKER);
+    let objects = r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: app}
+data:
+  GREETING: hello
+  app.conf: "color=blue"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: d0cker-UNIQUE-93ab}
+"#;
+    cluster.apply(0, "objects", objects).unwrap();
+    let app = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reader}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: reader}}
+  template:
+    metadata: {labels: {app: reader}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: shoal-shell:dev
+        command:
+        - /bin/sh
+        - -c
+        - |
+          echo "GREETING=$GREETING"
+          [ "$PASS" = "$(cat /etc/secret/password)" ] && echo PASS_MATCHES_FILE
+          [ -n "$MY_IP" ] && echo "HAS_IP $MY_IP"
+          stat -L -c 'MODE %a' /etc/secret/password
+          echo READY
+          while true; do cat /etc/app/app.conf; echo; sleep 0.2; done
+        envFrom:
+        - configMapRef: {name: app}
+        env:
+        - name: PASS
+          valueFrom: {secretKeyRef: {name: creds, key: password}}
+        - name: MY_IP
+          valueFrom: {fieldRef: {fieldPath: status.podIP}}
+        volumeMounts:
+        - {name: config, mountPath: /etc/app}
+        - {name: secret, mountPath: /etc/secret}
+      volumes:
+      - name: config
+        configMap: {name: app}
+      - name: secret
+        secret: {secretName: creds, defaultMode: 0400}
+"#;
+    cluster.apply(0, "app", app).unwrap();
+    let logs = |c: &Cluster| -> Result<String, String> {
+        let pods = pod_list(c);
+        let name = pods
+            .first()
+            .and_then(|p| p["metadata"]["name"].as_str())
+            .ok_or("no pod")?
+            .to_owned();
+        c.agents[0].cli(&["logs", &name])
+    };
+    cluster.wait_for("the container reads its config", Duration::from_secs(90), |c| {
+        let text = logs(c)?;
+        for want in [
+            "GREETING=hello",
+            "PASS_MATCHES_FILE",
+            "HAS_IP ",
+            "MODE 400",
+            "color=blue",
+        ] {
+            if !text.contains(want) {
+                return Err(format!("{want} not in {text}"));
+            }
+        }
+        Ok(())
+    });
+    // The secret's files are on tmpfs on the host, and its value nowhere in the data dir.
+    let mut on_tmpfs = false;
+    for entry in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+        let pods = entry.path().join("pods");
+        for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            let file = pod.path().join("volumes/secret/password");
+            if std::fs::read_to_string(&file).is_ok_and(|v| v == "d0cker-UNIQUE-93ab") {
+                on_tmpfs = true;
+            }
+        }
+    }
+    assert!(on_tmpfs, "the secret volume is in /dev/shm");
+    let agent = &cluster.agents[0];
+    let mut stack = vec![agent.dir.clone(), agent.log_dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                assert!(
+                    !bytes.windows(18).any(|w| w == b"d0cker-UNIQUE-93ab"),
+                    "plaintext in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    // A change reaches the running container's file.
+    cluster
+        .apply(0, "objects", &objects.replace("color=blue", "color=green"))
+        .unwrap();
+    cluster.wait_for("the container sees the change", Duration::from_secs(20), |c| {
+        let text = logs(c)?;
+        if text.contains("color=green") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+}

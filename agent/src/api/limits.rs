@@ -174,11 +174,11 @@ mod tests {
             assert!(l.object_bytes <= MAX_OBJECT);
         }
         let l = BodyLimits::default();
-        assert_eq!((l.request_bytes, l.object_bytes), (64 << 20, 1 << 20));
+        assert_eq!((l.request_bytes, l.object_bytes), (64 << 20, 2 << 20));
         assert_eq!(l.of_route(&Method::POST, "/api/v1/apply"), 64 << 20);
         assert_eq!(
             l.of_route(&Method::PUT, "/api/v1/objects/pod/default/x"),
-            1 << 20
+            2 << 20
         );
         assert_eq!(l.of_route(&Method::POST, "/api/v1/join"), SMALL_REQUEST);
     }

@@ -21,6 +21,7 @@ use super::limits::human_bytes;
 use super::workloads::{apply_resources, invalid, present};
 use super::{Api, error, gone, k8s, not_written, written};
 use crate::manifest::{self, Kind, NamespaceFrom, ParseOptions, Resource};
+use crate::secret_box::SecretBox;
 use crate::workload::stored::{DecodeError, StoredObject};
 
 /// Largest object accepted, in bytes: a `PUT` body, and each object of an `apply` (lower when
@@ -60,9 +61,14 @@ pub(crate) fn resource_of_body(
     kind: Kind,
     key: &ObjectKey,
     body: &[u8],
+    secret_box: &SecretBox,
 ) -> Result<Resource, Vec<String>> {
     let resource = match StoredObject::decode(body) {
+        // A sealed secret (what `GET` returns for one) is opened first: written as it is, it
+        // would lose its data.
         Ok(stored) => stored
+            .unsealed(key, secret_box)
+            .map_err(|e| vec![format!("sealed: {e}")])?
             .resource()
             .map_err(|e| vec![format!("object: {e}")])?,
         Err(newer @ DecodeError::Newer(_)) => return Err(vec![format!("format: {newer}")]),
@@ -159,7 +165,7 @@ pub(super) async fn put_object(
             ),
         );
     }
-    let resource = match resource_of_body(kind, &key, &body) {
+    let resource = match resource_of_body(kind, &key, &body, &api.secret_box) {
         Ok(r) => r,
         Err(problems) => {
             let problems: Vec<String> = problems
@@ -287,6 +293,10 @@ mod tests {
         replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: \
         {app: web}}\n    spec:\n      containers:\n      - {name: a, image: x}\n";
 
+    fn test_box() -> SecretBox {
+        SecretBox::new(&crate::net::ClusterKey::from_bytes([7; 32]))
+    }
+
     fn key(namespace: &str, name: &str) -> ObjectKey {
         ObjectKey {
             kind: "deployment".into(),
@@ -296,14 +306,14 @@ mod tests {
     }
 
     fn refusal(body: &str, key: &ObjectKey) -> String {
-        resource_of_body(Kind::Deployment, key, body.as_bytes())
+        resource_of_body(Kind::Deployment, key, body.as_bytes(), &test_box())
             .expect_err("refused")
             .join("; ")
     }
 
     #[test]
     fn a_manifest_of_the_path_s_kind_namespace_and_name_is_taken() {
-        let r = resource_of_body(Kind::Deployment, &key("prod", "web"), WEB.as_bytes()).unwrap();
+        let r = resource_of_body(Kind::Deployment, &key("prod", "web"), WEB.as_bytes(), &test_box()).unwrap();
         let k = r.key();
         assert_eq!(
             (k.kind, k.namespace.as_str(), k.name.as_str()),
@@ -314,7 +324,7 @@ mod tests {
             &serde_json::from_slice::<serde_json::Value>(&r.to_stored()).unwrap(),
         )
         .unwrap();
-        assert!(resource_of_body(Kind::Deployment, &key("prod", "web"), json.as_bytes()).is_ok());
+        assert!(resource_of_body(Kind::Deployment, &key("prod", "web"), json.as_bytes(), &test_box()).is_ok());
     }
 
     #[test]
@@ -324,10 +334,10 @@ mod tests {
             .remove(0);
         let (_, stored) = apply_one(&r, None, 1, || "uid".into());
         let bytes = stored.unwrap().encode();
-        let back = resource_of_body(Kind::Deployment, &key("default", "web"), &bytes).unwrap();
+        let back = resource_of_body(Kind::Deployment, &key("default", "web"), &bytes, &test_box()).unwrap();
         assert_eq!(back.to_stored(), r.to_stored());
         // A stored form of another name is refused like a manifest.
-        let err = resource_of_body(Kind::Deployment, &key("default", "api"), &bytes)
+        let err = resource_of_body(Kind::Deployment, &key("default", "api"), &bytes, &test_box())
             .unwrap_err()
             .join("; ");
         assert!(err.starts_with("metadata.name: \"web\""), "{err}");

@@ -296,11 +296,7 @@ pub(super) async fn apply_resources(
             .and_then(|o| o.resource().ok())
             .and_then(|o| crate::manifest::immutable_change(&o, r))
         {
-            problems.push(format!(
-                "{} {:?} is invalid: {why}",
-                r.kind(),
-                r.name()
-            ));
+            problems.push(format!("{} {:?} is invalid: {why}", r.kind(), r.name()));
             continue;
         }
         let (outcome, new) = view::apply_one(r, old.as_ref(), now, new_uid);

@@ -142,6 +142,10 @@ impl NetConfig {
 pub(crate) struct Tuning {
     /// Messages queued per destination before new ones are dropped.
     pub(crate) peer_queue: usize,
+    /// Bytes queued per destination (besides failure-detector messages) before new messages
+    /// are dropped: a burst of state (an apply of a thousand objects, the largest object in
+    /// fragments) fits, a peer that does not read holds at most this much.
+    pub(crate) peer_queue_bytes: usize,
     /// Events queued for the caller; readers wait when it is full.
     pub(crate) event_queue: usize,
     /// Destinations with a writer at once; messages to more are dropped.
@@ -187,7 +191,8 @@ pub(crate) struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            peer_queue: 256,
+            peer_queue: 4096,
+            peer_queue_bytes: 8 << 20,
             event_queue: 1024,
             max_peers: 1024,
             max_inbound_streams: 2048,

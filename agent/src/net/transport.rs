@@ -188,27 +188,45 @@ const URGENT_QUEUE: usize = 64;
 struct LaneSenders {
     urgent: mpsc::Sender<Outgoing>,
     normal: mpsc::Sender<Outgoing>,
+    /// Bytes queued in the normal lane, shared with the writer.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most bytes the normal lane holds.
+    max_bytes: usize,
 }
 
 /// A writer's queues. Failure-detector messages (pings, acks, ping requests, nacks) have a
 /// lane of their own that the writer empties first, so a burst of state never delays an ack
-/// or pushes it out of a full queue.
+/// or pushes it out of a full queue. The normal lane is bounded in messages and in bytes.
 struct Lanes {
     urgent: mpsc::Receiver<Outgoing>,
     normal: mpsc::Receiver<Outgoing>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Lanes {
-    fn new(normal: usize) -> (LaneSenders, Lanes) {
+    fn new(normal: usize, max_bytes: usize) -> (LaneSenders, Lanes) {
         let (urgent_tx, urgent) = mpsc::channel(URGENT_QUEUE);
         let (normal_tx, normal) = mpsc::channel(normal.max(1));
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         (
             LaneSenders {
                 urgent: urgent_tx,
                 normal: normal_tx,
+                queued: queued.clone(),
+                max_bytes,
             },
-            Lanes { urgent, normal },
+            Lanes {
+                urgent,
+                normal,
+                queued,
+            },
         )
+    }
+
+    /// Counts an item out of the normal lane.
+    fn taken(&self, item: Outgoing) -> Outgoing {
+        self.queued.fetch_sub(item.bytes.len(), Ordering::Relaxed);
+        item
     }
 
     /// The next item, urgent ones first; `None` once both lanes are closed and empty.
@@ -216,12 +234,15 @@ impl Lanes {
         tokio::select! {
             biased;
             Some(item) = self.urgent.recv() => Some(item),
-            item = self.normal.recv() => item,
+            item = self.normal.recv() => item.map(|i| self.taken(i)),
         }
     }
 
     fn try_recv(&mut self) -> Result<Outgoing, mpsc::error::TryRecvError> {
-        self.urgent.try_recv().or_else(|_| self.normal.try_recv())
+        self.urgent.try_recv().or_else(|_| {
+            let item = self.normal.try_recv()?;
+            Ok(self.taken(item))
+        })
     }
 
     fn is_empty(&self) -> bool {
@@ -232,10 +253,18 @@ impl Lanes {
 impl LaneSenders {
     fn try_send(&self, item: Outgoing) -> Result<(), mpsc::error::TrySendError<Outgoing>> {
         if shoal_gossip::message::is_probe(&item.bytes) {
-            self.urgent.try_send(item)
-        } else {
-            self.normal.try_send(item)
+            return self.urgent.try_send(item);
         }
+        let len = item.bytes.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        // One message always fits an empty lane, whatever its size.
+        if before > 0 && before + len > self.max_bytes {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return Err(mpsc::error::TrySendError::Full(item));
+        }
+        self.normal.try_send(item).inspect_err(|_| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+        })
     }
 }
 
@@ -929,7 +958,7 @@ impl Shared {
             self.count(&c.dropped_too_many_peers, 1);
             return;
         }
-        let (tx, rx) = Lanes::new(self.tuning.peer_queue);
+        let (tx, rx) = Lanes::new(self.tuning.peer_queue, self.tuning.peer_queue_bytes);
         // Cannot fail: the channel is new and has room.
         let _ = tx.try_send(item);
         writers.next_id += 1;

@@ -23,6 +23,8 @@ pub(crate) mod view;
 #[cfg(test)]
 mod plan_tests;
 #[cfg(test)]
+mod pod_config_tests;
+#[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]
 pub(crate) mod testbed;

@@ -322,3 +322,45 @@ impl PodRecord {
 pub(crate) fn record_name(namespace: &str, name: &str) -> String {
     format!("{POD_RECORD_PREFIX}{namespace}/{name}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::ClusterKey;
+    use crate::workload::view::apply_one;
+
+    const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2-unique}\n";
+
+    #[test]
+    fn a_sealed_secret_holds_no_value_opens_to_itself_and_seals_the_same_again() {
+        let secret_box = SecretBox::new(&ClusterKey::from_bytes([3; 32]));
+        let resource = crate::manifest::parse("s.yaml", SECRET.as_bytes())
+            .unwrap()
+            .remove(0);
+        let key = object_key(Kind::Secret, "default", "db");
+        let (_, new) = apply_one(&resource, None, 1, || "uid".into());
+        let plain = new.unwrap();
+        let mut sealed = plain.clone();
+        sealed.seal(&key, &secret_box);
+        let bytes = sealed.encode();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("hunter2-unique"), "{text}");
+        // base64 of the value, as `data` holds it
+        assert!(!text.contains("aHVudGVyMi11bmlxdWU"), "{text}");
+        let decoded = StoredObject::decode(&bytes).unwrap();
+        assert_eq!(decoded.unsealed(&key, &secret_box).unwrap(), plain);
+        // Deterministic: the same data seals to the same bytes.
+        let mut again = plain.clone();
+        again.seal(&key, &secret_box);
+        assert_eq!(again.encode(), bytes);
+        // Sealing twice changes nothing; other keys and other secrets do not open it.
+        sealed.seal(&key, &secret_box);
+        assert_eq!(sealed.encode(), bytes);
+        let other = SecretBox::new(&ClusterKey::from_bytes([4; 32]));
+        assert!(decoded.unsealed(&key, &other).is_err());
+        let elsewhere = object_key(Kind::Secret, "default", "other");
+        assert!(decoded.unsealed(&elsewhere, &secret_box).is_err());
+        // A sealed secret still decodes (its data is empty until opened).
+        assert!(matches!(decoded.resource(), Ok(Resource::Secret(s)) if s.data.is_empty()));
+    }
+}

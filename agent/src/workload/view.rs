@@ -569,7 +569,7 @@ pub(crate) fn stamp_config_digests(
             continue;
         }
         let namespace = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let digest = pod_config::config_digest(&namespace, &d.spec.template.spec, &stored);
+        let digest = pod_config::config_digest(&namespace, &d.spec.template.spec, stored);
         d.spec
             .template
             .metadata

@@ -161,6 +161,27 @@ impl Supervisor {
         match result {
             Ok(info) => {
                 pod.waiting = None;
+                if !self.config.pull_images {
+                    // The process runtime cannot mount: say where each mount's files are.
+                    let mut notes = Vec::new();
+                    for c in &pod.desired.pod.spec.containers {
+                        for m in &c.volume_mounts {
+                            let Some(dir) = info.volume_dirs.get(&m.name) else {
+                                continue;
+                            };
+                            notes.push(format!(
+                                "volume {:?} of container {} is at {dir} (${}), not at {}: the process runtime does not mount",
+                                m.name,
+                                c.name,
+                                runtime::process::volume_env_name(&m.name),
+                                m.mount_path
+                            ));
+                        }
+                    }
+                    for note in notes {
+                        pod.event(now.wall_ms, "Normal", "VolumeDirectory", note);
+                    }
+                }
                 for c in &info.containers {
                     pod.event(
                         now.wall_ms,
