@@ -401,6 +401,30 @@ async fn shutdown_flushes_queued_messages() {
 }
 
 #[tokio::test]
+async fn a_peer_queue_holds_at_most_its_bytes() {
+    let key = ClusterKey::generate().unwrap();
+    let (a, _a_rx) = node_with(&key, |c| {
+        c.tuning.peer_queue = 10_000;
+        c.tuning.peer_queue_bytes = 64 * 1024;
+    })
+    .await;
+    // Nothing listens on the discard port: the writer never takes anything off the queue
+    // before its dial fails, so what is queued stays queued meanwhile.
+    let nobody = Keypair::generate_ed25519().public().to_peer_id();
+    let nobody = node_id_of(&nobody).unwrap();
+    for _ in 0..100 {
+        a.send(Some(nobody), "127.0.0.1:9", vec![0; 4096]);
+    }
+    // 16 messages of 4 KiB fill 64 KiB (the first is taken by the writer at once, at most).
+    let m = a.metrics();
+    assert!(
+        (83..=84).contains(&m.dropped_queue_full),
+        "64 KiB of 4 KiB messages queued, the rest dropped: {m:?}"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn overload_and_bad_input_are_dropped_and_counted() {
     let key = ClusterKey::generate().unwrap();
     let (a, _a_rx) = node_with(&key, |c| {
