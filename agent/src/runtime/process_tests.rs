@@ -886,15 +886,25 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 /// The environment of a running process, from `/proc/<pid>/environ`.
+/// A process's environment, once it is the container's: between the fork and the exec the
+/// child still has the test's own (without `POD_NAME`, which the runtime always sets).
 fn environ_of(pid: &str) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    raw.split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect()
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let env: BTreeMap<String, String> = raw
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect();
+        if env.contains_key("POD_NAME") || Instant::now() > deadline {
+            return env;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The files under `dir` (links not followed) whose content holds `needle`.
