@@ -12,12 +12,17 @@
 //! - `GET /api/v1/objects/{kind}[?namespace=NS]`: list of `{namespace, name, value}`.
 //! - `GET /api/v1/limits`: the largest request bodies taken (`requestBytes`: an apply,
 //!   `objectBytes`: one object); a larger body is answered 413 with the limit ([`limits`]).
+//! - `GET /api/v1/configmaps[?namespace=NS]`, `GET /api/v1/secrets[?namespace=NS]`: `List`s
+//!   of the objects as Kubernetes shapes them (secrets' values in base64);
+//!   `GET /api/v1/configmaps/{ns}/{name}`, `GET /api/v1/secrets/{ns}/{name}`: `{"object"}`.
+//!   Secret reads are authorised reads ([`config`]).
 //! - `GET /api/v1/stats`: counters (gossip, network, persistence, the mesh's per service, the
 //!   cluster DNS, the projector with the keys of values it cannot read) and the join status
 //!   (`join`: peers, whether it still joins, who refused it or could not be reached).
 //!
 //! Authentication: when the API listens beyond loopback, every request but `/healthz` needs
-//! `Authorization: Bearer <token>`; the agent refuses to start such a listener without a token.
+//! `Authorization: Bearer <token>`; the agent refuses to start such a listener without a token,
+//! and secrets are never served by one without a token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +33,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use shoal_gossip::ClockVerdict;
@@ -43,6 +48,7 @@ use crate::workload::plan::Plan;
 use crate::workload::projector::ProjectorCounters;
 use crate::workload::snapshot::Snapshot;
 
+mod config;
 mod k8s;
 pub(crate) mod limits;
 pub(crate) mod logs_remote;
@@ -125,6 +131,25 @@ pub(crate) fn router(state: Api) -> Router {
             get(workloads::get_service),
         )
         .route("/api/v1/endpoints", get(workloads::list_endpoints))
+        .route("/api/v1/configmaps", get(config::list_config_maps))
+        .route(
+            "/api/v1/configmaps/{namespace}/{name}",
+            get(config::get_config_map),
+        )
+        .route(
+            "/api/v1/secrets",
+            get(config::list_secrets).layer(middleware::from_fn_with_state(
+                state.clone(),
+                config::authorise_secret_reads,
+            )),
+        )
+        .route(
+            "/api/v1/secrets/{namespace}/{name}",
+            get(config::get_secret).layer(middleware::from_fn_with_state(
+                state.clone(),
+                config::authorise_secret_reads,
+            )),
+        )
         .route("/api/v1/limits", get(limits::limits))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -137,12 +162,14 @@ pub(crate) fn router(state: Api) -> Router {
         .with_state(state)
 }
 
-/// Serves the API until `shutdown` resolves.
+/// Serves the API until `shutdown` resolves. Every request carries where the API listens
+/// ([`config::Listening`]: secrets are served beyond loopback only with a token).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let router = router.layer(Extension(config::Listening(listener.local_addr()?)));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
