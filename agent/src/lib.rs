@@ -54,10 +54,17 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
-    /// List resources: nodes, pods, deployments, services, endpoints, namespaces.
+    /// Create a config map or a secret from literal values, files or env files, a TLS secret
+    /// or a registry's credentials (kubectl's `create configmap|secret`).
+    Create {
+        #[command(subcommand)]
+        what: cli::create::CreateCommand,
+    },
+    /// List resources: nodes, pods, deployments, services, endpoints, config maps, secrets,
+    /// namespaces.
     Get {
         /// What to list: nodes, pods (po), deployments (deploy), services (svc), endpoints
-        /// (ep), namespaces (ns).
+        /// (ep), configmaps (cm), secrets, namespaces (ns).
         resource: String,
         /// Names to show (all when none).
         names: Vec<String>,
@@ -75,9 +82,10 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
-    /// Show a node, pod, deployment or service in detail, with recent events.
+    /// Show a node, pod, deployment, service, config map or secret in detail (a secret's
+    /// keys and sizes, never its values), with recent events.
     Describe {
-        /// node, pod, deployment or service.
+        /// node, pod, deployment, service, configmap (cm) or secret.
         resource: String,
         /// Its name.
         name: String,
@@ -212,6 +220,7 @@ pub fn run() -> anyhow::Result<()> {
             ns,
             api,
         } => cli::apply::apply(&api, &files, ns.namespace, recursive, dry_run),
+        Command::Create { what } => cli::create::create(what),
         Command::Get {
             resource,
             names,

@@ -13,6 +13,7 @@ use self::table::{format_table, human_duration};
 use crate::clock::wall_ms;
 
 pub(crate) mod apply;
+pub(crate) mod create;
 pub(crate) mod table;
 #[cfg(test)]
 mod table_tests;
@@ -142,6 +143,18 @@ impl Client {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
         self.finish(request.call())
+    }
+
+    /// A GET whose 404 is an answer (`None`): whether an object exists.
+    pub(crate) fn get_if_found(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let mut request = self.agent.get(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        match request.call() {
+            Ok(r) if r.status() == 404 => Ok(None),
+            result => self.finish(result).map(Some),
+        }
     }
 
     /// A streamed GET (logs): the body as a reader, without the overall timeout.

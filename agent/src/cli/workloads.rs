@@ -1,5 +1,5 @@
 //! kubectl-like verbs for workloads: apply, get, describe, delete, scale, logs, rollout; for pods,
-//! deployments, namespaces, services and the endpoints of services.
+//! deployments, namespaces, services and the endpoints of services, config maps and secrets.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -539,27 +539,65 @@ pub(crate) fn describe(
             let answer = client.get(&format!("/api/v1/secrets/{ns}/{name}"))?;
             text.push_str(&describe_secret(&answer["object"]));
         }
-        Kind::Namespace => bail!(
-            "describe supports pods, deployments, services, configmaps, secrets and nodes"
-        ),
+        Kind::Namespace => {
+            bail!("describe supports pods, deployments, services, configmaps, secrets and nodes")
+        }
     }
     print!("{text}");
     Ok(())
 }
 
-/// The metadata lines every `describe` starts with.
+/// The metadata lines `describe configmap|secret` start with, as kubectl prints them: a
+/// label per line (`k=v`), an annotation per line (`k: v`; a long or multi-line value under
+/// its key, each line cut at 140 characters).
 fn describe_meta(object: &Value) -> String {
+    const INDENT: &str = "              ";
+    const MAX_ANNOTATION: usize = 140;
     let meta = &object["metadata"];
     let map = |field: &str| -> BTreeMap<String, String> {
         serde_json::from_value(meta[field].clone()).unwrap_or_default()
     };
-    format!(
-        "Name:         {}\nNamespace:    {}\nLabels:       {}\nAnnotations:  {}\n",
+    let mut text = format!(
+        "Name:         {}\nNamespace:    {}\n",
         meta["name"].as_str().unwrap_or(""),
         meta["namespace"].as_str().unwrap_or(""),
-        labels(&map("labels")),
-        labels(&map("annotations")),
-    )
+    );
+    let block = |text: &mut String, title: &str, lines: Vec<String>| {
+        text.push_str(&format!("{:<14}", format!("{title}:")));
+        if lines.is_empty() {
+            text.push_str("<none>\n");
+        }
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 && !line.starts_with(INDENT) {
+                text.push_str(INDENT);
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+    };
+    let labels_lines = map("labels")
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    block(&mut text, "Labels", labels_lines);
+    let mut annotation_lines = Vec::new();
+    for (key, value) in map("annotations") {
+        let value = value.strip_suffix('\n').unwrap_or(&value);
+        if key.len() + value.len() + 2 > MAX_ANNOTATION || value.contains('\n') {
+            annotation_lines.push(format!("{key}:"));
+            for line in value.split('\n') {
+                let cut = match line.char_indices().nth(MAX_ANNOTATION - 2) {
+                    Some((at, _)) => format!("{}...", &line[..at]),
+                    None => line.to_owned(),
+                };
+                annotation_lines.push(format!("{INDENT}  {cut}"));
+            }
+        } else {
+            annotation_lines.push(format!("{key}: {value}"));
+        }
+    }
+    block(&mut text, "Annotations", annotation_lines);
+    text
 }
 
 /// `describe configmap`, as kubectl prints it: every value in full (they are not secret).
@@ -567,7 +605,10 @@ fn describe_config_map(object: &Value) -> String {
     let mut text = describe_meta(object);
     text.push_str("\nData\n====\n");
     for (key, value) in object["data"].as_object().into_iter().flatten() {
-        text.push_str(&format!("{key}:\n----\n{}\n\n", value.as_str().unwrap_or("")));
+        text.push_str(&format!(
+            "{key}:\n----\n{}\n\n",
+            value.as_str().unwrap_or("")
+        ));
     }
     text.push_str("\nBinaryData\n====\n");
     for (key, value) in object["binaryData"].as_object().into_iter().flatten() {
@@ -578,16 +619,19 @@ fn describe_config_map(object: &Value) -> String {
     text
 }
 
-/// `describe secret`, as kubectl prints it: keys and sizes, never a value.
+/// `describe secret`, as kubectl prints it: keys and sizes, never a value (the keys aligned
+/// as kubectl's tab writer aligns them).
 fn describe_secret(object: &Value) -> String {
     let mut text = describe_meta(object);
     text.push_str(&format!(
         "\nType:  {}\n\nData\n====\n",
         object["type"].as_str().unwrap_or("Opaque")
     ));
-    for (key, value) in object["data"].as_object().into_iter().flatten() {
+    let data: Vec<(&String, &Value)> = object["data"].as_object().into_iter().flatten().collect();
+    let width = data.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0) + 2;
+    for (key, value) in data {
         let size = base64_len(value.as_str().unwrap_or(""));
-        text.push_str(&format!("{key}:  {size} bytes\n"));
+        text.push_str(&format!("{:<width$}{size} bytes\n", format!("{key}:")));
     }
     text
 }
@@ -875,6 +919,44 @@ mod tests {
             list_path(ResourceType::Object(Kind::Service), None),
             "/api/v1/services"
         );
+    }
+
+    #[test]
+    fn describe_config_maps_and_secrets_as_kubectl_prints_them() {
+        let secret = json!({
+            "metadata": {"name": "db", "namespace": "default", "labels": {"a": "1", "b": "2"}},
+            "type": "Opaque",
+            "data": {"password": "czNjcjN0", "u": "YWRtaW4="},
+        });
+        let text = describe_secret(&secret);
+        assert_eq!(
+            text,
+            "Name:         db\nNamespace:    default\nLabels:       a=1\n              b=2\n\
+             Annotations:  <none>\n\nType:  Opaque\n\nData\n====\n\
+             password:  6 bytes\nu:         5 bytes\n"
+        );
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("czNjcjN0"),
+            "{text}"
+        );
+        let long = "x".repeat(200);
+        let cm = json!({
+            "metadata": {"name": "web", "namespace": "prod",
+                "annotations": {"note": "hi", "long": long, "multi": "one\ntwo\n"}},
+            "data": {"mode": "fast"},
+            "binaryData": {"blob": "//4A"},
+        });
+        let text = describe_config_map(&cm);
+        let want = format!(
+            "Name:         web\nNamespace:    prod\nLabels:       <none>\n\
+             Annotations:  long:\n                {}...\n\
+             \x20             multi:\n                one\n                two\n\
+             \x20             note: hi\n\n\
+             Data\n====\nmode:\n----\nfast\n\n\nBinaryData\n====\nblob: 3 bytes\n\n\
+             Events:  <none>\n",
+            "x".repeat(138)
+        );
+        assert_eq!(text, want);
     }
 
     #[test]
