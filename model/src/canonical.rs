@@ -22,7 +22,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::model::{
     ConfigMap, Deployment, Kind, Namespace, ObjectMeta, Pod, Resource, Secret, Service,
 };
-use crate::validate::validate;
+use crate::validate::validate_stored;
 
 /// Why stored bytes are not a valid object.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,7 @@ impl Resource {
         if kind.is_namespaced() && resource.metadata().namespace.is_none() {
             return Err(StoredError::Invalid("metadata.namespace: missing".into()));
         }
-        if let Some(issue) = validate(&resource).into_iter().next() {
+        if let Some(issue) = validate_stored(&resource).into_iter().next() {
             return Err(StoredError::Invalid(format!(
                 "{}: {}",
                 issue.path, issue.message

@@ -35,7 +35,21 @@ pub(crate) struct Issue {
 
 /// Every rule violation of `resource`.
 pub(crate) fn validate(resource: &Resource) -> Vec<Issue> {
-    let mut v = Validator::default();
+    validate_with(resource, false)
+}
+
+/// Every rule violation of a stored `resource`. A stored Secret may hold no data: its values
+/// are sealed beside the object (the agent keeps them so), so the keys its type requires are
+/// checked when it is applied, not when it is read back.
+pub(crate) fn validate_stored(resource: &Resource) -> Vec<Issue> {
+    validate_with(resource, true)
+}
+
+fn validate_with(resource: &Resource, stored: bool) -> Vec<Issue> {
+    let mut v = Validator {
+        stored,
+        ..Validator::default()
+    };
     let kind = resource.kind();
     v.meta(resource.metadata(), kind);
     match resource {
@@ -52,6 +66,8 @@ pub(crate) fn validate(resource: &Resource) -> Vec<Issue> {
 #[derive(Default)]
 struct Validator {
     issues: Vec<Issue>,
+    /// Checking a stored object (see [`validate_stored`]).
+    stored: bool,
 }
 
 impl Validator {
@@ -578,8 +594,14 @@ impl Validator {
         }
         let kind = secret.secret_type.as_str();
         let has = |key: &str| secret.data.contains_key(key);
+        let sealed = self.stored && secret.data.is_empty();
         match kind {
             "Opaque" => {}
+            "kubernetes.io/tls"
+            | "kubernetes.io/basic-auth"
+            | "kubernetes.io/ssh-auth"
+            | "kubernetes.io/dockerconfigjson"
+                if sealed => {}
             "kubernetes.io/tls" => {
                 for key in ["tls.crt", "tls.key"] {
                     if !has(key) {
