@@ -209,8 +209,8 @@ fn format_addr(ip: IpAddr, port: u16) -> String {
 /// core's default, 1,200 bytes): at 16 KiB a burst of object writes (an apply of a thousand
 /// config maps) leaves in tens of messages rather than thousands, and the largest object
 /// (1 MiB and its encoding) in about a hundred fragments, within a peer's send queue.
-const GOSSIP_MESSAGE_SIZE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16 * 1024)
-    .expect("non-zero");
+const GOSSIP_MESSAGE_SIZE: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(16 * 1024).expect("non-zero");
 
 fn cluster_key(args: &AgentArgs, data_dir: &Path) -> anyhow::Result<(ClusterKey, bool)> {
     let stored = data_dir.join("cluster.key");

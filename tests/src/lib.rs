@@ -1004,7 +1004,10 @@ impl Capture {
                 report.packets += 1;
                 report.bytes += n as u64;
                 for (i, needle) in needles.iter().enumerate() {
-                    if buf[..n].windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    if buf[..n]
+                        .windows(needle.len())
+                        .any(|w| w == needle.as_slice())
+                    {
                         report.found[i] += 1;
                     }
                 }

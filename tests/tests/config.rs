@@ -311,14 +311,19 @@ fn pods_read_config_maps_secrets_and_the_downward_api_and_follow_changes() {
     let changed = CONFIG.replace("color=blue", "color=green");
     let applied = Instant::now();
     cluster.apply(via, "config", &changed).unwrap();
-    let took = wait_until("the mounted file follows", secs(10), &cluster.agents, || {
-        let text = std::fs::read_to_string(&conf[0]).map_err(|e| e.to_string())?;
-        if text == "color=green\n" {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    });
+    let took = wait_until(
+        "the mounted file follows",
+        secs(10),
+        &cluster.agents,
+        || {
+            let text = std::fs::read_to_string(&conf[0]).map_err(|e| e.to_string())?;
+            if text == "color=green\n" {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    );
     println!(
         "mounted file updated {:?} after the apply returned ({:?} after it began)",
         took,
@@ -427,7 +432,10 @@ data:
     let err = cluster.apply(0, "bad", bad).unwrap_err();
     assert!(err.contains("data[key]: not valid base64"), "{err}");
     let list = cluster.agents[0].cli(&["get", "configmaps"]).unwrap();
-    assert!(!list.contains("fine"), "nothing of the apply is written: {list}");
+    assert!(
+        !list.contains("fine"),
+        "nothing of the apply is written: {list}"
+    );
     // An immutable object refuses changes, and says so.
     let immutable = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fixed\nimmutable: true\ndata:\n  a: b\n";
     cluster.apply(0, "fixed", immutable).unwrap();

@@ -496,24 +496,32 @@ spec:
             .to_owned();
         c.agents[0].cli(&["logs", &name])
     };
-    cluster.wait_for("the container reads its config", Duration::from_secs(90), |c| {
-        let text = logs(c)?;
-        for want in [
-            "GREETING=hello",
-            "PASS_MATCHES_FILE",
-            "HAS_IP ",
-            "MODE 400",
-            "color=blue",
-        ] {
-            if !text.contains(want) {
-                return Err(format!("{want} not in {text}"));
+    cluster.wait_for(
+        "the container reads its config",
+        Duration::from_secs(90),
+        |c| {
+            let text = logs(c)?;
+            for want in [
+                "GREETING=hello",
+                "PASS_MATCHES_FILE",
+                "HAS_IP ",
+                "MODE 400",
+                "color=blue",
+            ] {
+                if !text.contains(want) {
+                    return Err(format!("{want} not in {text}"));
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     // The secret's files are on tmpfs on the host, and its value nowhere in the data dir.
     let mut on_tmpfs = false;
-    for entry in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let pods = entry.path().join("pods");
         for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
             let file = pod.path().join("volumes/secret/password");
@@ -528,7 +536,9 @@ spec:
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
@@ -545,12 +555,16 @@ spec:
     cluster
         .apply(0, "objects", &objects.replace("color=blue", "color=green"))
         .unwrap();
-    cluster.wait_for("the container sees the change", Duration::from_secs(20), |c| {
-        let text = logs(c)?;
-        if text.contains("color=green") {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    });
+    cluster.wait_for(
+        "the container sees the change",
+        Duration::from_secs(20),
+        |c| {
+            let text = logs(c)?;
+            if text.contains("color=green") {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
 }

@@ -313,7 +313,13 @@ mod tests {
 
     #[test]
     fn a_manifest_of_the_path_s_kind_namespace_and_name_is_taken() {
-        let r = resource_of_body(Kind::Deployment, &key("prod", "web"), WEB.as_bytes(), &test_box()).unwrap();
+        let r = resource_of_body(
+            Kind::Deployment,
+            &key("prod", "web"),
+            WEB.as_bytes(),
+            &test_box(),
+        )
+        .unwrap();
         let k = r.key();
         assert_eq!(
             (k.kind, k.namespace.as_str(), k.name.as_str()),
@@ -324,7 +330,15 @@ mod tests {
             &serde_json::from_slice::<serde_json::Value>(&r.to_stored()).unwrap(),
         )
         .unwrap();
-        assert!(resource_of_body(Kind::Deployment, &key("prod", "web"), json.as_bytes(), &test_box()).is_ok());
+        assert!(
+            resource_of_body(
+                Kind::Deployment,
+                &key("prod", "web"),
+                json.as_bytes(),
+                &test_box()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -334,12 +348,23 @@ mod tests {
             .remove(0);
         let (_, stored) = apply_one(&r, None, 1, || "uid".into());
         let bytes = stored.unwrap().encode();
-        let back = resource_of_body(Kind::Deployment, &key("default", "web"), &bytes, &test_box()).unwrap();
+        let back = resource_of_body(
+            Kind::Deployment,
+            &key("default", "web"),
+            &bytes,
+            &test_box(),
+        )
+        .unwrap();
         assert_eq!(back.to_stored(), r.to_stored());
         // A stored form of another name is refused like a manifest.
-        let err = resource_of_body(Kind::Deployment, &key("default", "api"), &bytes, &test_box())
-            .unwrap_err()
-            .join("; ");
+        let err = resource_of_body(
+            Kind::Deployment,
+            &key("default", "api"),
+            &bytes,
+            &test_box(),
+        )
+        .unwrap_err()
+        .join("; ");
         assert!(err.starts_with("metadata.name: \"web\""), "{err}");
     }
 

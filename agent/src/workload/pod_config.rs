@@ -26,7 +26,7 @@ use shoal_gossip::ObjectKey;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::manifest::{
-    ConfigMap, Container, Cpu, DownwardApiFile, EnvFromRef, EnvVarSource, Kind, KeyToPath, Memory,
+    ConfigMap, Container, Cpu, DownwardApiFile, EnvFromRef, EnvVarSource, KeyToPath, Kind, Memory,
     ObjectFieldSelector, Pod, PodSpec, ProjectionSource, ResourceFieldSelector, Secret,
     VolumeSource,
 };
@@ -410,7 +410,10 @@ fn field_value(pod: &Pod, field: &ObjectFieldSelector, facts: &PodFacts<'_>) -> 
     let meta = &pod.metadata;
     let path = field.field_path.as_str();
     let subscript = |prefix: &str| -> Option<String> {
-        let rest = path.strip_prefix(prefix)?.strip_prefix('[')?.strip_suffix(']')?;
+        let rest = path
+            .strip_prefix(prefix)?
+            .strip_prefix('[')?
+            .strip_suffix(']')?;
         let quote = rest.chars().next()?;
         (matches!(quote, '\'' | '"') && rest.len() >= 2 && rest.ends_with(quote))
             .then(|| rest[1..rest.len() - 1].to_owned())
@@ -484,7 +487,10 @@ fn resource_value(
     match r.resource.as_str() {
         "limits.cpu" | "requests.cpu" => {
             let millis = if r.resource == "limits.cpu" {
-                resources.limits.cpu.map_or(facts.allocatable.0, |c| c.millis())
+                resources
+                    .limits
+                    .cpu
+                    .map_or(facts.allocatable.0, |c| c.millis())
             } else {
                 resources.requests.cpu.map_or(0, |c| c.millis())
             };
@@ -515,7 +521,14 @@ fn volume_files(
     let mut files = Vec::new();
     let sensitive = match source {
         VolumeSource::ConfigMap(v) => {
-            config_map_files(cache, &v.name, &v.items, v.default_mode, v.optional, &mut files)?;
+            config_map_files(
+                cache,
+                &v.name,
+                &v.items,
+                v.default_mode,
+                v.optional,
+                &mut files,
+            )?;
             false
         }
         VolumeSource::Secret(v) => {
@@ -675,4 +688,3 @@ fn downward_files(
         });
     }
 }
-

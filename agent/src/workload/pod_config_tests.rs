@@ -125,10 +125,18 @@ fn env_comes_from_env_from_then_env_with_secrets_marked() {
     assert_eq!(last("MEM_REQ"), Some("64"));
     assert_eq!(
         c.sensitive_env,
-        vec!["PASS".to_owned(), "S_password".to_owned(), "S_user".to_owned()]
+        vec![
+            "PASS".to_owned(),
+            "S_password".to_owned(),
+            "S_user".to_owned()
+        ]
     );
     assert_eq!(config.warnings.len(), 1);
-    assert!(config.warnings[0].contains("Keys [9x]"), "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].contains("Keys [9x]"),
+        "{:?}",
+        config.warnings
+    );
 }
 
 #[test]
@@ -152,7 +160,10 @@ fn missing_objects_and_keys_stop_the_pod_unless_optional() {
             Some("secret \"nope\" not found"),
         ),
         ("{secretKeyRef: {name: nope, key: a, optional: true}}", None),
-        ("{configMapKeyRef: {name: cm, key: zz, optional: true}}", None),
+        (
+            "{configMapKeyRef: {name: cm, key: zz, optional: true}}",
+            None,
+        ),
     ];
     for (env, want) in cases {
         let (held, pod) = parse(&spec(env));
@@ -218,7 +229,14 @@ fn volumes_hold_the_keys_as_files_with_their_modes() {
             })
             .collect()
     };
-    let sensitive = |volume: &str| config.volumes.iter().find(|v| v.name == volume).unwrap().sensitive;
+    let sensitive = |volume: &str| {
+        config
+            .volumes
+            .iter()
+            .find(|v| v.name == volume)
+            .unwrap()
+            .sensitive
+    };
     assert_eq!(files("all").len(), 4);
     assert!(files("all").iter().all(|f| f.2 == 0o644));
     assert_eq!(
@@ -240,7 +258,11 @@ fn volumes_hold_the_keys_as_files_with_their_modes() {
         files("info"),
         vec![
             ("labels".into(), "app=\"web\"".into(), 0o644),
-            ("annotations".into(), "note=\"say \\\"hi\\\"\"".into(), 0o644)
+            (
+                "annotations".into(),
+                "note=\"say \\\"hi\\\"\"".into(),
+                0o644
+            )
         ]
     );
     assert_eq!(

@@ -29,8 +29,8 @@ use super::supervisor::{Action, NodePlan, Supervisor, SupervisorConfig, snapshot
 use crate::clock::Clock;
 use crate::driver::DriverHandle;
 use crate::manifest::{self, Probe, ProbeKind};
-use crate::secret_box::SecretBox;
 use crate::runtime::{AnyRuntime, PodInfo, Runtime, RuntimeError, RuntimeKind, VolumeSpec};
+use crate::secret_box::SecretBox;
 
 /// At most this many completions wait to be handled; runtime tasks wait beyond it.
 const DONE_QUEUE: usize = 4096;
@@ -118,7 +118,11 @@ impl VolumeQueue {
 }
 
 /// Writes queued volume rewrites one at a time (two writes of one volume never race).
-async fn write_volumes(queue: Arc<VolumeQueue>, runtime: Arc<AnyRuntime>, done: mpsc::Sender<Done>) {
+async fn write_volumes(
+    queue: Arc<VolumeQueue>,
+    runtime: Arc<AnyRuntime>,
+    done: mpsc::Sender<Done>,
+) {
     loop {
         while let Some(((uid, name), volume)) = queue.take() {
             let result = runtime.update_volume(&uid, &volume).await;

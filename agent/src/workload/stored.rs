@@ -174,8 +174,8 @@ impl StoredObject {
             .decode(sealed)
             .map_err(|_| UnsealError::Base64)?;
         let plain = secret_box.open(&Self::seal_context(key), &bytes)?;
-        let data: serde_json::Map<String, Value> = serde_json::from_slice(&plain)
-            .map_err(|e| UnsealError::Malformed(e.to_string()))?;
+        let data: serde_json::Map<String, Value> =
+            serde_json::from_slice(&plain).map_err(|e| UnsealError::Malformed(e.to_string()))?;
         let mut open = self.clone();
         open.sealed = None;
         if !data.is_empty() {

@@ -568,7 +568,11 @@ pub(crate) fn stamp_config_digests(
         if !wants(d) {
             continue;
         }
-        let namespace = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = d
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let digest = pod_config::config_digest(&namespace, &d.spec.template.spec, stored);
         d.spec
             .template

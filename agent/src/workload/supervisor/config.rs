@@ -60,7 +60,12 @@ impl Supervisor {
             warn!(pod = %pod.name(), namespace = %pod.namespace(), %uid, reason = %message,
                 "the pod waits for a config map, secret or key it reads");
         }
-        pod.event(now.wall_ms, "Warning", "Failed", format!("Error: {message}"));
+        pod.event(
+            now.wall_ms,
+            "Warning",
+            "Failed",
+            format!("Error: {message}"),
+        );
         pod.waiting = waiting;
         pod.config_wait = true;
         self.touch(uid);
@@ -74,13 +79,14 @@ impl Supervisor {
         };
         let mut changed = Vec::new();
         for (uid, pod) in &self.pods {
-            let differs = pod.config_refs.iter().any(|(key, old)| {
-                match (old, plan.configs.object(key)) {
-                    (None, None) => false,
-                    (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-                    _ => true,
-                }
-            });
+            let differs =
+                pod.config_refs
+                    .iter()
+                    .any(|(key, old)| match (old, plan.configs.object(key)) {
+                        (None, None) => false,
+                        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                        _ => true,
+                    });
             // A pod adopted after an agent restart has not been resolved by this one yet.
             let unresolved = pod.config_refs.is_empty()
                 && pod.info.is_some()
@@ -99,8 +105,7 @@ impl Supervisor {
                 self.reconcile(&uid, now);
                 continue;
             }
-            if pod.info.is_none() || pod.terminating() || pod.desired.pod.spec.volumes.is_empty()
-            {
+            if pod.info.is_none() || pod.terminating() || pod.desired.pod.spec.volumes.is_empty() {
                 // Not started yet (it resolves when it starts), or nothing mounted to follow:
                 // variables are read once, at start, as in Kubernetes.
                 let _ = self.resolve_config(&uid);

@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use shoal_gossip::{NodeId, ObjectKey};
 
-
 use crate::manifest::{ConfigMap, EnvVar, Kind, Resource, Secret};
 use crate::secret_box::SecretBox;
-use crate::workload::pod_config;
 use crate::workload::plan::{DesiredPod, Plan};
+use crate::workload::pod_config;
 use crate::workload::service::{self, ServiceRange};
 use crate::workload::snapshot::{Object, Snapshot};
 use crate::workload::stored::{PodRecord, ReplicaRef, object_key};
