@@ -76,12 +76,12 @@ fn writes_through_the_objects_api_are_validated_and_nothing_invalid_is_stored() 
     // Kinds the agent does not run are not stored either.
     let (status, body) = a.http(
         "PUT",
-        "/api/v1/objects/configmap/default/x",
+        "/api/v1/objects/persistentvolumeclaim/default/x",
         Some(b"anything"),
     );
     assert_eq!(status, 400, "{body}");
     assert!(
-        message(&body).contains("doesn't have a resource type \"configmap\""),
+        message(&body).contains("doesn't have a resource type \"persistentvolumeclaim\""),
         "{body}"
     );
     // What apply checks, PUT checks: the namespace must exist.

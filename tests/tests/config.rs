@@ -443,6 +443,21 @@ data:
         .apply(0, "fixed", &immutable.replace("a: b", "a: c"))
         .unwrap_err();
     assert!(err.contains("immutable"), "{err}");
+    // A typical tutorial application (a namespace, a config map, a secret with stringData and
+    // data, two deployments with probes, variables from both, a config map volume with
+    // items, a ClusterIP and a NodePort service) applies unchanged. (Its images cannot be
+    // pulled here: the other tests run the same shapes with local programs and images.)
+    let tutorial = include_str!("../../model/src/testdata/tutorial.yaml");
+    let out = cluster.apply(0, "tutorial", tutorial).unwrap();
+    for want in [
+        "namespace/guestbook created",
+        "configmap/web-config created",
+        "secret/db-credentials created",
+        "deployment.apps/db created",
+        "deployment.apps/web created",
+    ] {
+        assert!(out.contains(want), "{want} not in {out}");
+    }
     // Over 1 MiB: refused with the size and the limit.
     let big = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n  blob: {}\n",

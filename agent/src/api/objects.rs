@@ -31,6 +31,15 @@ use crate::workload::stored::{DecodeError, StoredObject};
 /// (base64 takes a third more).
 pub(crate) const MAX_OBJECT: usize = 2 << 20;
 
+/// The kinds objects may have, as the store names them (`namespace, pod, ...`).
+pub(crate) fn known_kinds() -> String {
+    Kind::ALL
+        .iter()
+        .map(|k| k.key_kind())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The key a path names, or the 400 to answer. Names follow Kubernetes' DNS subdomain rule.
 fn object_key(kind: String, namespace: String, name: String) -> Result<ObjectKey, Box<Response>> {
     for (field, value) in [("kind", &kind), ("namespace", &namespace), ("name", &name)] {
@@ -134,9 +143,10 @@ pub(super) async fn put_object(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             &format!(
-                "kind: the server doesn't have a resource type {:?} (objects of kinds namespace, \
-                 pod, deployment and service can be written)",
-                key.kind
+                "kind: the server doesn't have a resource type {:?} (objects of kinds {} can be \
+                 written)",
+                key.kind,
+                known_kinds()
             ),
         );
     };

@@ -380,8 +380,9 @@ pub(super) async fn delete(State(api): State<Api>, Json(request): Json<DeleteReq
             StatusCode::BAD_REQUEST,
             "BadRequest",
             &format!(
-                "the server doesn't have a resource type {:?} (known: namespace, pod, deployment, service)",
-                request.kind
+                "the server doesn't have a resource type {:?} (known: {})",
+                request.kind,
+                super::objects::known_kinds()
             ),
         );
     };
