@@ -931,3 +931,60 @@ fn a_replica_of_a_dead_node_starts_elsewhere_at_once() {
     assert_eq!(starts.len(), before + 1);
     assert!(starts[before].saturating_since(killed_at) < super::input::HOLD / 2);
 }
+
+#[test]
+fn a_pod_waits_for_its_config_map_starts_when_it_appears_and_its_files_follow_changes() {
+    let mut bed = Testbed::new(1);
+    bed.apply(&pod(
+        "reader",
+        "  volumes:\n  - name: conf\n    configMap: {name: settings}\n",
+        "    volumeMounts:\n    - {name: conf, mountPath: /etc/conf}\n",
+    ));
+    bed.run_for(secs(3), |_| {});
+    match &status(record(&bed, "reader")).state {
+        KState::Waiting { reason, message } => {
+            assert_eq!(reason.as_deref(), Some("CreateContainerConfigError"));
+            assert_eq!(message.as_deref(), Some("configmap \"settings\" not found"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. })).is_empty());
+    let config = |color: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{color: {color}}}\n"
+        )
+    };
+    // It starts as soon as the config map appears: no back-off to wait out.
+    bed.apply(&config("blue"));
+    let took = bed.run_until(secs(5), "started", |bed| {
+        bed.rigs[0]
+            .record("reader")
+            .is_some_and(PodRecord::is_ready)
+    });
+    assert!(took < secs(1), "{took:?}");
+    let uid = bed.rigs[0].uid_of("reader");
+    let content = |bed: &Testbed| {
+        bed.rigs[0]
+            .rt
+            .volume(&uid, "conf")
+            .map(|v| (v.files[0].path.clone(), v.files[0].data.clone()))
+    };
+    assert_eq!(content(&bed), Some(("color".into(), b"blue".to_vec())));
+    // A change rewrites the volume of the running pod, without restarting it.
+    bed.apply(&config("green"));
+    bed.run_until(secs(2), "rewritten", |bed| {
+        content(bed) == Some(("color".into(), b"green".to_vec()))
+    });
+    let updates =
+        |bed: &Testbed| issued(&bed.rigs[0], |a| matches!(a, Action::UpdateVolume { .. })).len();
+    assert_eq!(updates(&bed), 1);
+    assert_eq!(
+        issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. })).len(),
+        1
+    );
+    // A change of another object, or the same content again, writes nothing.
+    bed.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n");
+    bed.apply(&config("green"));
+    bed.run_for(secs(2), |_| {});
+    assert_eq!(updates(&bed), 1);
+}
