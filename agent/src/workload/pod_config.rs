@@ -183,6 +183,15 @@ pub(crate) fn config_digest(
     format!("{:016x}", hasher.digest())
 }
 
+/// Kubernetes' words for a config map or secret (`kind`) that is not there.
+fn not_found(kind: Kind, name: &str) -> Missing {
+    let what = match kind {
+        Kind::Secret => "secret",
+        _ => "configmap",
+    };
+    Missing(format!("{what} \"{name}\" not found"))
+}
+
 /// Resolves a pod's variables and volumes (see the module docs).
 pub(crate) fn resolve(
     pod: &Pod,
@@ -206,6 +215,9 @@ pub(crate) fn resolve(
     }
     Ok(out)
 }
+
+/// The keys of a config map or secret with their bytes.
+type Entries = Vec<(String, Vec<u8>)>;
 
 /// The objects of one resolution, each read once.
 struct Cache<'a> {
@@ -248,6 +260,24 @@ impl<'a> Cache<'a> {
             self.secrets.insert(name.to_owned(), got);
         }
         Ok(self.secrets[name].as_ref())
+    }
+
+    /// Every key of a config map or secret (`kind`) with its bytes; `None` when absent.
+    fn entries(&mut self, kind: Kind, name: &str) -> Result<Option<Entries>, Missing> {
+        Ok(match kind {
+            Kind::Secret => self.secret(name)?.map(|secret| {
+                secret
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect()
+            }),
+            _ => self.config_map(name).map(|cm| {
+                cm.entries()
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                    .collect()
+            }),
+        })
     }
 
     /// The value of a config map's key: `Ok(None)` when optional and missing.
@@ -304,27 +334,13 @@ fn container_config(
     let mut sensitive = BTreeSet::new();
     for from in &container.env_from {
         let (kind, r) = match &from.source {
-            EnvFromRef::ConfigMapRef(r) => ("configMap", r),
-            EnvFromRef::SecretRef(r) => ("secret", r),
+            EnvFromRef::ConfigMapRef(r) => (Kind::ConfigMap, r),
+            EnvFromRef::SecretRef(r) => (Kind::Secret, r),
         };
-        let entries: Vec<(String, Vec<u8>)> = match &from.source {
-            EnvFromRef::ConfigMapRef(_) => match cache.config_map(&r.name) {
-                Some(cm) => cm
-                    .entries()
-                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                    .collect(),
-                None if r.optional => continue,
-                None => return Err(Missing(format!("configmap \"{}\" not found", r.name))),
-            },
-            EnvFromRef::SecretRef(_) => match cache.secret(&r.name)? {
-                Some(secret) => secret
-                    .data
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.0.clone()))
-                    .collect(),
-                None if r.optional => continue,
-                None => return Err(Missing(format!("secret \"{}\" not found", r.name))),
-            },
+        let entries = match cache.entries(kind, &r.name)? {
+            Some(entries) => entries,
+            None if r.optional => continue,
+            None => return Err(not_found(kind, &r.name)),
         };
         let mut skipped = Vec::new();
         for (key, value) in entries {
@@ -333,7 +349,7 @@ fn container_config(
                 skipped.push(name);
                 continue;
             }
-            if kind == "secret" {
+            if kind == Kind::Secret {
                 sensitive.insert(name.clone());
             } else {
                 sensitive.remove(&name);
@@ -342,6 +358,10 @@ fn container_config(
                 .push((name, String::from_utf8_lossy(&value).into_owned()));
         }
         if !skipped.is_empty() {
+            let kind = match kind {
+                Kind::Secret => "secret",
+                _ => "configMap",
+            };
             warnings.push(format!(
                 "Keys [{}] from the EnvFrom {kind} {}/{} were skipped since they are considered invalid environment variable names.",
                 skipped.join(", "),
@@ -521,8 +541,9 @@ fn volume_files(
     let mut files = Vec::new();
     let sensitive = match source {
         VolumeSource::ConfigMap(v) => {
-            config_map_files(
+            object_files(
                 cache,
+                Kind::ConfigMap,
                 &v.name,
                 &v.items,
                 v.default_mode,
@@ -532,8 +553,9 @@ fn volume_files(
             false
         }
         VolumeSource::Secret(v) => {
-            secret_files(
+            object_files(
                 cache,
+                Kind::Secret,
                 &v.secret_name,
                 &v.items,
                 v.default_mode,
@@ -550,8 +572,9 @@ fn volume_files(
             let mut sensitive = false;
             for source in &v.sources {
                 match source {
-                    ProjectionSource::ConfigMap(k) => config_map_files(
+                    ProjectionSource::ConfigMap(k) => object_files(
                         cache,
+                        Kind::ConfigMap,
                         &k.name,
                         &k.items,
                         v.default_mode,
@@ -560,8 +583,9 @@ fn volume_files(
                     )?,
                     ProjectionSource::Secret(k) => {
                         sensitive = true;
-                        secret_files(
+                        object_files(
                             cache,
+                            Kind::Secret,
                             &k.name,
                             &k.items,
                             v.default_mode,
@@ -582,7 +606,7 @@ fn volume_files(
 
 /// Files of `entries` (key, value): all of them as files of their names, or the `items`.
 fn key_files(
-    entries: &[(String, Vec<u8>)],
+    entries: &Entries,
     items: &[KeyToPath],
     default_mode: u32,
     optional: bool,
@@ -613,55 +637,31 @@ fn key_files(
     Ok(())
 }
 
-fn config_map_files(
+/// The files of a config map's or secret's keys (`kind`), or nothing when it is optional and
+/// absent.
+fn object_files(
     cache: &mut Cache<'_>,
+    kind: Kind,
     name: &str,
     items: &[KeyToPath],
     default_mode: u32,
     optional: bool,
     files: &mut Vec<VolumeFile>,
 ) -> Result<(), Missing> {
-    let entries: Vec<(String, Vec<u8>)> = match cache.config_map(name) {
-        Some(cm) => cm
-            .entries()
-            .map(|(k, v)| (k.to_owned(), v.to_vec()))
-            .collect(),
+    let entries = match cache.entries(kind, name)? {
+        Some(entries) => entries,
         None if optional => return Ok(()),
-        None => return Err(Missing(format!("configmap \"{name}\" not found"))),
+        None => return Err(not_found(kind, name)),
     };
     key_files(
         &entries,
         items,
         default_mode,
         optional,
-        |key| format!("configmap references non-existent config key: {key}"),
-        files,
-    )
-}
-
-fn secret_files(
-    cache: &mut Cache<'_>,
-    name: &str,
-    items: &[KeyToPath],
-    default_mode: u32,
-    optional: bool,
-    files: &mut Vec<VolumeFile>,
-) -> Result<(), Missing> {
-    let entries: Vec<(String, Vec<u8>)> = match cache.secret(name)? {
-        Some(secret) => secret
-            .data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect(),
-        None if optional => return Ok(()),
-        None => return Err(Missing(format!("secret \"{name}\" not found"))),
-    };
-    key_files(
-        &entries,
-        items,
-        default_mode,
-        optional,
-        |key| format!("references non-existent secret key: {key}"),
+        |key| match kind {
+            Kind::Secret => format!("references non-existent secret key: {key}"),
+            _ => format!("configmap references non-existent config key: {key}"),
+        },
         files,
     )
 }
