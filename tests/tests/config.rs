@@ -8,43 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::{Capture, Cluster, running_as_root, wait_until};
+use shoal_tests::{Capture, Cluster, files_holding, running_as_root, wait_until};
 
 const PROCESS: &[&str] = &["--runtime", "process"];
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-/// Every file under `dir` (recursively; symbolic links are not followed).
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            files_under(&entry.path(), out);
-        } else if kind.is_file() {
-            out.push(entry.path());
-        }
-    }
-}
-
-/// The files under `dir` whose bytes contain `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    files_under(dir, &mut files);
-    files
-        .into_iter()
-        .filter(|f| {
-            std::fs::read(f)
-                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 /// Pods as (name, node, phase, waiting reason) from `get pods -o json`.

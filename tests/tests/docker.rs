@@ -532,24 +532,9 @@ spec:
     }
     assert!(on_tmpfs, "the secret volume is in /dev/shm");
     let agent = &cluster.agents[0];
-    let mut stack = vec![agent.dir.clone(), agent.log_dir.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                assert!(
-                    !bytes.windows(18).any(|w| w == b"d0cker-UNIQUE-93ab"),
-                    "plaintext in {}",
-                    path.display()
-                );
-            }
-        }
+    for dir in [&agent.dir, &agent.log_dir] {
+        let found = shoal_tests::files_holding(dir, b"d0cker-UNIQUE-93ab");
+        assert!(found.is_empty(), "plaintext in {found:?}");
     }
     // A change reaches the running container's file.
     cluster

@@ -75,6 +75,27 @@ pub fn demo_binary() -> Result<PathBuf, String> {
     .clone()
 }
 
+/// `docker build` of the context `ctx` as `tag` (labelled as a test image, without BuildKit,
+/// which may be absent), then removes `ctx`.
+fn docker_build(ctx: &Path, tag: &str) -> Result<(), String> {
+    let output = Command::new("docker")
+        .args(["build", "--quiet", "--label", "io.shoal.demo=1", "-t", tag])
+        .arg(ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .map_err(|e| format!("running docker build: {e}"));
+    let _ = std::fs::remove_dir_all(ctx);
+    let output = output?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "docker build of {tag} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
 /// Builds the `shoal-demo:dev` image (once per test process), like `demo/build-image.sh`.
 pub fn build_demo_image() -> Result<(), String> {
     static BUILT: Mutex<Option<Result<(), String>>> = Mutex::new(None);
@@ -93,29 +114,7 @@ pub fn build_demo_image() -> Result<(), String> {
         };
         copy(&bin, "shoal-demo-http")?;
         copy(&workspace_root().join("demo/Dockerfile"), "Dockerfile")?;
-        let output = Command::new("docker")
-            .args([
-                "build",
-                "--quiet",
-                "--label",
-                "io.shoal.demo=1",
-                "-t",
-                DEMO_IMAGE,
-            ])
-            .arg(&ctx)
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .map_err(|e| format!("running docker build: {e}"));
-        let _ = std::fs::remove_dir_all(&ctx);
-        let output = output?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "docker build of {DEMO_IMAGE} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
+        docker_build(&ctx, DEMO_IMAGE)
     })();
     *built = Some(result.clone());
     result
@@ -171,29 +170,7 @@ pub fn build_shell_image() -> Result<(), String> {
             "FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\n",
         )
         .map_err(|e| format!("writing the Dockerfile: {e}"))?;
-        let output = Command::new("docker")
-            .args([
-                "build",
-                "--quiet",
-                "--label",
-                "io.shoal.demo=1",
-                "-t",
-                SHELL_IMAGE,
-            ])
-            .arg(&ctx)
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .map_err(|e| format!("running docker build: {e}"));
-        let _ = std::fs::remove_dir_all(&ctx);
-        let output = output?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "docker build of {SHELL_IMAGE} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
+        docker_build(&ctx, SHELL_IMAGE)
     })();
     *built = Some(result.clone());
     result
