@@ -793,6 +793,33 @@ impl Drop for Cluster {
         if docker {
             self.docker_cleanup();
         }
+        // Secret data the agents' pods had in RAM-backed storage, which their killed agents
+        // cannot remove.
+        let dirs: Vec<&Path> = self.agents.iter().map(|a| a.dir.as_path()).collect();
+        remove_ram_dirs_of(&dirs);
+    }
+}
+
+/// Removes the RAM-backed directories (`shoal-<id>` under `/dev/shm`, `/run` or
+/// `$XDG_RUNTIME_DIR`, each naming its agent's data dir in its file `data-dir`) of the agents
+/// with these data dirs.
+pub fn remove_ram_dirs_of(data_dirs: &[&Path]) {
+    let mut bases = vec![PathBuf::from("/dev/shm"), PathBuf::from("/run")];
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        bases.push(PathBuf::from(dir));
+    }
+    for base in bases {
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("shoal-") {
+                continue;
+            }
+            let Ok(owner) = std::fs::read_to_string(entry.path().join("data-dir")) else {
+                continue;
+            };
+            if data_dirs.iter().any(|d| Path::new(owner.trim()) == *d) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
