@@ -248,6 +248,11 @@ fn pods_read_config_maps_secrets_and_the_downward_api_and_follow_changes() {
         describe.contains("were skipped since they are considered invalid"),
         "{describe}"
     );
+    // The process runtime does not mount: the pod says where the files are instead.
+    assert!(
+        describe.contains("($SHOAL_VOLUME_CONFIG), not at /etc/app"),
+        "{describe}"
+    );
 
     // Files, with their modes.
     use std::os::unix::fs::PermissionsExt as _;
