@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::{Cluster, apply_manifest};
+use shoal_tests::{Cluster, apply_manifest, rss_and_cpu};
 
 const AGENTS: usize = 5;
 
@@ -156,6 +156,13 @@ fn main() {
     );
 
     // Many config maps at once.
+    let rss = |c: &Cluster| -> Vec<u64> {
+        c.agents
+            .iter()
+            .map(|a| a.pid().and_then(rss_and_cpu).map_or(0, |(kb, _)| kb))
+            .collect()
+    };
+    let before = rss(&cluster);
     let kib = "x".repeat(1024);
     let many: String = (0..maps)
         .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: many-{i}\ndata:\n  value: {kib}\n---\n"))
@@ -178,6 +185,14 @@ fn main() {
         "{maps} config maps of 1 KiB: apply took {applied:?}, on all {AGENTS} agents {:?} after it began",
         started.elapsed()
     );
+    // Settled: what gossip queued for retransmission has gone.
+    std::thread::sleep(Duration::from_secs(10));
+    let grown: Vec<i64> = rss(&cluster)
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| *after as i64 - *before as i64)
+        .collect();
+    println!("resident memory grown with them, per agent (KiB): {grown:?}");
 
     // The largest object.
     let big = format!(
