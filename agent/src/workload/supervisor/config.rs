@@ -36,6 +36,7 @@ impl Supervisor {
                 (key, object)
             })
             .collect();
+        pod.config_resolved = true;
         let node_name = pod.desired.pod.spec.node_name.clone().unwrap_or_default();
         let facts = PodFacts {
             uid: &pod.desired.uid,
@@ -88,7 +89,7 @@ impl Supervisor {
                         _ => true,
                     });
             // A pod adopted after an agent restart has not been resolved by this one yet.
-            let unresolved = pod.config_refs.is_empty()
+            let unresolved = !pod.config_resolved
                 && pod.info.is_some()
                 && !pod.desired.pod.spec.volumes.is_empty();
             if differs || unresolved {
@@ -111,21 +112,29 @@ impl Supervisor {
                 let _ = self.resolve_config(&uid);
                 continue;
             }
-            match self.resolve_config(&uid) {
-                Some(Ok(config)) => self.push_volume_updates(&uid, config),
-                Some(Err(missing)) => {
-                    // The files keep what they showed, as the kubelet keeps them.
-                    let pod = self.pods.get_mut(&uid).expect("resolved above");
-                    pod.event(
-                        now.wall_ms,
-                        "Warning",
-                        "FailedMount",
-                        format!("MountVolume.SetUp failed: {missing}"),
-                    );
-                    self.touch(&uid);
-                }
-                None => {}
+            self.refresh_volumes(&uid, now);
+        }
+    }
+
+    /// Resolves a running pod's volumes again and queues a rewrite of each that changed (a
+    /// pod adopted after an agent restart: what it reads may have changed meanwhile).
+    pub(super) fn refresh_volumes(&mut self, uid: &str, now: Now) {
+        match self.resolve_config(uid) {
+            Some(Ok(config)) => self.push_volume_updates(uid, config),
+            Some(Err(missing)) => {
+                // The files keep what they showed, as the kubelet keeps them.
+                let Some(pod) = self.pods.get_mut(uid) else {
+                    return;
+                };
+                pod.event(
+                    now.wall_ms,
+                    "Warning",
+                    "FailedMount",
+                    format!("MountVolume.SetUp failed: {missing}"),
+                );
+                self.touch(uid);
             }
+            None => {}
         }
     }
 

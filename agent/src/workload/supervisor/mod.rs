@@ -461,7 +461,11 @@ impl Supervisor {
                 match self.adopt(uid, info, want.as_ref(), now) {
                     Some(pod) => {
                         self.strays.remove(uid);
+                        let mounts = !pod.desired.pod.spec.volumes.is_empty();
                         self.insert_pod(uid, pod);
+                        if mounts {
+                            self.refresh_volumes(uid, now);
+                        }
                     }
                     None => {
                         self.stop(uid, now);

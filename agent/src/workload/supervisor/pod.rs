@@ -101,6 +101,9 @@ pub(super) struct LocalPod {
     /// The config maps and secrets it read when last resolved, as they were (`None`: absent),
     /// so that a change of one is seen by identity.
     pub(super) config_refs: Vec<(ObjectKey, Option<Arc<Object>>)>,
+    /// Whether this agent resolved it yet (`config_refs` are then what it read). A pod adopted
+    /// after an agent restart was not.
+    pub(super) config_resolved: bool,
     /// A digest of each volume's content as last written, by volume name.
     pub(super) volume_digests: BTreeMap<String, u64>,
     /// It waits for a config map, secret or key that is missing
@@ -136,6 +139,7 @@ impl LocalPod {
             ready_since_ms: None,
             terminating_since_ms: None,
             config_refs: Vec::new(),
+            config_resolved: false,
             volume_digests: BTreeMap::new(),
             config_wait: false,
         }

@@ -988,3 +988,41 @@ fn a_pod_waits_for_its_config_map_starts_when_it_appears_and_its_files_follow_ch
     bed.run_for(secs(2), |_| {});
     assert_eq!(updates(&bed), 1);
 }
+
+#[test]
+fn an_adopted_pod_s_files_catch_up_with_what_changed_while_its_agent_was_down() {
+    let mut bed = Testbed::new(1);
+    let config = |color: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{color: {color}}}\n"
+        )
+    };
+    bed.apply(&config("blue"));
+    bed.apply(&pod(
+        "reader",
+        "  volumes:\n  - name: conf\n    configMap: {name: settings}\n",
+        "    volumeMounts:\n    - {name: conf, mountPath: /etc/conf}\n",
+    ));
+    bed.run_until(secs(5), "started", |bed| {
+        bed.rigs[0]
+            .record("reader")
+            .is_some_and(PodRecord::is_ready)
+    });
+    let uid = bed.rigs[0].uid_of("reader");
+    bed.stop_agent(0);
+    bed.apply(&config("green"));
+    bed.run_for(secs(2), |_| {});
+    bed.start_agent(0);
+    bed.run_until(secs(10), "caught up", |bed| {
+        bed.rigs[0]
+            .rt
+            .volume(&uid, "conf")
+            .is_some_and(|v| v.files[0].data == b"green")
+    });
+    // Adopted, not started again.
+    assert_eq!(bed.rigs[0].rt.pod_uids(), [uid]);
+    assert_eq!(
+        issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. })).len(),
+        1
+    );
+}
