@@ -14,10 +14,11 @@ use std::net::IpAddr;
 use crate::model::{
     ByteData, ClusterIp, ConfigMap, ConfigMapVolume, Container, ContainerPort, DEFAULT_VOLUME_MODE,
     Deployment, DeploymentSpec, DeploymentStrategy, DownwardApiFile, DownwardApiProjection,
-    DownwardApiVolume, EnvFromRef, EnvFromSource, EnvVar, EnvVarSource, ExecAction, HttpGetAction,
-    HttpHeader, IntOrPercent, KeyProjection, KeySelector, KeyToPath, Kind, LabelSelector,
-    Namespace, ObjectFieldSelector, ObjectMeta, ObjectRef, Pod, PodSpec, PodTemplateSpec, PortRef,
-    Probe, ProbeHandler, ProjectedVolume, ProjectionSource, Protocol, PullPolicy, Resource,
+    DownwardApiVolume, EmptyDirMedium, EmptyDirVolume, EnvFromRef, EnvFromSource, EnvVar,
+    EnvVarSource, ExecAction, HostPathType, HostPathVolume, HttpGetAction, HttpHeader,
+    IntOrPercent, KeyProjection, KeySelector, KeyToPath, Kind, LabelSelector, Namespace,
+    ObjectFieldSelector, ObjectMeta, ObjectRef, Pod, PodSpec, PodTemplateSpec, PortRef, Probe,
+    ProbeHandler, ProjectedVolume, ProjectionSource, Protocol, PullPolicy, Resource,
     ResourceFieldSelector, ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate,
     Scheme, Secret, SecretVolume, Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity,
     TcpSocketAction, TemplateMeta, Volume, VolumeMount, VolumeSource,
@@ -435,13 +436,18 @@ impl Decoder {
             return Some(*v);
         }
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        let hint = match suggest(&text, names.iter().copied()) {
+        // `""` (a Kubernetes default) is shown quoted, and never suggested.
+        let hint = match suggest(&text, names.iter().copied().filter(|n| !n.is_empty())) {
             Some(s) => format!(" (did you mean {s:?}?)"),
             None => String::new(),
         };
+        let shown: Vec<&str> = names
+            .iter()
+            .map(|n| if n.is_empty() { "\"\"" } else { n })
+            .collect();
         let message = format!(
             "unsupported value {text:?}{hint}: supported values are {}",
-            names.join(", ")
+            shown.join(", ")
         );
         self.error(path.to_owned(), Some(node.line), message);
         None
@@ -1483,12 +1489,17 @@ fn service_port(d: &mut Decoder, node: &Node, path: &str) -> Option<ServicePort>
 }
 
 /// The volume types shoal supports.
-const VOLUME_SOURCES: [&str; 4] = ["configMap", "secret", "downwardAPI", "projected"];
+const VOLUME_SOURCES: [&str; 6] = [
+    "configMap",
+    "secret",
+    "downwardAPI",
+    "projected",
+    "emptyDir",
+    "hostPath",
+];
 
 /// Kubernetes' other volume types: each is "not supported yet" by name.
 const UNSUPPORTED_VOLUME_SOURCES: &[&str] = &[
-    "emptyDir",
-    "hostPath",
     "persistentVolumeClaim",
     "ephemeral",
     "image",
@@ -1549,6 +1560,12 @@ fn volume(d: &mut Decoder, node: &Node, path: &str) -> Option<Volume> {
     }
     if let Some(v) = f.opt(d, "projected", projected_volume) {
         found.push(VolumeSource::Projected(v));
+    }
+    if let Some(v) = f.opt(d, "emptyDir", empty_dir_volume) {
+        found.push(VolumeSource::EmptyDir(v));
+    }
+    if let Some(v) = f.opt(d, "hostPath", host_path_volume) {
+        found.push(VolumeSource::HostPath(v));
     }
     let mut given: Vec<&str> = VOLUME_SOURCES.into_iter().filter(|s| f.has(s)).collect();
     let mut unsupported = false;
@@ -1690,6 +1707,65 @@ fn downward_api_file(d: &mut Decoder, node: &Node, path: &str) -> Option<Downwar
     };
     f.finish(d, &[], &[]);
     Some(file)
+}
+
+fn empty_dir_volume(d: &mut Decoder, node: &Node, path: &str) -> Option<EmptyDirVolume> {
+    let mut f = d.fields(node, path)?;
+    let v = EmptyDirVolume {
+        medium: f.opt(d, "medium", medium).unwrap_or_default(),
+        size_limit: f.opt(d, "sizeLimit", memory_quantity),
+    };
+    f.finish(d, &[], &[]);
+    Some(v)
+}
+
+/// An `emptyDir` medium: `""` (disk) or `Memory`; huge pages are not supported yet.
+fn medium(d: &mut Decoder, node: &Node, path: &str) -> Option<EmptyDirMedium> {
+    const MEDIA: [(&str, EmptyDirMedium); 2] = [
+        ("", EmptyDirMedium::Disk),
+        ("Memory", EmptyDirMedium::Memory),
+    ];
+    if let Value::Str(s) = &node.value
+        && (s == "HugePages" || s.starts_with("HugePages-"))
+    {
+        let message =
+            format!("medium {s} is not supported yet (supported values are \"\", Memory)");
+        d.error(path.to_owned(), Some(node.line), message);
+        return None;
+    }
+    d.choice(node, path, &MEDIA)
+}
+
+/// A memory quantity (`128Mi`, `1G`, `1048576`), written as a string or a number.
+fn memory_quantity(d: &mut Decoder, node: &Node, path: &str) -> Option<Memory> {
+    let text = match &node.value {
+        Value::Str(s) => s.clone(),
+        Value::Int(_) | Value::Float(_) => node.value.scalar_text().unwrap_or_default(),
+        _ => {
+            d.expected(node, path, "a quantity (such as 128Mi or 1G)");
+            return None;
+        }
+    };
+    match Memory::parse(&text) {
+        Ok(q) => Some(q),
+        Err(e) => {
+            d.error(path.to_owned(), Some(node.line), e.to_string());
+            None
+        }
+    }
+}
+
+/// A `hostPath` volume; that its path is absolute and has no `..` is a rule (`validate`).
+fn host_path_volume(d: &mut Decoder, node: &Node, path: &str) -> Option<HostPathVolume> {
+    let mut f = d.fields(node, path)?;
+    let v = HostPathVolume {
+        path: f.req(d, "path", Decoder::string).unwrap_or_default(),
+        path_type: f
+            .opt(d, "type", |d, n, p| d.choice(n, p, &HostPathType::ALL))
+            .unwrap_or_default(),
+    };
+    f.finish(d, &[], &[]);
+    Some(v)
 }
 
 const PROJECTION_SOURCES: [&str; 3] = ["configMap", "secret", "downwardAPI"];

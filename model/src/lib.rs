@@ -18,10 +18,14 @@
 //!   containerPort/name/protocol TCP|UDP/hostPort, resources requests/limits of cpu and memory,
 //!   liveness/readiness/startup probes with httpGet, tcpSocket or exec, imagePullPolicy),
 //!   restartPolicy, nodeSelector, terminationGracePeriodSeconds, volumes of type configMap,
-//!   secret (items, defaultMode, optional), downwardAPI and projected (configMap, secret and
-//!   downwardAPI sources). Kubernetes' rules: one source per variable and per volume, volume
-//!   names unique, every mount names a volume of the pod, no mount path twice in a container,
-//!   file paths relative and without `..`, no file path twice in a volume, modes 0-0777.
+//!   secret (items, defaultMode, optional), downwardAPI, projected (configMap, secret and
+//!   downwardAPI sources), emptyDir (medium `""` (disk, the default) or `Memory`, sizeLimit a
+//!   memory quantity) and hostPath (path, type `""` (no check, the default),
+//!   DirectoryOrCreate, Directory, FileOrCreate, File, Socket, CharDevice or BlockDevice).
+//!   Kubernetes' rules: one source per variable and per volume, volume names unique, every
+//!   mount names a volume of the pod, no mount path twice in a container, file paths relative
+//!   and without `..`, no file path twice in a volume, modes 0-0777, a hostPath's path
+//!   absolute and without `..`.
 //! - ConfigMaps: data, binaryData (base64), immutable. Secrets: data (base64), stringData
 //!   (merged into data, as the API server does), immutable, and type: Opaque (the default),
 //!   kubernetes.io/tls, kubernetes.io/basic-auth, kubernetes.io/dockerconfigjson and
@@ -52,9 +56,9 @@
 //!   is octal: `defaultMode: 0644` is 420 (rw-r--r--), as in Kubernetes' examples.
 //!
 //! Everything else is an error that names it: unknown fields ("unknown field", with the closest
-//! known name), Kubernetes fields shoal does not implement ("not supported yet": emptyDir,
-//! hostPath, persistentVolumeClaim and the other volume types, serviceAccountToken
-//! projections, subPathExpr, matchExpressions, initContainers, affinity, LoadBalancer and
+//! known name), Kubernetes fields shoal does not implement ("not supported yet":
+//! persistentVolumeClaim and the other volume types, emptyDir's HugePages media,
+//! serviceAccountToken projections, subPathExpr, matchExpressions, initContainers, affinity, LoadBalancer and
 //! ExternalName services, UDP and SCTP service ports, ClientIP session affinity, externalIPs
 //! ...), other kinds and apiVersions. A
 //! not-supported field given an empty value or its Kubernetes default (`dnsPolicy:
@@ -137,14 +141,15 @@ pub use error::{ManifestError, ManifestErrors};
 pub use model::{
     ByteData, ClusterIp, ConfigMap, ConfigMapVolume, Container, ContainerPort, DEFAULT_NAMESPACE,
     DEFAULT_VOLUME_MODE, Deployment, DeploymentSpec, DeploymentStrategy, DownwardApiFile,
-    DownwardApiProjection, DownwardApiVolume, EnvFromRef, EnvFromSource, EnvVar, EnvVarSource,
-    ExecAction, HttpGetAction, HttpHeader, IntOrPercent, KeyProjection, KeySelector, KeyToPath,
-    Kind, LabelSelector, MAX_CONFIG_BYTES, Namespace, ObjectFieldSelector, ObjectMeta, ObjectRef,
-    Pod, PodSpec, PodTemplateSpec, PortRef, Probe, ProbeHandler, ProbeKind, ProjectedVolume,
-    ProjectionSource, Protocol, PullPolicy, Resource, ResourceFieldSelector, ResourceKey,
-    ResourceList, ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Secret, SecretVolume,
-    Service, ServicePort, ServiceSpec, ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta,
-    Volume, VolumeMount, VolumeSource,
+    DownwardApiProjection, DownwardApiVolume, EmptyDirMedium, EmptyDirVolume, EnvFromRef,
+    EnvFromSource, EnvVar, EnvVarSource, ExecAction, HostPathType, HostPathVolume, HttpGetAction,
+    HttpHeader, IntOrPercent, KeyProjection, KeySelector, KeyToPath, Kind, LabelSelector,
+    MAX_CONFIG_BYTES, Namespace, ObjectFieldSelector, ObjectMeta, ObjectRef, Pod, PodSpec,
+    PodTemplateSpec, PortRef, Probe, ProbeHandler, ProbeKind, ProjectedVolume, ProjectionSource,
+    Protocol, PullPolicy, Resource, ResourceFieldSelector, ResourceKey, ResourceList,
+    ResourceRequirements, RestartPolicy, RollingUpdate, Scheme, Secret, SecretVolume, Service,
+    ServicePort, ServiceSpec, ServiceType, SessionAffinity, TcpSocketAction, TemplateMeta, Volume,
+    VolumeMount, VolumeSource,
 };
 pub use quantity::{Cpu, Memory, QuantityError};
 pub use status::{

@@ -471,6 +471,105 @@ pub enum VolumeSource {
     DownwardApi(DownwardApiVolume),
     /// Config maps, secrets and downward API files in one directory.
     Projected(ProjectedVolume),
+    /// An empty directory that lives as long as the pod, on disk or in RAM.
+    EmptyDir(EmptyDirVolume),
+    /// A file or directory of the node.
+    HostPath(HostPathVolume),
+}
+
+/// An `emptyDir` volume (`emptyDir: {}` is the usual one: on disk, no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmptyDirVolume {
+    /// Where the directory lives; default the node's disk.
+    #[serde(default, skip_serializing_if = "EmptyDirMedium::is_disk")]
+    pub medium: EmptyDirMedium,
+    /// The most the directory may hold (a memory quantity, `1Gi`); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Memory>,
+}
+
+/// Where an `emptyDir` volume lives (Kubernetes' `medium`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum EmptyDirMedium {
+    /// The node's disk (Kubernetes' `""`, the default).
+    #[default]
+    #[serde(rename = "")]
+    Disk,
+    /// RAM (a tmpfs), counted as the pod's memory: `Memory`.
+    Memory,
+}
+
+impl EmptyDirMedium {
+    /// Whether this is the default, [`EmptyDirMedium::Disk`].
+    pub fn is_disk(&self) -> bool {
+        *self == EmptyDirMedium::Disk
+    }
+}
+
+/// A `hostPath` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostPathVolume {
+    /// The path on the node: absolute, no `..` element.
+    pub path: String,
+    /// What must be at `path` before the pod starts (Kubernetes' `type`); default no check.
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "HostPathType::is_unset"
+    )]
+    pub path_type: HostPathType,
+}
+
+/// What a `hostPath` volume's path must be (Kubernetes' `HostPathType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum HostPathType {
+    /// No check (Kubernetes' `""`, the default).
+    #[default]
+    #[serde(rename = "")]
+    Unset,
+    /// A directory, created (empty, mode 0755) when nothing is there.
+    DirectoryOrCreate,
+    /// An existing directory.
+    Directory,
+    /// A file, created (empty, mode 0644) when nothing is there.
+    FileOrCreate,
+    /// An existing file.
+    File,
+    /// An existing UNIX socket.
+    Socket,
+    /// An existing character device.
+    CharDevice,
+    /// An existing block device.
+    BlockDevice,
+}
+
+impl HostPathType {
+    /// Every type, with its Kubernetes name (`""` for [`HostPathType::Unset`]).
+    pub const ALL: [(&'static str, HostPathType); 8] = [
+        ("", HostPathType::Unset),
+        ("DirectoryOrCreate", HostPathType::DirectoryOrCreate),
+        ("Directory", HostPathType::Directory),
+        ("FileOrCreate", HostPathType::FileOrCreate),
+        ("File", HostPathType::File),
+        ("Socket", HostPathType::Socket),
+        ("CharDevice", HostPathType::CharDevice),
+        ("BlockDevice", HostPathType::BlockDevice),
+    ];
+
+    /// Whether this is the default, [`HostPathType::Unset`].
+    pub fn is_unset(&self) -> bool {
+        *self == HostPathType::Unset
+    }
+
+    /// Kubernetes' name (`""` for [`HostPathType::Unset`]).
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("", |(name, _)| name)
+    }
 }
 
 /// A `configMap` volume.

@@ -4,7 +4,7 @@
 //! against its template, a Service's ports, node ports and type, the keys and size of a
 //! ConfigMap or Secret and a Secret's type, and a pod's env sources (the object names and keys
 //! they refer to, the pod fields and resources they read), volumes (names, file paths and
-//! modes) and mounts (of a volume of the pod, at distinct absolute paths).
+//! modes, a hostPath's path) and mounts (of a volume of the pod, at distinct absolute paths).
 //!
 //! Rules that need the cluster's state (a cluster IP inside the cluster's service range and not
 //! held by another service, node ports not held by another service) are checked when the
@@ -401,6 +401,13 @@ impl Validator {
                         }
                     }
                     self.mode(v.default_mode, &format!("{p}.defaultMode"));
+                }
+                // Any medium and size (a memory quantity is never negative) will do.
+                VolumeSource::EmptyDir(_) => {}
+                VolumeSource::HostPath(v) => {
+                    if let Err(e) = host_path(&v.path) {
+                        self.push(format!("{vpath}.hostPath.path"), e);
+                    }
                 }
             }
         }
@@ -921,6 +928,22 @@ pub(crate) fn config_key(key: &str) -> Result<(), String> {
 fn descending_path(path: &str) -> Result<(), String> {
     if path.starts_with('/') {
         return Err(format!("{path:?} must be a relative path"));
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err(format!("{path:?} must not contain '..'"));
+    }
+    Ok(())
+}
+
+/// The path of a `hostPath` volume on the node: not empty, absolute, no `..` element
+/// (Kubernetes refuses `..`; shoal also wants it absolute, since there is no directory a
+/// relative one could be taken from).
+fn host_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must be an absolute path"));
     }
     if path.split('/').any(|part| part == "..") {
         return Err(format!("{path:?} must not contain '..'"));

@@ -973,7 +973,8 @@ fn volume_rules() {
     ));
     let c = "deploy.yaml: doc 1: spec.template.spec.containers[0].volumeMounts";
     let v = "deploy.yaml: doc 1: spec.template.spec.volumes";
-    let supported = "(supported volume types: configMap, secret, downwardAPI, projected)";
+    let supported =
+        "(supported volume types: configMap, secret, downwardAPI, projected, emptyDir, hostPath)";
     assert_eq!(
         errs,
         [
@@ -988,16 +989,10 @@ fn volume_rules() {
             format!("{c}[4].subPath: \"/abs\" must be a relative path (line 22)"),
             format!("{c}[5].mountPropagation: not supported yet (line 23)"),
             format!(
-                "{v}[0].emptyDir: emptyDir volumes are not supported yet {supported} (line 26)"
-            ),
-            format!(
                 "{v}[1].name: \"Config\" must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name' or '123-abc') (line 27)"
             ),
             format!(
-                "{v}[2].hostPath: hostPath volumes are not supported yet {supported} (line 30)"
-            ),
-            format!(
-                "{v}[3]: needs exactly one volume type: configMap, secret, downwardAPI or projected (line 31)"
+                "{v}[3]: needs exactly one volume type: configMap, secret, downwardAPI, projected, emptyDir or hostPath (line 31)"
             ),
             format!("{v}[4]: has 2 volume types (configMap, secret): give exactly one (line 32)"),
             format!(
@@ -1013,6 +1008,208 @@ fn volume_rules() {
         [format!(
             "{v}[1].name: duplicate volume name \"v\" (also volumes[0]) (line 19)"
         )]
+    );
+}
+
+#[test]
+fn empty_dir_and_host_path_volumes() {
+    let text = with_pod(
+        "volumeMounts:
+- {name: scratch, mountPath: /scratch}
+- {name: ram, mountPath: /ram, subPath: part}
+- {name: logs, mountPath: /var/log/host, readOnly: true}
+- {name: sock, mountPath: /run/docker.sock, subPath: ''}",
+        "volumes:
+- name: scratch
+  emptyDir: {}
+- name: ram
+  emptyDir: {medium: Memory, sizeLimit: 64Mi}
+- name: disk
+  emptyDir: {medium: '', sizeLimit: 1048576}
+- name: logs
+  hostPath: {path: /var/log}
+- name: sock
+  hostPath: {path: /run/docker.sock, type: Socket}
+- name: made
+  hostPath: {path: /srv/data/, type: DirectoryOrCreate}
+- name: unset
+  hostPath: {path: /, type: ''}",
+    );
+    let pod = pod_of(&text);
+    let sources: Vec<&VolumeSource> = pod.volumes.iter().map(|v| &v.source).collect();
+    assert_eq!(
+        sources,
+        [
+            &VolumeSource::EmptyDir(EmptyDirVolume {
+                medium: EmptyDirMedium::Disk,
+                size_limit: None,
+            }),
+            &VolumeSource::EmptyDir(EmptyDirVolume {
+                medium: EmptyDirMedium::Memory,
+                size_limit: Some(Memory(64 << 20)),
+            }),
+            &VolumeSource::EmptyDir(EmptyDirVolume {
+                medium: EmptyDirMedium::Disk,
+                size_limit: Some(Memory(1 << 20)),
+            }),
+            &VolumeSource::HostPath(HostPathVolume {
+                path: "/var/log".into(),
+                path_type: HostPathType::Unset,
+            }),
+            &VolumeSource::HostPath(HostPathVolume {
+                path: "/run/docker.sock".into(),
+                path_type: HostPathType::Socket,
+            }),
+            &VolumeSource::HostPath(HostPathVolume {
+                path: "/srv/data/".into(),
+                path_type: HostPathType::DirectoryOrCreate,
+            }),
+            &VolumeSource::HostPath(HostPathVolume {
+                path: "/".into(),
+                path_type: HostPathType::Unset,
+            }),
+        ]
+    );
+    assert_eq!(
+        pod.containers[0].volume_mounts[1].sub_path.as_deref(),
+        Some("part")
+    );
+    // Stored as Kubernetes writes them: defaults left out, the size a quantity.
+    let d = Resource::Deployment(deployment(&text));
+    let stored = String::from_utf8(d.to_stored()).unwrap();
+    for part in [
+        r#"{"name":"scratch","emptyDir":{}}"#,
+        r#"{"name":"ram","emptyDir":{"medium":"Memory","sizeLimit":"64Mi"}}"#,
+        r#"{"name":"disk","emptyDir":{"sizeLimit":"1Mi"}}"#,
+        r#"{"name":"logs","hostPath":{"path":"/var/log"}}"#,
+        r#"{"name":"sock","hostPath":{"path":"/run/docker.sock","type":"Socket"}}"#,
+        r#"{"name":"unset","hostPath":{"path":"/"}}"#,
+    ] {
+        assert!(stored.contains(part), "{part} not in {stored}");
+    }
+    assert_round_trips(&d);
+    // Every type Kubernetes has, and what `kubectl get -o yaml` writes for the defaults.
+    for (name, t) in HostPathType::ALL {
+        let pod = pod_of(&with_pod(
+            "",
+            &format!("volumes:\n- name: h\n  hostPath: {{path: /h, type: {name:?}}}"),
+        ));
+        assert_eq!(
+            pod.volumes[0].source,
+            VolumeSource::HostPath(HostPathVolume {
+                path: "/h".into(),
+                path_type: t,
+            })
+        );
+        assert_eq!(t.as_str(), name);
+        assert_round_trips(&Resource::Deployment(deployment(&with_pod(
+            "",
+            &format!("volumes:\n- name: h\n  hostPath: {{path: /h, type: {name:?}}}"),
+        ))));
+    }
+    // A bare Pod takes them too.
+    let pod = ok(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: i\n    volumeMounts: [{name: v, mountPath: /v}, {name: h, mountPath: /h}]\n  volumes:\n  - {name: v, emptyDir: {medium: Memory}}\n  - {name: h, hostPath: {path: /tmp, type: Directory}}\n",
+    );
+    assert_round_trips(&pod[0]);
+}
+
+#[test]
+fn empty_dir_and_host_path_rules() {
+    let errs = errors(&with_pod(
+        "",
+        "volumes:
+- name: a
+  emptyDir: {medium: HugePages}
+- name: b
+  emptyDir: {medium: HugePages-2Mi}
+- name: c
+  emptyDir: {medium: memory}
+- name: d
+  emptyDir: {sizeLimit: 500m}
+- name: e
+  emptyDir: {sizeLimit: -1Gi}
+- name: f
+  emptyDir: {sizeLimit: lots}
+- name: g
+  emptyDir: {sizeLimit: [1Gi], sizeLimt: 1Gi}
+- name: h
+  hostPath: {type: Directory}
+- name: i
+  hostPath: {path: var/log}
+- name: j
+  hostPath: {path: /var/../etc}
+- name: k
+  hostPath: {path: ''}
+- name: l
+  hostPath: {path: /x, type: Directry}
+- name: m
+  hostPath: {path: /x, type: Pipe}
+- name: n
+  hostPath: /var/log
+- name: o
+  emptyDir: {}
+  hostPath: {path: /x}",
+    ));
+    let v = "deploy.yaml: doc 1: spec.template.spec.volumes";
+    let types =
+        "\"\", DirectoryOrCreate, Directory, FileOrCreate, File, Socket, CharDevice, BlockDevice";
+    assert_eq!(
+        errs,
+        [
+            format!(
+                "{v}[0].emptyDir.medium: medium HugePages is not supported yet (supported values are \"\", Memory) (line 19)"
+            ),
+            format!(
+                "{v}[1].emptyDir.medium: medium HugePages-2Mi is not supported yet (supported values are \"\", Memory) (line 21)"
+            ),
+            format!(
+                "{v}[2].emptyDir.medium: unsupported value \"memory\" (did you mean \"Memory\"?): supported values are \"\", Memory (line 23)"
+            ),
+            format!(
+                "{v}[3].emptyDir.sizeLimit: invalid quantity \"500m\": not a whole number of bytes (the suffix m means milli; did you mean Mi?) (line 25)"
+            ),
+            format!(
+                "{v}[4].emptyDir.sizeLimit: invalid quantity \"-1Gi\": must not be negative (line 27)"
+            ),
+            format!(
+                "{v}[5].emptyDir.sizeLimit: invalid quantity \"lots\": expected a number with an optional suffix, such as 500m, 0.5, 2, 128Mi, 1G or 1e3 (line 29)"
+            ),
+            format!(
+                "{v}[6].emptyDir.sizeLimit: expected a quantity (such as 128Mi or 1G), got a list (line 31)"
+            ),
+            format!(
+                "{v}[6].emptyDir.sizeLimt: unknown field (did you mean \"sizeLimit\"?) (line 31)"
+            ),
+            format!("{v}[7].hostPath.path: required (line 33)"),
+            format!("{v}[8].hostPath.path: \"var/log\" must be an absolute path (line 35)"),
+            format!("{v}[9].hostPath.path: \"/var/../etc\" must not contain '..' (line 37)"),
+            format!("{v}[10].hostPath.path: must not be empty (line 39)"),
+            format!(
+                "{v}[11].hostPath.type: unsupported value \"Directry\" (did you mean \"Directory\"?): supported values are {types} (line 41)"
+            ),
+            format!(
+                "{v}[12].hostPath.type: unsupported value \"Pipe\": supported values are {types} (line 43)"
+            ),
+            format!("{v}[13].hostPath: expected a mapping, got string \"/var/log\" (line 45)"),
+            format!("{v}[14]: has 2 volume types (emptyDir, hostPath): give exactly one (line 46)"),
+        ]
+    );
+    // Other volume types are still refused by name, emptyDir and hostPath now among the
+    // supported ones.
+    assert_eq!(
+        errors(&with_pod(
+            "",
+            "volumes:\n- {name: c, persistentVolumeClaim: {claimName: data}}\n- {name: n, nfs: {server: s, path: /}}"
+        )),
+        [
+            format!(
+                "{v}[0].persistentVolumeClaim: persistentVolumeClaim volumes are not supported yet (supported volume types: configMap, secret, downwardAPI, projected, emptyDir, hostPath) (line 18)"
+            ),
+            format!(
+                "{v}[1].nfs: nfs volumes are not supported yet (supported volume types: configMap, secret, downwardAPI, projected, emptyDir, hostPath) (line 19)"
+            ),
+        ]
     );
 }
 

@@ -410,6 +410,38 @@ fn volume_source() -> impl Strategy<Value = VolumeSource> {
                     default_mode,
                 })
             }),
+        (
+            prop_oneof![Just(EmptyDirMedium::Disk), Just(EmptyDirMedium::Memory)],
+            option::of(prop_oneof![
+                (0u64..4096).prop_map(|m| m << 20),
+                0u64..10_000,
+                any::<u64>()
+            ]),
+        )
+            .prop_map(|(medium, size_limit)| {
+                VolumeSource::EmptyDir(EmptyDirVolume {
+                    medium,
+                    size_limit: size_limit.map(Memory),
+                })
+            }),
+        (
+            "(/[a-z.][a-z0-9._-]{0,6}){0,3}/?",
+            proptest::sample::select(HostPathType::ALL.map(|(_, t)| t).to_vec()),
+        )
+            .prop_map(|(path, path_type)| {
+                // The root when empty; `..` is not an element, `...` and `.x` are.
+                let path = if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                };
+                let path = path
+                    .split('/')
+                    .map(|p| if p == ".." { "..." } else { p })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                VolumeSource::HostPath(HostPathVolume { path, path_type })
+            }),
     ]
 }
 
