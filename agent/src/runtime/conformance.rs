@@ -52,6 +52,8 @@ fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
         ]),
         dns: None,
         volumes: Vec::new(),
+        scratch: Vec::new(),
+        host_paths: Vec::new(),
     }
 }
 

@@ -55,6 +55,24 @@
 //!   that no longer exist are removed. The engine must see the agent's paths as they are (an
 //!   agent in a container needs its data dir and the RAM-backed directory mounted at the same
 //!   paths).
+//! - **Scratch volumes** ([`PodSpec::scratch`], Kubernetes `emptyDir`) are directories of the
+//!   pod, made empty and 0777 (any container user writes) before the first container:
+//!   `<data_dir>/docker/pods/<uid>/scratch/<name>/`, or for a `memory` one
+//!   `<tmpfs>/shoal-<id>/pods/<uid>/scratch/<name>/` on the host's RAM-backed storage (tmpfs
+//!   inside the container too; no RAM-backed storage, no start). Each mount binds the
+//!   directory (its `sub_path`, made when missing), read-write unless `read_only`; so the
+//!   pod's containers share it and it outlives container restarts (and agent restarts), as in
+//!   Kubernetes, and goes with the pod's directories. A per-container tmpfs mount would have
+//!   enforced a memory volume's `size_limit`, but would be neither shared nor kept across a
+//!   restart: the limit is instead reported, as for disk, in [`PodInfo::scratch_bytes`]
+//!   ([`LABEL_SCRATCH`] tells listings which volumes to count). Files a container writes
+//!   there belong to its user: an agent that is not root cannot remove what a root container
+//!   made in a sub directory.
+//! - **Host paths** ([`PodSpec::host_paths`]) are checked (or made) before anything else as
+//!   their [`super::HostPathCheck`] says, a failure being [`RuntimeError::HostPath`], and bind
+//!   mounted (the `sub_path` inside them, made when missing, must stay inside once links are
+//!   resolved), read-write unless `read_only`; [`LABEL_HOST_PATHS`] tells listings where they
+//!   are.
 //! - **Crash safety**: the labels are the record, and the engine writes them atomically with
 //!   the container, so every container that exists is found again. A pod is *whole* when its
 //!   containers carry every index up to [`LABEL_POD_CONTAINERS`] and none is `created` (never
@@ -71,9 +89,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
-#[cfg(test)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,7 +113,9 @@ use ipnet::Ipv4Net;
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
-use super::volume::{VolumeStore, resolve_sub_path, snapshot};
+use super::volume::{
+    VolumeStore, check_host_path, dir_sub_path, resolve_sub_path, snapshot, sub_path_mode,
+};
 use super::{
     ContainerInfo, ContainerSpec, ContainerState, EXEC_OUTPUT_LIMIT, ExecResult, LABEL_CLUSTER,
     LABEL_CONTAINER, LABEL_CONTAINER_INDEX, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD,
@@ -108,6 +126,12 @@ use super::{
 /// Label of the first container: the pod's volumes, `name=disk` or `name=ram` separated by
 /// commas (so that listings tell [`PodInfo::volume_dirs`] without reading anything).
 pub const LABEL_VOLUMES: &str = "io.shoal.volumes";
+/// Label of the pod's containers: the pod's scratch volumes ([`PodSpec::scratch`]) as JSON, so
+/// that listings tell where they are and how much they hold.
+pub const LABEL_SCRATCH: &str = "io.shoal.scratch";
+/// Label of the pod's containers: the pod's host path volumes ([`PodSpec::host_paths`]) as
+/// JSON.
+pub const LABEL_HOST_PATHS: &str = "io.shoal.host-paths";
 /// Label of the shoal network: the subnet shoal gave it, from which pods get explicit IPs.
 /// A network without it (made by an older agent) lets the engine choose pods' IPs.
 pub const LABEL_SUBNET: &str = "io.shoal.subnet";
@@ -318,9 +342,13 @@ fn prepare_volumes(
     store: &VolumeStore,
     pod: &PodSpec,
 ) -> Result<Vec<Vec<DockerMount>>, RuntimeError> {
+    for h in &pod.host_paths {
+        check_host_path(h)?;
+    }
     store.remove_disk(&pod.uid)?;
     store.remove_ram(&pod.uid)?;
     store.write_pod(pod)?;
+    store.make_scratch(pod)?;
     pod.containers
         .iter()
         .map(|c| {
@@ -328,6 +356,30 @@ fn prepare_volumes(
                 .iter()
                 .enumerate()
                 .map(|(index, m)| {
+                    let (root, scratch) =
+                        if let Some(h) = pod.host_paths.iter().find(|h| h.name == m.volume) {
+                            (Some(PathBuf::from(&h.path)), false)
+                        } else if let Some(s) = pod.scratch.iter().find(|s| s.name == m.volume) {
+                            (store.scratch_dir(&pod.uid, &s.name, s.memory), true)
+                        } else {
+                            (None, false)
+                        };
+                    if let Some(root) = root {
+                        // Read-write unless asked otherwise, as in Kubernetes.
+                        let source = match &m.sub_path {
+                            None => root,
+                            Some(sub) => {
+                                dir_sub_path(&root, &m.volume, sub, sub_path_mode(scratch))?
+                            }
+                        };
+                        return Ok(DockerMount {
+                            target: Some(m.mount_path.clone()),
+                            source: Some(source.display().to_string()),
+                            typ: Some(MountType::BIND),
+                            read_only: Some(m.read_only),
+                            ..Default::default()
+                        });
+                    }
                     let sensitive = pod
                         .volumes
                         .iter()
@@ -931,6 +983,18 @@ impl DockerRuntime {
         if !pod.volumes.is_empty() {
             labels.insert(LABEL_VOLUMES.to_string(), volumes_label(pod));
         }
+        if !pod.scratch.is_empty() {
+            labels.insert(
+                LABEL_SCRATCH.to_string(),
+                serde_json::to_string(&pod.scratch).unwrap_or_default(),
+            );
+        }
+        if !pod.host_paths.is_empty() {
+            labels.insert(
+                LABEL_HOST_PATHS.to_string(),
+                serde_json::to_string(&pod.host_paths).unwrap_or_default(),
+            );
+        }
 
         // Shoal's variables first; the spec's win (the engine keeps the last of duplicates,
         // but we dedupe so `inspect` shows one value); then the pod IP's. Sensitive values go
@@ -1256,6 +1320,14 @@ impl DockerRuntime {
                 .and_then(|i| i.parse().ok())
                 .unwrap_or(usize::MAX);
             let entry = pods.entry(uid.clone()).or_insert_with(|| {
+                let scratch: Vec<super::ScratchVolume> = labels
+                    .get(LABEL_SCRATCH)
+                    .and_then(|l| serde_json::from_str(l).ok())
+                    .unwrap_or_default();
+                let host_paths: Vec<super::HostPathVolume> = labels
+                    .get(LABEL_HOST_PATHS)
+                    .and_then(|l| serde_json::from_str(l).ok())
+                    .unwrap_or_default();
                 (
                     PodInfo {
                         uid: uid.clone(),
@@ -1269,13 +1341,18 @@ impl DockerRuntime {
                             .collect(),
                         ip: None,
                         containers: Vec::new(),
-                        volume_dirs: self.volumes.volume_dirs(
-                            uid,
-                            labels
-                                .get(LABEL_VOLUMES)
-                                .map(|l| parse_volumes_label(l))
-                                .unwrap_or_default(),
-                        ),
+                        volume_dirs: {
+                            let mut dirs = self.volumes.volume_dirs(
+                                uid,
+                                labels
+                                    .get(LABEL_VOLUMES)
+                                    .map(|l| parse_volumes_label(l))
+                                    .unwrap_or_default(),
+                            );
+                            dirs.extend(self.volumes.other_dirs(uid, &scratch, &host_paths));
+                            dirs
+                        },
+                        scratch_bytes: self.volumes.scratch_bytes(uid, &scratch),
                     },
                     Vec::new(),
                 )

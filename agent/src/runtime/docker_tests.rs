@@ -51,6 +51,8 @@ fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
         dns: None,
         volumes: Vec::new(),
+        scratch: Vec::new(),
+        host_paths: Vec::new(),
     }
 }
 
@@ -698,4 +700,190 @@ async fn docker_volumes_are_mounted_updated_live_and_secrets_stay_in_ram() {
         assert!(!ghost.exists(), "{}", ghost.display());
     }
     rt.remove_network().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_scratch_and_host_path_volumes() {
+    let test = "docker_scratch";
+    if !docker_or_skip(test).await {
+        return;
+    }
+    tokio::task::spawn_blocking(super::testing::build_shell_image)
+        .await
+        .unwrap()
+        .expect("building the shell image");
+    let Some(ram_base) = ["/dev/shm"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|b| volume::is_ram_backed(b).is_ok())
+    else {
+        eprintln!("skipping {test}: /dev/shm is not RAM-backed");
+        return;
+    };
+    let cluster = unique_cluster_id(test);
+    let data_dir = std::env::temp_dir().join(format!("shoal-{cluster}"));
+    let ram_dir = ram_base.join(format!("shoal-test-{cluster}"));
+    let host_dir = std::env::temp_dir().join(format!("shoal-{cluster}-host"));
+    std::fs::create_dir_all(&ram_dir).unwrap();
+    struct Remove(Vec<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    let _remove = Remove(vec![data_dir.clone(), ram_dir.clone(), host_dir.clone()]);
+    let mut config = RuntimeConfig::new(&cluster, "node-1", &data_dir);
+    config.ram_dir = Some(ram_dir.clone());
+    let rt = DockerRuntime::new(config)
+        .await
+        .expect("connecting to Docker");
+    let _cleanup = DockerCleanup::new(&rt, &cluster);
+
+    let mount = |volume: &str, path: &str, read_only: bool, sub_path: Option<&str>| Mount {
+        volume: volume.into(),
+        mount_path: path.into(),
+        read_only,
+        sub_path: sub_path.map(Into::into),
+    };
+    let shell = |name: &str, script: &str, mounts: Vec<Mount>| ContainerSpec {
+        name: name.into(),
+        image: super::testing::SHELL_IMAGE.into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        mounts,
+        ..Default::default()
+    };
+    let main = shell(
+        "main",
+        "echo run >> /work/runs; trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        vec![
+            mount("work", "/work", false, None),
+            mount("fast", "/fast", false, None),
+            mount("data", "/data", false, None),
+            mount("data", "/data-sub", false, Some("sub")),
+        ],
+    );
+    let side = shell(
+        "side",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        vec![
+            mount("work", "/shared", true, None),
+            mount("data", "/data", true, None),
+        ],
+    );
+    let mut spec = pod("uid-scratch", "scratch", vec![main, side]);
+    spec.scratch = vec![
+        ScratchVolume {
+            name: "work".into(),
+            memory: false,
+            size_limit: Some(1_000_000),
+        },
+        ScratchVolume {
+            name: "fast".into(),
+            memory: true,
+            size_limit: None,
+        },
+    ];
+    spec.host_paths = vec![HostPathVolume {
+        name: "data".into(),
+        path: host_dir.join("data").display().to_string(),
+        check: HostPathCheck::DirectoryOrCreate,
+    }];
+
+    // A failed check refuses the start, and nothing is left.
+    let mut bad = spec.clone();
+    bad.host_paths[0].path = host_dir.join("absent").display().to_string();
+    bad.host_paths[0].check = HostPathCheck::Directory;
+    let err = rt.start_pod(&bad).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::HostPath { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"data\"")
+            && text.contains("absent")
+            && text.contains("expected a directory"),
+        "{text}"
+    );
+    assert!(rt.list_pods().await.unwrap().is_empty());
+
+    let info = rt.start_pod(&spec).await.unwrap();
+    let work = std::path::PathBuf::from(&info.volume_dirs["work"]);
+    let fast = std::path::PathBuf::from(&info.volume_dirs["fast"]);
+    assert!(work.starts_with(&data_dir), "{}", work.display());
+    assert!(fast.starts_with(&ram_dir), "{}", fast.display());
+    assert_eq!(
+        info.volume_dirs["data"],
+        host_dir.join("data").display().to_string()
+    );
+
+    // The scratch volume is writable, shared, and read-only where the mount says so.
+    wait_for_output(&rt, "uid-scratch", "side", "cat /shared/runs", "run\n").await;
+    let (code, _) = sh(&rt, "uid-scratch", "side", "echo x > /shared/no").await;
+    assert_ne!(
+        code, 0,
+        "a read-only mount of a scratch volume is read-only"
+    );
+    // The memory one is tmpfs inside the container.
+    let (code, out) = sh(&rt, "uid-scratch", "main", "cat /proc/mounts").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/fast")
+                && l.split_whitespace().nth(2) == Some("tmpfs")),
+        "{out}"
+    );
+    let (code, out) = sh(
+        &rt,
+        "uid-scratch",
+        "main",
+        "echo hot > /fast/f && cat /fast/f",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "hot\n"));
+    assert_eq!(std::fs::read_to_string(fast.join("f")).unwrap(), "hot\n");
+
+    // The host path: made, mounted read-write, its sub path made and mounted.
+    let (code, out) = sh(
+        &rt,
+        "uid-scratch",
+        "main",
+        "echo host > /data/out && echo deep > /data-sub/f",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("data/out")).unwrap(),
+        "host\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("data/sub/f")).unwrap(),
+        "deep\n"
+    );
+    let (code, _) = sh(&rt, "uid-scratch", "side", "echo x > /data/no").await;
+    assert_ne!(code, 0, "a read-only mount of a host path is read-only");
+
+    // Usage of the limited scratch volume is reported.
+    std::fs::write(work.join("big"), vec![0u8; 5000]).unwrap();
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(
+        pods[0].scratch_bytes,
+        BTreeMap::from([("work".into(), 5004)])
+    );
+    assert_eq!(pods[0].volume_dirs["fast"], fast.display().to_string());
+
+    // Kept across a container restart: the restarted container appends.
+    rt.restart_container("uid-scratch", "main", Duration::from_secs(2))
+        .await
+        .unwrap();
+    wait_for_output(&rt, "uid-scratch", "main", "cat /work/runs", "run\nrun\n").await;
+    wait_for_output(&rt, "uid-scratch", "main", "cat /fast/f", "hot\n").await;
+
+    // Removed with the pod; the host's files stay.
+    rt.stop_pod("uid-scratch", Duration::from_secs(2))
+        .await
+        .unwrap();
+    rt.remove_pod("uid-scratch").await.unwrap();
+    assert!(!work.exists());
+    assert!(!fast.exists());
+    assert!(host_dir.join("data/out").exists());
 }

@@ -72,6 +72,8 @@ struct FakePod {
     spec: PodSpec,
     ip: IpAddr,
     containers: Vec<FakeContainer>,
+    /// What tests set with [`FakeRuntime::set_scratch_bytes`].
+    scratch_bytes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -150,7 +152,29 @@ impl FakePod {
                 .spec
                 .volumes
                 .iter()
-                .map(|v| (v.name.clone(), format!("fake:{}/{}", self.spec.uid, v.name)))
+                .map(|v| v.name.clone())
+                .chain(self.spec.scratch.iter().map(|s| s.name.clone()))
+                .map(|name| {
+                    let dir = format!("fake:{}/{name}", self.spec.uid);
+                    (name, dir)
+                })
+                .chain(
+                    self.spec
+                        .host_paths
+                        .iter()
+                        .map(|h| (h.name.clone(), h.path.clone())),
+                )
+                .collect(),
+            // As the real runtimes: the limited scratch volumes only (0 until a test sets it).
+            scratch_bytes: self
+                .spec
+                .scratch
+                .iter()
+                .filter(|s| s.size_limit.is_some())
+                .map(|s| {
+                    let bytes = self.scratch_bytes.get(&s.name).copied().unwrap_or(0);
+                    (s.name.clone(), bytes)
+                })
                 .collect(),
             containers: self
                 .containers
@@ -322,6 +346,19 @@ impl FakeRuntime {
             .cloned()
     }
 
+    /// The spec the pod was started with (its volumes as last written).
+    pub(crate) fn pod_spec(&self, uid: &str) -> Option<PodSpec> {
+        Some(self.state().pods.get(uid)?.spec.clone())
+    }
+
+    /// Makes listings report that the pod's scratch volume `name` holds `bytes`
+    /// ([`PodInfo::scratch_bytes`]; only for a scratch volume with a size limit).
+    pub(crate) fn set_scratch_bytes(&self, uid: &str, name: &str, bytes: u64) {
+        if let Some(pod) = self.state().pods.get_mut(uid) {
+            pod.scratch_bytes.insert(name.to_string(), bytes);
+        }
+    }
+
     /// The uids of the pods it holds.
     pub(crate) fn pod_uids(&self) -> Vec<String> {
         self.state().pods.keys().cloned().collect()
@@ -419,6 +456,7 @@ impl Runtime for FakeRuntime {
             spec: pod.clone(),
             ip,
             containers: Vec::new(),
+            scratch_bytes: BTreeMap::new(),
         };
         for index in 0..pod.containers.len() {
             let spec = &pod.containers[index];
@@ -613,9 +651,33 @@ mod tests {
             labels: BTreeMap::new(),
             dns: None,
             volumes: vec![volume.clone()],
+            scratch: vec![
+                super::super::ScratchVolume {
+                    name: "cache".into(),
+                    memory: false,
+                    size_limit: Some(1000),
+                },
+                super::super::ScratchVolume {
+                    name: "tmp".into(),
+                    memory: true,
+                    size_limit: None,
+                },
+            ],
+            host_paths: vec![super::super::HostPathVolume {
+                name: "logs".into(),
+                path: "/var/log".into(),
+                check: super::super::HostPathCheck::Directory,
+            }],
         };
         let info = rt.start_pod(&pod).await.unwrap();
         assert_eq!(info.volume_dirs["config"], "fake:u1/config");
+        assert_eq!(info.volume_dirs["cache"], "fake:u1/cache");
+        assert_eq!(info.volume_dirs["logs"], "/var/log");
+        assert_eq!(info.scratch_bytes, BTreeMap::from([("cache".into(), 0)]));
+        rt.set_scratch_bytes("u1", "cache", 1001);
+        let listed = rt.list_pods().await.unwrap();
+        assert_eq!(listed[0].scratch_bytes["cache"], 1001);
+        assert_eq!(rt.pod_spec("u1").unwrap().host_paths, pod.host_paths);
         let mut update = volume.clone();
         update.files[0].data = b"2".to_vec();
         rt.update_volume("u1", &update).await.unwrap();

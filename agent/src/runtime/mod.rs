@@ -61,8 +61,11 @@
 //! | network | a shoal bridge network `shoal-<cluster>`; the first container owns the pod's network namespace and IP, the others join it (`container:<first>`), so they reach each other on `localhost` | no isolation; the pod gets its own loopback address from 127.64.0.0/10 as `POD_IP`, and a process that binds `$POD_IP` never collides with another pod's ports |
 //! | pod IP | the first container's address on the shoal network, chosen by the runtime from the network's subnet and kept across restarts (engine-chosen, and liable to change, on a network an older agent made) | fixed for the pod's life, persisted |
 //! | env | spec env, plus each `pod_ip_env` name (`POD_IP` only when asked for so: a server binding `$POD_IP` would not answer on the `localhost` the pod's containers share), `POD_NAME`, `POD_NAMESPACE`; hostname = pod name. `sensitive_env` values are in the container's config (the engine's state), not in the agent's data dir | spec env, plus `POD_IP` (and each `pod_ip_env` name), `POD_NAME`, `POD_NAMESPACE`, `HOSTNAME`, `PATH` (the agent's), `HOME` (the container's dir), `SHOAL_VOLUME_<NAME>` per mount; nothing else of the agent's environment leaks in. `sensitive_env` values are kept in RAM-backed storage, never in `pod.json` |
-//! | volumes ([`PodSpec::volumes`]) | bind mounts of the volume's directory at `mount_path`, always read-only (as Kubernetes' config map and secret volumes); updates seen live (not through a `sub_path`, bound to a copy of the file as it was at the start) | not mounted (no privileges): `SHOAL_VOLUME_<NAME>` = the volume's directory (joined with the `sub_path`); `mount_path` and `read_only` are ignored |
+//! | volumes of files ([`PodSpec::volumes`]) | bind mounts of the volume's directory at `mount_path`, always read-only (as Kubernetes' config map and secret volumes); updates seen live (not through a `sub_path`, bound to a copy of the file as it was at the start) | not mounted (no privileges): `SHOAL_VOLUME_<NAME>` = the volume's directory (joined with the `sub_path`); `mount_path` and `read_only` are ignored |
 //! | volume files | `<data_dir>/docker/pods/<uid>/volumes/<name>/`; sensitive ones in RAM-backed storage only (`$XDG_RUNTIME_DIR`, `/dev/shm` or `/run` when tmpfs/ramfs: `shoal-<id>/pods/<uid>/volumes/<name>/`), else the pod does not start | `<data_dir>/pods/<uid>/volumes/<name>/`; sensitive ones as under Docker |
+//! | scratch volumes ([`PodSpec::scratch`], `emptyDir`) | a directory of the pod, `<data_dir>/docker/pods/<uid>/scratch/<name>/` (`memory`: in RAM-backed storage, `shoal-<id>/pods/<uid>/scratch/<name>/`, tmpfs inside the container), empty and 0777 at the start, bind-mounted read-write (unless `read_only`), shared by the pod's containers, kept across container and agent restarts, removed with the pod | the same directory under `<data_dir>/pods/<uid>/scratch/<name>/` (`memory`: as under Docker), told in `SHOAL_VOLUME_<NAME>` |
+//! | scratch `size_limit` | not enforced: the usage is reported in [`PodInfo::scratch_bytes`] for the agent to evict | the same |
+//! | host paths ([`PodSpec::host_paths`], `hostPath`) | checked or made at `start_pod` ([`HostPathCheck`]; else [`RuntimeError::HostPath`]), bind-mounted read-write (unless `read_only`), `sub_path` inside made when missing | checked the same; `SHOAL_VOLUME_<NAME>` = the path (joined with the `sub_path`) |
 //! | cpu / memory limits | enforced by the engine (`NanoCpus`, `Memory`); an OOM kill is reported as reason `OOMKilled` | **not enforced** (no cgroups without privileges): recorded and ignored |
 //! | filesystem | the image's | none: the working dir defaults to `<data_dir>/pods/<uid>/<container>/`; a relative `working_dir` is taken under it, an absolute one as is |
 //! | exit codes | the engine's | the real code while the agent is the parent; a process that ended while the agent was down (after a restart the agent is no longer its parent) is `Exited` with `exit_code: None` and reason `Unknown` |
@@ -149,6 +152,81 @@ pub struct PodSpec {
     /// which [`ContainerSpec::mounts`] name. Where each lives is in [`PodInfo::volume_dirs`].
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    /// Scratch directories (Kubernetes `emptyDir`): empty when the pod starts, kept across
+    /// container restarts (and agent restarts), removed with the pod.
+    #[serde(default)]
+    pub scratch: Vec<ScratchVolume>,
+    /// Directories or files of the host (Kubernetes `hostPath`), checked when the pod starts.
+    #[serde(default)]
+    pub host_paths: Vec<HostPathVolume>,
+}
+
+/// A scratch directory of a pod (Kubernetes `emptyDir`), shared by its containers.
+///
+/// Made empty and writable by any user (0777, as Kubernetes) when the pod starts, kept across
+/// container and agent restarts, removed by [`Runtime::remove_pod`]. On disk under the pod's
+/// directory in the agent's data dir, or with `memory` in RAM-backed storage (see
+/// [`volume`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScratchVolume {
+    /// The pod's name for the volume (a DNS-1123 label, unique among all its volumes).
+    pub name: String,
+    /// In RAM (tmpfs or ramfs), counted against memory, never on disk.
+    #[serde(default)]
+    pub memory: bool,
+    /// Bytes, if limited: not enforced by the file system; the usage of a limited scratch
+    /// volume is reported in [`PodInfo::scratch_bytes`] for the agent to evict the pod.
+    #[serde(default)]
+    pub size_limit: Option<u64>,
+}
+
+/// A directory or file of the host given to a pod (Kubernetes `hostPath`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPathVolume {
+    /// The pod's name for the volume (a DNS-1123 label, unique among all its volumes).
+    pub name: String,
+    /// The absolute path on the host.
+    pub path: String,
+    /// What must be at `path` when the pod starts.
+    #[serde(default)]
+    pub check: HostPathCheck,
+}
+
+/// What `start_pod` checks (or makes) at a [`HostPathVolume::path`], as Kubernetes' `hostPath`
+/// `type`. A failed check fails the start ([`RuntimeError::HostPath`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HostPathCheck {
+    /// Nothing is checked.
+    #[default]
+    None,
+    /// A directory, made (0755, parents too) when missing.
+    DirectoryOrCreate,
+    /// An existing directory.
+    Directory,
+    /// A file, made empty (0644) when missing; its parent directory must exist.
+    FileOrCreate,
+    /// An existing regular file.
+    File,
+    /// An existing Unix socket.
+    Socket,
+    /// An existing character device.
+    CharDevice,
+    /// An existing block device.
+    BlockDevice,
+}
+
+impl HostPathCheck {
+    /// What the check expects, for error messages.
+    pub fn expected(self) -> &'static str {
+        match self {
+            HostPathCheck::None => "anything",
+            HostPathCheck::DirectoryOrCreate | HostPathCheck::Directory => "a directory",
+            HostPathCheck::FileOrCreate | HostPathCheck::File => "a regular file",
+            HostPathCheck::Socket => "a socket",
+            HostPathCheck::CharDevice => "a character device",
+            HostPathCheck::BlockDevice => "a block device",
+        }
+    }
 }
 
 /// A volume of files the agent writes for a pod: a config map, a secret, the downward API or a
@@ -192,14 +270,17 @@ impl fmt::Debug for VolumeFile {
 /// A volume mounted into a container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
-    /// The volume's name (one of [`PodSpec::volumes`]).
+    /// The volume's name: one of [`PodSpec::volumes`], [`PodSpec::scratch`] or
+    /// [`PodSpec::host_paths`].
     pub volume: String,
     /// Absolute path in the container (Docker; the process runtime tells the volume's
     /// directory in `SHOAL_VOLUME_<NAME>` instead, see [`process::volume_env_name`]).
     pub mount_path: String,
-    /// Mounted read-only. Docker mounts every volume read-only anyway (as Kubernetes does
-    /// config map, secret, downward API and projected volumes): a container that could write
-    /// to a volume could plant links the agent's writer would follow.
+    /// Mounted read-only. Docker mounts every volume of files ([`PodSpec::volumes`])
+    /// read-only anyway (as Kubernetes does config map, secret, downward API and projected
+    /// volumes): a container that could write to a volume could plant links the agent's
+    /// writer would follow. Scratch and host path volumes are read-write unless this is set.
+    /// The process runtime ignores it.
     pub read_only: bool,
     /// A path inside the volume to mount instead of its root (a file or dir); not updated
     /// live (as in Kubernetes).
@@ -331,8 +412,17 @@ pub struct PodInfo {
     pub containers: Vec<ContainerInfo>,
     /// Volume name -> the host directory holding its files ([`PodSpec::volumes`]): under the
     /// agent's data dir, or under RAM-backed storage for sensitive ones.
+    /// Scratch and host path volumes are there too (a memory scratch volume under Docker
+    /// also lives in RAM-backed storage on the host, so it has a directory as well).
     #[serde(default)]
     pub volume_dirs: BTreeMap<String, String>,
+    /// Scratch volume name -> bytes its files take, for the scratch volumes with a
+    /// [`ScratchVolume::size_limit`] only. Counted at each listing by walking the directory
+    /// (symbolic links not followed), and bounded: the count stops once past the limit
+    /// (reported as `limit + 1`) or after [`volume::MAX_SCRATCH_ENTRIES`] entries (what was
+    /// counted so far), so a listing costs at most that many `lstat`s per limited volume.
+    #[serde(default)]
+    pub scratch_bytes: BTreeMap<String, u64>,
 }
 
 impl PodInfo {
@@ -530,6 +620,16 @@ pub enum RuntimeError {
     /// The spec cannot be run as given.
     #[error("invalid pod spec: {0}")]
     InvalidSpec(String),
+    /// A host path volume's check failed ([`HostPathCheck`]).
+    #[error("host path volume {volume:?}: {path} {problem}")]
+    HostPath {
+        /// The volume's name.
+        volume: String,
+        /// The host path.
+        path: String,
+        /// What is wrong (`is not a directory`, `does not exist: expected a socket`).
+        problem: String,
+    },
     /// A whole pod with this uid already exists (an incomplete one, left by an interrupted
     /// operation, is replaced instead).
     #[error("pod {pod_uid} already exists")]
@@ -999,6 +1099,8 @@ mod tests {
             labels: BTreeMap::new(),
             dns: None,
             volumes: Vec::new(),
+            scratch: Vec::new(),
+            host_paths: Vec::new(),
         };
         validate_spec(&pod).unwrap();
         pod.uid = "../x".into();

@@ -79,6 +79,17 @@
 //! rewritten atomically by [`Runtime::update_volume`], which a running process sees at once;
 //! `pod.json` keeps the volumes' names, never their files.
 //!
+//! **Scratch and host path volumes** ([`PodSpec::scratch`], [`PodSpec::host_paths`]) are told
+//! the same way. A scratch volume is `<data_dir>/pods/<uid>/scratch/<name>/` (a `memory` one
+//! `<tmpfs>/shoal-<id>/pods/<uid>/scratch/<name>/`, or the pod does not start), made empty
+//! and 0777 by `start_pod`, kept across container and agent restarts, removed with the pod;
+//! a `sub_path` in it is made when missing. A host path is checked (or made) by `start_pod`
+//! as its [`super::HostPathCheck`] says (a failure is [`RuntimeError::HostPath`] and nothing
+//! starts); `SHOAL_VOLUME_<NAME>` is the host path joined with the `sub_path` (made when
+//! missing). Both are in [`PodInfo::volume_dirs`], and the usage of a scratch volume with a
+//! size limit in [`PodInfo::scratch_bytes`] (counted at each listing, see there for the
+//! bound); nothing enforces the limit here.
+//!
 //! **Secrets in the environment.** The values of the variables named in `sensitive_env` are
 //! never written to `pod.json` (it keeps the names with empty values, and of each name only
 //! the entry that wins, so that a shadowed value is not kept either) nor anywhere else on
@@ -915,12 +926,22 @@ impl Inner {
     /// Writes the volumes of a pod being started, and the values of its sensitive variables
     /// to its RAM-backed directory (kept in memory too); checks its mounts' sub paths.
     fn write_pod_data(&self, pod: &PodSpec) -> Result<(), RuntimeError> {
+        for h in &pod.host_paths {
+            super::volume::check_host_path(h)?;
+        }
         self.volumes.write_pod(pod)?;
+        self.volumes.make_scratch(pod)?;
         for c in &pod.containers {
             for m in &c.mounts {
                 if let Some(sub) = &m.sub_path {
                     let dir = self.volume_dir(pod, &m.volume);
-                    super::volume::resolve_sub_path(&dir, sub)?;
+                    let scratch = pod.scratch.iter().any(|s| s.name == m.volume);
+                    if scratch || pod.host_paths.iter().any(|h| h.name == m.volume) {
+                        let mode = super::volume::sub_path_mode(scratch);
+                        super::volume::dir_sub_path(&dir, &m.volume, sub, mode)?;
+                    } else {
+                        super::volume::resolve_sub_path(&dir, sub)?;
+                    }
                 }
             }
         }
@@ -945,8 +966,18 @@ impl Inner {
     }
 
     /// Where the pod's volume `name` is (its RAM-backed directory, for a sensitive one, is
-    /// there: the pod could not have started without it).
+    /// there: the pod could not have started without it); a scratch volume's directory, or a
+    /// host path.
     fn volume_dir(&self, pod: &PodSpec, name: &str) -> PathBuf {
+        if let Some(h) = pod.host_paths.iter().find(|h| h.name == name) {
+            return PathBuf::from(&h.path);
+        }
+        if let Some(s) = pod.scratch.iter().find(|s| s.name == name) {
+            return self
+                .volumes
+                .scratch_dir(&pod.uid, name, s.memory)
+                .unwrap_or_else(|| self.pod_dir(&pod.uid).join("scratch").join(name));
+        }
         let sensitive = pod.volumes.iter().any(|v| v.name == name && v.sensitive);
         self.volumes
             .volume_dir(&pod.uid, name, sensitive)
@@ -1025,14 +1056,25 @@ impl Inner {
             spec_hash: record.spec.spec_hash.clone(),
             labels: record.spec.labels.clone(),
             ip: Some(IpAddr::V4(record.ip)),
-            volume_dirs: self.volumes.volume_dirs(
-                &record.spec.uid,
-                record
-                    .spec
-                    .volumes
-                    .iter()
-                    .map(|v| (v.name.as_str(), v.sensitive)),
-            ),
+            volume_dirs: {
+                let mut dirs = self.volumes.volume_dirs(
+                    &record.spec.uid,
+                    record
+                        .spec
+                        .volumes
+                        .iter()
+                        .map(|v| (v.name.as_str(), v.sensitive)),
+                );
+                dirs.extend(self.volumes.other_dirs(
+                    &record.spec.uid,
+                    &record.spec.scratch,
+                    &record.spec.host_paths,
+                ));
+                dirs
+            },
+            scratch_bytes: self
+                .volumes
+                .scratch_bytes(&record.spec.uid, &record.spec.scratch),
             containers: record
                 .containers
                 .iter()

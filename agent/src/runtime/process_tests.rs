@@ -113,6 +113,8 @@ fn pod(uid: &str, name: &str, containers: Vec<ContainerSpec>) -> PodSpec {
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
         dns: None,
         volumes: Vec::new(),
+        scratch: Vec::new(),
+        host_paths: Vec::new(),
     }
 }
 
@@ -1245,4 +1247,284 @@ async fn secret_data_never_falls_back_to_disk() {
     assert!(rt.list_pods().await.unwrap().is_empty());
     assert!(files_holding(&scratch.dir, b"s3cr3t-nowhere").is_empty());
     assert!(!rt.pod_dir("uid-env").exists() && !rt.pod_dir("uid-vol").exists());
+}
+
+/// How many lines `path` has (0 when it is missing).
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+async fn wait_for_lines(path: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines_in(path) < n {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} lines in {}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_volumes_are_writable_kept_across_restarts_and_removed_with_the_pod() {
+    let Some(scratch) = Scratch::with_ram("scratch-vol") else {
+        return;
+    };
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let mut main = container(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "echo run >> \"$SHOAL_VOLUME_WORK/runs\"; echo fast > \"$SHOAL_VOLUME_FAST/f\"; echo sub > \"$SHOAL_VOLUME_PART/f\"; exec sleep 1000",
+        ],
+    );
+    main.mounts = ["work", "fast"]
+        .into_iter()
+        .map(|name| Mount {
+            volume: name.into(),
+            mount_path: format!("/{name}"),
+            ..Default::default()
+        })
+        .chain([Mount {
+            volume: "part".into(),
+            mount_path: "/part".into(),
+            sub_path: Some("a/b".into()),
+            ..Default::default()
+        }])
+        .collect();
+    let mut spec = pod("uid-scratch", "scratch", vec![main]);
+    spec.scratch = vec![
+        ScratchVolume {
+            name: "work".into(),
+            memory: false,
+            size_limit: Some(1000),
+        },
+        ScratchVolume {
+            name: "fast".into(),
+            memory: true,
+            size_limit: None,
+        },
+        ScratchVolume {
+            name: "part".into(),
+            memory: false,
+            size_limit: None,
+        },
+    ];
+    let info = rt.start_pod(&spec).await.unwrap();
+
+    // Where they are: on disk under the pod's directory; in RAM-backed storage for memory.
+    let work = PathBuf::from(&info.volume_dirs["work"]);
+    let fast = PathBuf::from(&info.volume_dirs["fast"]);
+    let part = PathBuf::from(&info.volume_dirs["part"]);
+    assert_eq!(work, rt.pod_dir("uid-scratch").join("scratch/work"));
+    assert_eq!(
+        fast,
+        rt.ram_pod_dir("uid-scratch").unwrap().join("scratch/fast")
+    );
+    volume::is_ram_backed(&fast).unwrap();
+    assert_eq!(mode_of(&work), 0o777);
+    assert_eq!(mode_of(&fast), 0o777);
+    wait_for_lines(&work.join("runs"), 1).await;
+    wait_for_lines(&fast.join("f"), 1).await;
+    // A sub path is made inside the scratch volume, and the variable names it.
+    wait_for_lines(&part.join("a/b/f"), 1).await;
+    assert_eq!(mode_of(&part.join("a/b")), 0o777);
+
+    // Only limited scratch volumes are measured.
+    assert_eq!(info.scratch_bytes.keys().collect::<Vec<_>>(), ["work"]);
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(pods[0].scratch_bytes["work"], 4);
+    std::fs::create_dir(work.join("d")).unwrap();
+    std::fs::write(work.join("d/big"), vec![0u8; 990]).unwrap();
+    std::os::unix::fs::symlink("/etc", work.join("etc")).unwrap();
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(pods[0].scratch_bytes["work"], 994);
+    std::fs::write(work.join("d/more"), vec![0u8; 100]).unwrap();
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(pods[0].scratch_bytes["work"], 1001, "capped past the limit");
+    std::fs::remove_file(work.join("d/more")).unwrap();
+
+    // Kept across a container restart: the restarted process appends.
+    rt.restart_container("uid-scratch", "main", Duration::from_millis(200))
+        .await
+        .unwrap();
+    wait_for_lines(&work.join("runs"), 2).await;
+    assert_eq!(std::fs::read(work.join("d/big")).unwrap().len(), 990);
+
+    // And across an agent restart.
+    drop(rt);
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let pods = rt.list_pods().await.unwrap();
+    assert_eq!(pods[0].volume_dirs["work"], work.display().to_string());
+    assert_eq!(lines_in(&work.join("runs")), 2);
+    assert!(fast.join("f").exists());
+
+    // Removed with the pod.
+    rt.stop_pod("uid-scratch", Duration::from_millis(200))
+        .await
+        .unwrap();
+    rt.remove_pod("uid-scratch").await.unwrap();
+    assert!(!work.exists());
+    assert!(!fast.exists());
+    assert!(!part.exists());
+}
+
+#[test]
+fn host_path_checks_make_or_require_each_kind() {
+    let scratch = Scratch::new("host-checks");
+    let base = scratch.dir.clone();
+    let check = |path: &Path, kind: HostPathCheck| {
+        volume::check_host_path(&HostPathVolume {
+            name: "data".into(),
+            path: path.display().to_string(),
+            check: kind,
+        })
+    };
+    let refusal = |path: &Path, kind: HostPathCheck| {
+        let err = check(path, kind).unwrap_err();
+        assert!(matches!(err, RuntimeError::HostPath { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains("volume \"data\"") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        err
+    };
+
+    // DirectoryOrCreate makes it (and its parents), 0755; then takes it as it is.
+    let dir = base.join("made/dir");
+    check(&dir, HostPathCheck::DirectoryOrCreate).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(mode_of(&dir), 0o755);
+    check(&dir, HostPathCheck::DirectoryOrCreate).unwrap();
+    check(&dir, HostPathCheck::Directory).unwrap();
+
+    // FileOrCreate makes an empty file 0644 in an existing directory only.
+    let file = base.join("made/file");
+    check(&file, HostPathCheck::FileOrCreate).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+    assert_eq!(mode_of(&file), 0o644);
+    std::fs::write(&file, "kept").unwrap();
+    check(&file, HostPathCheck::FileOrCreate).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept");
+    check(&file, HostPathCheck::File).unwrap();
+    let err = refusal(&base.join("nowhere/file"), HostPathCheck::FileOrCreate);
+    assert!(err.contains("parent directory"), "{err}");
+    assert!(!base.join("nowhere").exists());
+
+    // Each kind is required, and the refusal says what was expected.
+    let err = refusal(&base.join("missing"), HostPathCheck::Directory);
+    assert!(
+        err.contains("does not exist: expected a directory"),
+        "{err}"
+    );
+    let err = refusal(&file, HostPathCheck::Directory);
+    assert!(err.contains("is a regular file, not a directory"), "{err}");
+    let err = refusal(&dir, HostPathCheck::File);
+    assert!(err.contains("is a directory, not a regular file"), "{err}");
+    let err = refusal(&file, HostPathCheck::DirectoryOrCreate);
+    assert!(err.contains("not a directory"), "{err}");
+    let err = refusal(&dir, HostPathCheck::FileOrCreate);
+    assert!(err.contains("not a regular file"), "{err}");
+
+    let socket = base.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    check(&socket, HostPathCheck::Socket).unwrap();
+    let err = refusal(&file, HostPathCheck::Socket);
+    assert!(err.contains("not a socket"), "{err}");
+
+    check(Path::new("/dev/null"), HostPathCheck::CharDevice).unwrap();
+    let err = refusal(Path::new("/dev/null"), HostPathCheck::BlockDevice);
+    assert!(
+        err.contains("is a character device, not a block device"),
+        "{err}"
+    );
+    let err = refusal(&file, HostPathCheck::CharDevice);
+    assert!(err.contains("not a character device"), "{err}");
+
+    // None checks nothing.
+    check(&base.join("missing"), HostPathCheck::None).unwrap();
+    assert!(!base.join("missing").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_paths_are_told_in_variables_and_a_failed_check_refuses_the_start() {
+    let scratch = Scratch::new("host-paths");
+    let rt = ProcessRuntime::new(scratch.config()).unwrap();
+    let host = scratch.dir.join("host/data");
+    let mut main = container(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "echo written > \"$SHOAL_VOLUME_DATA/out\"; echo \"$SHOAL_VOLUME_LOGS\" > \"$SHOAL_VOLUME_DATA/logs\"; exec sleep 1000",
+        ],
+    );
+    main.mounts = vec![
+        Mount {
+            volume: "data".into(),
+            mount_path: "/data".into(),
+            ..Default::default()
+        },
+        Mount {
+            volume: "logs".into(),
+            mount_path: "/logs".into(),
+            sub_path: Some("app".into()),
+            ..Default::default()
+        },
+    ];
+    let mut spec = pod("uid-host", "host", vec![main]);
+    spec.host_paths = vec![
+        HostPathVolume {
+            name: "data".into(),
+            path: host.display().to_string(),
+            check: HostPathCheck::DirectoryOrCreate,
+        },
+        HostPathVolume {
+            name: "logs".into(),
+            path: scratch.dir.join("host").display().to_string(),
+            check: HostPathCheck::Directory,
+        },
+    ];
+
+    // A failed check: nothing starts, nothing is left, and the error says why.
+    let mut bad = spec.clone();
+    bad.host_paths[1].path = scratch.dir.join("absent").display().to_string();
+    let err = rt.start_pod(&bad).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, RuntimeError::HostPath { ref volume, .. } if volume == "logs"),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("absent") && text.contains("expected a directory"),
+        "{text}"
+    );
+    assert!(rt.list_pods().await.unwrap().is_empty());
+    assert!(!rt.pod_dir("uid-host").exists());
+
+    let info = rt.start_pod(&spec).await.unwrap();
+    assert_eq!(info.volume_dirs["data"], host.display().to_string());
+    assert_eq!(mode_of(&host), 0o755);
+    wait_for_lines(&host.join("logs"), 1).await;
+    assert_eq!(
+        std::fs::read_to_string(host.join("out")).unwrap(),
+        "written\n"
+    );
+    // The sub path is made in the host path and the variable names it.
+    let app = scratch.dir.join("host/app");
+    assert!(app.is_dir());
+    assert_eq!(
+        std::fs::read_to_string(host.join("logs")).unwrap().trim(),
+        app.display().to_string()
+    );
+    assert!(info.scratch_bytes.is_empty());
+
+    // The host's files stay when the pod goes.
+    rt.remove_pod("uid-host").await.unwrap();
+    assert!(host.join("out").exists());
 }

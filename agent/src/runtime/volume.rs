@@ -49,6 +49,15 @@
 //! data fails to start ([`RuntimeError::Secret`]): secrets never fall back to disk. `shoal-<id>`
 //! holds a file `data-dir` naming the agent's data dir, so that what an agent that will not
 //! come back left in RAM can be found and removed (`shoal up` stopping a cluster does).
+//!
+//! **Scratch volumes and host paths** are not written by the agent. A scratch volume
+//! ([`super::ScratchVolume`]) is a directory `scratch/<name>/` next to `volumes/`, in the
+//! pod's directory on disk or (`memory`) in its RAM-backed one, made empty with mode 0777 at
+//! the start; its usage is counted for [`super::PodInfo::scratch_bytes`] by a walk that never
+//! follows links and stops past the limit or after [`MAX_SCRATCH_ENTRIES`] entries. A host
+//! path ([`super::HostPathVolume`]) is absolute with no `..` part and checked at the start
+//! ([`super::HostPathCheck`]). Scratch and host path volume names are DNS-1123 labels, unique
+//! together with the volumes of files, and count towards [`MAX_POD_VOLUMES`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -59,7 +68,10 @@ use std::path::{Component, Path, PathBuf};
 use sha2::Digest as _;
 use tracing::{debug, warn};
 
-use super::{PodSpec, RuntimeConfig, RuntimeError, RuntimeKind, VolumeFile, VolumeSpec};
+use super::{
+    HostPathCheck, HostPathVolume, PodSpec, RuntimeConfig, RuntimeError, RuntimeKind, VolumeFile,
+    VolumeSpec,
+};
 
 /// At most this many files in one volume.
 pub const MAX_VOLUME_FILES: usize = 1000;
@@ -75,6 +87,13 @@ pub const MAX_PATH_BYTES: usize = 1024;
 const MAX_NAME_BYTES: usize = 255;
 /// Permission bits a file may have.
 const MAX_MODE: u32 = 0o777;
+
+/// At most this many entries of a scratch volume are looked at to tell its size
+/// ([`super::PodInfo::scratch_bytes`]).
+pub const MAX_SCRATCH_ENTRIES: usize = 100_000;
+/// Mode of a scratch volume's directory: any container user may write (as Kubernetes'
+/// `emptyDir`).
+const SCRATCH_DIR_MODE: u32 = 0o777;
 
 /// The link to the current data directory.
 pub const DATA_LINK: &str = "..data";
@@ -233,6 +252,46 @@ pub(crate) fn validate_pod_volumes(pod: &PodSpec) -> Result<(), RuntimeError> {
             )));
         }
         validate_files(&v.name, &v.files)?;
+    }
+    let other_names = pod
+        .scratch
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(pod.host_paths.iter().map(|h| h.name.as_str()));
+    for name in other_names {
+        if !is_dns_label(name) {
+            return Err(invalid(format!(
+                "{}: volume name {name:?} must be a DNS-1123 label (1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+                where_()
+            )));
+        }
+        if !names.insert(name) {
+            return Err(invalid(format!(
+                "{} has two volumes named {name:?}",
+                where_()
+            )));
+        }
+    }
+    if pod.volumes.len() + pod.scratch.len() + pod.host_paths.len() > MAX_POD_VOLUMES {
+        return Err(invalid(format!(
+            "{} has more than the {MAX_POD_VOLUMES} volumes allowed",
+            where_()
+        )));
+    }
+    for h in &pod.host_paths {
+        let path = Path::new(&h.path);
+        if !path.is_absolute()
+            || h.path.contains('\0')
+            || h.path.len() > 4096
+            || path.components().any(|c| c == Component::ParentDir)
+        {
+            return Err(invalid(format!(
+                "{}: host path {:?} of volume {:?} must be an absolute path with no '..' part",
+                where_(),
+                h.path,
+                h.name
+            )));
+        }
     }
     for c in &pod.containers {
         let mut paths = BTreeSet::new();
@@ -950,6 +1009,232 @@ impl VolumeStore {
     }
 }
 
+/// Scratch volumes (`emptyDir`) and host paths (`hostPath`).
+impl VolumeStore {
+    /// The directory of scratch volume `name`: `<pod dir>/scratch/<name>/`, on disk, or in
+    /// RAM-backed storage for a `memory` one (`None` when there is none).
+    pub(crate) fn scratch_dir(&self, uid: &str, name: &str, memory: bool) -> Option<PathBuf> {
+        Some(self.pod_dir(uid, memory)?.join("scratch").join(name))
+    }
+
+    /// Makes every scratch volume of the pod, empty (what an earlier incarnation of the uid
+    /// left there is removed), mode 0777. A `memory` one needs RAM-backed storage, or the pod
+    /// does not start ([`RuntimeError::Secret`]).
+    pub(crate) fn make_scratch(&self, pod: &PodSpec) -> Result<(), RuntimeError> {
+        for s in &pod.scratch {
+            let pod_dir = if s.memory {
+                self.make_ram_pod_dir(pod, &format!("memory scratch volume {:?}", s.name))?
+            } else {
+                let dir = self.disk_pod_dir(&pod.uid);
+                create_private_dir(&dir).map_err(|e| io_error("creating", &dir, e))?;
+                dir
+            };
+            let parent = pod_dir.join("scratch");
+            create_private_dir(&parent).map_err(|e| io_error("creating", &parent, e))?;
+            let dir = parent.join(&s.name);
+            remove_all(&dir)?;
+            make_dir(&dir, SCRATCH_DIR_MODE).map_err(|e| io_error("creating", &dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Scratch and host path volume name -> directory (or file), for
+    /// [`super::PodInfo::volume_dirs`].
+    pub(crate) fn other_dirs(
+        &self,
+        uid: &str,
+        scratch: &[super::ScratchVolume],
+        host_paths: &[HostPathVolume],
+    ) -> BTreeMap<String, String> {
+        let scratch = scratch.iter().filter_map(|s| {
+            let dir = self.scratch_dir(uid, &s.name, s.memory)?;
+            Some((s.name.clone(), dir.display().to_string()))
+        });
+        let hosts = host_paths.iter().map(|h| (h.name.clone(), h.path.clone()));
+        scratch.chain(hosts).collect()
+    }
+
+    /// Scratch volume name -> bytes used, for those with a size limit
+    /// ([`super::PodInfo::scratch_bytes`]).
+    pub(crate) fn scratch_bytes(
+        &self,
+        uid: &str,
+        scratch: &[super::ScratchVolume],
+    ) -> BTreeMap<String, u64> {
+        scratch
+            .iter()
+            .filter_map(|s| {
+                let limit = s.size_limit?;
+                let dir = self.scratch_dir(uid, &s.name, s.memory)?;
+                Some((s.name.clone(), dir_usage(&dir, limit)))
+            })
+            .collect()
+    }
+}
+
+/// The bytes the files under `dir` take (their sizes; symbolic links are not followed),
+/// counting no further once past `limit` (then `limit + 1`) or after [`MAX_SCRATCH_ENTRIES`]
+/// entries. A directory that cannot be read counts as empty.
+pub(crate) fn dir_usage(dir: &Path, limit: u64) -> u64 {
+    let mut total: u64 = 0;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_SCRATCH_ENTRIES {
+                return total.min(limit.saturating_add(1));
+            }
+            // `DirEntry::metadata` does not follow symbolic links.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total = total.saturating_add(meta.len());
+                if total > limit {
+                    return limit.saturating_add(1);
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Checks (or makes) what a host path volume needs at its path ([`HostPathCheck`]);
+/// [`RuntimeError::HostPath`] says what is wrong.
+pub(crate) fn check_host_path(volume: &HostPathVolume) -> Result<(), RuntimeError> {
+    let path = Path::new(&volume.path);
+    let fail = |problem: String| RuntimeError::HostPath {
+        volume: volume.name.clone(),
+        path: volume.path.clone(),
+        problem,
+    };
+    let expected = volume.check.expected();
+    let meta = match volume.check {
+        HostPathCheck::None => return Ok(()),
+        HostPathCheck::DirectoryOrCreate => {
+            if std::fs::symlink_metadata(path).is_err() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(VOLUME_DIR_MODE)
+                    .create(path)
+                    .map_err(|e| fail(format!("could not be made a directory: {e}")))?;
+            }
+            std::fs::metadata(path)
+        }
+        HostPathCheck::FileOrCreate => {
+            if std::fs::symlink_metadata(path).is_err() {
+                let parent = path.parent().unwrap_or(Path::new("/"));
+                if !parent.is_dir() {
+                    return Err(fail(format!(
+                        "could not be made a file: its parent directory {} does not exist",
+                        parent.display()
+                    )));
+                }
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(path)
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(fail(format!("could not be made a file: {e}"))),
+                }
+            }
+            std::fs::metadata(path)
+        }
+        _ => std::fs::metadata(path),
+    };
+    let meta = match meta {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail(format!("does not exist: expected {expected}")));
+        }
+        Err(e) => return Err(fail(format!("cannot be read ({e}): expected {expected}"))),
+    };
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = meta.file_type();
+    let ok = match volume.check {
+        HostPathCheck::None => true,
+        HostPathCheck::DirectoryOrCreate | HostPathCheck::Directory => kind.is_dir(),
+        HostPathCheck::FileOrCreate | HostPathCheck::File => kind.is_file(),
+        HostPathCheck::Socket => kind.is_socket(),
+        HostPathCheck::CharDevice => kind.is_char_device(),
+        HostPathCheck::BlockDevice => kind.is_block_device(),
+    };
+    if ok {
+        return Ok(());
+    }
+    let is = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "something else"
+    };
+    Err(fail(format!("is {is}, not {expected}")))
+}
+
+/// The path of `sub_path` in the directory `root` of a scratch or host path volume: made (a
+/// directory, with `mode`) when missing, as Kubernetes does, and checked to stay inside
+/// `root` once links are resolved.
+pub(crate) fn dir_sub_path(
+    root: &Path,
+    volume: &str,
+    sub_path: &str,
+    mode: u32,
+) -> Result<PathBuf, RuntimeError> {
+    if let Some(why) = bad_relative_path(sub_path) {
+        return Err(invalid(format!(
+            "sub path {sub_path:?} of volume {volume:?} is not allowed: {why}"
+        )));
+    }
+    let path = root.join(sub_path);
+    if std::fs::symlink_metadata(&path).is_err() {
+        let mut at = root.to_path_buf();
+        for part in Path::new(sub_path).components() {
+            at.push(part);
+            make_dir_if_missing(&at, mode).map_err(|e| io_error("creating", &at, e))?;
+        }
+    }
+    let real_root = std::fs::canonicalize(root).map_err(|e| io_error("reading", root, e))?;
+    let real = std::fs::canonicalize(&path).map_err(|e| io_error("reading", &path, e))?;
+    if !real.starts_with(&real_root) {
+        return Err(invalid(format!(
+            "sub path {sub_path:?} of volume {volume:?} leads out of the volume"
+        )));
+    }
+    Ok(real)
+}
+
+/// Creates `dir` with `mode` when nothing is there (a link there is left as it is).
+fn make_dir_if_missing(dir: &Path, mode: u32) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return Ok(());
+    }
+    make_dir(dir, mode)
+}
+
+/// The mode for sub path directories made in a scratch volume (writable by anyone, as the
+/// volume) or a host path (0755).
+pub(crate) fn sub_path_mode(scratch: bool) -> u32 {
+    if scratch {
+        SCRATCH_DIR_MODE
+    } else {
+        VOLUME_DIR_MODE
+    }
+}
+
 fn remove_all(dir: &Path) -> Result<(), RuntimeError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -1293,6 +1578,8 @@ mod tests {
                 sensitive: false,
                 files: vec![file("a", "1", 0o644)],
             }],
+            scratch: Vec::new(),
+            host_paths: Vec::new(),
         };
         super::super::validate_spec(&pod).unwrap();
         let check = |change: &dyn Fn(&mut PodSpec), expect: &str| {
@@ -1302,6 +1589,42 @@ mod tests {
             assert!(err.contains(expect), "{err}");
         };
         check(&|p| p.volumes[0].name = "Config".into(), "DNS-1123");
+        // Scratch and host path volumes share the names' space with the volumes of files.
+        let scratch = |name: &str| super::super::ScratchVolume {
+            name: name.into(),
+            ..Default::default()
+        };
+        let host = |name: &str, path: &str| HostPathVolume {
+            name: name.into(),
+            path: path.into(),
+            check: HostPathCheck::None,
+        };
+        check(&|p| p.scratch.push(scratch("config")), "two volumes named");
+        check(&|p| p.scratch.push(scratch("Cache")), "DNS-1123");
+        check(
+            &|p| {
+                p.scratch.push(scratch("cache"));
+                p.host_paths.push(host("cache", "/tmp"));
+            },
+            "two volumes named \"cache\"",
+        );
+        check(&|p| p.host_paths.push(host("logs", "var/log")), "absolute");
+        check(&|p| p.host_paths.push(host("logs", "/var/../etc")), "'..'");
+        check(
+            &|p| p.containers[0].mounts[0].volume = "cache".into(),
+            "does not have",
+        );
+        let mut ok = pod.clone();
+        ok.scratch.push(scratch("cache"));
+        ok.host_paths.push(host("logs", "/var/log"));
+        for (name, path) in [("cache", "/cache"), ("logs", "/logs")] {
+            ok.containers[0].mounts.push(super::super::Mount {
+                volume: name.into(),
+                mount_path: path.into(),
+                ..Default::default()
+            });
+        }
+        super::super::validate_spec(&ok).unwrap();
         check(
             &|p| p.volumes.push(p.volumes[0].clone()),
             "two volumes named",
@@ -1394,6 +1717,8 @@ mod tests {
                 sensitive: true,
                 files: vec![file("t", "hunter2", 0o400)],
             }],
+            scratch: Vec::new(),
+            host_paths: Vec::new(),
         };
         let err = store.write_pod(&pod).unwrap_err();
         assert!(matches!(err, RuntimeError::Secret(_)), "{err:?}");

@@ -547,6 +547,8 @@ mod tests {
                 labels: Default::default(),
                 dns: None,
                 volumes: Vec::new(),
+                scratch: Vec::new(),
+                host_paths: Vec::new(),
             };
             runtime.start_pod(&spec).await.expect("starting");
             let ready = runtime.pod_dir(&spec.uid).join("containers/c/ready");

@@ -248,6 +248,8 @@ pub(super) fn runtime_spec(
         name: pod.metadata.name.clone(),
         spec_hash: desired.spec_hash.clone(),
         volumes: config.volumes,
+        scratch: Vec::new(),
+        host_paths: Vec::new(),
         containers: pod
             .spec
             .containers
