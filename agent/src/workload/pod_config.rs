@@ -26,11 +26,11 @@ use shoal_gossip::ObjectKey;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::manifest::{
-    ConfigMap, Container, Cpu, DownwardApiFile, EnvFromRef, EnvVarSource, KeyToPath, Kind, Memory,
-    ObjectFieldSelector, Pod, PodSpec, ProjectionSource, ResourceFieldSelector, Secret,
-    VolumeSource,
+    ConfigMap, Container, Cpu, DownwardApiFile, EmptyDirMedium, EnvFromRef, EnvVarSource,
+    HostPathType, KeyToPath, Kind, Memory, ObjectFieldSelector, Pod, PodSpec, ProjectionSource,
+    ResourceFieldSelector, Secret, VolumeSource,
 };
-use crate::runtime::{Mount, VolumeFile, VolumeSpec};
+use crate::runtime::{HostPathCheck, HostPathVolume, Mount, ScratchVolume, VolumeFile, VolumeSpec};
 use crate::workload::stored::object_key;
 
 /// The annotation on a Deployment that rolls it when a config map or secret its pods use
@@ -89,6 +89,10 @@ pub(crate) struct PodConfig {
     pub(crate) containers: Vec<ContainerConfig>,
     /// The volumes, with their files.
     pub(crate) volumes: Vec<VolumeSpec>,
+    /// Scratch directories (`emptyDir`).
+    pub(crate) scratch: Vec<ScratchVolume>,
+    /// Paths of the host (`hostPath`).
+    pub(crate) host_paths: Vec<HostPathVolume>,
     /// What to report as events (`envFrom` keys skipped).
     pub(crate) warnings: Vec<String>,
 }
@@ -146,7 +150,9 @@ pub(crate) fn references(spec: &PodSpec) -> BTreeSet<(Kind, String)> {
                     }
                 }
             }
-            VolumeSource::DownwardApi(_) => {}
+            VolumeSource::DownwardApi(_)
+            | VolumeSource::EmptyDir(_)
+            | VolumeSource::HostPath(_) => {}
         }
     }
     out
@@ -206,6 +212,25 @@ pub(crate) fn resolve(
         out.containers.push(config);
     }
     for volume in &pod.spec.volumes {
+        match &volume.source {
+            VolumeSource::EmptyDir(e) => {
+                out.scratch.push(ScratchVolume {
+                    name: volume.name.clone(),
+                    memory: e.medium == EmptyDirMedium::Memory,
+                    size_limit: e.size_limit.map(|m| m.bytes()),
+                });
+                continue;
+            }
+            VolumeSource::HostPath(h) => {
+                out.host_paths.push(HostPathVolume {
+                    name: volume.name.clone(),
+                    path: h.path.clone(),
+                    check: host_path_check(h.path_type),
+                });
+                continue;
+            }
+            _ => {}
+        }
         let (files, sensitive) = volume_files(pod, &volume.source, facts, &mut cache)?;
         out.volumes.push(VolumeSpec {
             name: volume.name.clone(),
@@ -531,6 +556,20 @@ fn resource_value(
     }
 }
 
+/// The runtime's check of a host path for Kubernetes' `hostPath.type`.
+fn host_path_check(t: HostPathType) -> HostPathCheck {
+    match t {
+        HostPathType::Unset => HostPathCheck::None,
+        HostPathType::DirectoryOrCreate => HostPathCheck::DirectoryOrCreate,
+        HostPathType::Directory => HostPathCheck::Directory,
+        HostPathType::FileOrCreate => HostPathCheck::FileOrCreate,
+        HostPathType::File => HostPathCheck::File,
+        HostPathType::Socket => HostPathCheck::Socket,
+        HostPathType::CharDevice => HostPathCheck::CharDevice,
+        HostPathType::BlockDevice => HostPathCheck::BlockDevice,
+    }
+}
+
 /// A volume's files, and whether it holds secret data.
 fn volume_files(
     pod: &Pod,
@@ -540,6 +579,8 @@ fn volume_files(
 ) -> Result<(Vec<VolumeFile>, bool), Missing> {
     let mut files = Vec::new();
     let sensitive = match source {
+        // Directories, not files: see `resolve`.
+        VolumeSource::EmptyDir(_) | VolumeSource::HostPath(_) => false,
         VolumeSource::ConfigMap(v) => {
             object_files(
                 cache,

@@ -304,3 +304,39 @@ fn variable_names_follow_kubernetes() {
         assert!(!is_env_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn scratch_and_host_path_volumes_pass_to_the_runtime_as_directories() {
+    use crate::runtime::HostPathCheck;
+    let (held, pod) = parse(&pod(r#"
+  containers:
+  - name: c
+    image: x
+    volumeMounts:
+    - {name: cache, mountPath: /cache}
+    - {name: fast, mountPath: /fast}
+    - {name: host, mountPath: /host, readOnly: true}
+  volumes:
+  - name: cache
+    emptyDir: {sizeLimit: 1Mi}
+  - name: fast
+    emptyDir: {medium: Memory}
+  - name: host
+    hostPath: {path: /var/data, type: DirectoryOrCreate}
+"#));
+    let config = resolve(&pod.unwrap(), &FACTS, &held).unwrap();
+    assert!(config.volumes.is_empty(), "no files to write");
+    let scratch: Vec<(&str, bool, Option<u64>)> = config
+        .scratch
+        .iter()
+        .map(|s| (s.name.as_str(), s.memory, s.size_limit))
+        .collect();
+    assert_eq!(
+        scratch,
+        vec![("cache", false, Some(1 << 20)), ("fast", true, None)]
+    );
+    assert_eq!(config.host_paths.len(), 1);
+    assert_eq!(config.host_paths[0].path, "/var/data");
+    assert_eq!(config.host_paths[0].check, HostPathCheck::DirectoryOrCreate);
+    assert!(config.containers[0].mounts[2].read_only);
+}

@@ -138,6 +138,42 @@ impl Supervisor {
         }
     }
 
+    /// Evicts a running pod whose scratch directory (`emptyDir`) holds more than its
+    /// `sizeLimit`, as the kubelet does: it is stopped and removed, scratch and all, and starts
+    /// again empty. Returns whether it did.
+    pub(super) fn evict_if_over(&mut self, uid: &str, now: Now) -> bool {
+        let Some(pod) = self.pods.get_mut(uid) else {
+            return false;
+        };
+        let Some(info) = &pod.info else {
+            return false;
+        };
+        let over = pod.desired.pod.spec.volumes.iter().find_map(|v| {
+            let crate::manifest::VolumeSource::EmptyDir(e) = &v.source else {
+                return None;
+            };
+            let limit = e.size_limit?;
+            let used = *info.scratch_bytes.get(&v.name)?;
+            (used > limit.bytes()).then(|| {
+                format!(
+                    "Usage of EmptyDir volume \"{}\" exceeds the limit \"{limit}\".",
+                    v.name
+                )
+            })
+        });
+        let Some(message) = over else {
+            return false;
+        };
+        warn!(pod = %pod.name(), namespace = %pod.namespace(), %uid, reason = %message,
+            "evicting a pod");
+        pod.event(now.wall_ms, "Warning", "Evicted", message.clone());
+        // Marked terminating first, so that the stop tells this reason and no other.
+        pod.terminating_since_ms = Some(now.wall_ms);
+        self.evicted.insert(uid.to_owned(), (now.wall_ms, message));
+        self.stop(uid, now);
+        true
+    }
+
     /// Queues a rewrite of each volume whose content changed.
     fn push_volume_updates(&mut self, uid: &str, config: PodConfig) {
         let Some(pod) = self.pods.get_mut(uid) else {

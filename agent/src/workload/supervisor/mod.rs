@@ -197,6 +197,9 @@ pub(crate) struct Supervisor {
     next_probe_token: u64,
     /// Held pods whose hold ended (they may start although the plan still says held).
     released: BTreeSet<String>,
+    /// Pods stopped for using more scratch space than their limit, with when and why: their
+    /// next incarnation shows it.
+    evicted: BTreeMap<String, (u64, String)>,
 }
 
 impl Supervisor {
@@ -218,6 +221,7 @@ impl Supervisor {
             strays: BTreeMap::new(),
             busy: BTreeMap::new(),
             released: BTreeSet::new(),
+            evicted: BTreeMap::new(),
             stale: BTreeMap::new(),
             listing: Listing::default(),
             timers: TimerTable::default(),
@@ -294,6 +298,8 @@ impl Supervisor {
                 .cloned(),
         );
         touched.extend(self.strays.keys().cloned());
+        let desired = &self.plan.as_ref().expect("just set").pods;
+        self.evicted.retain(|uid, _| desired.contains_key(uid));
         self.sweep_records();
         for uid in touched {
             self.reconcile(&uid, now);
@@ -515,6 +521,9 @@ impl Supervisor {
         if changed {
             self.touch(uid);
         }
+        if !busy && wanted && has_info && !terminating && self.evict_if_over(uid, now) {
+            return;
+        }
         if busy {
             // The action in flight decides; its completion reconciles the pod again.
         } else if wanted && !has_info {
@@ -565,7 +574,11 @@ impl Supervisor {
         }
     }
 
-    fn insert_pod(&mut self, uid: &str, pod: LocalPod) {
+    fn insert_pod(&mut self, uid: &str, mut pod: LocalPod) {
+        // A pod evicted here and started again says why it started over.
+        if let Some((at_ms, message)) = self.evicted.remove(uid) {
+            pod.event(at_ms, "Warning", "Evicted", message);
+        }
         self.records.index(&pod.record_name, uid);
         self.pods.insert(uid.to_owned(), pod);
         self.touch(uid);

@@ -248,8 +248,8 @@ pub(super) fn runtime_spec(
         name: pod.metadata.name.clone(),
         spec_hash: desired.spec_hash.clone(),
         volumes: config.volumes,
-        scratch: Vec::new(),
-        host_paths: Vec::new(),
+        scratch: config.scratch,
+        host_paths: config.host_paths,
         containers: pod
             .spec
             .containers

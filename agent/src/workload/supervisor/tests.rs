@@ -1026,3 +1026,42 @@ fn an_adopted_pod_s_files_catch_up_with_what_changed_while_its_agent_was_down() 
         1
     );
 }
+
+#[test]
+fn a_pod_over_its_scratch_limit_is_evicted_and_starts_again_empty() {
+    let mut bed = Testbed::new(1);
+    bed.apply(&pod(
+        "filler",
+        "  volumes:\n  - name: cache\n    emptyDir: {sizeLimit: 1Mi}\n",
+        "    volumeMounts:\n    - {name: cache, mountPath: /cache}\n",
+    ));
+    bed.run_until(secs(5), "started", |bed| {
+        bed.rigs[0]
+            .record("filler")
+            .is_some_and(PodRecord::is_ready)
+    });
+    let uid = bed.rigs[0].uid_of("filler");
+    // Within its limit: nothing happens.
+    bed.rigs[0].rt.set_scratch_bytes(&uid, "cache", 1 << 20);
+    bed.run_for(secs(3), |_| {});
+    assert_eq!(
+        issued(&bed.rigs[0], |a| matches!(a, Action::StopPod { .. })).len(),
+        0
+    );
+    bed.rigs[0]
+        .rt
+        .set_scratch_bytes(&uid, "cache", (1 << 20) + 1);
+    bed.run_until(secs(10), "evicted and started again", |bed| {
+        issued(&bed.rigs[0], |a| matches!(a, Action::StartPod { .. })).len() == 2
+            && bed.rigs[0]
+                .record("filler")
+                .is_some_and(PodRecord::is_ready)
+    });
+    let r = record(&bed, "filler");
+    assert!(
+        r.events.iter().any(|e| e.reason == "Evicted"
+            && e.message == "Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\"."),
+        "{:#?}",
+        r.events
+    );
+}
