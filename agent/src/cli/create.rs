@@ -347,11 +347,7 @@ enum Origin {
 
 /// Kubernetes' rule for a variable name (`IsEnvVarName`), which env files' keys follow.
 fn env_name_problem(key: &str) -> Option<String> {
-    let ok = !key.is_empty()
-        && !key.as_bytes()[0].is_ascii_digit()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ok = crate::workload::pod_config::is_env_name(key);
     (!ok).then(|| {
         format!(
             "{key:?} is not a valid key name: a valid environment variable name must consist of \
