@@ -471,50 +471,85 @@ fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_volumes_are_mounted_updated_live_and_secrets_stay_in_ram() {
-    let test = "docker_volumes";
+/// A mount of `volume` at `path`.
+fn mount(volume: &str, path: &str, read_only: bool, sub_path: Option<&str>) -> Mount {
+    Mount {
+        volume: volume.into(),
+        mount_path: path.into(),
+        read_only,
+        sub_path: sub_path.map(Into::into),
+    }
+}
+
+/// Directories removed when dropped.
+struct RemoveDirs(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// What a Docker volume test runs on: a runtime of a cluster of its own, with a data dir and a
+/// RAM-backed dir (under `/dev/shm`) removed when `dirs` drops, and the shell image built.
+struct VolumeBed {
+    cluster: String,
+    data_dir: std::path::PathBuf,
+    ram_dir: std::path::PathBuf,
+    dirs: RemoveDirs,
+    rt: DockerRuntime,
+}
+
+/// A [`VolumeBed`] for `test`; `None` (the test is skipped, and says why) without an engine
+/// or a RAM-backed `/dev/shm`.
+async fn volume_bed(test: &str) -> Option<VolumeBed> {
     if !docker_or_skip(test).await {
-        return;
+        return None;
     }
     tokio::task::spawn_blocking(super::testing::build_shell_image)
         .await
         .unwrap()
         .expect("building the shell image");
-    let Some(ram_base) = ["/dev/shm"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|b| volume::is_ram_backed(b).is_ok())
-    else {
+    let ram_base = std::path::PathBuf::from("/dev/shm");
+    if volume::is_ram_backed(&ram_base).is_err() {
         eprintln!("skipping {test}: /dev/shm is not RAM-backed");
-        return;
-    };
+        return None;
+    }
     let cluster = unique_cluster_id(test);
     let data_dir = std::env::temp_dir().join(format!("shoal-{cluster}"));
     let ram_dir = ram_base.join(format!("shoal-test-{cluster}"));
     std::fs::create_dir_all(&ram_dir).unwrap();
-    struct Remove(Vec<std::path::PathBuf>);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            for dir in &self.0 {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-    let _remove = Remove(vec![data_dir.clone(), ram_dir.clone()]);
+    let dirs = RemoveDirs(vec![data_dir.clone(), ram_dir.clone()]);
     let mut config = RuntimeConfig::new(&cluster, "node-1", &data_dir);
     config.ram_dir = Some(ram_dir.clone());
     let rt = DockerRuntime::new(config)
         .await
         .expect("connecting to Docker");
+    Some(VolumeBed {
+        cluster,
+        data_dir,
+        ram_dir,
+        dirs,
+        rt,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_volumes_are_mounted_updated_live_and_secrets_stay_in_ram() {
+    let Some(VolumeBed {
+        cluster,
+        data_dir,
+        ram_dir,
+        dirs: _remove,
+        rt,
+    }) = volume_bed("docker_volumes").await
+    else {
+        return;
+    };
     let _cleanup = DockerCleanup::new(&rt, &cluster);
 
-    let mount = |volume: &str, path: &str, read_only: bool, sub_path: Option<&str>| Mount {
-        volume: volume.into(),
-        mount_path: path.into(),
-        read_only,
-        sub_path: sub_path.map(Into::into),
-    };
     let file = |path: &str, data: &str, mode: u32| VolumeFile {
         path: path.into(),
         data: data.as_bytes().to_vec(),
@@ -704,49 +739,20 @@ async fn docker_volumes_are_mounted_updated_live_and_secrets_stay_in_ram() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_scratch_and_host_path_volumes() {
-    let test = "docker_scratch";
-    if !docker_or_skip(test).await {
-        return;
-    }
-    tokio::task::spawn_blocking(super::testing::build_shell_image)
-        .await
-        .unwrap()
-        .expect("building the shell image");
-    let Some(ram_base) = ["/dev/shm"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|b| volume::is_ram_backed(b).is_ok())
+    let Some(VolumeBed {
+        cluster,
+        data_dir,
+        ram_dir,
+        dirs: mut remove,
+        rt,
+    }) = volume_bed("docker_scratch").await
     else {
-        eprintln!("skipping {test}: /dev/shm is not RAM-backed");
         return;
     };
-    let cluster = unique_cluster_id(test);
-    let data_dir = std::env::temp_dir().join(format!("shoal-{cluster}"));
-    let ram_dir = ram_base.join(format!("shoal-test-{cluster}"));
     let host_dir = std::env::temp_dir().join(format!("shoal-{cluster}-host"));
-    std::fs::create_dir_all(&ram_dir).unwrap();
-    struct Remove(Vec<std::path::PathBuf>);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            for dir in &self.0 {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-    let _remove = Remove(vec![data_dir.clone(), ram_dir.clone(), host_dir.clone()]);
-    let mut config = RuntimeConfig::new(&cluster, "node-1", &data_dir);
-    config.ram_dir = Some(ram_dir.clone());
-    let rt = DockerRuntime::new(config)
-        .await
-        .expect("connecting to Docker");
+    remove.0.push(host_dir.clone());
     let _cleanup = DockerCleanup::new(&rt, &cluster);
 
-    let mount = |volume: &str, path: &str, read_only: bool, sub_path: Option<&str>| Mount {
-        volume: volume.into(),
-        mount_path: path.into(),
-        read_only,
-        sub_path: sub_path.map(Into::into),
-    };
     let shell = |name: &str, script: &str, mounts: Vec<Mount>| ContainerSpec {
         name: name.into(),
         image: super::testing::SHELL_IMAGE.into(),
