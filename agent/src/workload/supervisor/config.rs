@@ -25,18 +25,10 @@ impl Supervisor {
     /// Resolves a pod's variables and volumes from the plan's objects, and remembers what it
     /// read. `None` when the pod or the plan is gone.
     pub(super) fn resolve_config(&mut self, uid: &str) -> Option<Result<PodConfig, Missing>> {
+        self.remember_refs(uid);
         let plan = self.plan.as_ref()?;
         let pod = self.pods.get_mut(uid)?;
         let configs = &plan.configs;
-        let namespace = pod.namespace().to_owned();
-        pod.config_refs = pod_config::reference_keys(&namespace, &pod.desired.pod.spec)
-            .into_iter()
-            .map(|key| {
-                let object = configs.object(&key).cloned();
-                (key, object)
-            })
-            .collect();
-        pod.config_resolved = true;
         let node_name = pod.desired.pod.spec.node_name.clone().unwrap_or_default();
         let facts = PodFacts {
             uid: &pod.desired.uid,
@@ -46,6 +38,23 @@ impl Supervisor {
         };
         let objects = configs.with_box(self.config.secret_box.as_ref());
         Some(pod_config::resolve(&pod.desired.pod, &facts, &objects))
+    }
+
+    /// Remembers the objects a pod reads as the plan holds them now (shared, not copied), to
+    /// tell later whether one changed.
+    fn remember_refs(&mut self, uid: &str) {
+        let (Some(plan), Some(pod)) = (self.plan.as_ref(), self.pods.get_mut(uid)) else {
+            return;
+        };
+        let namespace = pod.namespace().to_owned();
+        pod.config_refs = pod_config::reference_keys(&namespace, &pod.desired.pod.spec)
+            .into_iter()
+            .map(|key| {
+                let object = plan.configs.object(&key).cloned();
+                (key, object)
+            })
+            .collect();
+        pod.config_resolved = true;
     }
 
     /// A pod cannot start: something it reads is missing. It waits, without a back-off, for
@@ -108,8 +117,8 @@ impl Supervisor {
             }
             if pod.info.is_none() || pod.terminating() || pod.desired.pod.spec.volumes.is_empty() {
                 // Not started yet (it resolves when it starts), or nothing mounted to follow:
-                // variables are read once, at start, as in Kubernetes.
-                let _ = self.resolve_config(&uid);
+                // variables are read once, at start, as in Kubernetes. Nothing is opened.
+                self.remember_refs(&uid);
                 continue;
             }
             self.refresh_volumes(&uid, now);
