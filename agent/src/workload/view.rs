@@ -526,18 +526,15 @@ pub(crate) fn stamp_config_digests(
             .get(RESTART_ON_CONFIG_CHANGE)
             .is_some_and(|v| v == "true")
     };
-    // The config maps and secrets of this apply, in the form they will be stored.
-    let mut applied: BTreeMap<ObjectKey, Vec<u8>> = BTreeMap::new();
-    for r in resources.iter() {
-        if matches!(r, Resource::ConfigMap(_) | Resource::Secret(_)) {
-            let key = key_of(r);
-            let stored = seal(&key, r);
-            applied.insert(key, digest_bytes(&stored));
-        }
-    }
+    // The config maps and secrets of this apply.
+    let config_keys: BTreeSet<ObjectKey> = resources
+        .iter()
+        .filter(|r| matches!(r, Resource::ConfigMap(_) | Resource::Secret(_)))
+        .map(key_of)
+        .collect();
     let in_apply: BTreeSet<ObjectKey> = resources.iter().map(key_of).collect();
     // Stored Deployments that read what this apply changes.
-    let namespaces: BTreeSet<&str> = applied.keys().map(|k| k.namespace.as_str()).collect();
+    let namespaces: BTreeSet<&str> = config_keys.iter().map(|k| k.namespace.as_str()).collect();
     let mut added = Vec::new();
     for (key, object) in snapshot.objects_of(Kind::Deployment.key_kind()) {
         if !namespaces.contains(key.namespace.as_str()) || in_apply.contains(key) {
@@ -550,11 +547,33 @@ pub(crate) fn stamp_config_digests(
             continue;
         }
         let reads = pod_config::reference_keys(&key.namespace, &d.spec.template.spec);
-        if reads.iter().any(|k| applied.contains_key(k)) {
+        if reads.iter().any(|k| config_keys.contains(k)) {
             added.push(Resource::Deployment(d.clone()));
         }
     }
     resources.extend(added);
+    // The stored form (sealed, for a secret) of each object of this apply that a Deployment
+    // to stamp reads: made only for those, and only when there is one.
+    let mut read = BTreeSet::new();
+    for r in resources.iter() {
+        if let Resource::Deployment(d) = r {
+            if wants(d) {
+                let namespace = d.metadata.namespace.as_deref().unwrap_or("default");
+                read.extend(pod_config::reference_keys(namespace, &d.spec.template.spec));
+            }
+        }
+    }
+    let applied: BTreeMap<ObjectKey, Vec<u8>> = resources
+        .iter()
+        .filter(|r| matches!(r, Resource::ConfigMap(_) | Resource::Secret(_)))
+        .filter_map(|r| {
+            let key = key_of(r);
+            read.contains(&key).then(|| {
+                let bytes = digest_bytes(&seal(&key, r));
+                (key, bytes)
+            })
+        })
+        .collect();
     let stored = |key: &ObjectKey| -> Option<Vec<u8>> {
         if let Some(bytes) = applied.get(key) {
             return Some(bytes.clone());
